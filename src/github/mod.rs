@@ -1,0 +1,1 @@
+//! A small GitHub REST client: workflow dispatch, repository dispatch, contents, runs.

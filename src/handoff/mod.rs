@@ -1,0 +1,1 @@
+//! Successor authentication and zero-loss state transfer (`protocol/handoff.md`).

@@ -1,0 +1,58 @@
+//! Ouroboros: a PeerJS-compatible signaling server, a native PeerJS peer and a relay
+//! service that keeps itself alive by starting its successor, handing over all its
+//! state and moving its clients before its host goes away.
+//!
+//! # Layout
+//!
+//! - [`signaling`]: the PeerJS signaling server. A sans-IO [`signaling::Realm`] (clients,
+//!   tokens, offline queues, expiry, liveness) under a thin axum shell.
+//! - [`peer`]: the native PeerJS peer: signaling client, DataConnections over `webrtc`,
+//!   and the PeerJS serializations in [`peer::codec`].
+//! - [`relay`]: the node's service: rooms, ordered per-room logs, history, presence,
+//!   direct relay, limits and the memory budget (sans-IO).
+//! - [`node`]: composes signaling, peer and relay into `ouroboros node`.
+//! - [`handoff`]: successor authentication and zero-loss state transfer.
+//! - [`lifecycle`]: lifetime, deadlines and the [`lifecycle::Launcher`]s that start successors.
+//! - [`discovery`]: the [`discovery::DiscoveryRecord`] and the publishers that make it public.
+//! - [`tunnel`]: optional public reachability (ngrok).
+//! - [`github`]: a small GitHub REST client (dispatch, contents, runs).
+//! - [`rate`]: the token bucket shared by every rate limit.
+
+pub mod discovery;
+pub mod github;
+pub mod handoff;
+pub mod lifecycle;
+pub mod node;
+pub mod peer;
+pub mod rate;
+pub mod relay;
+pub mod signaling;
+pub mod tunnel;
+
+/// Installs the process-wide rustls crypto provider (ring). Call first thing in `main`
+/// and in tests that use TLS; calling it again is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Resolves when the process receives SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

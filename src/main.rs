@@ -1,0 +1,57 @@
+//! The `ouroboros` binary: parses flags, sets up logs, runs a subcommand.
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ouroboros",
+    version,
+    about = "A PeerJS signaling server and relay node that hands itself over to its successor"
+)]
+struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, env = "OUROBOROS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the PeerJS signaling server alone.
+    Signal(ouroboros::signaling::SignalArgs),
+    /// Run the full node: signaling, relay peer, lifecycle and discovery.
+    Node(ouroboros::node::NodeArgs),
+}
+
+fn init_logs(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    ouroboros::install_crypto_provider();
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match cli.command {
+        Command::Signal(args) => {
+            ouroboros::signaling::run(args, ouroboros::shutdown_signal()).await?
+        }
+        Command::Node(args) => ouroboros::node::run(args, ouroboros::shutdown_signal()).await?,
+    }
+    Ok(())
+}
