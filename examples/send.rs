@@ -14,7 +14,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Parser;
-use ouroboros::peer::{ConnectOptions, Peer, PeerConfig, Serialization, Value, parse_serialization};
+use ouroboros::peer::{
+    ConnectOptions, Peer, PeerConfig, Serialization, Value, parse_serialization,
+};
 use sha2::Digest;
 
 #[derive(Parser, Debug)]
@@ -91,7 +93,9 @@ fn to_json(v: &Value) -> serde_json::Value {
             .map(serde_json::Value::Number)
             .unwrap_or(serde_json::Value::Null),
         Value::Str(s) => json!(s),
-        Value::Bin(b) => json!({"$bin_len": b.len(), "$sha256": hex::encode(sha2::Sha256::digest(b))}),
+        Value::Bin(b) => {
+            json!({"$bin_len": b.len(), "$sha256": hex::encode(sha2::Sha256::digest(b))})
+        }
         Value::Array(a) => serde_json::Value::Array(a.iter().map(to_json).collect()),
         Value::Map(m) => serde_json::Value::Object(
             m.iter()
@@ -112,8 +116,9 @@ async fn main() -> anyhow::Result<()> {
     ouroboros::install_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "warn,rtc=error,rtc_ice=error,rtc_dtls=error,rtc_sctp=error,webrtc=error".into()
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -121,7 +126,9 @@ async fn main() -> anyhow::Result<()> {
     let serialization = parse_serialization(&args.serialization)
         .with_context(|| format!("unknown serialization {:?}", args.serialization))?;
     let message = match args.binary_size {
-        Some(n) => Value::Bin(Bytes::from((0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>())),
+        Some(n) => Value::Bin(Bytes::from(
+            (0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>(),
+        )),
         None => {
             let j: serde_json::Value =
                 serde_json::from_str(&args.message).context("--message is not JSON")?;

@@ -245,9 +245,7 @@ impl ConnectionSender {
         match frame {
             Frame::Text(s) => self.core.dc.send_text(&s).await.map_err(map_webrtc),
             Frame::Binary(b) => {
-                let data = b
-                    .try_into_mut()
-                    .unwrap_or_else(|b| BytesMut::from(&b[..]));
+                let data = b.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]));
                 self.core.dc.send(data).await.map_err(map_webrtc)
             }
         }
@@ -470,9 +468,7 @@ async fn read_loop(
             ev = core.dc.poll() => ev,
             _ = core.closed.cancelled() => break,
         };
-        if let Step::Stop = handle_event(&core, &mut decoder, &tx, ev).await {
-            break;
-        }
+        stopped = matches!(handle_event(&core, &mut decoder, &tx, ev).await, Step::Stop);
     }
     let err = core.error.lock().expect("error lock poisoned").take();
     if let Some(e) = err {

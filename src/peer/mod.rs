@@ -135,11 +135,16 @@ impl PeerConfig {
     /// # Errors
     /// [`PeerError::InvalidConfig`] for another scheme, no host, or an unparsable URL.
     pub fn from_url(url: &str) -> Result<Self, PeerError> {
-        let u = url::Url::parse(url).map_err(|e| PeerError::InvalidConfig(format!("{url}: {e}")))?;
+        let u =
+            url::Url::parse(url).map_err(|e| PeerError::InvalidConfig(format!("{url}: {e}")))?;
         let secure = match u.scheme() {
             "ws" | "http" => false,
             "wss" | "https" => true,
-            s => return Err(PeerError::InvalidConfig(format!("unsupported scheme {s:?}"))),
+            s => {
+                return Err(PeerError::InvalidConfig(format!(
+                    "unsupported scheme {s:?}"
+                )));
+            }
         };
         let host = u
             .host_str()
@@ -147,7 +152,9 @@ impl PeerConfig {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let port = u.port_or_known_default().unwrap_or(if secure { 443 } else { 80 });
+        let port = u
+            .port_or_known_default()
+            .unwrap_or(if secure { 443 } else { 80 });
         let mut cfg = PeerConfig::new(host, port);
         cfg.secure = secure;
         cfg.path = u.path().to_string();

@@ -325,7 +325,9 @@ pub(crate) fn on_signal(
 
 /// `EXPIRE` from the server: our messages to `src` could not be delivered.
 pub(crate) fn on_expire(shared: &Arc<Shared>, src: &str) {
-    shared.emit(PeerEvent::Error(PeerError::PeerUnavailable(src.to_string())));
+    shared.emit(PeerEvent::Error(PeerError::PeerUnavailable(
+        src.to_string(),
+    )));
     for_peer(shared, src, || Signal::Expire);
 }
 
@@ -396,7 +398,9 @@ pub(crate) async fn connect(
     let (generation, signals) = register(&shared, &meta.connection_id, &meta.peer);
     let (tx, rx) = oneshot::channel();
     let span = tracing::debug_span!("conn", id = %meta.connection_id, peer = %meta.peer);
-    tokio::spawn(drive(shared, meta, Role::Offerer, signals, generation, Some(tx)).instrument(span));
+    tokio::spawn(
+        drive(shared, meta, Role::Offerer, signals, generation, Some(tx)).instrument(span),
+    );
     rx.await
         .unwrap_or_else(|_| Err(PeerError::NegotiationFailed("connection task ended".into())))
 }
@@ -581,7 +585,8 @@ async fn negotiate(
             shared.signal(offer_message(meta, offer.sdp));
         }
         Role::Answerer(sdp) => {
-            let offer = RTCSessionDescription::offer(sdp).map_err(|e| webrtc_err("offer SDP", e))?;
+            let offer =
+                RTCSessionDescription::offer(sdp).map_err(|e| webrtc_err("offer SDP", e))?;
             pc.set_remote_description(offer)
                 .await
                 .map_err(|e| webrtc_err("set_remote_description", e))?;

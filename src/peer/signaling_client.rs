@@ -112,7 +112,9 @@ pub(crate) async fn fetch_id(config: &PeerConfig) -> Result<String, PeerError> {
         .map_err(|e| PeerError::IdFetch(e.to_string()))?;
     let id = body.trim().to_string();
     if id.is_empty() || id.len() > 256 || id.chars().any(|c| c.is_control()) {
-        return Err(PeerError::IdFetch("the server returned an unusable id".into()));
+        return Err(PeerError::IdFetch(
+            "the server returned an unusable id".into(),
+        ));
     }
     Ok(id)
 }
@@ -442,7 +444,10 @@ mod tests {
             "ws://127.0.0.1:9000/myapp/peerjs?key=peerjs&id=abc&token=tok&version=1.5.5"
         );
         let u = id_url(&c);
-        assert!(u.starts_with("http://127.0.0.1:9000/myapp/peerjs/id?ts="), "{u}");
+        assert!(
+            u.starts_with("http://127.0.0.1:9000/myapp/peerjs/id?ts="),
+            "{u}"
+        );
         assert!(u.ends_with("&version=1.5.5"));
         c.secure = true;
         c.host = "::1".into();
