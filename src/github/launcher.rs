@@ -6,67 +6,34 @@ use std::{collections::BTreeMap, sync::Arc};
 use super::client::{DispatchedRun, GithubClient};
 use super::error::GithubError;
 
+use crate::lifecycle::{LaunchError, Launcher, SuccessorRequest};
+
 /// Largest `predecessor_endpoints` input accepted (GitHub caps the whole inputs payload; the
-/// endpoints list is a handful of URLs).
+/// endpoints list is a handful of entries).
 pub const MAX_ENDPOINTS_INPUT_BYTES: usize = 8 * 1024;
 
-/// What the successor run needs to know. Everything here becomes a workflow input, which is
-/// public: no secrets (the shared secret reaches the run through repository secrets).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SuccessorInputs {
-    /// The successor's generation (the predecessor's + 1).
-    pub generation: u64,
-    /// The predecessor's PeerJS peer id.
-    pub predecessor_peer_id: String,
-    /// The predecessor's signaling endpoints (URLs), sent as a JSON array string.
-    pub predecessor_endpoints: Vec<String>,
-}
-
-impl SuccessorInputs {
-    /// The workflow inputs: `generation`, `predecessor_peer_id`, `predecessor_endpoints`.
-    pub fn to_inputs(&self) -> Result<BTreeMap<String, String>, GithubError> {
-        let endpoints = serde_json::to_string(&self.predecessor_endpoints)
-            .map_err(|e| GithubError::InvalidRequest(format!("endpoints: {e}")))?;
-        if endpoints.len() > MAX_ENDPOINTS_INPUT_BYTES {
-            return Err(GithubError::InvalidRequest(format!(
-                "predecessor_endpoints is {} bytes; at most {MAX_ENDPOINTS_INPUT_BYTES}",
-                endpoints.len()
-            )));
-        }
-        Ok(BTreeMap::from([
-            ("generation".to_string(), self.generation.to_string()),
-            (
-                "predecessor_peer_id".to_string(),
-                self.predecessor_peer_id.clone(),
-            ),
-            ("predecessor_endpoints".to_string(), endpoints),
-        ]))
+/// The workflow inputs for a successor: `generation`, `predecessor_peer_id`,
+/// `predecessor_endpoints` (a JSON string). Workflow inputs are public, and a
+/// [`SuccessorRequest`] holds no secrets by construction; nothing else is added here.
+///
+/// # Errors
+/// [`GithubError::InvalidRequest`] when the endpoints list is too large for an input.
+pub fn successor_inputs(req: &SuccessorRequest) -> Result<BTreeMap<String, String>, GithubError> {
+    let endpoints = req.endpoints_json();
+    if endpoints.len() > MAX_ENDPOINTS_INPUT_BYTES {
+        return Err(GithubError::InvalidRequest(format!(
+            "predecessor_endpoints is {} bytes; at most {MAX_ENDPOINTS_INPUT_BYTES}",
+            endpoints.len()
+        )));
     }
-
-    /// Parses the inputs back (what the successor reads from its environment).
-    pub fn from_inputs(
-        generation: &str,
-        peer_id: &str,
-        endpoints: &str,
-    ) -> Result<Self, GithubError> {
-        let generation = generation.trim().parse().map_err(|_| {
-            GithubError::InvalidRequest(format!("generation {generation:?} is not a number"))
-        })?;
-        let predecessor_endpoints = if endpoints.trim().is_empty() {
-            Vec::new()
-        } else {
-            serde_json::from_str(endpoints).map_err(|e| {
-                GithubError::InvalidRequest(format!(
-                    "predecessor_endpoints is not a JSON array of strings: {e}"
-                ))
-            })?
-        };
-        Ok(SuccessorInputs {
-            generation,
-            predecessor_peer_id: peer_id.trim().to_string(),
-            predecessor_endpoints,
-        })
-    }
+    Ok(BTreeMap::from([
+        ("generation".to_string(), req.generation.to_string()),
+        (
+            "predecessor_peer_id".to_string(),
+            req.predecessor_peer_id.clone(),
+        ),
+        ("predecessor_endpoints".to_string(), endpoints),
+    ]))
 }
 
 /// Starts successors by dispatching a workflow (default `ouroboros.yml`) on a ref.
@@ -99,11 +66,11 @@ impl GithubLauncher {
     /// Dispatches the successor run. Returns the new run's ids when the server gives them
     /// (`return_run_details`), else `None` (the run still starts; its id arrives with the
     /// successor's handshake).
-    pub async fn launch(
+    pub async fn dispatch(
         &self,
-        req: &SuccessorInputs,
+        req: &SuccessorRequest,
     ) -> Result<Option<DispatchedRun>, GithubError> {
-        let inputs = req.to_inputs()?;
+        let inputs = successor_inputs(req)?;
         let run = self
             .client
             .workflow_dispatch(&self.workflow, &self.git_ref, &inputs, true)
@@ -112,6 +79,7 @@ impl GithubLauncher {
             workflow = %self.workflow,
             git_ref = %self.git_ref,
             generation = req.generation,
+            attempt = req.attempt,
             run_id = run.as_ref().map(|r| r.workflow_run_id),
             "successor run dispatched"
         );
@@ -121,6 +89,20 @@ impl GithubLauncher {
     /// A verifier for successors started by this launcher.
     pub fn verifier(&self) -> RunVerifier {
         RunVerifier::new(self.client.clone(), self.workflow.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl Launcher for GithubLauncher {
+    async fn launch(&self, request: &SuccessorRequest) -> Result<(), LaunchError> {
+        self.dispatch(request)
+            .await
+            .map(|_| ())
+            .map_err(|e| LaunchError::Remote(e.to_string()))
+    }
+
+    fn name(&self) -> &'static str {
+        "github"
     }
 }
 
@@ -231,40 +213,47 @@ impl RunVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discovery::SignalingEndpoint;
 
-    #[test]
-    fn inputs_round_trip_and_are_only_three_strings() {
-        let s = SuccessorInputs {
+    fn req(endpoints: Vec<SignalingEndpoint>) -> SuccessorRequest {
+        SuccessorRequest {
             generation: 7,
             predecessor_peer_id: "node-abc".into(),
-            predecessor_endpoints: vec![
-                "https://x.ngrok-free.dev/".into(),
-                "https://0.peerjs.com/".into(),
-            ],
-        };
-        let inputs = s.to_inputs().unwrap();
+            predecessor_endpoints: endpoints,
+            attempt: 1,
+        }
+    }
+
+    fn ep(host: &str) -> SignalingEndpoint {
+        SignalingEndpoint {
+            host: host.into(),
+            port: 443,
+            path: "/".into(),
+            key: "peerjs".into(),
+            secure: true,
+        }
+    }
+
+    #[test]
+    fn inputs_are_exactly_three_strings() {
+        let inputs =
+            successor_inputs(&req(vec![ep("x.ngrok-free.dev"), ep("0.peerjs.com")])).unwrap();
         assert_eq!(
             inputs.keys().collect::<Vec<_>>(),
             ["generation", "predecessor_endpoints", "predecessor_peer_id"]
         );
-        let back = SuccessorInputs::from_inputs(
-            &inputs["generation"],
-            &inputs["predecessor_peer_id"],
-            &inputs["predecessor_endpoints"],
-        )
-        .unwrap();
-        assert_eq!(back, s);
-        assert!(SuccessorInputs::from_inputs("x", "p", "[]").is_err());
-        assert!(SuccessorInputs::from_inputs("1", "p", "{").is_err());
+        assert_eq!(inputs["generation"], "7");
+        let back: Vec<SignalingEndpoint> =
+            serde_json::from_str(&inputs["predecessor_endpoints"]).unwrap();
+        assert_eq!(back, vec![ep("x.ngrok-free.dev"), ep("0.peerjs.com")]);
     }
 
     #[test]
     fn oversized_endpoints_are_refused() {
-        let s = SuccessorInputs {
-            generation: 1,
-            predecessor_peer_id: "p".into(),
-            predecessor_endpoints: vec!["x".repeat(MAX_ENDPOINTS_INPUT_BYTES)],
-        };
-        assert!(matches!(s.to_inputs(), Err(GithubError::InvalidRequest(_))));
+        let r = req(vec![ep(&"x".repeat(MAX_ENDPOINTS_INPUT_BYTES))]);
+        assert!(matches!(
+            successor_inputs(&r),
+            Err(GithubError::InvalidRequest(_))
+        ));
     }
 }

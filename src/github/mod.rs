@@ -22,10 +22,10 @@ pub use client::{
 };
 pub use error::{GithubError, SECONDARY_LIMIT_WAIT};
 pub use launcher::{
-    GithubLauncher, MAX_ENDPOINTS_INPUT_BYTES, RunCheckError, RunVerifier, SuccessorInputs,
+    GithubLauncher, MAX_ENDPOINTS_INPUT_BYTES, RunCheckError, RunVerifier, successor_inputs,
 };
 pub use pages::{
-    CONTENTS_ATTEMPTS, MAX_RECORD_BYTES, PagesMode, PagesPublisher, PublishError, PublishOutcome,
+    CONTENTS_ATTEMPTS, MAX_RECORD_BYTES, PagesMode, PagesPublisher, PublishOutcome,
     default_record_url, record_generation,
 };
 

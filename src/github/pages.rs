@@ -9,6 +9,7 @@ use url::Url;
 
 use super::client::{ContentsUpdate, DispatchedRun, GithubClient};
 use super::error::GithubError;
+use crate::discovery::{DiscoveryError, DiscoveryRecord, Publisher, check_replace};
 
 /// Largest record published (it also travels as a workflow input in dispatch mode).
 pub const MAX_RECORD_BYTES: usize = 32 * 1024;
@@ -35,25 +36,6 @@ pub enum PagesMode {
         /// (`https://{owner}.github.io/{repo}/ouroboros.json`); `None` skips the read.
         record_url: Option<Url>,
     },
-}
-
-/// Why a record was not published.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    /// The published record has a higher generation: this node is stale.
-    #[error("refusing to publish generation {ours}: generation {published} is already published")]
-    Stale {
-        /// The generation we tried to publish.
-        ours: u64,
-        /// The generation found.
-        published: u64,
-    },
-    /// The record itself is unusable.
-    #[error("invalid discovery record: {0}")]
-    InvalidRecord(String),
-    /// GitHub said no.
-    #[error(transparent)]
-    Github(#[from] GithubError),
 }
 
 /// What publishing did.
@@ -116,53 +98,43 @@ impl PagesPublisher {
         &self.mode
     }
 
-    /// Publishes `record_json` (whose `generation` must be `generation`), unless a record of a
-    /// higher generation is already there.
-    pub async fn publish(
+    /// Publishes `record` unless the guard ([`check_replace`]) refuses it against the record
+    /// currently published. In `contents` mode the guard runs on the record read with the
+    /// `sha` that locks the write (re-read and re-checked after a conflict); in `dispatch`
+    /// mode on the deployed record read back with a `?t=` cache-buster, and `static.yml`
+    /// checks again right before it deploys.
+    ///
+    /// # Errors
+    /// [`DiscoveryError::Stale`] when a newer generation (or another peer of the same
+    /// generation) is published; [`DiscoveryError::Invalid`] for a bad record;
+    /// [`DiscoveryError::Remote`] for GitHub failures (safe to log).
+    pub async fn publish_record(
         &self,
-        record_json: &[u8],
-        generation: u64,
-    ) -> Result<PublishOutcome, PublishError> {
-        if record_json.len() > MAX_RECORD_BYTES {
-            return Err(PublishError::InvalidRecord(format!(
-                "{} bytes; at most {MAX_RECORD_BYTES}",
-                record_json.len()
+        record: &DiscoveryRecord,
+    ) -> Result<PublishOutcome, DiscoveryError> {
+        record.validate()?;
+        let json = record.to_json_pretty();
+        if json.len() > MAX_RECORD_BYTES {
+            return Err(DiscoveryError::Invalid(format!(
+                "record is {} bytes; at most {MAX_RECORD_BYTES}",
+                json.len()
             )));
-        }
-        let value: serde_json::Value = serde_json::from_slice(record_json)
-            .map_err(|e| PublishError::InvalidRecord(format!("not JSON: {e}")))?;
-        if !value.is_object() {
-            return Err(PublishError::InvalidRecord("not a JSON object".into()));
-        }
-        match value.get("generation").map(|g| g.as_u64()) {
-            None => {}
-            Some(Some(g)) if g == generation => {}
-            Some(g) => {
-                return Err(PublishError::InvalidRecord(format!(
-                    "record says generation {g:?}, publisher was told {generation}"
-                )));
-            }
         }
         match &self.mode {
             PagesMode::Contents { branch, path } => {
-                let message = format!("ouroboros: publish generation {generation}");
+                let message = format!("ouroboros: publish generation {}", record.generation);
                 let out = self
                     .client
                     .update_contents(path, Some(branch), &message, CONTENTS_ATTEMPTS, |current| {
                         if let Some(cur) = current {
-                            if let Some(published) = record_generation(&cur.content)
-                                && published > generation
-                            {
-                                return Err(PublishError::Stale {
-                                    ours: generation,
-                                    published,
-                                });
+                            if let Ok(published) = DiscoveryRecord::from_json(&cur.content) {
+                                check_replace(&published, record).map_err(DiscoveryError::Stale)?;
                             }
-                            if cur.content == record_json {
+                            if cur.content == json.as_bytes() {
                                 return Ok(ContentsUpdate::Keep);
                             }
                         }
-                        Ok(ContentsUpdate::Write(record_json.to_vec()))
+                        Ok::<_, DiscoveryError>(ContentsUpdate::Write(json.clone().into_bytes()))
                     })
                     .await?;
                 Ok(match out {
@@ -173,34 +145,39 @@ impl PagesPublisher {
                 })
             }
             PagesMode::Dispatch {
-                workflow,
-                git_ref,
-                record_url,
+                workflow, git_ref, ..
             } => {
-                if let Some(url) = record_url
-                    && let Some(published) = self.read_published_generation(url).await
-                    && published > generation
-                {
-                    return Err(PublishError::Stale {
-                        ours: generation,
-                        published,
-                    });
+                if let Some(published) = self.read_deployed().await {
+                    check_replace(&published, record)?;
                 }
-                let record = String::from_utf8(record_json.to_vec())
-                    .map_err(|_| PublishError::InvalidRecord("not UTF-8".into()))?;
-                let inputs = BTreeMap::from([("record".to_string(), record)]);
+                let inputs = BTreeMap::from([("record".to_string(), json)]);
                 let run = self
                     .client
                     .workflow_dispatch(workflow, git_ref, &inputs, true)
-                    .await?;
+                    .await
+                    .map_err(remote)?;
+                tracing::info!(workflow = %workflow, generation = record.generation, "Pages deploy dispatched");
                 Ok(PublishOutcome::Dispatched { run })
             }
         }
     }
 
-    /// Reads the deployed record's generation with a `?t=` cache-buster; any failure (not yet
-    /// deployed, offline) returns `None`: the deploy workflow checks again before deploying.
-    async fn read_published_generation(&self, url: &Url) -> Option<u64> {
+    /// The deployed record in dispatch mode (`None` when unreadable or absent).
+    async fn read_deployed(&self) -> Option<DiscoveryRecord> {
+        let PagesMode::Dispatch {
+            record_url: Some(url),
+            ..
+        } = &self.mode
+        else {
+            return None;
+        };
+        let bytes = self.read_public(url).await?;
+        DiscoveryRecord::from_json(&bytes).ok()
+    }
+
+    /// Reads the deployed record with a `?t=` cache-buster; any failure (not yet deployed,
+    /// offline) returns `None`: the deploy workflow checks again before deploying.
+    async fn read_public(&self, url: &Url) -> Option<Vec<u8>> {
         let mut u = url.clone();
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -209,7 +186,7 @@ impl PagesPublisher {
         u.query_pairs_mut().append_pair("t", &t.to_string());
         match self.http.get(u).send().await {
             Ok(r) if r.status().is_success() => match r.bytes().await {
-                Ok(b) if b.len() <= MAX_RECORD_BYTES => record_generation(&b),
+                Ok(b) if b.len() <= MAX_RECORD_BYTES => Some(b.to_vec()),
                 _ => None,
             },
             Ok(r) => {
@@ -221,6 +198,41 @@ impl PagesPublisher {
                 None
             }
         }
+    }
+}
+
+fn remote(e: GithubError) -> DiscoveryError {
+    DiscoveryError::Remote(e.to_string())
+}
+
+impl From<GithubError> for DiscoveryError {
+    fn from(e: GithubError) -> Self {
+        remote(e)
+    }
+}
+
+#[async_trait::async_trait]
+impl Publisher for PagesPublisher {
+    async fn publish(&self, record: &DiscoveryRecord) -> Result<(), DiscoveryError> {
+        self.publish_record(record).await.map(|_| ())
+    }
+
+    /// Contents mode: the committed record, fresh (authenticated API, no CDN). Dispatch mode:
+    /// the deployed record through the CDN with a cache-buster (`None` if not yet deployed).
+    async fn current(&self) -> Result<Option<DiscoveryRecord>, DiscoveryError> {
+        match &self.mode {
+            PagesMode::Contents { branch, path } => {
+                match self.client.get_contents(path, Some(branch)).await? {
+                    Some(file) => DiscoveryRecord::from_json(&file.content).map(Some),
+                    None => Ok(None),
+                }
+            }
+            PagesMode::Dispatch { .. } => Ok(self.read_deployed().await),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "pages"
     }
 }
 
