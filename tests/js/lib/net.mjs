@@ -3,10 +3,11 @@
 //   import { connectWs, httpRequest, randomToken } from './lib/net.mjs';
 //   const c = await connectWs(srv.wsUrl({ key: 'peerjs', id: 'a', token: 't' }));
 //   await c.next()                    // next frame, JSON-parsed ({ raw } if it is not JSON); rejects on timeout
+//   await c.nextText()                // next frame as the exact text the server sent (key order visible)
 //   await c.nextOrNull(300)           // next frame or null if none arrives within 300 ms (no-delivery checks)
 //   c.send({ type: 'OFFER', dst: 'b', payload: {} })   // objects are JSON.stringified, strings sent verbatim
 //   await c.closed                    // { code, reason } once the socket closed
-//   c.frames                          // every frame received so far (parsed), in order
+//   c.frames                          // every frame received so far (exact text), in order
 //   await c.close()                   // close and wait for it (also registered with ./cleanup.mjs)
 //   const r = await httpRequest(`${srv.httpBase}peerjs/id`, { headers: { origin: 'http://o.example' } });
 //   r.status, r.headers (lower-case names), r.body (string)
@@ -23,6 +24,14 @@ export function randomToken() {
   return randomBytes(8).toString('hex');
 }
 
+function parseFrame(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return { raw: text };
+  }
+}
+
 /** Opens a WebSocket; see the header comment. */
 export function connectWs(url, { origin, headers, timeoutMs = 5000, defaultNextTimeoutMs = 5000 } = {}) {
   const ws = new WebSocket(url, { origin, headers, handshakeTimeout: timeoutMs, perMessageDeflate: false });
@@ -31,13 +40,7 @@ export function connectWs(url, { origin, headers, timeoutMs = 5000, defaultNextT
   const waiters = [];
   let closeInfo = null;
   ws.on('message', (data, isBinary) => {
-    const text = data.toString('utf8');
-    let frame;
-    try {
-      frame = isBinary ? { binary: text } : JSON.parse(text);
-    } catch {
-      frame = { raw: text };
-    }
+    const frame = isBinary ? `binary:${data.toString('hex')}` : data.toString('utf8');
     frames.push(frame);
     const w = waiters.shift();
     if (w) w.resolve(frame);
@@ -74,17 +77,26 @@ export function connectWs(url, { origin, headers, timeoutMs = 5000, defaultNextT
     get isClosed() {
       return closeInfo !== null;
     },
-    /** Next frame; rejects if none arrives in time or the socket closes first. */
-    async next(ms = defaultNextTimeoutMs) {
+    /** Next frame as text; rejects if none arrives in time or the socket closes first. */
+    async nextText(ms = defaultNextTimeoutMs) {
       const f = await takeNext(ms);
       if (f === undefined) throw new Error(`no frame within ${ms} ms on ${url}`);
       if (f === null) throw new Error(`socket closed (${closeInfo?.code}) before a frame arrived on ${url}`);
       return f;
     },
-    /** Next frame, or null if none arrives within `ms` or the socket closes. */
-    async nextOrNull(ms) {
+    /** Next frame, JSON-parsed (`{ raw }` if it is not JSON). */
+    async next(ms = defaultNextTimeoutMs) {
+      return parseFrame(await client.nextText(ms));
+    },
+    /** Next frame as text, or null if none arrives within `ms` or the socket closes. */
+    async nextTextOrNull(ms) {
       const f = await takeNext(ms);
       return f ?? null;
+    },
+    /** Next frame parsed, or null if none arrives within `ms` or the socket closes. */
+    async nextOrNull(ms) {
+      const f = await takeNext(ms);
+      return f == null ? null : parseFrame(f);
     },
     send(msg) {
       ws.send(typeof msg === 'string' ? msg : JSON.stringify(msg));

@@ -9,9 +9,10 @@
 // Serves:
 //   - the given `pages` (path -> HTML string, or { body, type } for other content types);
 //   - `/node_modules/<pkg>/<file>` from tests/js/node_modules (e.g. `/node_modules/peerjs/dist/peerjs.min.js`),
-//     refusing anything that escapes that folder;
+//     and `/lib/browser/<file>` from tests/js/lib/browser (in-page helpers), refusing anything that escapes;
 //   - 404 for everything else. `/favicon.ico` answers 204 so it does not show up as a console error.
-// DEFAULT_PAGE loads peerjs 1.5.5 (`window.peerjs.Peer`) and sets `window.harnessReady = true`.
+// DEFAULT_PAGE loads peerjs 1.5.5 (`window.peerjs.Peer`) and ./browser/peer-harness.js (`window.H`), then
+// sets `window.harnessReady = true`.
 // Registered with ./cleanup.mjs.
 
 import http from 'node:http';
@@ -21,12 +22,18 @@ import { register } from './cleanup.mjs';
 import { JS_DIR } from './servers.mjs';
 
 const NODE_MODULES = path.join(JS_DIR, 'node_modules');
+const BROWSER_LIB = path.join(JS_DIR, 'lib', 'browser');
+const MOUNTS = [
+  ['/node_modules/', NODE_MODULES],
+  ['/lib/browser/', BROWSER_LIB],
+];
 
 /** A page that loads the peerjs UMD bundle and marks itself ready. */
 export const DEFAULT_PAGE = `<!doctype html>
 <html><head><meta charset="utf-8"><title>ouroboros test page</title>
 <script src="/node_modules/peerjs/dist/peerjs.min.js"></script>
-<script>window.harnessReady = typeof window.peerjs === 'object' && typeof window.peerjs.Peer === 'function';</script>
+<script src="/lib/browser/peer-harness.js"></script>
+<script>window.harnessReady = typeof window.peerjs === 'object' && typeof window.peerjs.Peer === 'function' && typeof window.H === 'object';</script>
 </head><body></body></html>`;
 
 const TYPES = {
@@ -59,10 +66,12 @@ export async function startStaticServer({ pages = { '/': DEFAULT_PAGE } } = {}) 
         res.writeHead(204).end();
         return;
       }
-      if (pathname.startsWith('/node_modules/')) {
-        const rel = decodeURIComponent(pathname.slice('/node_modules/'.length));
-        const file = path.resolve(NODE_MODULES, rel);
-        if (!file.startsWith(NODE_MODULES + path.sep)) {
+      const mount = MOUNTS.find(([prefix]) => pathname.startsWith(prefix));
+      if (mount) {
+        const [prefix, dir] = mount;
+        const rel = decodeURIComponent(pathname.slice(prefix.length));
+        const file = path.resolve(dir, rel);
+        if (!file.startsWith(dir + path.sep)) {
           res.writeHead(403).end();
           return;
         }
