@@ -23,6 +23,7 @@ enum LogFormat {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up
 enum Command {
     /// Run the PeerJS signaling server alone.
     Signal(ouroboros::signaling::SignalArgs),

@@ -1,8 +1,22 @@
 //! Lifetime, deadlines, and the launchers that start a node's successor.
+//!
+//! - [`LifecycleArgs`]: the node's lifecycle flags (`--lifetime`, `--handoff-lead`, ...),
+//!   turned into a validated [`LifecyclePlan`].
+//! - [`Lifecycle`]: a sans-IO state machine deciding when to launch the successor, when to
+//!   relaunch, and when to exit. It never passes the hard deadline.
+//! - [`Launcher`]: starts a successor. [`LocalLauncher`] spawns `ouroboros node` as a
+//!   detached process; [`NoLauncher`] launches nothing; GitHub's lives in `github`.
 
-/// Lifecycle flags of `ouroboros node`.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct LifecycleArgs {}
+mod args;
+mod launcher;
+mod machine;
 
-/// Starts a successor node.
-pub trait Launcher: Send + Sync {}
+pub use args::{
+    EndpointList, LauncherKind, LifecycleArgs, LifecyclePlan, PlanError, parse_duration,
+};
+pub use launcher::{
+    LaunchError, Launcher, LocalLauncher, NoLauncher, SuccessorRequest, successor_base_args,
+};
+pub use machine::{
+    ExitReason, Lifecycle, LifecycleAction, LifecycleInput, LifecycleState, LifecycleStatus,
+};

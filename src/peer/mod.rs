@@ -1,4 +1,548 @@
 //! The native PeerJS peer: a signaling client for any PeerJS server and DataConnections
-//! over `webrtc` that browsers running `peerjs` cannot tell from another browser.
+//! over `webrtc` that browsers running `peerjs` 1.5.5 cannot tell from another browser.
+//!
+//! # Layout
+//!
+//! - [`Peer`] (this file): configuration, the public handle, events and errors.
+//! - `signaling_client`: the WebSocket to the PeerJS server (id fetch, OPEN, heartbeat,
+//!   automatic reconnect with backoff keeping id and token, routing of relayed messages).
+//! - `negotiation`: one task per connection driving its `RTCPeerConnection` through
+//!   OFFER / ANSWER / CANDIDATE (candidates buffered until the remote description is set).
+//! - [`connection`]: the open [`DataConnection`] and its [`ConnectionSender`] /
+//!   [`ConnectionReceiver`] halves (bounded send buffering, in-band flushed close).
+//! - `webrtc_setup`: the `SettingEngine` settings that make webrtc-rs fast with Chromium.
+//! - `udp`: the `Runtime` wrapper that enlarges UDP socket buffers.
+//! - [`codec`]: the PeerJS serializations.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use ouroboros::peer::{ConnectOptions, Peer, PeerConfig, Value};
+//! let peer = Peer::open(PeerConfig::new("127.0.0.1", 9000)).await?;
+//! let mut conn = peer.connect("other-peer", ConnectOptions::default()).await?;
+//! conn.send(&Value::Str("hello".into())).await?;
+//! let reply = conn.recv().await;
+//! conn.close(true).await;
+//! # Ok(()) }
+//! ```
 
 pub mod codec;
+pub mod connection;
+mod negotiation;
+mod signaling_client;
+mod udp;
+mod webrtc_setup;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+pub use codec::{Frame, Serialization, Value};
+pub use connection::{ConnectionError, ConnectionReceiver, ConnectionSender, DataConnection};
+pub use udp::BufferedUdpRuntime;
+
+/// The peerjs client version we announce in `version=` query parameters.
+pub const PEERJS_VERSION: &str = "1.5.5";
+
+/// peerjs's `MAX_BUFFERED_AMOUNT`: a sender waits while this many bytes are buffered.
+pub const SEND_HIGH_WATER: usize = 8 * 1024 * 1024;
+
+/// The UDP socket buffer size requested for every WebRTC socket (4 MiB).
+pub const UDP_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// A STUN or TURN server for ICE.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IceServer {
+    /// `stun:host:port` / `turn:host:port?transport=udp` URLs.
+    pub urls: Vec<String>,
+    /// TURN user name.
+    pub username: Option<String>,
+    /// TURN credential.
+    pub credential: Option<String>,
+}
+
+impl IceServer {
+    /// A STUN server from one URL.
+    pub fn stun(url: impl Into<String>) -> Self {
+        IceServer {
+            urls: vec![url.into()],
+            ..Default::default()
+        }
+    }
+}
+
+/// Where and how a [`Peer`] registers.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// Signaling server host name or address.
+    pub host: String,
+    /// Signaling server port.
+    pub port: u16,
+    /// Server mount path; normalised to a leading and trailing `/`.
+    pub path: String,
+    /// API key (`peerjs` by default).
+    pub key: String,
+    /// Use `https`/`wss`.
+    pub secure: bool,
+    /// The id to register; `None` fetches one from `{path}{key}/id`.
+    pub id: Option<String>,
+    /// The token proving ownership of the id across reconnects; random when `None`.
+    pub token: Option<String>,
+    /// STUN/TURN servers (none by default: loopback and LAN only).
+    pub ice_servers: Vec<IceServer>,
+    /// Extra HTTP headers on the id fetch and the WebSocket upgrade
+    /// (e.g. `ngrok-skip-browser-warning`).
+    pub http_headers: Vec<(String, String)>,
+    /// Local UDP addresses for WebRTC sockets. A wildcard binds every non-loopback interface.
+    pub udp_addrs: Vec<String>,
+    /// How long `connect` waits for the channel to open.
+    pub connect_timeout: Duration,
+    /// HEARTBEAT period (peerjs: 5 s).
+    pub heartbeat_interval: Duration,
+    /// Reconnect to the signaling server by itself when the socket drops.
+    pub reconnect: bool,
+    /// Upper bound of the reconnect backoff.
+    pub max_reconnect_delay: Duration,
+}
+
+impl PeerConfig {
+    /// Config for `host:port`, key `peerjs`, path `/`, plain `ws`, no ICE servers.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        PeerConfig {
+            host: host.into(),
+            port,
+            path: "/".into(),
+            key: "peerjs".into(),
+            secure: false,
+            id: None,
+            token: None,
+            ice_servers: Vec::new(),
+            http_headers: Vec::new(),
+            udp_addrs: vec!["0.0.0.0:0".into(), "127.0.0.1:0".into()],
+            connect_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(5),
+            reconnect: true,
+            max_reconnect_delay: Duration::from_secs(10),
+        }
+    }
+
+    /// Parses `ws[s]://host[:port]/path?key=K` (also `http[s]://`).
+    ///
+    /// # Errors
+    /// [`PeerError::InvalidConfig`] for another scheme, no host, or an unparsable URL.
+    pub fn from_url(url: &str) -> Result<Self, PeerError> {
+        let u =
+            url::Url::parse(url).map_err(|e| PeerError::InvalidConfig(format!("{url}: {e}")))?;
+        let secure = match u.scheme() {
+            "ws" | "http" => false,
+            "wss" | "https" => true,
+            s => {
+                return Err(PeerError::InvalidConfig(format!(
+                    "unsupported scheme {s:?}"
+                )));
+            }
+        };
+        let host = u
+            .host_str()
+            .ok_or_else(|| PeerError::InvalidConfig(format!("{url}: no host")))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = u
+            .port_or_known_default()
+            .unwrap_or(if secure { 443 } else { 80 });
+        let mut cfg = PeerConfig::new(host, port);
+        cfg.secure = secure;
+        cfg.path = u.path().to_string();
+        for (k, v) in u.query_pairs() {
+            if k == "key" {
+                cfg.key = v.into_owned();
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The path with a leading and trailing `/`.
+    pub fn normalized_path(&self) -> String {
+        let mut p = self.path.trim().to_string();
+        if !p.starts_with('/') {
+            p.insert(0, '/');
+        }
+        if !p.ends_with('/') {
+            p.push('/');
+        }
+        p
+    }
+}
+
+/// Options for [`Peer::connect`], as peerjs's `peer.connect(id, options)`.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Channel label; the connection id when `None`.
+    pub label: Option<String>,
+    /// Serialization announced in the OFFER.
+    pub serialization: Serialization,
+    /// `true` makes the channel ordered (peerjs default: `false`, unordered).
+    pub reliable: bool,
+    /// Free-form metadata shown to the remote side.
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            label: None,
+            serialization: Serialization::Binary,
+            reliable: false,
+            metadata: None,
+        }
+    }
+}
+
+/// Errors of the peer and its signaling.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PeerError {
+    /// Bad configuration (URL, path, ...).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// The requested id does not match peerjs's id rule.
+    #[error("invalid peer id {0:?}")]
+    InvalidId(String),
+    /// The id could not be fetched from `{path}{key}/id`.
+    #[error("could not get an ID from the server: {0}")]
+    IdFetch(String),
+    /// The WebSocket to the server could not be opened or was lost.
+    #[error("network: {0}")]
+    Network(String),
+    /// The server sent `ERROR` with this message.
+    #[error("server error: {0}")]
+    Server(String),
+    /// The server sent `ID-TAKEN`.
+    #[error("ID is taken")]
+    IdTaken,
+    /// The server sent `EXPIRE` for this peer: it is not connected.
+    #[error("could not connect to peer {0}")]
+    PeerUnavailable(String),
+    /// An operation did not finish in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// ICE/DTLS/SCTP negotiation failed.
+    #[error("negotiation failed: {0}")]
+    NegotiationFailed(String),
+    /// The remote peer left (`LEAVE`) or closed before the channel opened.
+    #[error("connection closed before it opened: {0}")]
+    ConnectionClosed(String),
+    /// The peer was closed.
+    #[error("peer closed")]
+    Closed,
+}
+
+/// What happens to a [`Peer`], in order (subscribe with [`Peer::events`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// Registered with the server under this id.
+    Open(String),
+    /// The signaling socket dropped; reconnecting (connections stay up).
+    Disconnected,
+    /// Registered again with the same id and token; queued signaling was sent.
+    Reconnected,
+    /// A non-fatal or fatal error (fatal ones are followed by [`PeerEvent::Closed`]).
+    Error(PeerError),
+    /// The peer is closed; no more events.
+    Closed,
+}
+
+/// Routing entry of one connection (by connection id).
+pub(crate) struct ConnEntry {
+    pub(crate) peer: String,
+    pub(crate) signals: mpsc::Sender<negotiation::Signal>,
+    /// Distinguishes a replaced entry (repeated OFFER) from its successor.
+    pub(crate) generation: u64,
+}
+
+/// State shared by the handle, the signaling task and the connection tasks.
+pub(crate) struct Shared {
+    pub(crate) id: String,
+    pub(crate) token: String,
+    pub(crate) config: PeerConfig,
+    /// JSON frames for the signaling socket (queued while disconnected).
+    pub(crate) outbound: mpsc::Sender<String>,
+    pub(crate) events: broadcast::Sender<PeerEvent>,
+    pub(crate) conns: Mutex<HashMap<String, ConnEntry>>,
+    pub(crate) incoming_tx: mpsc::Sender<DataConnection>,
+    pub(crate) incoming_rx: tokio::sync::Mutex<mpsc::Receiver<DataConnection>>,
+    /// Cancelled when the peer closes.
+    pub(crate) closed: CancellationToken,
+    pub(crate) runtime: Arc<BufferedUdpRuntime>,
+}
+
+impl Shared {
+    pub(crate) fn emit(&self, ev: PeerEvent) {
+        let _ = self.events.send(ev);
+    }
+
+    /// Queues one signaling message `{type, payload, dst}`.
+    pub(crate) fn signal(&self, msg: String) {
+        if self.outbound.try_send(msg).is_err() {
+            tracing::warn!("signaling outbound queue full or closed; message dropped");
+        }
+    }
+}
+
+struct PeerHandle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for PeerHandle {
+    fn drop(&mut self) {
+        self.shared.closed.cancel();
+    }
+}
+
+/// A PeerJS peer registered on a signaling server. Cheap to clone; the peer closes when
+/// the last clone is dropped or [`Peer::close`] is called.
+#[derive(Clone)]
+pub struct Peer {
+    handle: Arc<PeerHandle>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer").field("id", &self.id()).finish()
+    }
+}
+
+/// Maximum pending incoming connections not yet taken by [`Peer::accept`].
+const INCOMING_QUEUE: usize = 256;
+
+impl Peer {
+    /// Registers with the server (fetching an id first if none is configured) and
+    /// resolves once the server answered `OPEN`.
+    ///
+    /// # Errors
+    /// [`PeerError::InvalidId`], [`PeerError::IdFetch`], [`PeerError::Network`],
+    /// [`PeerError::Server`] (`ERROR`), [`PeerError::IdTaken`], [`PeerError::Timeout`].
+    pub async fn open(config: PeerConfig) -> Result<Peer, PeerError> {
+        if let Some(id) = &config.id
+            && !valid_id(id)
+        {
+            return Err(PeerError::InvalidId(id.clone()));
+        }
+        let id = match &config.id {
+            Some(id) => id.clone(),
+            None => signaling_client::fetch_id(&config).await?,
+        };
+        let token = config.token.clone().unwrap_or_else(random_token);
+        let ws = signaling_client::connect_and_open(&config, &id, &token).await?;
+
+        let (outbound, outbound_rx) = mpsc::channel(signaling_client::OUTBOUND_QUEUE);
+        let (events, _) = broadcast::channel(256);
+        let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
+        let shared = Arc::new(Shared {
+            id: id.clone(),
+            token,
+            config,
+            outbound,
+            events,
+            conns: Mutex::new(HashMap::new()),
+            incoming_tx,
+            incoming_rx: tokio::sync::Mutex::new(incoming_rx),
+            closed: CancellationToken::new(),
+            runtime: Arc::new(BufferedUdpRuntime::new(UDP_SOCKET_BUFFER)),
+        });
+        shared.emit(PeerEvent::Open(id));
+        tokio::spawn(signaling_client::run(shared.clone(), ws, outbound_rx));
+        Ok(Peer {
+            handle: Arc::new(PeerHandle { shared }),
+        })
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.handle.shared
+    }
+
+    /// The id registered on the server.
+    pub fn id(&self) -> &str {
+        &self.shared().id
+    }
+
+    /// The token registered with the id (needed to take the id over after a restart).
+    pub fn token(&self) -> &str {
+        &self.shared().token
+    }
+
+    /// The configuration this peer was opened with.
+    pub fn config(&self) -> &PeerConfig {
+        &self.shared().config
+    }
+
+    /// Opens a DataConnection to `peer_id`; resolves when the channel is open.
+    ///
+    /// # Errors
+    /// [`PeerError::PeerUnavailable`] (server `EXPIRE`), [`PeerError::ConnectionClosed`]
+    /// (`LEAVE`), [`PeerError::Timeout`] after `connect_timeout`,
+    /// [`PeerError::NegotiationFailed`], [`PeerError::Closed`].
+    pub async fn connect(
+        &self,
+        peer_id: &str,
+        opts: ConnectOptions,
+    ) -> Result<DataConnection, PeerError> {
+        if self.shared().closed.is_cancelled() {
+            return Err(PeerError::Closed);
+        }
+        negotiation::connect(self.shared().clone(), peer_id.to_string(), opts).await
+    }
+
+    /// The next incoming connection, once its channel is open; `None` after close.
+    pub async fn accept(&self) -> Option<DataConnection> {
+        let shared = self.shared();
+        let mut rx = tokio::select! {
+            rx = shared.incoming_rx.lock() => rx,
+            _ = shared.closed.cancelled() => return None,
+        };
+        tokio::select! {
+            c = rx.recv() => c,
+            _ = shared.closed.cancelled() => None,
+        }
+    }
+
+    /// Subscribes to peer events from now on.
+    pub fn events(&self) -> broadcast::Receiver<PeerEvent> {
+        self.shared().events.subscribe()
+    }
+
+    /// Whether the peer was closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared().closed.is_cancelled()
+    }
+
+    /// Closes every connection and the signaling socket.
+    pub async fn close(&self) {
+        let shared = self.shared();
+        shared.closed.cancel();
+        // Let connection tasks observe the cancellation and close their PeerConnections.
+        let entries: Vec<_> = shared
+            .conns
+            .lock()
+            .expect("conns lock poisoned")
+            .drain()
+            .map(|(_, e)| e)
+            .collect();
+        for e in entries {
+            let _ = e.signals.try_send(negotiation::Signal::Close);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// peerjs's id rule: `^[A-Za-z0-9]+(?:[ _-][A-Za-z0-9]+)*$`.
+pub fn valid_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    if b.is_empty() || !b[0].is_ascii_alphanumeric() || !b[b.len() - 1].is_ascii_alphanumeric() {
+        return false;
+    }
+    let mut prev_sep = false;
+    for &c in b {
+        if c.is_ascii_alphanumeric() {
+            prev_sep = false;
+        } else if matches!(c, b' ' | b'_' | b'-') {
+            if prev_sep {
+                return false;
+            }
+            prev_sep = true;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// A random base-36 string like `Math.random().toString(36).slice(2)` (11 chars).
+pub(crate) fn random_token() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    (0..11)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Name of a serialization as it goes in the OFFER payload (peerjs 1.5.5 sends the
+/// class value, so `binary-utf8` goes out as `binary`).
+pub fn serialization_wire_name(s: Serialization) -> &'static str {
+    match s {
+        Serialization::Binary | Serialization::BinaryUtf8 => "binary",
+        Serialization::Json => "json",
+        Serialization::Raw => "raw",
+        Serialization::MsgPack => "MsgPack",
+    }
+}
+
+/// Parses a serialization name from an OFFER or a command line (`default` = `binary`,
+/// `msgpack` accepted in any case).
+pub fn parse_serialization(s: &str) -> Option<Serialization> {
+    match s {
+        "binary" | "default" => Some(Serialization::Binary),
+        "binary-utf8" => Some(Serialization::BinaryUtf8),
+        "json" => Some(Serialization::Json),
+        "raw" => Some(Serialization::Raw),
+        _ if s.eq_ignore_ascii_case("msgpack") => Some(Serialization::MsgPack),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_rule_matches_peerjs() {
+        for ok in ["a", "abc", "a-b", "a_b c", "A1-2_3", "0"] {
+            assert!(valid_id(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "a--b", "a b!", "é", "a__b", " a"] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_from_url() {
+        let c = PeerConfig::from_url("wss://example.com/myapp?key=k1").unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.port, c.secure, c.key.as_str()),
+            ("example.com", 443, true, "k1")
+        );
+        assert_eq!(c.normalized_path(), "/myapp/");
+        let c = PeerConfig::from_url("ws://127.0.0.1:9000").unwrap();
+        assert_eq!((c.port, c.secure, c.key.as_str()), (9000, false, "peerjs"));
+        assert_eq!(c.normalized_path(), "/");
+        assert!(PeerConfig::from_url("ftp://x/").is_err());
+        assert!(PeerConfig::from_url("not a url").is_err());
+    }
+
+    #[test]
+    fn serialization_names() {
+        for s in [
+            Serialization::Binary,
+            Serialization::Json,
+            Serialization::Raw,
+            Serialization::MsgPack,
+        ] {
+            assert_eq!(parse_serialization(serialization_wire_name(s)), Some(s));
+        }
+        assert_eq!(serialization_wire_name(Serialization::BinaryUtf8), "binary");
+        assert_eq!(parse_serialization("msgpack"), Some(Serialization::MsgPack));
+        assert_eq!(parse_serialization("xml"), None);
+    }
+
+    #[test]
+    fn token_shape() {
+        let t = random_token();
+        assert_eq!(t.len(), 11);
+        assert!(t.bytes().all(|c| c.is_ascii_alphanumeric()));
+    }
+}

@@ -1,0 +1,184 @@
+//! Connects to a PeerJS peer, sends a JSON message N times, prints every reply as one line
+//! of JSON, then closes with flush.
+//!
+//! `cargo run --release --example send -- --host H --port P --path PATH --key K --to ID --serialization S --message JSON [--count N]`
+//!
+//! `S` is `binary`, `binary-utf8`, `json`, `raw` or `msgpack`. With `raw`, a JSON string is
+//! sent as a text frame and anything else as its JSON text. Binary replies print as
+//! `{"$bin_len":N,"$sha256":"…"}`. Extra: `--binary-size N` sends N pattern bytes instead
+//! of `--message`, `--reliable false` for an unordered channel.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Parser;
+use ouroboros::peer::{
+    ConnectOptions, Peer, PeerConfig, Serialization, Value, parse_serialization,
+};
+use sha2::Digest;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Signaling server host.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Signaling server port.
+    #[arg(long, default_value_t = 9000)]
+    port: u16,
+    /// Server path.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// API key.
+    #[arg(long, default_value = "peerjs")]
+    key: String,
+    /// Use wss/https.
+    #[arg(long)]
+    secure: bool,
+    /// The peer id to connect to.
+    #[arg(long)]
+    to: String,
+    /// binary, binary-utf8, json, raw or msgpack.
+    #[arg(long, default_value = "binary")]
+    serialization: String,
+    /// The message, as JSON.
+    #[arg(long, default_value = "null")]
+    message: String,
+    /// How many times to send it.
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// Send this many pattern bytes (binary) instead of --message.
+    #[arg(long)]
+    binary_size: Option<usize>,
+    /// Ordered channel (peerjs `reliable`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    reliable: bool,
+    /// Seconds to wait for all replies.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
+fn from_json(j: &serde_json::Value) -> Value {
+    match j {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::Int(i)
+            } else if let Some(u) = n.as_u64() {
+                Value::UInt(u)
+            } else {
+                Value::Float(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        serde_json::Value::String(s) => Value::Str(s.clone()),
+        serde_json::Value::Array(a) => Value::Array(a.iter().map(from_json).collect()),
+        serde_json::Value::Object(o) => Value::Map(
+            o.iter()
+                .map(|(k, v)| (Value::Str(k.clone()), from_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+fn to_json(v: &Value) -> serde_json::Value {
+    use serde_json::json;
+    match v {
+        Value::Null | Value::Undefined => serde_json::Value::Null,
+        Value::Bool(b) => json!(b),
+        Value::Int(i) => json!(i),
+        Value::UInt(u) => json!(u),
+        Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null),
+        Value::Str(s) => json!(s),
+        Value::Bin(b) => {
+            json!({"$bin_len": b.len(), "$sha256": hex::encode(sha2::Sha256::digest(b))})
+        }
+        Value::Array(a) => serde_json::Value::Array(a.iter().map(to_json).collect()),
+        Value::Map(m) => serde_json::Value::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Value::Str(s) => s.clone(),
+                        other => to_json(other).to_string(),
+                    };
+                    (key, to_json(v))
+                })
+                .collect(),
+        ),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    ouroboros::install_crypto_provider();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "warn,rtc=error,rtc_ice=error,rtc_dtls=error,rtc_sctp=error,webrtc=error".into()
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let serialization = parse_serialization(&args.serialization)
+        .with_context(|| format!("unknown serialization {:?}", args.serialization))?;
+    let message = match args.binary_size {
+        Some(n) => Value::Bin(Bytes::from(
+            (0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>(),
+        )),
+        None => {
+            let j: serde_json::Value =
+                serde_json::from_str(&args.message).context("--message is not JSON")?;
+            match (serialization, j) {
+                (Serialization::Raw, serde_json::Value::String(s)) => Value::Str(s),
+                (Serialization::Raw, other) => Value::Str(other.to_string()),
+                (_, j) => from_json(&j),
+            }
+        }
+    };
+    let mut config = PeerConfig::new(args.host, args.port);
+    config.path = args.path;
+    config.key = args.key;
+    config.secure = args.secure;
+    let peer = Peer::open(config).await?;
+    let conn = peer
+        .connect(
+            &args.to,
+            ConnectOptions {
+                serialization,
+                reliable: args.reliable,
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| format!("connecting to {}", args.to))?;
+    let (tx, mut rx) = conn.split();
+    let sender = tx.clone();
+    let count = args.count;
+    let sending = tokio::spawn(async move {
+        for _ in 0..count {
+            sender.send(&message).await?;
+        }
+        Ok::<_, ouroboros::peer::ConnectionError>(())
+    });
+    let mut out = std::io::stdout().lock();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
+    for i in 0..count {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Ok(v))) => {
+                writeln!(out, "{}", to_json(&v))?;
+                out.flush()?;
+            }
+            Ok(Some(Err(e))) => bail!("reply {i}: {e}"),
+            Ok(None) => bail!("connection closed after {i} of {count} replies"),
+            Err(_) => bail!("timed out after {i} of {count} replies"),
+        }
+    }
+    sending.await??;
+    tx.close(true).await;
+    peer.close().await;
+    Ok(())
+}

@@ -1,0 +1,283 @@
+use super::*;
+use serde_json::{Value, json};
+use std::time::{Duration, UNIX_EPOCH};
+
+const SCHEMA: &str = include_str!("../../protocol/discovery.schema.json");
+
+fn endpoint(port: u16) -> SignalingEndpoint {
+    SignalingEndpoint {
+        host: "127.0.0.1".into(),
+        port,
+        path: "/".into(),
+        key: "peerjs".into(),
+        secure: false,
+    }
+}
+
+fn record(peer: &str, generation: u64) -> DiscoveryRecord {
+    let start = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
+    DiscoveryRecord {
+        version: RECORD_VERSION,
+        peer_id: peer.into(),
+        generation,
+        signaling: vec![endpoint(9000)],
+        tunnel_url: None,
+        started_at: start,
+        expires_at: Some(start + Duration::from_secs(7200)),
+        previous: None,
+    }
+}
+
+/// A small JSON Schema checker for the keywords our schemas use (type, const, required,
+/// properties, additionalProperties, items, $ref to #/$defs, min/max, minLength/maxLength,
+/// minItems, format date-time). Returns the list of violations.
+fn check(schema: &Value, root: &Value, v: &Value, at: &str, errs: &mut Vec<String>) {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let name = r.strip_prefix("#/$defs/").expect("only local $defs refs");
+        return check(&root["$defs"][name], root, v, at, errs);
+    }
+    if let Some(c) = schema.get("const")
+        && c != v
+    {
+        errs.push(format!("{at}: expected const {c}"));
+    }
+    if let Some(t) = schema.get("type") {
+        let types: Vec<&str> = match t {
+            Value::String(s) => vec![s.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            _ => panic!("bad type keyword"),
+        };
+        let ok = types.iter().any(|t| match *t {
+            "object" => v.is_object(),
+            "array" => v.is_array(),
+            "string" => v.is_string(),
+            "integer" => v.is_i64() || v.is_u64(),
+            "number" => v.is_number(),
+            "boolean" => v.is_boolean(),
+            "null" => v.is_null(),
+            other => panic!("unknown type {other}"),
+        });
+        if !ok {
+            errs.push(format!("{at}: expected type {t}, got {v}"));
+            return;
+        }
+    }
+    if let Some(n) = v.as_f64() {
+        if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
+            && n < min
+        {
+            errs.push(format!("{at}: below minimum {min}"));
+        }
+        if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
+            && n > max
+        {
+            errs.push(format!("{at}: above maximum {max}"));
+        }
+    }
+    if let Some(s) = v.as_str() {
+        let len = s.chars().count() as u64;
+        if schema
+            .get("minLength")
+            .and_then(Value::as_u64)
+            .is_some_and(|m| len < m)
+        {
+            errs.push(format!("{at}: too short"));
+        }
+        if schema
+            .get("maxLength")
+            .and_then(Value::as_u64)
+            .is_some_and(|m| len > m)
+        {
+            errs.push(format!("{at}: too long"));
+        }
+        if schema.get("format").and_then(Value::as_str) == Some("date-time")
+            && humantime::parse_rfc3339_weak(s).is_err()
+        {
+            errs.push(format!("{at}: not an RFC 3339 date-time: {s}"));
+        }
+    }
+    if let Some(a) = v.as_array() {
+        if schema
+            .get("minItems")
+            .and_then(Value::as_u64)
+            .is_some_and(|m| (a.len() as u64) < m)
+        {
+            errs.push(format!("{at}: too few items"));
+        }
+        if let Some(items) = schema.get("items") {
+            for (i, item) in a.iter().enumerate() {
+                check(items, root, item, &format!("{at}[{i}]"), errs);
+            }
+        }
+    }
+    if let Some(o) = v.as_object() {
+        for req in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let req = req.as_str().expect("required names are strings");
+            if !o.contains_key(req) {
+                errs.push(format!("{at}: missing {req}"));
+            }
+        }
+        let props = schema.get("properties").and_then(Value::as_object);
+        for (k, val) in o {
+            match props.and_then(|p| p.get(k)) {
+                Some(sub) => check(sub, root, val, &format!("{at}.{k}"), errs),
+                None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                    errs.push(format!("{at}: unexpected property {k}"))
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+fn violations(v: &Value) -> Vec<String> {
+    let schema: Value = serde_json::from_str(SCHEMA).expect("schema is JSON");
+    let mut errs = Vec::new();
+    check(&schema, &schema, v, "$", &mut errs);
+    errs
+}
+
+#[test]
+fn produced_records_match_the_schema() {
+    let mut full = record("ouroboros-b", 4);
+    full.tunnel_url = Some("https://ring.ngrok.app".into());
+    full.signaling.push(SignalingEndpoint {
+        host: "0.peerjs.com".into(),
+        port: 443,
+        path: "/".into(),
+        key: "peerjs".into(),
+        secure: true,
+    });
+    full.previous = Some(PreviousNode {
+        peer_id: "ouroboros-a".into(),
+        signaling: vec![endpoint(9001)],
+    });
+    let mut forever = record("ouroboros-c", 0);
+    forever.expires_at = None;
+    for r in [record("ouroboros-a", 0), full, forever] {
+        let v: Value = serde_json::from_str(&r.to_json_pretty()).unwrap();
+        assert_eq!(violations(&v), Vec::<String>::new(), "{v}");
+        // Round trip.
+        assert_eq!(
+            DiscoveryRecord::from_json(r.to_json_pretty().as_bytes()).unwrap(),
+            r
+        );
+    }
+}
+
+#[test]
+fn wire_shape_is_exact() {
+    let v = serde_json::to_value(record("p", 2)).unwrap();
+    assert_eq!(
+        v,
+        json!({"version":1,"peer_id":"p","generation":2,
+               "signaling":[{"host":"127.0.0.1","port":9000,"path":"/","key":"peerjs","secure":false}],
+               "started_at":"2026-11-18T11:06:40.123Z","expires_at":"2026-11-18T13:06:40.123Z"})
+    );
+}
+
+#[test]
+fn schema_checker_rejects_bad_records() {
+    let good = serde_json::to_value(record("p", 1)).unwrap();
+    type Mutation = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Mutation)> = vec![
+        (
+            "missing peer_id",
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("peer_id");
+            }),
+        ),
+        (
+            "negative generation",
+            Box::new(|v| v["generation"] = json!(-1)),
+        ),
+        (
+            "bad time",
+            Box::new(|v| v["started_at"] = json!("yesterday")),
+        ),
+        ("port 0", Box::new(|v| v["signaling"][0]["port"] = json!(0))),
+        ("extra field", Box::new(|v| v["secret"] = json!("x"))),
+        ("version 2", Box::new(|v| v["version"] = json!(2))),
+        ("no endpoints", Box::new(|v| v["signaling"] = json!([]))),
+    ];
+    for (name, mutate) in cases {
+        let mut v = good.clone();
+        mutate(&mut v);
+        assert!(!violations(&v).is_empty(), "{name} passed the schema");
+        assert!(
+            DiscoveryRecord::from_json(v.to_string().as_bytes()).is_err() || name == "extra field",
+            "{name} parsed"
+        );
+    }
+}
+
+#[test]
+fn guard_orders_generations_and_peers() {
+    let a3 = record("a", 3);
+    assert!(check_replace(&a3, &record("b", 4)).is_ok());
+    assert!(check_replace(&a3, &record("a", 3)).is_ok());
+    assert_eq!(
+        check_replace(&a3, &record("b", 3)),
+        Err(StaleRecord::ForeignPeer {
+            generation: 3,
+            current_peer_id: "a".into()
+        })
+    );
+    assert_eq!(
+        check_replace(&a3, &record("a", 2)),
+        Err(StaleRecord::OlderGeneration {
+            current: 3,
+            ours: 2
+        })
+    );
+}
+
+#[test]
+fn local_publisher_writes_atomically_and_refuses_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = LocalPublisher::new(dir.path().join("data"));
+    assert_eq!(p.current_blocking().unwrap(), None);
+    p.publish_blocking(&record("a", 1)).unwrap();
+    p.publish_blocking(&record("a", 1)).unwrap(); // refresh by the same node
+    p.publish_blocking(&record("b", 2)).unwrap();
+    let err = p.publish_blocking(&record("a", 1)).unwrap_err();
+    assert!(err.is_stale(), "{err}");
+    let err = p.publish_blocking(&record("c", 2)).unwrap_err();
+    assert!(err.is_stale(), "{err}");
+    assert_eq!(p.current_blocking().unwrap().unwrap().peer_id, "b");
+    // No temp files left behind.
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
+    // A corrupt record is replaced rather than blocking the ring forever.
+    std::fs::write(p.path(), b"{not json").unwrap();
+    p.publish_blocking(&record("d", 3)).unwrap();
+    assert_eq!(p.current_blocking().unwrap().unwrap().generation, 3);
+}
+
+#[tokio::test]
+async fn racing_publishers_of_one_generation_one_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let p = LocalPublisher::new(dir.path());
+        tasks.push(tokio::spawn(async move {
+            p.publish(&record(&format!("peer-{i}"), 5)).await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(e) => assert!(e.is_stale(), "{e}"),
+        }
+    }
+    assert_eq!(ok, 1);
+}

@@ -1,0 +1,351 @@
+//! [`Launcher`]: starts a successor. [`LocalLauncher`] and [`NoLauncher`].
+
+use crate::discovery::SignalingEndpoint;
+use crate::handoff::{SECRET_ENV, Secret};
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// What a successor needs to find and take over from its predecessor. Public by design: a
+/// launcher may put it into workflow inputs. Never holds secrets.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SuccessorRequest {
+    /// The successor's generation (predecessor + 1).
+    pub generation: u64,
+    /// The predecessor's PeerJS peer id.
+    pub predecessor_peer_id: String,
+    /// The predecessor's signaling endpoints.
+    pub predecessor_endpoints: Vec<SignalingEndpoint>,
+    /// Launch attempt (from 1), for logs and idempotency keys.
+    pub attempt: u32,
+}
+
+impl SuccessorRequest {
+    /// The endpoints as the JSON string passed in `--predecessor-endpoints` (and workflow
+    /// inputs).
+    pub fn endpoints_json(&self) -> String {
+        serde_json::to_string(&self.predecessor_endpoints).expect("endpoints always serialize")
+    }
+}
+
+/// Why a launch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// Spawning a process or writing its log failed.
+    #[error("launch I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// A remote launcher (GitHub) failed; the message is safe to log.
+    #[error("launcher: {0}")]
+    Remote(String),
+    /// This launcher does not launch.
+    #[error("no launcher configured")]
+    Disabled,
+}
+
+/// Starts a successor node. Called by the node when [`super::Lifecycle`] asks for it; a
+/// successful return means the request was accepted, not that the successor runs yet (the
+/// lifecycle waits for it to connect and relaunches otherwise).
+#[async_trait::async_trait]
+pub trait Launcher: Send + Sync {
+    /// Starts the successor described by `request`.
+    ///
+    /// # Errors
+    /// [`LaunchError`] if the request could not be made.
+    async fn launch(&self, request: &SuccessorRequest) -> Result<(), LaunchError>;
+
+    /// A short name for logs and `/status` (`local`, `github`, `none`).
+    fn name(&self) -> &'static str;
+}
+
+/// Launches nothing (`--launcher none`): `launch` fails with [`LaunchError::Disabled`].
+#[derive(Debug, Default, Clone)]
+pub struct NoLauncher;
+
+#[async_trait::async_trait]
+impl Launcher for NoLauncher {
+    async fn launch(&self, _request: &SuccessorRequest) -> Result<(), LaunchError> {
+        Err(LaunchError::Disabled)
+    }
+    fn name(&self) -> &'static str {
+        "none"
+    }
+}
+
+/// Flags of the current command line that a successor must not inherit: the successor gets
+/// its own generation, predecessor, peer id and port.
+const NOT_INHERITED: &[&str] = &[
+    "--generation",
+    "--predecessor-peer-id",
+    "--predecessor-endpoints",
+    "--peer-id",
+    "--port",
+];
+
+/// Environment variables a successor must not inherit, for the same reason.
+const ENV_NOT_INHERITED: &[&str] = &[
+    "OUROBOROS_GENERATION",
+    "OUROBOROS_PREDECESSOR_PEER_ID",
+    "OUROBOROS_PREDECESSOR_ENDPOINTS",
+    "OUROBOROS_PEER_ID",
+    "OUROBOROS_PORT",
+];
+
+/// The successor's base command line, from this process's arguments (without the program
+/// name): drops the flags in the not-inherited list (both `--flag value` and `--flag=value`)
+/// and adds `--port 0` (the predecessor still holds its port).
+pub fn successor_base_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut out = Vec::new();
+    let mut skip_next = false;
+    for a in args {
+        if std::mem::take(&mut skip_next) {
+            continue;
+        }
+        let s = a.to_string_lossy();
+        if NOT_INHERITED.contains(&s.as_ref()) {
+            skip_next = true;
+            continue;
+        }
+        if NOT_INHERITED
+            .iter()
+            .any(|f| s.starts_with(&format!("{f}=")))
+        {
+            continue;
+        }
+        out.push(a);
+    }
+    out.push("--port".into());
+    out.push("0".into());
+    out
+}
+
+/// Launches `ouroboros node` on this machine as a detached child: its own process group
+/// (so a Ctrl-C to the predecessor's terminal does not reach it and it outlives the
+/// predecessor), stdin closed, stdout and stderr appended to
+/// `<data-dir>/logs/node-gen<N>.log`. The generation and the predecessor go in argv; the
+/// ring secret goes in `OUROBOROS_SECRET`, never argv.
+#[derive(Debug)]
+pub struct LocalLauncher {
+    /// Program to run (normally `std::env::current_exe()`).
+    exe: PathBuf,
+    /// Arguments before the successor flags.
+    base_args: Vec<OsString>,
+    /// Where the logs go.
+    data_dir: PathBuf,
+    /// The ring secret handed down by environment.
+    secret: Secret,
+    /// Pids launched so far, newest last.
+    launched: Mutex<Vec<u32>>,
+}
+
+impl LocalLauncher {
+    /// A launcher running `exe base_args... --generation N --predecessor-peer-id ID
+    /// --predecessor-endpoints JSON`.
+    pub fn new(
+        exe: impl Into<PathBuf>,
+        base_args: Vec<OsString>,
+        data_dir: impl Into<PathBuf>,
+        secret: Secret,
+    ) -> Self {
+        LocalLauncher {
+            exe: exe.into(),
+            base_args,
+            data_dir: data_dir.into(),
+            secret,
+            launched: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A launcher re-running this very command line (see [`successor_base_args`]).
+    ///
+    /// # Errors
+    /// If the current executable cannot be found.
+    pub fn from_current_process(
+        data_dir: impl Into<PathBuf>,
+        secret: Secret,
+    ) -> std::io::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let args = successor_base_args(std::env::args_os().skip(1));
+        Ok(LocalLauncher::new(exe, args, data_dir, secret))
+    }
+
+    /// The full argument list for `request`.
+    pub fn args_for(&self, request: &SuccessorRequest) -> Vec<OsString> {
+        let mut args = self.base_args.clone();
+        args.extend(
+            [
+                "--generation".into(),
+                request.generation.to_string(),
+                "--predecessor-peer-id".into(),
+                request.predecessor_peer_id.clone(),
+                "--predecessor-endpoints".into(),
+                request.endpoints_json(),
+            ]
+            .map(OsString::from),
+        );
+        args
+    }
+
+    /// Log file of a generation's node.
+    pub fn log_path(&self, generation: u64) -> PathBuf {
+        self.data_dir
+            .join("logs")
+            .join(format!("node-gen{generation}.log"))
+    }
+
+    /// Pids of the children launched so far, newest last.
+    pub fn launched_pids(&self) -> Vec<u32> {
+        self.launched
+            .lock()
+            .expect("no panics while locked")
+            .clone()
+    }
+
+    fn spawn(&self, request: &SuccessorRequest) -> std::io::Result<u32> {
+        let log_path = self.log_path(request.generation);
+        std::fs::create_dir_all(log_path.parent().expect("log path has a parent"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.args(self.args_for(request))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env(SECRET_ENV, self.secret.to_env_value())
+            .kill_on_drop(false)
+            .process_group(0);
+        for var in ENV_NOT_INHERITED {
+            cmd.env_remove(var);
+        }
+        let child = cmd.spawn()?;
+        // Dropping the handle leaves the child running; tokio reaps it when it exits.
+        let pid = child.id().unwrap_or(0);
+        tracing::info!(
+            pid,
+            generation = request.generation,
+            attempt = request.attempt,
+            log = %log_path.display(),
+            exe = %OsStr::new(&self.exe).to_string_lossy(),
+            "launched local successor"
+        );
+        self.launched
+            .lock()
+            .expect("no panics while locked")
+            .push(pid);
+        Ok(pid)
+    }
+}
+
+#[async_trait::async_trait]
+impl Launcher for LocalLauncher {
+    async fn launch(&self, request: &SuccessorRequest) -> Result<(), LaunchError> {
+        self.spawn(request)?;
+        Ok(())
+    }
+    fn name(&self) -> &'static str {
+        "local"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> SuccessorRequest {
+        SuccessorRequest {
+            generation: 4,
+            predecessor_peer_id: "ouroboros-old".into(),
+            predecessor_endpoints: vec![SignalingEndpoint {
+                host: "127.0.0.1".into(),
+                port: 9000,
+                path: "/".into(),
+                key: "peerjs".into(),
+                secure: false,
+            }],
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn base_args_drop_per_node_flags() {
+        let args: Vec<OsString> = [
+            "node",
+            "--lifetime",
+            "20s",
+            "--generation",
+            "3",
+            "--peer-id=x",
+            "--port",
+            "9000",
+            "--launcher",
+            "local",
+            "--predecessor-peer-id",
+            "p",
+        ]
+        .map(OsString::from)
+        .into();
+        let out = successor_base_args(args);
+        assert_eq!(
+            out,
+            [
+                "node",
+                "--lifetime",
+                "20s",
+                "--launcher",
+                "local",
+                "--port",
+                "0"
+            ]
+            .map(OsString::from)
+        );
+    }
+
+    #[tokio::test]
+    async fn local_launcher_detaches_and_passes_the_secret_by_env_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.txt");
+        let secret = Secret::new(b"0123456789abcdef-secret".to_vec()).unwrap();
+        // The "node": a shell printing its argv, its secret and its process group, then
+        // waiting to be killed.
+        let script = format!(
+            "echo \"$@\" > {o}; echo \"secret=$OUROBOROS_SECRET\" >> {o}; \
+             echo \"port=${{OUROBOROS_PORT:-unset}}\" >> {o}; \
+             echo \"pgid=$(ps -o pgid= $$ | tr -d ' ') pid=$$\" >> {o}; echo done >> {o}; sleep 30",
+            o = out.display()
+        );
+        let l = LocalLauncher::new(
+            "/bin/sh",
+            vec!["-c".into(), script.into(), "sh".into(), "node".into()],
+            dir.path(),
+            secret,
+        );
+        // SAFETY-free: setting env in a test process only affects children spawned after.
+        assert!(std::env::var("OUROBOROS_PORT").is_err());
+        l.launch(&req()).await.unwrap();
+        let pid = l.launched_pids()[0];
+        let text = loop {
+            let t = std::fs::read_to_string(&out).unwrap_or_default();
+            if t.contains("done") {
+                break t;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("node --generation 4 --predecessor-peer-id ouroboros-old --predecessor-endpoints [{\"host\":\"127.0.0.1\""), "{}", lines[0]);
+        assert!(!lines[0].contains("secret"), "secret leaked into argv");
+        assert_eq!(lines[1], "secret=0123456789abcdef-secret");
+        assert_eq!(
+            lines[3],
+            format!("pgid={pid} pid={pid}"),
+            "own process group"
+        );
+        assert!(l.log_path(4).exists());
+        // Clean up the child we started.
+        let _ = std::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status();
+        let err = NoLauncher.launch(&req()).await.unwrap_err();
+        assert!(matches!(err, LaunchError::Disabled));
+    }
+}

@@ -1,0 +1,557 @@
+//! [`Lifecycle`]: when to launch the successor, relaunch, hand off and exit. Sans-IO.
+//!
+//! # Call order
+//! Feed [`Lifecycle::handle`] with what happened and [`Lifecycle::handle_timeout`] when
+//! [`Lifecycle::poll_timeout`] has passed; after either, drain [`Lifecycle::poll_action`]
+//! until it returns `None`. The machine never reads the clock.
+//!
+//! # States
+//! ```text
+//!  Joining ──Joined──► Serving ──launch_at──► Launching ──result──► AwaitingSuccessor
+//!                         ▲                       ▲                     │    │
+//!                         │                       └──retry (backoff)────┘    │ SuccessorConnected
+//!                                                                            ▼
+//!  Exited ◄──drain_until── Draining ◄──ClientsMoved── HandingOff (──CutOver──► cut_over)
+//!                                                       │ HandoffAborted → AwaitingSuccessor
+//! ```
+//! From any state: `Shutdown` → Exited; the hard deadline (start + lifetime) → Exited; the
+//! deadline margin passes without a handoff under way → Exited (no successor).
+
+use super::LifecyclePlan;
+use serde::Serialize;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Where a node is in its life (shown in `/status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum LifecycleState {
+    /// A successor taking over its predecessor's state; not yet serving.
+    Joining,
+    /// Serving; the successor is not due yet.
+    Serving,
+    /// The launcher was asked to start the successor (attempt number from 1).
+    Launching {
+        /// Launch attempt, from 1.
+        attempt: u32,
+    },
+    /// Launched; waiting for the successor to connect and authenticate.
+    AwaitingSuccessor {
+        /// Launch attempt, from 1.
+        attempt: u32,
+    },
+    /// An authenticated successor is receiving the state.
+    HandingOff {
+        /// Launch attempt, from 1.
+        attempt: u32,
+        /// Writes are refused; the final tail is on its way.
+        cut_over: bool,
+    },
+    /// Clients were told to move; the node serves `moved` until the drain timeout.
+    Draining,
+    /// The node is done.
+    Exited {
+        /// Why.
+        reason: ExitReason,
+    },
+}
+
+impl LifecycleState {
+    /// A short name: `serving`, `awaiting_successor`, ...
+    pub fn name(&self) -> &'static str {
+        match self {
+            LifecycleState::Joining => "joining",
+            LifecycleState::Serving => "serving",
+            LifecycleState::Launching { .. } => "launching",
+            LifecycleState::AwaitingSuccessor { .. } => "awaiting_successor",
+            LifecycleState::HandingOff { .. } => "handing_off",
+            LifecycleState::Draining => "draining",
+            LifecycleState::Exited { .. } => "exited",
+        }
+    }
+}
+
+/// Why a node exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    /// Stopped by the operator (Ctrl-C / SIGTERM).
+    Shutdown,
+    /// Handed over and drained: the normal end.
+    HandedOff,
+    /// The deadline margin passed without a successor (the state is in the backup store).
+    NoSuccessor,
+    /// The hard deadline came (a handoff did not finish in time).
+    HardDeadline,
+}
+
+/// What happened, fed to [`Lifecycle::handle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LifecycleInput {
+    /// (Successor) the predecessor's state is ours, or was restored from a backup.
+    Joined,
+    /// The launcher accepted the launch request.
+    LaunchSucceeded,
+    /// The launcher failed (message safe to log).
+    LaunchFailed(String),
+    /// A successor connected and passed authentication.
+    SuccessorConnected,
+    /// The successor's connection broke before the end and was not resumed in time.
+    HandoffAborted,
+    /// Writes are now refused: the predecessor entered its final phase.
+    CutOver,
+    /// Every client was told `moved`.
+    ClientsMoved,
+    /// Operator asked to stop.
+    Shutdown,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LifecycleAction {
+    /// Ask the launcher to start the successor (report back with `LaunchSucceeded` /
+    /// `LaunchFailed`).
+    Launch {
+        /// Attempt number, from 1.
+        attempt: u32,
+    },
+    /// Stop the node (write a final backup first unless handed off).
+    Exit(ExitReason),
+}
+
+/// The lifecycle as `/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LifecycleStatus {
+    /// Current state.
+    #[serde(flatten)]
+    pub state: LifecycleState,
+    /// This node's generation.
+    pub generation: u64,
+    /// When the node started.
+    #[serde(with = "crate::discovery::rfc3339")]
+    pub started_at: SystemTime,
+    /// Hard deadline (`null`: none).
+    #[serde(with = "crate::discovery::rfc3339_opt")]
+    pub expires_at: Option<SystemTime>,
+    /// When the successor is (or was) due to be launched (`null`: never).
+    #[serde(with = "crate::discovery::rfc3339_opt")]
+    pub next_rotation_at: Option<SystemTime>,
+    /// Launch attempts so far.
+    pub launch_attempts: u32,
+    /// Last launch error, if any.
+    pub last_launch_error: Option<String>,
+}
+
+/// The sans-IO lifecycle of one node.
+#[derive(Debug)]
+pub struct Lifecycle {
+    /// Timing settings.
+    plan: LifecyclePlan,
+    /// This node's generation (for status).
+    generation: u64,
+    /// Start instant and wall time (wall time only for status).
+    #[cfg_attr(not(test), allow(dead_code))]
+    started: Instant,
+    started_wall: SystemTime,
+    /// Hard deadline: start + lifetime.
+    deadline: Option<Instant>,
+    /// When the successor is launched.
+    launch_at: Option<Instant>,
+    /// Without a handoff under way by then, exit.
+    give_up_at: Option<Instant>,
+    /// Next relaunch (AwaitingSuccessor) or end of drain (Draining).
+    timer: Option<Instant>,
+    state: LifecycleState,
+    attempts: u32,
+    last_launch_error: Option<String>,
+    /// Pending actions.
+    actions: std::collections::VecDeque<LifecycleAction>,
+}
+
+impl Lifecycle {
+    /// A lifecycle starting at `now` (`now_wall` is the same moment in wall time, for
+    /// status only). A successor starts in `Joining`, others in `Serving`.
+    pub fn new(
+        plan: LifecyclePlan,
+        generation: u64,
+        successor: bool,
+        now: Instant,
+        now_wall: SystemTime,
+    ) -> Self {
+        let deadline = plan.lifetime.map(|l| now + l);
+        let launch_at = deadline
+            .filter(|_| plan.launches)
+            .map(|d| d - plan.handoff_lead);
+        let give_up_at = deadline.map(|d| d - plan.deadline_margin);
+        Lifecycle {
+            plan,
+            generation,
+            started: now,
+            started_wall: now_wall,
+            deadline,
+            launch_at,
+            give_up_at,
+            timer: None,
+            state: if successor {
+                LifecycleState::Joining
+            } else {
+                LifecycleState::Serving
+            },
+            attempts: 0,
+            last_launch_error: None,
+            actions: Default::default(),
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> LifecycleState {
+        self.state
+    }
+
+    /// The hard deadline, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Whether the node is done.
+    pub fn is_exited(&self) -> bool {
+        matches!(self.state, LifecycleState::Exited { .. })
+    }
+
+    /// Status for `/status`; `now`/`now_wall` map instants to wall time.
+    pub fn status(&self, now: Instant, now_wall: SystemTime) -> LifecycleStatus {
+        let wall = |t: Instant| {
+            if t >= now {
+                now_wall + (t - now)
+            } else {
+                now_wall - (now - t)
+            }
+        };
+        LifecycleStatus {
+            state: self.state,
+            generation: self.generation,
+            started_at: self.started_wall,
+            expires_at: self.deadline.map(wall),
+            next_rotation_at: self.launch_at.map(wall),
+            launch_attempts: self.attempts,
+            last_launch_error: self.last_launch_error.clone(),
+        }
+    }
+
+    /// Next instant at which [`Lifecycle::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        use LifecycleState::*;
+        let mut t = self.deadline;
+        let mut consider = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        match self.state {
+            Exited { .. } => return None,
+            Serving => {
+                consider(self.launch_at);
+                consider(self.give_up_at);
+            }
+            Launching { .. } => consider(self.give_up_at),
+            AwaitingSuccessor { .. } => {
+                consider(self.timer);
+                consider(self.give_up_at);
+            }
+            Draining => consider(self.timer),
+            Joining | HandingOff { .. } => {}
+        }
+        t
+    }
+
+    /// Next action for the driver.
+    pub fn poll_action(&mut self) -> Option<LifecycleAction> {
+        self.actions.pop_front()
+    }
+
+    fn exit(&mut self, reason: ExitReason) {
+        if self.is_exited() {
+            return;
+        }
+        tracing::info!(?reason, generation = self.generation, "lifecycle: exit");
+        self.state = LifecycleState::Exited { reason };
+        self.timer = None;
+        self.actions.push_back(LifecycleAction::Exit(reason));
+    }
+
+    fn launch(&mut self) {
+        self.attempts += 1;
+        tracing::info!(
+            attempt = self.attempts,
+            generation = self.generation,
+            "lifecycle: launching successor"
+        );
+        self.state = LifecycleState::Launching {
+            attempt: self.attempts,
+        };
+        self.actions.push_back(LifecycleAction::Launch {
+            attempt: self.attempts,
+        });
+    }
+
+    /// Time has passed: launches, relaunches, ends the drain, enforces the deadlines.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        use LifecycleState::*;
+        if self.is_exited() {
+            return;
+        }
+        if self.deadline.is_some_and(|d| now >= d) {
+            let reason = if self.state == Draining {
+                ExitReason::HandedOff
+            } else {
+                ExitReason::HardDeadline
+            };
+            return self.exit(reason);
+        }
+        let gave_up = self.give_up_at.is_some_and(|g| now >= g);
+        match self.state {
+            Serving | Launching { .. } | AwaitingSuccessor { .. } if gave_up => {
+                self.exit(ExitReason::NoSuccessor)
+            }
+            Serving if self.launch_at.is_some_and(|t| now >= t) => self.launch(),
+            AwaitingSuccessor { .. } if self.timer.is_some_and(|t| now >= t) => self.launch(),
+            Draining if self.timer.is_some_and(|t| now >= t) => self.exit(ExitReason::HandedOff),
+            _ => {}
+        }
+    }
+
+    fn relaunch_wait(&self, failed: bool) -> Duration {
+        let k = 1u32 << self.attempts.saturating_sub(1).min(2);
+        if failed {
+            (Duration::from_secs(1) * k).min(self.plan.successor_timeout)
+        } else {
+            self.plan.successor_timeout * k
+        }
+    }
+
+    /// Something happened.
+    pub fn handle(&mut self, now: Instant, input: LifecycleInput) {
+        use LifecycleState::*;
+        if self.is_exited() {
+            return;
+        }
+        match (self.state, input) {
+            (_, LifecycleInput::Shutdown) => self.exit(ExitReason::Shutdown),
+            (Joining, LifecycleInput::Joined) => self.state = Serving,
+            (Launching { attempt }, LifecycleInput::LaunchSucceeded) => {
+                self.state = AwaitingSuccessor { attempt };
+                self.timer = Some(now + self.relaunch_wait(false));
+            }
+            (Launching { attempt }, LifecycleInput::LaunchFailed(e)) => {
+                tracing::warn!(attempt, error = %e, "lifecycle: launching the successor failed");
+                self.last_launch_error = Some(e);
+                self.state = AwaitingSuccessor { attempt };
+                self.timer = Some(now + self.relaunch_wait(true));
+            }
+            (
+                Serving | Launching { .. } | AwaitingSuccessor { .. },
+                LifecycleInput::SuccessorConnected,
+            ) => {
+                self.state = HandingOff {
+                    attempt: self.attempts,
+                    cut_over: false,
+                };
+                self.timer = None;
+            }
+            (HandingOff { attempt, .. }, LifecycleInput::HandoffAborted) => {
+                // Give the same successor time to resume before launching another.
+                self.state = AwaitingSuccessor { attempt };
+                self.timer = Some(now + self.plan.successor_timeout);
+            }
+            (HandingOff { attempt, .. }, LifecycleInput::CutOver) => {
+                self.state = HandingOff {
+                    attempt,
+                    cut_over: true,
+                };
+            }
+            (HandingOff { .. } | AwaitingSuccessor { .. }, LifecycleInput::ClientsMoved) => {
+                self.state = Draining;
+                let until = now + self.plan.drain_timeout;
+                self.timer = Some(self.deadline.map_or(until, |d| until.min(d)));
+            }
+            (state, input) => {
+                tracing::debug!(?state, ?input, "lifecycle: input ignored in this state");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use LifecycleAction::*;
+
+    fn plan(lifetime_s: u64, launches: bool) -> LifecyclePlan {
+        LifecyclePlan {
+            lifetime: Some(Duration::from_secs(lifetime_s)),
+            handoff_lead: Duration::from_secs(lifetime_s / 4),
+            deadline_margin: Duration::from_secs(lifetime_s / 10),
+            successor_timeout: Duration::from_secs(lifetime_s / 8),
+            drain_timeout: Duration::from_secs(1),
+            launches,
+        }
+    }
+
+    /// Runs the machine's timers until `until`, returning (time, action) pairs.
+    fn run_until(l: &mut Lifecycle, until: Instant) -> Vec<(Duration, LifecycleAction)> {
+        let t0 = l.started;
+        let mut out = Vec::new();
+        while let Some(t) = l.poll_timeout() {
+            if t > until {
+                break;
+            }
+            l.handle_timeout(t);
+            while let Some(a) = l.poll_action() {
+                out.push((t - t0, a));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn normal_rotation() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(plan(40, true), 3, false, t0, SystemTime::now());
+        assert_eq!(l.state(), LifecycleState::Serving);
+        assert_eq!(l.poll_timeout(), Some(t0 + Duration::from_secs(30)));
+        let acts = run_until(&mut l, t0 + Duration::from_secs(31));
+        assert_eq!(acts, vec![(Duration::from_secs(30), Launch { attempt: 1 })]);
+        let t = t0 + Duration::from_secs(31);
+        l.handle(t, LifecycleInput::LaunchSucceeded);
+        l.handle(t, LifecycleInput::SuccessorConnected);
+        assert_eq!(l.state().name(), "handing_off");
+        assert_eq!(
+            l.poll_timeout(),
+            Some(t0 + Duration::from_secs(40)),
+            "only the hard deadline"
+        );
+        l.handle(t, LifecycleInput::CutOver);
+        l.handle(t, LifecycleInput::ClientsMoved);
+        assert_eq!(l.state(), LifecycleState::Draining);
+        let acts = run_until(&mut l, t0 + Duration::from_secs(100));
+        assert_eq!(
+            acts,
+            vec![(Duration::from_secs(32), Exit(ExitReason::HandedOff))]
+        );
+        assert!(l.is_exited());
+        assert_eq!(l.poll_timeout(), None);
+    }
+
+    #[test]
+    fn relaunches_with_backoff_then_gives_up_before_the_deadline() {
+        let t0 = Instant::now();
+        // lifetime 80 s: launch at 60, successor timeout 10 s, give up at 72.
+        let mut l = Lifecycle::new(plan(80, true), 0, false, t0, SystemTime::now());
+        let mut launches = Vec::new();
+        let mut now = t0;
+        while let Some(t) = l.poll_timeout() {
+            now = t;
+            l.handle_timeout(t);
+            while let Some(a) = l.poll_action() {
+                match a {
+                    Launch { attempt } => {
+                        launches.push(((t - t0).as_secs(), attempt));
+                        l.handle(t, LifecycleInput::LaunchSucceeded);
+                    }
+                    Exit(r) => assert_eq!(r, ExitReason::NoSuccessor),
+                }
+            }
+        }
+        // 60 → wait 10 → 70 → wait 20 → give up at 72.
+        assert_eq!(launches, vec![(60, 1), (70, 2)]);
+        assert_eq!(now - t0, Duration::from_secs(72));
+        assert!(now < t0 + Duration::from_secs(80));
+    }
+
+    #[test]
+    fn failed_launches_back_off_from_one_second() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(plan(80, true), 0, false, t0, SystemTime::now());
+        let mut launches = Vec::new();
+        while let Some(t) = l.poll_timeout() {
+            l.handle_timeout(t);
+            while let Some(a) = l.poll_action() {
+                if let Launch { .. } = a {
+                    launches.push((t - t0).as_millis() as u64);
+                    l.handle(t, LifecycleInput::LaunchFailed("boom".into()));
+                }
+            }
+        }
+        assert_eq!(&launches[..4], &[60_000, 61_000, 63_000, 67_000]);
+        assert_eq!(
+            l.state(),
+            LifecycleState::Exited {
+                reason: ExitReason::NoSuccessor
+            }
+        );
+        let st = l.status(t0, SystemTime::now());
+        assert_eq!(st.last_launch_error.as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn hard_deadline_is_never_passed_during_a_slow_handoff() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(plan(40, true), 0, false, t0, SystemTime::now());
+        run_until(&mut l, t0 + Duration::from_secs(30));
+        l.handle(
+            t0 + Duration::from_secs(30),
+            LifecycleInput::LaunchSucceeded,
+        );
+        l.handle(
+            t0 + Duration::from_secs(31),
+            LifecycleInput::SuccessorConnected,
+        );
+        // The margin passes while handing off: keep going...
+        assert!(run_until(&mut l, t0 + Duration::from_secs(39)).is_empty());
+        // ...but never past the hard deadline.
+        let acts = run_until(&mut l, t0 + Duration::from_secs(100));
+        assert_eq!(
+            acts,
+            vec![(Duration::from_secs(40), Exit(ExitReason::HardDeadline))]
+        );
+    }
+
+    #[test]
+    fn drain_is_cut_short_by_the_deadline_and_abort_waits_for_resume() {
+        let t0 = Instant::now();
+        let mut p = plan(40, true);
+        p.drain_timeout = Duration::from_secs(30);
+        let mut l = Lifecycle::new(p, 0, false, t0, SystemTime::now());
+        run_until(&mut l, t0 + Duration::from_secs(30));
+        let t = t0 + Duration::from_secs(31);
+        l.handle(t, LifecycleInput::LaunchSucceeded);
+        l.handle(t, LifecycleInput::SuccessorConnected);
+        l.handle(t, LifecycleInput::HandoffAborted);
+        assert_eq!(l.state(), LifecycleState::AwaitingSuccessor { attempt: 1 });
+        assert_eq!(l.poll_timeout(), Some(t + Duration::from_secs(5)));
+        l.handle(t, LifecycleInput::SuccessorConnected);
+        l.handle(t, LifecycleInput::ClientsMoved);
+        let acts = run_until(&mut l, t0 + Duration::from_secs(100));
+        assert_eq!(
+            acts,
+            vec![(Duration::from_secs(40), Exit(ExitReason::HandedOff))]
+        );
+    }
+
+    #[test]
+    fn forever_node_only_exits_on_shutdown() {
+        let t0 = Instant::now();
+        let mut p = plan(40, true);
+        p.lifetime = None;
+        let mut l = Lifecycle::new(p, 2, true, t0, SystemTime::now());
+        assert_eq!(l.state(), LifecycleState::Joining);
+        l.handle(t0, LifecycleInput::Joined);
+        assert_eq!(l.poll_timeout(), None);
+        l.handle(t0, LifecycleInput::Shutdown);
+        assert_eq!(l.poll_action(), Some(Exit(ExitReason::Shutdown)));
+        let json = serde_json::to_value(l.status(t0, SystemTime::now())).unwrap();
+        assert_eq!(json["state"], "exited");
+        assert_eq!(json["reason"], "shutdown");
+        assert_eq!(json["generation"], 2);
+        assert!(json["expires_at"].is_null());
+    }
+}

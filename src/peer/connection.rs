@@ -1,0 +1,487 @@
+//! An open PeerJS DataConnection and its two halves.
+//!
+//! - [`ConnectionSender`] encodes [`Value`]s with the connection's serialization and sends
+//!   the frames in order. The channel's send buffer is bounded at
+//!   [`SEND_HIGH_WATER`](super::SEND_HIGH_WATER) (peerjs's 8 MiB): `send` waits while it is
+//!   full, `try_send` returns [`ConnectionError::Full`] instead.
+//! - [`ConnectionReceiver`] yields decoded values. A reader task drains the channel and
+//!   decodes, so the in-band close control `{__peerData:{type:"close"}}` is honoured even
+//!   when nobody reads; the queue to the receiver is bounded, so a slow reader
+//!   back-pressures the remote sender through SCTP instead of growing memory.
+//! - Closing the channel (either side, flushed or not, ICE failure) closes the
+//!   PeerConnection too (webrtc-rs would otherwise keep it up ~30 s).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::peer_connection::PeerConnection;
+
+use super::codec::{CodecError, Decoded, Decoder, Encoder, Frame, Serialization, Value};
+use super::{PeerError, SEND_HIGH_WATER};
+
+/// Decoded messages queued for the receiver.
+const RECV_QUEUE: usize = 32;
+/// How long a flushed close waits for the remote side to close the channel.
+pub const FLUSH_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors on one DataConnection.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ConnectionError {
+    /// The connection is closed.
+    #[error("connection closed")]
+    Closed,
+    /// `try_send`: the send buffer is above the high-water mark.
+    #[error("send buffer full")]
+    Full,
+    /// The value cannot be encoded, or a received frame cannot be decoded.
+    #[error("codec: {0}")]
+    Codec(String),
+    /// ICE failed: the connection is gone.
+    #[error("ICE connection failed")]
+    IceFailed,
+    /// webrtc refused the frame (e.g. larger than the remote's max message size).
+    #[error("webrtc: {0}")]
+    WebRtc(String),
+}
+
+impl From<CodecError> for ConnectionError {
+    fn from(e: CodecError) -> Self {
+        ConnectionError::Codec(e.to_string())
+    }
+}
+
+/// What the OFFER said about a connection.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnMeta {
+    pub(crate) peer: String,
+    pub(crate) connection_id: String,
+    pub(crate) label: String,
+    pub(crate) serialization: Serialization,
+    pub(crate) reliable: bool,
+    pub(crate) metadata: Option<serde_json::Value>,
+}
+
+/// State shared by both halves, the reader task and the negotiation task.
+pub(crate) struct ConnCore {
+    pub(crate) meta: ConnMeta,
+    dc: Arc<dyn DataChannel>,
+    pc: Arc<dyn PeerConnection>,
+    /// Cancelled once the channel and the PeerConnection are closed.
+    pub(crate) closed: CancellationToken,
+    shutting_down: AtomicBool,
+    error: std::sync::Mutex<Option<ConnectionError>>,
+}
+
+impl ConnCore {
+    /// Closes channel and PeerConnection once; `error` is reported to the receiver.
+    pub(crate) async fn shutdown(&self, error: Option<ConnectionError>) {
+        if let Some(e) = error {
+            let mut slot = self.error.lock().expect("error lock poisoned");
+            slot.get_or_insert(e);
+        }
+        if self.shutting_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ = self.dc.close().await;
+        let _ = self.pc.close().await;
+        self.closed.cancel();
+    }
+}
+
+/// An open DataConnection (PeerJS `DataConnection`). Split it to send and receive from
+/// different tasks.
+pub struct DataConnection {
+    sender: ConnectionSender,
+    receiver: ConnectionReceiver,
+}
+
+impl std::fmt::Debug for DataConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataConnection")
+            .field("peer", &self.peer())
+            .field("connection_id", &self.connection_id())
+            .field("serialization", &self.serialization())
+            .finish()
+    }
+}
+
+impl DataConnection {
+    /// Wraps an open channel: spawns the reader task.
+    pub(crate) fn start(
+        meta: ConnMeta,
+        dc: Arc<dyn DataChannel>,
+        pc: Arc<dyn PeerConnection>,
+        early: Vec<DataChannelEvent>,
+    ) -> (DataConnection, Arc<ConnCore>) {
+        let serialization = meta.serialization;
+        let core = Arc::new(ConnCore {
+            meta,
+            dc,
+            pc,
+            closed: CancellationToken::new(),
+            shutting_down: AtomicBool::new(false),
+            error: std::sync::Mutex::new(None),
+        });
+        let (tx, rx) = mpsc::channel(RECV_QUEUE);
+        tokio::spawn(read_loop(
+            core.clone(),
+            Decoder::new(serialization),
+            tx,
+            early,
+        ));
+        let conn = DataConnection {
+            sender: ConnectionSender {
+                core: core.clone(),
+                encoder: Arc::new(tokio::sync::Mutex::new(Encoder::new(serialization))),
+            },
+            receiver: ConnectionReceiver {
+                core: core.clone(),
+                rx,
+            },
+        };
+        (conn, core)
+    }
+
+    fn core(&self) -> &ConnCore {
+        &self.sender.core
+    }
+    /// The remote peer's id.
+    pub fn peer(&self) -> &str {
+        &self.core().meta.peer
+    }
+    /// The `dc_…` connection id.
+    pub fn connection_id(&self) -> &str {
+        &self.core().meta.connection_id
+    }
+    /// The channel label.
+    pub fn label(&self) -> &str {
+        &self.core().meta.label
+    }
+    /// The serialization from the OFFER.
+    pub fn serialization(&self) -> Serialization {
+        self.core().meta.serialization
+    }
+    /// Whether the channel is ordered (`reliable` in the OFFER).
+    pub fn reliable(&self) -> bool {
+        self.core().meta.reliable
+    }
+    /// The OFFER's metadata.
+    pub fn metadata(&self) -> Option<&serde_json::Value> {
+        self.core().meta.metadata.as_ref()
+    }
+    /// Whether the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        self.core().closed.is_cancelled()
+    }
+    /// Splits into a cloneable sender and the receiver.
+    pub fn split(self) -> (ConnectionSender, ConnectionReceiver) {
+        (self.sender, self.receiver)
+    }
+    /// A sender handle (clone) without giving up the receiver.
+    pub fn sender(&self) -> ConnectionSender {
+        self.sender.clone()
+    }
+    /// Sends one value; see [`ConnectionSender::send`].
+    ///
+    /// # Errors
+    /// See [`ConnectionSender::send`].
+    pub async fn send(&self, v: &Value) -> Result<(), ConnectionError> {
+        self.sender.send(v).await
+    }
+    /// The next value; `None` once the connection is closed.
+    pub async fn recv(&mut self) -> Option<Result<Value, ConnectionError>> {
+        self.receiver.recv().await
+    }
+    /// Closes; with `flush`, after everything sent so far was delivered (peerjs's
+    /// `close({flush: true})`).
+    pub async fn close(self, flush: bool) {
+        self.sender.close(flush).await
+    }
+}
+
+/// The sending half. Cheap to clone; concurrent sends are serialised per message.
+#[derive(Clone)]
+pub struct ConnectionSender {
+    core: Arc<ConnCore>,
+    encoder: Arc<tokio::sync::Mutex<Encoder>>,
+}
+
+fn map_webrtc(e: webrtc::error::Error) -> ConnectionError {
+    match e {
+        webrtc::error::Error::ErrDataChannelClosed => ConnectionError::Closed,
+        webrtc::error::Error::ErrSendBufferFull => ConnectionError::Full,
+        other => ConnectionError::WebRtc(other.to_string()),
+    }
+}
+
+impl ConnectionSender {
+    /// The remote peer's id.
+    pub fn peer(&self) -> &str {
+        &self.core.meta.peer
+    }
+    /// The `dc_…` connection id.
+    pub fn connection_id(&self) -> &str {
+        &self.core.meta.connection_id
+    }
+    /// The serialization this sender encodes with.
+    pub fn serialization(&self) -> Serialization {
+        self.core.meta.serialization
+    }
+    /// Whether the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        self.core.closed.is_cancelled()
+    }
+    /// Resolves once the connection is closed.
+    pub async fn closed(&self) {
+        self.core.closed.cancelled().await
+    }
+
+    async fn send_frame(&self, frame: Frame) -> Result<(), ConnectionError> {
+        match frame {
+            Frame::Text(s) => self.core.dc.send_text(&s).await.map_err(map_webrtc),
+            Frame::Binary(b) => {
+                let data = b.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]));
+                self.core.dc.send(data).await.map_err(map_webrtc)
+            }
+        }
+    }
+
+    /// Encodes and sends one value, waiting while the send buffer is above the
+    /// high-water mark.
+    ///
+    /// # Errors
+    /// [`ConnectionError::Closed`], [`ConnectionError::Codec`] (e.g. a `json` message of
+    /// 16300 bytes or more), [`ConnectionError::WebRtc`].
+    pub async fn send(&self, v: &Value) -> Result<(), ConnectionError> {
+        if self.is_closed() {
+            return Err(ConnectionError::Closed);
+        }
+        let mut enc = self.encoder.lock().await;
+        let frames = enc.encode(v)?;
+        for f in frames {
+            self.send_frame(f).await?;
+        }
+        Ok(())
+    }
+
+    /// Like [`send`](Self::send) but returns [`ConnectionError::Full`] instead of waiting
+    /// when the buffer is above the high-water mark (or another send is waiting).
+    ///
+    /// # Errors
+    /// As [`send`](Self::send), plus [`ConnectionError::Full`].
+    pub async fn try_send(&self, v: &Value) -> Result<(), ConnectionError> {
+        if self.is_closed() {
+            return Err(ConnectionError::Closed);
+        }
+        let Ok(mut enc) = self.encoder.try_lock() else {
+            return Err(ConnectionError::Full);
+        };
+        let outstanding = self.core.dc.outstanding_bytes().await.map_err(map_webrtc)?;
+        if outstanding >= SEND_HIGH_WATER {
+            return Err(ConnectionError::Full);
+        }
+        let frames = enc.encode(v)?;
+        for f in frames {
+            self.send_frame(f).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends frames that are already encoded for this connection's serialization (e.g. one
+    /// `json` or `raw` encoding shared by many connections), in order, with the same
+    /// back-pressure as [`send`](Self::send). Don't use it for chunked `binary` messages
+    /// or `msgpack` unless the frames came from this connection's own encoder.
+    ///
+    /// # Errors
+    /// [`ConnectionError::Closed`], [`ConnectionError::WebRtc`].
+    pub async fn send_frames(&self, frames: &[Frame]) -> Result<(), ConnectionError> {
+        if self.is_closed() {
+            return Err(ConnectionError::Closed);
+        }
+        let _enc = self.encoder.lock().await;
+        for f in frames {
+            self.send_frame(f.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// Bytes handed to the channel and not yet acknowledged by the remote.
+    pub async fn buffered_amount(&self) -> usize {
+        self.core.dc.outstanding_bytes().await.unwrap_or(0)
+    }
+
+    /// Closes the connection. With `flush`, everything sent before is delivered first: the
+    /// close control `{__peerData:{type:"close"}}` goes after the data and the remote closes
+    /// when it reads it (`raw` has no control message: the buffer is drained instead).
+    /// Gives up waiting after [`FLUSH_CLOSE_TIMEOUT`].
+    pub async fn close(&self, flush: bool) {
+        if flush && !self.is_closed() {
+            let flushed = async {
+                if self.core.meta.serialization == Serialization::Raw {
+                    while self.core.dc.outstanding_bytes().await.unwrap_or(0) > 0 {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                            _ = self.core.closed.cancelled() => return,
+                        }
+                    }
+                } else {
+                    let sent = {
+                        let mut enc = self.encoder.lock().await;
+                        match enc.encode_close() {
+                            Ok(frames) => {
+                                let mut ok = true;
+                                for f in frames {
+                                    if self.send_frame(f).await.is_err() {
+                                        ok = false;
+                                        break;
+                                    }
+                                }
+                                ok
+                            }
+                            Err(_) => false,
+                        }
+                    };
+                    if sent {
+                        self.core.closed.cancelled().await;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(FLUSH_CLOSE_TIMEOUT, flushed).await;
+        }
+        self.core.shutdown(None).await;
+    }
+}
+
+/// The receiving half.
+pub struct ConnectionReceiver {
+    core: Arc<ConnCore>,
+    rx: mpsc::Receiver<Result<Value, ConnectionError>>,
+}
+
+impl ConnectionReceiver {
+    /// The remote peer's id.
+    pub fn peer(&self) -> &str {
+        &self.core.meta.peer
+    }
+    /// The `dc_…` connection id.
+    pub fn connection_id(&self) -> &str {
+        &self.core.meta.connection_id
+    }
+    /// The next value, in order of arrival; an `Err` for an undecodable frame or an ICE
+    /// failure; `None` once closed (remote close, flushed close, ICE failure, local close).
+    pub async fn recv(&mut self) -> Option<Result<Value, ConnectionError>> {
+        self.rx.recv().await
+    }
+}
+
+fn to_frame(data: BytesMut, is_string: bool) -> Frame {
+    if is_string {
+        match String::from_utf8(Vec::from(data)) {
+            Ok(s) => Frame::Text(s),
+            Err(e) => Frame::Binary(e.into_bytes().into()),
+        }
+    } else {
+        Frame::Binary(data.freeze())
+    }
+}
+
+/// Delivers one item; `false` if the connection closed meanwhile. A dropped receiver
+/// is not an error: the reader keeps draining so close controls are still seen.
+async fn deliver(
+    core: &ConnCore,
+    tx: &mpsc::Sender<Result<Value, ConnectionError>>,
+    item: Result<Value, ConnectionError>,
+) -> bool {
+    tokio::select! {
+        _ = tx.send(item) => true,
+        _ = core.closed.cancelled() => false,
+    }
+}
+
+/// What to do after one channel event.
+enum Step {
+    Continue,
+    Stop,
+}
+
+async fn handle_event(
+    core: &ConnCore,
+    decoder: &mut Decoder,
+    tx: &mpsc::Sender<Result<Value, ConnectionError>>,
+    ev: Option<DataChannelEvent>,
+) -> Step {
+    match ev {
+        Some(DataChannelEvent::OnMessage(m)) => {
+            match decoder.decode(to_frame(m.data, m.is_string)) {
+                Ok(items) => {
+                    for item in items {
+                        match item {
+                            Decoded::Message(v) => {
+                                if !deliver(core, tx, Ok(v)).await {
+                                    return Step::Stop;
+                                }
+                            }
+                            Decoded::Close => {
+                                core.shutdown(None).await;
+                                return Step::Stop;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(connection_id = %core.meta.connection_id, error = %e, "undecodable frame");
+                    if !deliver(core, tx, Err(e.into())).await {
+                        return Step::Stop;
+                    }
+                }
+            }
+            Step::Continue
+        }
+        Some(DataChannelEvent::OnClose) | None => {
+            core.shutdown(None).await;
+            Step::Stop
+        }
+        Some(_) => Step::Continue,
+    }
+}
+
+async fn read_loop(
+    core: Arc<ConnCore>,
+    mut decoder: Decoder,
+    tx: mpsc::Sender<Result<Value, ConnectionError>>,
+    early: Vec<DataChannelEvent>,
+) {
+    let mut stopped = false;
+    for ev in early {
+        if let Step::Stop = handle_event(&core, &mut decoder, &tx, Some(ev)).await {
+            stopped = true;
+            break;
+        }
+    }
+    while !stopped {
+        let ev = tokio::select! {
+            ev = core.dc.poll() => ev,
+            _ = core.closed.cancelled() => break,
+        };
+        stopped = matches!(handle_event(&core, &mut decoder, &tx, ev).await, Step::Stop);
+    }
+    let err = core.error.lock().expect("error lock poisoned").take();
+    if let Some(e) = err {
+        let _ = tx.try_send(Err(e));
+    }
+}
+
+/// Maps a negotiation error for callers that want a connection error.
+impl From<PeerError> for ConnectionError {
+    fn from(e: PeerError) -> Self {
+        match e {
+            PeerError::Closed | PeerError::ConnectionClosed(_) => ConnectionError::Closed,
+            other => ConnectionError::WebRtc(other.to_string()),
+        }
+    }
+}
