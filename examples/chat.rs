@@ -56,15 +56,15 @@ async fn main() -> anyhow::Result<()> {
     ouroboros::install_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let (client, mut events) = Client::connect_discovered(&args.discovery, ClientConfig::new(&args.name))
-        .await
-        .context("connecting to the node")?;
+    let (client, mut events) =
+        Client::connect_discovered(&args.discovery, ClientConfig::new(&args.name))
+            .await
+            .context("connecting to the node")?;
     let head = client.join(&args.room, None).await.context("joining")?;
     if args.history > 0 && head > 0 {
         let page = client.history(&args.room, None, Some(args.history)).await?;
@@ -72,7 +72,10 @@ async fn main() -> anyhow::Result<()> {
             show(m);
         }
     }
-    eprintln!("joined {} as {} (type a line and press Enter; Ctrl-D quits)", args.room, args.name);
+    eprintln!(
+        "joined {} as {} (type a line and press Enter; Ctrl-D quits)",
+        args.room, args.name
+    );
 
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
@@ -113,7 +116,10 @@ async fn main() -> anyhow::Result<()> {
         if !stdin_open {
             // Wait until every line typed was acknowledged (or refused), then leave.
             let drain = async { while publishing.join_next().await.is_some() {} };
-            if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(30), drain)
+                .await
+                .is_err()
+            {
                 eprintln!("! some messages were not acknowledged");
             }
             break;

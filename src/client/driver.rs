@@ -58,6 +58,12 @@ struct PendingPublish {
     replies: Vec<oneshot::Sender<Result<Ack, ClientError>>>,
 }
 
+type PendingPing = (
+    oneshot::Sender<Result<Duration, ClientError>>,
+    Instant,
+    Instant,
+);
+
 type Reply<T> = (oneshot::Sender<Result<T, ClientError>>, Instant);
 
 struct Link {
@@ -80,7 +86,8 @@ struct Driver {
     joins: VecDeque<(String, Reply<u64>)>,
     /// Pending history requests in request order.
     histories: VecDeque<(String, Reply<HistoryPage>)>,
-    pings: VecDeque<(oneshot::Sender<Result<Duration, ClientError>>, Instant, Instant)>,
+    /// Pending pings: (reply, sent at, deadline).
+    pings: VecDeque<PendingPing>,
     /// Commands received while reconnecting, handled once connected again.
     deferred: VecDeque<Command>,
 }
@@ -332,7 +339,7 @@ impl Driver {
                 tracing::warn!(error = %err, "giving up reconnecting to the node");
                 return false;
             }
-            if attempt % 2 == 0
+            if attempt.is_multiple_of(2)
                 && let Some(src) = self.cfg.discovery_source.clone()
                 && let Ok(r) = super::discover(&src).await
                 && r.generation >= self.target.generation
@@ -441,8 +448,7 @@ impl Driver {
                 self.send(&msg).await;
             }
             Command::Direct { to, body } => {
-                self.send(&json!({"op":"direct","to":to,"body":body}))
-                    .await;
+                self.send(&json!({"op":"direct","to":to,"body":body})).await;
             }
             Command::Ping { reply } => {
                 self.pings.push_back((reply, Instant::now(), deadline));
@@ -640,11 +646,7 @@ impl Driver {
 
 fn parse_message(m: &Json, room: Option<&str>) -> Option<Message> {
     Some(Message {
-        room: m
-            .get("room")
-            .and_then(Json::as_str)
-            .or(room)?
-            .to_string(),
+        room: m.get("room").and_then(Json::as_str).or(room)?.to_string(),
         seq: m.get("seq")?.as_u64()?,
         from: m
             .get("from")

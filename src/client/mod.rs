@@ -329,7 +329,9 @@ impl Client {
         mut config: ClientConfig,
     ) -> Result<(Client, mpsc::UnboundedReceiver<Event>), ClientError> {
         let record = discover(source).await?;
-        config.discovery_source.get_or_insert_with(|| source.to_string());
+        config
+            .discovery_source
+            .get_or_insert_with(|| source.to_string());
         Client::connect(record, config).await
     }
 

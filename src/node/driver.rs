@@ -39,7 +39,6 @@ pub(crate) enum Input {
     Message {
         conn: ConnId,
         msg: Json,
-        bytes: u64,
     },
     Closed {
         conn: ConnId,
@@ -143,10 +142,11 @@ impl RelayHandle {
             while let Some(item) = receiver.recv().await {
                 match item {
                     Ok(v) => {
-                        let bytes = approx_size(&v);
-                        counters.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+                        counters
+                            .bytes_in
+                            .fetch_add(approx_size(&v), Ordering::Relaxed);
                         let msg = value_to_json(v);
-                        if tx.send(Input::Message { conn: id, msg, bytes }).await.is_err() {
+                        if tx.send(Input::Message { conn: id, msg }).await.is_err() {
                             return;
                         }
                     }
@@ -234,7 +234,7 @@ async fn relay_task(mut relay: Relay, mut rx: mpsc::Receiver<Input>, counters: A
                 writers.insert(conn, writer);
                 relay.connect(now, conn, info);
             }
-            Input::Message { conn, msg, .. } => {
+            Input::Message { conn, msg } => {
                 if writers.contains_key(&conn) {
                     relay.handle_message(now, wall_ms(), conn, msg);
                 }

@@ -50,20 +50,24 @@ fn cors(mut res: Response) -> Response {
 
 async fn discovery(State(s): State<Arc<NodeShared>>) -> Response {
     let record = s.record.read().expect("record lock poisoned").clone();
-    cors((
-        [(header::CONTENT_TYPE, "application/json")],
-        record.to_json_pretty(),
+    cors(
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            record.to_json_pretty(),
+        )
+            .into_response(),
     )
-        .into_response())
 }
 
 async fn status_json(State(s): State<Arc<NodeShared>>) -> Response {
     let st = s.status().await;
-    cors((
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_string_pretty(&st).unwrap_or_default(),
+    cors(
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::to_string_pretty(&st).unwrap_or_default(),
+        )
+            .into_response(),
     )
-        .into_response())
 }
 
 async fn status_page(State(s): State<Arc<NodeShared>>) -> Response {
@@ -81,7 +85,10 @@ async fn status_page(State(s): State<Arc<NodeShared>>) -> Response {
 async fn metrics(State(s): State<Arc<NodeShared>>) -> Response {
     let st = s.status().await;
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         render_metrics(&st),
     )
         .into_response()
@@ -197,7 +204,8 @@ mod tests {
 
     #[test]
     fn accept_negotiation() {
-        let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8";
+        let browser =
+            "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8";
         assert!(prefers_html(&h(browser)));
         assert!(!prefers_html(&h("*/*")));
         assert!(!prefers_html(&h("application/json")));

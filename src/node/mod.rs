@@ -24,7 +24,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::discovery::{DiscoveryRecord, LocalPublisher, Publisher, RECORD_VERSION, SignalingEndpoint};
+use crate::discovery::{
+    DiscoveryRecord, LocalPublisher, Publisher, RECORD_VERSION, SignalingEndpoint,
+};
 use crate::lifecycle::LifecycleArgs;
 use crate::peer::PeerConfig;
 use crate::relay::{Relay, RelayConfig, wire::Limits};
@@ -80,7 +82,12 @@ pub struct NodeArgs {
     pub max_clients: usize,
     /// Also register the node's peer id on this PeerJS server (repeatable), e.g.
     /// `wss://0.peerjs.com/?key=peerjs`; listed in the discovery record.
-    #[arg(long = "also-register", env = "OUROBOROS_ALSO_REGISTER", value_delimiter = ',', value_name = "URL")]
+    #[arg(
+        long = "also-register",
+        env = "OUROBOROS_ALSO_REGISTER",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
     pub also_register: Vec<String>,
     /// Where the web chat loads the PeerJS client from.
     #[arg(long, env = "OUROBOROS_PEERJS_URL", default_value = DEFAULT_PEERJS_URL)]
@@ -145,7 +152,11 @@ impl NodeShared {
     pub async fn status(&self) -> NodeStatus {
         let record = self.record.read().expect("record lock poisoned").clone();
         let (relay, rooms) = self.relay.figures().await.unwrap_or_default();
-        let lc = self.lifecycle.read().expect("lifecycle lock poisoned").clone();
+        let lc = self
+            .lifecycle
+            .read()
+            .expect("lifecycle lock poisoned")
+            .clone();
         let now = Instant::now();
         NodeStatus {
             peer_id: record.peer_id.clone(),
@@ -251,12 +262,15 @@ impl Node {
     pub async fn start(args: NodeArgs) -> Result<Node, NodeError> {
         let peer_id = choose_peer_id(&args)?;
         let generation = args.lifecycle.generation;
-        let path = normalized_path(&args.signal.path);
+        let path = normalized_path(&signaling_adapter::path(&args.signal));
         let memory_budget = args.memory_budget.unwrap_or_else(default_memory_budget);
         let extra: Vec<PeerConfig> = args
             .also_register
             .iter()
-            .map(|u| PeerConfig::from_url(u).map_err(|e| NodeError::Config(format!("--also-register {u}: {e}"))))
+            .map(|u| {
+                PeerConfig::from_url(u)
+                    .map_err(|e| NodeError::Config(format!("--also-register {u}: {e}")))
+            })
             .collect::<Result<_, _>>()?;
 
         // The relay.
@@ -286,12 +300,12 @@ impl Node {
             host: args.public_host.clone().unwrap_or_else(|| own_host.clone()),
             port: args.public_port.unwrap_or(addr.port()),
             path: path.clone(),
-            key: args.signal.key.clone(),
+            key: signaling_adapter::key(&args.signal),
             secure: args.public_secure,
         };
         let mut own_cfg = PeerConfig::new(own_host.clone(), addr.port());
         own_cfg.path = path.clone();
-        own_cfg.key = args.signal.key.clone();
+        own_cfg.key = signaling_adapter::key(&args.signal);
         own_cfg.id = Some(peer_id.clone());
         own_cfg.reconnect = true;
         let mut registrations = vec![Registration::new(display_url(&own_cfg), "own")];
@@ -446,7 +460,11 @@ impl Node {
 
     /// Sets the lifecycle facts shown on `/status`.
     pub fn set_lifecycle(&self, view: LifecycleView) {
-        *self.shared.lifecycle.write().expect("lifecycle lock poisoned") = view;
+        *self
+            .shared
+            .lifecycle
+            .write()
+            .expect("lifecycle lock poisoned") = view;
     }
 
     /// Sets the tunnel status shown on `/status`.
@@ -496,9 +514,21 @@ mod signaling_adapter {
         pub counters: Box<dyn Fn() -> Vec<(String, u64)> + Send + Sync>,
     }
 
+    pub(super) fn path(args: &SignalArgs) -> String {
+        let _ = args;
+        "/".into()
+    }
+
+    pub(super) fn key(args: &SignalArgs) -> String {
+        let _ = args;
+        "peerjs".into()
+    }
+
     pub(super) async fn bind(args: &SignalArgs) -> Result<Bound, NodeError> {
         let _ = args;
-        Err(NodeError::Signaling("signaling server not on main yet".into()))
+        Err(NodeError::Signaling(
+            "signaling server not on main yet".into(),
+        ))
     }
 
     pub(super) async fn serve(

@@ -230,7 +230,13 @@ pub fn render_html(s: &NodeStatus) -> String {
         None => "none planned".to_string(),
     };
     let expires = s.expires_at.as_deref().unwrap_or("runs until stopped");
-    card(&mut out, "next-rotation", "Next rotation", &rotation, expires);
+    card(
+        &mut out,
+        "next-rotation",
+        "Next rotation",
+        &rotation,
+        expires,
+    );
     card(
         &mut out,
         "clients",
@@ -378,36 +384,173 @@ pub fn render_metrics(s: &NodeStatus) -> String {
     let _ = writeln!(
         out,
         "# HELP ouroboros_node_info Static node information.\n# TYPE ouroboros_node_info gauge\nouroboros_node_info{{peer_id=\"{}\",version=\"{}\"}} 1",
-        s.peer_id.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"),
+        s.peer_id
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n"),
         s.version
     );
-    metric(&mut out, "ouroboros_generation", "gauge", "Generation of this node in the ring.", s.generation);
-    metric(&mut out, "ouroboros_uptime_seconds", "gauge", "Seconds since the node started.", s.uptime_secs);
-    metric(&mut out, "ouroboros_relay_clients", "gauge", "Connected relay clients.", r.clients);
-    metric(&mut out, "ouroboros_relay_rooms", "gauge", "Rooms with messages or members.", r.rooms);
-    metric(&mut out, "ouroboros_relay_messages_stored", "gauge", "Messages stored across rooms.", r.messages_stored);
-    metric(&mut out, "ouroboros_relay_bytes_stored", "gauge", "Bytes counted against the memory budget.", r.bytes_stored);
-    metric(&mut out, "ouroboros_relay_memory_budget_bytes", "gauge", "The memory budget.", r.memory_budget);
-    metric(&mut out, "ouroboros_relay_messages_evicted_total", "counter", "Messages evicted by the memory budget.", r.messages_evicted);
-    metric(&mut out, "ouroboros_relay_bytes_evicted_total", "counter", "Bytes evicted by the memory budget.", r.bytes_evicted);
-    metric(&mut out, "ouroboros_relay_published_total", "counter", "Publishes stored.", r.published);
-    metric(&mut out, "ouroboros_relay_delivered_total", "counter", "Messages delivered to clients.", r.delivered);
-    metric(&mut out, "ouroboros_relay_direct_total", "counter", "Direct messages relayed.", r.directs);
-    metric(&mut out, "ouroboros_relay_errors_total", "counter", "Error answers sent to clients.", r.errors);
-    metric(&mut out, "ouroboros_relay_bytes_in_total", "counter", "Bytes received from relay clients.", r.bytes_in);
-    metric(&mut out, "ouroboros_relay_bytes_out_total", "counter", "Bytes sent to relay clients.", r.bytes_out);
-    metric(&mut out, "ouroboros_relay_slow_disconnects_total", "counter", "Clients dropped because their send buffer was full.", r.slow_disconnects);
-    metric(&mut out, "ouroboros_relay_legacy_clients_total", "counter", "Connections served with the legacy seed protocol.", r.legacy_clients);
-    metric(&mut out, "ouroboros_relay_publish_rate", "gauge", "Publishes per second (recent window).", r.publish_rate);
-    metric(&mut out, "ouroboros_relay_delivery_rate", "gauge", "Deliveries per second (recent window).", r.delivery_rate);
+    metric(
+        &mut out,
+        "ouroboros_generation",
+        "gauge",
+        "Generation of this node in the ring.",
+        s.generation,
+    );
+    metric(
+        &mut out,
+        "ouroboros_uptime_seconds",
+        "gauge",
+        "Seconds since the node started.",
+        s.uptime_secs,
+    );
+    metric(
+        &mut out,
+        "ouroboros_relay_clients",
+        "gauge",
+        "Connected relay clients.",
+        r.clients,
+    );
+    metric(
+        &mut out,
+        "ouroboros_relay_rooms",
+        "gauge",
+        "Rooms with messages or members.",
+        r.rooms,
+    );
+    metric(
+        &mut out,
+        "ouroboros_relay_messages_stored",
+        "gauge",
+        "Messages stored across rooms.",
+        r.messages_stored,
+    );
+    metric(
+        &mut out,
+        "ouroboros_relay_bytes_stored",
+        "gauge",
+        "Bytes counted against the memory budget.",
+        r.bytes_stored,
+    );
+    metric(
+        &mut out,
+        "ouroboros_relay_memory_budget_bytes",
+        "gauge",
+        "The memory budget.",
+        r.memory_budget,
+    );
+    metric(
+        &mut out,
+        "ouroboros_relay_messages_evicted_total",
+        "counter",
+        "Messages evicted by the memory budget.",
+        r.messages_evicted,
+    );
+    metric(
+        &mut out,
+        "ouroboros_relay_bytes_evicted_total",
+        "counter",
+        "Bytes evicted by the memory budget.",
+        r.bytes_evicted,
+    );
+    metric(
+        &mut out,
+        "ouroboros_relay_published_total",
+        "counter",
+        "Publishes stored.",
+        r.published,
+    );
+    metric(
+        &mut out,
+        "ouroboros_relay_delivered_total",
+        "counter",
+        "Messages delivered to clients.",
+        r.delivered,
+    );
+    metric(
+        &mut out,
+        "ouroboros_relay_direct_total",
+        "counter",
+        "Direct messages relayed.",
+        r.directs,
+    );
+    metric(
+        &mut out,
+        "ouroboros_relay_errors_total",
+        "counter",
+        "Error answers sent to clients.",
+        r.errors,
+    );
+    metric(
+        &mut out,
+        "ouroboros_relay_bytes_in_total",
+        "counter",
+        "Bytes received from relay clients.",
+        r.bytes_in,
+    );
+    metric(
+        &mut out,
+        "ouroboros_relay_bytes_out_total",
+        "counter",
+        "Bytes sent to relay clients.",
+        r.bytes_out,
+    );
+    metric(
+        &mut out,
+        "ouroboros_relay_slow_disconnects_total",
+        "counter",
+        "Clients dropped because their send buffer was full.",
+        r.slow_disconnects,
+    );
+    metric(
+        &mut out,
+        "ouroboros_relay_legacy_clients_total",
+        "counter",
+        "Connections served with the legacy seed protocol.",
+        r.legacy_clients,
+    );
+    metric(
+        &mut out,
+        "ouroboros_relay_publish_rate",
+        "gauge",
+        "Publishes per second (recent window).",
+        r.publish_rate,
+    );
+    metric(
+        &mut out,
+        "ouroboros_relay_delivery_rate",
+        "gauge",
+        "Deliveries per second (recent window).",
+        r.delivery_rate,
+    );
     if let Some(rss) = s.rss_bytes {
-        metric(&mut out, "ouroboros_process_resident_memory_bytes", "gauge", "Resident set size.", rss);
+        metric(
+            &mut out,
+            "ouroboros_process_resident_memory_bytes",
+            "gauge",
+            "Resident set size.",
+            rss,
+        );
     }
-    let registered = s.endpoints.iter().filter(|e| e.state == "registered").count();
-    metric(&mut out, "ouroboros_signaling_registrations_up", "gauge", "Signaling servers the node's peer is registered on now.", registered);
+    let registered = s
+        .endpoints
+        .iter()
+        .filter(|e| e.state == "registered")
+        .count();
+    metric(
+        &mut out,
+        "ouroboros_signaling_registrations_up",
+        "gauge",
+        "Signaling servers the node's peer is registered on now.",
+        registered,
+    );
     for (k, v) in &s.signaling {
         let name = format!("ouroboros_signaling_{}", metric_name(k));
-        let kind = if k.ends_with("_total") { "counter" } else { "gauge" };
+        let kind = if k.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
         metric(&mut out, &name, kind, "Signaling server counter.", v);
     }
     out
@@ -435,8 +578,18 @@ mod tests {
                 registrations: 1,
                 last_error: Some("<script>".into()),
             }],
-            relay: RelayFigures { clients: 2, memory_budget: 1 << 20, bytes_stored: 1 << 19, ..Default::default() },
-            rooms: vec![RoomStatus { name: "a&b".into(), members: 1, head: 9, stored: 9 }],
+            relay: RelayFigures {
+                clients: 2,
+                memory_budget: 1 << 20,
+                bytes_stored: 1 << 19,
+                ..Default::default()
+            },
+            rooms: vec![RoomStatus {
+                name: "a&b".into(),
+                members: 1,
+                head: 9,
+                stored: 9,
+            }],
             rss_bytes: Some(10 << 20),
             signaling: vec![("clients".into(), 3)],
             version: "0.1.0",
@@ -458,7 +611,9 @@ mod tests {
     fn metrics_are_prometheus_text() {
         let m = render_metrics(&sample());
         assert!(m.contains("ouroboros_relay_clients 2\n"));
-        assert!(m.contains("ouroboros_node_info{peer_id=\"ouroboros-<b>x</b>\",version=\"0.1.0\"} 1"));
+        assert!(
+            m.contains("ouroboros_node_info{peer_id=\"ouroboros-<b>x</b>\",version=\"0.1.0\"} 1")
+        );
         assert!(m.contains("ouroboros_signaling_clients 3\n"));
         for line in m.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').expect("name value");
