@@ -96,6 +96,8 @@ fn to_json(v: &Value) -> serde_json::Value {
         Value::Bin(b) => {
             json!({"$bin_len": b.len(), "$sha256": hex::encode(sha2::Sha256::digest(b))})
         }
+        // msgpack extensions (timestamps → ISO string, others → {type, data}).
+        Value::Ext(..) => v.to_json(),
         Value::Array(a) => serde_json::Value::Array(a.iter().map(to_json).collect()),
         Value::Map(m) => serde_json::Value::Object(
             m.iter()

@@ -1,0 +1,194 @@
+//! peerjs's BinaryPack chunking and a bounded reassembler.
+//!
+//! # Format
+//! A packed message longer than [`CHUNKED_MTU`] is cut into 16300-byte slices, each sent as
+//! the packed map `{"__peerData": id, "n": index, "data": slice, "total": count}` (keys in
+//! this order; `id` is a per-connection counter starting at 1). The receiver unpacks every
+//! frame; a top-level map whose `__peerData` is truthy is a control message:
+//! `{type: "close"}` closes, anything else is a chunk. When all `total` chunks of an id are
+//! there, they are concatenated in index order and the result is handled again (it may in
+//! turn be a close or a chunk, as in peerjs).
+//!
+//! # Limits
+//! `total` must be in `1..=max_chunks` (enough 16300-byte chunks for `max_message_size`),
+//! `n < total`, the same `total` on every chunk, no duplicate `n`, at most
+//! `max_partial_messages` ids in progress, at most `max_message_size` bytes per message and
+//! `max_partial_bytes` across all of them. Memory grows only with data actually received.
+
+use super::binarypack::{pack_bin, pack_i64, pack_str, unpack};
+use super::{CHUNKED_MTU, CodecError, Decoded, DecoderLimits, Frame, Value, is_close, peer_data};
+use bytes::{Bytes, BytesMut};
+use std::collections::{BTreeMap, HashMap};
+
+/// Cuts a packed message into chunk frames for message `id`.
+pub(crate) fn split(id: u64, packed: &Bytes) -> Vec<Frame> {
+    let total = packed.len().div_ceil(CHUNKED_MTU);
+    let id = i64::try_from(id).unwrap_or(i64::MAX);
+    packed
+        .chunks(CHUNKED_MTU)
+        .enumerate()
+        .map(|(n, data)| {
+            let mut out = Vec::with_capacity(data.len() + 40);
+            out.push(0x84);
+            pack_str(&mut out, "__peerData");
+            pack_i64(&mut out, id);
+            pack_str(&mut out, "n");
+            pack_i64(&mut out, n as i64);
+            pack_str(&mut out, "data");
+            pack_bin(&mut out, data);
+            pack_str(&mut out, "total");
+            pack_i64(&mut out, total as i64);
+            Frame::Binary(out.into())
+        })
+        .collect()
+}
+
+/// One chunked message being received.
+#[derive(Debug)]
+struct Partial {
+    /// Chunk count announced by the first chunk.
+    total: u32,
+    /// Chunks received so far, by index (grows only with received data).
+    chunks: BTreeMap<u32, Bytes>,
+    /// Bytes in `chunks`.
+    bytes: usize,
+}
+
+/// Reassembles chunked BinaryPack messages of one connection.
+#[derive(Debug, Default)]
+pub(crate) struct Reassembler {
+    /// Partial messages by `__peerData` id.
+    partials: HashMap<i64, Partial>,
+    /// Bytes across all partial messages.
+    bytes: usize,
+}
+
+impl Reassembler {
+    pub(crate) fn partial_messages(&self) -> usize {
+        self.partials.len()
+    }
+
+    /// Handles one packed frame: returns the message or close it completes, if any.
+    pub(crate) fn handle(
+        &mut self,
+        frame: Bytes,
+        limits: &DecoderLimits,
+    ) -> Result<Option<Decoded>, CodecError> {
+        let mut packed = frame;
+        // A loop, not recursion: a reassembled message may itself be a chunk.
+        loop {
+            let value = unpack(&packed, limits)?;
+            let Some(pd) = peer_data(&value).filter(|v| v.is_truthy()) else {
+                return Ok(Some(Decoded::Message(value)));
+            };
+            if is_close(pd) {
+                return Ok(Some(Decoded::Close));
+            }
+            match self.add_chunk(&value, limits)? {
+                Some(whole) => packed = whole,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Stores one chunk; returns the concatenated message when it was the last one.
+    fn add_chunk(
+        &mut self,
+        chunk: &Value,
+        limits: &DecoderLimits,
+    ) -> Result<Option<Bytes>, CodecError> {
+        let id = chunk
+            .get("__peerData")
+            .and_then(Value::as_i64)
+            .ok_or(CodecError::InvalidChunk("__peerData is not an integer id"))?;
+        let fields = (|| {
+            let total =
+                chunk
+                    .get("total")
+                    .and_then(Value::as_u64)
+                    .ok_or(CodecError::InvalidChunk(
+                        "total is not a non-negative integer",
+                    ))?;
+            if total == 0 || total > limits.max_chunks() as u64 {
+                return Err(CodecError::InvalidChunk("total is 0 or above the limit"));
+            }
+            let n = chunk
+                .get("n")
+                .and_then(Value::as_u64)
+                .ok_or(CodecError::InvalidChunk("n is not a non-negative integer"))?;
+            if n >= total {
+                return Err(CodecError::InvalidChunk("n is not below total"));
+            }
+            let data = chunk
+                .get("data")
+                .and_then(Value::as_bytes)
+                .ok_or(CodecError::InvalidChunk("data is not binary"))?;
+            Ok((total as u32, n as u32, data.clone()))
+        })();
+        let (total, n, data) = match fields {
+            Ok(f) => f,
+            Err(e) => {
+                self.drop_partial(id);
+                return Err(e);
+            }
+        };
+
+        if !self.partials.contains_key(&id) && self.partials.len() >= limits.max_partial_messages {
+            return Err(CodecError::TooManyPartials {
+                messages: self.partials.len(),
+                bytes: self.bytes,
+            });
+        }
+        let held = self.partials.len();
+        let partial = self.partials.entry(id).or_insert_with(|| Partial {
+            total,
+            chunks: BTreeMap::new(),
+            bytes: 0,
+        });
+        let problem = if partial.total != total {
+            Some(CodecError::InvalidChunk(
+                "total differs from earlier chunks",
+            ))
+        } else if partial.chunks.contains_key(&n) {
+            Some(CodecError::InvalidChunk("duplicate chunk index"))
+        } else if partial.bytes + data.len() > limits.max_message_size {
+            Some(CodecError::MessageTooBig {
+                size: partial.bytes + data.len(),
+                limit: limits.max_message_size,
+            })
+        } else if self.bytes + data.len() > limits.max_partial_bytes {
+            Some(CodecError::TooManyPartials {
+                messages: held,
+                bytes: self.bytes + data.len(),
+            })
+        } else {
+            None
+        };
+        if let Some(e) = problem {
+            self.drop_partial(id);
+            return Err(e);
+        }
+        partial.bytes += data.len();
+        self.bytes += data.len();
+        partial.chunks.insert(n, data);
+        if partial.chunks.len() < partial.total as usize {
+            return Ok(None);
+        }
+        let partial = self
+            .partials
+            .remove(&id)
+            .expect("the partial message was just updated");
+        self.bytes -= partial.bytes;
+        let mut whole = BytesMut::with_capacity(partial.bytes);
+        for data in partial.chunks.values() {
+            whole.extend_from_slice(data);
+        }
+        Ok(Some(whole.freeze()))
+    }
+
+    fn drop_partial(&mut self, id: i64) {
+        if let Some(p) = self.partials.remove(&id) {
+            self.bytes -= p.bytes;
+        }
+    }
+}
