@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use serde_json::{Value as Json, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::json::{json_to_value, value_to_json};
 use super::{Ack, ClientConfig, ClientError, Command, Event, HistoryPage, Message, Target};
 use crate::discovery::SignalingEndpoint;
-use crate::peer::{ConnectOptions, ConnectionReceiver, ConnectionSender, Peer, PeerConfig};
+use crate::peer::{
+    ConnectOptions, ConnectionReceiver, ConnectionSender, Peer, PeerConfig, Value,
+};
 
 /// Where the client's connection stands.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,7 +134,7 @@ fn endpoint_config(e: &SignalingEndpoint, cfg: &ClientConfig) -> PeerConfig {
 
 enum Wake {
     Cmd(Option<Command>),
-    Msg(Option<Result<crate::peer::Value, crate::peer::ConnectionError>>),
+    Msg(Option<Result<Value, crate::peer::ConnectionError>>),
     Tick,
 }
 
@@ -227,7 +228,7 @@ impl Driver {
         let Some(link) = self.link.as_mut() else {
             return;
         };
-        if let Err(e) = link.sender.send(&json_to_value(msg)).await {
+        if let Err(e) = link.sender.send(&Value::from_json(msg.clone())).await {
             tracing::debug!(error = %e, "send to node failed; reconnecting");
             self.drop_link().await;
         }
@@ -273,7 +274,7 @@ impl Driver {
                     }
                 }
                 Wake::Msg(Some(Ok(v))) => {
-                    if self.incoming(value_to_json(v)).await {
+                    if self.incoming(v.to_json()).await {
                         moving = true;
                         self.drop_link().await;
                     }

@@ -30,7 +30,6 @@
 //! ```
 
 mod driver;
-pub mod json;
 
 use std::time::Duration;
 

@@ -16,7 +16,6 @@ use serde_json::Value as Json;
 use tokio::sync::{mpsc, oneshot};
 
 use super::status::{RelayFigures, RoomStatus};
-use crate::client::json::{json_to_value, value_to_json};
 use crate::peer::{ConnectionSender, DataConnection, Frame, Serialization, Value};
 use crate::relay::{CloseReason, ConnId, ConnInfo, Outgoing, Output, Relay};
 
@@ -145,7 +144,7 @@ impl RelayHandle {
                         counters
                             .bytes_in
                             .fetch_add(approx_size(&v), Ordering::Relaxed);
-                        let msg = value_to_json(v);
+                        let msg = v.to_json();
                         if tx.send(Input::Message { conn: id, msg }).await.is_err() {
                             return;
                         }
@@ -398,7 +397,7 @@ async fn writer_task(
                     }
                     frames.clear();
                     let v = match &msg {
-                        Outgoing::Object(p) => json_to_value(p.value()),
+                        Outgoing::Object(p) => Value::from_json(p.value().clone()),
                         Outgoing::Text(s) => Value::Str(s.to_string()),
                     };
                     if let Err(e) = sender.send(&v).await {

@@ -5,16 +5,14 @@ use std::sync::Arc;
 
 use axum::{
     Router,
-    body::Body,
-    extract::{Request, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
-    middleware::Next,
+    extract::State,
+    http::{HeaderMap, HeaderValue, header},
     response::{IntoResponse, Response},
     routing::get,
 };
 
 use super::NodeShared;
-use super::status::{render_html, render_metrics};
+use super::status::render_html;
 
 const CHAT_HTML: &str = include_str!("web/chat.html");
 const CHAT_JS: &str = include_str!("web/chat.js");
@@ -35,6 +33,7 @@ pub fn routes(shared: Arc<NodeShared>) -> Router {
         .route("/chat", get(chat))
         .route("/chat.js", get(chat_js))
         .route("/chat.css", get(chat_css))
+        .route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }))
         .with_state(shared)
 }
 
@@ -83,13 +82,12 @@ async fn status_page(State(s): State<Arc<NodeShared>>) -> Response {
 }
 
 async fn metrics(State(s): State<Arc<NodeShared>>) -> Response {
-    let st = s.status().await;
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render_metrics(&st),
+        s.metrics().await,
     )
         .into_response()
 }
@@ -164,31 +162,23 @@ pub fn prefers_html(headers: &HeaderMap) -> bool {
     html > 0.0 && html > quality(accept, "application/json")
 }
 
-/// Middleware: `GET {path}` with an HTML-preferring Accept gets the chat page; everything
-/// else (the PeerJS info JSON for programs) goes to the signaling router.
-pub async fn chat_at_root(
-    State((s, root)): State<(Arc<NodeShared>, String)>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let path = req.uri().path();
-    let at_root = path == root || (root.len() > 1 && path == root.trim_end_matches('/'));
-    if req.method() == axum::http::Method::GET && at_root && prefers_html(req.headers()) {
-        let mut res = Response::new(Body::from(chat_html(&s.peerjs_url)));
-        let h = res.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        );
-        h.insert(header::VARY, HeaderValue::from_static("Accept"));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        return res;
-    }
-    let mut res = next.run(req).await;
-    if at_root && res.status() == StatusCode::OK {
-        res.headers_mut()
-            .append(header::VARY, HeaderValue::from_static("Accept"));
-    }
+/// `GET {path}`: the chat page for browsers navigating there, the PeerJS server's info
+/// JSON for programs (the reference server's behaviour).
+pub async fn root(State(s): State<Arc<NodeShared>>, headers: HeaderMap) -> Response {
+    let mut res = if prefers_html(&headers) {
+        (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            chat_html(&s.peerjs_url),
+        )
+            .into_response()
+    } else {
+        crate::signaling::info_response()
+    };
+    res.headers_mut()
+        .append(header::VARY, HeaderValue::from_static("Accept"));
     res
 }
 

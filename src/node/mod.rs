@@ -30,7 +30,7 @@ use crate::discovery::{
 use crate::lifecycle::LifecycleArgs;
 use crate::peer::PeerConfig;
 use crate::relay::{Relay, RelayConfig, wire::Limits};
-use crate::signaling::SignalArgs;
+use crate::signaling::{SignalArgs, SignalConfig, Signaling};
 use crate::tunnel::TunnelArgs;
 
 pub use args::{default_memory_budget, parse_size, random_peer_id};
@@ -142,12 +142,19 @@ pub struct NodeShared {
     listen_url: String,
     registrations: Vec<Arc<Registration>>,
     relay: RelayHandle,
-    signaling_counters: Box<dyn Fn() -> Vec<(String, u64)> + Send + Sync>,
+    signaling: Signaling,
     lifecycle: RwLock<LifecycleView>,
     tunnel: RwLock<String>,
 }
 
 impl NodeShared {
+    /// `/metrics`: the node's figures and the signaling server's counters.
+    pub async fn metrics(&self) -> String {
+        let mut out = status::render_metrics(&self.status().await);
+        self.signaling.stats().write_prometheus(&mut out);
+        out
+    }
+
     /// The status snapshot (`/status.json`).
     pub async fn status(&self) -> NodeStatus {
         let record = self.record.read().expect("record lock poisoned").clone();
@@ -177,7 +184,7 @@ impl NodeShared {
             relay,
             rooms,
             rss_bytes: status::current_rss(),
-            signaling: (self.signaling_counters)(),
+            signaling: signaling_figures(&self.signaling.stats()),
             version: env!("CARGO_PKG_VERSION"),
         }
     }
@@ -201,15 +208,16 @@ impl std::fmt::Debug for Node {
     }
 }
 
-fn normalized_path(p: &str) -> String {
-    let mut s = p.trim().to_string();
-    if !s.starts_with('/') {
-        s.insert(0, '/');
-    }
-    if !s.ends_with('/') {
-        s.push('/');
-    }
-    s
+/// The signaling counters shown on `/status` (all of them are in `/metrics`).
+fn signaling_figures(s: &crate::signaling::Stats) -> Vec<(String, u64)> {
+    vec![
+        ("sockets".into(), s.sockets as u64),
+        ("registered clients".into(), s.clients as u64),
+        ("messages relayed".into(), s.relayed),
+        ("messages queued".into(), s.queued),
+        ("queued messages expired".into(), s.expired),
+        ("frames dropped".into(), s.dropped + s.malformed + s.undeliverable),
+    ]
 }
 
 /// The endpoint an `--also-register` URL stands for.
@@ -262,7 +270,6 @@ impl Node {
     pub async fn start(args: NodeArgs) -> Result<Node, NodeError> {
         let peer_id = choose_peer_id(&args)?;
         let generation = args.lifecycle.generation;
-        let path = normalized_path(&signaling_adapter::path(&args.signal));
         let memory_budget = args.memory_budget.unwrap_or_else(default_memory_budget);
         let extra: Vec<PeerConfig> = args
             .also_register
@@ -289,8 +296,14 @@ impl Node {
 
         // The signaling server, with the node's routes beside it.
         let stop = CancellationToken::new();
-        let bound = signaling_adapter::bind(&args.signal).await?;
-        let addr = bound.local_addr;
+        let sconfig =
+            SignalConfig::from_args(&args.signal).map_err(|e| NodeError::Config(e.to_string()))?;
+        let path = sconfig.path.clone();
+        let signaling = Signaling::new(sconfig.clone());
+        let listener = crate::signaling::bind(&sconfig)
+            .await
+            .map_err(|e| NodeError::Signaling(e.to_string()))?;
+        let addr = listener.local_addr();
         let own_host = if addr.ip().is_unspecified() {
             "127.0.0.1".to_string()
         } else {
@@ -300,25 +313,26 @@ impl Node {
             host: args.public_host.clone().unwrap_or_else(|| own_host.clone()),
             port: args.public_port.unwrap_or(addr.port()),
             path: path.clone(),
-            key: signaling_adapter::key(&args.signal),
+            key: sconfig.key.clone(),
             secure: args.public_secure,
         };
         let mut own_cfg = PeerConfig::new(own_host.clone(), addr.port());
         own_cfg.path = path.clone();
-        own_cfg.key = signaling_adapter::key(&args.signal);
+        own_cfg.key = sconfig.key.clone();
+        own_cfg.secure = listener.is_tls();
         own_cfg.id = Some(peer_id.clone());
         own_cfg.reconnect = true;
         let mut registrations = vec![Registration::new(display_url(&own_cfg), "own")];
-        let mut signaling = vec![own_endpoint];
+        let mut endpoints = vec![own_endpoint];
         for cfg in &extra {
             registrations.push(Registration::new(display_url(cfg), "extra"));
-            signaling.push(endpoint_of(cfg));
+            endpoints.push(endpoint_of(cfg));
         }
         let record = DiscoveryRecord {
             version: RECORD_VERSION,
             peer_id: peer_id.clone(),
             generation,
-            signaling,
+            signaling: endpoints,
             tunnel_url: None,
             started_at: SystemTime::now(),
             expires_at: args.lifecycle.lifetime.map(|l| SystemTime::now() + l),
@@ -334,7 +348,7 @@ impl Node {
                 }
             }),
         };
-        let listen_url = format!("http://{addr}{path}");
+        let listen_url = listener.url(&path);
         let shared = Arc::new(NodeShared {
             record: RwLock::new(record),
             peerjs_url: args.peerjs_url.clone(),
@@ -342,7 +356,7 @@ impl Node {
             listen_url: listen_url.clone(),
             registrations: registrations.clone(),
             relay: relay.clone(),
-            signaling_counters: bound.counters,
+            signaling: signaling.clone(),
             lifecycle: RwLock::new(LifecycleView {
                 state: "serving".into(),
                 next_rotation: None,
@@ -350,15 +364,25 @@ impl Node {
             }),
             tunnel: RwLock::new("none".into()),
         });
-        let node_routes = http::routes(shared.clone());
-        let app = bound
-            .router
-            .merge(node_routes)
-            .layer(axum::middleware::from_fn_with_state(
-                (shared.clone(), path.clone()),
-                http::chat_at_root,
-            ));
-        let server = tokio::spawn(signaling_adapter::serve(bound.listener, app, stop.clone()));
+        let root = signaling.with_cors(
+            axum::Router::new()
+                .route(&path, axum::routing::get(http::root))
+                .with_state(shared.clone()),
+        );
+        let app = signaling
+            .router_without_info()
+            .merge(root)
+            .merge(http::routes(shared.clone()));
+        let server = {
+            let stop = stop.clone();
+            let signaling = signaling.clone();
+            tokio::spawn(async move {
+                let shutdown = async move { stop.cancelled().await };
+                if let Err(e) = signaling.serve(listener, app, shutdown).await {
+                    tracing::error!(error = %e, "signaling server failed");
+                }
+            })
+        };
         print_line(&format!("listening on {listen_url}"));
 
         // The node's own peer, on its own server (loopback WebSocket).
@@ -501,43 +525,4 @@ pub async fn run(
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())
-}
-
-/// The seam to the signaling server's library API.
-mod signaling_adapter {
-    use super::*;
-
-    pub(super) struct Bound {
-        pub listener: tokio::net::TcpListener,
-        pub local_addr: SocketAddr,
-        pub router: axum::Router,
-        pub counters: Box<dyn Fn() -> Vec<(String, u64)> + Send + Sync>,
-    }
-
-    pub(super) fn path(args: &SignalArgs) -> String {
-        let _ = args;
-        "/".into()
-    }
-
-    pub(super) fn key(args: &SignalArgs) -> String {
-        let _ = args;
-        "peerjs".into()
-    }
-
-    pub(super) async fn bind(args: &SignalArgs) -> Result<Bound, NodeError> {
-        let _ = args;
-        Err(NodeError::Signaling(
-            "signaling server not on main yet".into(),
-        ))
-    }
-
-    pub(super) async fn serve(
-        listener: tokio::net::TcpListener,
-        app: axum::Router,
-        stop: CancellationToken,
-    ) {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-    }
 }

@@ -101,7 +101,7 @@ pub struct NodeStatus {
     pub rooms: Vec<RoomStatus>,
     /// Resident set size of the process in bytes (Linux), if known.
     pub rss_bytes: Option<u64>,
-    /// Signaling server counters, name → value.
+    /// Signaling server counters (a selection; `/metrics` has them all), name → value.
     pub signaling: Vec<(String, u64)>,
     /// The node's version.
     pub version: &'static str,
@@ -364,13 +364,6 @@ pub fn render_html(s: &NodeStatus) -> String {
     out
 }
 
-/// Prometheus metric sanitizer: keeps `[a-zA-Z0-9_]`, maps the rest to `_`.
-fn metric_name(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
-}
-
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -544,15 +537,6 @@ pub fn render_metrics(s: &NodeStatus) -> String {
         "Signaling servers the node's peer is registered on now.",
         registered,
     );
-    for (k, v) in &s.signaling {
-        let name = format!("ouroboros_signaling_{}", metric_name(k));
-        let kind = if k.ends_with("_total") {
-            "counter"
-        } else {
-            "gauge"
-        };
-        metric(&mut out, &name, kind, "Signaling server counter.", v);
-    }
     out
 }
 
@@ -614,7 +598,6 @@ mod tests {
         assert!(
             m.contains("ouroboros_node_info{peer_id=\"ouroboros-<b>x</b>\",version=\"0.1.0\"} 1")
         );
-        assert!(m.contains("ouroboros_signaling_clients 3\n"));
         for line in m.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').expect("name value");
             assert!(!name.is_empty());
