@@ -42,7 +42,9 @@ async fn start_node(extra: &[&str]) -> (Node, tempfile::TempDir) {
 async fn client(node: &Node, name: &str, ser: Serialization) -> (Client, UnboundedReceiver<Event>) {
     let mut cfg = ClientConfig::new(name);
     cfg.serialization = ser;
-    Client::connect(node.record(), cfg).await.expect("client connects")
+    Client::connect(node.record(), cfg)
+        .await
+        .expect("client connects")
 }
 
 /// The next event matching `f`, skipping others; panics after [`WAIT`].
@@ -82,7 +84,11 @@ async fn rust_clients_publish_replay_page_history_presence_direct() {
     let (node, _dir) = start_node(&[]).await;
     let (alice, mut a_ev) = client(&node, "alice", Serialization::Json).await;
     let welcome = next_matching(&mut a_ev, |e| match e {
-        Event::Welcome { node, generation, raw } => Some((node.clone(), *generation, raw.clone())),
+        Event::Welcome {
+            node,
+            generation,
+            raw,
+        } => Some((node.clone(), *generation, raw.clone())),
         _ => None,
     })
     .await;
@@ -92,12 +98,21 @@ async fn rust_clients_publish_replay_page_history_presence_direct() {
 
     assert_eq!(alice.join("lobby", None).await.unwrap(), 0);
     for i in 1..=9u64 {
-        let ack = alice.publish("lobby", json!({"text": format!("m{i}")})).await.unwrap();
+        let ack = alice
+            .publish("lobby", json!({"text": format!("m{i}")}))
+            .await
+            .unwrap();
         assert_eq!(ack.seq, i);
     }
     // Idempotent by id.
-    let a1 = alice.publish_with_id("lobby", "fixed", json!("x")).await.unwrap();
-    let a2 = alice.publish_with_id("lobby", "fixed", json!("x")).await.unwrap();
+    let a1 = alice
+        .publish_with_id("lobby", "fixed", json!("x"))
+        .await
+        .unwrap();
+    let a2 = alice
+        .publish_with_id("lobby", "fixed", json!("x"))
+        .await
+        .unwrap();
     assert_eq!(a1, a2);
     assert_eq!(a1.seq, 10);
 
@@ -111,7 +126,11 @@ async fn rust_clients_publish_replay_page_history_presence_direct() {
     }
     // Presence: alice sees bob.
     next_matching(&mut a_ev, |e| match e {
-        Event::Presence { room, joined, .. } if room == "lobby" && joined.contains(&"bob".to_string()) => Some(()),
+        Event::Presence { room, joined, .. }
+            if room == "lobby" && joined.contains(&"bob".to_string()) =>
+        {
+            Some(())
+        }
         _ => None,
     })
     .await;
@@ -126,9 +145,15 @@ async fn rust_clients_publish_replay_page_history_presence_direct() {
     }
     // History pages, newest first.
     let p1 = bob.history("lobby", None, Some(4)).await.unwrap();
-    assert_eq!(p1.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![30, 29, 28, 27]);
+    assert_eq!(
+        p1.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![30, 29, 28, 27]
+    );
     let p2 = bob.history("lobby", Some(3), Some(10)).await.unwrap();
-    assert_eq!(p2.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 1]);
+    assert_eq!(
+        p2.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
     assert_eq!(p2.messages[1].body, json!({"text": "m1"}));
     assert_eq!(p2.evicted_before, None);
     // Direct by client name.
@@ -170,11 +195,17 @@ async fn limits_answer_documented_errors() {
     .await;
     let (c, mut ev) = client(&node, "limited", Serialization::Json).await;
     c.join("a", None).await.unwrap();
-    assert_eq!(node_error(c.publish("a", json!("x".repeat(2000))).await), "too_large");
+    assert_eq!(
+        node_error(c.publish("a", json!("x".repeat(2000))).await),
+        "too_large"
+    );
     assert_eq!(node_error(c.join("no spaces!", None).await), "bad_room");
     c.join("b", None).await.unwrap();
     assert_eq!(node_error(c.join("c", None).await), "too_many_rooms");
-    assert_eq!(node_error(c.history("a", None, Some(1_000_000)).await), "bad_limit");
+    assert_eq!(
+        node_error(c.history("a", None, Some(1_000_000)).await),
+        "bad_limit"
+    );
     c.leave("zzz").await.unwrap();
     let code = next_matching(&mut ev, |e| match e {
         Event::Error { code, .. } => Some(code.clone()),
@@ -217,9 +248,14 @@ async fn limits_answer_documented_errors() {
 async fn legacy_seed_protocol_over_a_real_data_connection() {
     let (node, _dir) = start_node(&[]).await;
     let ep = &node.record().signaling[0];
-    let peer = Peer::open(PeerConfig::new(ep.host.clone(), ep.port)).await.unwrap();
+    let peer = Peer::open(PeerConfig::new(ep.host.clone(), ep.port))
+        .await
+        .unwrap();
     // The seed's client: default options (binary, unordered), no metadata.
-    let conn = peer.connect(&node.peer_id(), ConnectOptions::default()).await.unwrap();
+    let conn = peer
+        .connect(&node.peer_id(), ConnectOptions::default())
+        .await
+        .unwrap();
     let (tx, mut rx) = conn.split();
     let mut next_str = async || -> String {
         match tokio::time::timeout(WAIT, rx.recv()).await.unwrap() {
@@ -238,8 +274,14 @@ async fn legacy_seed_protocol_over_a_real_data_connection() {
     }
     tx.send(&Value::Str("0".into())).await.unwrap();
     let page: Vec<serde_json::Value> = serde_json::from_str(&next_str().await).unwrap();
-    let texts: Vec<_> = page.iter().map(|m| m["message"].as_str().unwrap().to_string()).collect();
-    assert_eq!(texts, ["hello 6", "hello 5", "hello 4", "hello 3", "hello 2"]);
+    let texts: Vec<_> = page
+        .iter()
+        .map(|m| m["message"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        texts,
+        ["hello 6", "hello 5", "hello 4", "hello 3", "hello 2"]
+    );
     tx.send(&Value::Str("5".into())).await.unwrap();
     let page: Vec<serde_json::Value> = serde_json::from_str(&next_str().await).unwrap();
     assert_eq!(page.len(), 1);
@@ -251,7 +293,15 @@ async fn legacy_seed_protocol_over_a_real_data_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eviction_under_a_small_budget_reports_and_never_reuses_seqs() {
-    let (node, _dir) = start_node(&["--memory-budget", "24KiB", "--client-burst", "2000", "--client-rate", "2000"]).await;
+    let (node, _dir) = start_node(&[
+        "--memory-budget",
+        "24KiB",
+        "--client-burst",
+        "2000",
+        "--client-rate",
+        "2000",
+    ])
+    .await;
     let (c, _ev) = client(&node, "filler", Serialization::Json).await;
     let body = json!("z".repeat(500));
     for i in 1..=100u64 {
@@ -285,7 +335,10 @@ async fn client_follows_moved_rejoins_with_since_and_resends_unacked() {
         .unwrap();
     let pending = {
         let c = c.clone();
-        tokio::spawn(async move { c.publish_with_id("r", "during-move", json!("pending")).await })
+        tokio::spawn(async move {
+            c.publish_with_id("r", "during-move", json!("pending"))
+                .await
+        })
     };
     // B already holds seq 1 (as a handoff would have brought it).
     let (seed, _sev) = client(&b, "seed", Serialization::Json).await;
@@ -293,23 +346,39 @@ async fn client_follows_moved_rejoins_with_since_and_resends_unacked() {
     // A announces the move.
     let rb = b.record();
     a.relay()
-        .with_relay(move |r| r.announce_moved(&rb.peer_id, &rb.signaling.iter().map(|e| ouroboros::relay::wire::SignalingEndpoint {
-            host: e.host.clone(),
-            port: e.port,
-            path: e.path.clone(),
-            key: e.key.clone(),
-            secure: e.secure,
-        }).collect::<Vec<_>>(), rb.generation))
+        .with_relay(move |r| {
+            r.announce_moved(
+                &rb.peer_id,
+                &rb.signaling
+                    .iter()
+                    .map(|e| ouroboros::relay::wire::SignalingEndpoint {
+                        host: e.host.clone(),
+                        port: e.port,
+                        path: e.path.clone(),
+                        key: e.key.clone(),
+                        secure: e.secure,
+                    })
+                    .collect::<Vec<_>>(),
+                rb.generation,
+            )
+        })
         .await
         .unwrap();
     let (peer_id, generation) = next_matching(&mut ev, |e| match e {
-        Event::Moved { peer_id, generation } => Some((peer_id.clone(), *generation)),
+        Event::Moved {
+            peer_id,
+            generation,
+        } => Some((peer_id.clone(), *generation)),
         _ => None,
     })
     .await;
     assert_eq!((peer_id.as_str(), generation), ("node-gen-b", 1));
     // The pending publish is re-sent to B and acknowledged there.
-    let ack = tokio::time::timeout(WAIT, pending).await.unwrap().unwrap().unwrap();
+    let ack = tokio::time::timeout(WAIT, pending)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(ack.seq, 2);
     // Live messages on B reach the client (it re-joined with since = 1).
     seed.publish("r", json!("on b")).await.unwrap();
@@ -332,9 +401,13 @@ async fn client_follows_moved_rejoins_with_since_and_resends_unacked() {
 /// Starts the reference `peer` server (tests/js/node_modules) on an ephemeral port.
 async fn start_reference_server() -> Option<(tokio::process::Child, u16)> {
     use tokio::io::AsyncBufReadExt;
-    let cli = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js/node_modules/peer/dist/bin/peerjs.js");
+    let cli = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/js/node_modules/peer/dist/bin/peerjs.js");
     if !cli.exists() {
-        eprintln!("skipping: {} missing (run npm ci in tests/js)", cli.display());
+        eprintln!(
+            "skipping: {} missing (run npm ci in tests/js)",
+            cli.display()
+        );
         return None;
     }
     let mut child = tokio::process::Command::new("node")
@@ -349,7 +422,13 @@ async fn start_reference_server() -> Option<(tokio::process::Child, u16)> {
     let port = tokio::time::timeout(WAIT, async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if let Some(rest) = line.split("port: ").nth(1) {
-                return rest.split(',').next().unwrap().trim().parse::<u16>().unwrap();
+                return rest
+                    .split(',')
+                    .next()
+                    .unwrap()
+                    .trim()
+                    .parse::<u16>()
+                    .unwrap();
             }
         }
         panic!("reference server exited");
@@ -393,8 +472,14 @@ async fn dual_registration_on_the_reference_server() {
     let (local, mut lev) = client(&node, "local-user", Serialization::Json).await;
     local.join("both", None).await.unwrap();
     cloud.join("both", None).await.unwrap();
-    cloud.publish("both", json!("via the reference server")).await.unwrap();
-    assert_eq!(next_msg(&mut lev).await.body, json!("via the reference server"));
+    cloud
+        .publish("both", json!("via the reference server"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_msg(&mut lev).await.body,
+        json!("via the reference server")
+    );
     cloud.close().await;
     local.close().await;
     node.shutdown().await;
@@ -454,41 +539,100 @@ async fn two_hundred_concurrent_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_discovery_status_metrics_and_root_negotiation() {
-    let (node, dir) = start_node(&["--peer-id", "http-node", "--public-host", "chat.example.org", "--public-port", "443", "--public-secure"]).await;
+    let (node, dir) = start_node(&[
+        "--peer-id",
+        "http-node",
+        "--public-host",
+        "chat.example.org",
+        "--public-port",
+        "443",
+        "--public-secure",
+    ])
+    .await;
     let base = format!("http://{}", node.local_addr());
     let http = reqwest::Client::new();
-    let res = http.get(format!("{base}/ouroboros.json")).header("origin", "http://elsewhere.example").send().await.unwrap();
+    let res = http
+        .get(format!("{base}/ouroboros.json"))
+        .header("origin", "http://elsewhere.example")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["access-control-allow-origin"], "*");
     let served: serde_json::Value = res.json().await.unwrap();
     assert_eq!(served["version"], 1);
     assert_eq!(served["peer_id"], "http-node");
     assert_eq!(served["generation"], 0);
-    assert_eq!(served["signaling"][0], json!({"host":"chat.example.org","port":443,"path":"/","key":"peerjs","secure":true}));
+    assert_eq!(
+        served["signaling"][0],
+        json!({"host":"chat.example.org","port":443,"path":"/","key":"peerjs","secure":true})
+    );
     assert!(served["started_at"].is_string());
     // The same record is in the data dir.
-    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("ouroboros.json")).unwrap()).unwrap();
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("ouroboros.json")).unwrap()).unwrap();
     assert_eq!(written, served);
 
     let (c, _ev) = client_local(&node, "metrics-user").await;
     c.publish("m", json!("one")).await.unwrap();
-    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("ouroboros_relay_clients 1\n"), "{metrics}");
-    assert!(metrics.contains("ouroboros_relay_published_total 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("ouroboros_relay_published_total 1\n"),
+        "{metrics}"
+    );
     assert!(metrics.contains("ouroboros_relay_rooms 1\n"), "{metrics}");
-    let status: serde_json::Value = http.get(format!("{base}/status.json")).send().await.unwrap().json().await.unwrap();
+    let status: serde_json::Value = http
+        .get(format!("{base}/status.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(status["peer_id"], "http-node");
     assert_eq!(status["relay"]["clients"], 1);
     assert_eq!(status["endpoints"][0]["state"], "registered");
     // The root: HTML for browsers, the PeerJS JSON for programs.
-    let html = http.get(format!("{base}/")).header("accept", "text/html,application/xhtml+xml,*/*;q=0.8").send().await.unwrap();
-    assert!(html.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = http
+        .get(format!("{base}/"))
+        .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        html.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     let page = html.text().await.unwrap();
     assert!(page.contains("<title>Ouroboros chat</title>"));
     assert!(page.contains("https://unpkg.com/peerjs@1.5.5/dist/peerjs.min.js"));
-    let info: serde_json::Value = http.get(format!("{base}/")).send().await.unwrap().json().await.unwrap();
+    let info: serde_json::Value = http
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(info["name"], "PeerJS Server");
-    let status_page = http.get(format!("{base}/status")).send().await.unwrap().text().await.unwrap();
+    let status_page = http
+        .get(format!("{base}/status"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(status_page.contains("http-node"));
     c.close().await;
     node.shutdown().await;
@@ -501,5 +645,7 @@ async fn client_local(node: &Node, name: &str) -> (Client, UnboundedReceiver<Eve
     target.signaling[0].host = addr.ip().to_string();
     target.signaling[0].port = addr.port();
     target.signaling[0].secure = false;
-    Client::connect(target, ClientConfig::new(name)).await.expect("client connects")
+    Client::connect(target, ClientConfig::new(name))
+        .await
+        .expect("client connects")
 }

@@ -12,9 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Ack, ClientConfig, ClientError, Command, Event, HistoryPage, Message, Target};
 use crate::discovery::SignalingEndpoint;
-use crate::peer::{
-    ConnectOptions, ConnectionReceiver, ConnectionSender, Peer, PeerConfig, Value,
-};
+use crate::peer::{ConnectOptions, ConnectionReceiver, ConnectionSender, Peer, PeerConfig, Value};
 
 /// Where the client's connection stands.
 #[derive(Debug, Clone, PartialEq)]

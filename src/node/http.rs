@@ -33,7 +33,10 @@ pub fn routes(shared: Arc<NodeShared>) -> Router {
         .route("/chat", get(chat))
         .route("/chat.js", get(chat_js))
         .route("/chat.css", get(chat_css))
-        .route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }))
+        .route(
+            "/favicon.ico",
+            get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
         .with_state(shared)
 }
 

@@ -216,7 +216,10 @@ fn signaling_figures(s: &crate::signaling::Stats) -> Vec<(String, u64)> {
         ("messages relayed".into(), s.relayed),
         ("messages queued".into(), s.queued),
         ("queued messages expired".into(), s.expired),
-        ("frames dropped".into(), s.dropped + s.malformed + s.undeliverable),
+        (
+            "frames dropped".into(),
+            s.dropped + s.malformed + s.undeliverable,
+        ),
     ]
 }
 
