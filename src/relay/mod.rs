@@ -209,6 +209,104 @@ pub struct Metrics {
     pub primary: bool,
 }
 
+impl Metrics {
+    /// Prometheus text exposition (names `ouroboros_relay_*`), for `/metrics`.
+    pub fn to_prometheus(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+            let _ = writeln!(s, "# HELP ouroboros_relay_{name} {help}");
+            let _ = writeln!(s, "# TYPE ouroboros_relay_{name} {kind}");
+            let _ = writeln!(s, "ouroboros_relay_{name} {value}");
+        };
+        let g = "gauge";
+        let c = "counter";
+        metric(
+            "clients",
+            g,
+            "Open relay connections (all protocols).",
+            self.clients as f64,
+        );
+        metric(
+            "legacy_clients",
+            g,
+            "Connections speaking the seed's protocol.",
+            self.legacy_clients as f64,
+        );
+        metric("rooms", g, "Rooms held.", self.rooms as f64);
+        metric("messages", g, "Messages stored.", self.messages as f64);
+        metric(
+            "bytes_stored",
+            g,
+            "Bytes charged against the memory budget.",
+            self.bytes_stored as f64,
+        );
+        metric(
+            "memory_budget_bytes",
+            g,
+            "The memory budget.",
+            self.memory_budget as f64,
+        );
+        metric(
+            "primary",
+            g,
+            "1 if the node accepts writes.",
+            f64::from(u8::from(self.primary)),
+        );
+        metric(
+            "evicted_messages_total",
+            c,
+            "Messages evicted by the memory budget.",
+            self.evicted_messages as f64,
+        );
+        metric(
+            "evicted_bytes_total",
+            c,
+            "Bytes evicted by the memory budget.",
+            self.evicted_bytes as f64,
+        );
+        metric(
+            "published_total",
+            c,
+            "Messages stored from clients.",
+            self.published as f64,
+        );
+        metric(
+            "deduplicated_total",
+            c,
+            "Publishes acknowledged again (repeated id).",
+            self.deduplicated as f64,
+        );
+        metric(
+            "delivered_total",
+            c,
+            "Message deliveries (one per recipient).",
+            self.delivered as f64,
+        );
+        metric(
+            "direct_total",
+            c,
+            "Direct messages relayed (one per recipient).",
+            self.direct as f64,
+        );
+        metric(
+            "refused_total",
+            c,
+            "Connections refused at the client limit.",
+            self.refused as f64,
+        );
+        let _ = writeln!(
+            s,
+            "# HELP ouroboros_relay_errors_total Refused requests by error code."
+        );
+        let _ = writeln!(s, "# TYPE ouroboros_relay_errors_total counter");
+        for (code, n) in &self.errors {
+            let _ = writeln!(s, "ouroboros_relay_errors_total{{code=\"{code}\"}} {n}");
+        }
+        s
+    }
+}
+
 /// How a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Proto {

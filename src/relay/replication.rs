@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::store::StoredMessage;
+use super::store::{StoredMessage, push_json_str};
 
 /// Version of the [`Snapshot`] format.
 pub const SNAPSHOT_VERSION: u32 = 1;
@@ -42,9 +42,26 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// JSON encoding.
+    /// JSON encoding (the serde form, written directly: bodies are copied verbatim).
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a snapshot always serialises")
+        let mut s = String::with_capacity(self.message_bytes() + 256);
+        s.push_str(r#"{"version":"#);
+        s.push_str(&self.version.to_string());
+        s.push_str(r#","node":"#);
+        push_json_str(&mut s, &self.node);
+        s.push_str(r#","generation":"#);
+        s.push_str(&self.generation.to_string());
+        s.push_str(r#","rooms":"#);
+        s.push_str(&serde_json::to_string(&self.rooms).expect("room states serialise"));
+        s.push_str(r#","messages":["#);
+        for (i, m) in self.messages.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            m.write_json(&mut s);
+        }
+        s.push_str("]}");
+        s.into_bytes()
     }
 
     /// Decodes [`Snapshot::to_json`]'s output.

@@ -14,12 +14,15 @@ pub const ENTRY_OVERHEAD: usize = 160;
 
 /// A message serialised once and shared by every recipient.
 ///
-/// `json()` is the exact JSON text of the message object; `value()` parses it lazily
-/// (once) for drivers whose serialization needs a value tree (BinaryPack, msgpack).
+/// `json()` is the exact JSON text of the message object (send it as is to `json` and
+/// `raw` connections); `codec_value()` parses it once, keeping key order, for
+/// serializations that need a value tree (BinaryPack, msgpack), and every later
+/// recipient shares that tree.
 #[derive(Debug)]
 pub struct Payload {
     json: Arc<str>,
     value: OnceLock<serde_json::Value>,
+    codec: OnceLock<crate::peer::codec::Value>,
 }
 
 impl Payload {
@@ -28,6 +31,7 @@ impl Payload {
         Arc::new(Payload {
             json: json.into(),
             value: OnceLock::new(),
+            codec: OnceLock::new(),
         })
     }
 
@@ -48,9 +52,17 @@ impl Payload {
         self.json.clone()
     }
 
-    /// The message as a JSON value tree, parsed on first use and cached.
+    /// The message as a `serde_json` tree (keys sorted), parsed on first use and cached.
     pub fn value(&self) -> &serde_json::Value {
         self.value.get_or_init(|| {
+            serde_json::from_str(&self.json).expect("the relay only builds valid JSON")
+        })
+    }
+
+    /// The message as a PeerJS codec value (keys in wire order), parsed on first use and
+    /// cached: encode this for `binary`/`msgpack` connections.
+    pub fn codec_value(&self) -> &crate::peer::codec::Value {
+        self.codec.get_or_init(|| {
             serde_json::from_str(&self.json).expect("the relay only builds valid JSON")
         })
     }
@@ -180,6 +192,27 @@ impl StoredMessage {
     pub fn cost(&self) -> usize {
         self.payload.json().len() + ENTRY_OVERHEAD
     }
+    /// Appends the serde form (`{"room","seq","from","ts","id","body"}`) without
+    /// re-validating the body.
+    pub(crate) fn write_json(&self, s: &mut String) {
+        s.push_str(r#"{"room":"#);
+        push_json_str(s, &self.room);
+        s.push_str(r#","seq":"#);
+        s.push_str(&self.seq.to_string());
+        s.push_str(r#","from":"#);
+        push_json_str(s, &self.from);
+        s.push_str(r#","ts":"#);
+        s.push_str(&self.ts.to_string());
+        s.push_str(r#","id":"#);
+        match &self.id {
+            Some(id) => push_json_str(s, id),
+            None => s.push_str("null"),
+        }
+        s.push_str(r#","body":"#);
+        s.push_str(self.body_json());
+        s.push('}');
+    }
+
     pub(crate) fn room_arc(&self) -> &Arc<str> {
         &self.room
     }
@@ -383,8 +416,14 @@ mod tests {
             enc,
             r#"{"room":"r\"","seq":7,"from":"al\nice","ts":1700,"id":"id1","body":{"a":[1,2]}}"#
         );
+        let mut direct = String::new();
+        m.write_json(&mut direct);
+        assert_eq!(direct, enc);
         let back: StoredMessage = serde_json::from_str(&enc).unwrap();
         assert_eq!(back, m);
         assert_eq!(m.payload().value()["body"]["a"][1], 2);
+        let cv = m.payload().codec_value();
+        assert_eq!(cv.get("op").and_then(|v| v.as_str()), Some("msg"));
+        assert_eq!(&cv.to_json(), m.payload().value());
     }
 }
