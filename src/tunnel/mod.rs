@@ -32,6 +32,13 @@ pub fn node_http_client_builder() -> reqwest::ClientBuilder {
         .user_agent(concat!("ouroboros/", env!("CARGO_PKG_VERSION")))
 }
 
+/// Extra HTTP headers for the native peer's signaling requests (`PeerConfig::http_headers`):
+/// the ngrok skip header, so a node reaching another node's signaling server through its ngrok
+/// URL never gets the warning page.
+pub fn node_http_headers() -> Vec<(String, String)> {
+    vec![(SKIP_BROWSER_WARNING_HEADER.to_string(), "1".to_string())]
+}
+
 /// Which tunnel `ouroboros node` opens.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TunnelKind {
@@ -103,6 +110,39 @@ impl TunnelStatus {
         match self {
             TunnelStatus::Up { url } => Some(url),
             _ => None,
+        }
+    }
+
+    /// The signaling endpoint a client reaches through the tunnel (for the discovery record),
+    /// given the server's `path` and `key`; `None` unless up with an http(s) URL.
+    pub fn signaling_endpoint(
+        &self,
+        path: &str,
+        key: &str,
+    ) -> Option<crate::discovery::SignalingEndpoint> {
+        let url = Url::parse(self.url()?).ok()?;
+        let secure = match url.scheme() {
+            "https" => true,
+            "http" => false,
+            _ => return None,
+        };
+        Some(crate::discovery::SignalingEndpoint {
+            host: url.host_str()?.to_string(),
+            port: url.port_or_known_default()?,
+            path: path.to_string(),
+            key: key.to_string(),
+            secure,
+        })
+    }
+}
+
+impl std::fmt::Display for TunnelStatus {
+    /// One line for `/status` and logs: `none`, `up <url>`, `failed: <reason>`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TunnelStatus::Disabled => f.write_str("none"),
+            TunnelStatus::Up { url } => write!(f, "up {url}"),
+            TunnelStatus::Failed { reason } => write!(f, "failed: {reason}"),
         }
     }
 }
@@ -376,6 +416,41 @@ mod tests {
             })
             .unwrap(),
             serde_json::json!({"state":"up","url":"https://a"})
+        );
+    }
+
+    #[test]
+    fn tunnel_url_becomes_a_signaling_endpoint() {
+        let up = TunnelStatus::Up {
+            url: "https://abc.ngrok-free.dev".into(),
+        };
+        let ep = up.signaling_endpoint("/", "peerjs").unwrap();
+        assert_eq!(
+            (ep.host.as_str(), ep.port, ep.secure),
+            ("abc.ngrok-free.dev", 443, true)
+        );
+        assert_eq!((ep.path.as_str(), ep.key.as_str()), ("/", "peerjs"));
+        let ep = TunnelStatus::Up {
+            url: "http://127.0.0.1:8080".into(),
+        }
+        .signaling_endpoint("/p/", "k")
+        .unwrap();
+        assert_eq!((ep.port, ep.secure), (8080, false));
+        assert!(
+            TunnelStatus::Disabled
+                .signaling_endpoint("/", "peerjs")
+                .is_none()
+        );
+        assert!(
+            TunnelStatus::Up {
+                url: "tcp://1.2.3.4:5".into()
+            }
+            .signaling_endpoint("/", "k")
+            .is_none()
+        );
+        assert_eq!(
+            node_http_headers(),
+            vec![(SKIP_BROWSER_WARNING_HEADER.to_string(), "1".to_string())]
         );
     }
 
