@@ -598,6 +598,20 @@ async fn workflow_dispatch_errors_are_typed() {
         matches!(e, GithubError::Unprocessable { .. }) && e.to_string().contains("No ref found"),
         "{e}"
     );
+    // A 422 for a bad input, asked with return_run_details, is retried once without the field
+    // and still reported; the client keeps asking for run details afterwards.
+    let e = c
+        .workflow_dispatch("ouroboros.yml", "main", &inputs(&[("bogus", "1")]), true)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("Unexpected inputs"), "{e}");
+    assert!(
+        c.workflow_dispatch("ouroboros.yml", "main", &inputs(&[]), true)
+            .await
+            .unwrap()
+            .is_some(),
+        "run details still requested after an unrelated 422"
+    );
     let e = c
         .workflow_dispatch("static.yml", "main", &inputs(&[]), false)
         .await
