@@ -21,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::PeerConnection;
 
-use super::codec::{CodecError, Decoded, Decoder, Encoder, Frame, Serialization, Value};
+use super::codec::{
+    CodecError, Decoded, Decoder, Encoder, Frame, PreEncoded, Serialization, Value,
+};
 use super::{PeerError, SEND_HIGH_WATER};
 
 /// Decoded messages queued for the receiver.
@@ -193,6 +195,13 @@ impl DataConnection {
     pub async fn send(&self, v: &Value) -> Result<(), ConnectionError> {
         self.sender.send(v).await
     }
+    /// Sends a pre-encoded message; see [`ConnectionSender::send_pre`].
+    ///
+    /// # Errors
+    /// See [`ConnectionSender::send_pre`].
+    pub async fn send_pre(&self, pre: &PreEncoded) -> Result<(), ConnectionError> {
+        self.sender.send_pre(pre).await
+    }
     /// The next value; `None` once the connection is closed.
     pub async fn recv(&mut self) -> Option<Result<Value, ConnectionError>> {
         self.receiver.recv().await
@@ -292,20 +301,21 @@ impl ConnectionSender {
         Ok(())
     }
 
-    /// Sends frames that are already encoded for this connection's serialization (e.g. one
-    /// `json` or `raw` encoding shared by many connections), in order, with the same
-    /// back-pressure as [`send`](Self::send). Don't use it for chunked `binary` messages
-    /// or `msgpack` unless the frames came from this connection's own encoder.
+    /// Sends a message serialized once with [`PreEncoded`] (e.g. one relay message to
+    /// many connections): no re-serialization, and no copy unless it must be chunked. Same
+    /// back-pressure as [`send`](Self::send).
     ///
     /// # Errors
-    /// [`ConnectionError::Closed`], [`ConnectionError::WebRtc`].
-    pub async fn send_frames(&self, frames: &[Frame]) -> Result<(), ConnectionError> {
+    /// [`ConnectionError::Codec`] if `pre` was made for another wire format, otherwise as
+    /// [`send`](Self::send).
+    pub async fn send_pre(&self, pre: &PreEncoded) -> Result<(), ConnectionError> {
         if self.is_closed() {
             return Err(ConnectionError::Closed);
         }
-        let _enc = self.encoder.lock().await;
+        let mut enc = self.encoder.lock().await;
+        let frames = enc.encode_pre(pre)?;
         for f in frames {
-            self.send_frame(f.clone()).await?;
+            self.send_frame(f).await?;
         }
         Ok(())
     }

@@ -41,7 +41,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-pub use codec::{Frame, Serialization, Value};
+pub use codec::{Frame, PreEncoded, Serialization, Value};
 pub use connection::{ConnectionError, ConnectionReceiver, ConnectionSender, DataConnection};
 pub use udp::BufferedUdpRuntime;
 
@@ -471,30 +471,6 @@ pub(crate) fn random_token() -> String {
         .collect()
 }
 
-/// Name of a serialization as it goes in the OFFER payload (peerjs 1.5.5 sends the
-/// class value, so `binary-utf8` goes out as `binary`).
-pub fn serialization_wire_name(s: Serialization) -> &'static str {
-    match s {
-        Serialization::Binary | Serialization::BinaryUtf8 => "binary",
-        Serialization::Json => "json",
-        Serialization::Raw => "raw",
-        Serialization::MsgPack => "MsgPack",
-    }
-}
-
-/// Parses a serialization name from an OFFER or a command line (`default` = `binary`,
-/// `msgpack` accepted in any case).
-pub fn parse_serialization(s: &str) -> Option<Serialization> {
-    match s {
-        "binary" | "default" => Some(Serialization::Binary),
-        "binary-utf8" => Some(Serialization::BinaryUtf8),
-        "json" => Some(Serialization::Json),
-        "raw" => Some(Serialization::Raw),
-        _ if s.eq_ignore_ascii_case("msgpack") => Some(Serialization::MsgPack),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,21 +498,6 @@ mod tests {
         assert_eq!(c.normalized_path(), "/");
         assert!(PeerConfig::from_url("ftp://x/").is_err());
         assert!(PeerConfig::from_url("not a url").is_err());
-    }
-
-    #[test]
-    fn serialization_names() {
-        for s in [
-            Serialization::Binary,
-            Serialization::Json,
-            Serialization::Raw,
-            Serialization::MsgPack,
-        ] {
-            assert_eq!(parse_serialization(serialization_wire_name(s)), Some(s));
-        }
-        assert_eq!(serialization_wire_name(Serialization::BinaryUtf8), "binary");
-        assert_eq!(parse_serialization("msgpack"), Some(Serialization::MsgPack));
-        assert_eq!(parse_serialization("xml"), None);
     }
 
     #[test]
