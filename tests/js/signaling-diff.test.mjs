@@ -151,10 +151,10 @@ class Session {
   }
 
   /** Records an HTTP exchange: status, compared headers, and (normalised) body. */
-  async http(label, pathAfterBase, { method = 'GET', headers = {}, body = true } = {}) {
+  async http(label, pathAfterBase, { method = 'GET', headers = {}, body = true, compare = COMPARED_HEADERS } = {}) {
     const r = await httpRequest(this.srv.httpBase + pathAfterBase, { method, headers });
     const hs = {};
-    for (const h of COMPARED_HEADERS) {
+    for (const h of compare) {
       if (r.headers[h] === undefined) continue;
       hs[h] = h === 'vary' || h.startsWith('access-control-allow-') ? normaliseList(r.headers[h]) : r.headers[h];
     }
@@ -517,7 +517,9 @@ scenario(
     await s.http('id, other key', 'whatever/id', { headers: { origin: 'http://other.example' } });
     await s.http('id, no Origin', 'k1/id');
     await s.http('peers', 'k1/peers', { headers: { origin: ORIGIN } });
-    await s.http('unknown', 'k1/nothing', { headers: { origin: ORIGIN }, body: false });
+    // error pages: only the status and CORS matter (the reference sends an Express HTML page)
+    const cors = ['access-control-allow-origin', 'vary'];
+    await s.http('unknown', 'k1/nothing', { headers: { origin: ORIGIN }, body: false, compare: cors });
     await s.http('preflight', 'k1/id', {
       method: 'OPTIONS',
       headers: { origin: ORIGIN, 'access-control-request-method': 'GET', 'access-control-request-headers': 'x-requested-with' },
@@ -648,4 +650,62 @@ test('documented fix: a frame that is not a JSON object is ignored; the referenc
     const line = `B <- ${JSON.stringify({ type: 'OFFER', src: 'A', dst: 'B', payload: `after ${bad}` })}`;
     assert.ok(target.includes(line), `${TARGET}: expected ${line}\n${target.join('\n')}`);
   }
+});
+
+test('documented fixes: oversized frames, bad ids and floods get ERROR and close on ours; the reference accepts them', { timeout: 60000 }, async () => {
+  const big = 'x'.repeat(300 * 1024);
+  const script = async (s) => {
+    await s.join('A');
+    await s.join('B');
+    // a 300 KiB frame (ours: max frame 256 KiB by default)
+    s.client('A').send(JSON.stringify({ type: 'OFFER', dst: 'B', payload: big }));
+    s.note('A -> OFFER with a 300 KiB payload');
+    const f = await s.client('B').nextTextOrNull(3000);
+    s.note(`B got the big OFFER: ${f !== null && f.length > big.length}`);
+    const a = await s.client('A').nextTextOrNull(1000);
+    s.note(`A <- ${a}`);
+    await s.closed('A', 1000);
+    // ids longer than 256 bytes or with control characters
+    await s.connect('L', { id: 'i'.repeat(300), token: 't' });
+    await s.recv('L');
+    await s.closed('L', 1000);
+    await s.connect('K', { id: 'bad\u0001id', token: 't' });
+    await s.recv('K');
+    await s.closed('K', 1000);
+    // a flood of 2,000 frames at once (ours: 200/s sustained, burst 400)
+    await s.join('F');
+    for (let i = 0; i < 2000; i++) s.client('F').send(JSON.stringify({ type: 'CANDIDATE', dst: 'B', payload: i }));
+    s.note('F -> 2000 CANDIDATEs');
+    let last = null;
+    for (;;) {
+      const m = await s.client('F').nextTextOrNull(1500);
+      if (m === null) break;
+      last = m;
+    }
+    s.note(`F <- ${last}`);
+    await s.closed('F', 1000);
+  };
+  const { ref, target } = await both({}, script, 'documented-limits');
+  for (const line of [
+    'B got the big OFFER: true',
+    'A <- null',
+    'A still open after 1000 ms',
+    `L <- ${OPEN}`,
+    `K <- ${OPEN}`,
+    'F <- null',
+    'F still open after 1000 ms',
+  ]) {
+    assert.ok(ref.includes(line), `reference: expected ${line}\n${ref.join('\n')}`);
+  }
+  if (TARGET === 'reference') return;
+  const expectLine = (re) => assert.ok(target.some((l) => re.test(l)), `${TARGET}: expected ${re}\n${target.join('\n')}`);
+  expectLine(/^B got the big OFFER: false$/);
+  expectLine(/^A <- \{"type":"ERROR","payload":\{"msg":"[^"]*too big[^"]*"\}\}$/i);
+  expectLine(/^A closed \d+$/);
+  expectLine(/^L <- \{"type":"ERROR","payload":\{"msg":"[^"]*256[^"]*"\}\}$/);
+  expectLine(/^L closed \d+$/);
+  expectLine(/^K <- \{"type":"ERROR","payload":\{"msg":"[^"]*control[^"]*"\}\}$/);
+  expectLine(/^K closed \d+$/);
+  expectLine(/^F <- \{"type":"ERROR","payload":\{"msg":"[^"]*[Rr]ate[^"]*"\}\}$/);
+  expectLine(/^F closed \d+$/);
 });

@@ -1,0 +1,390 @@
+//! Stored messages, pre-serialised payloads and the per-room log.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::ConnId;
+
+/// Bytes charged per stored message on top of its serialised size: the entry, its
+/// log slot, its global-order slot and its deduplication entry.
+pub const ENTRY_OVERHEAD: usize = 160;
+
+/// A message serialised once and shared by every recipient.
+///
+/// `json()` is the exact JSON text of the message object; `value()` parses it lazily
+/// (once) for drivers whose serialization needs a value tree (BinaryPack, msgpack).
+#[derive(Debug)]
+pub struct Payload {
+    json: Arc<str>,
+    value: OnceLock<serde_json::Value>,
+}
+
+impl Payload {
+    /// Wraps JSON text the relay produced. Callers guarantee it is a valid JSON object.
+    pub(crate) fn new(json: String) -> Arc<Payload> {
+        Arc::new(Payload {
+            json: json.into(),
+            value: OnceLock::new(),
+        })
+    }
+
+    /// Serialises a wire message (off the hot path).
+    pub(crate) fn of<T: Serialize>(msg: &T) -> Arc<Payload> {
+        // Serialising a wire type to a String cannot fail: no maps with non-string keys,
+        // no failing Serialize impls.
+        Payload::new(serde_json::to_string(msg).expect("wire types always serialise"))
+    }
+
+    /// The JSON text of the message object.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// The same text as a shareable string (for text-mode connections).
+    pub fn json_arc(&self) -> Arc<str> {
+        self.json.clone()
+    }
+
+    /// The message as a JSON value tree, parsed on first use and cached.
+    pub fn value(&self) -> &serde_json::Value {
+        self.value.get_or_init(|| {
+            serde_json::from_str(&self.json).expect("the relay only builds valid JSON")
+        })
+    }
+}
+
+/// Appends `s` to `out` as a JSON string literal (escaping as `serde_json` does).
+pub(crate) fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 0xf) as usize] as char);
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// One stored message: what the log keeps, what a snapshot lists and what replication
+/// streams. Cloning is cheap (reference-counted text).
+///
+/// Its serde form is `{"room","seq","from","ts","id","body"}` with `body` as raw JSON;
+/// encode it with `serde_json` (the body is embedded verbatim, not re-parsed).
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    room: Arc<str>,
+    seq: u64,
+    from: Arc<str>,
+    ts: u64,
+    id: Option<Arc<str>>,
+    /// Where `body` starts in `payload`'s JSON (it ends one byte before the end).
+    body_start: usize,
+    /// The `msg` object delivered to clients.
+    payload: Arc<Payload>,
+}
+
+impl StoredMessage {
+    /// Builds the message and its `msg` payload. `body` must be valid JSON text.
+    pub(crate) fn new(
+        room: Arc<str>,
+        seq: u64,
+        from: Arc<str>,
+        ts: u64,
+        id: Option<Arc<str>>,
+        body: &str,
+    ) -> StoredMessage {
+        let mut s = String::with_capacity(
+            body.len() + room.len() + from.len() + id.as_deref().map_or(4, str::len) + 80,
+        );
+        s.push_str(r#"{"op":"msg","room":"#);
+        push_json_str(&mut s, &room);
+        s.push_str(r#","seq":"#);
+        s.push_str(itoa(seq).as_str());
+        s.push_str(r#","from":"#);
+        push_json_str(&mut s, &from);
+        s.push_str(r#","ts":"#);
+        s.push_str(itoa(ts).as_str());
+        s.push_str(r#","id":"#);
+        match &id {
+            Some(id) => push_json_str(&mut s, id),
+            None => s.push_str("null"),
+        }
+        s.push_str(r#","body":"#);
+        let body_start = s.len();
+        s.push_str(body);
+        s.push('}');
+        StoredMessage {
+            room,
+            seq,
+            from,
+            ts,
+            id,
+            body_start,
+            payload: Payload::new(s),
+        }
+    }
+
+    /// Room name.
+    pub fn room(&self) -> &str {
+        &self.room
+    }
+    /// Sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+    /// Publisher identity.
+    pub fn from(&self) -> &str {
+        &self.from
+    }
+    /// Store time, ms since the Unix epoch.
+    pub fn ts(&self) -> u64 {
+        self.ts
+    }
+    /// The publisher's message id (`None` for legacy messages).
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+    /// The body as JSON text.
+    pub fn body_json(&self) -> &str {
+        let j = self.payload.json();
+        &j[self.body_start..j.len() - 1]
+    }
+    /// The `msg` object as delivered.
+    pub fn payload(&self) -> &Arc<Payload> {
+        &self.payload
+    }
+    /// Bytes charged against the memory budget (without the legacy view).
+    pub fn cost(&self) -> usize {
+        self.payload.json().len() + ENTRY_OVERHEAD
+    }
+    pub(crate) fn room_arc(&self) -> &Arc<str> {
+        &self.room
+    }
+    pub(crate) fn publisher_arc(&self) -> &Arc<str> {
+        &self.from
+    }
+    pub(crate) fn id_arc(&self) -> Option<&Arc<str>> {
+        self.id.as_ref()
+    }
+}
+
+impl PartialEq for StoredMessage {
+    fn eq(&self, other: &Self) -> bool {
+        self.payload.json() == other.payload.json()
+    }
+}
+
+fn itoa(n: u64) -> String {
+    n.to_string()
+}
+
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    room: &'a str,
+    seq: u64,
+    from: &'a str,
+    ts: u64,
+    id: Option<&'a str>,
+    body: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct StoredOwned {
+    room: String,
+    seq: u64,
+    from: String,
+    ts: u64,
+    id: Option<String>,
+    body: Box<RawValue>,
+}
+
+impl Serialize for StoredMessage {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let body: &RawValue =
+            serde_json::from_str(self.body_json()).map_err(serde::ser::Error::custom)?;
+        StoredRef {
+            room: &self.room,
+            seq: self.seq,
+            from: &self.from,
+            ts: self.ts,
+            id: self.id.as_deref(),
+            body,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for StoredMessage {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let o = StoredOwned::deserialize(deserializer)?;
+        Ok(StoredMessage::new(
+            o.room.into(),
+            o.seq,
+            o.from.into(),
+            o.ts,
+            o.id.map(Into::into),
+            o.body.get(),
+        ))
+    }
+}
+
+/// A log entry: the message plus, in the legacy room, its seed-shaped view.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub msg: StoredMessage,
+    /// `{"userName","message","date"}` JSON text for legacy clients (legacy room only).
+    pub legacy: Option<Arc<str>>,
+}
+
+impl Entry {
+    pub fn cost(&self) -> usize {
+        self.msg.cost() + self.legacy.as_deref().map_or(0, str::len)
+    }
+}
+
+/// One room: its log, members and deduplication map.
+#[derive(Debug)]
+pub(crate) struct Room {
+    pub name: Arc<str>,
+    /// Newest sequence number ever assigned (0: none). Never decreases.
+    pub head: u64,
+    /// Every seq below this was evicted (1: nothing evicted).
+    pub evicted_before: u64,
+    /// Stored messages, seqs `evicted_before..=head`, contiguous.
+    pub log: VecDeque<Entry>,
+    /// Connections subscribed.
+    pub members: BTreeSet<ConnId>,
+    /// Identity → number of member connections with it (presence is per identity).
+    pub presence: HashMap<Arc<str>, u32>,
+    /// Publisher identity → message id → seq, for every stored message with an id.
+    pub dedup: HashMap<Arc<str>, HashMap<Arc<str>, u64>>,
+}
+
+impl Room {
+    pub fn new(name: Arc<str>) -> Room {
+        Room {
+            name,
+            head: 0,
+            evicted_before: 1,
+            log: VecDeque::new(),
+            members: BTreeSet::new(),
+            presence: HashMap::new(),
+            dedup: HashMap::new(),
+        }
+    }
+
+    /// Seq of the oldest stored message, if any.
+    pub fn first_seq(&self) -> Option<u64> {
+        self.log.front().map(|e| e.msg.seq)
+    }
+
+    /// Index in `log` of the first message with `seq > since`.
+    pub fn index_after(&self, since: u64) -> usize {
+        match self.first_seq() {
+            None => 0,
+            Some(first) => {
+                let idx = (since.saturating_add(1)).saturating_sub(first);
+                usize::try_from(idx)
+                    .unwrap_or(usize::MAX)
+                    .min(self.log.len())
+            }
+        }
+    }
+
+    /// The seq a `publish` by `from` with `id` was stored under, if still stored.
+    pub fn dedup_lookup(&self, from: &str, id: &str) -> Option<u64> {
+        self.dedup.get(from).and_then(|m| m.get(id)).copied()
+    }
+
+    pub fn dedup_insert(&mut self, msg: &StoredMessage) {
+        if let Some(id) = msg.id_arc() {
+            self.dedup
+                .entry(msg.publisher_arc().clone())
+                .or_default()
+                .insert(id.clone(), msg.seq);
+        }
+    }
+
+    pub fn dedup_remove(&mut self, msg: &StoredMessage) {
+        if let Some(id) = msg.id()
+            && let Some(m) = self.dedup.get_mut(msg.from())
+        {
+            if m.get(id) == Some(&msg.seq) {
+                m.remove(id);
+            }
+            if m.is_empty() {
+                self.dedup.remove(msg.from());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_match_serde() {
+        for s in [
+            "",
+            "plain",
+            "q\"b\\s",
+            "\n\r\t\u{8}\u{c}\u{1}\u{1f}",
+            "ünï😀",
+            "\u{7f}",
+        ] {
+            let mut out = String::new();
+            push_json_str(&mut out, s);
+            assert_eq!(out, serde_json::to_string(s).unwrap());
+        }
+    }
+
+    #[test]
+    fn stored_message_roundtrip() {
+        let m = StoredMessage::new(
+            "r\"".into(),
+            7,
+            "al\nice".into(),
+            1700,
+            Some("id1".into()),
+            r#"{"a":[1,2]}"#,
+        );
+        let v: serde_json::Value = serde_json::from_str(m.payload().json()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"op":"msg","room":"r\"","seq":7,"from":"al\nice","ts":1700,"id":"id1","body":{"a":[1,2]}})
+        );
+        assert_eq!(m.body_json(), r#"{"a":[1,2]}"#);
+        let enc = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            enc,
+            r#"{"room":"r\"","seq":7,"from":"al\nice","ts":1700,"id":"id1","body":{"a":[1,2]}}"#
+        );
+        let back: StoredMessage = serde_json::from_str(&enc).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(m.payload().value()["body"]["a"][1], 2);
+    }
+}

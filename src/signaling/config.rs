@@ -1,0 +1,336 @@
+//! Configuration: the `ouroboros signal` flags ([`SignalArgs`]) and the validated runtime
+//! settings built from them ([`SignalConfig`]).
+
+use std::{path::PathBuf, time::Duration};
+
+use super::SignalError;
+
+/// Flags of `ouroboros signal` (also flattened into `ouroboros node`). Every flag falls back
+/// to an `OUROBOROS_*` environment variable. Defaults follow the reference `peer` CLI, except
+/// `--host` (127.0.0.1 here; pass 0.0.0.0 to accept connections from other machines).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SignalArgs {
+    /// Address to listen on (use 0.0.0.0 to accept connections from other machines).
+    #[arg(long, env = "OUROBOROS_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on; 0 picks a free one (the bound address is printed).
+    #[arg(long, env = "OUROBOROS_PORT", default_value_t = 9000)]
+    pub port: u16,
+    /// Connection key clients must present on the WebSocket.
+    #[arg(long, env = "OUROBOROS_KEY", default_value = "peerjs")]
+    pub key: String,
+    /// Mount path of the HTTP API and of the WebSocket (`{path}peerjs`).
+    #[arg(long, env = "OUROBOROS_PATH", default_value = "/")]
+    pub path: String,
+    /// Milliseconds a message for an absent peer waits before its sender gets EXPIRE.
+    #[arg(
+        long,
+        env = "OUROBOROS_EXPIRE_TIMEOUT",
+        default_value_t = 5000,
+        value_name = "MS"
+    )]
+    pub expire_timeout: u64,
+    /// Milliseconds without HEARTBEAT after which a client is disconnected.
+    #[arg(
+        long,
+        env = "OUROBOROS_ALIVE_TIMEOUT",
+        default_value_t = 60000,
+        value_name = "MS"
+    )]
+    pub alive_timeout: u64,
+    /// Largest number of registered clients.
+    #[arg(long, env = "OUROBOROS_CONCURRENT_LIMIT", default_value_t = 5000)]
+    pub concurrent_limit: usize,
+    /// Serve the list of connected ids at `{path}{key}/peers`.
+    #[arg(long, env = "OUROBOROS_ALLOW_DISCOVERY")]
+    pub allow_discovery: bool,
+    /// Trust `X-Forwarded-For` for the client address (set behind a reverse proxy).
+    #[arg(long, env = "OUROBOROS_PROXIED")]
+    pub proxied: bool,
+    /// Allowed CORS origin (repeatable; env: comma-separated). Without it the request's
+    /// Origin is reflected.
+    #[arg(
+        long = "cors",
+        env = "OUROBOROS_CORS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors: Vec<String>,
+    /// PEM certificate chain: serve HTTPS/WSS (needs --tls-key).
+    #[arg(long, env = "OUROBOROS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "OUROBOROS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Largest WebSocket message a client may send, in bytes (larger: ERROR, then close).
+    #[arg(long, env = "OUROBOROS_MAX_FRAME_SIZE", default_value_t = 256 * 1024, value_name = "BYTES")]
+    pub max_frame_size: usize,
+    /// Messages per second a client may send, sustained (0 = unlimited). Excess: ERROR, close.
+    #[arg(
+        long,
+        env = "OUROBOROS_RATE_LIMIT",
+        default_value_t = 200.0,
+        value_name = "PER_SECOND"
+    )]
+    pub rate_limit: f64,
+    /// Burst of messages a client may send above --rate-limit.
+    #[arg(
+        long,
+        env = "OUROBOROS_RATE_BURST",
+        default_value_t = 400.0,
+        value_name = "MESSAGES"
+    )]
+    pub rate_burst: f64,
+    /// Malformed (non-JSON) messages tolerated in a burst (refilled at one per second);
+    /// one more closes the client with ERROR.
+    #[arg(
+        long,
+        env = "OUROBOROS_MALFORMED_LIMIT",
+        default_value_t = 10.0,
+        value_name = "MESSAGES"
+    )]
+    pub malformed_limit: f64,
+    /// Messages held for one absent peer (more: the sender gets EXPIRE at once).
+    #[arg(
+        long,
+        env = "OUROBOROS_QUEUE_PER_PEER",
+        default_value_t = 64,
+        value_name = "MESSAGES"
+    )]
+    pub queue_per_peer: usize,
+    /// Bytes held for one absent peer.
+    #[arg(long, env = "OUROBOROS_QUEUE_BYTES_PER_PEER", default_value_t = 1 << 20, value_name = "BYTES")]
+    pub queue_bytes_per_peer: usize,
+    /// Messages held for all absent peers together.
+    #[arg(
+        long,
+        env = "OUROBOROS_QUEUE_TOTAL",
+        default_value_t = 100_000,
+        value_name = "MESSAGES"
+    )]
+    pub queue_total: usize,
+    /// Bytes held for all absent peers together.
+    #[arg(long, env = "OUROBOROS_QUEUE_BYTES_TOTAL", default_value_t = 64 << 20, value_name = "BYTES")]
+    pub queue_bytes_total: usize,
+    /// Frames waiting to be written to one socket; a client that falls further behind is
+    /// disconnected (so one slow client never slows the others).
+    #[arg(
+        long,
+        env = "OUROBOROS_WRITE_QUEUE",
+        default_value_t = 256,
+        value_name = "FRAMES"
+    )]
+    pub write_queue: usize,
+}
+
+impl Default for SignalArgs {
+    fn default() -> Self {
+        SignalArgs {
+            host: "127.0.0.1".into(),
+            port: 9000,
+            key: "peerjs".into(),
+            path: "/".into(),
+            expire_timeout: 5000,
+            alive_timeout: 60000,
+            concurrent_limit: 5000,
+            allow_discovery: false,
+            proxied: false,
+            cors: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            max_frame_size: 256 * 1024,
+            rate_limit: 200.0,
+            rate_burst: 400.0,
+            malformed_limit: 10.0,
+            queue_per_peer: 64,
+            queue_bytes_per_peer: 1 << 20,
+            queue_total: 100_000,
+            queue_bytes_total: 64 << 20,
+            write_queue: 256,
+        }
+    }
+}
+
+/// Bounds of the offline queues (messages for peers that are not connected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Messages held for one absent peer.
+    pub per_peer: usize,
+    /// Bytes held for one absent peer.
+    pub bytes_per_peer: usize,
+    /// Messages held in all queues together.
+    pub total: usize,
+    /// Bytes held in all queues together.
+    pub bytes_total: usize,
+}
+
+/// A per-client token bucket rate: `per_second` sustained, `burst` above it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Sustained messages per second.
+    pub per_second: f64,
+    /// Largest burst.
+    pub burst: f64,
+}
+
+/// Validated settings of the signaling server. Build it from [`SignalArgs`] with
+/// [`SignalConfig::from_args`], or start from [`SignalConfig::default`] and change fields
+/// (tests do).
+#[derive(Debug, Clone)]
+pub struct SignalConfig {
+    /// Address to bind.
+    pub host: String,
+    /// Port to bind (0 = ephemeral).
+    pub port: u16,
+    /// Key a WebSocket client must present.
+    pub key: String,
+    /// Mount path, normalised to start and end with `/`.
+    pub path: String,
+    /// How long a queued message waits for its destination before EXPIRE.
+    pub expire_timeout: Duration,
+    /// How long a client may stay silent (no HEARTBEAT) before it is disconnected.
+    pub alive_timeout: Duration,
+    /// Largest number of registered clients.
+    pub concurrent_limit: usize,
+    /// Whether `{path}{key}/peers` lists the connected ids.
+    pub allow_discovery: bool,
+    /// Whether `X-Forwarded-For` names the client (behind a proxy).
+    pub proxied: bool,
+    /// CORS allow-list; empty = reflect any Origin.
+    pub cors: Vec<String>,
+    /// TLS certificate chain and key (PEM files), if serving HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Largest client message in bytes.
+    pub max_frame_size: usize,
+    /// Per-client message rate; `None` = unlimited.
+    pub rate: Option<Rate>,
+    /// Malformed messages tolerated in a burst (refilled at one per second).
+    pub malformed_limit: f64,
+    /// Offline queue bounds.
+    pub queues: QueueLimits,
+    /// Frames buffered per socket before the client is dropped as too slow.
+    pub write_queue: usize,
+}
+
+impl Default for SignalConfig {
+    fn default() -> Self {
+        SignalConfig::from_args(&SignalArgs::default()).expect("the default flags are valid")
+    }
+}
+
+impl SignalConfig {
+    /// Validates the flags.
+    ///
+    /// # Errors
+    /// [`SignalError::Config`] when the path has characters a route cannot hold, a limit is
+    /// zero, or a number is not finite.
+    pub fn from_args(args: &SignalArgs) -> Result<Self, SignalError> {
+        let bad = |msg: String| Err(SignalError::Config(msg));
+        let path = normalise_path(&args.path);
+        if path
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '{' | '}' | '*' | '?' | '#' | ' '))
+        {
+            return bad(format!(
+                "--path {:?} has characters a URL path cannot hold",
+                args.path
+            ));
+        }
+        if args.key.is_empty() {
+            return bad("--key must not be empty".into());
+        }
+        if args.max_frame_size < 1024 {
+            return bad("--max-frame-size must be at least 1024 bytes".into());
+        }
+        let ok = |x: f64| x.is_finite() && x >= 0.0;
+        if ![args.rate_limit, args.rate_burst, args.malformed_limit]
+            .into_iter()
+            .all(ok)
+        {
+            return bad("rate limits must be finite and not negative".into());
+        }
+        if args.write_queue == 0 || args.queue_per_peer == 0 || args.queue_total == 0 {
+            return bad("queue sizes must be at least 1".into());
+        }
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            _ => return bad("--tls-cert and --tls-key go together".into()),
+        };
+        Ok(SignalConfig {
+            host: args.host.clone(),
+            port: args.port,
+            key: args.key.clone(),
+            path,
+            expire_timeout: Duration::from_millis(args.expire_timeout),
+            alive_timeout: Duration::from_millis(args.alive_timeout),
+            concurrent_limit: args.concurrent_limit,
+            allow_discovery: args.allow_discovery,
+            proxied: args.proxied,
+            cors: args
+                .cors
+                .iter()
+                .filter(|o| !o.is_empty())
+                .cloned()
+                .collect(),
+            tls,
+            max_frame_size: args.max_frame_size,
+            rate: (args.rate_limit > 0.0).then_some(Rate {
+                per_second: args.rate_limit,
+                burst: args.rate_burst.max(1.0),
+            }),
+            malformed_limit: args.malformed_limit,
+            queues: QueueLimits {
+                per_peer: args.queue_per_peer,
+                bytes_per_peer: args.queue_bytes_per_peer,
+                total: args.queue_total,
+                bytes_total: args.queue_bytes_total,
+            },
+            write_queue: args.write_queue,
+        })
+    }
+}
+
+/// `""`, `"/"` → `"/"`; `"myapp"`, `"/myapp/"` → `"/myapp/"`.
+pub(crate) fn normalise_path(path: &str) -> String {
+    let trimmed = path.trim_matches('/');
+    if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        format!("/{trimmed}/")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalised() {
+        assert_eq!(normalise_path(""), "/");
+        assert_eq!(normalise_path("/"), "/");
+        assert_eq!(normalise_path("myapp"), "/myapp/");
+        assert_eq!(normalise_path("/myapp/"), "/myapp/");
+        assert_eq!(normalise_path("/a/b"), "/a/b/");
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        let args = SignalArgs {
+            path: "/{x}".into(),
+            ..SignalArgs::default()
+        };
+        assert!(SignalConfig::from_args(&args).is_err());
+        let args = SignalArgs {
+            rate_limit: f64::NAN,
+            ..SignalArgs::default()
+        };
+        assert!(SignalConfig::from_args(&args).is_err());
+        let c = SignalConfig::from_args(&SignalArgs {
+            rate_limit: 0.0,
+            ..SignalArgs::default()
+        })
+        .unwrap();
+        assert!(c.rate.is_none());
+    }
+}

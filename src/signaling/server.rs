@@ -1,0 +1,960 @@
+//! The axum shell: HTTP routes, the WebSocket driver around the [`Realm`], the timer task,
+//! the listener (plain TCP or TLS) and graceful shutdown.
+//!
+//! Architecture invariants:
+//! - The realm lives behind one `std::sync::Mutex`, held only for one realm call plus the
+//!   execution of its actions (pushing frames into per-socket outboxes); never across an
+//!   `.await`.
+//! - Each socket has one task and one bounded [`Outbox`]. Frames are written in batches
+//!   (feed all that is queued, flush once). A socket whose outbox is full is dropped, so a
+//!   slow reader never holds up anyone else.
+
+use std::{
+    collections::VecDeque,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    extract::{
+        ConnectInfo, FromRef, RawQuery, Request, State,
+        connect_info::Connected,
+        ws::{
+            CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+        },
+    },
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+    serve::{IncomingStream, Listener},
+};
+use futures::SinkExt;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{Notify, mpsc},
+};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{Instrument, debug, info, warn};
+
+use super::{
+    SignalError,
+    config::SignalConfig,
+    realm::{
+        Action, Admission, CloseReason, ConnId, ConnectRequest, Realm, RealmConfig, Rejection,
+        Stats,
+    },
+    wire::{self, Parsed},
+};
+
+/// tungstenite's read buffer per socket. Small on purpose: 10k idle sockets must be cheap.
+const READ_BUFFER: usize = 2048;
+/// tungstenite writes to the socket once this much is buffered (and on every flush).
+const WRITE_BUFFER: usize = 16 * 1024;
+/// How long a closing socket waits for the client's close frame.
+const LINGER: Duration = Duration::from_secs(1);
+/// How long `serve` waits for sockets to close after shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// TLS handshakes that take longer are abandoned.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The body of `GET {path}`, as the reference serves it.
+pub const INFO_JSON: &str = r#"{"name":"PeerJS Server","description":"A server side element to broker connections between PeerJS clients.","website":"https://peerjs.com/"}"#;
+
+/// Frames waiting to be written to one socket, shared by the realm (producer, under the
+/// realm lock) and the socket's task (consumer).
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    state: Mutex<OutboxState>,
+    notify: Notify,
+}
+
+#[derive(Debug, Default)]
+struct OutboxState {
+    frames: VecDeque<String>,
+    bytes: usize,
+    close: Option<CloseReason>,
+    killed: bool,
+    gone: bool,
+}
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a frame; false if the socket is gone or its queue is full.
+    fn push(&self, frame: String, max_frames: usize, max_bytes: usize) -> bool {
+        {
+            let mut s = self.lock();
+            if s.gone || s.killed {
+                return false;
+            }
+            if s.close.is_some() {
+                return true; // closing anyway: drop quietly
+            }
+            if s.frames.len() >= max_frames || s.bytes + frame.len() > max_bytes {
+                return false;
+            }
+            s.bytes += frame.len();
+            s.frames.push_back(frame);
+        }
+        self.notify.notify_one();
+        true
+    }
+
+    fn close(&self, reason: CloseReason) {
+        self.lock().close.get_or_insert(reason);
+        self.notify.notify_one();
+    }
+
+    fn kill(&self) {
+        self.lock().killed = true;
+        self.notify.notify_one();
+    }
+
+    fn mark_gone(&self) {
+        let mut s = self.lock();
+        s.gone = true;
+        s.frames = VecDeque::new();
+    }
+
+    /// Everything queued (the buffer itself is handed over, so an idle outbox holds no
+    /// memory), the pending close, and whether the socket was killed.
+    fn take(&self) -> (VecDeque<String>, Option<CloseReason>, bool) {
+        let mut s = self.lock();
+        s.bytes = 0;
+        (std::mem::take(&mut s.frames), s.close.take(), s.killed)
+    }
+
+    /// Resolves once the socket is killed.
+    async fn killed(&self) {
+        loop {
+            if self.lock().killed {
+                return;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// State shared by the routes, the socket tasks and the timer task.
+pub(crate) struct Shared {
+    pub(crate) config: SignalConfig,
+    core: Mutex<Core>,
+    /// Wakes the timer task when an earlier deadline appears.
+    timer: Notify,
+    next_conn: AtomicU64,
+    sockets: AtomicUsize,
+    /// Cancelled on shutdown: sockets close with 1001, the timer task ends.
+    pub(crate) shutdown: CancellationToken,
+    /// Tracks socket tasks so shutdown can wait for them.
+    pub(crate) tracker: TaskTracker,
+    /// Outbox bounds.
+    max_frames: usize,
+    max_bytes: usize,
+}
+
+struct Core {
+    realm: Realm<Arc<Outbox>>,
+    /// The deadline the timer task sleeps until.
+    armed: Option<Instant>,
+}
+
+impl Shared {
+    pub(crate) fn new(config: SignalConfig) -> Arc<Self> {
+        let max_frames = config.write_queue.max(config.queues.per_peer + 2);
+        let max_bytes = (4 << 20)
+            .max(4 * config.max_frame_size)
+            .max(config.queues.bytes_per_peer + 2 * config.max_frame_size);
+        let shared = Arc::new(Shared {
+            core: Mutex::new(Core {
+                realm: Realm::new(RealmConfig::from(&config)),
+                armed: None,
+            }),
+            config,
+            timer: Notify::new(),
+            next_conn: AtomicU64::new(1),
+            sockets: AtomicUsize::new(0),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            max_frames,
+            max_bytes,
+        });
+        tokio::spawn(run_timers(shared.clone()));
+        shared
+    }
+
+    /// Runs `f` on the realm, then executes every action it produced.
+    pub(crate) fn with_realm<R>(&self, f: impl FnOnce(&mut Realm<Arc<Outbox>>, Instant) -> R) -> R {
+        let now = Instant::now();
+        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        let r = f(&mut core.realm, now);
+        while let Some(action) = core.realm.poll_output() {
+            match action {
+                Action::Send {
+                    to,
+                    conn,
+                    frame,
+                    dst,
+                    src,
+                } => {
+                    if !to.push(frame, self.max_frames, self.max_bytes) {
+                        core.realm
+                            .undeliverable(now, conn, dst.as_deref(), src.as_deref());
+                    }
+                }
+                Action::Close { to, reason, .. } => to.close(reason),
+                Action::Drop { to, conn } => {
+                    debug!(conn, "dropping a socket that cannot keep up");
+                    to.kill()
+                }
+            }
+        }
+        if let Some(t) = core.realm.poll_timeout()
+            && core.armed.is_none_or(|a| t < a)
+        {
+            core.armed = Some(t);
+            self.timer.notify_one();
+        }
+        r
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let mut s = self
+            .core
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .realm
+            .stats();
+        s.sockets = self.sockets.load(Ordering::Relaxed);
+        s
+    }
+
+    pub(crate) fn next_conn(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Sleeps until the realm's next deadline (or an earlier one appears), then fires it.
+async fn run_timers(shared: Arc<Shared>) {
+    loop {
+        let next = {
+            let mut core = shared.core.lock().unwrap_or_else(|e| e.into_inner());
+            core.armed = core.realm.poll_timeout();
+            core.armed
+        };
+        let sleep = async {
+            match next {
+                Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = shared.timer.notified() => {}
+            _ = sleep => shared.with_realm(|realm, now| realm.handle_timeout(now)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP routes
+
+/// The client address a connection came from (set by [`SignalListener`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteAddr(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, SignalListener>> for RemoteAddr {
+    fn connect_info(stream: IncomingStream<'_, SignalListener>) -> Self {
+        *stream.remote_addr()
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    shared: Arc<Shared>,
+}
+
+impl FromRef<AppState> for Arc<Shared> {
+    fn from_ref(s: &AppState) -> Self {
+        s.shared.clone()
+    }
+}
+
+/// Builds the signaling routes under the configured path.
+pub(crate) fn router(shared: &Arc<Shared>, with_info: bool) -> Router {
+    let base = shared.config.path.clone();
+    let mut r = Router::new()
+        .route(&format!("{base}{{key}}/id"), get(id_route))
+        .route(&format!("{base}{{key}}/peers"), get(peers_route));
+    if with_info {
+        r = r.route(&base, get(info_route));
+        if base != "/" {
+            r = r.route(base.trim_end_matches('/'), get(info_route));
+        }
+    }
+    let r = with_cors(
+        shared,
+        r.with_state(AppState {
+            shared: shared.clone(),
+        }),
+    );
+    r.route(
+        &format!("{base}peerjs"),
+        get(ws_route).with_state(AppState {
+            shared: shared.clone(),
+        }),
+    )
+}
+
+/// Wraps `router` in the reference's CORS behaviour.
+pub(crate) fn with_cors(shared: &Arc<Shared>, router: Router) -> Router {
+    router.layer(middleware::from_fn_with_state(shared.clone(), cors))
+}
+
+/// The reference's `cors` middleware: reflect an allowed Origin, `Vary: Origin`; answer
+/// every OPTIONS as a preflight (204).
+async fn cors(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let allowed = shared.config.cors.as_slice();
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .filter(|o| allowed.is_empty() || allowed.iter().any(|a| a.as_bytes() == o.as_bytes()))
+        .cloned();
+    if req.method() == Method::OPTIONS {
+        let mut res = StatusCode::NO_CONTENT.into_response();
+        let h = res.headers_mut();
+        if let Some(o) = origin {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        }
+        h.insert(
+            header::VARY,
+            HeaderValue::from_static("Origin, Access-Control-Request-Headers"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET,HEAD,PUT,PATCH,POST,DELETE"),
+        );
+        if let Some(rh) = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            && !rh.is_empty()
+        {
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, rh.clone());
+        }
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        return res;
+    }
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    if let Some(o) = origin {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+    }
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+    res
+}
+
+/// `GET {path}`: the reference's info JSON.
+pub fn info_response() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        )],
+        INFO_JSON,
+    )
+        .into_response()
+}
+
+async fn info_route() -> Response {
+    info_response()
+}
+
+async fn id_route(State(shared): State<Arc<Shared>>) -> Response {
+    let id = loop {
+        let id = uuid::Uuid::new_v4().to_string();
+        if !shared.with_realm(|realm, _| realm.contains(&id)) {
+            break id;
+        }
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        )],
+        id,
+    )
+        .into_response()
+}
+
+async fn peers_route(State(shared): State<Arc<Shared>>) -> Response {
+    if !shared.config.allow_discovery {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            )],
+            "Unauthorized",
+        )
+            .into_response();
+    }
+    let ids = shared.with_realm(|realm, _| realm.ids());
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        )],
+        serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()),
+    )
+        .into_response()
+}
+
+/// The WebSocket query (`key`, `id`, `token`; the last occurrence wins, as with the
+/// reference's `Object.fromEntries(URLSearchParams)`).
+#[derive(Debug, Default)]
+struct Query {
+    key: Option<String>,
+    id: Option<String>,
+    token: Option<String>,
+}
+
+impl Query {
+    fn parse(raw: &str) -> Query {
+        let mut q = Query::default();
+        for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+            match &*k {
+                "key" => q.key = Some(v.into_owned()),
+                "id" => q.id = Some(v.into_owned()),
+                "token" => q.token = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+fn client_addr(shared: &Shared, remote: Option<SocketAddr>, headers: &HeaderMap) -> String {
+    if shared.config.proxied
+        && let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())
+        && let Some(first) = xff.split(',').next()
+    {
+        return first.trim().to_string();
+    }
+    remote.map_or_else(|| "-".into(), |a| a.to_string())
+}
+
+async fn ws_route(
+    State(shared): State<Arc<Shared>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    RawQuery(query): RawQuery,
+    remote: Option<axum::Extension<ConnectInfo<RemoteAddr>>>,
+    headers: HeaderMap,
+) -> Response {
+    let Ok(upgrade) = upgrade else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let query = Query::parse(query.as_deref().unwrap_or(""));
+    let addr = client_addr(&shared, remote.map(|r| r.0.0.0), &headers);
+    let max = shared.config.max_frame_size;
+    upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |ws| {
+            let guard = shared.tracker.token();
+            async move {
+                run_socket(shared, ws, query, addr).await;
+                drop(guard);
+            }
+        })
+}
+
+// ---------------------------------------------------------------------------------------
+// The socket driver
+
+fn close_message(reason: CloseReason) -> Message {
+    let frame = |code: u16, reason: &'static str| {
+        Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }))
+    };
+    match reason {
+        CloseReason::Normal => Message::Close(None),
+        CloseReason::Replaced => frame(1000, "replaced by a newer connection"),
+        CloseReason::Policy => frame(1008, "policy violation"),
+        CloseReason::TooBig => frame(1009, "message too big"),
+    }
+}
+
+async fn write_batch(
+    ws: &mut WebSocket,
+    frames: VecDeque<String>,
+    close: Option<CloseReason>,
+) -> Result<(), axum::Error> {
+    for f in frames {
+        ws.feed(Message::Text(f.into())).await?;
+    }
+    if let Some(reason) = close {
+        ws.feed(close_message(reason)).await?;
+    }
+    ws.flush().await
+}
+
+/// Reads until the client's close frame (or EOF), for at most [`LINGER`].
+async fn linger(ws: &mut WebSocket) {
+    let _ =
+        tokio::time::timeout(LINGER, async { while let Some(Ok(_)) = ws.recv().await {} }).await;
+}
+
+fn is_too_big(e: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    e.into_inner()
+        .downcast_ref::<WsError>()
+        .is_some_and(|e| matches!(e, WsError::Capacity(_)))
+}
+
+async fn run_socket(shared: Arc<Shared>, mut ws: WebSocket, query: Query, addr: String) {
+    shared.sockets.fetch_add(1, Ordering::Relaxed);
+    let conn = shared.next_conn();
+    let outbox = Arc::new(Outbox::default());
+    let req = ConnectRequest {
+        key: query.key.as_deref(),
+        id: query.id.as_deref(),
+        token: query.token.as_deref(),
+        local: false,
+    };
+    let admission = shared.with_realm(|realm, now| realm.connect(now, conn, outbox.clone(), &req));
+    let id = match admission {
+        Admission::Open(id) => {
+            debug!(conn, %id, %addr, "client registered");
+            Some(id)
+        }
+        Admission::Rejected(why) => {
+            debug!(conn, ?why, %addr, id = ?query.id, "connection refused");
+            None
+        }
+    };
+    let span = tracing::debug_span!("socket", conn, id = id.as_deref().unwrap_or("-"));
+    drive_socket(&shared, &mut ws, conn, id.as_deref(), &outbox)
+        .instrument(span)
+        .await;
+    outbox.mark_gone();
+    shared.with_realm(|realm, now| realm.disconnect(now, conn, id.as_deref()));
+    shared.sockets.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn drive_socket(
+    shared: &Shared,
+    ws: &mut WebSocket,
+    conn: ConnId,
+    id: Option<&str>,
+    outbox: &Outbox,
+) {
+    loop {
+        let (frames, close, killed) = outbox.take();
+        if killed {
+            return;
+        }
+        if !frames.is_empty() || close.is_some() {
+            let result = tokio::select! {
+                r = write_batch(ws, frames, close) => r.is_ok(),
+                _ = outbox.killed() => false,
+                _ = shared.shutdown.cancelled() => false,
+            };
+            if !result {
+                return;
+            }
+            if close.is_some() {
+                linger(ws).await;
+                return;
+            }
+            continue;
+        }
+        tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => {
+                let bye = Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }));
+                if tokio::time::timeout(LINGER, ws.send(bye)).await.is_ok_and(|r| r.is_ok()) {
+                    linger(ws).await;
+                }
+                return;
+            }
+            _ = outbox.notify.notified() => {}
+            msg = ws.recv() => match msg {
+                None => return,
+                Some(Ok(Message::Text(t))) => on_frame(shared, conn, id, t.as_str()),
+                Some(Ok(Message::Binary(b))) => match std::str::from_utf8(&b) {
+                    Ok(t) => on_frame(shared, conn, id, t),
+                    Err(_) => on_frame(shared, conn, id, "\u{0}"),
+                },
+                Some(Ok(Message::Close(_))) => {
+                    linger(ws).await;
+                    return;
+                }
+                Some(Ok(_)) => {} // ping/pong: tungstenite answers pings itself
+                Some(Err(e)) => {
+                    if is_too_big(e) && let Some(id) = id {
+                        // The read side is finished; write ERROR and the close frame.
+                        shared.with_realm(|realm, now| realm.too_big(now, conn, id));
+                        let (frames, close, _) = outbox.take();
+                        let _ = tokio::time::timeout(LINGER, write_batch(ws, frames, close)).await;
+                    }
+                    return;
+                }
+            },
+        }
+    }
+}
+
+fn on_frame(shared: &Shared, conn: ConnId, id: Option<&str>, text: &str) {
+    let Some(id) = id else { return };
+    match wire::parse(text) {
+        Parsed::Message(msg) => shared.with_realm(|realm, now| realm.message(now, conn, id, &msg)),
+        Parsed::Malformed => {
+            debug!(conn, len = text.len(), "malformed frame");
+            shared.with_realm(|realm, now| realm.malformed(now, conn, id))
+        }
+        Parsed::Ignored => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// In-process clients
+
+/// A client registered on the realm from inside the process (the node's own peer): no
+/// socket, no rate limit, no alive timeout. It speaks the same JSON frames as a WebSocket
+/// client. Dropping it unregisters the id.
+pub struct LocalClient {
+    shared: Arc<Shared>,
+    conn: ConnId,
+    id: Arc<str>,
+    outbox: Arc<Outbox>,
+}
+
+impl LocalClient {
+    pub(crate) fn connect(
+        shared: &Arc<Shared>,
+        id: &str,
+        token: &str,
+    ) -> Result<LocalClient, Rejection> {
+        let conn = shared.next_conn();
+        let outbox = Arc::new(Outbox::default());
+        let req = ConnectRequest {
+            key: Some(&shared.config.key),
+            id: Some(id),
+            token: Some(token),
+            local: true,
+        };
+        match shared.with_realm(|realm, now| realm.connect(now, conn, outbox.clone(), &req)) {
+            Admission::Open(id) => Ok(LocalClient {
+                shared: shared.clone(),
+                conn,
+                id,
+                outbox,
+            }),
+            Admission::Rejected(why) => Err(why),
+        }
+    }
+
+    /// The registered id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Handles `text` as if the client had sent it on its socket (`{"type":"ANSWER",
+    /// "dst":…,"payload":…}` etc.; `src` is stamped by the realm).
+    pub fn send(&self, text: &str) {
+        on_frame(&self.shared, self.conn, Some(&self.id), text);
+    }
+
+    /// The next frame for this client (`OPEN` first), or `None` once the server closed it
+    /// (replaced by a reconnect with the same id and token, or shut down).
+    pub async fn recv(&self) -> Option<String> {
+        loop {
+            {
+                let mut s = self.outbox.lock();
+                if let Some(f) = s.frames.pop_front() {
+                    s.bytes -= f.len();
+                    return Some(f);
+                }
+                if s.killed || s.close.is_some() || s.gone {
+                    return None;
+                }
+            }
+            tokio::select! {
+                _ = self.outbox.notify.notified() => {}
+                _ = self.shared.shutdown.cancelled() => return None,
+            }
+        }
+    }
+}
+
+impl Drop for LocalClient {
+    fn drop(&mut self) {
+        self.outbox.mark_gone();
+        let (conn, id) = (self.conn, self.id.clone());
+        self.shared
+            .with_realm(|realm, now| realm.disconnect(now, conn, Some(&id)));
+    }
+}
+
+impl std::fmt::Debug for LocalClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalClient")
+            .field("id", &self.id)
+            .field("conn", &self.conn)
+            .finish()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Listener, TLS, serve
+
+/// A bound listening socket, plain or TLS. Create it with [`super::bind`], serve it with
+/// [`super::Signaling::serve`].
+pub struct SignalListener {
+    tcp: TcpListener,
+    addr: SocketAddr,
+    tls: Option<TlsState>,
+}
+
+struct TlsState {
+    acceptor: TlsAcceptor,
+    done_tx: mpsc::Sender<(MaybeTls, RemoteAddr)>,
+    done_rx: mpsc::Receiver<(MaybeTls, RemoteAddr)>,
+}
+
+impl std::fmt::Debug for SignalListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignalListener")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl SignalListener {
+    pub(crate) async fn bind(config: &SignalConfig) -> Result<SignalListener, SignalError> {
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(load_tls(cert, key)?),
+            None => None,
+        };
+        let tcp = TcpListener::bind((config.host.as_str(), config.port)).await?;
+        let addr = tcp.local_addr()?;
+        Ok(SignalListener {
+            tcp,
+            addr,
+            tls: tls.map(|acceptor| {
+                let (done_tx, done_rx) = mpsc::channel(64);
+                TlsState {
+                    acceptor,
+                    done_tx,
+                    done_rx,
+                }
+            }),
+        })
+    }
+
+    /// The bound address (the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether connections are TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// `http://ADDR{path}` (`https` with TLS).
+    pub fn url(&self, path: &str) -> String {
+        let scheme = if self.is_tls() { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.addr, path)
+    }
+}
+
+fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor, SignalError> {
+    let tls_err = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+        SignalError::Tls(format!("{what} {}: {e}", path.display()))
+    };
+    let certs = rustls_pemfile::certs(&mut io::BufReader::new(
+        std::fs::File::open(cert).map_err(|e| tls_err("cannot open", cert, &e))?,
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(|e| tls_err("cannot read certificates from", cert, &e))?;
+    if certs.is_empty() {
+        return Err(SignalError::Tls(format!(
+            "no certificate in {}",
+            cert.display()
+        )));
+    }
+    let key_der = rustls_pemfile::private_key(&mut io::BufReader::new(
+        std::fs::File::open(key).map_err(|e| tls_err("cannot open", key, &e))?,
+    ))
+    .map_err(|e| tls_err("cannot read the key from", key, &e))?
+    .ok_or_else(|| SignalError::Tls(format!("no private key in {}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SignalError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| SignalError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn accept_tcp(tcp: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match tcp.accept().await {
+            Ok((s, a)) => {
+                let _ = s.set_nodelay(true);
+                return (s, a);
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl Listener for SignalListener {
+    type Io = MaybeTls;
+    type Addr = RemoteAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let Some(tls) = &mut self.tls else {
+            let (s, a) = accept_tcp(&self.tcp).await;
+            return (MaybeTls::Plain(s), RemoteAddr(a));
+        };
+        loop {
+            tokio::select! {
+                Some(done) = tls.done_rx.recv() => return done,
+                (s, a) = accept_tcp(&self.tcp) => {
+                    let acceptor = tls.acceptor.clone();
+                    let tx = tls.done_tx.clone();
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(s)).await {
+                            Ok(Ok(t)) => {
+                                let _ = tx.send((MaybeTls::Tls(Box::new(t)), RemoteAddr(a))).await;
+                            }
+                            Ok(Err(e)) => debug!(%a, "TLS handshake failed: {e}"),
+                            Err(_) => debug!(%a, "TLS handshake timed out"),
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(RemoteAddr(self.addr))
+    }
+}
+
+/// A plain or TLS connection.
+#[derive(Debug)]
+pub enum MaybeTls {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for MaybeTls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for MaybeTls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            MaybeTls::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            MaybeTls::Plain(s) => s.is_write_vectored(),
+            MaybeTls::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MaybeTls::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves; then closes every WebSocket
+/// with 1001 and waits (bounded) for the sockets to finish.
+pub(crate) async fn serve(
+    shared: &Arc<Shared>,
+    listener: SignalListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let token = shared.shutdown.clone();
+    let signal = async move {
+        shutdown.await;
+        info!("shutting down: closing every socket");
+        token.cancel();
+    };
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<RemoteAddr>(),
+    )
+    .with_graceful_shutdown(signal)
+    .await?;
+    shared.shutdown.cancel();
+    shared.tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, shared.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("some sockets did not close within {SHUTDOWN_GRACE:?}");
+    }
+    Ok(())
+}

@@ -1,0 +1,342 @@
+//! The PeerJS signaling wire format: the only serde types of the signaling server.
+//!
+//! # Format
+//! Every frame is a JSON object `{type, src?, dst?, payload?}` in a text frame. Inbound
+//! frames are parsed lazily: only `type` and `dst` are decoded, `payload` stays raw JSON
+//! ([`RawValue`]) and is copied verbatim into the relayed frame, which is rebuilt as
+//! `{"type":…,"src":…,"dst":…,"payload":…}` (that key order; `payload` left out when the
+//! client sent none). See `protocol/signaling.md`.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Message types of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MsgType {
+    /// Server → client: registered.
+    Open,
+    /// Peer is gone (relayed; without `dst`: unregister the sender).
+    Leave,
+    /// ICE candidate (relayed).
+    Candidate,
+    /// SDP offer (relayed).
+    Offer,
+    /// SDP answer (relayed).
+    Answer,
+    /// The destination never showed up (server → sender; relayed if a client sends it).
+    Expire,
+    /// Client → server liveness.
+    Heartbeat,
+    /// Server → client: the id belongs to another token.
+    IdTaken,
+    /// Server → client: fatal error, the socket closes.
+    Error,
+}
+
+impl MsgType {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MsgType::Open => "OPEN",
+            MsgType::Leave => "LEAVE",
+            MsgType::Candidate => "CANDIDATE",
+            MsgType::Offer => "OFFER",
+            MsgType::Answer => "ANSWER",
+            MsgType::Expire => "EXPIRE",
+            MsgType::Heartbeat => "HEARTBEAT",
+            MsgType::IdTaken => "ID-TAKEN",
+            MsgType::Error => "ERROR",
+        }
+    }
+
+    /// Parses a wire name (exact, case-sensitive like the reference).
+    pub fn from_name(s: &str) -> Option<MsgType> {
+        Some(match s {
+            "OPEN" => MsgType::Open,
+            "LEAVE" => MsgType::Leave,
+            "CANDIDATE" => MsgType::Candidate,
+            "OFFER" => MsgType::Offer,
+            "ANSWER" => MsgType::Answer,
+            "EXPIRE" => MsgType::Expire,
+            "HEARTBEAT" => MsgType::Heartbeat,
+            "ID-TAKEN" => MsgType::IdTaken,
+            "ERROR" => MsgType::Error,
+            _ => return None,
+        })
+    }
+
+    /// Whether the server forwards this type to `dst`.
+    pub fn is_relayed(self) -> bool {
+        matches!(
+            self,
+            MsgType::Offer
+                | MsgType::Answer
+                | MsgType::Candidate
+                | MsgType::Leave
+                | MsgType::Expire
+        )
+    }
+}
+
+/// Error texts, exactly as the reference server sends them.
+pub mod text {
+    /// Query lacks `id`, `token` or `key` (or one is empty).
+    pub const NO_PARAMS: &str = "No id, token, or key supplied to websocket server";
+    /// `key` differs from the server's.
+    pub const INVALID_KEY: &str = "Invalid key provided";
+    /// The id is registered with another token (sent as `ID-TAKEN`).
+    pub const ID_TAKEN: &str = "ID is taken";
+    /// `concurrent_limit` clients are registered.
+    pub const LIMIT: &str = "Server has reached its concurrent user limit";
+    /// Ours: id longer than [`super::MAX_ID_LEN`] bytes.
+    pub const ID_TOO_LONG: &str = "Invalid id: longer than 256 bytes";
+    /// Ours: id with control characters.
+    pub const ID_CONTROL: &str = "Invalid id: contains control characters";
+    /// Ours: token longer than [`super::MAX_ID_LEN`] bytes or with control characters.
+    pub const BAD_TOKEN: &str =
+        "Invalid token: longer than 256 bytes or contains control characters";
+    /// Ours: the client exceeded its message rate.
+    pub const RATE_LIMITED: &str = "Rate limit exceeded";
+    /// Ours: the client sent too many frames that are not JSON.
+    pub const MALFORMED: &str = "Too many malformed messages";
+    /// Ours, prefix of: a frame above the size limit (`… (limit N bytes)`).
+    pub const TOO_BIG: &str = "Message too big";
+}
+
+/// Longest id or token accepted, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+
+/// Whether `id` is acceptable as a client id, token or destination: at most
+/// [`MAX_ID_LEN`] bytes, no control characters.
+pub fn valid_id(id: &str) -> bool {
+    id.len() <= MAX_ID_LEN && !id.chars().any(char::is_control)
+}
+
+/// `{"type":"OPEN"}`.
+pub const OPEN: &str = r#"{"type":"OPEN"}"#;
+/// `{"type":"ID-TAKEN","payload":{"msg":"ID is taken"}}`.
+pub const ID_TAKEN: &str = r#"{"type":"ID-TAKEN","payload":{"msg":"ID is taken"}}"#;
+
+/// `{"type":"ERROR","payload":{"msg":<msg>}}`.
+pub fn error_frame(msg: &str) -> String {
+    let mut out = String::with_capacity(40 + msg.len());
+    out.push_str(r#"{"type":"ERROR","payload":{"msg":"#);
+    push_json_str(&mut out, msg);
+    out.push_str("}}");
+    out
+}
+
+/// `{"type":<kind>,"src":<src>,"dst":<dst>,"payload":<payload>}`; `payload` left out when
+/// `None`.
+pub fn relay_frame(kind: MsgType, src: &str, dst: &str, payload: Option<&RawValue>) -> String {
+    let payload_len = payload.map_or(0, |p| p.get().len() + 11);
+    let mut out = String::with_capacity(40 + src.len() + dst.len() + payload_len);
+    out.push_str(r#"{"type":""#);
+    out.push_str(kind.as_str());
+    out.push_str(r#"","src":"#);
+    push_json_str(&mut out, src);
+    out.push_str(r#","dst":"#);
+    push_json_str(&mut out, dst);
+    if let Some(p) = payload {
+        out.push_str(r#","payload":"#);
+        out.push_str(p.get());
+    }
+    out.push('}');
+    out
+}
+
+/// Appends `s` as a JSON string literal (escaped like `JSON.stringify`).
+pub fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            out.push_str(&format!("\\u{b:04x}"));
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// An inbound client message, borrowed from the frame.
+#[derive(Debug)]
+pub struct Inbound<'a> {
+    /// `type`, if it names a known message type (unknown types are dropped).
+    pub kind: Option<MsgType>,
+    /// `dst`, if present and a string.
+    pub dst: Option<Cow<'a, str>>,
+    /// `payload` as raw JSON (`null` is kept), if present.
+    pub payload: Option<&'a RawValue>,
+}
+
+/// What a frame turned out to be.
+#[derive(Debug)]
+pub enum Parsed<'a> {
+    /// A JSON object; [`Inbound::kind`] says whether it is usable.
+    Message(Inbound<'a>),
+    /// Valid JSON of the wrong shape (not an object, `type`/`dst` not strings): dropped
+    /// silently, like the reference.
+    Ignored,
+    /// Not JSON: counted; a burst closes the client.
+    Malformed,
+}
+
+#[derive(Deserialize)]
+struct RawInbound<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    dst: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "keep_null")]
+    payload: Option<&'a RawValue>,
+}
+
+fn keep_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue as Deserialize>::deserialize(d).map(Some)
+}
+
+/// Decodes a JSON string given as raw JSON without allocating when it has no escapes;
+/// `None` if it is not a string.
+fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let s = raw.get();
+    let inner = s.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(s).ok().map(Cow::Owned)
+}
+
+/// Parses one inbound frame. Never fails: bad input is [`Parsed::Malformed`] or
+/// [`Parsed::Ignored`].
+pub fn parse(text: &str) -> Parsed<'_> {
+    match serde_json::from_str::<RawInbound<'_>>(text) {
+        Ok(raw) => {
+            let kind = match raw.kind {
+                None => None,
+                Some(k) => match raw_str(k) {
+                    Some(name) => MsgType::from_name(&name),
+                    None => return Parsed::Ignored,
+                },
+            };
+            let dst = match raw.dst {
+                None => None,
+                Some(d) if d.get() == "null" => None,
+                Some(d) => match raw_str(d) {
+                    Some(s) => Some(s),
+                    None => return Parsed::Ignored,
+                },
+            };
+            Parsed::Message(Inbound {
+                kind,
+                dst,
+                payload: raw.payload,
+            })
+        }
+        Err(e) if e.is_data() => Parsed::Ignored,
+        Err(_) => Parsed::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(text: &str) -> Inbound<'_> {
+        match parse(text) {
+            Parsed::Message(m) => m,
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_type_dst_and_keeps_payload_raw() {
+        let m = msg(
+            r#"{"type":"OFFER","payload":{"sdp":{"type":"offer","sdp":"v=0\r\n"},"n":1.50},"dst":"b"}"#,
+        );
+        assert_eq!(m.kind, Some(MsgType::Offer));
+        assert_eq!(m.dst.as_deref(), Some("b"));
+        assert_eq!(
+            m.payload.unwrap().get(),
+            r#"{"sdp":{"type":"offer","sdp":"v=0\r\n"},"n":1.50}"#
+        );
+        let frame = relay_frame(MsgType::Offer, "a", "b", m.payload);
+        assert_eq!(
+            frame,
+            r#"{"type":"OFFER","src":"a","dst":"b","payload":{"sdp":{"type":"offer","sdp":"v=0\r\n"},"n":1.50}}"#
+        );
+    }
+
+    #[test]
+    fn payload_null_is_kept_and_absent_is_omitted() {
+        let m = msg(r#"{"type":"LEAVE","dst":"x","payload":null}"#);
+        assert_eq!(m.payload.unwrap().get(), "null");
+        assert_eq!(
+            relay_frame(MsgType::Leave, "s", "x", m.payload),
+            r#"{"type":"LEAVE","src":"s","dst":"x","payload":null}"#
+        );
+        let m = msg(r#"{"type":"LEAVE","dst":"x"}"#);
+        assert!(m.payload.is_none());
+        assert_eq!(
+            relay_frame(MsgType::Leave, "s", "x", None),
+            r#"{"type":"LEAVE","src":"s","dst":"x"}"#
+        );
+    }
+
+    #[test]
+    fn escapes_and_odd_shapes() {
+        let m = msg(r#"{"type":"OF\u0046ER","dst":"a\"b"}"#);
+        assert_eq!(m.kind, Some(MsgType::Offer));
+        assert_eq!(m.dst.as_deref(), Some("a\"b"));
+        assert!(msg(r#"{"type":"PING"}"#).kind.is_none());
+        assert!(msg(r#"{"src":"forged","extra":[1,2]}"#).kind.is_none());
+        assert!(matches!(parse("[1,2]"), Parsed::Ignored));
+        assert!(matches!(parse("42"), Parsed::Ignored));
+        assert!(matches!(parse(r#"{"type":5}"#), Parsed::Ignored));
+        assert!(matches!(
+            parse(r#"{"type":"OFFER","dst":7}"#),
+            Parsed::Ignored
+        ));
+        assert!(matches!(parse("{nope"), Parsed::Malformed));
+        assert!(matches!(parse(""), Parsed::Malformed));
+        assert!(matches!(
+            parse(r#"{"type":"OFFER"} trailing"#),
+            Parsed::Malformed
+        ));
+    }
+
+    #[test]
+    fn json_strings_are_escaped_like_javascript() {
+        let mut s = String::new();
+        push_json_str(&mut s, "a\"\\\n\u{1}é/");
+        assert_eq!(s, r#""a\"\\\n\u0001é/""#);
+        assert_eq!(
+            error_frame("Invalid key provided"),
+            r#"{"type":"ERROR","payload":{"msg":"Invalid key provided"}}"#
+        );
+    }
+
+    #[test]
+    fn ids() {
+        assert!(valid_id("abc-123"));
+        assert!(!valid_id(&"x".repeat(257)));
+        assert!(valid_id(&"x".repeat(256)));
+        assert!(!valid_id("a\u{7}b"));
+    }
+}
