@@ -9,7 +9,7 @@
 //! same generation written by the same peer. A stale or foreign node therefore never
 //! overwrites a newer generation's record.
 
-mod local;
+pub mod local;
 
 pub use local::LocalPublisher;
 

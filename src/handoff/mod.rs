@@ -1,5 +1,79 @@
 //! Successor authentication and zero-loss state transfer (`protocol/handoff.md`).
+//!
+//! Two sans-IO state machines, [`Predecessor`] (the old node) and [`Successor`] (the new
+//! one), exchange [`Message`]s over a PeerJS DataConnection labelled [`HANDOFF_LABEL`]. They
+//! never touch the relay, the network or the clock: the node's driver feeds them and acts on
+//! their events (export/restore the relay, apply the tail, publish discovery, move clients).
+//!
+//! - [`auth`]: the mutual HMAC-SHA256 proofs.
+//! - [`message`]: wire messages and their `json`/`binary` encodings.
+//! - [`backup`]: periodic snapshots for crash safety ([`BackupStore`], [`DirBackupStore`]).
 
+pub mod auth;
+pub mod backup;
+pub mod message;
+mod predecessor;
 mod secret;
+mod successor;
 
+pub use backup::{Backup, BackupError, BackupStore, DirBackupStore};
+pub use message::{HANDOFF_LABEL, HighWater, Message, RefuseCode};
+pub use predecessor::{ConnId, Predecessor, PredecessorEvent, PredecessorPhase, Transmit};
 pub use secret::{MIN_SECRET_LEN, SECRET_ENV, Secret, SecretError};
+pub use successor::{
+    GiveUpReason, Successor, SuccessorConfig, SuccessorEvent, SuccessorPhase, Transferred,
+};
+
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+/// Predecessor settings (named limits; see `protocol/handoff.md`).
+#[derive(Debug, Clone)]
+pub struct HandoffConfig {
+    /// Snapshot chunk size in bytes.
+    pub chunk_size: usize,
+    /// Unacknowledged chunks in flight.
+    pub window: u32,
+    /// Authentication attempts admitted in a burst.
+    pub auth_burst: f64,
+    /// Sustained authentication attempts per second.
+    pub auth_per_second: f64,
+    /// A connection must authenticate within this time.
+    pub auth_timeout: Duration,
+    /// How long an interrupted session waits for its successor to resume.
+    pub resume_timeout: Duration,
+    /// Largest unacknowledged tail (bytes) before the session is aborted.
+    pub max_tail_bytes: usize,
+    /// Cut over once the snapshot is acknowledged and at most this many tail events are
+    /// unacknowledged.
+    pub cutover_tail_backlog: usize,
+    /// Largest tail batch in bytes.
+    pub tail_batch_bytes: usize,
+    /// Fresh restarts allowed after a high-water mismatch.
+    pub max_restarts: u32,
+}
+
+impl Default for HandoffConfig {
+    fn default() -> Self {
+        HandoffConfig {
+            chunk_size: 512 * 1024,
+            window: 8,
+            auth_burst: 5.0,
+            auth_per_second: 0.5,
+            auth_timeout: Duration::from_secs(5),
+            resume_timeout: Duration::from_secs(10),
+            max_tail_bytes: 256 << 20,
+            cutover_tail_backlog: 1024,
+            tail_batch_bytes: 256 * 1024,
+            max_restarts: 2,
+        }
+    }
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests;

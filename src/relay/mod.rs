@@ -209,6 +209,104 @@ pub struct Metrics {
     pub primary: bool,
 }
 
+impl Metrics {
+    /// Prometheus text exposition (names `ouroboros_relay_*`), for `/metrics`.
+    pub fn to_prometheus(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+            let _ = writeln!(s, "# HELP ouroboros_relay_{name} {help}");
+            let _ = writeln!(s, "# TYPE ouroboros_relay_{name} {kind}");
+            let _ = writeln!(s, "ouroboros_relay_{name} {value}");
+        };
+        let g = "gauge";
+        let c = "counter";
+        metric(
+            "clients",
+            g,
+            "Open relay connections (all protocols).",
+            self.clients as f64,
+        );
+        metric(
+            "legacy_clients",
+            g,
+            "Connections speaking the seed's protocol.",
+            self.legacy_clients as f64,
+        );
+        metric("rooms", g, "Rooms held.", self.rooms as f64);
+        metric("messages", g, "Messages stored.", self.messages as f64);
+        metric(
+            "bytes_stored",
+            g,
+            "Bytes charged against the memory budget.",
+            self.bytes_stored as f64,
+        );
+        metric(
+            "memory_budget_bytes",
+            g,
+            "The memory budget.",
+            self.memory_budget as f64,
+        );
+        metric(
+            "primary",
+            g,
+            "1 if the node accepts writes.",
+            f64::from(u8::from(self.primary)),
+        );
+        metric(
+            "evicted_messages_total",
+            c,
+            "Messages evicted by the memory budget.",
+            self.evicted_messages as f64,
+        );
+        metric(
+            "evicted_bytes_total",
+            c,
+            "Bytes evicted by the memory budget.",
+            self.evicted_bytes as f64,
+        );
+        metric(
+            "published_total",
+            c,
+            "Messages stored from clients.",
+            self.published as f64,
+        );
+        metric(
+            "deduplicated_total",
+            c,
+            "Publishes acknowledged again (repeated id).",
+            self.deduplicated as f64,
+        );
+        metric(
+            "delivered_total",
+            c,
+            "Message deliveries (one per recipient).",
+            self.delivered as f64,
+        );
+        metric(
+            "direct_total",
+            c,
+            "Direct messages relayed (one per recipient).",
+            self.direct as f64,
+        );
+        metric(
+            "refused_total",
+            c,
+            "Connections refused at the client limit.",
+            self.refused as f64,
+        );
+        let _ = writeln!(
+            s,
+            "# HELP ouroboros_relay_errors_total Refused requests by error code."
+        );
+        let _ = writeln!(s, "# TYPE ouroboros_relay_errors_total counter");
+        for (code, n) in &self.errors {
+            let _ = writeln!(s, "ouroboros_relay_errors_total{{code=\"{code}\"}} {n}");
+        }
+        s
+    }
+}
+
 /// How a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Proto {
@@ -256,6 +354,8 @@ pub struct Relay {
     moved: Option<Arc<Payload>>,
     bytes: usize,
     messages: usize,
+    /// The head a new room starts from (raised by [`Relay::open_gap`]; 0 normally).
+    seq_floor: u64,
     m: Metrics,
     errors: [u64; ErrorCode::ALL.len()],
 }
@@ -291,6 +391,7 @@ impl Relay {
             moved: None,
             bytes: 0,
             messages: 0,
+            seq_floor: 0,
             m: Metrics::default(),
             errors: [0; ErrorCode::ALL.len()],
         };
@@ -614,7 +715,8 @@ impl Relay {
                 );
             }
             let name: Arc<str> = room.into();
-            self.rooms.insert(name.clone(), Room::new(name));
+            self.rooms
+                .insert(name.clone(), Room::new(name, self.seq_floor));
         }
         Ok(self.rooms.get_mut(room).expect("inserted above"))
     }
@@ -709,7 +811,7 @@ impl Relay {
             None => false,
         };
         let members: Vec<ConnId> = r.members.iter().copied().collect();
-        if r.head == 0 && r.members.is_empty() {
+        if r.head == self.seq_floor && r.log.is_empty() && r.members.is_empty() {
             // Never-used rooms cost nothing to forget; rooms with a head stay forever
             // (recreating one would reuse sequence numbers).
             self.rooms.remove(room);
@@ -787,11 +889,12 @@ impl Relay {
             .then(|| Arc::<str>::from(legacy::view(msg.body_json(), msg.from(), msg.ts())));
         let entry = Entry { msg, legacy };
         let room_name = entry.msg.room_arc().clone();
+        let floor = self.seq_floor;
         let r = self
             .rooms
             .entry(room_name.clone())
-            .or_insert_with(|| Room::new(room_name.clone()));
-        debug_assert_eq!(entry.msg.seq(), r.head + 1);
+            .or_insert_with(|| Room::new(room_name.clone(), floor));
+        debug_assert!(entry.msg.seq() > r.head);
         r.head = entry.msg.seq();
         if r.log.is_empty() {
             r.evicted_before = r.evicted_before.max(entry.msg.seq());
@@ -1013,7 +1116,7 @@ impl Relay {
                     return self.count_error(ErrorCode::TooLarge);
                 }
                 let room = self.legacy_room.clone();
-                let head = self.rooms.get(&room).map_or(0, |r| r.head);
+                let head = self.rooms.get(&room).map_or(self.seq_floor, |r| r.head);
                 let msg = StoredMessage::new(room, head + 1, from, wall_ms, None, &body);
                 self.m.published += 1;
                 self.store(msg);
@@ -1097,6 +1200,14 @@ impl Relay {
         self.moved = Some(p);
     }
 
+    /// Enables replication and returns the snapshot it follows, in one step: the
+    /// events [`Relay::poll_replication`] yields from now on are exactly what happens
+    /// after this snapshot. The predecessor's answer to `SnapshotNeeded`.
+    pub fn start_replication(&mut self) -> Snapshot {
+        self.set_replication(true);
+        self.export_snapshot()
+    }
+
     /// Starts (`true`) or stops queuing [`ReplicationEvent`]s. Take the snapshot in the
     /// same step as enabling it: events then describe exactly what follows the snapshot.
     /// While enabled, drain [`Relay::poll_replication`] after every call.
@@ -1118,7 +1229,7 @@ impl Relay {
     pub fn high_water(&self) -> BTreeMap<String, u64> {
         self.rooms
             .values()
-            .filter(|r| r.head > 0)
+            .filter(|r| r.head > self.seq_floor)
             .map(|r| (r.name.to_string(), r.head))
             .collect()
     }
@@ -1128,7 +1239,7 @@ impl Relay {
         let mut rooms: Vec<RoomState> = self
             .rooms
             .values()
-            .filter(|r| r.head > 0)
+            .filter(|r| r.head > self.seq_floor)
             .map(|r| RoomState {
                 name: r.name.to_string(),
                 head: r.head,
@@ -1139,17 +1250,13 @@ impl Relay {
         let messages = self
             .order
             .iter()
-            .filter_map(|(room, seq)| {
-                let r = self.rooms.get(room)?;
-                let first = r.first_seq()?;
-                let idx = usize::try_from(seq.checked_sub(first)?).ok()?;
-                r.log.get(idx).map(|e| e.msg.clone())
-            })
+            .filter_map(|(room, seq)| Some(self.rooms.get(room)?.get(*seq)?.msg.clone()))
             .collect();
         Snapshot {
             version: SNAPSHOT_VERSION,
             node: self.config.node.clone(),
             generation: self.config.generation,
+            seq_floor: self.seq_floor,
             rooms,
             messages,
         }
@@ -1159,32 +1266,33 @@ impl Relay {
     /// until the handoff is confirmed). The budget of `config` applies.
     ///
     /// # Errors
-    /// [`RelayError::Snapshot`] if a room's messages are not contiguous, exceed its head,
-    /// or precede its eviction mark, or a message names an unlisted room.
+    /// [`RelayError::Snapshot`] if a room's messages do not increase, exceed its head,
+    /// precede its eviction mark, or skip seqs (allowed only once a crash-restore gap
+    /// was opened in the ring, `seq_floor > 0`), or a message names an unlisted room.
     pub fn restore(
         config: RelayConfig,
         snapshot: Snapshot,
         now: Instant,
     ) -> Result<Relay, RelayError> {
+        let bad = |m: String| Err(RelayError::Snapshot(m));
         let mut r = Relay::new(config, now);
         if snapshot.version != SNAPSHOT_VERSION {
-            return Err(RelayError::Snapshot(format!(
-                "unknown version {}",
-                snapshot.version
-            )));
+            return bad(format!("unknown version {}", snapshot.version));
         }
+        r.seq_floor = snapshot.seq_floor;
+        let holes_allowed = snapshot.seq_floor > 0;
         let mut heads: HashMap<String, u64> = HashMap::new();
         for rs in &snapshot.rooms {
-            if rs.evicted_before == 0 || rs.evicted_before > rs.head + 1 {
-                return Err(RelayError::Snapshot(format!(
+            if rs.evicted_before == 0 || rs.evicted_before > rs.head.saturating_add(1) {
+                return bad(format!(
                     "room {}: evicted_before {} outside 1..={}",
                     rs.name,
                     rs.evicted_before,
-                    rs.head + 1
-                )));
+                    rs.head.saturating_add(1)
+                ));
             }
             let name: Arc<str> = rs.name.as_str().into();
-            let mut room = Room::new(name.clone());
+            let mut room = Room::new(name.clone(), 0);
             room.head = rs.evicted_before - 1;
             room.evicted_before = rs.evicted_before;
             r.rooms.insert(name, room);
@@ -1192,38 +1300,62 @@ impl Relay {
         }
         for m in snapshot.messages {
             let Some(room) = r.rooms.get(m.room()) else {
-                return Err(RelayError::Snapshot(format!(
-                    "message for unlisted room {}",
-                    m.room()
-                )));
+                return bad(format!("message for unlisted room {}", m.room()));
             };
             let head = heads.get(m.room()).copied().unwrap_or(0);
-            if m.seq() != room.head + 1 || m.seq() > head {
-                return Err(RelayError::Snapshot(format!(
+            let next_ok = if holes_allowed {
+                m.seq() > room.head
+            } else {
+                m.seq() == room.head + 1
+            };
+            if !next_ok || m.seq() > head {
+                return bad(format!(
                     "room {}: seq {} after {} (head {head})",
                     m.room(),
                     m.seq(),
                     room.head
-                )));
+                ));
             }
             r.insert(m);
         }
         for (name, head) in heads {
             if let Some(room) = r.rooms.get_mut(name.as_str()) {
-                if room.head != head && !room.log.is_empty() {
-                    return Err(RelayError::Snapshot(format!(
+                if room.head != head && !room.log.is_empty() && !holes_allowed {
+                    return bad(format!(
                         "room {name}: messages end at {} but head is {head}",
                         room.head
-                    )));
+                    ));
                 }
                 room.head = head;
-                if room.log.is_empty() {
-                    room.evicted_before = head + 1;
-                }
             }
         }
         r.enforce_budget();
         Ok(r)
+    }
+
+    /// After a crash restore from a backup that may predate what the lost node
+    /// acknowledged: moves every room's head, and the head new rooms start from, forward
+    /// by `margin`, so no sequence number the lost node may have handed out is ever
+    /// reused and clients resuming with `since` up to `margin` beyond the backup miss
+    /// nothing new. Returns each used room's skipped range `(first, last)` (for the
+    /// `welcome` gap notice, [`Relay::set_gap`]). Call it right after [`Relay::restore`],
+    /// before enabling replication; the floor travels in later snapshots.
+    pub fn open_gap(&mut self, margin: u64) -> BTreeMap<String, (u64, u64)> {
+        debug_assert!(self.replication.is_none(), "open_gap before replication");
+        let old_floor = self.seq_floor;
+        self.seq_floor = self.seq_floor.saturating_add(margin);
+        let mut skipped = BTreeMap::new();
+        for r in self.rooms.values_mut() {
+            let old = r.head;
+            r.head = r.head.saturating_add(margin);
+            if r.log.is_empty() {
+                r.evicted_before = r.head + 1;
+            }
+            if old > old_floor {
+                skipped.insert(r.name.to_string(), (old + 1, r.head));
+            }
+        }
+        skipped
     }
 
     /// Applies one event from the primary (idempotent: a seq at or below the room's head,
@@ -1235,7 +1367,7 @@ impl Relay {
     pub fn apply_replication(&mut self, event: ReplicationEvent) -> Result<Applied, RelayError> {
         match event {
             ReplicationEvent::Stored(m) => {
-                let head = self.rooms.get(m.room()).map_or(0, |r| r.head);
+                let head = self.rooms.get(m.room()).map_or(self.seq_floor, |r| r.head);
                 if m.seq() <= head {
                     return Ok(Applied::Ignored);
                 }
@@ -1259,8 +1391,8 @@ impl Relay {
                     // Nothing stored here for it; remember the mark so seqs continue.
                     if before > 1 {
                         let name: Arc<str> = room.as_str().into();
-                        let mut nr = Room::new(name.clone());
-                        nr.head = before - 1;
+                        let mut nr = Room::new(name.clone(), self.seq_floor);
+                        nr.head = nr.head.max(before - 1);
                         nr.evicted_before = before;
                         self.rooms.insert(name, nr);
                         return Ok(Applied::Applied);

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::store::StoredMessage;
+use super::store::{StoredMessage, push_json_str};
 
 /// Version of the [`Snapshot`] format.
 pub const SNAPSHOT_VERSION: u32 = 1;
@@ -35,6 +35,10 @@ pub struct Snapshot {
     pub node: String,
     /// Generation of the node that took it.
     pub generation: u64,
+    /// The head new rooms start from: 0, or raised by every crash-restore gap
+    /// (`Relay::open_gap`) so seqs are never reused.
+    #[serde(default)]
+    pub seq_floor: u64,
     /// Every room with `head > 0`.
     pub rooms: Vec<RoomState>,
     /// Every stored message, in global store order.
@@ -42,9 +46,28 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// JSON encoding.
+    /// JSON encoding (the serde form, written directly: bodies are copied verbatim).
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a snapshot always serialises")
+        let mut s = String::with_capacity(self.message_bytes() + 256);
+        s.push_str(r#"{"version":"#);
+        s.push_str(&self.version.to_string());
+        s.push_str(r#","node":"#);
+        push_json_str(&mut s, &self.node);
+        s.push_str(r#","generation":"#);
+        s.push_str(&self.generation.to_string());
+        s.push_str(r#","seq_floor":"#);
+        s.push_str(&self.seq_floor.to_string());
+        s.push_str(r#","rooms":"#);
+        s.push_str(&serde_json::to_string(&self.rooms).expect("room states serialise"));
+        s.push_str(r#","messages":["#);
+        for (i, m) in self.messages.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            m.write_json(&mut s);
+        }
+        s.push_str("]}");
+        s.into_bytes()
     }
 
     /// Decodes [`Snapshot::to_json`]'s output.

@@ -14,12 +14,15 @@ pub const ENTRY_OVERHEAD: usize = 160;
 
 /// A message serialised once and shared by every recipient.
 ///
-/// `json()` is the exact JSON text of the message object; `value()` parses it lazily
-/// (once) for drivers whose serialization needs a value tree (BinaryPack, msgpack).
+/// `json()` is the exact JSON text of the message object (send it as is to `json` and
+/// `raw` connections); `codec_value()` parses it once, keeping key order, for
+/// serializations that need a value tree (BinaryPack, msgpack), and every later
+/// recipient shares that tree.
 #[derive(Debug)]
 pub struct Payload {
     json: Arc<str>,
     value: OnceLock<serde_json::Value>,
+    codec: OnceLock<crate::peer::codec::Value>,
 }
 
 impl Payload {
@@ -28,6 +31,7 @@ impl Payload {
         Arc::new(Payload {
             json: json.into(),
             value: OnceLock::new(),
+            codec: OnceLock::new(),
         })
     }
 
@@ -48,9 +52,17 @@ impl Payload {
         self.json.clone()
     }
 
-    /// The message as a JSON value tree, parsed on first use and cached.
+    /// The message as a `serde_json` tree (keys sorted), parsed on first use and cached.
     pub fn value(&self) -> &serde_json::Value {
         self.value.get_or_init(|| {
+            serde_json::from_str(&self.json).expect("the relay only builds valid JSON")
+        })
+    }
+
+    /// The message as a PeerJS codec value (keys in wire order), parsed on first use and
+    /// cached: encode this for `binary`/`msgpack` connections.
+    pub fn codec_value(&self) -> &crate::peer::codec::Value {
+        self.codec.get_or_init(|| {
             serde_json::from_str(&self.json).expect("the relay only builds valid JSON")
         })
     }
@@ -180,6 +192,27 @@ impl StoredMessage {
     pub fn cost(&self) -> usize {
         self.payload.json().len() + ENTRY_OVERHEAD
     }
+    /// Appends the serde form (`{"room","seq","from","ts","id","body"}`) without
+    /// re-validating the body.
+    pub(crate) fn write_json(&self, s: &mut String) {
+        s.push_str(r#"{"room":"#);
+        push_json_str(s, &self.room);
+        s.push_str(r#","seq":"#);
+        s.push_str(&self.seq.to_string());
+        s.push_str(r#","from":"#);
+        push_json_str(s, &self.from);
+        s.push_str(r#","ts":"#);
+        s.push_str(&self.ts.to_string());
+        s.push_str(r#","id":"#);
+        match &self.id {
+            Some(id) => push_json_str(s, id),
+            None => s.push_str("null"),
+        }
+        s.push_str(r#","body":"#);
+        s.push_str(self.body_json());
+        s.push('}');
+    }
+
     pub(crate) fn room_arc(&self) -> &Arc<str> {
         &self.room
     }
@@ -273,7 +306,8 @@ pub(crate) struct Room {
     pub head: u64,
     /// Every seq below this was evicted (1: nothing evicted).
     pub evicted_before: u64,
-    /// Stored messages, seqs `evicted_before..=head`, contiguous.
+    /// Stored messages, seqs increasing within `evicted_before..=head` (contiguous unless
+    /// a crash-restore gap was opened).
     pub log: VecDeque<Entry>,
     /// Connections subscribed.
     pub members: BTreeSet<ConnId>,
@@ -284,11 +318,12 @@ pub(crate) struct Room {
 }
 
 impl Room {
-    pub fn new(name: Arc<str>) -> Room {
+    /// An empty room whose first message gets `floor + 1`.
+    pub fn new(name: Arc<str>, floor: u64) -> Room {
         Room {
             name,
-            head: 0,
-            evicted_before: 1,
+            head: floor,
+            evicted_before: floor + 1,
             log: VecDeque::new(),
             members: BTreeSet::new(),
             presence: HashMap::new(),
@@ -301,17 +336,16 @@ impl Room {
         self.log.front().map(|e| e.msg.seq)
     }
 
-    /// Index in `log` of the first message with `seq > since`.
+    /// Index in `log` of the first message with `seq > since` (seqs increase; they are
+    /// dense except across a crash-restore gap, see `Relay::open_gap`).
     pub fn index_after(&self, since: u64) -> usize {
-        match self.first_seq() {
-            None => 0,
-            Some(first) => {
-                let idx = (since.saturating_add(1)).saturating_sub(first);
-                usize::try_from(idx)
-                    .unwrap_or(usize::MAX)
-                    .min(self.log.len())
-            }
-        }
+        self.log.partition_point(|e| e.msg.seq <= since)
+    }
+
+    /// The stored message with `seq`, if any.
+    pub fn get(&self, seq: u64) -> Option<&Entry> {
+        let i = self.index_after(seq.saturating_sub(1));
+        self.log.get(i).filter(|e| e.msg.seq == seq)
     }
 
     /// The seq a `publish` by `from` with `id` was stored under, if still stored.
@@ -383,8 +417,14 @@ mod tests {
             enc,
             r#"{"room":"r\"","seq":7,"from":"al\nice","ts":1700,"id":"id1","body":{"a":[1,2]}}"#
         );
+        let mut direct = String::new();
+        m.write_json(&mut direct);
+        assert_eq!(direct, enc);
         let back: StoredMessage = serde_json::from_str(&enc).unwrap();
         assert_eq!(back, m);
         assert_eq!(m.payload().value()["body"]["a"][1], 2);
+        let cv = m.payload().codec_value();
+        assert_eq!(cv.get("op").and_then(|v| v.as_str()), Some("msg"));
+        assert_eq!(&cv.to_json(), m.payload().value());
     }
 }

@@ -1122,6 +1122,11 @@ fn snapshot_restore_roundtrip() {
         let h = populated(budget);
         let snap = h.relay.export_snapshot();
         let bytes = snap.to_json();
+        assert_eq!(
+            bytes,
+            serde_json::to_vec(&snap).unwrap(),
+            "fast path = serde form"
+        );
         let decoded = Snapshot::from_json(&bytes).unwrap();
         assert_eq!(decoded, snap);
         let mut c = config();
@@ -1148,7 +1153,10 @@ fn snapshot_restore_roundtrip() {
     }
     // An inconsistent snapshot is refused.
     let mut snap = populated(usize::MAX).relay.export_snapshot();
-    snap.messages.remove(3);
+    let in_a: Vec<usize> = (0..snap.messages.len())
+        .filter(|i| snap.messages[*i].room() == "a")
+        .collect();
+    snap.messages.swap(in_a[0], in_a[1]);
     assert!(Relay::restore(config(), snap, Instant::now()).is_err());
     let mut snap = populated(usize::MAX).relay.export_snapshot();
     snap.rooms[0].head -= 1;
@@ -1310,6 +1318,13 @@ fn fan_out_shares_one_payload() {
     assert_eq!(ptrs.len(), 10);
     assert!(ptrs.iter().all(|p| *p == ptrs[0]));
     assert_eq!(h.relay.metrics().delivered, 10);
+    let prom = h.relay.metrics().to_prometheus();
+    assert!(
+        prom.contains("\nouroboros_relay_delivered_total 10\n"),
+        "{prom}"
+    );
+    assert!(prom.contains("ouroboros_relay_errors_total{code=\"read_only\"} 0\n"));
+    assert!(prom.contains("\nouroboros_relay_clients 11\n"));
 }
 
 #[test]
@@ -1366,4 +1381,311 @@ fn schema_accepts_client_requests_and_rejects_wrong_shapes() {
     for c in ErrorCode::ALL {
         ok("error_code", json!(c.as_str()));
     }
+}
+
+// ----- properties over random operation sequences -----------------------------------
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap as Map;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Connect {
+            conn: u64,
+            declared: bool,
+            name: u8,
+        },
+        Disconnect {
+            conn: u64,
+        },
+        Join {
+            conn: u64,
+            room: u8,
+            since: Option<u64>,
+        },
+        Leave {
+            conn: u64,
+            room: u8,
+        },
+        Publish {
+            conn: u64,
+            room: u8,
+            id: u8,
+            size: usize,
+        },
+        History {
+            conn: u64,
+            room: u8,
+            before: Option<u64>,
+            limit: u32,
+        },
+        Legacy {
+            conn: u64,
+            kind: u8,
+            n: i8,
+        },
+        Garbage {
+            conn: u64,
+            text: String,
+        },
+        Tick {
+            ms: u64,
+        },
+        Drain {
+            on: bool,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let conn = 0u64..6;
+        prop_oneof![
+            (conn.clone(), any::<bool>(), 0u8..4).prop_map(|(conn, declared, name)| Op::Connect {
+                conn,
+                declared,
+                name
+            }),
+            conn.clone().prop_map(|conn| Op::Disconnect { conn }),
+            (conn.clone(), 0u8..4, proptest::option::of(0u64..30))
+                .prop_map(|(conn, room, since)| Op::Join { conn, room, since }),
+            (conn.clone(), 0u8..4).prop_map(|(conn, room)| Op::Leave { conn, room }),
+            (conn.clone(), 0u8..4, 0u8..12, 0usize..300).prop_map(|(conn, room, id, size)| {
+                Op::Publish {
+                    conn,
+                    room,
+                    id,
+                    size,
+                }
+            }),
+            (
+                conn.clone(),
+                0u8..4,
+                proptest::option::of(0u64..40),
+                0u32..8
+            )
+                .prop_map(|(conn, room, before, limit)| Op::History {
+                    conn,
+                    room,
+                    before,
+                    limit
+                }),
+            (conn.clone(), 0u8..4, any::<i8>()).prop_map(|(conn, kind, n)| Op::Legacy {
+                conn,
+                kind,
+                n
+            }),
+            (conn.clone(), ".{0,20}").prop_map(|(conn, text)| Op::Garbage { conn, text }),
+            (0u64..2000).prop_map(|ms| Op::Tick { ms }),
+            any::<bool>().prop_map(|on| Op::Drain { on }),
+        ]
+    }
+
+    const ROOMS: [&str; 4] = ["a", "b", "global", "bad room"];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Whatever clients do: no panic; seqs dense and never reused; heads never go
+        /// back; the budget holds; legacy connections only get strings; each join
+        /// session sees increasing seqs; a replica fed the replication stream and a
+        /// restored snapshot both equal the primary.
+        #[test]
+        fn invariants_hold(ops in proptest::collection::vec(op(), 1..120)) {
+            let mut c = config();
+            c.memory_budget = 3_000;
+            c.limits.rate_burst = 20.0;
+            c.limits.rate_per_sec = 5.0;
+            c.limits.max_rooms_per_client = 3;
+            let mut h = Harness::new(c.clone());
+            h.relay.set_replication(true);
+            let mut replica = Relay::new(c.clone(), h.now);
+            let mut open: Map<u64, bool> = Map::new(); // conn -> declared
+            let mut legacy: std::collections::HashSet<u64> = Default::default();
+            let mut last_seen: Map<(u64, String), u64> = Map::new();
+            let mut hw = h.relay.high_water();
+            for op in ops {
+                h.wall += 1;
+                match op {
+                    Op::Connect { conn, declared, name } => {
+                        let meta = match (declared, name) {
+                            (true, 0) => relay_meta(),
+                            (true, n) => named(&format!("n{n}")),
+                            (false, _) => Value::Null,
+                        };
+                        h.relay.disconnect(h.now, ConnId(conn));
+                        legacy.remove(&conn);
+                        last_seen.retain(|(c, _), _| *c != conn);
+                        h.relay.connect(h.now, ConnId(conn), ConnInfo { peer_id: format!("p{conn}"), metadata: meta });
+                        open.insert(conn, declared);
+                    }
+                    Op::Disconnect { conn } => {
+                        h.relay.disconnect(h.now, ConnId(conn));
+                        open.remove(&conn);
+                        legacy.remove(&conn);
+                        last_seen.retain(|(c, _), _| *c != conn);
+                    }
+                    Op::Join { conn, room, since } => {
+                        last_seen.remove(&(conn, ROOMS[room as usize].to_string()));
+                        let mut m = json!({"op":"join","room":ROOMS[room as usize]});
+                        if let Some(s) = since { m["since"] = json!(s); }
+                        h.relay.handle_message(h.now, h.wall, ConnId(conn), m);
+                    }
+                    Op::Leave { conn, room } => {
+                        h.relay.handle_message(h.now, h.wall, ConnId(conn), json!({"op":"leave","room":ROOMS[room as usize]}));
+                    }
+                    Op::Publish { conn, room, id, size } => {
+                        h.relay.handle_message(h.now, h.wall, ConnId(conn),
+                            json!({"op":"publish","room":ROOMS[room as usize],"id":format!("i{id}"),"body":"x".repeat(size)}));
+                    }
+                    Op::History { conn, room, before, limit } => {
+                        let mut m = json!({"op":"history","room":ROOMS[room as usize],"limit":limit});
+                        if let Some(b) = before { m["before"] = json!(b); }
+                        h.relay.handle_message(h.now, h.wall, ConnId(conn), m);
+                    }
+                    Op::Legacy { conn, kind, n } => {
+                        let s = match kind {
+                            0 => n.to_string(),
+                            1 => format!(r#"{{"userName":"u{n}","message":"m"}}"#),
+                            2 => "ping".to_string(),
+                            _ => format!("junk {n}"),
+                        };
+                        if open.contains_key(&conn) && !open[&conn] && !legacy.contains(&conn) {
+                            // First message of an undeclared connection decides.
+                            legacy.insert(conn);
+                            let before = h.relay.metrics().legacy_clients;
+                            h.relay.handle_message(h.now, h.wall, ConnId(conn), json!(s));
+                            if h.relay.metrics().legacy_clients == before { legacy.remove(&conn); }
+                        } else {
+                            h.relay.handle_message(h.now, h.wall, ConnId(conn), json!(s));
+                        }
+                    }
+                    Op::Garbage { conn, text } => {
+                        h.relay.handle_message(h.now, h.wall, ConnId(conn), json!({"op": text, "room": 1}));
+                    }
+                    Op::Tick { ms } => h.now += Duration::from_millis(ms),
+                    Op::Drain { on } => h.relay.set_mode(if on { Mode::Draining } else { Mode::Primary }),
+                }
+                // Outputs: schema-valid (checked in drain), strings only for legacy.
+                for (conn, v) in h.drain() {
+                    if legacy.contains(&conn) {
+                        prop_assert!(v.get("text").is_some() || v.get("close").is_some(), "legacy got {v}");
+                    }
+                    if v["op"] == "msg" {
+                        let key = (conn, v["room"].as_str().unwrap().to_string());
+                        let seq = v["seq"].as_u64().unwrap();
+                        if let Some(prev) = last_seen.get(&key) {
+                            prop_assert!(seq > *prev, "seq {seq} after {prev} on {key:?}");
+                        }
+                        last_seen.insert(key, seq);
+                    }
+                }
+                // Heads never go back; each room's log is contiguous up to its head.
+                let now_hw = h.relay.high_water();
+                for (room, head) in &hw {
+                    prop_assert!(now_hw.get(room).copied().unwrap_or(0) >= *head);
+                }
+                hw = now_hw;
+                let m = h.relay.metrics();
+                prop_assert!(m.bytes_stored <= 3_000 || m.messages <= 1, "{m:?}");
+                for (name, st) in h.relay.room_stats() {
+                    prop_assert_eq!(st.evicted_before + st.messages as u64, st.head + 1, "room {}", name);
+                }
+                // The replica follows.
+                while let Some(e) = h.relay.poll_replication() {
+                    replica.apply_replication(e).unwrap();
+                }
+                while replica.poll_output().is_some() {}
+            }
+            prop_assert_eq!(replica.high_water(), h.relay.high_water());
+            prop_assert_eq!(replica.export_snapshot().messages, h.relay.export_snapshot().messages);
+            let snap = h.relay.export_snapshot();
+            let restored = Relay::restore(c, Snapshot::from_json(&snap.to_json()).unwrap(), h.now).unwrap();
+            prop_assert_eq!(restored.export_snapshot(), snap);
+        }
+    }
+}
+
+// ----- crash restore: gap, never reusing seqs ---------------------------------------
+
+#[test]
+fn crash_restore_opens_a_gap_and_never_reuses_seqs() {
+    let mut p = Harness::new(config());
+    p.open_relay(1, "p1", named("alice"));
+    for i in 1..=5 {
+        p.publish(1, "a", &format!("m{i}"), json!(i));
+    }
+    let backup = p.relay.export_snapshot().to_json();
+    // Acknowledged after the backup, then the node dies.
+    for i in 6..=8 {
+        p.publish(1, "a", &format!("m{i}"), json!(i));
+    }
+    p.publish(1, "fresh", "f1", json!(1));
+    p.publish(1, "fresh", "f2", json!(2));
+
+    let mut s = Relay::restore(
+        config(),
+        Snapshot::from_json(&backup).unwrap(),
+        Instant::now(),
+    )
+    .unwrap();
+    let skipped = s.open_gap(1000);
+    assert_eq!(skipped, [("a".to_string(), (6, 1005))].into());
+    s.set_gap(Some(
+        json!({"reason": "restored from backup", "rooms": {"a": [6, 1005]}}),
+    ));
+    let mut h = Harness::from_relay(s);
+    let out = h.open(1, "alice-new-peer", named("alice"));
+    assert_eq!(out[0].1["gap"]["rooms"]["a"], json!([6, 1005]));
+    // The client resumes with what it saw on the lost node; new messages are beyond it.
+    h.check(
+        1,
+        json!({"op":"join","room":"a","since":8}),
+        &[joined(1, "a", 1005), presence(1, "a", &["alice"], &[])],
+    );
+    assert_eq!(h.publish(1, "a", "n1", json!("after")), 1006);
+    let out = h.send(1, json!({"op":"join","room":"fresh","since":2}));
+    assert_eq!(out[0], joined(1, "fresh", 1000));
+    assert_eq!(h.publish(1, "fresh", "f3", json!(3)), 1001);
+    // Dedup still holds for what the backup had.
+    assert_eq!(h.publish(1, "a", "m3", json!(3)), 3);
+    // History pages across the gap.
+    let out = h.send(1, json!({"op":"history","room":"a","limit":3}));
+    let seqs: Vec<u64> = out[0].1["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![1006, 5, 4]);
+    let out = h.send(1, json!({"op":"join","room":"a","since":4}));
+    let seqs: Vec<u64> = out.iter().filter_map(|(_, v)| v["seq"].as_u64()).collect();
+    assert_eq!(seqs, vec![5, 1006]);
+    // A room that only existed for a moment is forgotten, and starts at the floor again.
+    h.send(1, json!({"op":"join","room":"brief"}));
+    h.send(1, json!({"op":"leave","room":"brief"}));
+    assert!(!h.relay.room_stats().contains_key("brief"));
+    // The floor and the holes travel to the next generation, by snapshot and by tail.
+    let snap = h.relay.start_replication();
+    assert_eq!(snap.seq_floor, 1000);
+    let mut next = Relay::restore(
+        config(),
+        Snapshot::from_json(&snap.to_json()).unwrap(),
+        Instant::now(),
+    )
+    .unwrap();
+    assert_eq!(next.export_snapshot(), snap);
+    assert_eq!(h.publish(1, "a", "n2", json!(2)), 1007);
+    assert_eq!(h.publish(1, "other", "o1", json!(1)), 1001);
+    while let Some(e) = h.relay.poll_replication() {
+        next.apply_replication(e).unwrap();
+    }
+    assert_eq!(next.high_water(), h.relay.high_water());
+    assert_eq!(next.export_snapshot(), h.relay.export_snapshot());
+    // Without a floor, holes are refused.
+    let mut bad = populated(usize::MAX).relay.export_snapshot();
+    bad.messages.remove(3);
+    assert!(Relay::restore(config(), bad.clone(), Instant::now()).is_err());
+    bad.seq_floor = 10;
+    assert!(Relay::restore(config(), bad, Instant::now()).is_ok());
 }

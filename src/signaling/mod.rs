@@ -84,7 +84,8 @@ impl std::fmt::Debug for Signaling {
 impl Signaling {
     /// Creates the realm and starts its timer task (expiry, liveness). Must be called inside
     /// a Tokio runtime; the timer task ends when [`Signaling::serve`] shuts down.
-    pub fn new(config: SignalConfig) -> Signaling {
+    pub fn new(mut config: SignalConfig) -> Signaling {
+        config.path = config::normalise_path(&config.path);
         Signaling {
             shared: server::Shared::new(config),
         }

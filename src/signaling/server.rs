@@ -304,18 +304,43 @@ pub(crate) fn router(shared: &Arc<Shared>, with_info: bool) -> Router {
             r = r.route(base.trim_end_matches('/'), get(info_route));
         }
     }
-    let r = with_cors(
+    r = r.route(&format!("{base}peerjs"), get(ws_route));
+    if with_info {
+        // Like the reference, unknown paths under the mount get Express's 404 (with CORS).
+        r = r.fallback(not_found);
+    }
+    with_cors(
         shared,
         r.with_state(AppState {
             shared: shared.clone(),
         }),
-    );
-    r.route(
-        &format!("{base}peerjs"),
-        get(ws_route).with_state(AppState {
-            shared: shared.clone(),
-        }),
     )
+}
+
+/// Express's 404 page (`Cannot GET /path`), `text/html`.
+async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    let mut path = String::new();
+    for c in uri.path().chars() {
+        match c {
+            '<' => path.push_str("&lt;"),
+            '>' => path.push_str("&gt;"),
+            '&' => path.push_str("&amp;"),
+            '"' => path.push_str("&quot;"),
+            c => path.push(c),
+        }
+    }
+    let body = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>Error</title>\n</head>\n<body>\n<pre>Cannot {method} {path}</pre>\n</body>\n</html>\n"
+    );
+    (
+        StatusCode::NOT_FOUND,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Wraps `router` in the reference's CORS behaviour.
@@ -461,7 +486,10 @@ async fn ws_route(
     headers: HeaderMap,
 ) -> Response {
     let Ok(upgrade) = upgrade else {
-        return StatusCode::NOT_FOUND.into_response();
+        let uri = format!("{}peerjs", shared.config.path)
+            .parse()
+            .unwrap_or_default();
+        return not_found(Method::GET, uri).await;
     };
     let query = Query::parse(query.as_deref().unwrap_or(""));
     let addr = client_addr(&shared, remote.map(|r| r.0.0.0), &headers);
@@ -547,11 +575,16 @@ async fn run_socket(shared: Arc<Shared>, mut ws: WebSocket, query: Query, addr: 
         }
     };
     let span = tracing::debug_span!("socket", conn, id = id.as_deref().unwrap_or("-"));
-    drive_socket(&shared, &mut ws, conn, id.as_deref(), &outbox)
+    let close_handshake = drive_socket(&shared, &mut ws, conn, id.as_deref(), &outbox)
         .instrument(span)
         .await;
+    // Unregister before completing the close handshake: once a client sees its close
+    // acknowledged, its id is free.
     outbox.mark_gone();
     shared.with_realm(|realm, now| realm.disconnect(now, conn, id.as_deref()));
+    if close_handshake {
+        linger(&mut ws).await;
+    }
     shared.sockets.fetch_sub(1, Ordering::Relaxed);
 }
 
@@ -561,11 +594,11 @@ async fn drive_socket(
     conn: ConnId,
     id: Option<&str>,
     outbox: &Outbox,
-) {
+) -> bool {
     loop {
         let (frames, close, killed) = outbox.take();
         if killed {
-            return;
+            return false;
         }
         if !frames.is_empty() || close.is_some() {
             let result = tokio::select! {
@@ -574,11 +607,10 @@ async fn drive_socket(
                 _ = shared.shutdown.cancelled() => false,
             };
             if !result {
-                return;
+                return false;
             }
             if close.is_some() {
-                linger(ws).await;
-                return;
+                return true;
             }
             continue;
         }
@@ -586,22 +618,18 @@ async fn drive_socket(
             biased;
             _ = shared.shutdown.cancelled() => {
                 let bye = Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }));
-                if tokio::time::timeout(LINGER, ws.send(bye)).await.is_ok_and(|r| r.is_ok()) {
-                    linger(ws).await;
-                }
-                return;
+                return tokio::time::timeout(LINGER, ws.send(bye)).await.is_ok_and(|r| r.is_ok());
             }
             _ = outbox.notify.notified() => {}
             msg = ws.recv() => match msg {
-                None => return,
+                None => return false,
                 Some(Ok(Message::Text(t))) => on_frame(shared, conn, id, t.as_str()),
                 Some(Ok(Message::Binary(b))) => match std::str::from_utf8(&b) {
                     Ok(t) => on_frame(shared, conn, id, t),
                     Err(_) => on_frame(shared, conn, id, "\u{0}"),
                 },
                 Some(Ok(Message::Close(_))) => {
-                    linger(ws).await;
-                    return;
+                    return true;
                 }
                 Some(Ok(_)) => {} // ping/pong: tungstenite answers pings itself
                 Some(Err(e)) => {
@@ -611,7 +639,7 @@ async fn drive_socket(
                         let (frames, close, _) = outbox.take();
                         let _ = tokio::time::timeout(LINGER, write_batch(ws, frames, close)).await;
                     }
-                    return;
+                    return false;
                 }
             },
         }

@@ -340,6 +340,10 @@ scenario(
     await s.recv('B');
     s.send('A', { type: 'OFFER', dst: 'B', payload: 42 });
     await s.recv('B');
+    s.send('A', { type: 'OFFER', dst: 'B', payload: null });
+    await s.recv('B');
+    s.send('A', { type: 'ANSWER', dst: 'B', payload: [1, { k: 'v' }, 'x'] });
+    await s.recv('B');
     s.send('A', { type: 'LEAVE', dst: 'B' });
     await s.recv('B');
     s.send('B', { type: 'EXPIRE', dst: 'A', payload: { x: 1 } });
