@@ -321,7 +321,7 @@ impl ConnectionSender {
     }
 
     /// Waits for budget for `frames` (or the close), then queues them.
-    async fn send_frames(&self, frames: Vec<Frame>) -> Result<(), ConnectionError> {
+    async fn queue_frames(&self, frames: Vec<Frame>) -> Result<(), ConnectionError> {
         if frames.is_empty() {
             return Ok(());
         }
@@ -346,7 +346,7 @@ impl ConnectionSender {
         }
         let mut enc = self.encoder.lock().await;
         let frames = enc.encode(v)?;
-        self.send_frames(frames).await
+        self.queue_frames(frames).await
     }
 
     /// Like [`send`](Self::send) but never waits: [`ConnectionError::Full`] when the queue
@@ -393,7 +393,22 @@ impl ConnectionSender {
         }
         let mut enc = self.encoder.lock().await;
         let frames = enc.encode_pre(pre)?;
-        self.send_frames(frames).await
+        self.queue_frames(frames).await
+    }
+
+    /// Sends frames that are already encoded for this connection's serialization (e.g. one
+    /// `json` or `raw` encoding shared by many connections), in order, with the same
+    /// back-pressure as [`send`](Self::send). Prefer [`send_pre`](Self::send_pre), which
+    /// also handles chunked `binary` and `msgpack` correctly.
+    ///
+    /// # Errors
+    /// [`ConnectionError::Closed`].
+    pub async fn send_frames(&self, frames: &[Frame]) -> Result<(), ConnectionError> {
+        if self.is_closed() {
+            return Err(ConnectionError::Closed);
+        }
+        let _order = self.encoder.lock().await;
+        self.queue_frames(frames.to_vec()).await
     }
 
     /// [`send_pre`](Self::send_pre) without waiting; see [`try_send`](Self::try_send).
@@ -448,7 +463,7 @@ impl ConnectionSender {
                 };
                 if frames.is_empty() {
                     self.drained().await;
-                } else if self.send_frames(frames).await.is_ok() {
+                } else if self.queue_frames(frames).await.is_ok() {
                     self.core.closed.cancelled().await;
                 }
             };
