@@ -1788,3 +1788,87 @@ async fn full_cloud_cycle_runs_several_generations() {
         let _ = child.wait();
     }
 }
+
+#[tokio::test]
+async fn node_with_a_failing_tunnel_keeps_serving_and_says_so() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    ouroboros::install_crypto_provider();
+    let data = tempfile::tempdir().unwrap();
+    // A closed port as ngrok's ingress: the session fails at once, whatever the network.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ouroboros"))
+        .args([
+            "node",
+            "--port",
+            "0",
+            "--tunnel",
+            "ngrok",
+            "--tunnel-timeout",
+            "5s",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .env("NGROK_AUTHTOKEN", "2fakeNgrokTokenForTheNodeTest")
+        .env("OUROBOROS_NGROK_SERVER_ADDR", closed.to_string())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let wait = Duration::from_secs(60);
+    let listen = tokio::time::timeout(wait, async {
+        while let Some(l) = stdout.next_line().await.unwrap() {
+            if let Some(u) = l.strip_prefix("listening on ") {
+                return u.trim().to_string();
+            }
+        }
+        panic!("node exited before listening")
+    })
+    .await
+    .expect("node listening");
+    // The failure is logged (an event on stderr, not a timer) …
+    let logged = tokio::time::timeout(wait, async {
+        while let Some(l) = stderr.next_line().await.unwrap() {
+            if l.contains("tunnel failed") {
+                return l;
+            }
+        }
+        panic!("node exited without reporting the tunnel")
+    })
+    .await
+    .expect("tunnel failure logged");
+    assert!(logged.contains("ngrok"), "{logged}");
+    assert!(
+        !logged.contains("2fakeNgrokTokenForTheNodeTest"),
+        "{logged}"
+    );
+    // … the node still serves, and /status says why there is no tunnel.
+    let base = url::Url::parse(&listen).unwrap();
+    let status: Value = reqwest::Client::new()
+        .get(base.join("/status.json").unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tunnel = status["tunnel"].as_str().unwrap_or_default();
+    assert!(
+        tunnel.starts_with("failed: ngrok session failed"),
+        "{status}"
+    );
+    let record: Value = reqwest::get(base.join("/ouroboros.json").unwrap())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(record.get("tunnel_url").is_none(), "{record}");
+    child.kill().await.unwrap();
+}

@@ -1151,6 +1151,8 @@ impl Relay {
         message: &str,
         reference: Option<&str>,
     ) {
+        let message = truncate(message, MAX_ERROR_TEXT);
+        let reference = reference.map(|r| truncate(r, MAX_ERROR_TEXT));
         tracing::debug!(conn = conn.0, %code, message, "request refused");
         self.count_error(code);
         self.send_to(conn, &error_payload(code, message, reference));
@@ -1474,6 +1476,21 @@ pub struct RoomStats {
     pub messages: usize,
     /// Subscribed connections.
     pub members: usize,
+}
+
+/// Longest `message` and `ref` of an `error` (they may quote client input).
+const MAX_ERROR_TEXT: usize = 256;
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// A string holding a JSON object with a string `op`: a relay request sent as text.

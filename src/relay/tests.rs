@@ -170,6 +170,18 @@ fn assert_schema(out: &Outgoing) {
     };
     let errs = schema_errors(def, &v);
     assert!(errs.is_empty(), "{v} breaks the schema: {errs:#?}");
+    // The Rust client's wire types read every relay message, losslessly.
+    if def == "server" {
+        let typed: wire::ServerMessage = serde_json::from_value(v.clone())
+            .unwrap_or_else(|e| panic!("ServerMessage cannot read {v}: {e}"));
+        let mut back = serde_json::to_value(&typed).unwrap();
+        if let Some(ms) = back.get_mut("messages").and_then(Value::as_array_mut) {
+            for m in ms {
+                m["op"] = json!("msg"); // history elements are full msg objects
+            }
+        }
+        assert_eq!(back, v, "wire types changed the message");
+    }
 }
 
 /// An output as a comparable value: `Object` → the parsed object, `Text` →
@@ -761,6 +773,13 @@ fn every_limit_and_error_code() {
         json!({"op":"direct","to":"p1","body":"x".repeat(100)}),
         "too_large",
         json!("direct"),
+    );
+    // Error texts quoting client input stay short.
+    let out = h.send(1, json!({"op":"join","room":"r","since":"é".repeat(5000)}));
+    let text = out[0].1["message"].as_str().unwrap();
+    assert!(
+        text.len() <= 256 && text.starts_with("invalid type"),
+        "{text}"
     );
     // Exactly at the limit is fine (98 chars + 2 quotes = 100 bytes).
     assert_eq!(h.publish(1, "r", "fits", json!("x".repeat(98))), 1);
