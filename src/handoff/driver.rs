@@ -16,7 +16,7 @@ use crate::discovery::{DiscoveryError, SignalingEndpoint};
 use crate::peer::DataConnection;
 use crate::peer::codec::{Serialization, Value};
 use crate::relay::{Mode, Relay, RelayConfig, ReplicationEvent, Snapshot};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,6 +54,12 @@ pub trait HandoffHost: Send + Sync + 'static {
     fn high_water(&self) -> HighWater;
     /// (Successor) starts accepting writes.
     fn set_primary(&self);
+    /// A snapshot for the backup store (replication untouched) and the heads it holds.
+    fn backup_snapshot(&self) -> (Vec<u8>, HighWater);
+    /// (Successor, crash recovery) moves every head forward by `margin`
+    /// (`Relay::open_gap`) and announces `notice` in `welcome.gap` (with the skipped
+    /// ranges added as `skipped`). Returns the skipped ranges.
+    fn open_gap(&self, margin: u64, notice: serde_json::Value) -> BTreeMap<String, (u64, u64)>;
 }
 
 /// A [`Relay`] behind a mutex, shared with the node; `changed` is notified after every
@@ -154,6 +160,33 @@ impl HandoffHost for SharedRelay {
     }
     fn set_primary(&self) {
         self.with(|r| r.set_mode(Mode::Primary));
+    }
+    fn backup_snapshot(&self) -> (Vec<u8>, HighWater) {
+        let (snap, hw) = {
+            let r = self.relay.lock().expect("relay lock poisoned");
+            (r.export_snapshot(), r.high_water())
+        };
+        (snap.to_json(), hw)
+    }
+    fn open_gap(&self, margin: u64, notice: serde_json::Value) -> BTreeMap<String, (u64, u64)> {
+        self.with(|r| {
+            let skipped = r.open_gap(margin);
+            let mut notice = notice;
+            if let Some(o) = notice.as_object_mut() {
+                o.insert(
+                    "skipped".into(),
+                    serde_json::to_value(
+                        skipped
+                            .iter()
+                            .map(|(k, (a, b))| (k.clone(), [*a, *b]))
+                            .collect::<BTreeMap<_, _>>(),
+                    )
+                    .expect("ranges serialize"),
+                );
+            }
+            r.set_gap(Some(notice));
+            skipped
+        })
     }
 }
 

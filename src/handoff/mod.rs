@@ -8,6 +8,7 @@
 //! - [`auth`]: the mutual HMAC-SHA256 proofs.
 //! - [`message`]: wire messages and their `json`/`binary` encodings.
 //! - [`driver`]: the async drivers over PeerJS DataConnections and a [`HandoffHost`].
+//! - [`recovery`]: periodic backups and the successor's fallback when the predecessor died.
 //! - [`backup`]: periodic snapshots for crash safety ([`BackupStore`], [`DirBackupStore`]).
 
 pub mod auth;
@@ -15,6 +16,7 @@ pub mod backup;
 pub mod driver;
 pub mod message;
 mod predecessor;
+pub mod recovery;
 mod secret;
 mod successor;
 
@@ -24,6 +26,7 @@ pub use driver::{
 };
 pub use message::{HANDOFF_LABEL, HighWater, Message, RefuseCode};
 pub use predecessor::{ConnId, Predecessor, PredecessorEvent, PredecessorPhase, Transmit};
+pub use recovery::{DEFAULT_GAP_MARGIN, Recovery, RecoverySource, recover, spawn_backups};
 pub use secret::{MIN_SECRET_LEN, SECRET_ENV, Secret, SecretError};
 pub use successor::{
     GiveUpReason, Successor, SuccessorConfig, SuccessorEvent, SuccessorPhase, Transferred,
