@@ -523,9 +523,41 @@ pub async fn run(
     args: NodeArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let tunnel = args.tunnel.build();
+    let publishes = !args.lifecycle.is_successor();
     let node = Node::start(args).await?;
+    let tunnel = attach_tunnel(&node, tunnel.as_ref(), publishes).await;
     shutdown.await;
     tracing::info!("shutting down");
+    if let Some(t) = tunnel {
+        t.close().await;
+    }
     node.shutdown().await;
     Ok(())
+}
+
+/// Opens the tunnel in front of the node's HTTP server. Never fails: a tunnel that does not
+/// come up is logged and shown on `/status`, and the node keeps serving without it. When up,
+/// the record gains `tunnel_url` and the tunnel's signaling endpoint (right after the node's
+/// own), and is republished if this node publishes (a successor publishes after its handoff).
+pub async fn attach_tunnel(
+    node: &Node,
+    tunnel: &dyn crate::tunnel::Tunnel,
+    publish: bool,
+) -> Option<crate::tunnel::TunnelHandle> {
+    let (status, handle) = crate::tunnel::establish(tunnel, node.local_addr()).await;
+    node.set_tunnel_status(status.to_string());
+    if let Some(url) = status.url() {
+        let mut record = node.record();
+        record.tunnel_url = Some(url.to_string());
+        let own = record.signaling.first().cloned();
+        if let Some(ep) = own.and_then(|o| status.signaling_endpoint(&o.path, &o.key)) {
+            record.signaling.insert(1.min(record.signaling.len()), ep);
+        }
+        node.set_record(record);
+        if publish {
+            node.publish().await;
+        }
+    }
+    handle
 }

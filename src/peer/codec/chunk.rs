@@ -68,6 +68,12 @@ impl Reassembler {
         self.partials.len()
     }
 
+    /// Bytes held in partial messages.
+    #[cfg(test)]
+    pub(crate) fn buffered_bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Handles one packed frame: returns the message or close it completes, if any.
     pub(crate) fn handle(
         &mut self,

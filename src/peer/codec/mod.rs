@@ -46,6 +46,8 @@ mod msgpack;
 mod value;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod vectors;
