@@ -303,6 +303,7 @@ proptest! {
             let _ = dec.decode(Frame::Binary(binarypack::pack(&frame).unwrap().into()));
             prop_assert!(dec.partial_messages() <= 3);
             prop_assert!(dec.chunks.buffered_bytes() <= 10_000);
+            prop_assert!(dec.chunks.buffered_bytes() <= 3 * 8000);
         }
     }
 }
