@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use ouroboros::client::{Client, ClientConfig, ClientError, Event, Target};
-use ouroboros::handoff::HandoffHost;
 use ouroboros::node::{Node, NodeArgs};
 use ouroboros::peer::{ConnectOptions, Peer, PeerConfig, Serialization, Value};
 use serde_json::json;
@@ -344,10 +343,27 @@ async fn client_follows_moved_rejoins_with_since_and_resends_unacked() {
     // B already holds seq 1 (as a handoff would have brought it).
     let (seed, _sev) = client(&b, "seed", Serialization::Json).await;
     seed.publish("r", json!("on a")).await.unwrap();
-    // A announces the move through the handoff seam (what the predecessor driver calls);
-    // the node dispatches the `moved` notices at once.
+    // A announces the move.
     let rb = b.record();
-    HandoffHost::announce_moved(&a.shared_relay(), &rb.peer_id, &rb.signaling, rb.generation);
+    a.relay()
+        .with_relay(move |r| {
+            r.announce_moved(
+                &rb.peer_id,
+                &rb.signaling
+                    .iter()
+                    .map(|e| ouroboros::relay::wire::SignalingEndpoint {
+                        host: e.host.clone(),
+                        port: e.port,
+                        path: e.path.clone(),
+                        key: e.key.clone(),
+                        secure: e.secure,
+                    })
+                    .collect::<Vec<_>>(),
+                rb.generation,
+            )
+        })
+        .await
+        .unwrap();
     let (peer_id, generation) = next_matching(&mut ev, |e| match e {
         Event::Moved {
             peer_id,

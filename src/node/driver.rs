@@ -16,7 +16,6 @@ use serde_json::Value as Json;
 use tokio::sync::{mpsc, oneshot};
 
 use super::status::{RelayFigures, RoomStatus};
-use crate::handoff::SharedRelay;
 use crate::peer::{ConnectionSender, DataConnection, Frame, Serialization, Value};
 use crate::relay::{CloseReason, ConnId, ConnInfo, Outgoing, Output, Relay};
 
@@ -66,7 +65,6 @@ struct Counters {
 #[derive(Clone)]
 pub struct RelayHandle {
     tx: mpsc::Sender<Input>,
-    shared: SharedRelay,
     next_conn: Arc<AtomicU64>,
     counters: Arc<Counters>,
 }
@@ -101,16 +99,13 @@ fn approx_size(v: &Value) -> u64 {
 }
 
 impl RelayHandle {
-    /// Starts the relay task. The relay lives behind a mutex ([`SharedRelay`]) so the
-    /// handoff drivers can act on it directly; the task drains its output whenever it
-    /// handled an input or `changed` was notified.
-    pub fn spawn(shared: SharedRelay) -> RelayHandle {
+    /// Starts the relay task.
+    pub fn spawn(relay: Relay) -> RelayHandle {
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
         let counters = Arc::new(Counters::default());
-        tokio::spawn(relay_task(shared.clone(), rx, counters.clone()));
+        tokio::spawn(relay_task(relay, rx, counters.clone()));
         RelayHandle {
             tx,
-            shared,
             next_conn: Arc::new(AtomicU64::new(1)),
             counters,
         }
@@ -159,11 +154,6 @@ impl RelayHandle {
             }
             let _ = tx.send(Input::Closed { conn: id }).await;
         });
-    }
-
-    /// The relay shared with the handoff drivers (`HandoffHost`).
-    pub fn shared(&self) -> &SharedRelay {
-        &self.shared
     }
 
     /// The relay's figures and busiest rooms now.
@@ -218,67 +208,47 @@ impl Rates {
     }
 }
 
-async fn relay_task(host: SharedRelay, mut rx: mpsc::Receiver<Input>, counters: Arc<Counters>) {
+async fn relay_task(mut relay: Relay, mut rx: mpsc::Receiver<Input>, counters: Arc<Counters>) {
     let mut writers: HashMap<ConnId, mpsc::Sender<WriteItem>> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rates = Rates {
         samples: VecDeque::new(),
     };
-    let mut out: Vec<Output> = Vec::new();
     loop {
         let input = tokio::select! {
             i = rx.recv() => match i {
-                Some(i) => Some(i),
+                Some(i) => i,
                 None => break,
             },
-            _ = host.changed.notified() => None,
             _ = tick.tick() => {
-                let m = host.relay.lock().expect("relay lock poisoned").metrics();
+                let m = relay.metrics();
                 rates.sample(Instant::now(), m.published, m.delivered);
                 continue;
             }
         };
         let now = Instant::now();
-        {
-            let mut relay = host.relay.lock().expect("relay lock poisoned");
-            match input {
-                None => {}
-                Some(Input::Open { conn, info, writer }) => {
-                    writers.insert(conn, writer);
-                    relay.connect(now, conn, info);
-                }
-                Some(Input::Message { conn, msg }) => {
-                    if writers.contains_key(&conn) {
-                        relay.handle_message(now, wall_ms(), conn, msg);
-                    }
-                }
-                Some(Input::Closed { conn }) => {
-                    if writers.remove(&conn).is_some() {
-                        relay.disconnect(now, conn);
-                    }
-                }
-                Some(Input::Figures(reply)) => {
-                    let _ = reply.send(figures(&relay, &counters, &rates));
-                }
-                Some(Input::Run(f)) => f(&mut relay),
+        match input {
+            Input::Open { conn, info, writer } => {
+                writers.insert(conn, writer);
+                relay.connect(now, conn, info);
             }
-            // Drain everything queued (also what handoff calls queued meanwhile); dispatch
-            // without holding the lock.
-            out.extend(std::iter::from_fn(|| relay.poll_output()));
-        }
-        let mut slow = dispatch(out.drain(..), &mut writers, &counters);
-        // Disconnecting slow clients may queue presence updates for the others.
-        while !slow.is_empty() {
-            {
-                let mut relay = host.relay.lock().expect("relay lock poisoned");
-                for conn in slow.drain(..) {
+            Input::Message { conn, msg } => {
+                if writers.contains_key(&conn) {
+                    relay.handle_message(now, wall_ms(), conn, msg);
+                }
+            }
+            Input::Closed { conn } => {
+                if writers.remove(&conn).is_some() {
                     relay.disconnect(now, conn);
                 }
-                out.extend(std::iter::from_fn(|| relay.poll_output()));
             }
-            slow = dispatch(out.drain(..), &mut writers, &counters);
+            Input::Figures(reply) => {
+                let _ = reply.send(figures(&relay, &counters, &rates));
+            }
+            Input::Run(f) => f(&mut relay),
         }
+        dispatch(&mut relay, &mut writers, &counters, now);
     }
 }
 
@@ -323,15 +293,14 @@ fn figures(relay: &Relay, counters: &Counters, rates: &Rates) -> (RelayFigures, 
     (f, rooms)
 }
 
-/// Hands outputs to the writers. Returns the connections that were too slow (their queue
-/// was full): they are dropped here and must be disconnected from the relay.
 fn dispatch(
-    outputs: impl Iterator<Item = Output>,
+    relay: &mut Relay,
     writers: &mut HashMap<ConnId, mpsc::Sender<WriteItem>>,
     counters: &Counters,
-) -> Vec<ConnId> {
+    now: Instant,
+) {
     let mut slow: Vec<ConnId> = Vec::new();
-    for out in outputs {
+    while let Some(out) = relay.poll_output() {
         match out {
             Output::Send { conn, message } => {
                 let Some(w) = writers.get(&conn) else {
@@ -343,15 +312,9 @@ fn dispatch(
                         counters.bytes_out.fetch_add(len, Ordering::Relaxed);
                     }
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        // The writer closes the connection once its queue is dropped.
-                        writers.remove(&conn);
-                        counters.slow_disconnects.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            conn = conn.0,
-                            queue = WRITE_QUEUE,
-                            "disconnecting slow client: send queue full"
-                        );
-                        slow.push(conn);
+                        if !slow.contains(&conn) {
+                            slow.push(conn);
+                        }
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
@@ -368,7 +331,20 @@ fn dispatch(
             }
         }
     }
-    slow
+    for conn in slow {
+        if let Some(w) = writers.remove(&conn) {
+            counters.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                conn = conn.0,
+                queue = WRITE_QUEUE,
+                "disconnecting slow client: send queue full"
+            );
+            drop(w); // the writer closes the connection once its queue is gone
+            relay.disconnect(now, conn);
+            // Messages the relay queued for others because of this disconnect (presence).
+            dispatch(relay, writers, counters, now);
+        }
+    }
 }
 
 /// The frame(s) for one message on a connection whose serialization lets every recipient

@@ -27,9 +27,8 @@ use tokio_util::sync::CancellationToken;
 use crate::discovery::{
     DiscoveryRecord, LocalPublisher, Publisher, RECORD_VERSION, SignalingEndpoint,
 };
-use crate::handoff::{HANDOFF_LABEL, SharedRelay};
 use crate::lifecycle::LifecycleArgs;
-use crate::peer::{DataConnection, PeerConfig};
+use crate::peer::PeerConfig;
 use crate::relay::{Relay, RelayConfig, wire::Limits};
 use crate::signaling::{SignalArgs, SignalConfig, Signaling};
 use crate::tunnel::TunnelArgs;
@@ -146,31 +145,6 @@ pub struct NodeShared {
     signaling: Signaling,
     lifecycle: RwLock<LifecycleView>,
     tunnel: RwLock<String>,
-    /// Where DataConnections labelled `ouroboros-handoff` go (set by the lifecycle code).
-    handoff: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<DataConnection>>>,
-}
-
-impl NodeShared {
-    /// Routes one incoming DataConnection: handoff connections to the handoff driver (if
-    /// one listens; else they are closed), everything else to the relay.
-    fn route(&self, conn: DataConnection) {
-        if conn.label() == HANDOFF_LABEL {
-            let tx = self.handoff.lock().expect("handoff lock poisoned").clone();
-            match tx {
-                Some(tx) => {
-                    if let Err(e) = tx.try_send(conn) {
-                        tracing::warn!("handoff connection dropped: {e}");
-                    }
-                }
-                None => {
-                    tracing::info!(peer = %conn.peer(), "handoff connection refused: no handoff in progress");
-                    tokio::spawn(conn.close(false));
-                }
-            }
-            return;
-        }
-        self.relay.serve(conn);
-    }
 }
 
 impl NodeShared {
@@ -321,14 +295,7 @@ impl Node {
             max_clients: args.max_clients,
             ..Limits::default()
         };
-        let relay = RelayHandle::spawn(SharedRelay {
-            relay: Arc::new(std::sync::Mutex::new(Relay::new(
-                rc.clone(),
-                Instant::now(),
-            ))),
-            config: rc,
-            changed: Arc::new(tokio::sync::Notify::new()),
-        });
+        let relay = RelayHandle::spawn(Relay::new(rc, Instant::now()));
 
         // The signaling server, with the node's routes beside it.
         let stop = CancellationToken::new();
@@ -399,7 +366,6 @@ impl Node {
                 expires_at: None,
             }),
             tunnel: RwLock::new("none".into()),
-            handoff: std::sync::Mutex::new(None),
         });
         let root = signaling.with_cors(
             axum::Router::new()
@@ -425,11 +391,11 @@ impl Node {
         // The node's own peer, on its own server (loopback WebSocket).
         let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
         {
-            let shared = shared.clone();
+            let relay = relay.clone();
             tokio::spawn(keep_registered(
                 own_cfg,
                 registrations[0].clone(),
-                move |c| shared.route(c),
+                move |c| relay.serve(c),
                 Some(opened_tx),
                 stop.clone(),
             ));
@@ -451,11 +417,11 @@ impl Node {
             let mut cfg = cfg;
             cfg.id = Some(peer_id.clone());
             cfg.reconnect = true;
-            let shared = shared.clone();
+            let relay = relay.clone();
             tokio::spawn(keep_registered(
                 cfg,
                 reg.clone(),
-                move |c| shared.route(c),
+                move |c| relay.serve(c),
                 None,
                 stop.clone(),
             ));
@@ -517,20 +483,6 @@ impl Node {
     /// Shared state (for lifecycle code that updates the status page).
     pub fn shared(&self) -> &Arc<NodeShared> {
         &self.shared
-    }
-
-    /// From now on, DataConnections labelled `ouroboros-handoff` (a successor) are passed
-    /// to the returned receiver (for `handoff::spawn_predecessor`) instead of being closed.
-    pub fn handoff_connections(&self) -> tokio::sync::mpsc::Receiver<DataConnection> {
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        *self.shared.handoff.lock().expect("handoff lock poisoned") = Some(tx);
-        rx
-    }
-
-    /// The relay behind a mutex, as the handoff drivers take it
-    /// (`Arc<dyn HandoffHost>`); calls through it are dispatched to clients at once.
-    pub fn shared_relay(&self) -> SharedRelay {
-        self.shared.relay.shared().clone()
     }
 
     /// Sets the lifecycle facts shown on `/status`.
