@@ -446,7 +446,7 @@ async fn wrong_secret_is_refused_and_the_predecessor_keeps_serving() {
             PredecessorEvent::SnapshotNeeded | PredecessorEvent::Authenticated { .. }
         ));
     }
-    assert!(impostor.relay.high_water().is_empty());
+    assert!(impostor.relay.high_water().await.is_empty());
     assert_eq!(publish(&pred.relay, 1, "r", "m2", "after"), Ok(2));
     assert_eq!(
         publisher.current().await.unwrap().unwrap().peer_id,
