@@ -54,6 +54,9 @@ pub struct NodeArgs {
     /// Tunnel flags.
     #[command(flatten)]
     pub tunnel: TunnelArgs,
+    /// GitHub flags (`--publisher pages`, `--launcher github`).
+    #[command(flatten)]
+    pub github: crate::github::GithubArgs,
     /// The node's PeerJS peer id [default: `ouroboros-<random>`, kept in the data dir for
     /// a first-generation node so restarts keep it].
     #[arg(long, env = "OUROBOROS_PEER_ID")]
