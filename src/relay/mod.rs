@@ -22,7 +22,7 @@
 //! `welcome` at once. Otherwise the first message decides: an object (or a string
 //! holding a JSON object with an `op`) means the relay protocol — `welcome` is sent
 //! first, then the answer; any other string means the seed's legacy protocol
-//! ([`legacy`]), and the connection then only ever receives strings of the seed's shapes.
+//! (`protocol/relay.md`), and the connection then only ever receives strings of the seed's shapes.
 //!
 //! A client's identity (the `from` of its messages, its presence name, the key of its
 //! publish deduplication) is the `client` string in its metadata or in its first
@@ -1420,6 +1420,14 @@ impl Relay {
                 self.m.evicted_bytes += freed as u64;
                 if let Some(q) = &mut self.replication {
                     q.push_back(ReplicationEvent::Evicted { room, before });
+                }
+                // The primary evicts globally oldest first, so what it evicted sits at
+                // the front of the store order here too: drop those slots.
+                while let Some((room, seq)) = self.order.front() {
+                    if self.rooms.get(room).and_then(|r| r.get(*seq)).is_some() {
+                        break;
+                    }
+                    self.order.pop_front();
                 }
                 Ok(Applied::Applied)
             }

@@ -1229,6 +1229,8 @@ fn replication_is_idempotent_and_converges() {
             p.relay.export_snapshot().messages
         );
         assert_eq!(s.room_stats(), p.relay.room_stats());
+        // No stale store-order slots pile up on the replica.
+        assert_eq!(s.order.len(), s.metrics().messages);
         let applied_again = events
             .iter()
             .map(|e| s.apply_replication(e.clone()).unwrap())
