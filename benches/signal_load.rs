@@ -72,6 +72,12 @@ struct Args {
     /// WebSocket handshakes in flight while connecting.
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
+    /// Seconds one connection attempt (TCP connect, upgrade, OPEN) may take.
+    #[arg(long, default_value_t = 30.0)]
+    connect_timeout: f64,
+    /// Seconds the whole connect phase may take; attempts still pending then count as failed.
+    #[arg(long)]
+    connect_phase: Option<f64>,
     /// Server process to sample CPU time and RSS from (/proc).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -212,17 +218,35 @@ async fn run(args: Args, url: String) -> io::Result<()> {
         let query = format!("key={}&id={id}&token=tok{i}&version=1.5.5", args.key);
         let target = target.clone();
         let sem = sem.clone();
+        let timeout = Duration::from_secs_f64(args.connect_timeout);
         connecting.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore open");
-            let res = Ws::connect(&target, &query, src).await;
+            let res = match tokio::time::timeout(timeout, Ws::connect(&target, &query, src)).await {
+                Ok(r) => r,
+                Err(_) => Err(io::Error::other("connect attempt timed out")),
+            };
             (id, role, res)
         }));
     }
     let mut errors: HashMap<String, usize> = HashMap::new();
     let mut tasks = Vec::with_capacity(clients);
     let mut connected = 0usize;
-    for c in connecting {
-        let (id, role, res) = c.await.expect("connect task");
+    let phase_deadline = args
+        .connect_phase
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s));
+    for mut c in connecting {
+        let joined = match phase_deadline {
+            Some(d) => match tokio::time::timeout_at(d, &mut c).await {
+                Ok(j) => j,
+                Err(_) => {
+                    c.abort();
+                    *errors.entry("connect phase over".into()).or_default() += 1;
+                    continue;
+                }
+            },
+            None => c.await,
+        };
+        let (id, role, res) = joined.expect("connect task");
         match res {
             Ok(ws) => {
                 connected += 1;

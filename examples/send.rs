@@ -14,9 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Parser;
-use ouroboros::peer::{
-    ConnectOptions, Peer, PeerConfig, Serialization, Value, parse_serialization,
-};
+use ouroboros::peer::{ConnectOptions, Peer, PeerConfig, Serialization, Value};
 use sha2::Digest;
 
 #[derive(Parser, Debug)]
@@ -59,57 +57,26 @@ struct Args {
     timeout: u64,
 }
 
-fn from_json(j: &serde_json::Value) -> Value {
-    match j {
-        serde_json::Value::Null => Value::Null,
-        serde_json::Value::Bool(b) => Value::Bool(*b),
-        serde_json::Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Value::Int(i)
-            } else if let Some(u) = n.as_u64() {
-                Value::UInt(u)
-            } else {
-                Value::Float(n.as_f64().unwrap_or(f64::NAN))
-            }
-        }
-        serde_json::Value::String(s) => Value::Str(s.clone()),
-        serde_json::Value::Array(a) => Value::Array(a.iter().map(from_json).collect()),
-        serde_json::Value::Object(o) => Value::Map(
-            o.iter()
-                .map(|(k, v)| (Value::Str(k.clone()), from_json(v)))
-                .collect(),
-        ),
-    }
-}
-
+/// One line of JSON per reply; binary prints as its length and SHA-256.
 fn to_json(v: &Value) -> serde_json::Value {
-    use serde_json::json;
     match v {
-        Value::Null | Value::Undefined => serde_json::Value::Null,
-        Value::Bool(b) => json!(b),
-        Value::Int(i) => json!(i),
-        Value::UInt(u) => json!(u),
-        Value::Float(f) => serde_json::Number::from_f64(*f)
-            .map(serde_json::Value::Number)
-            .unwrap_or(serde_json::Value::Null),
-        Value::Str(s) => json!(s),
-        Value::Bin(b) => {
-            json!({"$bin_len": b.len(), "$sha256": hex::encode(sha2::Sha256::digest(b))})
-        }
-        // msgpack extensions (timestamps → ISO string, others → {type, data}).
-        Value::Ext(..) => v.to_json(),
+        Value::Bin(b) => serde_json::json!({
+            "$bin_len": b.len(),
+            "$sha256": hex::encode(sha2::Sha256::digest(b)),
+        }),
         Value::Array(a) => serde_json::Value::Array(a.iter().map(to_json).collect()),
         Value::Map(m) => serde_json::Value::Object(
             m.iter()
                 .map(|(k, v)| {
                     let key = match k {
                         Value::Str(s) => s.clone(),
-                        other => to_json(other).to_string(),
+                        other => other.to_js_string(),
                     };
                     (key, to_json(v))
                 })
                 .collect(),
         ),
+        other => other.to_json(),
     }
 }
 
@@ -125,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let serialization = parse_serialization(&args.serialization)
+    let serialization = Serialization::from_offer(&args.serialization)
         .with_context(|| format!("unknown serialization {:?}", args.serialization))?;
     let message = match args.binary_size {
         Some(n) => Value::Bin(Bytes::from(
@@ -137,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
             match (serialization, j) {
                 (Serialization::Raw, serde_json::Value::String(s)) => Value::Str(s),
                 (Serialization::Raw, other) => Value::Str(other.to_string()),
-                (_, j) => from_json(&j),
+                (_, j) => Value::from_json(j),
             }
         }
     };

@@ -10,6 +10,7 @@
 //!   and the PeerJS serializations in [`peer::codec`].
 //! - [`relay`]: the node's service: rooms, ordered per-room logs, history, presence,
 //!   direct relay, limits and the memory budget (sans-IO).
+//! - [`client`]: the Rust client of a node: discover, connect, join, publish, follow rotations.
 //! - [`node`]: composes signaling, peer and relay into `ouroboros node`.
 //! - [`handoff`]: successor authentication and zero-loss state transfer.
 //! - [`lifecycle`]: lifetime, deadlines and the [`lifecycle::Launcher`]s that start successors.
@@ -18,6 +19,7 @@
 //! - [`github`]: a small GitHub REST client (dispatch, contents, runs).
 //! - [`rate`]: the token bucket shared by every rate limit.
 
+pub mod client;
 pub mod discovery;
 pub mod github;
 pub mod handoff;

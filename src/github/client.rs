@@ -419,10 +419,13 @@ impl GithubClient {
         let (status, text) = match result {
             Err(GithubError::Unprocessable { status, message }) if want_details => {
                 tracing::info!(status, %message, "server refused return_run_details; dispatching without it");
-                self.run_details_supported.store(false, Ordering::Relaxed);
                 let second = body(false);
-                self.send(Method::POST, url, Body::Json(&second), false)
-                    .await?
+                let plain = self
+                    .send(Method::POST, url, Body::Json(&second), false)
+                    .await?;
+                // Only now is it clear the field (not an input or the ref) was the problem.
+                self.run_details_supported.store(false, Ordering::Relaxed);
+                plain
             }
             other => other?,
         };

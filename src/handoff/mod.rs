@@ -7,18 +7,27 @@
 //!
 //! - [`auth`]: the mutual HMAC-SHA256 proofs.
 //! - [`message`]: wire messages and their `json`/`binary` encodings.
+//! - [`driver`]: the async drivers over PeerJS DataConnections and a [`HandoffHost`].
+//! - [`recovery`]: periodic backups and the successor's fallback when the predecessor died.
 //! - [`backup`]: periodic snapshots for crash safety ([`BackupStore`], [`DirBackupStore`]).
 
 pub mod auth;
 pub mod backup;
+pub mod driver;
 pub mod message;
 mod predecessor;
+pub mod recovery;
 mod secret;
 mod successor;
 
 pub use backup::{Backup, BackupError, BackupStore, DirBackupStore};
+pub use driver::{
+    HandoffHost, HandoffInbox, PredecessorHandle, SharedRelay, SuccessorOutcome, run_successor,
+    spawn_predecessor,
+};
 pub use message::{HANDOFF_LABEL, HighWater, Message, RefuseCode};
 pub use predecessor::{ConnId, Predecessor, PredecessorEvent, PredecessorPhase, Transmit};
+pub use recovery::{DEFAULT_GAP_MARGIN, Recovery, RecoverySource, recover, spawn_backups};
 pub use secret::{MIN_SECRET_LEN, SECRET_ENV, Secret, SecretError};
 pub use successor::{
     GiveUpReason, Successor, SuccessorConfig, SuccessorEvent, SuccessorPhase, Transferred,

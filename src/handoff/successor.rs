@@ -260,9 +260,10 @@ impl Successor {
         let _ = now;
     }
 
-    /// The connection closed or could not be opened: reconnect after a backoff.
+    /// The connection closed or could not be opened: reconnect after a backoff. (Not
+    /// needed after a `Close` event: the machine already scheduled the reconnect.)
     pub fn handle_disconnected(&mut self, now: Instant) {
-        if self.finished() {
+        if self.finished() || matches!(self.stage, Stage::Disconnected { retry_at: Some(_) }) {
             return;
         }
         self.stage = Stage::Disconnected {
@@ -303,9 +304,13 @@ impl Successor {
         });
     }
 
-    fn retry(&mut self) {
+    /// Drops the connection and reconnects after the backoff.
+    fn retry(&mut self, now: Instant) {
         self.events.push_back(SuccessorEvent::Close);
-        self.stage = Stage::Disconnected { retry_at: None };
+        self.stage = Stage::Disconnected {
+            retry_at: Some(now + self.backoff),
+        };
+        self.backoff = (self.backoff * 2).min(self.cfg.reconnect_max);
     }
 
     /// Time passed: reconnects, gives up.
@@ -355,7 +360,7 @@ impl Successor {
         if let Message::Refused { code, message } = &msg {
             tracing::warn!(?code, message, "handoff: predecessor refused us");
             return match code {
-                c if c.is_retryable() => self.retry(),
+                c if c.is_retryable() => self.retry(now),
                 RefuseCode::Done if self.is_live() => {
                     // The predecessor got our `live`: nothing left to do.
                     self.stage = Stage::Done;
@@ -369,7 +374,7 @@ impl Successor {
             Stage::AwaitChallenge { nonce } => {
                 let Message::Challenge { nonce: p_hex, mac } = msg else {
                     tracing::warn!(kind = msg.kind(), "handoff: expected challenge");
-                    return self.retry();
+                    return self.retry(now);
                 };
                 let p_nonce = auth::parse_nonce(&p_hex).unwrap_or_default();
                 let binding = Binding {
@@ -387,7 +392,7 @@ impl Successor {
                     if self.bad_predecessor_proofs >= 3 {
                         return self.give_up(GiveUpReason::PredecessorNotAuthentic);
                     }
-                    return self.retry();
+                    return self.retry(now);
                 }
                 let mac = auth::prove(&self.secret, Role::Successor, &binding);
                 self.out.push_back(Message::Proof { mac });

@@ -1,7 +1,46 @@
 //! `ouroboros node`: the signaling server, the node's own peer, the relay, lifecycle,
 //! discovery and tunnel, composed.
+//!
+//! # Layout
+//! - this file: [`NodeArgs`], [`Node`] (start, accessors, shutdown) and [`run`].
+//! - `driver`: the task owning the sans-IO [`Relay`](crate::relay::Relay) and the
+//!   per-connection reader/writer tasks ([`RelayHandle`]).
+//! - `registration`: the node's peer on each signaling server (its own and every
+//!   `--also-register` one), re-registered with backoff.
+//! - `http`: `/ouroboros.json`, `/status`, `/status.json`, `/metrics`, the web chat.
+//! - [`status`]: the status snapshot and its HTML / Prometheus renderings.
+//! - `web/`: the chat page (HTML, CSS, module script), embedded with `include_str!`.
 
-use crate::{lifecycle::LifecycleArgs, signaling::SignalArgs, tunnel::TunnelArgs};
+mod args;
+mod driver;
+mod http;
+mod registration;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::discovery::{
+    DiscoveryRecord, LocalPublisher, Publisher, RECORD_VERSION, SignalingEndpoint,
+};
+use crate::lifecycle::LifecycleArgs;
+use crate::peer::PeerConfig;
+use crate::relay::{Relay, RelayConfig, wire::Limits};
+use crate::signaling::{SignalArgs, SignalConfig, Signaling};
+use crate::tunnel::TunnelArgs;
+
+pub use args::{default_memory_budget, parse_size, random_peer_id};
+pub use driver::RelayHandle;
+pub use http::prefers_html;
+use registration::{Registration, display_url, keep_registered};
+use status::NodeStatus;
+
+/// The official PeerJS client on a public CDN (what the web chat loads by default).
+pub const DEFAULT_PEERJS_URL: &str = "https://unpkg.com/peerjs@1.5.5/dist/peerjs.min.js";
 
 /// Flags of `ouroboros node`.
 #[derive(clap::Args, Debug, Clone)]
@@ -9,19 +48,537 @@ pub struct NodeArgs {
     /// Signaling server flags.
     #[command(flatten)]
     pub signal: SignalArgs,
-    /// Lifetime and successor flags.
+    /// Lifetime and successor flags (also `--data-dir`).
     #[command(flatten)]
     pub lifecycle: LifecycleArgs,
     /// Tunnel flags.
     #[command(flatten)]
     pub tunnel: TunnelArgs,
+    /// GitHub flags (`--publisher pages`, `--launcher github`).
+    #[command(flatten)]
+    pub github: crate::github::GithubArgs,
+    /// The node's PeerJS peer id [default: `ouroboros-<random>`, kept in the data dir for
+    /// a first-generation node so restarts keep it].
+    #[arg(long, env = "OUROBOROS_PEER_ID")]
+    pub peer_id: Option<String>,
+    /// Bytes of stored messages beyond which the oldest are evicted across rooms
+    /// (`512MiB`, `2GB`, …) [default: a quarter of RAM].
+    #[arg(long, env = "OUROBOROS_MEMORY_BUDGET", value_parser = parse_size)]
+    pub memory_budget: Option<u64>,
+    /// Largest message body a client may publish, in bytes (`64KiB`).
+    #[arg(long, env = "OUROBOROS_MAX_MESSAGE_SIZE", value_parser = parse_size, default_value = "65536")]
+    pub max_message_size: u64,
+    /// Relay requests per second one connection may make, sustained.
+    #[arg(long, env = "OUROBOROS_CLIENT_RATE", default_value_t = 200.0)]
+    pub client_rate: f64,
+    /// Burst of relay requests one connection may make after a quiet period.
+    #[arg(long, env = "OUROBOROS_CLIENT_BURST", default_value_t = 400.0)]
+    pub client_burst: f64,
+    /// Rooms one connection may have joined at once.
+    #[arg(long, env = "OUROBOROS_MAX_ROOMS_PER_CLIENT", default_value_t = 64)]
+    pub max_rooms_per_client: usize,
+    /// Rooms the node holds in total.
+    #[arg(long, env = "OUROBOROS_MAX_ROOMS", default_value_t = 100_000)]
+    pub max_rooms: usize,
+    /// Relay connections the node accepts.
+    #[arg(long, env = "OUROBOROS_MAX_CLIENTS", default_value_t = 10_000)]
+    pub max_clients: usize,
+    /// Also register the node's peer id on this PeerJS server (repeatable), e.g.
+    /// `wss://0.peerjs.com/?key=peerjs`; listed in the discovery record.
+    #[arg(
+        long = "also-register",
+        env = "OUROBOROS_ALSO_REGISTER",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub also_register: Vec<String>,
+    /// Where the web chat loads the PeerJS client from.
+    #[arg(long, env = "OUROBOROS_PEERJS_URL", default_value = DEFAULT_PEERJS_URL)]
+    pub peerjs_url: String,
+    /// Host name advertised for this node's signaling server in the discovery record
+    /// [default: the listen address, 127.0.0.1 for a wildcard].
+    #[arg(long, env = "OUROBOROS_PUBLIC_HOST")]
+    pub public_host: Option<String>,
+    /// Port advertised in the discovery record [default: the bound port].
+    #[arg(long, env = "OUROBOROS_PUBLIC_PORT")]
+    pub public_port: Option<u16>,
+    /// Advertise `secure: true` (https/wss), e.g. behind a TLS-terminating proxy.
+    #[arg(long, env = "OUROBOROS_PUBLIC_SECURE")]
+    pub public_secure: bool,
 }
 
-/// Runs the node until `shutdown` resolves (or its lifetime ends).
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A flag is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The listener could not be bound, or serving failed.
+    #[error("signaling server: {0}")]
+    Signaling(String),
+    /// The node's own peer could not register on its signaling server.
+    #[error("node peer: {0}")]
+    Peer(String),
+    /// The data dir could not be used.
+    #[error("data dir {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+}
+
+/// Lifecycle facts shown on `/status` (set by the lifecycle code).
+#[derive(Debug, Clone)]
+pub struct LifecycleView {
+    /// `serving`, `launching`, `handing-off`, `draining`, …
+    pub state: String,
+    /// When the next rotation starts (successor launch), if planned.
+    pub next_rotation: Option<Instant>,
+    /// When the node will be gone at the latest.
+    pub expires_at: Option<SystemTime>,
+}
+
+/// State shared by the HTTP handlers and the node's tasks.
+pub struct NodeShared {
+    /// The discovery record this node serves at `/ouroboros.json`.
+    pub record: RwLock<DiscoveryRecord>,
+    /// Script URL of the PeerJS client for the web chat.
+    pub peerjs_url: String,
+    started: Instant,
+    listen_url: String,
+    registrations: Vec<Arc<Registration>>,
+    relay: RelayHandle,
+    signaling: Signaling,
+    lifecycle: RwLock<LifecycleView>,
+    tunnel: RwLock<String>,
+    /// Where `ouroboros-handoff` connections to the node's peer go (`lifecycle::ring`).
+    pub handoff: crate::handoff::HandoffInbox,
+}
+
+impl NodeShared {
+    /// `/metrics`: the node's figures and the signaling server's counters.
+    pub async fn metrics(&self) -> String {
+        let mut out = status::render_metrics(&self.status().await);
+        self.signaling.stats().write_prometheus(&mut out);
+        out
+    }
+
+    /// The status snapshot (`/status.json`).
+    pub async fn status(&self) -> NodeStatus {
+        let record = self.record.read().expect("record lock poisoned").clone();
+        let (relay, rooms) = self.relay.figures().await.unwrap_or_default();
+        let lc = self
+            .lifecycle
+            .read()
+            .expect("lifecycle lock poisoned")
+            .clone();
+        let now = Instant::now();
+        NodeStatus {
+            peer_id: record.peer_id.clone(),
+            generation: record.generation,
+            started_at: humantime::format_rfc3339_millis(record.started_at).to_string(),
+            uptime_secs: now.duration_since(self.started).as_secs(),
+            expires_at: lc
+                .expires_at
+                .or(record.expires_at)
+                .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+            next_rotation_secs: lc
+                .next_rotation
+                .map(|t| t.saturating_duration_since(now).as_secs()),
+            lifecycle: lc.state,
+            tunnel: self.tunnel.read().expect("tunnel lock poisoned").clone(),
+            listen_url: self.listen_url.clone(),
+            endpoints: self.registrations.iter().map(|r| r.status()).collect(),
+            relay,
+            rooms,
+            rss_bytes: status::current_rss(),
+            signaling: signaling_figures(&self.signaling.stats()),
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+}
+
+/// A running node.
+pub struct Node {
+    shared: Arc<NodeShared>,
+    addr: SocketAddr,
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+    publisher: LocalPublisher,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("addr", &self.addr)
+            .field("peer_id", &self.peer_id())
+            .finish()
+    }
+}
+
+/// The signaling counters shown on `/status` (all of them are in `/metrics`).
+fn signaling_figures(s: &crate::signaling::Stats) -> Vec<(String, u64)> {
+    vec![
+        ("sockets".into(), s.sockets as u64),
+        ("registered clients".into(), s.clients as u64),
+        ("messages relayed".into(), s.relayed),
+        ("messages queued".into(), s.queued),
+        ("queued messages expired".into(), s.expired),
+        (
+            "frames dropped".into(),
+            s.dropped + s.malformed + s.undeliverable,
+        ),
+    ]
+}
+
+/// The endpoint an `--also-register` URL stands for.
+fn endpoint_of(cfg: &PeerConfig) -> SignalingEndpoint {
+    SignalingEndpoint {
+        host: cfg.host.clone(),
+        port: cfg.port,
+        path: cfg.normalized_path(),
+        key: cfg.key.clone(),
+        secure: cfg.secure,
+    }
+}
+
+/// The peer id: the flag, else (first generation) the one kept in the data dir, else new.
+fn choose_peer_id(args: &NodeArgs) -> Result<String, NodeError> {
+    if let Some(id) = &args.peer_id {
+        if !crate::peer::valid_id(id) {
+            return Err(NodeError::Config(format!(
+                "--peer-id {id:?} is not a valid PeerJS id (letters, digits, single '-', '_' or ' ' between them)"
+            )));
+        }
+        return Ok(id.clone());
+    }
+    let first = args.lifecycle.generation == 0 && !args.lifecycle.is_successor();
+    if !first {
+        return Ok(random_peer_id());
+    }
+    let dir = &args.lifecycle.data_dir;
+    let file = dir.join("node-peer-id");
+    if let Ok(s) = std::fs::read_to_string(&file) {
+        let s = s.trim();
+        if crate::peer::valid_id(s) {
+            return Ok(s.to_string());
+        }
+    }
+    let id = random_peer_id();
+    std::fs::create_dir_all(dir).map_err(|e| NodeError::DataDir(dir.clone(), e))?;
+    std::fs::write(&file, &id).map_err(|e| NodeError::DataDir(dir.clone(), e))?;
+    Ok(id)
+}
+
+impl Node {
+    /// Starts the node: binds the signaling server, starts the relay, registers the node's
+    /// peer on its own server (and the `--also-register` ones), writes the discovery
+    /// record. Prints `listening on http://ADDR/PATH` and `node peer-id ID` to stdout.
+    ///
+    /// # Errors
+    /// [`NodeError`] if a flag is invalid, the port cannot be bound, or the node's peer
+    /// cannot register on its own server.
+    pub async fn start(args: NodeArgs) -> Result<Node, NodeError> {
+        let peer_id = choose_peer_id(&args)?;
+        let generation = args.lifecycle.generation;
+        let memory_budget = args.memory_budget.unwrap_or_else(default_memory_budget);
+        let extra: Vec<PeerConfig> = args
+            .also_register
+            .iter()
+            .map(|u| {
+                PeerConfig::from_url(u)
+                    .map_err(|e| NodeError::Config(format!("--also-register {u}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+
+        // The relay.
+        let mut rc = RelayConfig::new(peer_id.clone(), generation);
+        rc.memory_budget = usize::try_from(memory_budget).unwrap_or(usize::MAX);
+        rc.limits = Limits {
+            max_message_bytes: usize::try_from(args.max_message_size).unwrap_or(usize::MAX),
+            rate_per_sec: args.client_rate,
+            rate_burst: args.client_burst,
+            max_rooms_per_client: args.max_rooms_per_client,
+            max_rooms: args.max_rooms,
+            max_clients: args.max_clients,
+            ..Limits::default()
+        };
+        let relay = RelayHandle::spawn(Relay::new(rc, Instant::now()));
+
+        // The signaling server, with the node's routes beside it.
+        let stop = CancellationToken::new();
+        let sconfig =
+            SignalConfig::from_args(&args.signal).map_err(|e| NodeError::Config(e.to_string()))?;
+        let path = sconfig.path.clone();
+        let signaling = Signaling::new(sconfig.clone());
+        let listener = crate::signaling::bind(&sconfig)
+            .await
+            .map_err(|e| NodeError::Signaling(e.to_string()))?;
+        let addr = listener.local_addr();
+        let own_host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        let own_endpoint = SignalingEndpoint {
+            host: args.public_host.clone().unwrap_or_else(|| own_host.clone()),
+            port: args.public_port.unwrap_or(addr.port()),
+            path: path.clone(),
+            key: sconfig.key.clone(),
+            secure: args.public_secure,
+        };
+        let mut own_cfg = PeerConfig::new(own_host.clone(), addr.port());
+        own_cfg.path = path.clone();
+        own_cfg.key = sconfig.key.clone();
+        own_cfg.secure = listener.is_tls();
+        own_cfg.id = Some(peer_id.clone());
+        own_cfg.reconnect = true;
+        let mut registrations = vec![Registration::new(display_url(&own_cfg), "own")];
+        let mut endpoints = vec![own_endpoint];
+        for cfg in &extra {
+            registrations.push(Registration::new(display_url(cfg), "extra"));
+            endpoints.push(endpoint_of(cfg));
+        }
+        let record = DiscoveryRecord {
+            version: RECORD_VERSION,
+            peer_id: peer_id.clone(),
+            generation,
+            signaling: endpoints,
+            tunnel_url: None,
+            started_at: SystemTime::now(),
+            expires_at: args.lifecycle.lifetime.map(|l| SystemTime::now() + l),
+            previous: args.lifecycle.predecessor_peer_id.clone().map(|p| {
+                crate::discovery::PreviousNode {
+                    peer_id: p,
+                    signaling: args
+                        .lifecycle
+                        .predecessor_endpoints
+                        .clone()
+                        .map(|e| e.0)
+                        .unwrap_or_default(),
+                }
+            }),
+        };
+        let listen_url = listener.url(&path);
+        let shared = Arc::new(NodeShared {
+            record: RwLock::new(record),
+            peerjs_url: args.peerjs_url.clone(),
+            started: Instant::now(),
+            listen_url: listen_url.clone(),
+            registrations: registrations.clone(),
+            relay: relay.clone(),
+            signaling: signaling.clone(),
+            lifecycle: RwLock::new(LifecycleView {
+                state: "serving".into(),
+                next_rotation: None,
+                expires_at: None,
+            }),
+            tunnel: RwLock::new("none".into()),
+            handoff: crate::handoff::HandoffInbox::default(),
+        });
+        let root = signaling.with_cors(
+            axum::Router::new()
+                .route(&path, axum::routing::get(http::root))
+                .with_state(shared.clone()),
+        );
+        let app = signaling
+            .router_without_info()
+            .merge(root)
+            .merge(http::routes(shared.clone()));
+        let server = {
+            let stop = stop.clone();
+            let signaling = signaling.clone();
+            tokio::spawn(async move {
+                let shutdown = async move { stop.cancelled().await };
+                if let Err(e) = signaling.serve(listener, app, shutdown).await {
+                    tracing::error!(error = %e, "signaling server failed");
+                }
+            })
+        };
+        print_line(&format!("listening on {listen_url}"));
+
+        // The node's own peer, on its own server (loopback WebSocket).
+        let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
+        {
+            let relay = relay.clone();
+            let handoff = shared.handoff.clone();
+            tokio::spawn(keep_registered(
+                own_cfg,
+                registrations[0].clone(),
+                move |c| {
+                    if c.label() == crate::handoff::HANDOFF_LABEL {
+                        handoff.route(c)
+                    } else {
+                        relay.serve(c)
+                    }
+                },
+                Some(opened_tx),
+                stop.clone(),
+            ));
+        }
+        match tokio::time::timeout(Duration::from_secs(30), opened_rx).await {
+            Ok(Ok(Ok(_peer))) => {}
+            Ok(Ok(Err(e))) => {
+                stop.cancel();
+                return Err(NodeError::Peer(e));
+            }
+            _ => {
+                stop.cancel();
+                return Err(NodeError::Peer("registration timed out".into()));
+            }
+        }
+        print_line(&format!("node peer-id {peer_id}"));
+
+        for (cfg, reg) in extra.into_iter().zip(registrations.iter().skip(1)) {
+            let mut cfg = cfg;
+            cfg.id = Some(peer_id.clone());
+            cfg.reconnect = true;
+            let relay = relay.clone();
+            tokio::spawn(keep_registered(
+                cfg,
+                reg.clone(),
+                move |c| relay.serve(c),
+                None,
+                stop.clone(),
+            ));
+        }
+
+        let publisher = LocalPublisher::new(args.lifecycle.data_dir.clone());
+        let node = Node {
+            shared,
+            addr,
+            stop,
+            server,
+            publisher,
+        };
+        if !args.lifecycle.is_successor() {
+            node.publish().await;
+        }
+        Ok(node)
+    }
+
+    /// Writes the current discovery record into the data dir (guarded: a newer generation's
+    /// record is never overwritten; a refusal is logged).
+    pub async fn publish(&self) {
+        let record = self.record();
+        match self.publisher.publish(&record).await {
+            Ok(()) => {}
+            Err(e) => tracing::warn!(error = %e, "discovery record not written"),
+        }
+    }
+
+    /// The bound HTTP/WebSocket address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The node's peer id.
+    pub fn peer_id(&self) -> String {
+        self.record().peer_id
+    }
+
+    /// The discovery record the node serves.
+    pub fn record(&self) -> DiscoveryRecord {
+        self.shared
+            .record
+            .read()
+            .expect("record lock poisoned")
+            .clone()
+    }
+
+    /// Replaces the served discovery record (lifecycle, tunnel).
+    pub fn set_record(&self, record: DiscoveryRecord) {
+        *self.shared.record.write().expect("record lock poisoned") = record;
+    }
+
+    /// The relay task handle.
+    pub fn relay(&self) -> &RelayHandle {
+        &self.shared.relay
+    }
+
+    /// Shared state (for lifecycle code that updates the status page).
+    pub fn shared(&self) -> &Arc<NodeShared> {
+        &self.shared
+    }
+
+    /// Sets the lifecycle facts shown on `/status`.
+    pub fn set_lifecycle(&self, view: LifecycleView) {
+        *self
+            .shared
+            .lifecycle
+            .write()
+            .expect("lifecycle lock poisoned") = view;
+    }
+
+    /// Sets the tunnel status shown on `/status`.
+    pub fn set_tunnel_status(&self, status: impl Into<String>) {
+        *self.shared.tunnel.write().expect("tunnel lock poisoned") = status.into();
+    }
+
+    /// The status snapshot.
+    pub async fn status(&self) -> NodeStatus {
+        self.shared.status().await
+    }
+
+    /// Stops serving: closes the registrations and the HTTP server.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+    }
+}
+
+fn print_line(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Runs the node until `shutdown` resolves.
 pub async fn run(
     args: NodeArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    crate::signaling::run(args.signal, shutdown).await?;
+    let tunnel = args.tunnel.build();
+    let publishes = !args.lifecycle.is_successor();
+    let ring_args = args.clone();
+    let node = Node::start(args).await?;
+    let tunnel = attach_tunnel(&node, tunnel.as_ref(), publishes).await;
+    // Lifetime, successor, handoff and crash safety (returns when the node should stop).
+    let reason = crate::lifecycle::ring::run(
+        &node,
+        &ring_args,
+        crate::lifecycle::ring::RingOptions::default(),
+        shutdown,
+    )
+    .await?;
+    tracing::info!(?reason, "shutting down");
+    if let Some(t) = tunnel {
+        t.close().await;
+    }
+    node.shutdown().await;
     Ok(())
+}
+
+/// Opens the tunnel in front of the node's HTTP server. Never fails: a tunnel that does not
+/// come up is logged and shown on `/status`, and the node keeps serving without it. When up,
+/// the record gains `tunnel_url` and the tunnel's signaling endpoint (right after the node's
+/// own), and is republished if this node publishes (a successor publishes after its handoff).
+pub async fn attach_tunnel(
+    node: &Node,
+    tunnel: &dyn crate::tunnel::Tunnel,
+    publish: bool,
+) -> Option<crate::tunnel::TunnelHandle> {
+    let (status, handle) = crate::tunnel::establish(tunnel, node.local_addr()).await;
+    node.set_tunnel_status(status.to_string());
+    if let Some(url) = status.url() {
+        let mut record = node.record();
+        record.tunnel_url = Some(url.to_string());
+        let own = record.signaling.first().cloned();
+        if let Some(ep) = own.and_then(|o| status.signaling_endpoint(&o.path, &o.key)) {
+            record.signaling.insert(1.min(record.signaling.len()), ep);
+        }
+        node.set_record(record);
+        if publish {
+            node.publish().await;
+        }
+    }
+    handle
 }

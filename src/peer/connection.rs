@@ -16,12 +16,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
 use tokio_util::sync::CancellationToken;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::PeerConnection;
 
-use super::codec::{CodecError, Decoded, Decoder, Encoder, Frame, Serialization, Value};
+use super::codec::{
+    CodecError, Decoded, Decoder, Encoder, Frame, PreEncoded, Serialization, Value,
+};
 use super::{PeerError, SEND_HIGH_WATER};
 
 /// Decoded messages queued for the receiver.
@@ -134,10 +136,14 @@ impl DataConnection {
             tx,
             early,
         ));
+        let (queue, queue_rx) = mpsc::unbounded_channel();
+        tokio::spawn(pump(core.clone(), queue_rx));
         let conn = DataConnection {
             sender: ConnectionSender {
                 core: core.clone(),
                 encoder: Arc::new(tokio::sync::Mutex::new(Encoder::new(serialization))),
+                queue,
+                budget: Arc::new(Semaphore::new(SEND_HIGH_WATER)),
             },
             receiver: ConnectionReceiver {
                 core: core.clone(),
@@ -193,6 +199,13 @@ impl DataConnection {
     pub async fn send(&self, v: &Value) -> Result<(), ConnectionError> {
         self.sender.send(v).await
     }
+    /// Sends a pre-encoded message; see [`ConnectionSender::send_pre`].
+    ///
+    /// # Errors
+    /// See [`ConnectionSender::send_pre`].
+    pub async fn send_pre(&self, pre: &PreEncoded) -> Result<(), ConnectionError> {
+        self.sender.send_pre(pre).await
+    }
     /// The next value; `None` once the connection is closed.
     pub async fn recv(&mut self) -> Option<Result<Value, ConnectionError>> {
         self.receiver.recv().await
@@ -209,6 +222,20 @@ impl DataConnection {
 pub struct ConnectionSender {
     core: Arc<ConnCore>,
     encoder: Arc<tokio::sync::Mutex<Encoder>>,
+    /// Encoded frames for the pump task, in order.
+    queue: mpsc::UnboundedSender<Queued>,
+    /// Bytes allowed in the queue: [`SEND_HIGH_WATER`] permits (each frame costs its length
+    /// plus [`FRAME_OVERHEAD`]); a permit is released when its frame was handed to SCTP.
+    budget: Arc<Semaphore>,
+}
+
+/// Accounting overhead per queued frame, so tiny frames cannot pile up unboundedly.
+const FRAME_OVERHEAD: usize = 64;
+
+/// One queued frame; the last frame of a message carries the message's budget permit.
+struct Queued {
+    frame: Frame,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 fn map_webrtc(e: webrtc::error::Error) -> ConnectionError {
@@ -217,6 +244,41 @@ fn map_webrtc(e: webrtc::error::Error) -> ConnectionError {
         webrtc::error::Error::ErrSendBufferFull => ConnectionError::Full,
         other => ConnectionError::WebRtc(other.to_string()),
     }
+}
+
+async fn send_frame(dc: &Arc<dyn DataChannel>, frame: Frame) -> Result<(), ConnectionError> {
+    match frame {
+        Frame::Text(s) => dc.send_text(&s).await.map_err(map_webrtc),
+        Frame::Binary(b) => {
+            let data = b.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]));
+            dc.send(data).await.map_err(map_webrtc)
+        }
+    }
+}
+
+/// Feeds queued frames to the channel. `dc.send` waits while the channel has more than the
+/// send window in flight, so frames leave at the pace the remote acknowledges them.
+async fn pump(core: Arc<ConnCore>, mut rx: mpsc::UnboundedReceiver<Queued>) {
+    loop {
+        let item = tokio::select! {
+            item = rx.recv() => item,
+            _ = core.closed.cancelled() => break,
+        };
+        let Some(item) = item else { break };
+        match send_frame(&core.dc, item.frame).await {
+            Ok(()) => {}
+            Err(ConnectionError::Closed) => break,
+            Err(e) => {
+                tracing::warn!(connection_id = %core.meta.connection_id, error = %e, "frame refused by the channel; dropped");
+            }
+        }
+    }
+}
+
+fn frames_cost(frames: &[Frame]) -> u32 {
+    let total: usize = frames.iter().map(|f| f.len() + FRAME_OVERHEAD).sum();
+    // A message bigger than the whole budget waits for an empty queue, then goes alone.
+    total.min(SEND_HIGH_WATER) as u32
 }
 
 impl ConnectionSender {
@@ -241,114 +303,168 @@ impl ConnectionSender {
         self.core.closed.cancelled().await
     }
 
-    async fn send_frame(&self, frame: Frame) -> Result<(), ConnectionError> {
-        match frame {
-            Frame::Text(s) => self.core.dc.send_text(&s).await.map_err(map_webrtc),
-            Frame::Binary(b) => {
-                let data = b.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]));
-                self.core.dc.send(data).await.map_err(map_webrtc)
-            }
+    fn enqueue(
+        &self,
+        frames: Vec<Frame>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), ConnectionError> {
+        let last = frames.len().saturating_sub(1);
+        let mut permit = Some(permit);
+        for (i, frame) in frames.into_iter().enumerate() {
+            let item = Queued {
+                frame,
+                _permit: if i == last { permit.take() } else { None },
+            };
+            self.queue.send(item).map_err(|_| ConnectionError::Closed)?;
         }
+        Ok(())
     }
 
-    /// Encodes and sends one value, waiting while the send buffer is above the
-    /// high-water mark.
+    /// Waits for budget for `frames` (or the close), then queues them.
+    async fn queue_frames(&self, frames: Vec<Frame>) -> Result<(), ConnectionError> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let cost = frames_cost(&frames);
+        let permit = tokio::select! {
+            p = self.budget.clone().acquire_many_owned(cost) => p.map_err(|_| ConnectionError::Closed)?,
+            _ = self.core.closed.cancelled() => return Err(ConnectionError::Closed),
+        };
+        self.enqueue(frames, permit)
+    }
+
+    /// Encodes and queues one value, waiting while more than [`SEND_HIGH_WATER`] bytes
+    /// (peerjs's 8 MiB) are queued. Frames then leave at the pace the remote acknowledges
+    /// them (at most the send window in flight), in order.
     ///
     /// # Errors
     /// [`ConnectionError::Closed`], [`ConnectionError::Codec`] (e.g. a `json` message of
-    /// 16300 bytes or more), [`ConnectionError::WebRtc`].
+    /// 16300 bytes or more, `raw` with a non-string non-binary value).
     pub async fn send(&self, v: &Value) -> Result<(), ConnectionError> {
         if self.is_closed() {
             return Err(ConnectionError::Closed);
         }
         let mut enc = self.encoder.lock().await;
         let frames = enc.encode(v)?;
-        for f in frames {
-            self.send_frame(f).await?;
-        }
-        Ok(())
+        self.queue_frames(frames).await
     }
 
-    /// Like [`send`](Self::send) but returns [`ConnectionError::Full`] instead of waiting
-    /// when the buffer is above the high-water mark (or another send is waiting).
+    /// Like [`send`](Self::send) but never waits: [`ConnectionError::Full`] when the queue
+    /// has no room for this message (or another send is waiting for room).
     ///
     /// # Errors
     /// As [`send`](Self::send), plus [`ConnectionError::Full`].
-    pub async fn try_send(&self, v: &Value) -> Result<(), ConnectionError> {
+    pub fn try_send(&self, v: &Value) -> Result<(), ConnectionError> {
         if self.is_closed() {
             return Err(ConnectionError::Closed);
         }
         let Ok(mut enc) = self.encoder.try_lock() else {
             return Err(ConnectionError::Full);
         };
-        let outstanding = self.core.dc.outstanding_bytes().await.map_err(map_webrtc)?;
-        if outstanding >= SEND_HIGH_WATER {
-            return Err(ConnectionError::Full);
-        }
         let frames = enc.encode(v)?;
-        for f in frames {
-            self.send_frame(f).await?;
+        self.try_enqueue(frames)
+    }
+
+    fn try_enqueue(&self, frames: Vec<Frame>) -> Result<(), ConnectionError> {
+        if frames.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let permit = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(frames_cost(&frames))
+            .map_err(|e| match e {
+                TryAcquireError::Closed => ConnectionError::Closed,
+                TryAcquireError::NoPermits => ConnectionError::Full,
+            })?;
+        self.enqueue(frames, permit)
+    }
+
+    /// Sends a message serialized once with [`PreEncoded`] (e.g. one relay message to
+    /// many connections): no re-serialization, and no copy unless it must be chunked. Same
+    /// back-pressure as [`send`](Self::send).
+    ///
+    /// # Errors
+    /// [`ConnectionError::Codec`] if `pre` was made for another wire format, otherwise as
+    /// [`send`](Self::send).
+    pub async fn send_pre(&self, pre: &PreEncoded) -> Result<(), ConnectionError> {
+        if self.is_closed() {
+            return Err(ConnectionError::Closed);
+        }
+        let mut enc = self.encoder.lock().await;
+        let frames = enc.encode_pre(pre)?;
+        self.queue_frames(frames).await
     }
 
     /// Sends frames that are already encoded for this connection's serialization (e.g. one
     /// `json` or `raw` encoding shared by many connections), in order, with the same
-    /// back-pressure as [`send`](Self::send). Don't use it for chunked `binary` messages
-    /// or `msgpack` unless the frames came from this connection's own encoder.
+    /// back-pressure as [`send`](Self::send). Prefer [`send_pre`](Self::send_pre), which
+    /// also handles chunked `binary` and `msgpack` correctly.
     ///
     /// # Errors
-    /// [`ConnectionError::Closed`], [`ConnectionError::WebRtc`].
+    /// [`ConnectionError::Closed`].
     pub async fn send_frames(&self, frames: &[Frame]) -> Result<(), ConnectionError> {
         if self.is_closed() {
             return Err(ConnectionError::Closed);
         }
-        let _enc = self.encoder.lock().await;
-        for f in frames {
-            self.send_frame(f.clone()).await?;
-        }
-        Ok(())
+        let _order = self.encoder.lock().await;
+        self.queue_frames(frames.to_vec()).await
     }
 
-    /// Bytes handed to the channel and not yet acknowledged by the remote.
+    /// [`send_pre`](Self::send_pre) without waiting; see [`try_send`](Self::try_send).
+    ///
+    /// # Errors
+    /// As [`send_pre`](Self::send_pre), plus [`ConnectionError::Full`].
+    pub fn try_send_pre(&self, pre: &PreEncoded) -> Result<(), ConnectionError> {
+        if self.is_closed() {
+            return Err(ConnectionError::Closed);
+        }
+        let Ok(mut enc) = self.encoder.try_lock() else {
+            return Err(ConnectionError::Full);
+        };
+        let frames = enc.encode_pre(pre)?;
+        self.try_enqueue(frames)
+    }
+
+    /// Bytes queued or in flight (not yet acknowledged by the remote), approximately.
     pub async fn buffered_amount(&self) -> usize {
-        self.core.dc.outstanding_bytes().await.unwrap_or(0)
+        let queued = SEND_HIGH_WATER.saturating_sub(self.budget.available_permits());
+        queued + self.core.dc.outstanding_bytes().await.unwrap_or(0)
+    }
+
+    /// Waits until everything queued so far was handed to the channel and acknowledged.
+    async fn drained(&self) {
+        loop {
+            if self.core.closed.is_cancelled() {
+                return;
+            }
+            if self.budget.available_permits() >= SEND_HIGH_WATER
+                && self.core.dc.outstanding_bytes().await.unwrap_or(0) == 0
+            {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                _ = self.core.closed.cancelled() => return,
+            }
+        }
     }
 
     /// Closes the connection. With `flush`, everything sent before is delivered first: the
     /// close control `{__peerData:{type:"close"}}` goes after the data and the remote closes
-    /// when it reads it (`raw` has no control message: the buffer is drained instead).
+    /// when it reads it (`raw` has no control message: the queue is drained instead).
     /// Gives up waiting after [`FLUSH_CLOSE_TIMEOUT`].
     pub async fn close(&self, flush: bool) {
         if flush && !self.is_closed() {
             let flushed = async {
-                if self.core.meta.serialization == Serialization::Raw {
-                    while self.core.dc.outstanding_bytes().await.unwrap_or(0) > 0 {
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-                            _ = self.core.closed.cancelled() => return,
-                        }
-                    }
-                } else {
-                    let sent = {
-                        let mut enc = self.encoder.lock().await;
-                        match enc.encode_close() {
-                            Ok(frames) => {
-                                let mut ok = true;
-                                for f in frames {
-                                    if self.send_frame(f).await.is_err() {
-                                        ok = false;
-                                        break;
-                                    }
-                                }
-                                ok
-                            }
-                            Err(_) => false,
-                        }
-                    };
-                    if sent {
-                        self.core.closed.cancelled().await;
-                    }
+                let frames = {
+                    let mut enc = self.encoder.lock().await;
+                    enc.encode_close().unwrap_or_default()
+                };
+                if frames.is_empty() {
+                    self.drained().await;
+                } else if self.queue_frames(frames).await.is_ok() {
+                    self.core.closed.cancelled().await;
                 }
             };
             let _ = tokio::time::timeout(FLUSH_CLOSE_TIMEOUT, flushed).await;

@@ -24,8 +24,8 @@ use webrtc::peer_connection::{
 
 use super::connection::{ConnMeta, ConnectionError, DataConnection};
 use super::{
-    ConnEntry, ConnectOptions, PeerError, PeerEvent, Serialization, Shared, parse_serialization,
-    random_token, serialization_wire_name, webrtc_setup,
+    ConnEntry, ConnectOptions, PeerError, PeerEvent, Serialization, Shared, random_token,
+    webrtc_setup,
 };
 
 /// Signals routed to a connection task.
@@ -166,7 +166,7 @@ pub(crate) fn offer_message(meta: &ConnMeta, sdp: String) -> String {
             metadata: meta.metadata.as_ref(),
             label: &meta.label,
             reliable: meta.reliable,
-            serialization: serialization_wire_name(meta.serialization),
+            serialization: meta.serialization.as_offer_str(),
         },
         &meta.peer,
     )
@@ -249,7 +249,7 @@ pub(crate) fn on_offer(shared: &Arc<Shared>, src: String, payload: Option<serde_
         return;
     }
     let ser_name = offer.serialization.as_deref().unwrap_or("default");
-    let Some(serialization) = parse_serialization(ser_name) else {
+    let Some(serialization) = Serialization::from_offer(ser_name) else {
         tracing::debug!(%src, serialization = ser_name, "OFFER with an unknown serialization");
         shared.emit(PeerEvent::Error(PeerError::NegotiationFailed(format!(
             "unknown serialization {ser_name:?} from {src}"
@@ -392,7 +392,7 @@ pub(crate) async fn connect(
         peer,
         serialization,
         // peerjs's MsgPack connection forces reliable (ordered) delivery.
-        reliable: opts.reliable || serialization == Serialization::MsgPack,
+        reliable: opts.reliable || serialization.requires_reliable(),
         metadata: opts.metadata,
     };
     let (generation, signals) = register(&shared, &meta.connection_id, &meta.peer);

@@ -22,7 +22,7 @@
 //! `welcome` at once. Otherwise the first message decides: an object (or a string
 //! holding a JSON object with an `op`) means the relay protocol — `welcome` is sent
 //! first, then the answer; any other string means the seed's legacy protocol
-//! ([`legacy`]), and the connection then only ever receives strings of the seed's shapes.
+//! (`protocol/relay.md`), and the connection then only ever receives strings of the seed's shapes.
 //!
 //! A client's identity (the `from` of its messages, its presence name, the key of its
 //! publish deduplication) is the `client` string in its metadata or in its first
@@ -354,6 +354,8 @@ pub struct Relay {
     moved: Option<Arc<Payload>>,
     bytes: usize,
     messages: usize,
+    /// The head a new room starts from (raised by [`Relay::open_gap`]; 0 normally).
+    seq_floor: u64,
     m: Metrics,
     errors: [u64; ErrorCode::ALL.len()],
 }
@@ -389,6 +391,7 @@ impl Relay {
             moved: None,
             bytes: 0,
             messages: 0,
+            seq_floor: 0,
             m: Metrics::default(),
             errors: [0; ErrorCode::ALL.len()],
         };
@@ -712,7 +715,8 @@ impl Relay {
                 );
             }
             let name: Arc<str> = room.into();
-            self.rooms.insert(name.clone(), Room::new(name));
+            self.rooms
+                .insert(name.clone(), Room::new(name, self.seq_floor));
         }
         Ok(self.rooms.get_mut(room).expect("inserted above"))
     }
@@ -807,7 +811,7 @@ impl Relay {
             None => false,
         };
         let members: Vec<ConnId> = r.members.iter().copied().collect();
-        if r.head == 0 && r.members.is_empty() {
+        if r.head == self.seq_floor && r.log.is_empty() && r.members.is_empty() {
             // Never-used rooms cost nothing to forget; rooms with a head stay forever
             // (recreating one would reuse sequence numbers).
             self.rooms.remove(room);
@@ -885,11 +889,12 @@ impl Relay {
             .then(|| Arc::<str>::from(legacy::view(msg.body_json(), msg.from(), msg.ts())));
         let entry = Entry { msg, legacy };
         let room_name = entry.msg.room_arc().clone();
+        let floor = self.seq_floor;
         let r = self
             .rooms
             .entry(room_name.clone())
-            .or_insert_with(|| Room::new(room_name.clone()));
-        debug_assert_eq!(entry.msg.seq(), r.head + 1);
+            .or_insert_with(|| Room::new(room_name.clone(), floor));
+        debug_assert!(entry.msg.seq() > r.head);
         r.head = entry.msg.seq();
         if r.log.is_empty() {
             r.evicted_before = r.evicted_before.max(entry.msg.seq());
@@ -1111,7 +1116,7 @@ impl Relay {
                     return self.count_error(ErrorCode::TooLarge);
                 }
                 let room = self.legacy_room.clone();
-                let head = self.rooms.get(&room).map_or(0, |r| r.head);
+                let head = self.rooms.get(&room).map_or(self.seq_floor, |r| r.head);
                 let msg = StoredMessage::new(room, head + 1, from, wall_ms, None, &body);
                 self.m.published += 1;
                 self.store(msg);
@@ -1146,6 +1151,8 @@ impl Relay {
         message: &str,
         reference: Option<&str>,
     ) {
+        let message = truncate(message, MAX_ERROR_TEXT);
+        let reference = reference.map(|r| truncate(r, MAX_ERROR_TEXT));
         tracing::debug!(conn = conn.0, %code, message, "request refused");
         self.count_error(code);
         self.send_to(conn, &error_payload(code, message, reference));
@@ -1195,6 +1202,14 @@ impl Relay {
         self.moved = Some(p);
     }
 
+    /// Enables replication and returns the snapshot it follows, in one step: the
+    /// events [`Relay::poll_replication`] yields from now on are exactly what happens
+    /// after this snapshot. The predecessor's answer to `SnapshotNeeded`.
+    pub fn start_replication(&mut self) -> Snapshot {
+        self.set_replication(true);
+        self.export_snapshot()
+    }
+
     /// Starts (`true`) or stops queuing [`ReplicationEvent`]s. Take the snapshot in the
     /// same step as enabling it: events then describe exactly what follows the snapshot.
     /// While enabled, drain [`Relay::poll_replication`] after every call.
@@ -1216,7 +1231,7 @@ impl Relay {
     pub fn high_water(&self) -> BTreeMap<String, u64> {
         self.rooms
             .values()
-            .filter(|r| r.head > 0)
+            .filter(|r| r.head > self.seq_floor)
             .map(|r| (r.name.to_string(), r.head))
             .collect()
     }
@@ -1226,7 +1241,7 @@ impl Relay {
         let mut rooms: Vec<RoomState> = self
             .rooms
             .values()
-            .filter(|r| r.head > 0)
+            .filter(|r| r.head > self.seq_floor)
             .map(|r| RoomState {
                 name: r.name.to_string(),
                 head: r.head,
@@ -1237,17 +1252,13 @@ impl Relay {
         let messages = self
             .order
             .iter()
-            .filter_map(|(room, seq)| {
-                let r = self.rooms.get(room)?;
-                let first = r.first_seq()?;
-                let idx = usize::try_from(seq.checked_sub(first)?).ok()?;
-                r.log.get(idx).map(|e| e.msg.clone())
-            })
+            .filter_map(|(room, seq)| Some(self.rooms.get(room)?.get(*seq)?.msg.clone()))
             .collect();
         Snapshot {
             version: SNAPSHOT_VERSION,
             node: self.config.node.clone(),
             generation: self.config.generation,
+            seq_floor: self.seq_floor,
             rooms,
             messages,
         }
@@ -1257,32 +1268,33 @@ impl Relay {
     /// until the handoff is confirmed). The budget of `config` applies.
     ///
     /// # Errors
-    /// [`RelayError::Snapshot`] if a room's messages are not contiguous, exceed its head,
-    /// or precede its eviction mark, or a message names an unlisted room.
+    /// [`RelayError::Snapshot`] if a room's messages do not increase, exceed its head,
+    /// precede its eviction mark, or skip seqs (allowed only once a crash-restore gap
+    /// was opened in the ring, `seq_floor > 0`), or a message names an unlisted room.
     pub fn restore(
         config: RelayConfig,
         snapshot: Snapshot,
         now: Instant,
     ) -> Result<Relay, RelayError> {
+        let bad = |m: String| Err(RelayError::Snapshot(m));
         let mut r = Relay::new(config, now);
         if snapshot.version != SNAPSHOT_VERSION {
-            return Err(RelayError::Snapshot(format!(
-                "unknown version {}",
-                snapshot.version
-            )));
+            return bad(format!("unknown version {}", snapshot.version));
         }
+        r.seq_floor = snapshot.seq_floor;
+        let holes_allowed = snapshot.seq_floor > 0;
         let mut heads: HashMap<String, u64> = HashMap::new();
         for rs in &snapshot.rooms {
-            if rs.evicted_before == 0 || rs.evicted_before > rs.head + 1 {
-                return Err(RelayError::Snapshot(format!(
+            if rs.evicted_before == 0 || rs.evicted_before > rs.head.saturating_add(1) {
+                return bad(format!(
                     "room {}: evicted_before {} outside 1..={}",
                     rs.name,
                     rs.evicted_before,
-                    rs.head + 1
-                )));
+                    rs.head.saturating_add(1)
+                ));
             }
             let name: Arc<str> = rs.name.as_str().into();
-            let mut room = Room::new(name.clone());
+            let mut room = Room::new(name.clone(), 0);
             room.head = rs.evicted_before - 1;
             room.evicted_before = rs.evicted_before;
             r.rooms.insert(name, room);
@@ -1290,38 +1302,62 @@ impl Relay {
         }
         for m in snapshot.messages {
             let Some(room) = r.rooms.get(m.room()) else {
-                return Err(RelayError::Snapshot(format!(
-                    "message for unlisted room {}",
-                    m.room()
-                )));
+                return bad(format!("message for unlisted room {}", m.room()));
             };
             let head = heads.get(m.room()).copied().unwrap_or(0);
-            if m.seq() != room.head + 1 || m.seq() > head {
-                return Err(RelayError::Snapshot(format!(
+            let next_ok = if holes_allowed {
+                m.seq() > room.head
+            } else {
+                m.seq() == room.head + 1
+            };
+            if !next_ok || m.seq() > head {
+                return bad(format!(
                     "room {}: seq {} after {} (head {head})",
                     m.room(),
                     m.seq(),
                     room.head
-                )));
+                ));
             }
             r.insert(m);
         }
         for (name, head) in heads {
             if let Some(room) = r.rooms.get_mut(name.as_str()) {
-                if room.head != head && !room.log.is_empty() {
-                    return Err(RelayError::Snapshot(format!(
+                if room.head != head && !room.log.is_empty() && !holes_allowed {
+                    return bad(format!(
                         "room {name}: messages end at {} but head is {head}",
                         room.head
-                    )));
+                    ));
                 }
                 room.head = head;
-                if room.log.is_empty() {
-                    room.evicted_before = head + 1;
-                }
             }
         }
         r.enforce_budget();
         Ok(r)
+    }
+
+    /// After a crash restore from a backup that may predate what the lost node
+    /// acknowledged: moves every room's head, and the head new rooms start from, forward
+    /// by `margin`, so no sequence number the lost node may have handed out is ever
+    /// reused and clients resuming with `since` up to `margin` beyond the backup miss
+    /// nothing new. Returns each used room's skipped range `(first, last)` (for the
+    /// `welcome` gap notice, [`Relay::set_gap`]). Call it right after [`Relay::restore`],
+    /// before enabling replication; the floor travels in later snapshots.
+    pub fn open_gap(&mut self, margin: u64) -> BTreeMap<String, (u64, u64)> {
+        debug_assert!(self.replication.is_none(), "open_gap before replication");
+        let old_floor = self.seq_floor;
+        self.seq_floor = self.seq_floor.saturating_add(margin);
+        let mut skipped = BTreeMap::new();
+        for r in self.rooms.values_mut() {
+            let old = r.head;
+            r.head = r.head.saturating_add(margin);
+            if r.log.is_empty() {
+                r.evicted_before = r.head + 1;
+            }
+            if old > old_floor {
+                skipped.insert(r.name.to_string(), (old + 1, r.head));
+            }
+        }
+        skipped
     }
 
     /// Applies one event from the primary (idempotent: a seq at or below the room's head,
@@ -1333,7 +1369,7 @@ impl Relay {
     pub fn apply_replication(&mut self, event: ReplicationEvent) -> Result<Applied, RelayError> {
         match event {
             ReplicationEvent::Stored(m) => {
-                let head = self.rooms.get(m.room()).map_or(0, |r| r.head);
+                let head = self.rooms.get(m.room()).map_or(self.seq_floor, |r| r.head);
                 if m.seq() <= head {
                     return Ok(Applied::Ignored);
                 }
@@ -1357,8 +1393,8 @@ impl Relay {
                     // Nothing stored here for it; remember the mark so seqs continue.
                     if before > 1 {
                         let name: Arc<str> = room.as_str().into();
-                        let mut nr = Room::new(name.clone());
-                        nr.head = before - 1;
+                        let mut nr = Room::new(name.clone(), self.seq_floor);
+                        nr.head = nr.head.max(before - 1);
                         nr.evicted_before = before;
                         self.rooms.insert(name, nr);
                         return Ok(Applied::Applied);
@@ -1384,6 +1420,14 @@ impl Relay {
                 self.m.evicted_bytes += freed as u64;
                 if let Some(q) = &mut self.replication {
                     q.push_back(ReplicationEvent::Evicted { room, before });
+                }
+                // The primary evicts globally oldest first, so what it evicted sits at
+                // the front of the store order here too: drop those slots.
+                while let Some((room, seq)) = self.order.front() {
+                    if self.rooms.get(room).and_then(|r| r.get(*seq)).is_some() {
+                        break;
+                    }
+                    self.order.pop_front();
                 }
                 Ok(Applied::Applied)
             }
@@ -1440,6 +1484,21 @@ pub struct RoomStats {
     pub messages: usize,
     /// Subscribed connections.
     pub members: usize,
+}
+
+/// Longest `message` and `ref` of an `error` (they may quote client input).
+const MAX_ERROR_TEXT: usize = 256;
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// A string holding a JSON object with a string `op`: a relay request sent as text.

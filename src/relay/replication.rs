@@ -35,6 +35,10 @@ pub struct Snapshot {
     pub node: String,
     /// Generation of the node that took it.
     pub generation: u64,
+    /// The head new rooms start from: 0, or raised by every crash-restore gap
+    /// (`Relay::open_gap`) so seqs are never reused.
+    #[serde(default)]
+    pub seq_floor: u64,
     /// Every room with `head > 0`.
     pub rooms: Vec<RoomState>,
     /// Every stored message, in global store order.
@@ -51,6 +55,8 @@ impl Snapshot {
         push_json_str(&mut s, &self.node);
         s.push_str(r#","generation":"#);
         s.push_str(&self.generation.to_string());
+        s.push_str(r#","seq_floor":"#);
+        s.push_str(&self.seq_floor.to_string());
         s.push_str(r#","rooms":"#);
         s.push_str(&serde_json::to_string(&self.rooms).expect("room states serialise"));
         s.push_str(r#","messages":["#);

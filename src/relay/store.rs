@@ -306,7 +306,8 @@ pub(crate) struct Room {
     pub head: u64,
     /// Every seq below this was evicted (1: nothing evicted).
     pub evicted_before: u64,
-    /// Stored messages, seqs `evicted_before..=head`, contiguous.
+    /// Stored messages, seqs increasing within `evicted_before..=head` (contiguous unless
+    /// a crash-restore gap was opened).
     pub log: VecDeque<Entry>,
     /// Connections subscribed.
     pub members: BTreeSet<ConnId>,
@@ -317,11 +318,12 @@ pub(crate) struct Room {
 }
 
 impl Room {
-    pub fn new(name: Arc<str>) -> Room {
+    /// An empty room whose first message gets `floor + 1`.
+    pub fn new(name: Arc<str>, floor: u64) -> Room {
         Room {
             name,
-            head: 0,
-            evicted_before: 1,
+            head: floor,
+            evicted_before: floor + 1,
             log: VecDeque::new(),
             members: BTreeSet::new(),
             presence: HashMap::new(),
@@ -334,17 +336,16 @@ impl Room {
         self.log.front().map(|e| e.msg.seq)
     }
 
-    /// Index in `log` of the first message with `seq > since`.
+    /// Index in `log` of the first message with `seq > since` (seqs increase; they are
+    /// dense except across a crash-restore gap, see `Relay::open_gap`).
     pub fn index_after(&self, since: u64) -> usize {
-        match self.first_seq() {
-            None => 0,
-            Some(first) => {
-                let idx = (since.saturating_add(1)).saturating_sub(first);
-                usize::try_from(idx)
-                    .unwrap_or(usize::MAX)
-                    .min(self.log.len())
-            }
-        }
+        self.log.partition_point(|e| e.msg.seq <= since)
+    }
+
+    /// The stored message with `seq`, if any.
+    pub fn get(&self, seq: u64) -> Option<&Entry> {
+        let i = self.index_after(seq.saturating_sub(1));
+        self.log.get(i).filter(|e| e.msg.seq == seq)
     }
 
     /// The seq a `publish` by `from` with `id` was stored under, if still stored.

@@ -170,6 +170,18 @@ fn assert_schema(out: &Outgoing) {
     };
     let errs = schema_errors(def, &v);
     assert!(errs.is_empty(), "{v} breaks the schema: {errs:#?}");
+    // The Rust client's wire types read every relay message, losslessly.
+    if def == "server" {
+        let typed: wire::ServerMessage = serde_json::from_value(v.clone())
+            .unwrap_or_else(|e| panic!("ServerMessage cannot read {v}: {e}"));
+        let mut back = serde_json::to_value(&typed).unwrap();
+        if let Some(ms) = back.get_mut("messages").and_then(Value::as_array_mut) {
+            for m in ms {
+                m["op"] = json!("msg"); // history elements are full msg objects
+            }
+        }
+        assert_eq!(back, v, "wire types changed the message");
+    }
 }
 
 /// An output as a comparable value: `Object` → the parsed object, `Text` →
@@ -762,6 +774,13 @@ fn every_limit_and_error_code() {
         "too_large",
         json!("direct"),
     );
+    // Error texts quoting client input stay short.
+    let out = h.send(1, json!({"op":"join","room":"r","since":"é".repeat(5000)}));
+    let text = out[0].1["message"].as_str().unwrap();
+    assert!(
+        text.len() <= 256 && text.starts_with("invalid type"),
+        "{text}"
+    );
     // Exactly at the limit is fine (98 chars + 2 quotes = 100 bytes).
     assert_eq!(h.publish(1, "r", "fits", json!("x".repeat(98))), 1);
     h.send(1, json!({"op":"join","room":"r"}));
@@ -1153,7 +1172,10 @@ fn snapshot_restore_roundtrip() {
     }
     // An inconsistent snapshot is refused.
     let mut snap = populated(usize::MAX).relay.export_snapshot();
-    snap.messages.remove(3);
+    let in_a: Vec<usize> = (0..snap.messages.len())
+        .filter(|i| snap.messages[*i].room() == "a")
+        .collect();
+    snap.messages.swap(in_a[0], in_a[1]);
     assert!(Relay::restore(config(), snap, Instant::now()).is_err());
     let mut snap = populated(usize::MAX).relay.export_snapshot();
     snap.rooms[0].head -= 1;
@@ -1207,6 +1229,8 @@ fn replication_is_idempotent_and_converges() {
             p.relay.export_snapshot().messages
         );
         assert_eq!(s.room_stats(), p.relay.room_stats());
+        // No stale store-order slots pile up on the replica.
+        assert_eq!(s.order.len(), s.metrics().messages);
         let applied_again = events
             .iter()
             .map(|e| s.apply_replication(e.clone()).unwrap())
@@ -1601,4 +1625,88 @@ mod prop {
             prop_assert_eq!(restored.export_snapshot(), snap);
         }
     }
+}
+
+// ----- crash restore: gap, never reusing seqs ---------------------------------------
+
+#[test]
+fn crash_restore_opens_a_gap_and_never_reuses_seqs() {
+    let mut p = Harness::new(config());
+    p.open_relay(1, "p1", named("alice"));
+    for i in 1..=5 {
+        p.publish(1, "a", &format!("m{i}"), json!(i));
+    }
+    let backup = p.relay.export_snapshot().to_json();
+    // Acknowledged after the backup, then the node dies.
+    for i in 6..=8 {
+        p.publish(1, "a", &format!("m{i}"), json!(i));
+    }
+    p.publish(1, "fresh", "f1", json!(1));
+    p.publish(1, "fresh", "f2", json!(2));
+
+    let mut s = Relay::restore(
+        config(),
+        Snapshot::from_json(&backup).unwrap(),
+        Instant::now(),
+    )
+    .unwrap();
+    let skipped = s.open_gap(1000);
+    assert_eq!(skipped, [("a".to_string(), (6, 1005))].into());
+    s.set_gap(Some(
+        json!({"reason": "restored from backup", "rooms": {"a": [6, 1005]}}),
+    ));
+    let mut h = Harness::from_relay(s);
+    let out = h.open(1, "alice-new-peer", named("alice"));
+    assert_eq!(out[0].1["gap"]["rooms"]["a"], json!([6, 1005]));
+    // The client resumes with what it saw on the lost node; new messages are beyond it.
+    h.check(
+        1,
+        json!({"op":"join","room":"a","since":8}),
+        &[joined(1, "a", 1005), presence(1, "a", &["alice"], &[])],
+    );
+    assert_eq!(h.publish(1, "a", "n1", json!("after")), 1006);
+    let out = h.send(1, json!({"op":"join","room":"fresh","since":2}));
+    assert_eq!(out[0], joined(1, "fresh", 1000));
+    assert_eq!(h.publish(1, "fresh", "f3", json!(3)), 1001);
+    // Dedup still holds for what the backup had.
+    assert_eq!(h.publish(1, "a", "m3", json!(3)), 3);
+    // History pages across the gap.
+    let out = h.send(1, json!({"op":"history","room":"a","limit":3}));
+    let seqs: Vec<u64> = out[0].1["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![1006, 5, 4]);
+    let out = h.send(1, json!({"op":"join","room":"a","since":4}));
+    let seqs: Vec<u64> = out.iter().filter_map(|(_, v)| v["seq"].as_u64()).collect();
+    assert_eq!(seqs, vec![5, 1006]);
+    // A room that only existed for a moment is forgotten, and starts at the floor again.
+    h.send(1, json!({"op":"join","room":"brief"}));
+    h.send(1, json!({"op":"leave","room":"brief"}));
+    assert!(!h.relay.room_stats().contains_key("brief"));
+    // The floor and the holes travel to the next generation, by snapshot and by tail.
+    let snap = h.relay.start_replication();
+    assert_eq!(snap.seq_floor, 1000);
+    let mut next = Relay::restore(
+        config(),
+        Snapshot::from_json(&snap.to_json()).unwrap(),
+        Instant::now(),
+    )
+    .unwrap();
+    assert_eq!(next.export_snapshot(), snap);
+    assert_eq!(h.publish(1, "a", "n2", json!(2)), 1007);
+    assert_eq!(h.publish(1, "other", "o1", json!(1)), 1001);
+    while let Some(e) = h.relay.poll_replication() {
+        next.apply_replication(e).unwrap();
+    }
+    assert_eq!(next.high_water(), h.relay.high_water());
+    assert_eq!(next.export_snapshot(), h.relay.export_snapshot());
+    // Without a floor, holes are refused.
+    let mut bad = populated(usize::MAX).relay.export_snapshot();
+    bad.messages.remove(3);
+    assert!(Relay::restore(config(), bad.clone(), Instant::now()).is_err());
+    bad.seq_floor = 10;
+    assert!(Relay::restore(config(), bad, Instant::now()).is_ok());
 }

@@ -61,6 +61,9 @@ pub struct TunnelArgs {
     /// How long to wait for the tunnel before serving without it (e.g. `20s`).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
     pub tunnel_timeout: Duration,
+    /// ngrok ingress to dial instead of ngrok's own (`host:port`; a custom agent ingress).
+    #[arg(long, env = "OUROBOROS_NGROK_SERVER_ADDR", hide_short_help = true)]
+    pub ngrok_server_addr: Option<String>,
 }
 
 impl Default for TunnelArgs {
@@ -69,6 +72,7 @@ impl Default for TunnelArgs {
             kind: TunnelKind::None,
             ngrok_domain: None,
             tunnel_timeout: DEFAULT_TUNNEL_TIMEOUT,
+            ngrok_server_addr: None,
         }
     }
 }
@@ -78,10 +82,13 @@ impl TunnelArgs {
     pub fn build(&self) -> Box<dyn Tunnel> {
         match self.kind {
             TunnelKind::None => Box::new(NoTunnel),
-            TunnelKind::Ngrok => Box::new(NgrokTunnel::from_env(
-                self.ngrok_domain.clone(),
-                self.tunnel_timeout,
-            )),
+            TunnelKind::Ngrok => {
+                let t = NgrokTunnel::from_env(self.ngrok_domain.clone(), self.tunnel_timeout);
+                Box::new(match &self.ngrok_server_addr {
+                    Some(a) => t.with_server_addr(a.clone()),
+                    None => t,
+                })
+            }
         }
     }
 }

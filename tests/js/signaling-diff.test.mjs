@@ -713,3 +713,53 @@ test('documented fixes: oversized frames, bad ids and floods get ERROR and close
   expectLine(/^F <- \{"type":"ERROR","payload":\{"msg":"[^"]*[Rr]ate[^"]*"\}\}$/);
   expectLine(/^F closed \d+$/);
 });
+
+test('documented fixes: bounded offline queue, malformed-frame burst, LEAVE without dst stops relaying', { timeout: 60000 }, async () => {
+  const script = async (s) => {
+    await s.join('A');
+    // 70 messages for an absent peer (ours: 64 per peer by default; the overflow is EXPIREd at once)
+    for (let i = 0; i < 70; i++) s.client('A').send(JSON.stringify({ type: 'CANDIDATE', dst: 'Z', payload: i }));
+    s.note('A -> 70 CANDIDATEs for absent Z');
+    s.client('A').send(JSON.stringify({ type: 'OFFER', dst: 'A', payload: 'marker' })); // comes back after the 70 were handled
+    const early = [];
+    for (;;) {
+      const f = await s.client('A').nextTextOrNull(1000);
+      if (f === null || f.includes('"marker"')) break;
+      early.push(f);
+    }
+    s.note(`A got ${early.length} early frames, EXPIRE from Z: ${early.includes('{"type":"EXPIRE","src":"Z","dst":"A"}')}`);
+    await s.join('Z');
+    let queued = 0;
+    while ((await s.client('Z').nextTextOrNull(500)) !== null) queued++;
+    s.note(`Z got ${queued} queued frames`);
+    // a burst of 12 frames that are not JSON (ours: 10 tolerated)
+    await s.join('M');
+    for (let i = 0; i < 12; i++) s.client('M').send('{not json');
+    s.note('M -> 12 malformed frames');
+    await s.recv('M', 1000);
+    await s.closed('M', 1000);
+    // LEAVE without dst, then the same socket keeps sending
+    await s.join('B');
+    await s.join('L');
+    s.send('L', { type: 'LEAVE' });
+    s.send('L', { type: 'OFFER', dst: 'B', payload: 'after LEAVE' });
+    await s.recv('B', 1000);
+  };
+  const { ref, target } = await both({}, script, 'documented-queues');
+  for (const line of [
+    'A got 0 early frames, EXPIRE from Z: false',
+    'Z got 70 queued frames',
+    'M <- (nothing within 1000 ms)',
+    'M still open after 1000 ms',
+    'B <- {"type":"OFFER","src":"L","dst":"B","payload":"after LEAVE"}',
+  ]) {
+    assert.ok(ref.includes(line), `reference: expected ${line}\n${ref.join('\n')}`);
+  }
+  if (TARGET === 'reference') return;
+  const expectLine = (re) => assert.ok(target.some((l) => re.test(l)), `${TARGET}: expected ${re}\n${target.join('\n')}`);
+  expectLine(/^A got [1-9]\d* early frames, EXPIRE from Z: true$/);
+  expectLine(/^Z got 64 queued frames$/);
+  expectLine(/^M <- \{"type":"ERROR","payload":\{"msg":"Too many malformed messages"\}\}$/);
+  expectLine(/^M closed 1008$/);
+  expectLine(/^B <- \(nothing within 1000 ms\)$/);
+});

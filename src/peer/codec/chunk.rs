@@ -52,6 +52,8 @@ struct Partial {
     chunks: BTreeMap<u32, Bytes>,
     /// Bytes in `chunks`.
     bytes: usize,
+    /// When the message started (eviction order: oldest first).
+    seq: u64,
 }
 
 /// Reassembles chunked BinaryPack messages of one connection.
@@ -61,11 +63,26 @@ pub(crate) struct Reassembler {
     partials: HashMap<i64, Partial>,
     /// Bytes across all partial messages.
     bytes: usize,
+    /// Sequence number for the next new partial message.
+    next_seq: u64,
+    /// Partial messages dropped to make room.
+    evicted: u64,
 }
 
 impl Reassembler {
     pub(crate) fn partial_messages(&self) -> usize {
         self.partials.len()
+    }
+
+    /// Partial messages dropped so far to make room for newer ones.
+    pub(crate) fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Bytes held in partial messages.
+    #[cfg(test)]
+    pub(crate) fn buffered_bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Handles one packed frame: returns the message or close it completes, if any.
@@ -133,41 +150,68 @@ impl Reassembler {
             }
         };
 
+        // Checks against the partial message of this id, if any.
+        if let Some(partial) = self.partials.get(&id) {
+            let problem = if partial.total != total {
+                Some(CodecError::InvalidChunk(
+                    "total differs from earlier chunks",
+                ))
+            } else if partial.chunks.contains_key(&n) {
+                Some(CodecError::InvalidChunk("duplicate chunk index"))
+            } else {
+                None
+            };
+            if let Some(e) = problem {
+                self.drop_partial(id);
+                return Err(e);
+            }
+        }
+        let own = self.partials.get(&id).map_or(0, |p| p.bytes);
+        if own + data.len() > limits.max_message_size || own + data.len() > limits.max_partial_bytes
+        {
+            self.drop_partial(id);
+            return Err(CodecError::MessageTooBig {
+                size: own + data.len(),
+                limit: limits.max_message_size.min(limits.max_partial_bytes),
+            });
+        }
+        // Make room by evicting the oldest other partial messages: a message whose chunk was
+        // lost (or a peer that never finishes) cannot block the connection for good.
+        while (!self.partials.contains_key(&id)
+            && self.partials.len() >= limits.max_partial_messages)
+            || self.bytes + data.len() > limits.max_partial_bytes
+        {
+            let Some(oldest) = self
+                .partials
+                .iter()
+                .filter(|(other, _)| **other != id)
+                .min_by_key(|(_, p)| p.seq)
+                .map(|(other, _)| *other)
+            else {
+                break;
+            };
+            tracing::debug!(
+                id = oldest,
+                "dropping the oldest partial chunked message to make room"
+            );
+            self.drop_partial(oldest);
+            self.evicted += 1;
+        }
         if !self.partials.contains_key(&id) && self.partials.len() >= limits.max_partial_messages {
+            // Only possible with max_partial_messages == 0.
             return Err(CodecError::TooManyPartials {
                 messages: self.partials.len(),
                 bytes: self.bytes,
             });
         }
-        let held = self.partials.len();
+        let seq = self.next_seq;
+        self.next_seq += 1;
         let partial = self.partials.entry(id).or_insert_with(|| Partial {
             total,
             chunks: BTreeMap::new(),
             bytes: 0,
+            seq,
         });
-        let problem = if partial.total != total {
-            Some(CodecError::InvalidChunk(
-                "total differs from earlier chunks",
-            ))
-        } else if partial.chunks.contains_key(&n) {
-            Some(CodecError::InvalidChunk("duplicate chunk index"))
-        } else if partial.bytes + data.len() > limits.max_message_size {
-            Some(CodecError::MessageTooBig {
-                size: partial.bytes + data.len(),
-                limit: limits.max_message_size,
-            })
-        } else if self.bytes + data.len() > limits.max_partial_bytes {
-            Some(CodecError::TooManyPartials {
-                messages: held,
-                bytes: self.bytes + data.len(),
-            })
-        } else {
-            None
-        };
-        if let Some(e) = problem {
-            self.drop_partial(id);
-            return Err(e);
-        }
         partial.bytes += data.len();
         self.bytes += data.len();
         partial.chunks.insert(n, data);

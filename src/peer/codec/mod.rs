@@ -7,10 +7,16 @@
 //!
 //! # Layout
 //!
-//! - [`value`](self::Value): the dynamic [`Value`], its conversions and serde glue.
+//! - `mod.rs` (this file): the public API: [`Value`], [`Serialization`], [`Frame`],
+//!   [`Decoded`], [`Encoder`], [`Decoder`], [`DecoderLimits`], [`PreEncoded`], [`CodecError`].
+//! - `value`: `Value` conveniences, the `Value` ↔ JSON mapping, serde glue ([`to_value`],
+//!   [`from_value`]).
 //! - `binarypack`: BinaryPack exactly as `peerjs-js-binarypack` 2.1.0 packs and unpacks it.
+//! - `js`: the JavaScript number semantics it depends on (V8's `Math.log`, `ToInt32`, `Date`).
 //! - `chunk`: peerjs's 16300-byte chunking and the bounded reassembler.
-//! - `json`, `msgpack`: the other wire formats.
+//! - `json`, `msgpack`: the other wire formats (raw needs no module).
+//! - tests: `tests` (unit), `vectors` (JS-generated vectors in `protocol/vectors/`),
+//!   `proptests` (round trips, shuffled chunks, arbitrary input never panics).
 //!
 //! The wire formats, the JavaScript quirks we keep and the limits are described in
 //! `protocol/serializations.md`.
@@ -45,6 +51,8 @@ mod json;
 mod msgpack;
 mod value;
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -262,8 +270,8 @@ pub enum CodecError {
     /// An invalid chunk (`{__peerData, n, data, total}`); its partial message was dropped.
     #[error("invalid chunk: {0}")]
     InvalidChunk(&'static str),
-    /// Too many partially received chunked messages at once, or too many bytes buffered in
-    /// them.
+    /// No room for a new partial chunked message (only with `max_partial_messages == 0`;
+    /// otherwise the oldest partial message is dropped instead).
     #[error("too many partial chunked messages ({messages} messages, {bytes} bytes buffered)")]
     TooManyPartials {
         /// Partial messages held.
@@ -296,9 +304,11 @@ pub struct DecoderLimits {
     /// Largest message accepted: a reassembled chunked BinaryPack message, a msgpack value
     /// (bytes buffered while it is incomplete), a JSON or raw frame. Default 64 MiB.
     pub max_message_size: usize,
-    /// Chunked BinaryPack messages that may be partially received at once. Default 16.
+    /// Chunked BinaryPack messages that may be partially received at once; beyond, the
+    /// oldest partial message is dropped. Default 16.
     pub max_partial_messages: usize,
-    /// Bytes buffered across all partial chunked messages. Default 64 MiB.
+    /// Bytes buffered across all partial chunked messages; beyond, the oldest partial
+    /// messages are dropped (a single message above it is refused). Default 64 MiB.
     pub max_partial_bytes: usize,
     /// Maximum nesting of arrays/maps. Default 256.
     pub max_depth: usize,
@@ -558,6 +568,12 @@ impl Decoder {
     /// Number of chunked messages partially received (for metrics and tests).
     pub fn partial_messages(&self) -> usize {
         self.chunks.partial_messages()
+    }
+
+    /// Partial chunked messages dropped so far to make room for newer ones (see
+    /// [`DecoderLimits::max_partial_messages`]).
+    pub fn evicted_partials(&self) -> u64 {
+        self.chunks.evicted()
     }
 
     /// Feeds one received frame; returns the complete items it finished (possibly none).

@@ -248,7 +248,7 @@ fn bad_chunks_are_rejected_and_dropped() {
             .is_err()
     );
     assert_eq!(dec.partial_messages(), 0);
-    // Too many partial messages.
+    // Too many partial messages: the oldest is dropped to make room.
     let limits = DecoderLimits {
         max_partial_messages: 2,
         ..DecoderLimits::default()
@@ -258,16 +258,47 @@ fn bad_chunks_are_rejected_and_dropped() {
         .unwrap();
     dec.decode(chunk(2.into(), 0.into(), d(), 2.into()))
         .unwrap();
-    assert!(matches!(
-        dec.decode(chunk(3.into(), 0.into(), d(), 2.into())),
-        Err(CodecError::TooManyPartials { .. })
-    ));
-    // The other partials are unaffected.
     assert_eq!(
-        dec.decode(chunk(1.into(), 1.into(), d(), 2.into()))
+        dec.decode(chunk(3.into(), 0.into(), d(), 2.into()))
+            .unwrap(),
+        vec![]
+    );
+    assert_eq!(dec.partial_messages(), 2);
+    assert_eq!(dec.evicted_partials(), 1);
+    // Messages 2 and 3 complete; message 1 lost its first chunk and starts over.
+    assert_eq!(
+        dec.decode(chunk(2.into(), 1.into(), d(), 2.into()))
             .unwrap(),
         vec![Decoded::Message(Value::Int(1))]
     );
+    assert_eq!(
+        dec.decode(chunk(3.into(), 1.into(), d(), 2.into()))
+            .unwrap(),
+        vec![Decoded::Message(Value::Int(1))]
+    );
+    assert_eq!(
+        dec.decode(chunk(1.into(), 1.into(), d(), 2.into()))
+            .unwrap(),
+        vec![]
+    );
+    assert_eq!(dec.partial_messages(), 1);
+    // Byte budget: a new message evicts older partials; one message above it is refused.
+    let limits = DecoderLimits {
+        max_partial_bytes: 10,
+        ..DecoderLimits::default()
+    };
+    let six = || Value::Bin(Bytes::from_static(b"\x01\x01\x01\x01\x01\x01"));
+    let mut dec = Decoder::with_limits(Serialization::Binary, limits);
+    dec.decode(chunk(1.into(), 0.into(), six(), 3.into()))
+        .unwrap();
+    dec.decode(chunk(2.into(), 0.into(), six(), 3.into()))
+        .unwrap();
+    assert_eq!(dec.partial_messages(), 1);
+    assert!(matches!(
+        dec.decode(chunk(2.into(), 1.into(), six(), 3.into())),
+        Err(CodecError::MessageTooBig { .. })
+    ));
+    assert_eq!(dec.partial_messages(), 0);
 }
 
 #[test]

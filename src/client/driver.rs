@@ -1,0 +1,659 @@
+//! The client's driver task: owns the connection to the node, matches answers to
+//! requests, and follows the node across rotations and reconnects.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// Metadata `protocol` value declaring the relay protocol (`relay::wire::PROTOCOL`).
+const PROTOCOL: &str = "ouroboros/1";
+use std::time::{Duration, Instant};
+
+use serde_json::{Value as Json, json};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{Ack, ClientConfig, ClientError, Command, Event, HistoryPage, Message, Target};
+use crate::discovery::SignalingEndpoint;
+use crate::peer::{ConnectOptions, ConnectionReceiver, ConnectionSender, Peer, PeerConfig, Value};
+
+/// Where the client's connection stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConnectionState {
+    /// Opening the first connection or reconnecting.
+    Connecting,
+    /// Connected to the node (greeted or not yet).
+    Live {
+        /// The node's peer id.
+        node: String,
+        /// Its generation (from the record, then from `welcome`).
+        generation: u64,
+    },
+    /// Following a `moved` notice to this generation.
+    Moving {
+        /// The successor's generation.
+        generation: u64,
+    },
+    /// Not connected; retrying after the given delay.
+    Offline {
+        /// Why the last attempt failed.
+        reason: String,
+        /// When the next attempt starts.
+        retry_in: Duration,
+    },
+    /// Closed by the user or given up.
+    Closed,
+}
+
+/// Error codes after which a publish stays pending and is re-sent to the successor.
+const RETRYABLE: &[&str] = &["read_only"];
+
+struct RoomState {
+    /// Highest sequence number seen (or the `since`/head the room was joined at).
+    last_seq: Option<u64>,
+}
+
+struct PendingPublish {
+    room: String,
+    body: Json,
+    order: u64,
+    replies: Vec<oneshot::Sender<Result<Ack, ClientError>>>,
+}
+
+type PendingPing = (
+    oneshot::Sender<Result<Duration, ClientError>>,
+    Instant,
+    Instant,
+);
+
+type Reply<T> = (oneshot::Sender<Result<T, ClientError>>, Instant);
+
+struct Link {
+    peer: Peer,
+    sender: ConnectionSender,
+    receiver: ConnectionReceiver,
+}
+
+struct Driver {
+    cfg: ClientConfig,
+    target: Target,
+    events: mpsc::UnboundedSender<Event>,
+    state: watch::Sender<ConnectionState>,
+    link: Option<Link>,
+    rooms: BTreeMap<String, RoomState>,
+    pending: HashMap<String, PendingPublish>,
+    order: BTreeMap<u64, String>,
+    next_order: u64,
+    /// Pending joins in request order: (room, reply, deadline).
+    joins: VecDeque<(String, Reply<u64>)>,
+    /// Pending history requests in request order.
+    histories: VecDeque<(String, Reply<HistoryPage>)>,
+    /// Pending pings: (reply, sent at, deadline).
+    pings: VecDeque<PendingPing>,
+    /// Commands received while reconnecting, handled once connected again.
+    deferred: VecDeque<Command>,
+}
+
+/// Opens the first connection and spawns the driver.
+pub(super) async fn start(
+    target: Target,
+    cfg: ClientConfig,
+    cmds: mpsc::Receiver<Command>,
+    events: mpsc::UnboundedSender<Event>,
+) -> Result<watch::Receiver<ConnectionState>, ClientError> {
+    let (state, state_rx) = watch::channel(ConnectionState::Connecting);
+    let mut d = Driver {
+        cfg,
+        target,
+        events,
+        state,
+        link: None,
+        rooms: BTreeMap::new(),
+        pending: HashMap::new(),
+        order: BTreeMap::new(),
+        next_order: 0,
+        joins: VecDeque::new(),
+        histories: VecDeque::new(),
+        pings: VecDeque::new(),
+        deferred: VecDeque::new(),
+    };
+    d.establish().await?;
+    tokio::spawn(d.run(cmds));
+    Ok(state_rx)
+}
+
+fn endpoint_config(e: &SignalingEndpoint, cfg: &ClientConfig) -> PeerConfig {
+    let mut pc = PeerConfig::new(e.host.clone(), e.port);
+    pc.path = e.path.clone();
+    pc.key = e.key.clone();
+    pc.secure = e.secure;
+    pc.ice_servers = cfg.ice_servers.clone();
+    pc.connect_timeout = cfg.connect_timeout;
+    pc.reconnect = false;
+    pc
+}
+
+enum Wake {
+    Cmd(Option<Command>),
+    Msg(Option<Result<Value, crate::peer::ConnectionError>>),
+    Tick,
+}
+
+impl Driver {
+    fn set_state(&self, s: ConnectionState) {
+        if *self.state.borrow() != s {
+            self.state.send_replace(s.clone());
+            let _ = self.events.send(Event::State(s));
+        }
+    }
+
+    /// One connection attempt over every endpoint of the target, preferred first.
+    async fn establish(&mut self) -> Result<(), ClientError> {
+        if let Some(old) = self.link.take() {
+            old.peer.close().await;
+        }
+        let n = self.target.signaling.len();
+        if n == 0 {
+            return Err(ClientError::Connect("no signaling endpoint".into()));
+        }
+        let mut last_err = String::new();
+        for i in 0..n {
+            let e = &self.target.signaling[(self.cfg.endpoint_index + i) % n];
+            let pc = endpoint_config(e, &self.cfg);
+            let attempt = async {
+                let peer = Peer::open(pc).await.map_err(|e| e.to_string())?;
+                let opts = ConnectOptions {
+                    label: Some("ouroboros".into()),
+                    serialization: self.cfg.serialization,
+                    reliable: true,
+                    metadata: Some(json!({"client": self.cfg.name, "protocol": PROTOCOL})),
+                };
+                match peer.connect(&self.target.peer_id, opts).await {
+                    Ok(conn) => Ok((peer, conn)),
+                    Err(err) => {
+                        peer.close().await;
+                        Err(err.to_string())
+                    }
+                }
+            };
+            match tokio::time::timeout(self.cfg.connect_timeout, attempt).await {
+                Ok(Ok((peer, conn))) => {
+                    let (sender, receiver) = conn.split();
+                    self.link = Some(Link {
+                        peer,
+                        sender,
+                        receiver,
+                    });
+                    self.set_state(ConnectionState::Live {
+                        node: self.target.peer_id.clone(),
+                        generation: self.target.generation,
+                    });
+                    return Ok(());
+                }
+                Ok(Err(err)) => last_err = format!("{}:{}: {err}", e.host, e.port),
+                Err(_) => last_err = format!("{}:{}: timed out", e.host, e.port),
+            }
+        }
+        Err(ClientError::Connect(last_err))
+    }
+
+    /// After (re)connecting: re-join rooms from the last seen sequence number, re-send
+    /// unacknowledged publishes in their original order.
+    async fn resume(&mut self) {
+        let joins: Vec<Json> = self
+            .rooms
+            .iter()
+            .map(|(room, st)| match st.last_seq {
+                Some(s) => json!({"op":"join","room":room,"since":s}),
+                None => json!({"op":"join","room":room}),
+            })
+            .collect();
+        for j in joins {
+            self.send(&j).await;
+        }
+        let resend: Vec<Json> = self
+            .order
+            .values()
+            .filter_map(|id| {
+                self.pending
+                    .get(id)
+                    .map(|p| json!({"op":"publish","room":p.room,"id":id,"body":p.body}))
+            })
+            .collect();
+        for p in resend {
+            self.send(&p).await;
+        }
+    }
+
+    async fn send(&mut self, msg: &Json) {
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        if let Err(e) = link.sender.send(&Value::from_json(msg.clone())).await {
+            tracing::debug!(error = %e, "send to node failed; reconnecting");
+            self.drop_link().await;
+        }
+    }
+
+    async fn drop_link(&mut self) {
+        if let Some(link) = self.link.take() {
+            link.peer.close().await;
+        }
+    }
+
+    async fn run(mut self, mut cmds: mpsc::Receiver<Command>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut moving = false;
+        loop {
+            if self.link.is_none() {
+                if !self.reconnect(&mut cmds, moving).await {
+                    break;
+                }
+                moving = false;
+                self.resume().await;
+                while let Some(c) = self.deferred.pop_front() {
+                    if !self.command(c).await {
+                        self.shutdown().await;
+                        return;
+                    }
+                }
+                continue;
+            }
+            let wake = {
+                let link = self.link.as_mut().expect("checked above");
+                tokio::select! {
+                    c = cmds.recv() => Wake::Cmd(c),
+                    m = link.receiver.recv() => Wake::Msg(m),
+                    _ = tick.tick() => Wake::Tick,
+                }
+            };
+            match wake {
+                Wake::Cmd(None) => break,
+                Wake::Cmd(Some(c)) => {
+                    if !self.command(c).await {
+                        break;
+                    }
+                }
+                Wake::Msg(Some(Ok(v))) => {
+                    if self.incoming(v.to_json()).await {
+                        moving = true;
+                        self.drop_link().await;
+                    }
+                }
+                Wake::Msg(Some(Err(e))) => {
+                    tracing::debug!(error = %e, "undecodable message from node");
+                }
+                Wake::Msg(None) => {
+                    tracing::debug!("connection to node closed");
+                    self.drop_link().await;
+                }
+                Wake::Tick => self.expire(),
+            }
+        }
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        self.drop_link().await;
+        self.fail_all(ClientError::Closed);
+        self.set_state(ConnectionState::Closed);
+    }
+
+    fn fail_all(&mut self, err: ClientError) {
+        for (_, p) in self.pending.drain() {
+            for r in p.replies {
+                let _ = r.send(Err(err.clone()));
+            }
+        }
+        self.order.clear();
+        for (_, (r, _)) in self.joins.drain(..) {
+            let _ = r.send(Err(err.clone()));
+        }
+        for (_, (r, _)) in self.histories.drain(..) {
+            let _ = r.send(Err(err.clone()));
+        }
+        for (r, _, _) in self.pings.drain(..) {
+            let _ = r.send(Err(err.clone()));
+        }
+    }
+
+    /// Reconnects with backoff. Returns false if closed or given up.
+    async fn reconnect(&mut self, cmds: &mut mpsc::Receiver<Command>, moving: bool) -> bool {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(50);
+        let mut attempt = 0u32;
+        loop {
+            self.set_state(if moving {
+                ConnectionState::Moving {
+                    generation: self.target.generation,
+                }
+            } else {
+                ConnectionState::Connecting
+            });
+            let err = match self.establish().await {
+                Ok(()) => return true,
+                Err(e) => e.to_string(),
+            };
+            attempt += 1;
+            if let Some(limit) = self.cfg.give_up_after
+                && started.elapsed() > limit
+            {
+                tracing::warn!(error = %err, "giving up reconnecting to the node");
+                return false;
+            }
+            if attempt.is_multiple_of(2)
+                && let Some(src) = self.cfg.discovery_source.clone()
+                && let Ok(r) = super::discover(&src).await
+                && r.generation >= self.target.generation
+            {
+                self.target = r.into();
+            }
+            self.set_state(ConnectionState::Offline {
+                reason: err,
+                retry_in: delay,
+            });
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    c = cmds.recv() => match c {
+                        None | Some(Command::Close) => return false,
+                        Some(c) => self.deferred.push_back(c),
+                    },
+                }
+            }
+            delay = (delay * 2).min(self.cfg.max_backoff);
+        }
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        while self.joins.front().is_some_and(|(_, (_, d))| *d <= now) {
+            let (_, (r, _)) = self.joins.pop_front().expect("front checked");
+            let _ = r.send(Err(ClientError::Timeout("joined")));
+        }
+        while self.histories.front().is_some_and(|(_, (_, d))| *d <= now) {
+            let (_, (r, _)) = self.histories.pop_front().expect("front checked");
+            let _ = r.send(Err(ClientError::Timeout("history")));
+        }
+        while self.pings.front().is_some_and(|(_, _, d)| *d <= now) {
+            let (r, _, _) = self.pings.pop_front().expect("front checked");
+            let _ = r.send(Err(ClientError::Timeout("pong")));
+        }
+    }
+
+    /// Handles one command; false means stop.
+    async fn command(&mut self, c: Command) -> bool {
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        match c {
+            Command::Close => return false,
+            Command::Join { room, since, reply } => {
+                let st = self
+                    .rooms
+                    .entry(room.clone())
+                    .or_insert(RoomState { last_seq: since });
+                if since.is_some() {
+                    st.last_seq = since;
+                }
+                self.joins.push_back((room.clone(), (reply, deadline)));
+                let msg = match since {
+                    Some(s) => json!({"op":"join","room":room,"since":s}),
+                    None => json!({"op":"join","room":room}),
+                };
+                self.send(&msg).await;
+            }
+            Command::Leave { room } => {
+                self.rooms.remove(&room);
+                self.send(&json!({"op":"leave","room":room})).await;
+            }
+            Command::Publish {
+                room,
+                id,
+                body,
+                reply,
+            } => {
+                let msg = json!({"op":"publish","room":room,"id":id,"body":body});
+                match self.pending.get_mut(&id) {
+                    Some(p) => p.replies.push(reply),
+                    None => {
+                        let order = self.next_order;
+                        self.next_order += 1;
+                        self.order.insert(order, id.clone());
+                        self.pending.insert(
+                            id,
+                            PendingPublish {
+                                room,
+                                body,
+                                order,
+                                replies: vec![reply],
+                            },
+                        );
+                    }
+                }
+                self.send(&msg).await;
+            }
+            Command::History {
+                room,
+                before,
+                limit,
+                reply,
+            } => {
+                let mut msg = json!({"op":"history","room":room});
+                if let Some(b) = before {
+                    msg["before"] = json!(b);
+                }
+                if let Some(l) = limit {
+                    msg["limit"] = json!(l);
+                }
+                self.histories.push_back((room, (reply, deadline)));
+                self.send(&msg).await;
+            }
+            Command::Direct { to, body } => {
+                self.send(&json!({"op":"direct","to":to,"body":body})).await;
+            }
+            Command::Ping { reply } => {
+                self.pings.push_back((reply, Instant::now(), deadline));
+                self.send(&json!({"op":"ping"})).await;
+            }
+            Command::Raw { msg } => self.send(&msg).await,
+        }
+        true
+    }
+
+    fn emit(&self, ev: Event) {
+        let _ = self.events.send(ev);
+    }
+
+    /// Handles one message from the node; true means "moved: reconnect to the new target".
+    async fn incoming(&mut self, m: Json) -> bool {
+        let op = m.get("op").and_then(Json::as_str).unwrap_or("").to_string();
+        let s = |k: &str| m.get(k).and_then(Json::as_str).map(str::to_string);
+        let u = |k: &str| m.get(k).and_then(Json::as_u64);
+        match op.as_str() {
+            "welcome" => {
+                let node = s("node").unwrap_or_else(|| self.target.peer_id.clone());
+                let generation = u("generation").unwrap_or(self.target.generation);
+                self.target.generation = generation;
+                self.set_state(ConnectionState::Live {
+                    node: node.clone(),
+                    generation,
+                });
+                self.emit(Event::Welcome {
+                    node,
+                    generation,
+                    raw: m,
+                });
+            }
+            "joined" => {
+                let room = s("room").unwrap_or_default();
+                let head = u("head").unwrap_or(0);
+                if let Some(st) = self.rooms.get_mut(&room)
+                    && st.last_seq.is_none()
+                {
+                    st.last_seq = Some(head);
+                }
+                let (done, rest): (VecDeque<_>, VecDeque<_>) =
+                    self.joins.drain(..).partition(|(r, _)| *r == room);
+                self.joins = rest;
+                for (_, (r, _)) in done {
+                    let _ = r.send(Ok(head));
+                }
+            }
+            "msg" => {
+                if let Some(msg) = parse_message(&m, None) {
+                    if let Some(st) = self.rooms.get_mut(&msg.room) {
+                        if st.last_seq.is_some_and(|l| msg.seq <= l) {
+                            return false; // already seen (replay overlap)
+                        }
+                        st.last_seq = Some(msg.seq);
+                    }
+                    self.emit(Event::Message(msg));
+                }
+            }
+            "ack" => {
+                let id = s("id").unwrap_or_default();
+                if let Some(p) = self.pending.remove(&id) {
+                    self.order.remove(&p.order);
+                    let seq = u("seq").unwrap_or(0);
+                    for r in p.replies {
+                        let _ = r.send(Ok(Ack { seq }));
+                    }
+                }
+            }
+            "history" => {
+                let room = s("room").unwrap_or_default();
+                let messages = m
+                    .get("messages")
+                    .and_then(Json::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| parse_message(x, Some(&room)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let page = HistoryPage {
+                    messages,
+                    evicted_before: u("evicted_before"),
+                };
+                if let Some(i) = self.histories.iter().position(|(r, _)| *r == room) {
+                    let (_, (r, _)) = self.histories.remove(i).expect("index from position");
+                    let _ = r.send(Ok(page));
+                }
+            }
+            "presence" => {
+                let names = |k: &str| -> Vec<String> {
+                    m.get(k)
+                        .and_then(Json::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .map(|x| match x {
+                                    Json::String(s) => s.clone(),
+                                    other => other
+                                        .get("client")
+                                        .and_then(Json::as_str)
+                                        .map(str::to_string)
+                                        .unwrap_or_else(|| other.to_string()),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                self.emit(Event::Presence {
+                    room: s("room").unwrap_or_default(),
+                    joined: names("joined"),
+                    left: names("left"),
+                });
+            }
+            "direct" => self.emit(Event::Direct {
+                from: s("from").unwrap_or_default(),
+                body: m.get("body").cloned().unwrap_or(Json::Null),
+            }),
+            "pong" => {
+                if let Some((r, sent, _)) = self.pings.pop_front() {
+                    let _ = r.send(Ok(sent.elapsed()));
+                }
+            }
+            "error" => {
+                let code = s("code").unwrap_or_default();
+                let message = s("message").unwrap_or_default();
+                let reference = s("ref");
+                let retryable = RETRYABLE.contains(&code.as_str());
+                let err = ClientError::Node {
+                    code: code.clone(),
+                    message: message.clone(),
+                };
+                if let Some(r) = &reference {
+                    if !retryable && let Some(p) = self.pending.remove(r) {
+                        self.order.remove(&p.order);
+                        for tx in p.replies {
+                            let _ = tx.send(Err(err.clone()));
+                        }
+                        return false;
+                    }
+                    if self.pending.contains_key(r) {
+                        return false; // stays pending; re-sent after the move
+                    }
+                    // Requests without an id are referred to by their op, oldest first.
+                    if r == "join"
+                        && let Some((room, (tx, _))) = self.joins.pop_front()
+                    {
+                        self.rooms.remove(&room);
+                        let _ = tx.send(Err(err));
+                        return false;
+                    }
+                    if r == "history"
+                        && let Some((_, (tx, _))) = self.histories.pop_front()
+                    {
+                        let _ = tx.send(Err(err));
+                        return false;
+                    }
+                }
+                self.emit(Event::Error {
+                    code,
+                    message,
+                    reference,
+                });
+            }
+            "moved" => {
+                let generation = u("generation").unwrap_or(self.target.generation + 1);
+                let peer_id = s("peer_id").unwrap_or_default();
+                let signaling: Vec<SignalingEndpoint> = m
+                    .get("signaling")
+                    .and_then(|v| serde_json::from_value(v.clone()).ok())
+                    .unwrap_or_default();
+                if peer_id.is_empty() {
+                    return false;
+                }
+                self.target = Target {
+                    peer_id: peer_id.clone(),
+                    generation,
+                    signaling: if signaling.is_empty() {
+                        self.target.signaling.clone()
+                    } else {
+                        signaling
+                    },
+                };
+                self.emit(Event::Moved {
+                    peer_id,
+                    generation,
+                });
+                return true;
+            }
+            _ => self.emit(Event::Other(m)),
+        }
+        false
+    }
+}
+
+fn parse_message(m: &Json, room: Option<&str>) -> Option<Message> {
+    Some(Message {
+        room: m.get("room").and_then(Json::as_str).or(room)?.to_string(),
+        seq: m.get("seq")?.as_u64()?,
+        from: m
+            .get("from")
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        ts: m.get("ts").and_then(Json::as_u64).unwrap_or(0),
+        id: m.get("id").and_then(Json::as_str).map(str::to_string),
+        body: m.get("body").cloned().unwrap_or(Json::Null),
+    })
+}

@@ -1,0 +1,789 @@
+//! The async drivers: [`Predecessor`] and [`Successor`] over PeerJS DataConnections, acting
+//! on a relay through [`HandoffHost`].
+//!
+//! - [`spawn_predecessor`]: the node routes every DataConnection labelled
+//!   [`HANDOFF_LABEL`](super::HANDOFF_LABEL) to [`PredecessorHandle::conns`] and reads
+//!   [`PredecessorHandle::events`] (lifecycle inputs).
+//! - [`run_successor`]: connects to the predecessor through a caller-supplied `connect`
+//!   function, transfers, publishes discovery through `publish`, and returns the outcome.
+
+use super::message::{HighWater, Message};
+use super::{
+    ConnId, GiveUpReason, Predecessor, PredecessorEvent, PredecessorPhase, Successor,
+    SuccessorEvent, SuccessorPhase, Transferred, Transmit,
+};
+use crate::discovery::{DiscoveryError, SignalingEndpoint};
+use crate::peer::DataConnection;
+use crate::peer::codec::{Serialization, Value};
+use crate::relay::{Mode, Relay, RelayConfig, ReplicationEvent, Snapshot};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// How often replication events are collected from the relay during a handoff.
+const TAIL_TICK: Duration = Duration::from_millis(5);
+
+/// What the handoff drivers need from the relay. [`SharedRelay`] implements it for a
+/// relay behind a mutex, and [`RelayHandle`](crate::node::RelayHandle) for the node's relay
+/// task.
+#[async_trait::async_trait]
+pub trait HandoffHost: Send + Sync + 'static {
+    /// Exports the snapshot and, in the same step, starts queuing replication events.
+    async fn export_snapshot(&self) -> Vec<u8>;
+    /// Takes the queued replication events, encoded (JSON), oldest first.
+    async fn take_replication(&self) -> Vec<Vec<u8>>;
+    /// Stops accepting writes (`Draining`) and returns the last events and the heads.
+    async fn enter_draining(&self) -> (Vec<Vec<u8>>, HighWater);
+    /// Stops queuing replication events (the session was aborted).
+    async fn stop_replication(&self);
+    /// Sends every client `moved`.
+    async fn announce_moved(&self, peer_id: &str, endpoints: &[SignalingEndpoint], generation: u64);
+    /// (Successor) replaces the store with an empty one.
+    async fn reset(&self);
+    /// (Successor) replaces the store with a snapshot (writes stay refused).
+    ///
+    /// # Errors
+    /// A message if the snapshot is invalid.
+    async fn restore(&self, snapshot: Vec<u8>) -> Result<(), String>;
+    /// (Successor) applies replication events in order.
+    ///
+    /// # Errors
+    /// A message if an event cannot be decoded or applied (a gap).
+    async fn apply(&self, events: &[Vec<u8>]) -> Result<(), String>;
+    /// Every room's head.
+    async fn high_water(&self) -> HighWater;
+    /// (Successor) starts accepting writes.
+    async fn set_primary(&self);
+    /// A snapshot for the backup store (replication untouched) and the heads it holds.
+    async fn backup_snapshot(&self) -> (Vec<u8>, HighWater);
+    /// (Successor, crash recovery) moves every head forward by `margin`
+    /// (`Relay::open_gap`) and announces `notice` in `welcome.gap` (with the skipped
+    /// ranges added as `skipped`). Returns the skipped ranges.
+    async fn open_gap(
+        &self,
+        margin: u64,
+        notice: serde_json::Value,
+    ) -> BTreeMap<String, (u64, u64)>;
+}
+
+/// A [`Relay`] behind a mutex, shared with the node; `changed` is notified after every
+/// call that may have queued relay output (the node then drains `poll_output`).
+#[derive(Clone)]
+pub struct SharedRelay {
+    /// The relay.
+    pub relay: Arc<Mutex<Relay>>,
+    /// Config for `Relay::restore`.
+    pub config: RelayConfig,
+    /// Notified after calls that may queue relay output.
+    pub changed: Arc<tokio::sync::Notify>,
+}
+
+impl SharedRelay {
+    fn with<T>(&self, f: impl FnOnce(&mut Relay) -> T) -> T {
+        let mut r = self.relay.lock().expect("relay lock poisoned");
+        let out = f(&mut r);
+        drop(r);
+        self.changed.notify_one();
+        out
+    }
+}
+
+/// Parses a snapshot off the async threads (a large one takes a while).
+async fn decode_snapshot(bytes: Vec<u8>) -> Result<Snapshot, String> {
+    tokio::task::spawn_blocking(move || Snapshot::from_json(&bytes))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+fn encode_event(e: &ReplicationEvent) -> Vec<u8> {
+    serde_json::to_vec(e).expect("replication events serialize")
+}
+
+#[async_trait::async_trait]
+impl HandoffHost for SharedRelay {
+    async fn export_snapshot(&self) -> Vec<u8> {
+        let snap = self.with(|r| {
+            r.set_replication(true);
+            r.export_snapshot()
+        });
+        snap.to_json()
+    }
+    async fn take_replication(&self) -> Vec<Vec<u8>> {
+        self.with(|r| {
+            std::iter::from_fn(|| r.poll_replication())
+                .map(|e| encode_event(&e))
+                .collect()
+        })
+    }
+    async fn enter_draining(&self) -> (Vec<Vec<u8>>, HighWater) {
+        self.with(|r| {
+            r.set_mode(Mode::Draining);
+            let events = std::iter::from_fn(|| r.poll_replication())
+                .map(|e| encode_event(&e))
+                .collect();
+            (events, r.high_water())
+        })
+    }
+    async fn stop_replication(&self) {
+        self.with(|r| r.set_replication(false));
+    }
+    async fn announce_moved(
+        &self,
+        peer_id: &str,
+        endpoints: &[SignalingEndpoint],
+        generation: u64,
+    ) {
+        let endpoints = to_relay_endpoints(endpoints);
+        self.with(|r| r.announce_moved(peer_id, &endpoints, generation));
+    }
+    async fn reset(&self) {
+        let now = Instant::now();
+        self.with(|r| {
+            *r = Relay::new(self.config.clone(), now);
+            r.set_mode(Mode::Draining);
+        });
+    }
+    async fn restore(&self, snapshot: Vec<u8>) -> Result<(), String> {
+        let snap = decode_snapshot(snapshot).await?;
+        let mut fresh =
+            Relay::restore(self.config.clone(), snap, Instant::now()).map_err(|e| e.to_string())?;
+        fresh.set_mode(Mode::Draining);
+        self.with(|r| *r = fresh);
+        Ok(())
+    }
+    async fn apply(&self, events: &[Vec<u8>]) -> Result<(), String> {
+        let decoded: Vec<ReplicationEvent> = events
+            .iter()
+            .map(|e| serde_json::from_slice(e).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        self.with(|r| {
+            for e in decoded {
+                r.apply_replication(e).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    }
+    async fn high_water(&self) -> HighWater {
+        self.relay.lock().expect("relay lock poisoned").high_water()
+    }
+    async fn set_primary(&self) {
+        self.with(|r| r.set_mode(Mode::Primary));
+    }
+    async fn backup_snapshot(&self) -> (Vec<u8>, HighWater) {
+        let (snap, hw) = {
+            let r = self.relay.lock().expect("relay lock poisoned");
+            (r.export_snapshot(), r.high_water())
+        };
+        (snap.to_json(), hw)
+    }
+    async fn open_gap(
+        &self,
+        margin: u64,
+        notice: serde_json::Value,
+    ) -> BTreeMap<String, (u64, u64)> {
+        self.with(|r| open_gap_on(r, margin, notice))
+    }
+}
+
+fn to_relay_endpoints(
+    endpoints: &[SignalingEndpoint],
+) -> Vec<crate::relay::wire::SignalingEndpoint> {
+    endpoints
+        .iter()
+        .map(|e| crate::relay::wire::SignalingEndpoint {
+            host: e.host.clone(),
+            port: e.port,
+            path: e.path.clone(),
+            key: e.key.clone(),
+            secure: e.secure,
+        })
+        .collect()
+}
+
+/// The node's relay task. Calls run inside the task (`RelayHandle::with_relay`), so the
+/// relay's outputs (e.g. `moved`) are dispatched to clients right after.
+#[async_trait::async_trait]
+impl HandoffHost for crate::node::RelayHandle {
+    async fn export_snapshot(&self) -> Vec<u8> {
+        let snap = self
+            .with_relay(|r| {
+                r.set_replication(true);
+                r.export_snapshot()
+            })
+            .await;
+        match snap {
+            Some(s) => tokio::task::spawn_blocking(move || s.to_json())
+                .await
+                .unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+    async fn take_replication(&self) -> Vec<Vec<u8>> {
+        self.with_relay(|r| {
+            std::iter::from_fn(|| r.poll_replication())
+                .map(|e| encode_event(&e))
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+    async fn enter_draining(&self) -> (Vec<Vec<u8>>, HighWater) {
+        self.with_relay(|r| {
+            r.set_mode(Mode::Draining);
+            let events = std::iter::from_fn(|| r.poll_replication())
+                .map(|e| encode_event(&e))
+                .collect();
+            (events, r.high_water())
+        })
+        .await
+        .unwrap_or_default()
+    }
+    async fn stop_replication(&self) {
+        self.with_relay(|r| r.set_replication(false)).await;
+    }
+    async fn announce_moved(
+        &self,
+        peer_id: &str,
+        endpoints: &[SignalingEndpoint],
+        generation: u64,
+    ) {
+        let peer_id = peer_id.to_string();
+        let endpoints = to_relay_endpoints(endpoints);
+        self.with_relay(move |r| r.announce_moved(&peer_id, &endpoints, generation))
+            .await;
+    }
+    async fn reset(&self) {
+        self.with_relay(|r| {
+            *r = Relay::new(r.config().clone(), Instant::now());
+            r.set_mode(Mode::Draining);
+        })
+        .await;
+    }
+    async fn restore(&self, snapshot: Vec<u8>) -> Result<(), String> {
+        let snap = decode_snapshot(snapshot).await?;
+        self.with_relay(move |r| {
+            let mut fresh = Relay::restore(r.config().clone(), snap, Instant::now())
+                .map_err(|e| e.to_string())?;
+            fresh.set_mode(Mode::Draining);
+            *r = fresh;
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|| Err("relay task stopped".into()))
+    }
+    async fn apply(&self, events: &[Vec<u8>]) -> Result<(), String> {
+        let decoded: Vec<ReplicationEvent> = events
+            .iter()
+            .map(|e| serde_json::from_slice(e).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        self.with_relay(move |r| {
+            for e in decoded {
+                r.apply_replication(e).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|| Err("relay task stopped".into()))
+    }
+    async fn high_water(&self) -> HighWater {
+        self.with_relay(|r| r.high_water())
+            .await
+            .unwrap_or_default()
+    }
+    async fn set_primary(&self) {
+        self.with_relay(|r| r.set_mode(Mode::Primary)).await;
+    }
+    async fn backup_snapshot(&self) -> (Vec<u8>, HighWater) {
+        match self
+            .with_relay(|r| (r.export_snapshot(), r.high_water()))
+            .await
+        {
+            Some((s, hw)) => (
+                tokio::task::spawn_blocking(move || s.to_json())
+                    .await
+                    .unwrap_or_default(),
+                hw,
+            ),
+            None => (Vec::new(), HighWater::new()),
+        }
+    }
+    async fn open_gap(
+        &self,
+        margin: u64,
+        notice: serde_json::Value,
+    ) -> BTreeMap<String, (u64, u64)> {
+        self.with_relay(move |r| open_gap_on(r, margin, notice))
+            .await
+            .unwrap_or_default()
+    }
+}
+
+fn open_gap_on(
+    r: &mut Relay,
+    margin: u64,
+    notice: serde_json::Value,
+) -> BTreeMap<String, (u64, u64)> {
+    let skipped = r.open_gap(margin);
+    let mut notice = notice;
+    if let Some(o) = notice.as_object_mut() {
+        o.insert(
+            "skipped".into(),
+            serde_json::to_value(
+                skipped
+                    .iter()
+                    .map(|(k, (a, b))| (k.clone(), [*a, *b]))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+            .expect("ranges serialize"),
+        );
+    }
+    r.set_gap(Some(notice));
+    skipped
+}
+
+/// Encodes a handoff message for a connection's serialization: `binary`/`msgpack` get the
+/// binary frame, `json`/`raw` the JSON object.
+pub fn to_value(serialization: Serialization, m: &Message) -> Value {
+    match serialization {
+        Serialization::Json => Value::from_json(serde_json::to_value(m).expect("serializes")),
+        _ => Value::Bin(m.to_binary().into()),
+    }
+}
+
+/// Decodes a handoff message from either encoding.
+///
+/// # Errors
+/// A message for anything that is not a handoff message.
+pub fn from_value(v: &Value) -> Result<Message, String> {
+    match v {
+        Value::Bin(b) => Message::from_binary(b).map_err(|e| e.to_string()),
+        Value::Str(s) => Message::from_json(s).map_err(|e| e.to_string()),
+        Value::Map(_) => serde_json::from_value(v.to_json()).map_err(|e| e.to_string()),
+        _ => Err("not a handoff message".into()),
+    }
+}
+
+enum Inbound {
+    Msg(ConnId, Message),
+    Closed(ConnId),
+}
+
+/// Spawns a reader task for `conn`; returns its writer channel.
+fn attach(
+    id: ConnId,
+    conn: DataConnection,
+    inbox: mpsc::UnboundedSender<Inbound>,
+) -> mpsc::UnboundedSender<Message> {
+    let serialization = conn.serialization();
+    let (sender, mut receiver) = conn.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if sender.send(&to_value(serialization, &m)).await.is_err() {
+                break;
+            }
+        }
+        sender.close(true).await;
+    });
+    tokio::spawn(async move {
+        while let Some(item) = receiver.recv().await {
+            match item.map_err(|e| e.to_string()).and_then(|v| from_value(&v)) {
+                Ok(m) => {
+                    if inbox.send(Inbound::Msg(id, m)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "handoff: undecodable message dropped"),
+            }
+        }
+        let _ = inbox.send(Inbound::Closed(id));
+    });
+    tx
+}
+
+/// The running predecessor side.
+pub struct PredecessorHandle {
+    /// Route every `ouroboros-handoff` DataConnection here.
+    pub conns: mpsc::Sender<DataConnection>,
+    /// Events for the lifecycle (`Authenticated` → `SuccessorConnected`,
+    /// `ReadyForCutOver` was handled → `CutOver` is reported as `Confirmed`/..., see docs).
+    pub events: mpsc::UnboundedReceiver<PredecessorEvent>,
+    /// The current phase (for `/status`).
+    pub phase: watch::Receiver<PredecessorPhase>,
+}
+
+/// Runs `pred` on its own task: accepts handoff connections, exports the snapshot, streams
+/// the tail, cuts over when ready (the relay goes `Draining`) and announces `moved` when
+/// the successor is live. Every [`PredecessorEvent`] is also forwarded on `events`
+/// (`ReadyForCutOver` is forwarded after the cut-over was made).
+pub fn spawn_predecessor(mut pred: Predecessor, host: Arc<dyn HandoffHost>) -> PredecessorHandle {
+    let (conn_tx, mut conn_rx) = mpsc::channel::<DataConnection>(16);
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (phase_tx, phase_rx) = watch::channel(pred.phase());
+    tokio::spawn(async move {
+        let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Inbound>();
+        let mut writers: HashMap<ConnId, mpsc::UnboundedSender<Message>> = HashMap::new();
+        let mut next_id: ConnId = 1;
+        let mut tick = tokio::time::interval(TAIL_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let now = Instant::now();
+            // Pump the machine.
+            loop {
+                let mut progress = false;
+                while let Some(ev) = pred.poll_event() {
+                    progress = true;
+                    match &ev {
+                        PredecessorEvent::SnapshotNeeded => {
+                            let bytes = host.export_snapshot().await;
+                            pred.provide_snapshot(now, bytes);
+                        }
+                        PredecessorEvent::ReadyForCutOver => {
+                            for e in host.take_replication().await {
+                                pred.push_tail(e);
+                            }
+                            let (events, hw) = host.enter_draining().await;
+                            for e in events {
+                                pred.push_tail(e);
+                            }
+                            pred.cut_over(now, hw);
+                        }
+                        PredecessorEvent::SuccessorLive {
+                            successor_peer_id,
+                            endpoints,
+                            generation,
+                        } => {
+                            host.announce_moved(successor_peer_id, endpoints, *generation)
+                                .await
+                        }
+                        PredecessorEvent::Aborted { .. } => host.stop_replication().await,
+                        _ => {}
+                    }
+                    let _ = ev_tx.send(ev);
+                }
+                while let Some(t) = pred.poll_transmit() {
+                    progress = true;
+                    match t {
+                        Transmit::Send(c, m) => {
+                            if let Some(w) = writers.get(&c) {
+                                let _ = w.send(m);
+                            }
+                        }
+                        Transmit::Close(c) => {
+                            writers.remove(&c);
+                        }
+                    }
+                }
+                if !progress {
+                    break;
+                }
+            }
+            phase_tx.send_if_modified(|p| {
+                let new = pred.phase();
+                (*p != new).then(|| *p = new).is_some()
+            });
+            let timeout = pred.poll_timeout();
+            let sleep = async {
+                match timeout {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                c = conn_rx.recv() => match c {
+                    Some(c) => {
+                        let id = next_id;
+                        next_id += 1;
+                        let remote = c.peer().to_string();
+                        writers.insert(id, attach(id, c, inbox_tx.clone()));
+                        pred.handle_open(Instant::now(), id, &remote);
+                    }
+                    None => break,
+                },
+                Some(m) = inbox.recv() => match m {
+                    Inbound::Msg(c, m) => pred.handle_message(Instant::now(), c, m),
+                    Inbound::Closed(c) => {
+                        writers.remove(&c);
+                        pred.handle_close(Instant::now(), c);
+                    }
+                },
+                _ = tick.tick(), if pred.wants_tail() => {
+                    for e in host.take_replication().await {
+                        pred.push_tail(e);
+                    }
+                }
+                _ = sleep => pred.handle_timeout(Instant::now()),
+            }
+        }
+    });
+    PredecessorHandle {
+        conns: conn_tx,
+        events: ev_rx,
+        phase: phase_rx,
+    }
+}
+
+/// How a successor's handoff ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SuccessorOutcome {
+    /// The state is ours, discovery is published, the relay is primary.
+    Live,
+    /// Stopped trying; see `protocol/handoff.md` for what to do per reason.
+    GaveUp {
+        /// Why.
+        reason: GiveUpReason,
+        /// What the relay holds now.
+        transferred: Transferred,
+    },
+}
+
+/// Runs the successor side to its end. `connect` opens an `ouroboros-handoff`
+/// DataConnection to the predecessor (the successor's peer must be registered on the
+/// predecessor's signaling server under the successor's peer id); `publish` publishes the
+/// successor's discovery record. `phase` (optional) reports progress for `/status`.
+///
+/// Returns as soon as the relay is primary (`Live`) — delivering `live` to the predecessor
+/// continues on a background task — or when the successor gives up.
+pub async fn run_successor<C, CF, P, PF>(
+    mut succ: Successor,
+    host: Arc<dyn HandoffHost>,
+    mut connect: C,
+    mut publish: P,
+    phase: Option<watch::Sender<SuccessorPhase>>,
+) -> SuccessorOutcome
+where
+    C: FnMut() -> CF + Send + 'static,
+    CF: Future<Output = Result<DataConnection, String>> + Send + 'static,
+    P: FnMut() -> PF + Send,
+    PF: Future<Output = Result<(), DiscoveryError>> + Send,
+{
+    let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Inbound>();
+    let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<Result<DataConnection, String>>();
+    let mut writer: Option<(ConnId, mpsc::UnboundedSender<Message>)> = None;
+    let mut next_id: ConnId = 1;
+    let mut outcome: Option<SuccessorOutcome> = None;
+    loop {
+        let now = Instant::now();
+        loop {
+            let mut progress = false;
+            while let Some(ev) = succ.poll_event() {
+                progress = true;
+                match ev {
+                    SuccessorEvent::Connect => {
+                        let fut = connect();
+                        let tx = conn_tx.clone();
+                        tokio::spawn(async move {
+                            let _ = tx.send(fut.await);
+                        });
+                    }
+                    SuccessorEvent::Close => writer = None,
+                    SuccessorEvent::Authenticated { session, resumed } => {
+                        tracing::info!(
+                            session,
+                            resumed,
+                            "handoff: authenticated to the predecessor"
+                        );
+                    }
+                    SuccessorEvent::Reset => host.reset().await,
+                    SuccessorEvent::Restore(bytes) => {
+                        if let Err(e) = host.restore(bytes).await {
+                            tracing::error!(error = %e, "handoff: snapshot cannot be restored");
+                        }
+                    }
+                    SuccessorEvent::ApplyTail(events) => {
+                        if let Err(e) = host.apply(&events).await {
+                            // The heads check will catch it and restart the session.
+                            tracing::warn!(error = %e, "handoff: tail event not applied");
+                        }
+                    }
+                    SuccessorEvent::CheckHighWater { .. } => {
+                        let hw = host.high_water().await;
+                        succ.confirm_high_water(now, &hw);
+                    }
+                    SuccessorEvent::Publish => match publish().await {
+                        Ok(()) => {
+                            host.set_primary().await;
+                            succ.went_live(now);
+                        }
+                        Err(e) if e.is_stale() => {
+                            tracing::warn!(error = %e, "handoff: another node owns this generation");
+                            succ.publish_refused(now);
+                        }
+                        Err(e) => {
+                            // The state is confirmed and the predecessor refuses writes:
+                            // serving matters more than the record (retried by the node).
+                            tracing::error!(error = %e, "handoff: publishing discovery failed; going live anyway");
+                            host.set_primary().await;
+                            succ.went_live(now);
+                        }
+                    },
+                    SuccessorEvent::Done => outcome = Some(SuccessorOutcome::Live),
+                    SuccessorEvent::GiveUp {
+                        reason,
+                        transferred,
+                    } => {
+                        return SuccessorOutcome::GaveUp {
+                            reason,
+                            transferred,
+                        };
+                    }
+                }
+            }
+            while let Some(m) = succ.poll_transmit() {
+                progress = true;
+                if let Some((_, w)) = &writer {
+                    let _ = w.send(m);
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+        if let Some(p) = &phase {
+            p.send_if_modified(|x| {
+                let new = succ.phase();
+                (*x != new).then(|| *x = new).is_some()
+            });
+        }
+        if let Some(o) = outcome.take() {
+            // Keep delivering `live` in the background until the predecessor has it.
+            tokio::spawn(finish_live(
+                succ, writer, inbox, conn_rx, conn_tx, inbox_tx, next_id, connect,
+            ));
+            return o;
+        }
+        let timeout = succ.poll_timeout();
+        tokio::select! {
+            Some(c) = conn_rx.recv() => match c {
+                Ok(c) => {
+                    let id = next_id;
+                    next_id += 1;
+                    writer = Some((id, attach(id, c, inbox_tx.clone())));
+                    succ.handle_connected(Instant::now());
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "handoff: cannot reach the predecessor yet");
+                    succ.handle_disconnected(Instant::now());
+                }
+            },
+            Some(m) = inbox.recv() => match m {
+                Inbound::Msg(c, m) if writer.as_ref().is_some_and(|w| w.0 == c) => {
+                    succ.handle_message(Instant::now(), m)
+                }
+                Inbound::Closed(c) if writer.as_ref().is_some_and(|w| w.0 == c) => {
+                    writer = None;
+                    succ.handle_disconnected(Instant::now());
+                }
+                _ => {}
+            },
+            _ = async {
+                match timeout {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => succ.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn finish_live<C, CF>(
+    mut succ: Successor,
+    mut writer: Option<(ConnId, mpsc::UnboundedSender<Message>)>,
+    mut inbox: mpsc::UnboundedReceiver<Inbound>,
+    mut conn_rx: mpsc::UnboundedReceiver<Result<DataConnection, String>>,
+    conn_tx: mpsc::UnboundedSender<Result<DataConnection, String>>,
+    inbox_tx: mpsc::UnboundedSender<Inbound>,
+    mut next_id: ConnId,
+    mut connect: C,
+) where
+    C: FnMut() -> CF + Send + 'static,
+    CF: Future<Output = Result<DataConnection, String>> + Send + 'static,
+{
+    loop {
+        while let Some(ev) = succ.poll_event() {
+            match ev {
+                SuccessorEvent::Connect => {
+                    let fut = connect();
+                    let tx = conn_tx.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send(fut.await);
+                    });
+                }
+                SuccessorEvent::Close => writer = None,
+                _ => {}
+            }
+        }
+        while let Some(m) = succ.poll_transmit() {
+            if let Some((_, w)) = &writer {
+                let _ = w.send(m);
+            }
+        }
+        let Some(timeout) = succ.poll_timeout() else {
+            tracing::debug!("handoff: predecessor has our `live`");
+            return;
+        };
+        tokio::select! {
+            Some(c) = conn_rx.recv() => match c {
+                Ok(c) => {
+                    let id = next_id;
+                    next_id += 1;
+                    writer = Some((id, attach(id, c, inbox_tx.clone())));
+                    succ.handle_connected(Instant::now());
+                }
+                Err(_) => succ.handle_disconnected(Instant::now()),
+            },
+            Some(m) = inbox.recv() => match m {
+                Inbound::Msg(c, m) if writer.as_ref().is_some_and(|w| w.0 == c) => {
+                    succ.handle_message(Instant::now(), m)
+                }
+                Inbound::Closed(c) if writer.as_ref().is_some_and(|w| w.0 == c) => {
+                    writer = None;
+                    succ.handle_disconnected(Instant::now());
+                }
+                _ => {}
+            },
+            _ = tokio::time::sleep_until(timeout.into()) => succ.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+/// Where the node's peer hands DataConnections labelled
+/// [`HANDOFF_LABEL`](super::HANDOFF_LABEL) (set once the predecessor driver runs; until
+/// then they are closed).
+#[derive(Clone, Default)]
+pub struct HandoffInbox {
+    tx: Arc<Mutex<Option<mpsc::Sender<DataConnection>>>>,
+}
+
+impl std::fmt::Debug for HandoffInbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandoffInbox").finish_non_exhaustive()
+    }
+}
+
+impl HandoffInbox {
+    /// Connects the inbox to a running predecessor driver.
+    pub fn set(&self, tx: mpsc::Sender<DataConnection>) {
+        *self.tx.lock().expect("inbox lock poisoned") = Some(tx);
+    }
+
+    /// Routes one handoff connection (dropped, which closes it, if nothing listens or
+    /// too many wait).
+    pub fn route(&self, conn: DataConnection) {
+        let tx = self.tx.lock().expect("inbox lock poisoned").clone();
+        match tx {
+            Some(tx) => {
+                if tx.try_send(conn).is_err() {
+                    tracing::warn!("handoff connection dropped: driver busy or stopped");
+                }
+            }
+            None => {
+                tracing::info!(peer = %conn.peer(), "handoff connection refused: no handoff driver")
+            }
+        }
+    }
+}

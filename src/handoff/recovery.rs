@@ -1,0 +1,297 @@
+//! Crash safety around the handoff: periodic backups ([`spawn_backups`]) and the
+//! successor's fallback when its predecessor is gone ([`recover`]).
+
+use super::Transferred;
+use super::backup::{Backup, BackupError, BackupStore, total_head};
+use super::driver::HandoffHost;
+use super::message::HighWater;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// How far every room's head moves forward after a crash recovery: more than the lost
+/// node can plausibly have acknowledged since the last backup.
+pub const DEFAULT_GAP_MARGIN: u64 = 10_000;
+
+/// Where a recovered successor's state came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "source")]
+pub enum RecoverySource {
+    /// What the handoff transferred before the predecessor died (newer than any backup).
+    Handoff {
+        /// How far the transfer got.
+        #[serde(skip)]
+        transferred: Transferred,
+    },
+    /// The newest backup.
+    Backup {
+        /// Generation of the node that wrote it.
+        generation: u64,
+        /// When it was written.
+        #[serde(with = "crate::discovery::rfc3339")]
+        taken_at: SystemTime,
+    },
+    /// Nothing: no transfer, no backup. The node starts empty.
+    Empty,
+}
+
+/// What a crash recovery did (for `/status`; also in `welcome.gap`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Recovery {
+    /// Where the state came from.
+    #[serde(flatten)]
+    pub source: RecoverySource,
+    /// Heads moved forward by this much.
+    pub margin: u64,
+    /// Per room: the skipped sequence range `[first, last]`.
+    pub skipped: BTreeMap<String, (u64, u64)>,
+}
+
+/// The successor's fallback after [`super::SuccessorOutcome::GaveUp`] with
+/// `PredecessorUnreachable`: keeps what the handoff transferred if it is at least as new
+/// as the newest backup, else restores that backup; then opens the gap (`margin`) and
+/// announces it in `welcome.gap`. The caller then makes the relay primary and publishes
+/// discovery (a refusal by the guard means another node took over: exit).
+///
+/// # Errors
+/// Backup store failures, or an unrestorable backup.
+pub async fn recover(
+    host: &dyn HandoffHost,
+    store: Option<&dyn BackupStore>,
+    transferred: Transferred,
+    margin: u64,
+) -> Result<Recovery, BackupError> {
+    let ours = if transferred != Transferred::Nothing {
+        Some(host.high_water().await)
+    } else {
+        None
+    };
+    let backup = match store {
+        Some(s) => s.latest().await?,
+        None => None,
+    };
+    let source = match (ours, backup) {
+        (Some(hw), Some(b)) if total_head(&hw) >= total_head(&b.high_water) => {
+            RecoverySource::Handoff { transferred }
+        }
+        (_, Some(b)) => {
+            host.restore(b.snapshot)
+                .await
+                .map_err(BackupError::Remote)?;
+            RecoverySource::Backup {
+                generation: b.generation,
+                taken_at: b.taken_at,
+            }
+        }
+        (Some(_), None) => RecoverySource::Handoff { transferred },
+        (None, None) => {
+            host.reset().await;
+            RecoverySource::Empty
+        }
+    };
+    let notice = serde_json::json!({
+        "reason": "predecessor_lost",
+        "recovery": serde_json::to_value(&source).expect("serializes"),
+        "margin": margin,
+    });
+    let skipped = host.open_gap(margin, notice).await;
+    tracing::warn!(
+        ?source,
+        margin,
+        rooms = skipped.len(),
+        "recovered without the predecessor; gap announced"
+    );
+    Ok(Recovery {
+        source,
+        margin,
+        skipped,
+    })
+}
+
+/// Writes a backup every `interval` (skipped while nothing changed), until the returned
+/// handle is aborted. Failures are logged and retried at the next tick.
+pub fn spawn_backups(
+    host: Arc<dyn HandoffHost>,
+    store: Arc<dyn BackupStore>,
+    interval: Duration,
+    generation: u64,
+    peer_id: String,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last: Option<HighWater> = None;
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let _ = backup_once(&*host, &*store, generation, &peer_id, &mut last).await;
+        }
+    })
+}
+
+/// Writes one backup unless the heads equal `last`; updates `last`.
+///
+/// # Errors
+/// Store failures (logged too).
+pub async fn backup_once(
+    host: &dyn HandoffHost,
+    store: &dyn BackupStore,
+    generation: u64,
+    peer_id: &str,
+    last: &mut Option<HighWater>,
+) -> Result<bool, BackupError> {
+    let (snapshot, high_water) = host.backup_snapshot().await;
+    if last.as_ref() == Some(&high_water) {
+        return Ok(false);
+    }
+    let backup = Backup {
+        generation,
+        peer_id: peer_id.to_string(),
+        taken_at: SystemTime::now(),
+        high_water: high_water.clone(),
+        snapshot,
+    };
+    match store.save(&backup).await {
+        Ok(()) => {
+            *last = Some(high_water);
+            Ok(true)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, store = store.name(), "backup failed");
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handoff::backup::DirBackupStore;
+    use crate::handoff::driver::SharedRelay;
+    use crate::relay::{ConnId, ConnInfo, Output, Relay, RelayConfig};
+    use serde_json::{Value, json};
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    fn shared(node: &str) -> SharedRelay {
+        let config = RelayConfig::new(node, 1);
+        SharedRelay {
+            relay: Arc::new(Mutex::new(Relay::new(config.clone(), Instant::now()))),
+            config,
+            changed: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Opens client `conn` and returns its `welcome`.
+    fn open(r: &SharedRelay, conn: u64) -> Value {
+        let mut relay = r.relay.lock().unwrap();
+        relay.connect(
+            Instant::now(),
+            ConnId(conn),
+            ConnInfo {
+                peer_id: format!("p{conn}"),
+                metadata: json!({"protocol": "ouroboros/1", "client": format!("c{conn}")}),
+            },
+        );
+        let out: Vec<Value> = std::iter::from_fn(|| relay.poll_output())
+            .filter_map(|o| match o {
+                Output::Send { message, .. } => serde_json::from_str(message.text()).ok(),
+                _ => None,
+            })
+            .collect();
+        out.into_iter()
+            .find(|v| v["op"] == "welcome")
+            .expect("welcome")
+    }
+
+    fn publish(r: &SharedRelay, conn: u64, room: &str, id: &str) -> u64 {
+        let mut relay = r.relay.lock().unwrap();
+        relay.handle_message(
+            Instant::now(),
+            0,
+            ConnId(conn),
+            json!({"op":"publish","room":room,"id":id,"body":"b"}),
+        );
+        std::iter::from_fn(|| relay.poll_output())
+            .filter_map(|o| match o {
+                Output::Send { message, .. } => serde_json::from_str::<Value>(message.text()).ok(),
+                _ => None,
+            })
+            .find(|v| v["op"] == "ack")
+            .and_then(|v| v["seq"].as_u64())
+            .expect("ack")
+    }
+
+    #[tokio::test]
+    async fn backups_then_recovery_from_the_newest_backup_opens_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirBackupStore::new(dir.path(), 3);
+        let old = shared("old");
+        open(&old, 1);
+        for i in 0..5 {
+            publish(&old, 1, "r", &format!("m{i}"));
+        }
+        let mut last = None;
+        assert!(
+            backup_once(&old, &store, 1, "old", &mut last)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !backup_once(&old, &store, 1, "old", &mut last)
+                .await
+                .unwrap(),
+            "unchanged: skipped"
+        );
+        publish(&old, 1, "r", "m5"); // acknowledged after the backup, then the node dies
+
+        let new = shared("new");
+        let rec = recover(&new, Some(&store), Transferred::Nothing, 100)
+            .await
+            .unwrap();
+        new.set_primary().await;
+        assert!(matches!(
+            rec.source,
+            RecoverySource::Backup { generation: 1, .. }
+        ));
+        assert_eq!(rec.skipped.get("r"), Some(&(6, 105)));
+        let welcome = open(&new, 7);
+        assert_eq!(welcome["gap"]["reason"], "predecessor_lost");
+        assert_eq!(welcome["gap"]["recovery"]["source"], "backup");
+        assert_eq!(welcome["gap"]["skipped"]["r"], json!([6, 105]));
+        // No seq the lost node may have handed out is reused; new rooms start past it too.
+        assert_eq!(publish(&new, 7, "r", "x"), 106);
+        assert_eq!(publish(&new, 7, "fresh", "y"), 101);
+    }
+
+    #[tokio::test]
+    async fn transferred_state_newer_than_the_backup_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirBackupStore::new(dir.path(), 3);
+        let old = shared("old");
+        open(&old, 1);
+        publish(&old, 1, "r", "m0");
+        backup_once(&old, &store, 1, "old", &mut None)
+            .await
+            .unwrap();
+        publish(&old, 1, "r", "m1");
+        // The successor got a snapshot with both messages before the predecessor died.
+        let new = shared("new");
+        let (bytes, _) = old.backup_snapshot().await;
+        new.restore(bytes).await.unwrap();
+        let rec = recover(&new, Some(&store), Transferred::Snapshot, 10)
+            .await
+            .unwrap();
+        assert!(matches!(rec.source, RecoverySource::Handoff { .. }));
+        assert_eq!(rec.skipped.get("r"), Some(&(3, 12)));
+        // Without any backup or transfer the node starts empty, still with a gap.
+        let empty = shared("empty");
+        let rec = recover(&empty, None, Transferred::Nothing, 10)
+            .await
+            .unwrap();
+        empty.set_primary().await;
+        assert_eq!(rec.source, RecoverySource::Empty);
+        open(&empty, 2);
+        assert_eq!(publish(&empty, 2, "r", "z"), 11);
+    }
+}

@@ -1,0 +1,216 @@
+//! The node's own HTTP routes, next to the signaling server's: the discovery record, the
+//! status page, metrics, and the web chat (`/`, `/chat`).
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, HeaderValue, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+
+use super::NodeShared;
+use super::status::render_html;
+
+const CHAT_HTML: &str = include_str!("web/chat.html");
+const CHAT_JS: &str = include_str!("web/chat.js");
+const CHAT_CSS: &str = include_str!("web/chat.css");
+
+/// The chat page with the PeerJS client URL filled in (escaped for an attribute).
+pub fn chat_html(peerjs_url: &str) -> String {
+    CHAT_HTML.replace("{{PEERJS_URL}}", &super::status::escape_html(peerjs_url))
+}
+
+/// Routes served by the node itself (merged with the signaling router).
+pub fn routes(shared: Arc<NodeShared>) -> Router {
+    Router::new()
+        .route("/ouroboros.json", get(discovery))
+        .route("/status", get(status_page))
+        .route("/status.json", get(status_json))
+        .route("/metrics", get(metrics))
+        .route("/chat", get(chat))
+        .route("/chat.js", get(chat_js))
+        .route("/chat.css", get(chat_css))
+        .route(
+            "/favicon.ico",
+            get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
+        .with_state(shared)
+}
+
+fn cors(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+async fn discovery(State(s): State<Arc<NodeShared>>) -> Response {
+    let record = s.record.read().expect("record lock poisoned").clone();
+    cors(
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            record.to_json_pretty(),
+        )
+            .into_response(),
+    )
+}
+
+async fn status_json(State(s): State<Arc<NodeShared>>) -> Response {
+    let st = s.status().await;
+    cors(
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::to_string_pretty(&st).unwrap_or_default(),
+        )
+            .into_response(),
+    )
+}
+
+async fn status_page(State(s): State<Arc<NodeShared>>) -> Response {
+    let st = s.status().await;
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        render_html(&st),
+    )
+        .into_response()
+}
+
+async fn metrics(State(s): State<Arc<NodeShared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics().await,
+    )
+        .into_response()
+}
+
+async fn chat(State(s): State<Arc<NodeShared>>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        chat_html(&s.peerjs_url),
+    )
+        .into_response()
+}
+
+async fn chat_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        CHAT_JS,
+    )
+        .into_response()
+}
+
+async fn chat_css() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        CHAT_CSS,
+    )
+        .into_response()
+}
+
+/// Quality of `media` in an Accept header (0 if absent; wildcards count).
+fn quality(accept: &str, media: &str) -> f32 {
+    let (ty, _) = media.split_once('/').unwrap_or((media, ""));
+    let mut best: Option<(u8, f32)> = None; // (specificity, q)
+    for part in accept.split(',') {
+        let mut it = part.split(';');
+        let range = it.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = it
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|v| v.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let spec = if range == media {
+            3
+        } else if range == format!("{ty}/*") {
+            2
+        } else if range == "*/*" {
+            1
+        } else {
+            continue;
+        };
+        if best.is_none_or(|(s, _)| spec > s) {
+            best = Some((spec, q));
+        }
+    }
+    best.map(|(_, q)| q).unwrap_or(0.0)
+}
+
+/// Whether a request's Accept header prefers HTML over JSON (browsers navigating do;
+/// `fetch`, curl and PeerJS clients do not).
+pub fn prefers_html(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let html = quality(accept, "text/html");
+    html > 0.0 && html > quality(accept, "application/json")
+}
+
+/// `GET {path}`: the chat page for browsers navigating there, the PeerJS server's info
+/// JSON for programs (the reference server's behaviour).
+pub async fn root(State(s): State<Arc<NodeShared>>, headers: HeaderMap) -> Response {
+    let mut res = if prefers_html(&headers) {
+        (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            chat_html(&s.peerjs_url),
+        )
+            .into_response()
+    } else {
+        crate::signaling::info_response()
+    };
+    res.headers_mut()
+        .append(header::VARY, HeaderValue::from_static("Accept"));
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(accept: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert(header::ACCEPT, HeaderValue::from_str(accept).unwrap());
+        m
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        let browser =
+            "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8";
+        assert!(prefers_html(&h(browser)));
+        assert!(!prefers_html(&h("*/*")));
+        assert!(!prefers_html(&h("application/json")));
+        assert!(!prefers_html(&h("application/json, text/html;q=0.5")));
+        assert!(prefers_html(&h("text/html")));
+        assert!(!prefers_html(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn chat_html_escapes_the_script_url() {
+        let html = chat_html("https://x.example/p.js?a=1&b=\"2\"");
+        assert!(html.contains("src=\"https://x.example/p.js?a=1&amp;b=&quot;2&quot;\""));
+        assert!(!html.contains("{{PEERJS_URL}}"));
+    }
+}

@@ -1,0 +1,143 @@
+//! The node's peer registrations: one PeerJS peer with the node's id on each signaling
+//! server (its own, plus every `--also-register` server). Each registration re-opens with
+//! backoff when it fails, and hands every incoming DataConnection to the relay driver.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::status::EndpointStatus;
+use crate::peer::{DataConnection, Peer, PeerConfig, PeerEvent};
+
+/// Shown on `/status` and `/metrics` for one registration.
+#[derive(Debug)]
+pub struct Registration {
+    /// Where (a display URL without secrets).
+    pub url: String,
+    /// `own` or `extra`.
+    pub kind: &'static str,
+    state: Mutex<(String, u64, Option<String>)>,
+}
+
+impl Registration {
+    /// A registration not yet attempted.
+    pub fn new(url: String, kind: &'static str) -> Arc<Self> {
+        Arc::new(Registration {
+            url,
+            kind,
+            state: Mutex::new(("connecting".into(), 0, None)),
+        })
+    }
+
+    fn set(&self, state: &str, registered: bool, error: Option<String>) {
+        let mut s = self.state.lock().expect("registration lock poisoned");
+        s.0 = state.to_string();
+        if registered {
+            s.1 += 1;
+        }
+        if error.is_some() {
+            s.2 = error;
+        }
+    }
+
+    /// A snapshot for the status page.
+    pub fn status(&self) -> EndpointStatus {
+        let s = self.state.lock().expect("registration lock poisoned");
+        EndpointStatus {
+            url: self.url.clone(),
+            kind: self.kind,
+            state: s.0.clone(),
+            registrations: s.1,
+            last_error: s.2.clone(),
+        }
+    }
+
+    /// Whether the peer is registered now.
+    pub fn is_up(&self) -> bool {
+        self.state.lock().expect("registration lock poisoned").0 == "registered"
+    }
+}
+
+/// A display URL for a peer config: `ws[s]://host:port/path` (the key is public in PeerJS,
+/// but left out anyway).
+pub fn display_url(cfg: &PeerConfig) -> String {
+    format!(
+        "{}://{}:{}{}",
+        if cfg.secure { "wss" } else { "ws" },
+        cfg.host,
+        cfg.port,
+        cfg.normalized_path()
+    )
+}
+
+/// Keeps the node's peer registered on one server until `stop` is cancelled, passing each
+/// incoming connection to `on_conn`. The first successful open is reported on `opened`.
+pub async fn keep_registered(
+    cfg: PeerConfig,
+    reg: Arc<Registration>,
+    on_conn: impl Fn(DataConnection) + Send + Sync + 'static,
+    opened: Option<tokio::sync::oneshot::Sender<Result<Peer, String>>>,
+    stop: CancellationToken,
+) {
+    let mut opened = opened;
+    let mut backoff = Duration::from_millis(200);
+    const MAX_BACKOFF: Duration = Duration::from_secs(30);
+    loop {
+        reg.set("connecting", false, None);
+        let attempt = tokio::select! {
+            r = Peer::open(cfg.clone()) => r,
+            _ = stop.cancelled() => return,
+        };
+        match attempt {
+            Ok(peer) => {
+                reg.set("registered", true, None);
+                tracing::info!(server = %reg.url, id = %peer.id(), "node peer registered");
+                if let Some(tx) = opened.take() {
+                    let _ = tx.send(Ok(peer.clone()));
+                }
+                backoff = Duration::from_millis(200);
+                let mut events = peer.events();
+                loop {
+                    tokio::select! {
+                        c = peer.accept() => match c {
+                            Some(conn) => on_conn(conn),
+                            None => break,
+                        },
+                        ev = events.recv() => match ev {
+                            Ok(PeerEvent::Disconnected) => reg.set("reconnecting", false, None),
+                            Ok(PeerEvent::Reconnected) | Ok(PeerEvent::Open(_)) => reg.set("registered", true, None),
+                            Ok(PeerEvent::Error(e)) => {
+                                tracing::warn!(server = %reg.url, error = %e, "node peer error");
+                                let state = if reg.is_up() { "registered" } else { "reconnecting" };
+                                reg.set(state, false, Some(e.to_string()));
+                            }
+                            Ok(PeerEvent::Closed) => break,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                        },
+                        _ = stop.cancelled() => {
+                            peer.close().await;
+                            return;
+                        }
+                    }
+                }
+                peer.close().await;
+                reg.set("retrying", false, Some("peer closed".into()));
+            }
+            Err(e) => {
+                tracing::warn!(server = %reg.url, error = %e, "node peer registration failed; retrying");
+                reg.set("retrying", false, Some(e.to_string()));
+                if let Some(tx) = opened.take() {
+                    // The caller decides whether a failed first attempt is fatal.
+                    let _ = tx.send(Err(e.to_string()));
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}

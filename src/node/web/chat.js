@@ -1,0 +1,458 @@
+// Ouroboros web chat: reads the discovery record, connects to the node with the PeerJS
+// client, speaks the relay protocol (protocol/relay.md) and follows the node across
+// rotations ("moved"): reconnect, rejoin with `since`, resend unacknowledged messages.
+// No framework, no build step. Every piece of remote text goes through textContent.
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const HISTORY_PAGE = 30;
+
+const state = {
+  record: null,          // the discovery record in use
+  peer: null,            // PeerJS Peer
+  conn: null,            // DataConnection to the node
+  connGen: 0,            // bumps on every (re)connect so stale callbacks are ignored
+  live: false,
+  room: params.get('room') || localStorage.getItem('ouroboros.room') || 'lobby',
+  name: params.get('name') || localStorage.getItem('ouroboros.name') || ('guest-' + Math.random().toString(36).slice(2, 7)),
+  rooms: new Map(),      // room -> { lastSeq, oldestSeq, exhausted, members:Set, loading }
+  pending: new Map(),    // client message id -> { room, body, el }
+  retryMs: 1000,
+  retryTimer: null,
+  moving: null,          // generation we are moving to
+  startedAt: null,
+};
+
+// ---- rendering helpers ----------------------------------------------------------
+
+function setConn(kind, text) {
+  const el = $('conn');
+  el.className = 'conn conn-' + kind;
+  $('conn-text').textContent = text;
+  $('retry').hidden = kind !== 'offline';
+  document.body.dataset.conn = kind;
+}
+
+function showError(text) {
+  const el = $('error');
+  if (!text) { el.hidden = true; el.textContent = ''; return; }
+  el.textContent = text;
+  el.hidden = false;
+}
+
+function fmtTime(ts) {
+  if (typeof ts !== 'number') return '';
+  const d = new Date(ts);
+  return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+}
+
+function showUptime() {
+  if (state.startedAt) $('uptime').textContent = fmtDuration(Date.now() - state.startedAt);
+}
+
+function fmtDuration(ms) {
+  let s = Math.max(0, Math.floor(ms / 1000));
+  const d = Math.floor(s / 86400); s -= d * 86400;
+  const h = Math.floor(s / 3600); s -= h * 3600;
+  const m = Math.floor(s / 60); s -= m * 60;
+  if (d) return `${d}d ${h}h`;
+  if (h) return `${h}h ${m}m`;
+  if (m) return `${m}m ${s}s`;
+  return `${s}s`;
+}
+
+function bodyText(body) {
+  if (typeof body === 'string') return body;
+  if (body && typeof body === 'object' && typeof body.text === 'string') return body.text;
+  try { return JSON.stringify(body); } catch { return String(body); }
+}
+
+function roomState(room) {
+  let r = state.rooms.get(room);
+  if (!r) {
+    r = { lastSeq: null, oldestSeq: null, exhausted: false, members: new Set(), loading: false, joined: false };
+    state.rooms.set(room, r);
+  }
+  return r;
+}
+
+function messageElement(m) {
+  const li = document.createElement('li');
+  li.className = 'msg';
+  if (m.seq != null) li.dataset.seq = String(m.seq);
+  if (m.id != null) li.dataset.id = String(m.id);
+  const meta = document.createElement('div');
+  meta.className = 'meta';
+  const from = document.createElement('span');
+  from.className = 'from';
+  from.textContent = m.from ?? '';
+  const time = document.createElement('time');
+  time.textContent = fmtTime(m.ts);
+  const st = document.createElement('span');
+  st.className = 'state';
+  meta.append(from, time, st);
+  const body = document.createElement('div');
+  body.className = 'body';
+  body.textContent = bodyText(m.body);
+  li.append(meta, body);
+  return li;
+}
+
+// Inserts a stored message (with seq) in order; ignores duplicates. Returns true if added.
+function insertMessage(room, m) {
+  if (room !== state.room) return false;
+  const list = $('message-list');
+  const existing = list.querySelector(`li[data-seq="${CSS.escape(String(m.seq))}"]`);
+  if (existing) {
+    // Our own acknowledged message: the stored copy brings the node's timestamp.
+    if (!existing.querySelector('time').textContent) existing.replaceWith(messageElement(m));
+    return false;
+  }
+  // A pending element of ours for the same id becomes the stored message.
+  if (m.id != null && state.pending.has(String(m.id)) && m.from === state.name) {
+    const p = state.pending.get(String(m.id));
+    state.pending.delete(String(m.id));
+    p.el.remove();
+  }
+  const el = messageElement(m);
+  const items = list.querySelectorAll('li[data-seq]');
+  let before = null;
+  for (let i = items.length - 1; i >= 0; i--) {
+    if (Number(items[i].dataset.seq) < m.seq) { before = items[i].nextSibling; break; }
+    if (i === 0) before = items[0];
+  }
+  if (items.length === 0) before = list.querySelector('li.pending');
+  else if (before === null && Number(items[items.length - 1].dataset.seq) < m.seq) {
+    before = list.querySelector('li.pending');
+  }
+  list.insertBefore(el, before);
+  return true;
+}
+
+function renderPresence() {
+  const ul = $('presence');
+  ul.replaceChildren();
+  const r = roomState(state.room);
+  for (const name of [...r.members].sort()) {
+    const li = document.createElement('li');
+    li.textContent = name;
+    ul.append(li);
+  }
+}
+
+function renderRooms() {
+  const ul = $('rooms');
+  ul.replaceChildren();
+  for (const room of state.rooms.keys()) {
+    const li = document.createElement('li');
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.textContent = room;
+    b.setAttribute('aria-current', room === state.room ? 'true' : 'false');
+    b.addEventListener('click', () => switchRoom(room));
+    li.append(b);
+    ul.append(li);
+  }
+  $('room-title').textContent = state.room;
+}
+
+function atBottom() {
+  const box = $('messages');
+  return box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+}
+
+function scrollToBottom() {
+  const box = $('messages');
+  box.scrollTop = box.scrollHeight;
+}
+
+// ---- protocol -------------------------------------------------------------------
+
+function send(msg) {
+  if (!state.conn || !state.live) return false;
+  try { state.conn.send(msg); return true; } catch (e) { console.warn('send failed', e); return false; }
+}
+
+function join(room) {
+  const r = roomState(room);
+  const msg = { op: 'join', room };
+  if (r.lastSeq != null) msg.since = r.lastSeq;
+  send(msg);
+}
+
+function requestHistory(room) {
+  const r = roomState(room);
+  if (r.loading || r.exhausted || !state.live) return;
+  r.loading = true;
+  $('history-status').textContent = 'loading older messages…';
+  const msg = { op: 'history', room, limit: HISTORY_PAGE };
+  if (r.oldestSeq != null) msg.before = r.oldestSeq;
+  send(msg);
+}
+
+function publish(text) {
+  const id = 'w-' + (crypto.randomUUID ? crypto.randomUUID() : Math.random().toString(36).slice(2));
+  const room = state.room;
+  const el = messageElement({ from: state.name, body: text, id });
+  el.classList.add('pending');
+  $('message-list').append(el);
+  scrollToBottom();
+  state.pending.set(id, { room, body: text, el });
+  send({ op: 'publish', room, id, body: text });
+}
+
+function resendPending() {
+  for (const [id, p] of state.pending) send({ op: 'publish', room: p.room, id, body: p.body });
+}
+
+function onMessage(m) {
+  if (!m || typeof m !== 'object') return;
+  switch (m.op) {
+    case 'welcome': {
+      if (typeof m.generation === 'number') $('generation').textContent = String(m.generation);
+      state.moving = null;
+      setConn('live', 'live');
+      state.retryMs = 1000;
+      for (const room of state.rooms.keys()) join(room);
+      resendPending();
+      break;
+    }
+    case 'joined': {
+      const r = roomState(m.room);
+      const fresh = !r.joined;
+      r.joined = true;
+      if (r.lastSeq == null) {
+        r.lastSeq = typeof m.head === 'number' ? m.head : 0;
+        if (fresh && m.room === state.room) requestHistory(m.room);
+      }
+      if (Array.isArray(m.members)) { r.members = new Set(m.members); renderPresence(); }
+      break;
+    }
+    case 'msg': {
+      const r = roomState(m.room);
+      const stick = atBottom();
+      if (r.lastSeq == null || m.seq > r.lastSeq) r.lastSeq = m.seq;
+      if (r.oldestSeq == null || m.seq < r.oldestSeq) r.oldestSeq = m.seq;
+      if (insertMessage(m.room, m) && stick) scrollToBottom();
+      break;
+    }
+    case 'ack': {
+      const p = state.pending.get(String(m.id));
+      if (p) {
+        state.pending.delete(String(m.id));
+        p.el.classList.remove('pending');
+        p.el.dataset.seq = String(m.seq);
+        if ($('message-list').querySelectorAll(`li[data-seq="${CSS.escape(String(m.seq))}"]`).length > 1) p.el.remove();
+        const r = roomState(m.room);
+        if (r.oldestSeq == null || m.seq < r.oldestSeq) r.oldestSeq = m.seq;
+      }
+      break;
+    }
+    case 'history': {
+      const r = roomState(m.room);
+      r.loading = false;
+      const msgs = Array.isArray(m.messages) ? m.messages : [];
+      const box = $('messages');
+      const fromBottom = box.scrollHeight - box.scrollTop;
+      for (const h of msgs) {
+        insertMessage(m.room, { ...h, room: m.room });
+        if (r.oldestSeq == null || h.seq < r.oldestSeq) r.oldestSeq = h.seq;
+      }
+      if (msgs.length < HISTORY_PAGE || (r.oldestSeq != null && r.oldestSeq <= 1)) r.exhausted = true;
+      let status = '';
+      if (r.exhausted) status = m.evicted_before ? `older messages (before #${m.evicted_before}) were evicted` : 'beginning of the room';
+      $('history-status').textContent = status;
+      box.scrollTop = box.scrollHeight - fromBottom;
+      // Fill the view if it is not scrollable yet.
+      if (!r.exhausted && box.scrollHeight <= box.clientHeight) requestHistory(m.room);
+      break;
+    }
+    case 'presence': {
+      const r = roomState(m.room);
+      for (const n of m.joined || []) r.members.add(typeof n === 'string' ? n : (n && n.client) || String(n));
+      for (const n of m.left || []) r.members.delete(typeof n === 'string' ? n : (n && n.client) || String(n));
+      if (m.room === state.room) renderPresence();
+      break;
+    }
+    case 'error': {
+      const p = m.ref != null ? state.pending.get(String(m.ref)) : null;
+      if (p && m.code === 'read_only') break; // handing over: resent after `moved`
+      if (p && m.code === 'rate_limited') {
+        setTimeout(() => { if (state.pending.has(String(m.ref))) send({ op: 'publish', room: p.room, id: String(m.ref), body: p.body }); }, 1000);
+        break;
+      }
+      if (p) {
+        state.pending.delete(String(m.ref));
+        p.el.classList.remove('pending');
+        p.el.classList.add('failed');
+        p.el.querySelector('.state').textContent = 'not sent: ' + (m.message || m.code);
+      }
+      if (m.ref === 'history') { const r = roomState(state.room); r.loading = false; }
+      showError(`${m.code}: ${m.message || ''}`);
+      break;
+    }
+    case 'moved': {
+      moveTo(m);
+      break;
+    }
+    case 'pong':
+      break;
+    default:
+      break;
+  }
+}
+
+// ---- connection management ------------------------------------------------------
+
+function pickEndpoint(record) {
+  const eps = Array.isArray(record.signaling) ? record.signaling : [];
+  const here = eps.find((e) => e.host === location.hostname && String(e.port) === (location.port || (location.protocol === 'https:' ? '443' : '80')));
+  return here || eps[0] || { host: location.hostname, port: Number(location.port) || 80, path: '/', key: 'peerjs', secure: location.protocol === 'https:' };
+}
+
+function teardown() {
+  state.connGen++;
+  state.live = false;
+  for (const r of state.rooms.values()) { r.joined = false; r.members.clear(); }
+  renderPresence();
+  const { conn, peer } = state;
+  state.conn = null; state.peer = null;
+  try { conn && conn.close(); } catch { /* already closed */ }
+  try { peer && peer.destroy(); } catch { /* already gone */ }
+}
+
+function scheduleRetry(reason) {
+  teardown();
+  if (state.retryTimer) return;
+  const wait = state.retryMs;
+  state.retryMs = Math.min(state.retryMs * 2, 30000);
+  setConn('offline', `offline (${reason}); retrying in ${Math.round(wait / 1000)}s`);
+  state.retryTimer = setTimeout(() => { state.retryTimer = null; start(); }, wait);
+}
+
+function connect(peerId, endpoint) {
+  const gen = ++state.connGen;
+  const opts = {
+    host: endpoint.host, port: endpoint.port, path: endpoint.path || '/', key: endpoint.key || 'peerjs',
+    secure: !!endpoint.secure, debug: 0,
+  };
+  if (params.get('ice') === 'none') opts.config = { iceServers: [] };
+  const peer = new window.peerjs.Peer(opts);
+  state.peer = peer;
+  peer.on('open', () => {
+    if (gen !== state.connGen) return;
+    const conn = peer.connect(peerId, {
+      reliable: true,
+      serialization: params.get('serialization') || 'json',
+      metadata: { client: state.name, protocol: 'ouroboros/1' },
+    });
+    state.conn = conn;
+    conn.on('open', () => {
+      if (gen !== state.connGen) return;
+      state.live = true;
+      showError('');
+      // The node greets with `welcome`; joining happens there.
+    });
+    conn.on('data', (d) => { if (gen === state.connGen) onMessage(d); });
+    conn.on('close', () => { if (gen === state.connGen && !state.moving) scheduleRetry('connection closed'); });
+    conn.on('error', (e) => { if (gen === state.connGen && !state.moving) scheduleRetry(e.type || 'connection error'); });
+  });
+  peer.on('error', (e) => {
+    if (gen !== state.connGen) return;
+    scheduleRetry(e.type || 'signaling error');
+  });
+  peer.on('disconnected', () => {
+    // Signaling lost; an open DataConnection keeps working. Re-register quietly.
+    if (gen === state.connGen && !peer.destroyed) setTimeout(() => { if (gen === state.connGen && !peer.destroyed) peer.reconnect(); }, 1000);
+  });
+}
+
+function moveTo(m) {
+  state.moving = m.generation;
+  setConn('moving', `moving to generation ${m.generation}`);
+  teardown();
+  state.moving = m.generation;
+  const record = { ...(state.record || {}), peer_id: m.peer_id, generation: m.generation };
+  if (Array.isArray(m.signaling) && m.signaling.length) record.signaling = m.signaling;
+  state.record = record;
+  $('generation').textContent = String(m.generation);
+  connect(record.peer_id, pickEndpoint(record));
+}
+
+async function start() {
+  setConn('connecting', 'connecting…');
+  const url = params.get('discovery') || '/ouroboros.json';
+  let record;
+  try {
+    const res = await fetch(url, { cache: 'no-store' });
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    record = await res.json();
+    if (!record || typeof record.peer_id !== 'string') throw new Error('no peer_id in the discovery record');
+  } catch (e) {
+    scheduleRetry('discovery: ' + e.message);
+    return;
+  }
+  state.record = record;
+  if (typeof record.generation === 'number') $('generation').textContent = String(record.generation);
+  if (record.started_at) state.startedAt = Date.parse(record.started_at);
+  showUptime();
+  connect(record.peer_id, pickEndpoint(record));
+}
+
+// ---- UI -------------------------------------------------------------------------
+
+function switchRoom(room) {
+  room = room.trim();
+  if (!room) return;
+  state.room = room;
+  localStorage.setItem('ouroboros.room', room);
+  $('message-list').replaceChildren();
+  $('history-status').textContent = '';
+  const r = roomState(room);
+  // Re-render from the node: forget the window we had and page back from the head.
+  const known = r.joined;
+  r.oldestSeq = null; r.exhausted = false; r.loading = false;
+  for (const [id, p] of state.pending) if (p.room === room) $('message-list').append(p.el);
+  renderRooms();
+  renderPresence();
+  if (known) requestHistory(room); else join(room);
+}
+
+function init() {
+  $('name-input').value = state.name;
+  $('room-input').value = state.room;
+  roomState(state.room);
+  renderRooms();
+  $('name-input').addEventListener('change', () => {
+    const v = $('name-input').value.trim();
+    if (!v || v === state.name) return;
+    state.name = v;
+    localStorage.setItem('ouroboros.name', v);
+    // The name is the client identity in the connection metadata: reconnect with it.
+    if (state.record) { teardown(); connect(state.record.peer_id, pickEndpoint(state.record)); }
+  });
+  $('room-form').addEventListener('submit', (e) => { e.preventDefault(); switchRoom($('room-input').value); });
+  $('composer').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const input = $('composer-input');
+    const text = input.value;
+    if (!text.trim()) return;
+    input.value = '';
+    publish(text);
+  });
+  $('composer-input').addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); $('composer').requestSubmit(); }
+  });
+  $('messages').addEventListener('scroll', () => { if ($('messages').scrollTop < 30) requestHistory(state.room); });
+  $('messages').addEventListener('keydown', (e) => { if (e.key === 'Home' || e.key === 'PageUp') requestHistory(state.room); });
+  $('retry').addEventListener('click', () => {
+    if (state.retryTimer) { clearTimeout(state.retryTimer); state.retryTimer = null; }
+    state.retryMs = 1000;
+    start();
+  });
+  setInterval(showUptime, 1000);
+  window.ouroboros = state; // for tests and curious people
+  start();
+}
+
+init();

@@ -1,0 +1,73 @@
+// The copy-paste PeerJS snippet of docs/deploy.md, run as written in headless Chromium against a
+// real `ouroboros node`: it reads ouroboros.json (with a ?t= cache-buster) from a static site
+// standing in for GitHub Pages, registers on the node's signaling server, connects to the node's
+// peer id, joins `lobby`, and `say()` publishes a message the page receives back.
+// Only two strings change: the PeerJS URL (served locally: no internet here) and OWNER/REPO.
+
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { cleanupAll } from './lib/cleanup.mjs';
+import { openPeerHarness } from './lib/browser.mjs';
+import { REPO_DIR } from './lib/servers.mjs';
+import { startNode } from './lib/relay-page.mjs';
+import { DEFAULT_PAGE } from './lib/static-server.mjs';
+
+after(cleanupAll);
+
+/** The ```html block of the "How a web page finds and connects to the node" section. */
+function snippet() {
+  const doc = readFileSync(path.join(REPO_DIR, 'docs', 'deploy.md'), 'utf8');
+  const section = doc.slice(doc.indexOf('## How a web page finds and connects to the node'));
+  const m = /```html\n([\s\S]*?)```/.exec(section);
+  assert.ok(m, 'docs/deploy.md has the html snippet');
+  return m[1];
+}
+
+test('the deploy guide snippet finds the node through ouroboros.json and talks to it', async () => {
+  const node = await startNode();
+  const record = JSON.stringify(node.record);
+  const html = snippet();
+  assert.ok(html.includes('https://unpkg.com/peerjs@1.5.5/dist/peerjs.min.js'));
+  assert.ok(html.includes("'https://OWNER.github.io/REPO/ouroboros.json'"));
+  assert.ok(html.includes('?t=${Date.now()}'), 'the snippet busts the Pages cache');
+  let site;
+  const page = `<!doctype html><html><head><meta charset="utf-8"></head><body>${html
+    .replace('https://unpkg.com/peerjs@1.5.5/dist/peerjs.min.js', '/node_modules/peerjs/dist/peerjs.min.js')
+    .replace("'https://OWNER.github.io/REPO/ouroboros.json'", "location.origin + '/ouroboros.json'")}</body></html>`;
+  const h = await openPeerHarness({
+    pages: {
+      '/': DEFAULT_PAGE,
+      '/snippet.html': page,
+      '/ouroboros.json': { body: record, type: 'application/json' },
+    },
+  });
+  site = h.site;
+  const requests = [];
+  h.page.on('request', (r) => requests.push(r.url()));
+  try {
+    const logged = new Promise((resolve) => {
+      h.page.on('console', (msg) => {
+        if (msg.text().includes('"text":"hello from the guide"')) resolve(msg.text());
+      });
+    });
+    await h.page.goto(site.url('/snippet.html'));
+    await h.page
+      .waitForFunction(() => typeof window.say === 'function', null, { timeout: 30000 })
+      .catch((e) => {
+        throw new Error(`${e.message}\nconsole: ${JSON.stringify(h.browser.consoleLog)}\nrequests: ${requests.join(' ')}`);
+      });
+    await h.page.evaluate(() => window.say('hello from the guide'));
+    const line = await logged;
+    assert.match(line, /^guest-[a-z0-9]+: \{"text":"hello from the guide"\}$/);
+    assert.ok(
+      requests.some((u) => /\/ouroboros\.json\?t=\d+$/.test(u)),
+      `record read with a cache-buster: ${requests.join(' ')}`,
+    );
+    h.browser.assertNoConsoleErrors([/Failed to load resource/]);
+  } finally {
+    await h.close();
+    await node.stop();
+  }
+});

@@ -1,0 +1,634 @@
+//! `ouroboros node` end to end with Rust clients over real signaling and real DataChannels:
+//! the relay protocol, replay, history, presence, direct, limits, the legacy protocol,
+//! eviction, following `moved`, dual registration on the reference `peer` server, 200
+//! concurrent clients, and the node's HTTP endpoints.
+
+use std::time::Duration;
+
+use clap::Parser;
+use ouroboros::client::{Client, ClientConfig, ClientError, Event, Target};
+use ouroboros::handoff::HandoffHost;
+use ouroboros::node::{Node, NodeArgs};
+use ouroboros::peer::{ConnectOptions, Peer, PeerConfig, Serialization, Value};
+use serde_json::json;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Starts a node on 127.0.0.1:0 with a temporary data dir and extra flags.
+async fn start_node(extra: &[&str]) -> (Node, tempfile::TempDir) {
+    ouroboros::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut argv = vec![
+        "node",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--data-dir",
+        dir.path().to_str().expect("utf-8 path"),
+    ];
+    argv.extend_from_slice(extra);
+    let cli = Cli::try_parse_from(argv).expect("flags parse");
+    let node = Node::start(cli.node).await.expect("node starts");
+    (node, dir)
+}
+
+async fn client(node: &Node, name: &str, ser: Serialization) -> (Client, UnboundedReceiver<Event>) {
+    let mut cfg = ClientConfig::new(name);
+    cfg.serialization = ser;
+    Client::connect(node.record(), cfg)
+        .await
+        .expect("client connects")
+}
+
+/// The next event matching `f`, skipping others; panics after [`WAIT`].
+async fn next_matching<T>(
+    events: &mut UnboundedReceiver<Event>,
+    mut f: impl FnMut(&Event) -> Option<T>,
+) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let ev = events.recv().await.expect("event stream open");
+            if let Some(t) = f(&ev) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("expected event in time")
+}
+
+async fn next_msg(events: &mut UnboundedReceiver<Event>) -> ouroboros::client::Message {
+    next_matching(events, |e| match e {
+        Event::Message(m) => Some(m.clone()),
+        _ => None,
+    })
+    .await
+}
+
+fn node_error(r: Result<impl std::fmt::Debug, ClientError>) -> String {
+    match r {
+        Err(ClientError::Node { code, .. }) => code,
+        other => panic!("expected a node error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_clients_publish_replay_page_history_presence_direct() {
+    let (node, _dir) = start_node(&[]).await;
+    let (alice, mut a_ev) = client(&node, "alice", Serialization::Json).await;
+    let welcome = next_matching(&mut a_ev, |e| match e {
+        Event::Welcome {
+            node,
+            generation,
+            raw,
+        } => Some((node.clone(), *generation, raw.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(welcome.0, node.peer_id());
+    assert_eq!(welcome.1, 0);
+    assert_eq!(welcome.2["limits"]["max_message_bytes"], 65536);
+
+    assert_eq!(alice.join("lobby", None).await.unwrap(), 0);
+    for i in 1..=9u64 {
+        let ack = alice
+            .publish("lobby", json!({"text": format!("m{i}")}))
+            .await
+            .unwrap();
+        assert_eq!(ack.seq, i);
+    }
+    // Idempotent by id.
+    let a1 = alice
+        .publish_with_id("lobby", "fixed", json!("x"))
+        .await
+        .unwrap();
+    let a2 = alice
+        .publish_with_id("lobby", "fixed", json!("x"))
+        .await
+        .unwrap();
+    assert_eq!(a1, a2);
+    assert_eq!(a1.seq, 10);
+
+    // Bob (binary serialization) replays from 6.
+    let (bob, mut b_ev) = client(&node, "bob", Serialization::Binary).await;
+    assert_eq!(bob.join("lobby", Some(6)).await.unwrap(), 10);
+    for seq in 7..=10 {
+        let m = next_msg(&mut b_ev).await;
+        assert_eq!(m.seq, seq);
+        assert_eq!(m.from, "alice");
+    }
+    // Presence: alice sees bob.
+    next_matching(&mut a_ev, |e| match e {
+        Event::Presence { room, joined, .. }
+            if room == "lobby" && joined.contains(&"bob".to_string()) =>
+        {
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+    // Live fan-out to bob, in order.
+    for i in 0..20 {
+        alice.publish("lobby", json!(i)).await.unwrap();
+    }
+    for i in 0..20 {
+        let m = next_msg(&mut b_ev).await;
+        assert_eq!(m.seq, 11 + i);
+        assert_eq!(m.body, json!(i));
+    }
+    // History pages, newest first.
+    let p1 = bob.history("lobby", None, Some(4)).await.unwrap();
+    assert_eq!(
+        p1.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![30, 29, 28, 27]
+    );
+    let p2 = bob.history("lobby", Some(3), Some(10)).await.unwrap();
+    assert_eq!(
+        p2.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    assert_eq!(p2.messages[1].body, json!({"text": "m1"}));
+    assert_eq!(p2.evicted_before, None);
+    // Direct by client name.
+    bob.direct("alice", json!({"hi": "there"})).await.unwrap();
+    let (from, body) = next_matching(&mut a_ev, |e| match e {
+        Event::Direct { from, body } => Some((from.clone(), body.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(from, "bob");
+    assert_eq!(body, json!({"hi": "there"}));
+    assert!(alice.ping().await.unwrap() < Duration::from_secs(5));
+    // Leave: alice sees bob go.
+    bob.leave("lobby").await.unwrap();
+    next_matching(&mut a_ev, |e| match e {
+        Event::Presence { left, .. } if left.contains(&"bob".to_string()) => Some(()),
+        _ => None,
+    })
+    .await;
+    alice.close().await;
+    bob.close().await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_answer_documented_errors() {
+    let (node, _dir) = start_node(&[
+        "--max-message-size",
+        "1KiB",
+        "--max-rooms-per-client",
+        "2",
+        "--client-rate",
+        "1",
+        "--client-burst",
+        "30",
+        "--max-clients",
+        "1",
+    ])
+    .await;
+    let (c, mut ev) = client(&node, "limited", Serialization::Json).await;
+    c.join("a", None).await.unwrap();
+    assert_eq!(
+        node_error(c.publish("a", json!("x".repeat(2000))).await),
+        "too_large"
+    );
+    assert_eq!(node_error(c.join("no spaces!", None).await), "bad_room");
+    c.join("b", None).await.unwrap();
+    assert_eq!(node_error(c.join("c", None).await), "too_many_rooms");
+    assert_eq!(
+        node_error(c.history("a", None, Some(1_000_000)).await),
+        "bad_limit"
+    );
+    c.leave("zzz").await.unwrap();
+    let code = next_matching(&mut ev, |e| match e {
+        Event::Error { code, .. } => Some(code.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(code, "not_joined");
+    // Still usable.
+    assert_eq!(c.publish("a", json!("ok")).await.unwrap().seq, 1);
+    // Rate: 30 burst at 1/s.
+    let mut limited = false;
+    for _ in 0..40 {
+        if let Err(ClientError::Node { code, .. }) = c.publish("a", json!(1)).await {
+            assert_eq!(code, "rate_limited");
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "rate limit never hit");
+    // max_clients 1: a second client is refused.
+    let mut cfg = ClientConfig::new("second");
+    cfg.give_up_after = Some(Duration::from_secs(1));
+    match Client::connect(node.record(), cfg).await {
+        Ok((c2, mut ev2)) => {
+            let code = next_matching(&mut ev2, |e| match e {
+                Event::Error { code, .. } => Some(code.clone()),
+                _ => None,
+            })
+            .await;
+            assert_eq!(code, "server_full");
+            c2.close().await;
+        }
+        Err(e) => panic!("the channel opens before the refusal: {e}"),
+    }
+    c.close().await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_seed_protocol_over_a_real_data_connection() {
+    let (node, _dir) = start_node(&[]).await;
+    let ep = &node.record().signaling[0];
+    let peer = Peer::open(PeerConfig::new(ep.host.clone(), ep.port))
+        .await
+        .unwrap();
+    // The seed's client: default options (binary, unordered), no metadata.
+    let conn = peer
+        .connect(&node.peer_id(), ConnectOptions::default())
+        .await
+        .unwrap();
+    let (tx, mut rx) = conn.split();
+    let mut next_str = async || -> String {
+        match tokio::time::timeout(WAIT, rx.recv()).await.unwrap() {
+            Some(Ok(Value::Str(s))) => s,
+            other => panic!("expected a string, got {other:?}"),
+        }
+    };
+    tx.send(&Value::Str("0".into())).await.unwrap();
+    assert_eq!(next_str().await, "[]");
+    for i in 1..=6 {
+        let m = json!({"userName": "old", "message": format!("hello {i}")}).to_string();
+        tx.send(&Value::Str(m)).await.unwrap();
+        let echo: serde_json::Value = serde_json::from_str(&next_str().await).unwrap();
+        assert_eq!(echo["message"], format!("hello {i}"));
+        assert!(echo["date"].is_string() || echo["date"].is_number());
+    }
+    tx.send(&Value::Str("0".into())).await.unwrap();
+    let page: Vec<serde_json::Value> = serde_json::from_str(&next_str().await).unwrap();
+    let texts: Vec<_> = page
+        .iter()
+        .map(|m| m["message"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        texts,
+        ["hello 6", "hello 5", "hello 4", "hello 3", "hello 2"]
+    );
+    tx.send(&Value::Str("5".into())).await.unwrap();
+    let page: Vec<serde_json::Value> = serde_json::from_str(&next_str().await).unwrap();
+    assert_eq!(page.len(), 1);
+    tx.send(&Value::Str("ping".into())).await.unwrap();
+    assert_eq!(next_str().await, "pong");
+    peer.close().await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_under_a_small_budget_reports_and_never_reuses_seqs() {
+    let (node, _dir) = start_node(&[
+        "--memory-budget",
+        "24KiB",
+        "--client-burst",
+        "2000",
+        "--client-rate",
+        "2000",
+    ])
+    .await;
+    let (c, _ev) = client(&node, "filler", Serialization::Json).await;
+    let body = json!("z".repeat(500));
+    for i in 1..=100u64 {
+        assert_eq!(c.publish("big", body.clone()).await.unwrap().seq, i);
+    }
+    let page = c.history("big", None, Some(500)).await.unwrap();
+    let evicted_before = page.evicted_before.expect("eviction reported");
+    assert!(evicted_before > 1);
+    assert_eq!(page.messages[0].seq, 100);
+    assert!(page.messages.iter().all(|m| m.seq >= evicted_before));
+    assert_eq!(page.messages.len() as u64, 100 - evicted_before + 1);
+    assert_eq!(c.publish("big", json!("after")).await.unwrap().seq, 101);
+    let st = node.status().await;
+    assert!(st.relay.messages_evicted > 0);
+    assert!(st.relay.bytes_stored <= 24 * 1024);
+    c.close().await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_follows_moved_rejoins_with_since_and_resends_unacked() {
+    let (a, _da) = start_node(&["--peer-id", "node-gen-a"]).await;
+    let (b, _db) = start_node(&["--peer-id", "node-gen-b", "--generation", "1"]).await;
+    let (c, mut ev) = client(&a, "mover", Serialization::Json).await;
+    c.join("r", None).await.unwrap();
+    assert_eq!(c.publish("r", json!("on a")).await.unwrap().seq, 1);
+    // A stops taking writes (handing over): the next publish stays pending.
+    a.relay()
+        .with_relay(|r| r.set_mode(ouroboros::relay::Mode::Draining))
+        .await
+        .unwrap();
+    let pending = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.publish_with_id("r", "during-move", json!("pending"))
+                .await
+        })
+    };
+    // B already holds seq 1 (as a handoff would have brought it).
+    let (seed, _sev) = client(&b, "seed", Serialization::Json).await;
+    seed.publish("r", json!("on a")).await.unwrap();
+    // A announces the move through the handoff seam (what the predecessor driver calls).
+    let rb = b.record();
+    HandoffHost::announce_moved(a.relay(), &rb.peer_id, &rb.signaling, rb.generation).await;
+    let (peer_id, generation) = next_matching(&mut ev, |e| match e {
+        Event::Moved {
+            peer_id,
+            generation,
+        } => Some((peer_id.clone(), *generation)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((peer_id.as_str(), generation), ("node-gen-b", 1));
+    // The pending publish is re-sent to B and acknowledged there.
+    let ack = tokio::time::timeout(WAIT, pending)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(ack.seq, 2);
+    // Live messages on B reach the client (it re-joined with since = 1).
+    seed.publish("r", json!("on b")).await.unwrap();
+    let m = next_msg(&mut ev).await;
+    assert_eq!(m.seq, 2);
+    let m = next_msg(&mut ev).await;
+    assert_eq!((m.seq, m.body.clone()), (3, json!("on b")));
+    match c.state() {
+        ouroboros::client::ConnectionState::Live { node, generation } => {
+            assert_eq!((node.as_str(), generation), ("node-gen-b", 1));
+        }
+        s => panic!("unexpected state {s:?}"),
+    }
+    c.close().await;
+    seed.close().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Starts the reference `peer` server (tests/js/node_modules) on an ephemeral port.
+async fn start_reference_server() -> Option<(tokio::process::Child, u16)> {
+    use tokio::io::AsyncBufReadExt;
+    let cli = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/js/node_modules/peer/dist/bin/peerjs.js");
+    if !cli.exists() {
+        eprintln!(
+            "skipping: {} missing (run npm ci in tests/js)",
+            cli.display()
+        );
+        return None;
+    }
+    let mut child = tokio::process::Command::new("node")
+        .arg(cli)
+        .args(["--port", "0", "--host", "127.0.0.1"])
+        .env("PORT", "0")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("port: ").nth(1) {
+                return rest
+                    .split(',')
+                    .next()
+                    .unwrap()
+                    .trim()
+                    .parse::<u16>()
+                    .unwrap();
+            }
+        }
+        panic!("reference server exited");
+    })
+    .await
+    .expect("reference server ready");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Some((child, port))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_registration_on_the_reference_server() {
+    let Some((mut reference, port)) = start_reference_server().await else {
+        return;
+    };
+    let url = format!("ws://127.0.0.1:{port}/?key=peerjs");
+    let (node, _dir) = start_node(&["--also-register", &url]).await;
+    let record = node.record();
+    assert_eq!(record.signaling.len(), 2);
+    assert_eq!(record.signaling[1].port, port);
+    // The extra registration comes up (it is started after the node's own).
+    let mut up = false;
+    for _ in 0..100 {
+        let st = node.status().await;
+        if st.endpoints[1].state == "registered" {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling the node's own report
+    }
+    assert!(up, "registered on the reference server");
+    // A client of the reference server only.
+    let mut cfg = ClientConfig::new("cloud-user");
+    cfg.endpoint_index = 1;
+    let target = Target {
+        peer_id: record.peer_id.clone(),
+        generation: 0,
+        signaling: vec![record.signaling[1].clone()],
+    };
+    let (cloud, _cev) = Client::connect(target, cfg).await.unwrap();
+    let (local, mut lev) = client(&node, "local-user", Serialization::Json).await;
+    local.join("both", None).await.unwrap();
+    cloud.join("both", None).await.unwrap();
+    cloud
+        .publish("both", json!("via the reference server"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_msg(&mut lev).await.body,
+        json!("via the reference server")
+    );
+    cloud.close().await;
+    local.close().await;
+    node.shutdown().await;
+    let _ = reference.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_clients() {
+    const N: usize = 200;
+    let (node, _dir) = start_node(&[]).await;
+    let record = node.record();
+    // Connect in waves of 20 (each client is its own peer + PeerConnection on this 2-core box).
+    let mut clients = Vec::with_capacity(N);
+    for wave in 0..N / 20 {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..20 {
+            let record = record.clone();
+            let name = format!("c{:03}", wave * 20 + i);
+            set.spawn(async move {
+                let mut cfg = ClientConfig::new(&name);
+                cfg.connect_timeout = Duration::from_secs(60);
+                let (c, ev) = Client::connect(record, cfg).await.expect("connects");
+                c.join("crowd", None).await.expect("joins");
+                (name, c, ev)
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            clients.push(r.unwrap());
+        }
+    }
+    assert_eq!(node.status().await.relay.clients, N as u64);
+    // Every client publishes once; every client receives all N messages, in seq order.
+    let mut set = tokio::task::JoinSet::new();
+    for (name, c, _) in &clients {
+        let c = c.clone();
+        let name = name.clone();
+        set.spawn(async move { c.publish("crowd", json!(name)).await.unwrap().seq });
+    }
+    let mut seqs = Vec::new();
+    while let Some(r) = set.join_next().await {
+        seqs.push(r.unwrap());
+    }
+    seqs.sort();
+    assert_eq!(seqs, (1..=N as u64).collect::<Vec<_>>());
+    for (_, _, ev) in clients.iter_mut() {
+        let mut seen = Vec::with_capacity(N);
+        while seen.len() < N {
+            seen.push(next_msg(ev).await.seq);
+        }
+        assert_eq!(seen, (1..=N as u64).collect::<Vec<_>>());
+    }
+    for (_, c, _) in &clients {
+        c.close().await;
+    }
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_discovery_status_metrics_and_root_negotiation() {
+    let (node, dir) = start_node(&[
+        "--peer-id",
+        "http-node",
+        "--public-host",
+        "chat.example.org",
+        "--public-port",
+        "443",
+        "--public-secure",
+    ])
+    .await;
+    let base = format!("http://{}", node.local_addr());
+    let http = reqwest::Client::new();
+    let res = http
+        .get(format!("{base}/ouroboros.json"))
+        .header("origin", "http://elsewhere.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["access-control-allow-origin"], "*");
+    let served: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(served["version"], 1);
+    assert_eq!(served["peer_id"], "http-node");
+    assert_eq!(served["generation"], 0);
+    assert_eq!(
+        served["signaling"][0],
+        json!({"host":"chat.example.org","port":443,"path":"/","key":"peerjs","secure":true})
+    );
+    assert!(served["started_at"].is_string());
+    // The same record is in the data dir.
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("ouroboros.json")).unwrap()).unwrap();
+    assert_eq!(written, served);
+
+    let (c, _ev) = client_local(&node, "metrics-user").await;
+    c.publish("m", json!("one")).await.unwrap();
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("ouroboros_relay_clients 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("ouroboros_relay_published_total 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("ouroboros_relay_rooms 1\n"), "{metrics}");
+    let status: serde_json::Value = http
+        .get(format!("{base}/status.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["peer_id"], "http-node");
+    assert_eq!(status["relay"]["clients"], 1);
+    assert_eq!(status["endpoints"][0]["state"], "registered");
+    // The root: HTML for browsers, the PeerJS JSON for programs.
+    let html = http
+        .get(format!("{base}/"))
+        .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        html.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let page = html.text().await.unwrap();
+    assert!(page.contains("<title>Ouroboros chat</title>"));
+    assert!(page.contains("https://unpkg.com/peerjs@1.5.5/dist/peerjs.min.js"));
+    let info: serde_json::Value = http
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["name"], "PeerJS Server");
+    let status_page = http
+        .get(format!("{base}/status"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(status_page.contains("http-node"));
+    c.close().await;
+    node.shutdown().await;
+}
+
+/// A client that reaches the node on its bound address (the record advertises a public one).
+async fn client_local(node: &Node, name: &str) -> (Client, UnboundedReceiver<Event>) {
+    let mut target: Target = node.record().into();
+    let addr = node.local_addr();
+    target.signaling[0].host = addr.ip().to_string();
+    target.signaling[0].port = addr.port();
+    target.signaling[0].secure = false;
+    Client::connect(target, ClientConfig::new(name))
+        .await
+        .expect("client connects")
+}

@@ -1,0 +1,423 @@
+//! Rust ↔ Rust over our signaling server (`ouroboros signal --port 0`, spawned per test):
+//! every serialization ordered and unordered, big messages, flushed close, many connections
+//! at once, EXPIRE / ID-TAKEN as typed errors, and the signaling client's reconnect.
+//!
+//! `PEER_TEST_SERVER=reference` runs the same tests against the reference `peer` npm server
+//! (tests/js/node_modules) instead.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ouroboros::peer::{
+    ConnectOptions, ConnectionError, Peer, PeerConfig, PeerError, PeerEvent, Serialization, Value,
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::time::timeout;
+
+const KEY: &str = "testkey";
+const PATH: &str = "/p2p/";
+
+struct Server {
+    _child: Child,
+    port: u16,
+}
+
+async fn start_server() -> Server {
+    ouroboros::install_crypto_provider();
+    let reference = std::env::var("PEER_TEST_SERVER").as_deref() == Ok("reference");
+    let mut cmd = if reference {
+        let cli = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/js/node_modules/peer/dist/bin/peerjs.js"
+        );
+        let mut c = Command::new("node");
+        c.args([cli, "--port", "0", "--host", "127.0.0.1", "--key", KEY])
+            .args(["--path", PATH, "--expire_timeout", "1000"])
+            .env("PORT", "0");
+        c
+    } else {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ouroboros"));
+        c.env("RUST_LOG", "warn")
+            .args(["signal", "--port", "0", "--host", "127.0.0.1", "--key", KEY])
+            .args(["--path", PATH, "--expire-timeout", "1000"]);
+        c
+    };
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the signaling server");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let port = timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.expect("server stdout") {
+            // ours: `listening on http://127.0.0.1:PORT/p2p/`; reference: `... port: PORT, path: ...`
+            let port = if let Some(rest) = line.strip_prefix("listening on http://") {
+                rest.split('/')
+                    .next()
+                    .and_then(|a| a.rsplit(':').next())
+                    .map(str::to_string)
+            } else {
+                line.split("port: ")
+                    .nth(1)
+                    .and_then(|r| r.split(',').next())
+                    .map(str::to_string)
+            };
+            if let Some(p) = port.and_then(|p| p.trim().parse::<u16>().ok()) {
+                return p;
+            }
+        }
+        panic!("the server exited before listening");
+    })
+    .await
+    .expect("server ready in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Server {
+        _child: child,
+        port,
+    }
+}
+
+fn config(port: u16, id: Option<&str>) -> PeerConfig {
+    let mut c = PeerConfig::new("127.0.0.1", port);
+    c.key = KEY.into();
+    c.path = PATH.into();
+    c.id = id.map(str::to_string);
+    c.udp_addrs = vec!["127.0.0.1:0".into()];
+    c.connect_timeout = Duration::from_secs(15);
+    c
+}
+
+/// Accepts every connection and echoes it.
+fn spawn_echo(peer: Peer) {
+    tokio::spawn(async move {
+        while let Some(conn) = peer.accept().await {
+            tokio::spawn(async move {
+                let (tx, mut rx) = conn.split();
+                while let Some(Ok(v)) = rx.recv().await {
+                    if tx.send(&v).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn pattern(n: usize) -> Bytes {
+    Bytes::from((0..n).map(|i| (i * 31 + 7) as u8).collect::<Vec<u8>>())
+}
+
+fn s(x: &str) -> Value {
+    Value::Str(x.into())
+}
+
+fn sample_values(ser: Serialization) -> Vec<Value> {
+    let map = Value::Map(vec![
+        (s("a"), Value::Int(1)),
+        (s("text"), s("héllo ☃ 𝄞")),
+        (
+            s("list"),
+            Value::Array(vec![Value::Int(-33), Value::Bool(true), Value::Null]),
+        ),
+        (s("big"), Value::Int(1 << 40)),
+        (s("pi"), Value::Float(3.25)),
+    ]);
+    match ser {
+        Serialization::Raw => vec![s("text frame"), Value::Bin(pattern(1000)), s("")],
+        Serialization::Json => vec![map, s("plain"), Value::Int(42), Value::Array(vec![])],
+        _ => vec![
+            map,
+            s(&"x".repeat(40_000)),
+            Value::Int(-1),
+            Value::Bin(pattern(4)),
+            Value::Bin(pattern(100_000)),
+        ],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_serialization_ordered_and_unordered() {
+    let srv = start_server().await;
+    let echo = Peer::open(config(srv.port, Some("echo"))).await.unwrap();
+    assert_eq!(echo.id(), "echo");
+    spawn_echo(echo.clone());
+    // No id configured: fetched from {path}{key}/id.
+    let client = Peer::open(config(srv.port, None)).await.unwrap();
+    assert!(!client.id().is_empty());
+    for ser in [
+        Serialization::Binary,
+        Serialization::BinaryUtf8,
+        Serialization::Json,
+        Serialization::Raw,
+        Serialization::MsgPack,
+    ] {
+        for reliable in [true, false] {
+            let opts = ConnectOptions {
+                label: Some(format!("{ser:?}-{reliable}")),
+                serialization: ser,
+                reliable,
+                metadata: Some(serde_json::json!({"case": format!("{ser:?}")})),
+            };
+            let mut conn = client.connect("echo", opts).await.unwrap();
+            assert!(conn.connection_id().starts_with("dc_"));
+            assert_eq!(conn.peer(), "echo");
+            assert_eq!(conn.serialization(), ser);
+            for v in sample_values(ser) {
+                conn.send(&v).await.unwrap();
+                let got = timeout(Duration::from_secs(10), conn.recv())
+                    .await
+                    .unwrap_or_else(|_| panic!("{ser:?} reliable={reliable}: no echo"))
+                    .expect("open")
+                    .expect("decodes");
+                assert_eq!(got, v, "{ser:?} reliable={reliable}");
+            }
+            conn.close(false).await;
+        }
+    }
+    client.close().await;
+    echo.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_messages_both_ways() {
+    let srv = start_server().await;
+    let echo = Peer::open(config(srv.port, Some("bigecho"))).await.unwrap();
+    spawn_echo(echo.clone());
+    let client = Peer::open(config(srv.port, None)).await.unwrap();
+    for (ser, size) in [
+        (Serialization::Binary, 8 << 20),
+        (Serialization::MsgPack, 8 << 20),
+        (Serialization::Raw, 256 << 10),
+    ] {
+        let opts = ConnectOptions {
+            serialization: ser,
+            reliable: true,
+            ..Default::default()
+        };
+        let mut conn = client.connect("bigecho", opts).await.unwrap();
+        let v = Value::Bin(pattern(size));
+        conn.send(&v).await.unwrap();
+        let got = timeout(Duration::from_secs(60), conn.recv())
+            .await
+            .expect("echo in time")
+            .unwrap()
+            .unwrap();
+        assert!(got == v, "{ser:?} {size} bytes differ");
+        conn.close(true).await;
+    }
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushed_close_delivers_everything_first() {
+    let srv = start_server().await;
+    let sink = Peer::open(config(srv.port, Some("sink"))).await.unwrap();
+    let client = Peer::open(config(srv.port, None)).await.unwrap();
+    for ser in [
+        Serialization::Binary,
+        Serialization::Json,
+        Serialization::MsgPack,
+        Serialization::Raw,
+    ] {
+        let opts = ConnectOptions {
+            serialization: ser,
+            reliable: true,
+            ..Default::default()
+        };
+        let sender = client.connect("sink", opts);
+        let (conn, accepted) = tokio::join!(sender, sink.accept());
+        let conn = conn.unwrap();
+        let mut accepted = accepted.unwrap();
+        let n = 300;
+        let counter = tokio::spawn(async move {
+            let mut count = 0;
+            while let Some(item) = accepted.recv().await {
+                item.unwrap();
+                count += 1;
+            }
+            count
+        });
+        for i in 0..n {
+            conn.send(&s(&format!("{i:05}{}", "p".repeat(2000))))
+                .await
+                .unwrap();
+        }
+        let started = std::time::Instant::now();
+        conn.close(true).await;
+        // The receiver saw every message, then the close (its recv ended by itself).
+        let count = timeout(Duration::from_secs(10), counter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(count, n, "{ser:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{ser:?}: flushed close hit its timeout"
+        );
+    }
+    client.close().await;
+    sink.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_connections_at_once_and_remote_close() {
+    let srv = start_server().await;
+    let echo = Peer::open(config(srv.port, Some("manyecho")))
+        .await
+        .unwrap();
+    spawn_echo(echo.clone());
+    let client = Peer::open(config(srv.port, None)).await.unwrap();
+    let ok = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let client = client.clone();
+        let ok = ok.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = client
+                .connect("manyecho", ConnectOptions::default())
+                .await
+                .unwrap();
+            let v = Value::Int(i);
+            conn.send(&v).await.unwrap();
+            let got = timeout(Duration::from_secs(10), conn.recv()).await.unwrap();
+            assert_eq!(got, Some(Ok(v)));
+            ok.fetch_add(1, Ordering::SeqCst);
+            conn
+        }));
+    }
+    let mut conns = Vec::new();
+    for t in tasks {
+        conns.push(t.await.unwrap());
+    }
+    assert_eq!(ok.load(Ordering::SeqCst), 12);
+    // Closing the echo peer closes every connection: recv ends, send fails.
+    echo.close().await;
+    for mut c in conns {
+        let end = timeout(Duration::from_secs(10), c.recv()).await.unwrap();
+        assert!(end.is_none(), "{end:?}");
+        assert_eq!(
+            c.send(&Value::Null).await.unwrap_err(),
+            ConnectionError::Closed
+        );
+    }
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_errors_expire_and_id_taken() {
+    let srv = start_server().await;
+    let a = Peer::open(config(srv.port, Some("taken"))).await.unwrap();
+    let err = Peer::open(config(srv.port, Some("taken")))
+        .await
+        .unwrap_err();
+    assert_eq!(err, PeerError::IdTaken);
+    let mut bad = config(srv.port, Some("x"));
+    bad.key = "wrongkey".into();
+    assert_eq!(
+        Peer::open(bad).await.unwrap_err(),
+        PeerError::Server("Invalid key provided".into())
+    );
+    assert!(matches!(
+        Peer::open(config(srv.port, Some("bad id!"))).await,
+        Err(PeerError::InvalidId(_))
+    ));
+    let mut events = a.events();
+    let err = a
+        .connect("nobody-here", ConnectOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err, PeerError::PeerUnavailable("nobody-here".into()));
+    let ev = timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ev,
+        PeerEvent::Error(PeerError::PeerUnavailable("nobody-here".into()))
+    );
+    a.close().await;
+}
+
+/// A TCP proxy whose connections can all be cut at once.
+async fn start_proxy(upstream: u16) -> (u16, tokio::sync::watch::Sender<u64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (cut_tx, cut_rx) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let mut cut = cut_rx.clone();
+            cut.mark_unchanged();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = cut.changed() => {}
+                }
+            });
+        }
+    });
+    (port, cut_tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signaling_reconnects_with_the_same_id() {
+    let srv = start_server().await;
+    let (proxy_port, cut) = start_proxy(srv.port).await;
+    let mut cfg = config(proxy_port, Some("phoenix"));
+    cfg.max_reconnect_delay = Duration::from_millis(500);
+    let phoenix = Peer::open(cfg).await.unwrap();
+    spawn_echo(phoenix.clone());
+    let mut events = phoenix.events();
+    let client = Peer::open(config(srv.port, None)).await.unwrap();
+    let mut before = client
+        .connect("phoenix", ConnectOptions::default())
+        .await
+        .unwrap();
+
+    cut.send(1).unwrap();
+    let mut seen = Vec::new();
+    timeout(Duration::from_secs(15), async {
+        while let Ok(ev) = events.recv().await {
+            seen.push(ev.clone());
+            if ev == PeerEvent::Reconnected {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no Reconnected; events {seen:?}"));
+    assert!(seen.contains(&PeerEvent::Disconnected), "{seen:?}");
+    assert_eq!(phoenix.id(), "phoenix");
+
+    // The open connection survived the signaling outage...
+    before.send(&s("still")).await.unwrap();
+    assert_eq!(
+        timeout(Duration::from_secs(5), before.recv())
+            .await
+            .unwrap(),
+        Some(Ok(s("still")))
+    );
+    // ...and the re-registered id accepts new connections.
+    let mut after = timeout(
+        Duration::from_secs(20),
+        client.connect("phoenix", ConnectOptions::default()),
+    )
+    .await
+    .expect("connect after reconnect in time")
+    .unwrap();
+    after.send(&Value::Int(7)).await.unwrap();
+    assert_eq!(
+        timeout(Duration::from_secs(5), after.recv()).await.unwrap(),
+        Some(Ok(Value::Int(7)))
+    );
+    client.close().await;
+    phoenix.close().await;
+}
