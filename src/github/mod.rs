@@ -39,9 +39,22 @@ pub enum PagesModeArg {
     Dispatch,
 }
 
+/// Where `ouroboros node` publishes its discovery record.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PublisherKind {
+    /// `ouroboros.json` in `--data-dir` (also served at `/ouroboros.json`).
+    #[default]
+    Local,
+    /// GitHub Pages (see `--pages-mode`); needs `GITHUB_REPOSITORY` and a token.
+    Pages,
+}
+
 /// GitHub flags of `ouroboros node` (used by `--launcher github` and `--publisher pages`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct GithubArgs {
+    /// Where the discovery record is published.
+    #[arg(long, value_enum, env = "OUROBOROS_PUBLISHER", default_value_t = PublisherKind::Local)]
+    pub publisher: PublisherKind,
     /// Workflow file that runs a node (dispatched to start the successor).
     #[arg(
         long,
@@ -76,6 +89,7 @@ pub struct GithubArgs {
 impl Default for GithubArgs {
     fn default() -> Self {
         GithubArgs {
+            publisher: PublisherKind::Local,
             github_workflow: "ouroboros.yml".into(),
             github_ref: "main".into(),
             github_token_env: DEFAULT_PAT_ENV.into(),
@@ -126,5 +140,92 @@ impl GithubArgs {
     pub fn publisher(&self, client: Arc<GithubClient>) -> Result<PagesPublisher, GithubError> {
         let mode = self.pages_mode(client.repository());
         PagesPublisher::new(client, mode)
+    }
+
+    /// The cloud parts the ring needs for these flags: the GitHub launcher when `launcher` is
+    /// [`LauncherKind::Github`](crate::lifecycle::LauncherKind::Github), the Pages publisher
+    /// when `--publisher pages`; `None` where the ring's defaults apply. Builds the client only
+    /// when one of them is wanted.
+    ///
+    /// # Errors
+    /// [`GithubError::Config`] when GitHub is wanted but `GITHUB_REPOSITORY` or the token is
+    /// missing.
+    pub fn cloud_parts(
+        &self,
+        launcher: crate::lifecycle::LauncherKind,
+    ) -> Result<CloudParts, GithubError> {
+        let wants_launcher = launcher == crate::lifecycle::LauncherKind::Github;
+        let wants_publisher = self.publisher == PublisherKind::Pages;
+        if !wants_launcher && !wants_publisher {
+            return Ok(CloudParts::default());
+        }
+        let client = self.client()?;
+        Ok(CloudParts {
+            launcher: wants_launcher.then(|| {
+                Arc::new(self.launcher(client.clone())) as Arc<dyn crate::lifecycle::Launcher>
+            }),
+            publisher: if wants_publisher {
+                Some(Arc::new(self.publisher(client.clone())?)
+                    as Arc<dyn crate::discovery::Publisher>)
+            } else {
+                None
+            },
+            verifier: wants_launcher
+                .then(|| RunVerifier::new(client, self.github_workflow.clone())),
+        })
+    }
+}
+
+/// The GitHub-backed parts of a node (see [`GithubArgs::cloud_parts`]).
+#[derive(Default)]
+pub struct CloudParts {
+    /// `--launcher github`.
+    pub launcher: Option<Arc<dyn crate::lifecycle::Launcher>>,
+    /// `--publisher pages`.
+    pub publisher: Option<Arc<dyn crate::discovery::Publisher>>,
+    /// Checks a successor's `GITHUB_RUN_ID` (with `--launcher github`).
+    pub verifier: Option<RunVerifier>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        github: GithubArgs,
+    }
+
+    #[test]
+    fn flags_parse_and_local_needs_no_github() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--publisher",
+            "pages",
+            "--pages-mode",
+            "contents",
+            "--pages-branch",
+            "site",
+            "--pages-path",
+            "r/ouroboros.json",
+            "--github-ref",
+            "dev",
+        ])
+        .unwrap();
+        assert_eq!(cli.github.publisher, PublisherKind::Pages);
+        assert_eq!(
+            cli.github.pages_mode("o/r"),
+            PagesMode::Contents {
+                branch: "site".into(),
+                path: "r/ouroboros.json".into()
+            }
+        );
+        let parts = GithubArgs::default()
+            .cloud_parts(crate::lifecycle::LauncherKind::Local)
+            .unwrap();
+        assert!(parts.launcher.is_none() && parts.publisher.is_none() && parts.verifier.is_none());
+        assert!(Cli::try_parse_from(["x", "--pages-mode", "ftp"]).is_err());
     }
 }

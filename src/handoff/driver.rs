@@ -26,40 +26,46 @@ use tokio::sync::{mpsc, watch};
 const TAIL_TICK: Duration = Duration::from_millis(5);
 
 /// What the handoff drivers need from the relay. [`SharedRelay`] implements it for a
-/// relay behind a mutex; a node that owns its relay differently implements it itself.
+/// relay behind a mutex, and [`RelayHandle`](crate::node::RelayHandle) for the node's relay
+/// task.
+#[async_trait::async_trait]
 pub trait HandoffHost: Send + Sync + 'static {
     /// Exports the snapshot and, in the same step, starts queuing replication events.
-    fn export_snapshot(&self) -> Vec<u8>;
+    async fn export_snapshot(&self) -> Vec<u8>;
     /// Takes the queued replication events, encoded (JSON), oldest first.
-    fn take_replication(&self) -> Vec<Vec<u8>>;
+    async fn take_replication(&self) -> Vec<Vec<u8>>;
     /// Stops accepting writes (`Draining`) and returns the last events and the heads.
-    fn enter_draining(&self) -> (Vec<Vec<u8>>, HighWater);
+    async fn enter_draining(&self) -> (Vec<Vec<u8>>, HighWater);
     /// Stops queuing replication events (the session was aborted).
-    fn stop_replication(&self);
+    async fn stop_replication(&self);
     /// Sends every client `moved`.
-    fn announce_moved(&self, peer_id: &str, endpoints: &[SignalingEndpoint], generation: u64);
+    async fn announce_moved(&self, peer_id: &str, endpoints: &[SignalingEndpoint], generation: u64);
     /// (Successor) replaces the store with an empty one.
-    fn reset(&self);
+    async fn reset(&self);
     /// (Successor) replaces the store with a snapshot (writes stay refused).
     ///
     /// # Errors
     /// A message if the snapshot is invalid.
-    fn restore(&self, snapshot: &[u8]) -> Result<(), String>;
+    async fn restore(&self, snapshot: Vec<u8>) -> Result<(), String>;
     /// (Successor) applies replication events in order.
     ///
     /// # Errors
     /// A message if an event cannot be decoded or applied (a gap).
-    fn apply(&self, events: &[Vec<u8>]) -> Result<(), String>;
+    async fn apply(&self, events: &[Vec<u8>]) -> Result<(), String>;
     /// Every room's head.
-    fn high_water(&self) -> HighWater;
+    async fn high_water(&self) -> HighWater;
     /// (Successor) starts accepting writes.
-    fn set_primary(&self);
+    async fn set_primary(&self);
     /// A snapshot for the backup store (replication untouched) and the heads it holds.
-    fn backup_snapshot(&self) -> (Vec<u8>, HighWater);
+    async fn backup_snapshot(&self) -> (Vec<u8>, HighWater);
     /// (Successor, crash recovery) moves every head forward by `margin`
     /// (`Relay::open_gap`) and announces `notice` in `welcome.gap` (with the skipped
     /// ranges added as `skipped`). Returns the skipped ranges.
-    fn open_gap(&self, margin: u64, notice: serde_json::Value) -> BTreeMap<String, (u64, u64)>;
+    async fn open_gap(
+        &self,
+        margin: u64,
+        notice: serde_json::Value,
+    ) -> BTreeMap<String, (u64, u64)>;
 }
 
 /// A [`Relay`] behind a mutex, shared with the node; `changed` is notified after every
@@ -84,26 +90,35 @@ impl SharedRelay {
     }
 }
 
+/// Parses a snapshot off the async threads (a large one takes a while).
+async fn decode_snapshot(bytes: Vec<u8>) -> Result<Snapshot, String> {
+    tokio::task::spawn_blocking(move || Snapshot::from_json(&bytes))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
 fn encode_event(e: &ReplicationEvent) -> Vec<u8> {
     serde_json::to_vec(e).expect("replication events serialize")
 }
 
+#[async_trait::async_trait]
 impl HandoffHost for SharedRelay {
-    fn export_snapshot(&self) -> Vec<u8> {
+    async fn export_snapshot(&self) -> Vec<u8> {
         let snap = self.with(|r| {
             r.set_replication(true);
             r.export_snapshot()
         });
         snap.to_json()
     }
-    fn take_replication(&self) -> Vec<Vec<u8>> {
+    async fn take_replication(&self) -> Vec<Vec<u8>> {
         self.with(|r| {
             std::iter::from_fn(|| r.poll_replication())
                 .map(|e| encode_event(&e))
                 .collect()
         })
     }
-    fn enter_draining(&self) -> (Vec<Vec<u8>>, HighWater) {
+    async fn enter_draining(&self) -> (Vec<Vec<u8>>, HighWater) {
         self.with(|r| {
             r.set_mode(Mode::Draining);
             let events = std::iter::from_fn(|| r.poll_replication())
@@ -112,38 +127,34 @@ impl HandoffHost for SharedRelay {
             (events, r.high_water())
         })
     }
-    fn stop_replication(&self) {
+    async fn stop_replication(&self) {
         self.with(|r| r.set_replication(false));
     }
-    fn announce_moved(&self, peer_id: &str, endpoints: &[SignalingEndpoint], generation: u64) {
-        let endpoints: Vec<crate::relay::wire::SignalingEndpoint> = endpoints
-            .iter()
-            .map(|e| crate::relay::wire::SignalingEndpoint {
-                host: e.host.clone(),
-                port: e.port,
-                path: e.path.clone(),
-                key: e.key.clone(),
-                secure: e.secure,
-            })
-            .collect();
+    async fn announce_moved(
+        &self,
+        peer_id: &str,
+        endpoints: &[SignalingEndpoint],
+        generation: u64,
+    ) {
+        let endpoints = to_relay_endpoints(endpoints);
         self.with(|r| r.announce_moved(peer_id, &endpoints, generation));
     }
-    fn reset(&self) {
+    async fn reset(&self) {
         let now = Instant::now();
         self.with(|r| {
             *r = Relay::new(self.config.clone(), now);
             r.set_mode(Mode::Draining);
         });
     }
-    fn restore(&self, snapshot: &[u8]) -> Result<(), String> {
-        let snap = Snapshot::from_json(snapshot).map_err(|e| e.to_string())?;
+    async fn restore(&self, snapshot: Vec<u8>) -> Result<(), String> {
+        let snap = decode_snapshot(snapshot).await?;
         let mut fresh =
             Relay::restore(self.config.clone(), snap, Instant::now()).map_err(|e| e.to_string())?;
         fresh.set_mode(Mode::Draining);
         self.with(|r| *r = fresh);
         Ok(())
     }
-    fn apply(&self, events: &[Vec<u8>]) -> Result<(), String> {
+    async fn apply(&self, events: &[Vec<u8>]) -> Result<(), String> {
         let decoded: Vec<ReplicationEvent> = events
             .iter()
             .map(|e| serde_json::from_slice(e).map_err(|e| e.to_string()))
@@ -155,39 +166,182 @@ impl HandoffHost for SharedRelay {
             Ok(())
         })
     }
-    fn high_water(&self) -> HighWater {
+    async fn high_water(&self) -> HighWater {
         self.relay.lock().expect("relay lock poisoned").high_water()
     }
-    fn set_primary(&self) {
+    async fn set_primary(&self) {
         self.with(|r| r.set_mode(Mode::Primary));
     }
-    fn backup_snapshot(&self) -> (Vec<u8>, HighWater) {
+    async fn backup_snapshot(&self) -> (Vec<u8>, HighWater) {
         let (snap, hw) = {
             let r = self.relay.lock().expect("relay lock poisoned");
             (r.export_snapshot(), r.high_water())
         };
         (snap.to_json(), hw)
     }
-    fn open_gap(&self, margin: u64, notice: serde_json::Value) -> BTreeMap<String, (u64, u64)> {
-        self.with(|r| {
-            let skipped = r.open_gap(margin);
-            let mut notice = notice;
-            if let Some(o) = notice.as_object_mut() {
-                o.insert(
-                    "skipped".into(),
-                    serde_json::to_value(
-                        skipped
-                            .iter()
-                            .map(|(k, (a, b))| (k.clone(), [*a, *b]))
-                            .collect::<BTreeMap<_, _>>(),
-                    )
-                    .expect("ranges serialize"),
-                );
-            }
-            r.set_gap(Some(notice));
-            skipped
-        })
+    async fn open_gap(
+        &self,
+        margin: u64,
+        notice: serde_json::Value,
+    ) -> BTreeMap<String, (u64, u64)> {
+        self.with(|r| open_gap_on(r, margin, notice))
     }
+}
+
+fn to_relay_endpoints(
+    endpoints: &[SignalingEndpoint],
+) -> Vec<crate::relay::wire::SignalingEndpoint> {
+    endpoints
+        .iter()
+        .map(|e| crate::relay::wire::SignalingEndpoint {
+            host: e.host.clone(),
+            port: e.port,
+            path: e.path.clone(),
+            key: e.key.clone(),
+            secure: e.secure,
+        })
+        .collect()
+}
+
+/// The node's relay task. Calls run inside the task (`RelayHandle::with_relay`), so the
+/// relay's outputs (e.g. `moved`) are dispatched to clients right after.
+#[async_trait::async_trait]
+impl HandoffHost for crate::node::RelayHandle {
+    async fn export_snapshot(&self) -> Vec<u8> {
+        let snap = self
+            .with_relay(|r| {
+                r.set_replication(true);
+                r.export_snapshot()
+            })
+            .await;
+        match snap {
+            Some(s) => tokio::task::spawn_blocking(move || s.to_json())
+                .await
+                .unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+    async fn take_replication(&self) -> Vec<Vec<u8>> {
+        self.with_relay(|r| {
+            std::iter::from_fn(|| r.poll_replication())
+                .map(|e| encode_event(&e))
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+    async fn enter_draining(&self) -> (Vec<Vec<u8>>, HighWater) {
+        self.with_relay(|r| {
+            r.set_mode(Mode::Draining);
+            let events = std::iter::from_fn(|| r.poll_replication())
+                .map(|e| encode_event(&e))
+                .collect();
+            (events, r.high_water())
+        })
+        .await
+        .unwrap_or_default()
+    }
+    async fn stop_replication(&self) {
+        self.with_relay(|r| r.set_replication(false)).await;
+    }
+    async fn announce_moved(
+        &self,
+        peer_id: &str,
+        endpoints: &[SignalingEndpoint],
+        generation: u64,
+    ) {
+        let peer_id = peer_id.to_string();
+        let endpoints = to_relay_endpoints(endpoints);
+        self.with_relay(move |r| r.announce_moved(&peer_id, &endpoints, generation))
+            .await;
+    }
+    async fn reset(&self) {
+        self.with_relay(|r| {
+            *r = Relay::new(r.config().clone(), Instant::now());
+            r.set_mode(Mode::Draining);
+        })
+        .await;
+    }
+    async fn restore(&self, snapshot: Vec<u8>) -> Result<(), String> {
+        let snap = decode_snapshot(snapshot).await?;
+        self.with_relay(move |r| {
+            let mut fresh = Relay::restore(r.config().clone(), snap, Instant::now())
+                .map_err(|e| e.to_string())?;
+            fresh.set_mode(Mode::Draining);
+            *r = fresh;
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|| Err("relay task stopped".into()))
+    }
+    async fn apply(&self, events: &[Vec<u8>]) -> Result<(), String> {
+        let decoded: Vec<ReplicationEvent> = events
+            .iter()
+            .map(|e| serde_json::from_slice(e).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        self.with_relay(move |r| {
+            for e in decoded {
+                r.apply_replication(e).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|| Err("relay task stopped".into()))
+    }
+    async fn high_water(&self) -> HighWater {
+        self.with_relay(|r| r.high_water())
+            .await
+            .unwrap_or_default()
+    }
+    async fn set_primary(&self) {
+        self.with_relay(|r| r.set_mode(Mode::Primary)).await;
+    }
+    async fn backup_snapshot(&self) -> (Vec<u8>, HighWater) {
+        match self
+            .with_relay(|r| (r.export_snapshot(), r.high_water()))
+            .await
+        {
+            Some((s, hw)) => (
+                tokio::task::spawn_blocking(move || s.to_json())
+                    .await
+                    .unwrap_or_default(),
+                hw,
+            ),
+            None => (Vec::new(), HighWater::new()),
+        }
+    }
+    async fn open_gap(
+        &self,
+        margin: u64,
+        notice: serde_json::Value,
+    ) -> BTreeMap<String, (u64, u64)> {
+        self.with_relay(move |r| open_gap_on(r, margin, notice))
+            .await
+            .unwrap_or_default()
+    }
+}
+
+fn open_gap_on(
+    r: &mut Relay,
+    margin: u64,
+    notice: serde_json::Value,
+) -> BTreeMap<String, (u64, u64)> {
+    let skipped = r.open_gap(margin);
+    let mut notice = notice;
+    if let Some(o) = notice.as_object_mut() {
+        o.insert(
+            "skipped".into(),
+            serde_json::to_value(
+                skipped
+                    .iter()
+                    .map(|(k, (a, b))| (k.clone(), [*a, *b]))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+            .expect("ranges serialize"),
+        );
+    }
+    r.set_gap(Some(notice));
+    skipped
 }
 
 /// Encodes a handoff message for a connection's serialization: `binary`/`msgpack` get the
@@ -284,14 +438,14 @@ pub fn spawn_predecessor(mut pred: Predecessor, host: Arc<dyn HandoffHost>) -> P
                     progress = true;
                     match &ev {
                         PredecessorEvent::SnapshotNeeded => {
-                            let bytes = host.export_snapshot();
+                            let bytes = host.export_snapshot().await;
                             pred.provide_snapshot(now, bytes);
                         }
                         PredecessorEvent::ReadyForCutOver => {
-                            for e in host.take_replication() {
+                            for e in host.take_replication().await {
                                 pred.push_tail(e);
                             }
-                            let (events, hw) = host.enter_draining();
+                            let (events, hw) = host.enter_draining().await;
                             for e in events {
                                 pred.push_tail(e);
                             }
@@ -301,8 +455,11 @@ pub fn spawn_predecessor(mut pred: Predecessor, host: Arc<dyn HandoffHost>) -> P
                             successor_peer_id,
                             endpoints,
                             generation,
-                        } => host.announce_moved(successor_peer_id, endpoints, *generation),
-                        PredecessorEvent::Aborted { .. } => host.stop_replication(),
+                        } => {
+                            host.announce_moved(successor_peer_id, endpoints, *generation)
+                                .await
+                        }
+                        PredecessorEvent::Aborted { .. } => host.stop_replication().await,
                         _ => {}
                     }
                     let _ = ev_tx.send(ev);
@@ -354,7 +511,7 @@ pub fn spawn_predecessor(mut pred: Predecessor, host: Arc<dyn HandoffHost>) -> P
                     }
                 },
                 _ = tick.tick(), if pred.wants_tail() => {
-                    for e in host.take_replication() {
+                    for e in host.take_replication().await {
                         pred.push_tail(e);
                     }
                 }
@@ -430,25 +587,25 @@ where
                             "handoff: authenticated to the predecessor"
                         );
                     }
-                    SuccessorEvent::Reset => host.reset(),
+                    SuccessorEvent::Reset => host.reset().await,
                     SuccessorEvent::Restore(bytes) => {
-                        if let Err(e) = host.restore(&bytes) {
+                        if let Err(e) = host.restore(bytes).await {
                             tracing::error!(error = %e, "handoff: snapshot cannot be restored");
                         }
                     }
                     SuccessorEvent::ApplyTail(events) => {
-                        if let Err(e) = host.apply(&events) {
+                        if let Err(e) = host.apply(&events).await {
                             // The heads check will catch it and restart the session.
                             tracing::warn!(error = %e, "handoff: tail event not applied");
                         }
                     }
                     SuccessorEvent::CheckHighWater { .. } => {
-                        let hw = host.high_water();
+                        let hw = host.high_water().await;
                         succ.confirm_high_water(now, &hw);
                     }
                     SuccessorEvent::Publish => match publish().await {
                         Ok(()) => {
-                            host.set_primary();
+                            host.set_primary().await;
                             succ.went_live(now);
                         }
                         Err(e) if e.is_stale() => {
@@ -459,7 +616,7 @@ where
                             // The state is confirmed and the predecessor refuses writes:
                             // serving matters more than the record (retried by the node).
                             tracing::error!(error = %e, "handoff: publishing discovery failed; going live anyway");
-                            host.set_primary();
+                            host.set_primary().await;
                             succ.went_live(now);
                         }
                     },
@@ -590,6 +747,43 @@ async fn finish_live<C, CF>(
                 _ => {}
             },
             _ = tokio::time::sleep_until(timeout.into()) => succ.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+/// Where the node's peer hands DataConnections labelled
+/// [`HANDOFF_LABEL`](super::HANDOFF_LABEL) (set once the predecessor driver runs; until
+/// then they are closed).
+#[derive(Clone, Default)]
+pub struct HandoffInbox {
+    tx: Arc<Mutex<Option<mpsc::Sender<DataConnection>>>>,
+}
+
+impl std::fmt::Debug for HandoffInbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandoffInbox").finish_non_exhaustive()
+    }
+}
+
+impl HandoffInbox {
+    /// Connects the inbox to a running predecessor driver.
+    pub fn set(&self, tx: mpsc::Sender<DataConnection>) {
+        *self.tx.lock().expect("inbox lock poisoned") = Some(tx);
+    }
+
+    /// Routes one handoff connection (dropped, which closes it, if nothing listens or
+    /// too many wait).
+    pub fn route(&self, conn: DataConnection) {
+        let tx = self.tx.lock().expect("inbox lock poisoned").clone();
+        match tx {
+            Some(tx) => {
+                if tx.try_send(conn).is_err() {
+                    tracing::warn!("handoff connection dropped: driver busy or stopped");
+                }
+            }
+            None => {
+                tracing::info!(peer = %conn.peer(), "handoff connection refused: no handoff driver")
+            }
         }
     }
 }

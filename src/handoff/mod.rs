@@ -22,7 +22,8 @@ mod successor;
 
 pub use backup::{Backup, BackupError, BackupStore, DirBackupStore};
 pub use driver::{
-    HandoffHost, PredecessorHandle, SharedRelay, SuccessorOutcome, run_successor, spawn_predecessor,
+    HandoffHost, HandoffInbox, PredecessorHandle, SharedRelay, SuccessorOutcome, run_successor,
+    spawn_predecessor,
 };
 pub use message::{HANDOFF_LABEL, HighWater, Message, RefuseCode};
 pub use predecessor::{ConnId, Predecessor, PredecessorEvent, PredecessorPhase, Transmit};

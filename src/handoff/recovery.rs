@@ -62,7 +62,11 @@ pub async fn recover(
     transferred: Transferred,
     margin: u64,
 ) -> Result<Recovery, BackupError> {
-    let ours = (transferred != Transferred::Nothing).then(|| host.high_water());
+    let ours = if transferred != Transferred::Nothing {
+        Some(host.high_water().await)
+    } else {
+        None
+    };
     let backup = match store {
         Some(s) => s.latest().await?,
         None => None,
@@ -72,7 +76,9 @@ pub async fn recover(
             RecoverySource::Handoff { transferred }
         }
         (_, Some(b)) => {
-            host.restore(&b.snapshot).map_err(BackupError::Remote)?;
+            host.restore(b.snapshot)
+                .await
+                .map_err(BackupError::Remote)?;
             RecoverySource::Backup {
                 generation: b.generation,
                 taken_at: b.taken_at,
@@ -80,7 +86,7 @@ pub async fn recover(
         }
         (Some(_), None) => RecoverySource::Handoff { transferred },
         (None, None) => {
-            host.reset();
+            host.reset().await;
             RecoverySource::Empty
         }
     };
@@ -89,7 +95,7 @@ pub async fn recover(
         "recovery": serde_json::to_value(&source).expect("serializes"),
         "margin": margin,
     });
-    let skipped = host.open_gap(margin, notice);
+    let skipped = host.open_gap(margin, notice).await;
     tracing::warn!(
         ?source,
         margin,
@@ -134,7 +140,7 @@ pub async fn backup_once(
     peer_id: &str,
     last: &mut Option<HighWater>,
 ) -> Result<bool, BackupError> {
-    let (snapshot, high_water) = host.backup_snapshot();
+    let (snapshot, high_water) = host.backup_snapshot().await;
     if last.as_ref() == Some(&high_water) {
         return Ok(false);
     }
@@ -243,7 +249,7 @@ mod tests {
         let rec = recover(&new, Some(&store), Transferred::Nothing, 100)
             .await
             .unwrap();
-        new.set_primary();
+        new.set_primary().await;
         assert!(matches!(
             rec.source,
             RecoverySource::Backup { generation: 1, .. }
@@ -271,8 +277,8 @@ mod tests {
         publish(&old, 1, "r", "m1");
         // The successor got a snapshot with both messages before the predecessor died.
         let new = shared("new");
-        let (bytes, _) = old.backup_snapshot();
-        new.restore(&bytes).unwrap();
+        let (bytes, _) = old.backup_snapshot().await;
+        new.restore(bytes).await.unwrap();
         let rec = recover(&new, Some(&store), Transferred::Snapshot, 10)
             .await
             .unwrap();
@@ -283,7 +289,7 @@ mod tests {
         let rec = recover(&empty, None, Transferred::Nothing, 10)
             .await
             .unwrap();
-        empty.set_primary();
+        empty.set_primary().await;
         assert_eq!(rec.source, RecoverySource::Empty);
         open(&empty, 2);
         assert_eq!(publish(&empty, 2, "r", "z"), 11);

@@ -212,6 +212,11 @@ impl Lifecycle {
         self.deadline
     }
 
+    /// When the successor is due to be launched, if ever.
+    pub fn launch_at(&self) -> Option<Instant> {
+        self.launch_at
+    }
+
     /// Whether the node is done.
     pub fn is_exited(&self) -> bool {
         matches!(self.state, LifecycleState::Exited { .. })

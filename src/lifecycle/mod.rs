@@ -6,10 +6,12 @@
 //!   relaunch, and when to exit. It never passes the hard deadline.
 //! - [`Launcher`]: starts a successor. [`LocalLauncher`] spawns `ouroboros node` as a
 //!   detached process; [`NoLauncher`] launches nothing; GitHub's lives in `github`.
+//! - [`ring`]: runs all of it for `ouroboros node` (launch, handoff, recovery, backups).
 
 mod args;
 mod launcher;
 mod machine;
+pub mod ring;
 
 pub use args::{
     EndpointList, LauncherKind, LifecycleArgs, LifecyclePlan, PlanError, parse_duration,

@@ -54,6 +54,9 @@ pub struct NodeArgs {
     /// Tunnel flags.
     #[command(flatten)]
     pub tunnel: TunnelArgs,
+    /// GitHub flags (`--publisher pages`, `--launcher github`).
+    #[command(flatten)]
+    pub github: crate::github::GithubArgs,
     /// The node's PeerJS peer id [default: `ouroboros-<random>`, kept in the data dir for
     /// a first-generation node so restarts keep it].
     #[arg(long, env = "OUROBOROS_PEER_ID")]
@@ -145,6 +148,8 @@ pub struct NodeShared {
     signaling: Signaling,
     lifecycle: RwLock<LifecycleView>,
     tunnel: RwLock<String>,
+    /// Where `ouroboros-handoff` connections to the node's peer go (`lifecycle::ring`).
+    pub handoff: crate::handoff::HandoffInbox,
 }
 
 impl NodeShared {
@@ -366,6 +371,7 @@ impl Node {
                 expires_at: None,
             }),
             tunnel: RwLock::new("none".into()),
+            handoff: crate::handoff::HandoffInbox::default(),
         });
         let root = signaling.with_cors(
             axum::Router::new()
@@ -392,10 +398,17 @@ impl Node {
         let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
         {
             let relay = relay.clone();
+            let handoff = shared.handoff.clone();
             tokio::spawn(keep_registered(
                 own_cfg,
                 registrations[0].clone(),
-                move |c| relay.serve(c),
+                move |c| {
+                    if c.label() == crate::handoff::HANDOFF_LABEL {
+                        handoff.route(c)
+                    } else {
+                        relay.serve(c)
+                    }
+                },
                 Some(opened_tx),
                 stop.clone(),
             ));
@@ -525,10 +538,18 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let tunnel = args.tunnel.build();
     let publishes = !args.lifecycle.is_successor();
+    let ring_args = args.clone();
     let node = Node::start(args).await?;
     let tunnel = attach_tunnel(&node, tunnel.as_ref(), publishes).await;
-    shutdown.await;
-    tracing::info!("shutting down");
+    // Lifetime, successor, handoff and crash safety (returns when the node should stop).
+    let reason = crate::lifecycle::ring::run(
+        &node,
+        &ring_args,
+        crate::lifecycle::ring::RingOptions::default(),
+        shutdown,
+    )
+    .await?;
+    tracing::info!(?reason, "shutting down");
     if let Some(t) = tunnel {
         t.close().await;
     }

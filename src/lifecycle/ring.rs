@@ -1,0 +1,346 @@
+//! The ring for `ouroboros node`: joins the predecessor (or recovers without it), serves
+//! the handoff to the successor, launches the successor on time, writes backups, and says
+//! when the node must stop.
+
+use super::{
+    ExitReason, Launcher, LauncherKind, Lifecycle, LifecycleAction, LifecycleInput, LocalLauncher,
+    NoLauncher, SuccessorRequest,
+};
+use crate::discovery::{LocalPublisher, Publisher};
+use crate::handoff::{
+    BackupStore, DEFAULT_GAP_MARGIN, DirBackupStore, GiveUpReason, HANDOFF_LABEL, HandoffConfig,
+    HandoffHost, Predecessor, PredecessorEvent, Secret, Successor, SuccessorConfig,
+    SuccessorOutcome, recover, run_successor, spawn_backups, spawn_predecessor,
+};
+use crate::node::{LifecycleView, Node, NodeArgs};
+use crate::peer::codec::Serialization;
+use crate::peer::{ConnectOptions, Peer, PeerConfig};
+use crate::relay::Mode;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::mpsc;
+
+/// File in the data dir holding the pid of the ring's current primary node
+/// (`kill -INT $(cat ouroboros-data/ouroboros.pid)` stops the ring).
+pub const PID_FILE: &str = "ouroboros.pid";
+
+/// Parts another module may supply (e.g. GitHub's launcher and Pages publisher).
+#[derive(Default)]
+pub struct RingOptions {
+    /// Starts successors; default from `--launcher` (`local`, `none`).
+    pub launcher: Option<Arc<dyn Launcher>>,
+    /// Publishes discovery; default: the data dir.
+    pub publisher: Option<Arc<dyn Publisher>>,
+    /// Keeps backups; default: `--backup-dir`, if set.
+    pub backups: Option<Arc<dyn BackupStore>>,
+}
+
+/// Errors that stop a node before it serves.
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    /// Flags or the secret are invalid.
+    #[error("{0}")]
+    Config(String),
+    /// The successor could not take over and must not serve.
+    #[error("handoff failed: {0}")]
+    Handoff(String),
+}
+
+fn view(l: &Lifecycle) -> LifecycleView {
+    let now = Instant::now();
+    let st = l.status(now, SystemTime::now());
+    LifecycleView {
+        state: l.state().name().replace('_', "-"),
+        next_rotation: l.launch_at().filter(|t| *t > now),
+        expires_at: st.expires_at,
+    }
+}
+
+/// Runs the node's life until it must stop; returns why.
+///
+/// # Errors
+/// [`RingError`] if the flags are invalid or a successor could not take over (it then
+/// never served a write).
+pub async fn run(
+    node: &Node,
+    args: &NodeArgs,
+    opts: RingOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<ExitReason, RingError> {
+    let la = &args.lifecycle;
+    let plan = la.plan().map_err(|e| RingError::Config(e.to_string()))?;
+    let secret = Secret::from_env_or_generate().map_err(|e| RingError::Config(e.to_string()))?;
+    let host: Arc<dyn HandoffHost> = Arc::new(node.relay().clone());
+    let publisher: Arc<dyn Publisher> = opts
+        .publisher
+        .unwrap_or_else(|| Arc::new(LocalPublisher::new(la.data_dir.clone())));
+    let backups: Option<Arc<dyn BackupStore>> = opts.backups.or_else(|| {
+        la.backup_dir
+            .clone()
+            .map(|d| Arc::new(DirBackupStore::new(d, 5)) as Arc<dyn BackupStore>)
+    });
+    let launcher: Arc<dyn Launcher> = match opts.launcher {
+        Some(l) => l,
+        None => match la.launcher {
+            LauncherKind::Local => Arc::new(
+                LocalLauncher::from_current_process(la.data_dir.clone(), secret.clone())
+                    .map_err(|e| RingError::Config(format!("local launcher: {e}")))?,
+            ),
+            LauncherKind::Github => {
+                tracing::error!(
+                    "--launcher github needs the GitHub launcher from `github`; not launching"
+                );
+                Arc::new(NoLauncher)
+            }
+            LauncherKind::None => Arc::new(NoLauncher),
+        },
+    };
+    let peer_id = node.peer_id();
+    let generation = la.generation;
+    let mut lifecycle = Lifecycle::new(
+        plan,
+        generation,
+        la.is_successor(),
+        Instant::now(),
+        SystemTime::now(),
+    );
+    node.set_lifecycle(view(&lifecycle));
+
+    let mut shutdown = Box::pin(shutdown);
+    if la.is_successor() {
+        // Invariant: no writes before the handoff is confirmed.
+        node.relay()
+            .with_relay(|r| r.set_mode(Mode::Draining))
+            .await;
+        let join = join(
+            node,
+            args,
+            &secret,
+            host.clone(),
+            publisher.clone(),
+            backups.clone(),
+        );
+        tokio::select! {
+            r = join => r?,
+            _ = &mut shutdown => return Ok(ExitReason::Shutdown),
+        }
+        lifecycle.handle(Instant::now(), LifecycleInput::Joined);
+    }
+    write_pid(&la.data_dir);
+    node.set_lifecycle(view(&lifecycle));
+
+    // Serve the handoff to our successor.
+    let pred = Predecessor::new(
+        peer_id.clone(),
+        generation,
+        secret.clone(),
+        HandoffConfig::default(),
+        Instant::now(),
+    );
+    let mut handle = spawn_predecessor(pred, host.clone());
+    node.shared().handoff.set(handle.conns.clone());
+
+    let backup_task = backups.clone().map(|store| {
+        spawn_backups(
+            host.clone(),
+            store,
+            la.backup_interval,
+            generation,
+            peer_id.clone(),
+        )
+    });
+    let (launch_tx, mut launch_rx) = mpsc::unbounded_channel::<Result<(), String>>();
+    let reason = loop {
+        while let Some(action) = lifecycle.poll_action() {
+            match action {
+                LifecycleAction::Launch { attempt } => {
+                    let req = SuccessorRequest {
+                        generation: generation + 1,
+                        predecessor_peer_id: peer_id.clone(),
+                        predecessor_endpoints: node.record().signaling,
+                        attempt,
+                    };
+                    let launcher = launcher.clone();
+                    let tx = launch_tx.clone();
+                    tokio::spawn(async move {
+                        let r = launcher.launch(&req).await.map_err(|e| e.to_string());
+                        let _ = tx.send(r);
+                    });
+                }
+                LifecycleAction::Exit(reason) => {
+                    if reason != ExitReason::HandedOff
+                        && let Some(store) = &backups
+                    {
+                        let _ = crate::handoff::recovery::backup_once(
+                            &*host, &**store, generation, &peer_id, &mut None,
+                        )
+                        .await;
+                    }
+                    break;
+                }
+            }
+        }
+        if let crate::lifecycle::LifecycleState::Exited { reason } = lifecycle.state() {
+            break reason;
+        }
+        node.set_lifecycle(view(&lifecycle));
+        let timeout = lifecycle.poll_timeout();
+        tokio::select! {
+            _ = &mut shutdown => lifecycle.handle(Instant::now(), LifecycleInput::Shutdown),
+            Some(r) = launch_rx.recv() => lifecycle.handle(Instant::now(), match r {
+                Ok(()) => LifecycleInput::LaunchSucceeded,
+                Err(e) => LifecycleInput::LaunchFailed(e),
+            }),
+            Some(ev) = handle.events.recv() => {
+                let input = match ev {
+                    PredecessorEvent::Authenticated { .. } => Some(LifecycleInput::SuccessorConnected),
+                    PredecessorEvent::ReadyForCutOver => Some(LifecycleInput::CutOver),
+                    PredecessorEvent::SuccessorLive { .. } => Some(LifecycleInput::ClientsMoved),
+                    PredecessorEvent::Aborted { .. } => Some(LifecycleInput::HandoffAborted),
+                    _ => None,
+                };
+                if let Some(i) = input {
+                    lifecycle.handle(Instant::now(), i);
+                }
+            }
+            _ = async {
+                match timeout {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => lifecycle.handle_timeout(Instant::now()),
+        }
+    };
+    if let Some(t) = backup_task {
+        t.abort();
+    }
+    node.set_lifecycle(view(&lifecycle));
+    remove_pid(&la.data_dir);
+    Ok(reason)
+}
+
+fn write_pid(dir: &std::path::Path) {
+    let _ = crate::discovery::local::write_atomic(
+        &dir.join(PID_FILE),
+        std::process::id().to_string().as_bytes(),
+    );
+}
+
+fn remove_pid(dir: &std::path::Path) {
+    let path = dir.join(PID_FILE);
+    if std::fs::read_to_string(&path).is_ok_and(|s| s.trim() == std::process::id().to_string()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The successor's start: take over from the predecessor, or recover without it.
+async fn join(
+    node: &Node,
+    args: &NodeArgs,
+    secret: &Secret,
+    host: Arc<dyn HandoffHost>,
+    publisher: Arc<dyn Publisher>,
+    backups: Option<Arc<dyn BackupStore>>,
+) -> Result<(), RingError> {
+    let la = &args.lifecycle;
+    let pred_id = la
+        .predecessor_peer_id
+        .clone()
+        .expect("successor has a predecessor");
+    let endpoint = la
+        .predecessor_endpoints
+        .as_ref()
+        .and_then(|e| e.0.first().cloned());
+    let my_id = node.peer_id();
+    let record = node.record();
+    let succ = Successor::new(
+        my_id.clone(),
+        pred_id.clone(),
+        la.generation,
+        secret.clone(),
+        record.signaling.clone(),
+        SuccessorConfig::default(),
+        Instant::now(),
+    );
+    // Our peer on the predecessor's signaling server, opened on first use.
+    let peer: Arc<tokio::sync::Mutex<Option<Arc<Peer>>>> = Arc::default();
+    let connect = {
+        let peer = peer.clone();
+        move || {
+            let peer = peer.clone();
+            let endpoint = endpoint.clone();
+            let my_id = my_id.clone();
+            let pred_id = pred_id.clone();
+            async move {
+                let Some(ep) = endpoint else {
+                    return Err("no predecessor endpoint".to_string());
+                };
+                let p = {
+                    let mut slot = peer.lock().await;
+                    match slot.as_ref().filter(|p| !p.is_closed()) {
+                        Some(p) => p.clone(),
+                        None => {
+                            let mut cfg = PeerConfig::new(ep.host.clone(), ep.port);
+                            cfg.path = ep.path.clone();
+                            cfg.key = ep.key.clone();
+                            cfg.secure = ep.secure;
+                            cfg.id = Some(my_id.clone());
+                            cfg.connect_timeout = Duration::from_secs(10);
+                            let p = Arc::new(Peer::open(cfg).await.map_err(|e| e.to_string())?);
+                            *slot = Some(p.clone());
+                            p
+                        }
+                    }
+                };
+                p.connect(
+                    &pred_id,
+                    ConnectOptions {
+                        label: Some(HANDOFF_LABEL.into()),
+                        serialization: Serialization::Binary,
+                        reliable: true,
+                        metadata: None,
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())
+            }
+        }
+    };
+    let publish = {
+        let publisher = publisher.clone();
+        let record = record.clone();
+        move || {
+            let publisher = publisher.clone();
+            let record = record.clone();
+            async move { publisher.publish(&record).await }
+        }
+    };
+    let started = Instant::now();
+    let outcome = run_successor(succ, host.clone(), connect, publish, None).await;
+    match outcome {
+        SuccessorOutcome::Live => {
+            tracing::info!(elapsed = ?started.elapsed(), generation = la.generation, "took over from the predecessor");
+            Ok(())
+        }
+        SuccessorOutcome::GaveUp {
+            reason: GiveUpReason::PredecessorUnreachable,
+            transferred,
+        } => {
+            let rec = recover(&*host, backups.as_deref(), transferred, DEFAULT_GAP_MARGIN)
+                .await
+                .map_err(|e| RingError::Handoff(format!("recovery: {e}")))?;
+            match publisher.publish(&node.record()).await {
+                Err(e) if e.is_stale() => {
+                    return Err(RingError::Handoff(format!("another node took over: {e}")));
+                }
+                Err(e) => tracing::error!(error = %e, "discovery not published after recovery"),
+                Ok(()) => {}
+            }
+            host.set_primary().await;
+            tracing::warn!(?rec, "serving after a crash recovery (gap announced)");
+            Ok(())
+        }
+        SuccessorOutcome::GaveUp { reason, .. } => Err(RingError::Handoff(format!("{reason:?}"))),
+    }
+}
