@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ouroboros::client::{Client, ClientConfig, ClientError, Event, Target};
+use ouroboros::handoff::HandoffHost;
 use ouroboros::node::{Node, NodeArgs};
 use ouroboros::peer::{ConnectOptions, Peer, PeerConfig, Serialization, Value};
 use serde_json::json;
@@ -343,27 +344,9 @@ async fn client_follows_moved_rejoins_with_since_and_resends_unacked() {
     // B already holds seq 1 (as a handoff would have brought it).
     let (seed, _sev) = client(&b, "seed", Serialization::Json).await;
     seed.publish("r", json!("on a")).await.unwrap();
-    // A announces the move.
+    // A announces the move through the handoff seam (what the predecessor driver calls).
     let rb = b.record();
-    a.relay()
-        .with_relay(move |r| {
-            r.announce_moved(
-                &rb.peer_id,
-                &rb.signaling
-                    .iter()
-                    .map(|e| ouroboros::relay::wire::SignalingEndpoint {
-                        host: e.host.clone(),
-                        port: e.port,
-                        path: e.path.clone(),
-                        key: e.key.clone(),
-                        secure: e.secure,
-                    })
-                    .collect::<Vec<_>>(),
-                rb.generation,
-            )
-        })
-        .await
-        .unwrap();
+    HandoffHost::announce_moved(a.relay(), &rb.peer_id, &rb.signaling, rb.generation).await;
     let (peer_id, generation) = next_matching(&mut ev, |e| match e {
         Event::Moved {
             peer_id,

@@ -453,3 +453,300 @@ async fn wrong_secret_is_refused_and_the_predecessor_keeps_serving() {
         "pred-w"
     );
 }
+
+/// The ring as a product: `ouroboros node --lifetime … --launcher local` started once,
+/// Rust clients publishing continuously through at least ten rotations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_ring_rotates_ten_times_and_keeps_every_acknowledged_message() {
+    use ouroboros::client::{Client, ClientConfig, ConnectionState};
+    use tokio::io::AsyncBufReadExt;
+    init();
+    const ROTATIONS: u64 = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let record_path = data.join("ouroboros.json");
+    // OUROBOROS_BIN overrides the binary (the shared target dir may hold another build).
+    let bin =
+        std::env::var("OUROBOROS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ouroboros").into());
+    let mut first = tokio::process::Command::new(bin)
+        .args([
+            "node",
+            "--port",
+            "0",
+            "--launcher",
+            "local",
+            "--lifetime",
+            "4s",
+        ])
+        .args([
+            "--handoff-lead",
+            "1500ms",
+            "--deadline-margin",
+            "500ms",
+            "--drain-timeout",
+            "1s",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--backup-dir")
+        .arg(data.join("backups"))
+        .env("OUROBOROS_SECRET", "a ring secret for the ring test")
+        .env("RUST_LOG", "info,rtc=error,rtc_ice=error,webrtc=error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(first.stdout.take().unwrap()).lines();
+    while let Some(l) = lines.next_line().await.unwrap() {
+        if l.starts_with("node peer-id") {
+            break;
+        }
+    }
+    let wait = Instant::now() + Duration::from_secs(20);
+    while !record_path.exists() {
+        assert!(Instant::now() < wait, "no discovery record");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let generation = || -> u64 {
+        std::fs::read(&record_path)
+            .ok()
+            .and_then(|b| DiscoveryRecord::from_json(&b).ok())
+            .map_or(0, |r| r.generation)
+    };
+    let source = record_path.to_string_lossy().into_owned();
+
+    // Three clients, each publishing its own numbered messages as fast as acks come.
+    let mut writers = Vec::new();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for c in 0..3 {
+        let source = source.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut cfg = ClientConfig::new(format!("writer-{c}"));
+            cfg.request_timeout = Duration::from_secs(30);
+            let (client, mut events) = Client::connect_discovered(&source, cfg).await.unwrap();
+            tokio::spawn(async move { while events.recv().await.is_some() {} });
+            client.join("ring", None).await.unwrap();
+            let mut acked = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = format!("w{c}-{i}");
+                let ack = client
+                    .publish_with_id("ring", &id, json!(i))
+                    .await
+                    .unwrap_or_else(|e| panic!("publish {id}: {e}"));
+                acked.push((ack.seq, id));
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (client, acked)
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while generation() < ROTATIONS {
+        assert!(
+            Instant::now() < deadline,
+            "ring stuck at generation {}",
+            generation()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let newest = generation();
+    let mut all_acked = Vec::new();
+    for w in writers {
+        let (client, acked) = w.await.unwrap();
+        // Every client ends on the newest node.
+        let st = tokio::time::timeout(
+            Duration::from_secs(20),
+            client.wait_state(
+                |s| matches!(s, ConnectionState::Live { generation, .. } if *generation >= newest),
+            ),
+        )
+        .await
+        .expect("client follows the ring")
+        .unwrap();
+        assert!(matches!(st, ConnectionState::Live { .. }));
+        assert!(acked.len() > 20, "client published through the rotations");
+        all_acked.extend(acked);
+        client.close().await;
+    }
+    // A fresh reader sees every acknowledged message exactly once, in ack order.
+    let (reader, _ev) = Client::connect_discovered(&source, ClientConfig::new("reader"))
+        .await
+        .unwrap();
+    let mut stored: Vec<(u64, String)> = Vec::new();
+    let mut before = None;
+    loop {
+        let page = reader.history("ring", before, Some(500)).await.unwrap();
+        if page.messages.is_empty() {
+            break;
+        }
+        before = page.messages.last().map(|m| m.seq);
+        stored.extend(
+            page.messages
+                .into_iter()
+                .map(|m| (m.seq, m.id.unwrap_or_default())),
+        );
+    }
+    stored.sort();
+    all_acked.sort();
+    assert_eq!(
+        stored, all_acked,
+        "exactly the acknowledged messages, at their seqs"
+    );
+    for (i, (seq, _)) in stored.iter().enumerate() {
+        assert_eq!(
+            *seq,
+            i as u64 + 1,
+            "dense sequence across {newest} generations"
+        );
+    }
+    reader.close().await;
+
+    // Ctrl-C on the newest generation stops the ring.
+    let pid: i32 = std::fs::read_to_string(data.join("ouroboros.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let gone = Instant::now() + Duration::from_secs(15);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < gone, "newest node did not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last = generation();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(generation(), last, "no successor after the stop");
+    let _ = first.kill().await;
+}
+
+/// kill -9 of the predecessor before the successor reaches it: the successor retries,
+/// then restores the newest backup, announces the gap in `welcome`, and takes over
+/// discovery; no acknowledged seq is reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_predecessor_successor_recovers_from_backup_with_a_gap() {
+    use ouroboros::client::{Client, ClientConfig, Event};
+    use tokio::io::AsyncBufReadExt;
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let backups = data.join("backups");
+    let record_path = data.join("ouroboros.json");
+    let bin =
+        std::env::var("OUROBOROS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ouroboros").into());
+    let start = |extra: Vec<String>| {
+        let mut cmd = tokio::process::Command::new(&bin);
+        cmd.args(["node", "--port", "0", "--backup-interval", "200ms"])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--backup-dir")
+            .arg(&backups)
+            .args(extra)
+            .env("OUROBOROS_SECRET", "a ring secret for the crash test")
+            .env("RUST_LOG", "info,rtc=error,rtc_ice=error,webrtc=error")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        cmd.spawn().unwrap()
+    };
+    let mut old = start(vec![]);
+    let mut lines = tokio::io::BufReader::new(old.stdout.take().unwrap()).lines();
+    while let Some(l) = lines.next_line().await.unwrap() {
+        if l.starts_with("node peer-id") {
+            break;
+        }
+    }
+    let wait = Instant::now() + Duration::from_secs(20);
+    while !record_path.exists() {
+        assert!(Instant::now() < wait, "no discovery record");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let old_record = DiscoveryRecord::from_json(&std::fs::read(&record_path).unwrap()).unwrap();
+    let source = record_path.to_string_lossy().into_owned();
+    let (client, _ev) = Client::connect_discovered(&source, ClientConfig::new("alice"))
+        .await
+        .unwrap();
+    client.join("r", None).await.unwrap();
+    let mut last = 0;
+    for i in 0..20 {
+        last = client
+            .publish_with_id("r", &format!("m{i}"), json!(i))
+            .await
+            .unwrap()
+            .seq;
+    }
+    // Let a backup happen, then kill -9.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    client.close().await;
+    old.kill().await.unwrap();
+
+    let mut new = start(vec![
+        "--generation".into(),
+        "1".into(),
+        "--predecessor-peer-id".into(),
+        old_record.peer_id.clone(),
+        "--predecessor-endpoints".into(),
+        serde_json::to_string(&old_record.signaling).unwrap(),
+    ]);
+    let wait = Instant::now() + Duration::from_secs(60);
+    loop {
+        let g = std::fs::read(&record_path)
+            .ok()
+            .and_then(|b| DiscoveryRecord::from_json(&b).ok())
+            .map_or(0, |r| r.generation);
+        if g == 1 {
+            break;
+        }
+        assert!(Instant::now() < wait, "successor did not take over");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (client, mut events) = Client::connect_discovered(&source, ClientConfig::new("alice"))
+        .await
+        .unwrap();
+    let welcome = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(Event::Welcome {
+                raw, generation, ..
+            }) = events.recv().await
+            {
+                return (raw, generation);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(welcome.1, 1);
+    assert_eq!(
+        welcome.0["gap"]["reason"], "predecessor_lost",
+        "{}",
+        welcome.0
+    );
+    assert_eq!(welcome.0["gap"]["recovery"]["source"], "backup");
+    // The backed-up messages survived; a new publish never reuses an old seq.
+    client.join("r", None).await.unwrap();
+    let page = client.history("r", None, Some(100)).await.unwrap();
+    assert!(
+        page.messages.iter().any(|m| m.id.as_deref() == Some("m19")),
+        "backup holds the acked messages"
+    );
+    let seq = client
+        .publish_with_id("r", "after", json!("x"))
+        .await
+        .unwrap()
+        .seq;
+    assert!(
+        seq > last + 1000,
+        "seq {seq} skips past the gap (last acked {last})"
+    );
+    client.close().await;
+    let _ = new.kill().await;
+}

@@ -30,13 +30,43 @@ fuzz_target!(|data: &[u8]| {
             _ => Value::Int(-i64::from(x)),
         };
         let chunk = Value::object([
-            ("__peerData", if kind & 0x10 == 0 { Value::Int(i64::from(id)) } else { field(id) }),
-            ("n", if kind & 0x20 == 0 { Value::Int(i64::from(n)) } else { field(n) }),
-            ("data", if kind & 0x40 == 0 { Value::Bin(payload.to_vec().into()) } else { Value::Null }),
-            ("total", if kind & 0x80 == 0 { Value::Int(i64::from(total)) } else { field(total) }),
+            (
+                "__peerData",
+                if kind & 0x10 == 0 {
+                    Value::Int(i64::from(id))
+                } else {
+                    field(id)
+                },
+            ),
+            (
+                "n",
+                if kind & 0x20 == 0 {
+                    Value::Int(i64::from(n))
+                } else {
+                    field(n)
+                },
+            ),
+            (
+                "data",
+                if kind & 0x40 == 0 {
+                    Value::Bin(payload.to_vec().into())
+                } else {
+                    Value::Null
+                },
+            ),
+            (
+                "total",
+                if kind & 0x80 == 0 {
+                    Value::Int(i64::from(total))
+                } else {
+                    field(total)
+                },
+            ),
         ]);
         // Raw frames: send the chunk map itself, never re-chunked by our encoder.
-        let Ok(frames) = enc.encode(&chunk) else { continue };
+        let Ok(frames) = enc.encode(&chunk) else {
+            continue;
+        };
         for f in frames {
             let _ = dec.decode(f);
         }

@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use ouroboros::peer::codec::{Decoder, DecoderLimits, Frame, Serialization};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&cut, body)) = data.split_first() else { return };
+    let Some((&cut, body)) = data.split_first() else {
+        return;
+    };
     let limits = DecoderLimits {
         max_message_size: 1 << 20,
         max_values: 100_000,

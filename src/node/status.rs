@@ -249,7 +249,7 @@ pub fn render_html(s: &NodeStatus) -> String {
         "rooms-count",
         "Rooms",
         &s.relay.rooms.to_string(),
-        &format!("{} messages stored", s.relay.messages_stored),
+        &format!("{} stored messages", s.relay.messages_stored),
     );
     card(
         &mut out,

@@ -118,6 +118,10 @@ pub struct PeerConfig {
     /// Bytes in flight per channel before the send queue waits for acknowledgements
     /// ([`DEFAULT_SEND_WINDOW`]); see `webrtc_setup` for why it is small.
     pub send_window: usize,
+    /// Run every PeerConnection driver on a pool of this many dedicated reactor threads
+    /// (webrtc's `with_dedicated_reactor_pool_size`; process-wide, the first value wins);
+    /// 0 = on the caller's tokio runtime.
+    pub reactor_threads: usize,
 }
 
 impl PeerConfig {
@@ -139,6 +143,7 @@ impl PeerConfig {
             reconnect: true,
             max_reconnect_delay: Duration::from_secs(10),
             send_window: DEFAULT_SEND_WINDOW,
+            reactor_threads: 0,
         }
     }
 

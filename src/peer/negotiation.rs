@@ -45,6 +45,8 @@ pub(crate) enum Signal {
 
 /// Buffered signals per connection task.
 const SIGNAL_QUEUE: usize = 256;
+/// Messages kept if any arrive before `OnOpen` (they should not).
+const MAX_EARLY_MESSAGES: usize = 64;
 /// Remote candidates kept before the remote description is set.
 const MAX_PENDING_CANDIDATES: usize = 128;
 
@@ -655,7 +657,7 @@ async fn negotiate(
                 Some(DataChannelEvent::OnClose) | None => {
                     return Err(PeerError::ConnectionClosed("channel closed before open".into()));
                 }
-                Some(other @ DataChannelEvent::OnMessage(_)) => early.push(other),
+                Some(other @ DataChannelEvent::OnMessage(_)) if early.len() < MAX_EARLY_MESSAGES => early.push(other),
                 Some(_) => {}
             },
         }

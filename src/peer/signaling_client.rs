@@ -28,7 +28,7 @@ use super::{PEERJS_VERSION, PeerConfig, PeerError, PeerEvent, Shared, negotiatio
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Capacity of the channel into the signaling task.
-pub(crate) const OUTBOUND_QUEUE: usize = 1024;
+pub(crate) const OUTBOUND_QUEUE: usize = 4096;
 /// Messages kept while disconnected (oldest dropped beyond this).
 const PENDING_LIMIT: usize = 4096;
 /// How long to wait for `OPEN` (and for the id fetch).

@@ -57,7 +57,11 @@ pub(crate) async fn build_peer_connection(
     let configuration = RTCConfigurationBuilder::new()
         .with_ice_servers(shared.config.ice_servers.iter().map(ice_server).collect())
         .build();
-    let pc = PeerConnectionBuilder::new()
+    let mut builder = PeerConnectionBuilder::new();
+    if shared.config.reactor_threads > 0 {
+        builder = builder.with_dedicated_reactor_pool_size(shared.config.reactor_threads);
+    }
+    let pc = builder
         .with_configuration(configuration)
         .with_setting_engine(settings)
         .with_runtime(shared.runtime.clone())

@@ -352,8 +352,18 @@ struct Session<H> {
     last_seen: Instant,
     /// Message rate limit; `None` = unlimited.
     rate: Option<TokenBucket>,
-    /// Malformed-frame allowance.
-    malformed: TokenBucket,
+    /// Malformed-frame allowance; made on the first malformed frame.
+    malformed: Option<Box<TokenBucket>>,
+}
+
+impl<H> Session<H> {
+    /// Takes one malformed-frame token (the bucket is made on first use: most clients never
+    /// send a malformed frame, and every idle connection's bytes count).
+    fn take_malformed(&mut self, now: Instant, limit: f64) -> bool {
+        self.malformed
+            .get_or_insert_with(|| Box::new(TokenBucket::new(limit + 1.0, 1.0, now)))
+            .try_take(now, 1.0)
+    }
 }
 
 /// A registered client.
@@ -541,7 +551,7 @@ impl<H: Clone> Realm<H> {
                 Some(r) if !local => Some(TokenBucket::new(r.burst, r.per_second, now)),
                 _ => None,
             },
-            malformed: TokenBucket::new(self.config.malformed_limit + 1.0, 1.0, now),
+            malformed: None,
         }
     }
 
@@ -837,10 +847,11 @@ impl<H: Clone> Realm<H> {
     /// malformed limit closes it with ERROR.
     pub fn malformed(&mut self, now: Instant, conn: ConnId, id: &str) {
         self.stats.malformed += 1;
+        let limit = self.config.malformed_limit;
         let allowed = match self.current(conn, id) {
-            Some(c) => c.session.malformed.try_take(now, 1.0),
+            Some(c) => c.session.take_malformed(now, limit),
             None => match self.detached.get_mut(&conn) {
-                Some(d) => d.session.malformed.try_take(now, 1.0),
+                Some(d) => d.session.take_malformed(now, limit),
                 None => return,
             },
         };

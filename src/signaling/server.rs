@@ -45,7 +45,7 @@ use tokio::{
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, debug, info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     SignalError,
@@ -57,8 +57,10 @@ use super::{
     wire::{self, Parsed},
 };
 
-/// tungstenite's read buffer per socket. Small on purpose: 10k idle sockets must be cheap.
-const READ_BUFFER: usize = 2048;
+/// tungstenite's read buffer per socket (also the most it reads per syscall). Small on
+/// purpose: it is allocated (and zero-filled) for every socket, and 10k idle sockets must be
+/// cheap. A typical OFFER (~0.6–1 KB) takes two reads.
+const READ_BUFFER: usize = 512;
 /// tungstenite writes to the socket once this much is buffered (and on every flush).
 const WRITE_BUFFER: usize = 16 * 1024;
 /// How long a closing socket waits for the client's close frame.
@@ -501,8 +503,9 @@ async fn ws_route(
         .max_frame_size(max)
         .on_upgrade(move |ws| {
             let guard = shared.tracker.token();
+            let (conn, outbox, id) = admit(&shared, query, &addr);
             async move {
-                run_socket(shared, ws, query, addr).await;
+                run_socket(shared, ws, conn, outbox, id).await;
                 drop(guard);
             }
         })
@@ -553,7 +556,9 @@ fn is_too_big(e: axum::Error) -> bool {
         .is_some_and(|e| matches!(e, WsError::Capacity(_)))
 }
 
-async fn run_socket(shared: Arc<Shared>, mut ws: WebSocket, query: Query, addr: String) {
+/// Registers a freshly upgraded socket with the realm. Synchronous on purpose: nothing here
+/// stays in the socket task's state.
+fn admit(shared: &Shared, query: Query, addr: &str) -> (ConnId, Arc<Outbox>, Option<Arc<str>>) {
     shared.sockets.fetch_add(1, Ordering::Relaxed);
     let conn = shared.next_conn();
     let outbox = Arc::new(Outbox::default());
@@ -563,8 +568,7 @@ async fn run_socket(shared: Arc<Shared>, mut ws: WebSocket, query: Query, addr: 
         token: query.token.as_deref(),
         local: false,
     };
-    let admission = shared.with_realm(|realm, now| realm.connect(now, conn, outbox.clone(), &req));
-    let id = match admission {
+    let id = match shared.with_realm(|realm, now| realm.connect(now, conn, outbox.clone(), &req)) {
         Admission::Open(id) => {
             debug!(conn, %id, %addr, "client registered");
             Some(id)
@@ -574,18 +578,49 @@ async fn run_socket(shared: Arc<Shared>, mut ws: WebSocket, query: Query, addr: 
             None
         }
     };
-    let span = tracing::debug_span!("socket", conn, id = id.as_deref().unwrap_or("-"));
-    let close_handshake = drive_socket(&shared, &mut ws, conn, id.as_deref(), &outbox)
-        .instrument(span)
-        .await;
-    // Unregister before completing the close handshake: once a client sees its close
-    // acknowledged, its id is free.
-    outbox.mark_gone();
-    shared.with_realm(|realm, now| realm.disconnect(now, conn, id.as_deref()));
-    if close_handshake {
-        linger(&mut ws).await;
+    (conn, outbox, id)
+}
+
+/// The socket task: writes what the realm queues for this socket, feeds what it reads to
+/// the realm, and unregisters it at the end. Its state is what every idle connection costs,
+/// so big and rare futures in it are boxed.
+/// (A plain fn returning an `async move` block: an `async fn` would keep its arguments twice
+/// in its state.)
+#[allow(clippy::manual_async_fn)]
+fn run_socket(
+    shared: Arc<Shared>,
+    mut ws: WebSocket,
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+    id: Option<Arc<str>>,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let close_handshake = drive_socket(&shared, &mut ws, conn, id.as_deref(), &outbox).await;
+        // Unregister before completing the close handshake: once a client sees its close
+        // acknowledged, its id is free.
+        outbox.mark_gone();
+        shared.with_realm(|realm, now| realm.disconnect(now, conn, id.as_deref()));
+        if close_handshake {
+            Box::pin(linger(&mut ws)).await;
+        }
+        shared.sockets.fetch_sub(1, Ordering::Relaxed);
     }
-    shared.sockets.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Writes one batch unless the socket is killed or the server shuts down meanwhile; false if
+/// the socket is done for.
+async fn write_phase(
+    shared: &Shared,
+    ws: &mut WebSocket,
+    outbox: &Outbox,
+    frames: VecDeque<String>,
+    close: Option<CloseReason>,
+) -> bool {
+    tokio::select! {
+        r = write_batch(ws, frames, close) => r.is_ok(),
+        _ = outbox.killed() => false,
+        _ = shared.shutdown.cancelled() => false,
+    }
 }
 
 async fn drive_socket(
@@ -601,12 +636,8 @@ async fn drive_socket(
             return false;
         }
         if !frames.is_empty() || close.is_some() {
-            let result = tokio::select! {
-                r = write_batch(ws, frames, close) => r.is_ok(),
-                _ = outbox.killed() => false,
-                _ = shared.shutdown.cancelled() => false,
-            };
-            if !result {
+            // Boxed: the write path's state would otherwise enlarge every idle socket's task.
+            if !Box::pin(write_phase(shared, ws, outbox, frames, close)).await {
                 return false;
             }
             if close.is_some() {
@@ -618,7 +649,7 @@ async fn drive_socket(
             biased;
             _ = shared.shutdown.cancelled() => {
                 let bye = Message::Close(Some(CloseFrame { code: 1001, reason: "server shutting down".into() }));
-                return tokio::time::timeout(LINGER, ws.send(bye)).await.is_ok_and(|r| r.is_ok());
+                return Box::pin(tokio::time::timeout(LINGER, ws.send(bye))).await.is_ok_and(|r| r.is_ok());
             }
             _ = outbox.notify.notified() => {}
             msg = ws.recv() => match msg {
@@ -637,7 +668,7 @@ async fn drive_socket(
                         // The read side is finished; write ERROR and the close frame.
                         shared.with_realm(|realm, now| realm.too_big(now, conn, id));
                         let (frames, close, _) = outbox.take();
-                        let _ = tokio::time::timeout(LINGER, write_batch(ws, frames, close)).await;
+                        let _ = Box::pin(tokio::time::timeout(LINGER, write_batch(ws, frames, close))).await;
                     }
                     return false;
                 }

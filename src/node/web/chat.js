@@ -14,7 +14,7 @@ const state = {
   connGen: 0,            // bumps on every (re)connect so stale callbacks are ignored
   live: false,
   room: params.get('room') || localStorage.getItem('ouroboros.room') || 'lobby',
-  name: localStorage.getItem('ouroboros.name') || ('guest-' + Math.random().toString(36).slice(2, 7)),
+  name: params.get('name') || localStorage.getItem('ouroboros.name') || ('guest-' + Math.random().toString(36).slice(2, 7)),
   rooms: new Map(),      // room -> { lastSeq, oldestSeq, exhausted, members:Set, loading }
   pending: new Map(),    // client message id -> { room, body, el }
   retryMs: 1000,
@@ -44,6 +44,10 @@ function fmtTime(ts) {
   if (typeof ts !== 'number') return '';
   const d = new Date(ts);
   return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+}
+
+function showUptime() {
+  if (state.startedAt) $('uptime').textContent = fmtDuration(Date.now() - state.startedAt);
 }
 
 function fmtDuration(ms) {
@@ -98,7 +102,12 @@ function messageElement(m) {
 function insertMessage(room, m) {
   if (room !== state.room) return false;
   const list = $('message-list');
-  if (list.querySelector(`li[data-seq="${CSS.escape(String(m.seq))}"]`)) return false;
+  const existing = list.querySelector(`li[data-seq="${CSS.escape(String(m.seq))}"]`);
+  if (existing) {
+    // Our own acknowledged message: the stored copy brings the node's timestamp.
+    if (!existing.querySelector('time').textContent) existing.replaceWith(messageElement(m));
+    return false;
+  }
   // A pending element of ours for the same id becomes the stored message.
   if (m.id != null && state.pending.has(String(m.id)) && m.from === state.name) {
     const p = state.pending.get(String(m.id));
@@ -386,6 +395,7 @@ async function start() {
   state.record = record;
   if (typeof record.generation === 'number') $('generation').textContent = String(record.generation);
   if (record.started_at) state.startedAt = Date.parse(record.started_at);
+  showUptime();
   connect(record.peer_id, pickEndpoint(record));
 }
 
@@ -440,9 +450,7 @@ function init() {
     state.retryMs = 1000;
     start();
   });
-  setInterval(() => {
-    if (state.startedAt) $('uptime').textContent = fmtDuration(Date.now() - state.startedAt);
-  }, 1000);
+  setInterval(showUptime, 1000);
   window.ouroboros = state; // for tests and curious people
   start();
 }
