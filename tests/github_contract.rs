@@ -1665,7 +1665,7 @@ fn the_node_step_refuses_to_run_without_the_ring_secret() {
 /// Whether `ouroboros node` runs the ring with the GitHub parts (`node::run` passing
 /// `GithubArgs::cloud_parts` into the ring). Flip to `true` when that wiring lands: from then on
 /// the full cycle below must pass.
-const NODE_RUNS_THE_CLOUD_RING: bool = false;
+const NODE_RUNS_THE_CLOUD_RING: bool = true;
 
 /// Whether the binary has the flags the workflow uses (the node's ring wiring).
 fn node_supports_the_workflow_flags() -> Result<(), String> {
@@ -1774,6 +1774,27 @@ async fn full_cloud_cycle_runs_several_generations() {
             );
         }
     }
+    eprintln!(
+        "deployed: {:?}",
+        deployed
+            .iter()
+            .map(|r| (r.generation, r.peer_id.as_str()))
+            .collect::<Vec<_>>()
+    );
+    // Every generation was published, each by one peer.
+    let mut by_gen: BTreeMap<u64, String> = BTreeMap::new();
+    for r in &deployed {
+        let prev = by_gen.insert(r.generation, r.peer_id.clone());
+        assert!(
+            prev.is_none() || prev.as_deref() == Some(r.peer_id.as_str()),
+            "two peers published generation {}",
+            r.generation
+        );
+    }
+    assert_eq!(
+        by_gen.keys().copied().collect::<Vec<_>>(),
+        (0..=GENERATIONS).collect::<Vec<_>>()
+    );
     // No secret and no token in anything sent to GitHub; successor inputs name the predecessor.
     let g = s.g();
     for seen in &g.seen {
@@ -1783,14 +1804,42 @@ async fn full_cloud_cycle_runs_several_generations() {
             seen.body
         );
     }
-    let node_dispatches: Vec<&Value> = g
+    let node_dispatches: Vec<Value> = g
         .dispatches
         .iter()
         .filter(|(w, _)| w == "ouroboros.yml")
-        .map(|(_, b)| b)
+        .map(|(_, b)| b.clone())
         .collect();
-    assert!(node_dispatches.len() as u64 > GENERATIONS);
     drop(g);
+    assert!(node_dispatches.len() as u64 > GENERATIONS);
+    for body in &node_dispatches[1..] {
+        let inputs = &body["inputs"];
+        let generation: u64 = inputs["generation"].as_str().unwrap().parse().unwrap();
+        assert!(generation >= 1);
+        if let Some(pred) = by_gen.get(&(generation - 1)) {
+            assert_eq!(
+                inputs["predecessor_peer_id"].as_str(),
+                Some(pred.as_str()),
+                "generation {generation} was told its predecessor"
+            );
+        }
+        let eps: Vec<SignalingEndpoint> =
+            serde_json::from_str(inputs["predecessor_endpoints"].as_str().unwrap()).unwrap();
+        assert!(!eps.is_empty());
+    }
+    // The old generations handed over and left on their own, successfully.
+    let n = runners.len();
+    for (i, (run_id, child)) in runners.iter_mut().enumerate() {
+        if i + 2 < n {
+            let log = std::fs::read_to_string(root.path().join(format!("run-{run_id}/step.log")))
+                .unwrap_or_default();
+            let st = child.try_wait().unwrap();
+            assert!(
+                st.is_some_and(|st| st.success()),
+                "run {run_id} still running or failed ({st:?}):\n{log}"
+            );
+        }
+    }
     for (_, mut child) in runners {
         let _ = child.kill();
         let _ = child.wait();

@@ -421,3 +421,65 @@ async fn signaling_reconnects_with_the_same_id() {
     client.close().await;
     phoenix.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receiver_bounds_the_sender() {
+    let srv = start_server().await;
+    let sink = Peer::open(config(srv.port, Some("slowsink")))
+        .await
+        .unwrap();
+    let client = Peer::open(config(srv.port, None)).await.unwrap();
+    let opts = ConnectOptions {
+        serialization: Serialization::Raw,
+        reliable: true,
+        ..Default::default()
+    };
+    let (conn, accepted) = tokio::join!(client.connect("slowsink", opts), sink.accept());
+    let conn = conn.unwrap();
+    let mut accepted = accepted.unwrap(); // never read until the end
+    let msg = Value::Bin(pattern(64 * 1024));
+    let mut sent = 0usize;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match conn.sender().try_send(&msg) {
+            Ok(()) => sent += 64 * 1024,
+            Err(ConnectionError::Full) => {
+                // Full may be transient while the remote still drains into its buffers: wait a
+                // little and retry until it stays full.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if conn.sender().try_send(&msg) == Err(ConnectionError::Full) {
+                    break;
+                }
+                sent += 64 * 1024;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never full after {sent} bytes"
+        );
+    }
+    // Bounded: our 8 MiB send queue, plus what the receiving side holds before the reader
+    // stops polling (webrtc's 256-message channel event queue = 16 MiB of 64 KiB messages,
+    // the SCTP receive window, our 32-message decoded queue). Measured: ~45 MB.
+    assert!(sent >= 8 << 20, "full too early: {sent}");
+    assert!(sent <= 64 << 20, "memory grew to {sent} bytes");
+    // `send` waits instead of failing, and everything arrives once the receiver reads.
+    let waiting = tokio::spawn({
+        let tx = conn.sender();
+        let msg = msg.clone();
+        async move { tx.send(&msg).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "send did not wait for room");
+    let expected = sent / (64 * 1024) + 1;
+    for i in 0..expected {
+        let got = timeout(Duration::from_secs(20), accepted.recv())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} of {expected} missing"));
+        assert_eq!(got, Some(Ok(msg.clone())));
+    }
+    waiting.await.unwrap().unwrap();
+    client.close().await;
+    sink.close().await;
+}

@@ -628,3 +628,125 @@ async fn local_ring_rotates_ten_times_and_keeps_every_acknowledged_message() {
     assert_eq!(generation(), last, "no successor after the stop");
     let _ = first.kill().await;
 }
+
+/// kill -9 of the predecessor before the successor reaches it: the successor retries,
+/// then restores the newest backup, announces the gap in `welcome`, and takes over
+/// discovery; no acknowledged seq is reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_predecessor_successor_recovers_from_backup_with_a_gap() {
+    use ouroboros::client::{Client, ClientConfig, Event};
+    use tokio::io::AsyncBufReadExt;
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let backups = data.join("backups");
+    let record_path = data.join("ouroboros.json");
+    let bin =
+        std::env::var("OUROBOROS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ouroboros").into());
+    let start = |extra: Vec<String>| {
+        let mut cmd = tokio::process::Command::new(&bin);
+        cmd.args(["node", "--port", "0", "--backup-interval", "200ms"])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--backup-dir")
+            .arg(&backups)
+            .args(extra)
+            .env("OUROBOROS_SECRET", "a ring secret for the crash test")
+            .env("RUST_LOG", "info,rtc=error,rtc_ice=error,webrtc=error")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        cmd.spawn().unwrap()
+    };
+    let mut old = start(vec![]);
+    let mut lines = tokio::io::BufReader::new(old.stdout.take().unwrap()).lines();
+    while let Some(l) = lines.next_line().await.unwrap() {
+        if l.starts_with("node peer-id") {
+            break;
+        }
+    }
+    let wait = Instant::now() + Duration::from_secs(20);
+    while !record_path.exists() {
+        assert!(Instant::now() < wait, "no discovery record");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let old_record = DiscoveryRecord::from_json(&std::fs::read(&record_path).unwrap()).unwrap();
+    let source = record_path.to_string_lossy().into_owned();
+    let (client, _ev) = Client::connect_discovered(&source, ClientConfig::new("alice"))
+        .await
+        .unwrap();
+    client.join("r", None).await.unwrap();
+    let mut last = 0;
+    for i in 0..20 {
+        last = client
+            .publish_with_id("r", &format!("m{i}"), json!(i))
+            .await
+            .unwrap()
+            .seq;
+    }
+    // Let a backup happen, then kill -9.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    client.close().await;
+    old.kill().await.unwrap();
+
+    let mut new = start(vec![
+        "--generation".into(),
+        "1".into(),
+        "--predecessor-peer-id".into(),
+        old_record.peer_id.clone(),
+        "--predecessor-endpoints".into(),
+        serde_json::to_string(&old_record.signaling).unwrap(),
+    ]);
+    let wait = Instant::now() + Duration::from_secs(60);
+    loop {
+        let g = std::fs::read(&record_path)
+            .ok()
+            .and_then(|b| DiscoveryRecord::from_json(&b).ok())
+            .map_or(0, |r| r.generation);
+        if g == 1 {
+            break;
+        }
+        assert!(Instant::now() < wait, "successor did not take over");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (client, mut events) = Client::connect_discovered(&source, ClientConfig::new("alice"))
+        .await
+        .unwrap();
+    let welcome = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(Event::Welcome {
+                raw, generation, ..
+            }) = events.recv().await
+            {
+                return (raw, generation);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(welcome.1, 1);
+    assert_eq!(
+        welcome.0["gap"]["reason"], "predecessor_lost",
+        "{}",
+        welcome.0
+    );
+    assert_eq!(welcome.0["gap"]["recovery"]["source"], "backup");
+    // The backed-up messages survived; a new publish never reuses an old seq.
+    client.join("r", None).await.unwrap();
+    let page = client.history("r", None, Some(100)).await.unwrap();
+    assert!(
+        page.messages.iter().any(|m| m.id.as_deref() == Some("m19")),
+        "backup holds the acked messages"
+    );
+    let seq = client
+        .publish_with_id("r", "after", json!("x"))
+        .await
+        .unwrap()
+        .seq;
+    assert!(
+        seq > last + 1000,
+        "seq {seq} skips past the gap (last acked {last})"
+    );
+    client.close().await;
+    let _ = new.kill().await;
+}

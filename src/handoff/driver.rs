@@ -592,6 +592,7 @@ where
                         if let Err(e) = host.restore(bytes).await {
                             tracing::error!(error = %e, "handoff: snapshot cannot be restored");
                         }
+                        succ.restore_done(Instant::now());
                     }
                     SuccessorEvent::ApplyTail(events) => {
                         if let Err(e) = host.apply(&events).await {

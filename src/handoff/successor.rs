@@ -550,12 +550,16 @@ impl Successor {
         s.nack_outstanding = false;
         s.buf.extend_from_slice(&data);
         s.next_chunk += 1;
-        self.out.push_back(Message::ChunkAck {
-            session,
-            next: s.next_chunk,
-        });
         if s.next_chunk == s.chunks {
+            // The last chunk is acknowledged once the snapshot is restored
+            // (`restore_done`), so the predecessor does not cut over (stop writes) while
+            // we are still restoring: that would widen the clients' write gap.
             self.snapshot_complete();
+        } else {
+            self.out.push_back(Message::ChunkAck {
+                session,
+                next: s.next_chunk,
+            });
         }
     }
 
@@ -632,6 +636,20 @@ impl Successor {
             s.checking = true;
             self.events.push_back(SuccessorEvent::CheckHighWater {
                 expected: hw.clone(),
+            });
+        }
+    }
+
+    /// The snapshot from the `Restore` event is restored (or failed to): acknowledge the
+    /// last chunk, which lets the predecessor cut over.
+    pub fn restore_done(&mut self, _now: Instant) {
+        if let Some(s) = &self.session
+            && s.restored
+            && s.chunks > 0
+        {
+            self.out.push_back(Message::ChunkAck {
+                session: s.id,
+                next: s.chunks,
             });
         }
     }

@@ -287,7 +287,10 @@ impl Pair {
                 }
                 SuccessorEvent::Close => self.break_connection(),
                 SuccessorEvent::Reset => self.s_relay = FakeRelay::default(),
-                SuccessorEvent::Restore(b) => self.s_relay = FakeRelay::restore(b),
+                SuccessorEvent::Restore(b) => {
+                    self.s_relay = FakeRelay::restore(b);
+                    self.s.restore_done(self.now);
+                }
                 SuccessorEvent::ApplyTail(evs) => {
                     for e in evs {
                         if self.skip_apply > 0 {

@@ -539,13 +539,25 @@ pub async fn run(
     let tunnel = args.tunnel.build();
     let publishes = !args.lifecycle.is_successor();
     let ring_args = args.clone();
+    // `--launcher github` / `--publisher pages`: fail before serving if GitHub is not configured.
+    let cloud = args.github.cloud_parts(args.lifecycle.launcher)?;
     let node = Node::start(args).await?;
     let tunnel = attach_tunnel(&node, tunnel.as_ref(), publishes).await;
+    // A first node publishes through `--publisher` too (successors publish after the handoff).
+    if let (true, Some(p)) = (publishes, &cloud.publisher)
+        && let Err(e) = p.publish(&node.record()).await
+    {
+        tracing::warn!(publisher = p.name(), error = %e, "discovery record not published");
+    }
     // Lifetime, successor, handoff and crash safety (returns when the node should stop).
     let reason = crate::lifecycle::ring::run(
         &node,
         &ring_args,
-        crate::lifecycle::ring::RingOptions::default(),
+        crate::lifecycle::ring::RingOptions {
+            launcher: cloud.launcher,
+            publisher: cloud.publisher,
+            ..Default::default()
+        },
         shutdown,
     )
     .await?;

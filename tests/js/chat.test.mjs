@@ -5,9 +5,9 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { cleanupAll } from './lib/cleanup.mjs';
+import { cleanupAll, register } from './lib/cleanup.mjs';
 import { launchBrowser } from './lib/browser.mjs';
 import { startStaticServer } from './lib/static-server.mjs';
 import { REPO_DIR } from './lib/servers.mjs';
@@ -160,6 +160,69 @@ test('keyboard only: join a room, type, send', async () => {
   await a.keyboard.press('Enter');
   await waitForBody(a, 'typed without a mouse');
   await a.close();
+});
+
+test('a local ring rotates twice while both keep sending: every message once, in order, on both screens', async () => {
+  // Its own ring: lifetime 10 s, successor launched 4 s before the end (a local child process).
+  const ring = await startNode({
+    extraArgs: ['--lifetime', '10s', '--handoff-lead', '4s', '--launcher', 'local', '--peerjs-url', site.url('/node_modules/peerjs/dist/peerjs.min.js')],
+  });
+  const stopRing = async () => {
+    // The newest generation's pid is in the data dir; SIGINT stops the ring cleanly.
+    try {
+      const pid = Number((await readFile(path.join(ring.dataDir, 'ouroboros.pid'), 'utf8')).trim());
+      if (pid && pid !== ring.pid) process.kill(pid, 'SIGINT');
+    } catch {
+      // no ring left
+    }
+  };
+  const unregister = register('local ring', stopRing);
+  const origin = `http://${ring.host}:${ring.port}`;
+  const ab = await launchBrowser({ origin });
+  const bb = await launchBrowser({ origin });
+  try {
+    const open = async (browser, name) => {
+      const page = await browser.newPage(`${ring.httpBase}?ice=none&room=ring&name=${name}`, { waitReady: false });
+      await page.waitForFunction(() => document.body.dataset.conn === 'live', null, { timeout: 20000 });
+      return page;
+    };
+    const a = await open(ab, 'ann');
+    const b = await open(bb, 'ben');
+    const sent = [];
+    const deadline = Date.now() + 60000;
+    let i = 0;
+    const gen = async (p) => Number(await p.textContent('#generation'));
+    // Keep talking until both screens show generation 2, then a few more messages.
+    let after = 0;
+    while (Date.now() < deadline && after < 4) {
+      i++;
+      const who = i % 2 ? a : b;
+      const text = `${i % 2 ? 'ann' : 'ben'} says ${i}`;
+      await say(who, text);
+      sent.push(text);
+      await who.waitForTimeout(400); // the pace of people typing, not synchronisation
+      if ((await gen(a)) >= 2 && (await gen(b)) >= 2) after++;
+    }
+    assert.ok((await gen(a)) >= 2 && (await gen(b)) >= 2, 'both followed two rotations');
+    for (const p of [a, b]) {
+      await p.waitForFunction(() => document.body.dataset.conn === 'live' && !document.querySelector('#message-list li.pending'), null, { timeout: 30000 });
+      await waitForBody(p, sent[sent.length - 1]);
+    }
+    const sa = await stored(a);
+    const sb = await stored(b);
+    assert.deepEqual(sa.map((m) => m.body), sent, 'every message exactly once, in order');
+    assert.deepEqual(sb, sa, 'both screens agree');
+    assert.deepEqual(sa.map((m) => m.seq), sent.map((_, k) => k + 1), 'dense sequence numbers across generations');
+    await a.screenshot({ path: path.join(ARTIFACTS, 'chat-after-rotations.png') });
+    ab.assertNoConsoleErrors([/Failed to load resource/, /Lost connection to server/, /Could not connect to peer/]);
+    bb.assertNoConsoleErrors([/Failed to load resource/, /Lost connection to server/, /Could not connect to peer/]);
+  } finally {
+    await ab.close();
+    await bb.close();
+    await stopRing();
+    unregister();
+    await ring.stop();
+  }
 });
 
 test('no console errors in either browser', () => {

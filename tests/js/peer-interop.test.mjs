@@ -11,8 +11,8 @@
 //     close closes the browser's connection.
 //
 // Run: cd tests/js && node --test peer-interop.test.mjs
-// Env: PEER_TARGETS=ouroboros,reference (default both), OUROBOROS_BIN (the examples are looked up
-// next to it, in examples/), CHROMIUM.
+// Env: PEER_TARGETS=ouroboros,reference (default both), OUROBOROS_EXAMPLES_DIR (else the examples
+// are looked up next to OUROBOROS_BIN, in examples/), CHROMIUM.
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -27,7 +27,9 @@ import { cleanupAll, register, trackChild } from './lib/cleanup.mjs';
 after(cleanupAll);
 
 const TARGETS = (process.env.PEER_TARGETS ?? 'ouroboros,reference').split(',').filter(Boolean);
-const EXAMPLES = path.join(path.dirname(ouroborosBin()), 'examples');
+const EXAMPLES = process.env.OUROBOROS_EXAMPLES_DIR
+  ? path.resolve(process.env.OUROBOROS_EXAMPLES_DIR)
+  : path.join(path.dirname(ouroborosBin()), 'examples');
 const MiB = 1024 * 1024;
 
 /** The default harness page plus the MsgPack serializer bundle (an ES module). */
