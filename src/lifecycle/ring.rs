@@ -6,7 +6,7 @@ use super::{
     ExitReason, Launcher, LauncherKind, Lifecycle, LifecycleAction, LifecycleInput, LocalLauncher,
     NoLauncher, SuccessorRequest,
 };
-use crate::discovery::{LocalPublisher, Publisher};
+use crate::discovery::{LocalPublisher, Publisher, SignalingEndpoint};
 use crate::handoff::{
     BackupStore, DEFAULT_GAP_MARGIN, DirBackupStore, GiveUpReason, HANDOFF_LABEL, HandoffConfig,
     HandoffHost, Predecessor, PredecessorEvent, Secret, Successor, SuccessorConfig,
@@ -248,10 +248,14 @@ async fn join(
         .predecessor_peer_id
         .clone()
         .expect("successor has a predecessor");
-    let endpoint = la
+    // Every endpoint the predecessor listed, tried in turn: on GitHub Actions the first one is
+    // the predecessor's own loopback address, which from another runner reaches nothing (or
+    // our own server), so the PeerJS cloud or tunnel endpoints after it must get their chance.
+    let endpoints: Vec<SignalingEndpoint> = la
         .predecessor_endpoints
         .as_ref()
-        .and_then(|e| e.0.first().cloned());
+        .map(|e| e.0.clone())
+        .unwrap_or_default();
     let my_id = node.peer_id();
     let record = node.record();
     let succ = Successor::new(
@@ -263,23 +267,34 @@ async fn join(
         SuccessorConfig::default(),
         Instant::now(),
     );
-    // Our peer on the predecessor's signaling server, opened on first use.
-    let peer: Arc<tokio::sync::Mutex<Option<Arc<Peer>>>> = Arc::default();
+    // Our peer on the predecessor's signaling server that last worked, opened on first use:
+    // (index into `endpoints`, peer).
+    type Slot = Option<(usize, Arc<Peer>)>;
+    let peer: Arc<tokio::sync::Mutex<Slot>> = Arc::default();
     let connect = {
         let peer = peer.clone();
         move || {
             let peer = peer.clone();
-            let endpoint = endpoint.clone();
+            let endpoints = endpoints.clone();
             let my_id = my_id.clone();
             let pred_id = pred_id.clone();
             async move {
-                let Some(ep) = endpoint else {
+                if endpoints.is_empty() {
                     return Err("no predecessor endpoint".to_string());
-                };
-                let p = {
-                    let mut slot = peer.lock().await;
-                    match slot.as_ref().filter(|p| !p.is_closed()) {
-                        Some(p) => p.clone(),
+                }
+                let mut slot = peer.lock().await;
+                // Start with the endpoint that worked last time, then the others in order.
+                let first = slot.as_ref().map(|(i, _)| *i).unwrap_or(0);
+                let mut errors = Vec::new();
+                for k in 0..endpoints.len() {
+                    let i = (first + k) % endpoints.len();
+                    let ep = &endpoints[i];
+                    let reuse = slot
+                        .as_ref()
+                        .filter(|(j, p)| *j == i && !p.is_closed())
+                        .map(|(_, p)| p.clone());
+                    let p = match reuse {
+                        Some(p) => p,
                         None => {
                             let mut cfg = PeerConfig::new(ep.host.clone(), ep.port);
                             cfg.path = ep.path.clone();
@@ -287,23 +302,37 @@ async fn join(
                             cfg.secure = ep.secure;
                             cfg.id = Some(my_id.clone());
                             cfg.connect_timeout = Duration::from_secs(10);
-                            let p = Arc::new(Peer::open(cfg).await.map_err(|e| e.to_string())?);
-                            *slot = Some(p.clone());
-                            p
+                            cfg.http_headers = crate::tunnel::node_http_headers();
+                            match Peer::open(cfg).await {
+                                Ok(p) => Arc::new(p),
+                                Err(e) => {
+                                    errors.push(format!("{}:{}: {e}", ep.host, ep.port));
+                                    continue;
+                                }
+                            }
                         }
+                    };
+                    match p
+                        .connect(
+                            &pred_id,
+                            ConnectOptions {
+                                label: Some(HANDOFF_LABEL.into()),
+                                serialization: Serialization::Binary,
+                                reliable: true,
+                                metadata: None,
+                            },
+                        )
+                        .await
+                    {
+                        Ok(conn) => {
+                            *slot = Some((i, p));
+                            return Ok(conn);
+                        }
+                        Err(e) => errors.push(format!("{}:{}: {e}", ep.host, ep.port)),
                     }
-                };
-                p.connect(
-                    &pred_id,
-                    ConnectOptions {
-                        label: Some(HANDOFF_LABEL.into()),
-                        serialization: Serialization::Binary,
-                        reliable: true,
-                        metadata: None,
-                    },
-                )
-                .await
-                .map_err(|e| e.to_string())
+                }
+                *slot = None;
+                Err(errors.join("; "))
             }
         }
     };
