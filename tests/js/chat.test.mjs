@@ -177,6 +177,7 @@ test('a local ring rotates twice while both keep sending: every message once, in
     }
   };
   const unregister = register('local ring', stopRing);
+  const ringStarted = Date.now();
   const origin = `http://${ring.host}:${ring.port}`;
   const ab = await launchBrowser({ origin });
   const bb = await launchBrowser({ origin });
@@ -213,6 +214,16 @@ test('a local ring rotates twice while both keep sending: every message once, in
     assert.deepEqual(sa.map((m) => m.body), sent, 'every message exactly once, in order');
     assert.deepEqual(sb, sa, 'both screens agree');
     assert.deepEqual(sa.map((m) => m.seq), sent.map((_, k) => k + 1), 'dense sequence numbers across generations');
+    // The uptime shown is the current node's (read from the successor's own record), not the
+    // first generation's: generation 2 started at least one lifetime after the ring did.
+    const seconds = (t) => t.split(' ').reduce((acc, part) => {
+      const n = Number(part.slice(0, -1));
+      return acc + n * ({ d: 86400, h: 3600, m: 60, s: 1 }[part.slice(-1)] || 0);
+    }, 0);
+    await a.waitForFunction(() => /\d/.test(document.getElementById('uptime').textContent), null, { timeout: 5000 });
+    const shown = seconds(await a.textContent('#uptime'));
+    const ringAge = (Date.now() - ringStarted) / 1000;
+    assert.ok(shown < ringAge - 5, `uptime ${shown}s is the current node's, not the ring's (${ringAge.toFixed(1)}s)`);
     await a.screenshot({ path: path.join(ARTIFACTS, 'chat-after-rotations.png') });
     ab.assertNoConsoleErrors([/Failed to load resource/, /Lost connection to server/, /Could not connect to peer/]);
     bb.assertNoConsoleErrors([/Failed to load resource/, /Lost connection to server/, /Could not connect to peer/]);

@@ -376,7 +376,25 @@ function moveTo(m) {
   if (Array.isArray(m.signaling) && m.signaling.length) record.signaling = m.signaling;
   state.record = record;
   $('generation').textContent = String(m.generation);
-  connect(record.peer_id, pickEndpoint(record));
+  const ep = pickEndpoint(record);
+  connect(record.peer_id, ep);
+  refreshStartedAt(ep, m.generation);
+}
+
+// The uptime shown is the current node's: after a move, read the successor's own record
+// (every node serves /ouroboros.json with CORS) for its start time. The public PeerJS cloud
+// serves no record, so it is not asked.
+function refreshStartedAt(ep, generation) {
+  if (!ep || !ep.host || /(^|\.)peerjs\.com$/.test(ep.host)) return;
+  const scheme = ep.secure ? 'https' : 'http';
+  fetch(`${scheme}://${ep.host}:${ep.port}/ouroboros.json?t=${Date.now()}`, { cache: 'no-store' })
+    .then((res) => (res.ok ? res.json() : null))
+    .then((rec) => {
+      if (!rec || rec.generation !== generation || !rec.started_at) return;
+      state.startedAt = Date.parse(rec.started_at);
+      showUptime();
+    })
+    .catch(() => { /* keep the previous figure; the indicator shows the connection state */ });
 }
 
 async function start() {
