@@ -686,8 +686,22 @@ async fn killed_predecessor_successor_recovers_from_backup_with_a_gap() {
             .unwrap()
             .seq;
     }
-    // Let a backup happen, then kill -9.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Wait for a backup that holds every acknowledged message (its high-water mark for the
+    // room reaches the last acked seq), then kill -9.
+    let store = ouroboros::handoff::DirBackupStore::new(&backups, 3);
+    let wait = Instant::now() + Duration::from_secs(30);
+    loop {
+        let covered = store
+            .latest_blocking()
+            .ok()
+            .flatten()
+            .is_some_and(|b| b.high_water.get("r").copied().unwrap_or(0) >= last);
+        if covered {
+            break;
+        }
+        assert!(Instant::now() < wait, "no backup holding seq {last}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     client.close().await;
     old.kill().await.unwrap();
 
