@@ -1804,6 +1804,17 @@ async fn full_cloud_cycle_runs_several_generations() {
             seen.body
         );
     }
+    // Each predecessor checked its successor's GITHUB_RUN_ID through the runs API before the
+    // handoff (in addition to the HMAC): one run lookup per taken-over generation at least.
+    let run_lookups = g
+        .seen
+        .iter()
+        .filter(|x| x.method == Method::GET && x.path.contains("/actions/runs/"))
+        .count();
+    assert!(
+        run_lookups as u64 >= GENERATIONS,
+        "only {run_lookups} run checks for {GENERATIONS} handoffs"
+    );
     let node_dispatches: Vec<Value> = g
         .dispatches
         .iter()

@@ -34,6 +34,48 @@ pub struct RingOptions {
     pub publisher: Option<Arc<dyn Publisher>>,
     /// Keeps backups; default: `--backup-dir`, if set.
     pub backups: Option<Arc<dyn BackupStore>>,
+    /// With `--launcher github`: a successor's handoff connection must carry its
+    /// `GITHUB_RUN_ID` (metadata `github_run_id`), checked through the runs API before the
+    /// HMAC handshake even starts (in addition to it, never instead).
+    pub verifier: Option<crate::github::RunVerifier>,
+}
+
+/// Metadata key of the successor's `GITHUB_RUN_ID` on its handoff connection.
+pub const RUN_ID_METADATA: &str = "github_run_id";
+
+/// Forwards handoff connections to `to` only when their claimed run id passes `verifier`;
+/// the others are logged and closed.
+fn verified_handoff_inbox(
+    verifier: crate::github::RunVerifier,
+    to: tokio::sync::mpsc::Sender<crate::peer::DataConnection>,
+) -> tokio::sync::mpsc::Sender<crate::peer::DataConnection> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::peer::DataConnection>(4);
+    tokio::spawn(async move {
+        while let Some(conn) = rx.recv().await {
+            let claimed = conn
+                .metadata()
+                .and_then(|m| m.get(RUN_ID_METADATA))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned);
+            let verdict = match claimed {
+                Some(id) => verifier.verify(&id).await.map_err(|e| e.to_string()),
+                None => Err("no GITHUB_RUN_ID in the handoff connection".to_string()),
+            };
+            match verdict {
+                Ok(run) => {
+                    tracing::info!(peer = conn.peer(), run, "successor's run verified");
+                    if to.send(conn).await.is_err() {
+                        return;
+                    }
+                }
+                Err(reason) => {
+                    tracing::warn!(peer = conn.peer(), %reason, "handoff refused: run check failed");
+                    conn.close(false).await;
+                }
+            }
+        }
+    });
+    tx
 }
 
 /// Errors that stop a node before it serves.
@@ -139,7 +181,13 @@ pub async fn run(
         Instant::now(),
     );
     let mut handle = spawn_predecessor(pred, host.clone());
-    node.shared().handoff.set(handle.conns.clone());
+    match opts.verifier.clone() {
+        Some(v) => node
+            .shared()
+            .handoff
+            .set(verified_handoff_inbox(v, handle.conns.clone())),
+        None => node.shared().handoff.set(handle.conns.clone()),
+    }
 
     let backup_task = backups.clone().map(|store| {
         spawn_backups(
@@ -319,7 +367,10 @@ async fn join(
                                 label: Some(HANDOFF_LABEL.into()),
                                 serialization: Serialization::Binary,
                                 reliable: true,
-                                metadata: None,
+                                // On Actions the predecessor checks this run through the API.
+                                metadata: std::env::var("GITHUB_RUN_ID")
+                                    .ok()
+                                    .map(|id| serde_json::json!({ RUN_ID_METADATA: id })),
                             },
                         )
                         .await

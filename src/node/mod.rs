@@ -431,10 +431,19 @@ impl Node {
             cfg.id = Some(peer_id.clone());
             cfg.reconnect = true;
             let relay = relay.clone();
+            // A successor may reach this node through any of its registrations (on GitHub
+            // Actions: the PeerJS cloud), so handoff connections are routed here too.
+            let handoff = shared.handoff.clone();
             tokio::spawn(keep_registered(
                 cfg,
                 reg.clone(),
-                move |c| relay.serve(c),
+                move |c| {
+                    if c.label() == crate::handoff::HANDOFF_LABEL {
+                        handoff.route(c)
+                    } else {
+                        relay.serve(c)
+                    }
+                },
                 None,
                 stop.clone(),
             ));
@@ -556,6 +565,7 @@ pub async fn run(
         crate::lifecycle::ring::RingOptions {
             launcher: cloud.launcher,
             publisher: cloud.publisher,
+            verifier: cloud.verifier,
             ..Default::default()
         },
         shutdown,
