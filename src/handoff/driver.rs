@@ -136,8 +136,7 @@ impl HandoffHost for SharedRelay {
         endpoints: &[SignalingEndpoint],
         generation: u64,
     ) {
-        let endpoints = to_relay_endpoints(endpoints);
-        self.with(|r| r.announce_moved(peer_id, &endpoints, generation));
+        self.with(|r| r.announce_moved(peer_id, endpoints, generation));
     }
     async fn reset(&self) {
         let now = Instant::now();
@@ -188,21 +187,6 @@ impl HandoffHost for SharedRelay {
     }
 }
 
-fn to_relay_endpoints(
-    endpoints: &[SignalingEndpoint],
-) -> Vec<crate::relay::wire::SignalingEndpoint> {
-    endpoints
-        .iter()
-        .map(|e| crate::relay::wire::SignalingEndpoint {
-            host: e.host.clone(),
-            port: e.port,
-            path: e.path.clone(),
-            key: e.key.clone(),
-            secure: e.secure,
-        })
-        .collect()
-}
-
 /// The node's relay task. Calls run inside the task (`RelayHandle::with_relay`), so the
 /// relay's outputs (e.g. `moved`) are dispatched to clients right after.
 #[async_trait::async_trait]
@@ -251,7 +235,7 @@ impl HandoffHost for crate::node::RelayHandle {
         generation: u64,
     ) {
         let peer_id = peer_id.to_string();
-        let endpoints = to_relay_endpoints(endpoints);
+        let endpoints = endpoints.to_vec();
         self.with_relay(move |r| r.announce_moved(&peer_id, &endpoints, generation))
             .await;
     }

@@ -100,20 +100,9 @@ pub struct MsgRecord {
     pub body: Value,
 }
 
-/// One signaling endpoint a client can register on (as in the discovery record).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SignalingEndpoint {
-    /// Host name.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-    /// PeerJS path prefix (e.g. `/`).
-    pub path: String,
-    /// PeerJS API key.
-    pub key: String,
-    /// Whether to use TLS (`wss`/`https`).
-    pub secure: bool,
-}
+/// One signaling endpoint a client can register on: the discovery record's type, so a
+/// `moved` notice and `ouroboros.json` can never disagree on its shape.
+pub use crate::discovery::SignalingEndpoint;
 
 /// The limits a node enforces, announced in `welcome`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
