@@ -11,8 +11,9 @@
 //! cargo bench --bench datachannel -- --reps 1 --no-browser
 //! ```
 //! Options: `--reps R` (3), `--msgs N` (20000), `--bulk-msgs M` (1600 = 100 MiB),
-//! `--no-browser`; env `BENCH_SEND_WINDOW` / `BENCH_REACTOR_THREADS` override
-//! `PeerConfig::send_window` / `reactor_threads`. The browser half is `tests/js/bench/datachannel.mjs` (needs
+//! `--no-browser`; env `BENCH_SEND_WINDOW` / `BENCH_NATIVE_SEND_WINDOW` /
+//! `BENCH_REACTOR_THREADS` override `PeerConfig::send_window` / `native_send_window` /
+//! `reactor_threads` (Rust → Rust uses the native window). The browser half is `tests/js/bench/datachannel.mjs` (needs
 //! `tests/js/node_modules` and `/usr/bin/chromium`).
 
 use std::collections::BTreeMap;
@@ -101,6 +102,12 @@ fn config(port: u16, id: Option<&str>) -> PeerConfig {
         .and_then(|v| v.parse().ok())
     {
         c.send_window = w;
+    }
+    if let Some(w) = std::env::var("BENCH_NATIVE_SEND_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        c.native_send_window = w;
     }
     if let Some(r) = std::env::var("BENCH_REACTOR_THREADS")
         .ok()

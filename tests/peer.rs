@@ -168,6 +168,8 @@ async fn every_serialization_ordered_and_unordered() {
             assert!(conn.connection_id().starts_with("dc_"));
             assert_eq!(conn.peer(), "echo");
             assert_eq!(conn.serialization(), ser);
+            // Our SDP carries `a=tool:ouroboros`, so the large send window applies.
+            assert!(conn.remote_is_ouroboros());
             for v in sample_values(ser) {
                 conn.send(&v).await.unwrap();
                 let got = timeout(Duration::from_secs(10), conn.recv())

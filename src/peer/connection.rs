@@ -77,6 +77,13 @@ pub(crate) struct ConnCore {
     pub(crate) closed: CancellationToken,
     shutting_down: AtomicBool,
     error: std::sync::Mutex<Option<ConnectionError>>,
+    /// Bytes in flight the pump allows, when smaller than webrtc's own limit (a browser
+    /// remote; see `webrtc_setup`).
+    window: Option<usize>,
+    /// The remote's SDP said it is an Ouroboros peer.
+    remote_ouroboros: bool,
+    /// Woken when the channel reports its buffered amount low.
+    drained: tokio::sync::Notify,
 }
 
 impl ConnCore {
@@ -113,14 +120,23 @@ impl std::fmt::Debug for DataConnection {
 }
 
 impl DataConnection {
-    /// Wraps an open channel: spawns the reader task.
-    pub(crate) fn start(
+    /// Wraps an open channel: spawns the reader task and the send pump, which holds the
+    /// channel to `window` bytes in flight when given.
+    pub(crate) async fn start(
         meta: ConnMeta,
         dc: Arc<dyn DataChannel>,
         pc: Arc<dyn PeerConnection>,
         early: Vec<DataChannelEvent>,
+        remote_ouroboros: bool,
+        window: Option<usize>,
     ) -> (DataConnection, Arc<ConnCore>) {
         let serialization = meta.serialization;
+        if let Some(w) = window {
+            let threshold = u32::try_from(w / 2).unwrap_or(u32::MAX);
+            if let Err(e) = dc.set_buffered_amount_low_threshold(threshold).await {
+                tracing::debug!(error = %e, "could not set the buffered-amount-low threshold");
+            }
+        }
         let core = Arc::new(ConnCore {
             meta,
             dc,
@@ -128,6 +144,9 @@ impl DataConnection {
             closed: CancellationToken::new(),
             shutting_down: AtomicBool::new(false),
             error: std::sync::Mutex::new(None),
+            window,
+            remote_ouroboros,
+            drained: tokio::sync::Notify::new(),
         });
         let (tx, rx) = mpsc::channel(RECV_QUEUE);
         tokio::spawn(read_loop(
@@ -175,6 +194,11 @@ impl DataConnection {
     /// Whether the channel is ordered (`reliable` in the OFFER).
     pub fn reliable(&self) -> bool {
         self.core().meta.reliable
+    }
+    /// Whether the remote announced itself as an Ouroboros peer (`a=tool:ouroboros` in its
+    /// SDP), which gets the larger [`PeerConfig::native_send_window`](super::PeerConfig::native_send_window).
+    pub fn remote_is_ouroboros(&self) -> bool {
+        self.core().remote_ouroboros
     }
     /// The OFFER's metadata.
     pub fn metadata(&self) -> Option<&serde_json::Value> {
@@ -256,8 +280,32 @@ async fn send_frame(dc: &Arc<dyn DataChannel>, frame: Frame) -> Result<(), Conne
     }
 }
 
-/// Feeds queued frames to the channel. `dc.send` waits while the channel has more than the
-/// send window in flight, so frames leave at the pace the remote acknowledges them.
+/// Longest wait between two checks of a gated channel's bytes in flight (the
+/// buffered-amount-low event normally wakes the pump first).
+const WINDOW_RECHECK: Duration = Duration::from_millis(1);
+
+/// Waits until `len` more bytes fit in the connection's pump window (if it has one). A
+/// frame always goes when nothing is in flight, however large.
+async fn window_open(core: &ConnCore, len: usize) -> Result<(), ConnectionError> {
+    let Some(window) = core.window else {
+        return Ok(());
+    };
+    loop {
+        let in_flight = core.dc.outstanding_bytes().await.map_err(map_webrtc)?;
+        if in_flight == 0 || in_flight.saturating_add(len) <= window {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = core.drained.notified() => {}
+            _ = tokio::time::sleep(WINDOW_RECHECK) => {}
+            _ = core.closed.cancelled() => return Err(ConnectionError::Closed),
+        }
+    }
+}
+
+/// Feeds queued frames to the channel. `dc.send` waits while the channel has more than
+/// webrtc's limit in flight, and [`window_open`] holds a browser remote to the smaller
+/// window, so frames leave at the pace the remote acknowledges them.
 async fn pump(core: Arc<ConnCore>, mut rx: mpsc::UnboundedReceiver<Queued>) {
     loop {
         let item = tokio::select! {
@@ -265,6 +313,9 @@ async fn pump(core: Arc<ConnCore>, mut rx: mpsc::UnboundedReceiver<Queued>) {
             _ = core.closed.cancelled() => break,
         };
         let Some(item) = item else { break };
+        if window_open(&core, item.frame.len()).await.is_err() {
+            break;
+        }
         match send_frame(&core.dc, item.frame).await {
             Ok(()) => {}
             Err(ConnectionError::Closed) => break,
@@ -561,6 +612,10 @@ async fn handle_event(
         Some(DataChannelEvent::OnClose) | None => {
             core.shutdown(None).await;
             Step::Stop
+        }
+        Some(DataChannelEvent::OnBufferedAmountLow) => {
+            core.drained.notify_one();
+            Step::Continue
         }
         Some(_) => Step::Continue,
     }

@@ -53,11 +53,17 @@ pub const PEERJS_VERSION: &str = "1.5.5";
 pub const SEND_HIGH_WATER: usize = 8 * 1024 * 1024;
 
 /// Default [`PeerConfig::send_window`]: bytes in flight (handed to SCTP, unacknowledged) per
-/// channel. Small enough that a burst never overflows Chromium's 128 KiB UDP receive buffer
-/// (measured on loopback: 64 KiB still lost packets when the machine was busy, 32 KiB none).
-/// It also caps one connection at `send_window / RTT` (≈ 650 KB/s at 50 ms): raise it for
-/// bulk transfers over long paths.
+/// channel towards a browser. Small enough that a burst never overflows Chromium's 128 KiB UDP
+/// receive buffer (measured on loopback: 64 KiB still lost packets when the machine was busy,
+/// 32 KiB none). It also caps one connection at `send_window / RTT` (≈ 650 KB/s at 50 ms):
+/// raise it for bulk transfers over long paths.
 pub const DEFAULT_SEND_WINDOW: usize = 32 * 1024;
+
+/// Default [`PeerConfig::native_send_window`]: bytes in flight per channel towards another
+/// Ouroboros peer (whose SDP carries `a=tool:ouroboros`). Its 4 MiB UDP buffers take the
+/// bursts; measured Rust → Rust bulk on loopback: 32 KiB ≈ 93 MB/s, 256 KiB ≈ 134 MB/s,
+/// 1 MiB no faster and 1 KiB messages 10× slower (see BENCHMARKS.md).
+pub const DEFAULT_NATIVE_SEND_WINDOW: usize = 256 * 1024;
 
 /// The UDP socket buffer size requested for every WebRTC socket (4 MiB).
 pub const UDP_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
@@ -115,9 +121,13 @@ pub struct PeerConfig {
     pub reconnect: bool,
     /// Upper bound of the reconnect backoff.
     pub max_reconnect_delay: Duration,
-    /// Bytes in flight per channel before the send queue waits for acknowledgements
-    /// ([`DEFAULT_SEND_WINDOW`]); see `webrtc_setup` for why it is small.
+    /// Bytes in flight per channel towards a browser (or any peer that is not Ouroboros)
+    /// before the send queue waits for acknowledgements ([`DEFAULT_SEND_WINDOW`]); see
+    /// `webrtc_setup` for why it is small.
     pub send_window: usize,
+    /// Bytes in flight per channel towards another Ouroboros peer
+    /// ([`DEFAULT_NATIVE_SEND_WINDOW`]).
+    pub native_send_window: usize,
     /// Run every PeerConnection driver on a pool of this many dedicated reactor threads
     /// (webrtc's `with_dedicated_reactor_pool_size`; process-wide, the first value wins);
     /// 0 = on the caller's tokio runtime.
@@ -143,6 +153,7 @@ impl PeerConfig {
             reconnect: true,
             max_reconnect_delay: Duration::from_secs(10),
             send_window: DEFAULT_SEND_WINDOW,
+            native_send_window: DEFAULT_NATIVE_SEND_WINDOW,
             reactor_threads: 0,
         }
     }

@@ -410,6 +410,8 @@ pub(crate) async fn connect(
 struct Negotiated {
     dc: Arc<dyn DataChannel>,
     remote_set: bool,
+    /// The remote description carried `a=tool:ouroboros`.
+    remote_ouroboros: bool,
     early: Vec<DataChannelEvent>,
 }
 
@@ -445,9 +447,19 @@ async fn drive(
     let Negotiated {
         dc,
         mut remote_set,
+        remote_ouroboros,
         early,
     } = negotiated;
-    let (conn, core) = DataConnection::start(meta.clone(), dc, pc.clone(), early);
+    let window = webrtc_setup::pump_window(&shared.config, remote_ouroboros);
+    let (conn, core) = DataConnection::start(
+        meta.clone(),
+        dc,
+        pc.clone(),
+        early,
+        remote_ouroboros,
+        window,
+    )
+    .await;
     tracing::debug!(connection_id = %meta.connection_id, "data connection open");
     match caller {
         Some(tx) => {
@@ -564,6 +576,7 @@ async fn negotiate(
 ) -> Result<Negotiated, PeerError> {
     let mut pending: Vec<RTCIceCandidateInit> = Vec::new();
     let mut remote_set = false;
+    let mut remote_ouroboros = false;
     let offerer = matches!(role, Role::Offerer);
     let mut dc: Option<Arc<dyn DataChannel>> = None;
     match role {
@@ -584,9 +597,10 @@ async fn negotiate(
             pc.set_local_description(offer.clone())
                 .await
                 .map_err(|e| webrtc_err("set_local_description", e))?;
-            shared.signal(offer_message(meta, offer.sdp));
+            shared.signal(offer_message(meta, webrtc_setup::mark_sdp(offer.sdp)));
         }
         Role::Answerer(sdp) => {
+            remote_ouroboros = webrtc_setup::is_ouroboros_sdp(&sdp);
             let offer =
                 RTCSessionDescription::offer(sdp).map_err(|e| webrtc_err("offer SDP", e))?;
             pc.set_remote_description(offer)
@@ -600,7 +614,7 @@ async fn negotiate(
             pc.set_local_description(answer.clone())
                 .await
                 .map_err(|e| webrtc_err("set_local_description", e))?;
-            shared.signal(answer_message(meta, answer.sdp));
+            shared.signal(answer_message(meta, webrtc_setup::mark_sdp(answer.sdp)));
         }
     }
     let deadline = tokio::time::sleep(shared.config.connect_timeout);
@@ -613,6 +627,7 @@ async fn negotiate(
             s = signals.recv() => match s {
                 Some(Signal::Answer(sdp)) => {
                     if offerer && !remote_set {
+                        remote_ouroboros = webrtc_setup::is_ouroboros_sdp(&sdp);
                         let answer = RTCSessionDescription::answer(sdp)
                             .map_err(|e| webrtc_err("answer SDP", e))?;
                         pc.set_remote_description(answer)
@@ -665,6 +680,7 @@ async fn negotiate(
     Ok(Negotiated {
         dc: dc.expect("the channel exists once it opened"),
         remote_set,
+        remote_ouroboros,
         early,
     })
 }

@@ -7,15 +7,24 @@
 //!   stall of the DTLS client role;
 //! - a 256 KiB SCTP max message size (Chromium's), instead of webrtc-rs's 64 KiB.
 //!
-//! Every channel also gets a send-buffer limit of `PeerConfig::send_window` (32 KiB by
-//! default): at most that many bytes are handed to SCTP and unacknowledged at a time. Without
-//! it webrtc-rs puts a whole multi-megabyte message on the wire in one burst as its congestion
-//! window opens (loopback RTTs are tiny); Chromium's 128 KiB UDP receive buffer overflows, the
-//! tail of the burst is lost and SCTP recovers only on its 1 s minimum retransmission timer
-//! (measured: 1 MiB Rust → Chromium round trips of 0.3 s / 1.3 s / 3.4 s and an occasional
-//! stall of more than 15 s; with a 32 KiB window: 0.25–0.6 s every time, no drops). The
-//! DataConnection keeps its own 8 MiB queue in front of it ([`super::SEND_HIGH_WATER`]), and UDP sockets get 4 MiB
-//! buffers ([`super::BufferedUdpRuntime`]).
+//! Every channel also gets a send window: at most that many bytes are handed to SCTP and
+//! unacknowledged at a time. Without it webrtc-rs puts a whole multi-megabyte message on the
+//! wire in one burst as its congestion window opens (loopback RTTs are tiny); Chromium's
+//! 128 KiB UDP receive buffer overflows, the tail of the burst is lost and SCTP recovers only
+//! on its 1 s minimum retransmission timer (measured: 1 MiB Rust → Chromium round trips of
+//! 0.3 s / 1.3 s / 3.4 s and an occasional stall of more than 15 s; with a 32 KiB window:
+//! 0.25–0.6 s every time, no drops). Another Ouroboros peer has 4 MiB UDP buffers
+//! ([`super::BufferedUdpRuntime`]) and takes a larger window, which is worth 40 % more bulk
+//! throughput. The remote is not known when the PeerConnection is built (an offerer learns
+//! it from the answer), so webrtc enforces the larger [`PeerConfig::native_send_window`]
+//! and the DataConnection's pump holds a non-Ouroboros remote to the smaller
+//! [`PeerConfig::send_window`]. Ouroboros peers recognise each other by the standard
+//! session-level `a=tool:` attribute (RFC 8866 §6.3) we add to the SDP we send; browsers
+//! ignore it. The DataConnection keeps its own 8 MiB queue in front of all this
+//! ([`super::SEND_HIGH_WATER`]).
+//!
+//! [`PeerConfig::native_send_window`]: super::PeerConfig::native_send_window
+//! [`PeerConfig::send_window`]: super::PeerConfig::send_window
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +53,56 @@ fn ice_server(s: &IceServer) -> RTCIceServer {
     }
 }
 
+/// The SDP attribute that tells another Ouroboros peer who sent a description.
+pub(crate) const SDP_TOOL: &str = "a=tool:ouroboros";
+
+/// Adds [`SDP_TOOL`] at session level (before the first media section) of an SDP we send.
+pub(crate) fn mark_sdp(sdp: String) -> String {
+    if is_ouroboros_sdp(&sdp) {
+        return sdp;
+    }
+    let line = format!("{SDP_TOOL}\r\n");
+    match sdp.find("\nm=") {
+        Some(i) => {
+            let mut out = String::with_capacity(sdp.len() + line.len());
+            out.push_str(&sdp[..=i]);
+            out.push_str(&line);
+            out.push_str(&sdp[i + 1..]);
+            out
+        }
+        None => {
+            let mut out = sdp;
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push_str("\r\n");
+            }
+            out.push_str(&line);
+            out
+        }
+    }
+}
+
+/// Whether a remote SDP came from an Ouroboros peer (carries [`SDP_TOOL`] at session level).
+pub(crate) fn is_ouroboros_sdp(sdp: &str) -> bool {
+    let session = sdp.split("\nm=").next().unwrap_or("");
+    session.lines().any(|l| l.trim_end() == SDP_TOOL)
+}
+
+/// The per-channel limit webrtc enforces: the larger of the two windows.
+pub(crate) fn channel_limit(config: &super::PeerConfig) -> usize {
+    config.native_send_window.max(config.send_window).max(1)
+}
+
+/// The window the DataConnection's pump holds a channel to, if smaller than webrtc's limit.
+pub(crate) fn pump_window(config: &super::PeerConfig, remote_is_ouroboros: bool) -> Option<usize> {
+    let wanted = if remote_is_ouroboros {
+        config.native_send_window
+    } else {
+        config.send_window
+    }
+    .max(1);
+    (wanted < channel_limit(config)).then_some(wanted)
+}
+
 /// Builds one PeerConnection with the interop settings and `handler`.
 pub(crate) async fn build_peer_connection(
     shared: &Shared,
@@ -67,9 +126,52 @@ pub(crate) async fn build_peer_connection(
         .with_runtime(shared.runtime.clone())
         .with_handler(handler)
         .with_udp_addrs(shared.config.udp_addrs.clone())
-        .with_data_channel_send_buffer_limit(shared.config.send_window.max(1))
+        .with_data_channel_send_buffer_limit(channel_limit(&shared.config))
         .build()
         .await
         .map_err(|e| PeerError::NegotiationFailed(format!("building the PeerConnection: {e}")))?;
     Ok(Arc::new(pc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHROME_OFFER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\na=extmap-allow-mixed\r\na=msid-semantic: WMS\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sctp-port:5000\r\na=max-message-size:262144\r\n";
+
+    #[test]
+    fn marked_sdp_has_the_tool_line_at_session_level() {
+        assert!(!is_ouroboros_sdp(CHROME_OFFER));
+        let marked = mark_sdp(CHROME_OFFER.to_string());
+        assert!(is_ouroboros_sdp(&marked));
+        let (session, media) = marked.split_once("\r\nm=").expect("media section kept");
+        assert!(session.ends_with("\r\na=tool:ouroboros"));
+        assert!(media.starts_with("application 9"));
+        assert_eq!(marked.len(), CHROME_OFFER.len() + SDP_TOOL.len() + 2);
+        // Idempotent.
+        assert_eq!(mark_sdp(marked.clone()), marked);
+    }
+
+    #[test]
+    fn a_tool_line_inside_a_media_section_does_not_count() {
+        let sdp = format!("{CHROME_OFFER}{SDP_TOOL}\r\n");
+        assert!(!is_ouroboros_sdp(&sdp));
+        assert!(!is_ouroboros_sdp(
+            "a=tool:ouroboros-fake\r\nm=application 9\r\n"
+        ));
+    }
+
+    #[test]
+    fn browsers_get_the_small_window_and_ouroboros_peers_the_large_one() {
+        let mut c = crate::peer::PeerConfig::new("127.0.0.1", 1);
+        c.send_window = 32 * 1024;
+        c.native_send_window = 256 * 1024;
+        assert_eq!(channel_limit(&c), 256 * 1024);
+        assert_eq!(pump_window(&c, true), None);
+        assert_eq!(pump_window(&c, false), Some(32 * 1024));
+        c.native_send_window = 16 * 1024;
+        assert_eq!(channel_limit(&c), 32 * 1024);
+        assert_eq!(pump_window(&c, true), Some(16 * 1024));
+        assert_eq!(pump_window(&c, false), None);
+    }
 }
