@@ -2,8 +2,12 @@
 //! serialization), against a release `ouroboros node` running as its own process.
 //!
 //! ```text
-//! cargo bench --bench fanout -- [--subscribers 10,100] [--messages 2000] [--window 64]
+//! cargo bench --bench fanout -- [--subscribers 10,100] [--messages 2000] [--window 16]
+//!                                [--serialization json|binary|msgpack]
 //! ```
+//!
+//! `--window` is how many publishes the publisher keeps unacknowledged; `--serialization` is
+//! the subscribers' (the publisher always uses `json`).
 //!
 //! Prints, per subscriber count: delivered messages per second (all subscribers together,
 //! first publish to last delivery), p50/p99/max publish→delivery latency, the node's CPU time
@@ -14,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use ouroboros::client::{Client, ClientConfig, Event, Target};
 use ouroboros::discovery::SignalingEndpoint;
+use ouroboros::peer::Serialization;
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 
@@ -21,13 +26,15 @@ struct Args {
     subscribers: Vec<usize>,
     messages: usize,
     window: usize,
+    serialization: Serialization,
 }
 
 fn parse_args() -> Args {
     let mut a = Args {
         subscribers: vec![10, 100],
         messages: 2000,
-        window: 64,
+        window: 16,
+        serialization: Serialization::Json,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -44,6 +51,11 @@ fn parse_args() -> Args {
             }
             "--window" => {
                 a.window = v.parse().expect("--window N");
+                i += 1;
+            }
+            "--serialization" => {
+                a.serialization = Serialization::from_offer(&v)
+                    .unwrap_or_else(|| panic!("--serialization json|binary|msgpack, not {v}"));
                 i += 1;
             }
             _ => {} // cargo bench passes --bench
@@ -145,8 +157,10 @@ async fn run(n: usize, args: &Args) {
         let mut set = tokio::task::JoinSet::new();
         for &i in wave {
             let target = node.target.clone();
+            let ser = args.serialization;
             set.spawn(async move {
                 let mut cfg = ClientConfig::new(format!("sub{i}"));
+                cfg.serialization = ser;
                 cfg.connect_timeout = Duration::from_secs(60);
                 let (c, ev) = Client::connect(target, cfg)
                     .await
@@ -258,8 +272,8 @@ async fn main() {
     ouroboros::install_crypto_provider();
     let args = parse_args();
     println!(
-        "relay fan-out: 1 publisher, json, window {}, {} messages per run, node = release binary in its own process",
-        args.window, args.messages
+        "relay fan-out: 1 publisher (json), subscribers {:?}, window {}, {} messages per run, node = release binary in its own process",
+        args.serialization, args.window, args.messages
     );
     for &n in &args.subscribers {
         run(n, &args).await;

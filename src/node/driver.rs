@@ -397,7 +397,7 @@ async fn writer_task(
                     }
                     frames.clear();
                     let v = match &msg {
-                        Outgoing::Object(p) => Value::from_json(p.value().clone()),
+                        Outgoing::Object(p) => p.codec_value().clone(),
                         Outgoing::Text(s) => Value::Str(s.to_string()),
                     };
                     if let Err(e) = sender.send(&v).await {
