@@ -422,7 +422,13 @@ pub fn spawn_predecessor(mut pred: Predecessor, host: Arc<dyn HandoffHost>) -> P
                     progress = true;
                     match &ev {
                         PredecessorEvent::SnapshotNeeded => {
+                            let started = Instant::now();
                             let bytes = host.export_snapshot().await;
+                            tracing::info!(
+                                bytes = bytes.len(),
+                                ms = started.elapsed().as_millis() as u64,
+                                "handoff: snapshot exported"
+                            );
                             pred.provide_snapshot(now, bytes);
                         }
                         PredecessorEvent::ReadyForCutOver => {
@@ -573,8 +579,17 @@ where
                     }
                     SuccessorEvent::Reset => host.reset().await,
                     SuccessorEvent::Restore(bytes) => {
-                        if let Err(e) = host.restore(bytes).await {
-                            tracing::error!(error = %e, "handoff: snapshot cannot be restored");
+                        let started = Instant::now();
+                        let len = bytes.len();
+                        match host.restore(bytes).await {
+                            Ok(()) => tracing::info!(
+                                bytes = len,
+                                ms = started.elapsed().as_millis() as u64,
+                                "handoff: snapshot restored"
+                            ),
+                            Err(e) => {
+                                tracing::error!(error = %e, "handoff: snapshot cannot be restored")
+                            }
                         }
                         succ.restore_done(Instant::now());
                     }
