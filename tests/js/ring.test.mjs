@@ -13,7 +13,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { cleanupAll, register, trackChild } from './lib/cleanup.mjs';
 import { launchBrowser } from './lib/browser.mjs';
@@ -110,6 +110,27 @@ function startRustPublisher(discovery) {
   };
 }
 
+/** Pids of the processes started with `--data-dir <dir>`: the nodes of this test's ring. */
+async function ringPids(dir) {
+  const pids = [];
+  for (const pid of await readdir('/proc').catch(() => [])) {
+    if (!/^\d+$/.test(pid)) continue;
+    const raw = await readFile(`/proc/${pid}/cmdline`).catch(() => null);
+    if (!raw) continue;
+    const argv = raw.toString('utf8').split('\0');
+    const k = argv.indexOf('--data-dir');
+    if ((k >= 0 && argv[k + 1] === dir) || argv.includes(`--data-dir=${dir}`)) pids.push(Number(pid));
+  }
+  return pids;
+}
+
+/** `gens` (the generations of a client's welcomes, in order) start by `g0` and hold every one up to `newest`. */
+function assertFollowedEveryRotation(name, gens, g0, newest) {
+  assert.ok(gens.length > 0 && gens[0] <= g0, `${name} was on generation ${g0} or earlier when the rotations began (${gens})`);
+  for (let g = gens[0]; g <= newest; g++) assert.ok(gens.includes(g), `${name} was welcomed by generation ${g} (${gens})`);
+  for (let k = 1; k < gens.length; k++) assert.ok(gens[k] >= gens[k - 1], `${name}: welcomes never go back (${gens})`);
+}
+
 test(`a local ring rotates ${ROTATIONS} times while two browser clients (json, binary) and a Rust client publish: every acked message once, in order; everyone on the newest node`, { timeout: 240000 }, async () => {
   const site = await startStaticServer();
   const ring = await startNode({
@@ -133,22 +154,27 @@ test(`a local ring rotates ${ROTATIONS} times while two browser clients (json, b
     if (r && Number.isInteger(r.generation)) lastGen = Math.max(lastGen, r.generation);
     return lastGen;
   };
+  const newestPid = async () => Number((await readFile(path.join(ring.dataDir, 'ouroboros.pid'), 'utf8').catch(() => '')).trim());
   const stopRing = async () => {
-    // SIGINT on the newest generation (its pid is in the data dir) stops the ring cleanly.
-    let pid;
-    try {
-      pid = Number((await readFile(path.join(ring.dataDir, 'ouroboros.pid'), 'utf8')).trim());
-    } catch {
-      return;
-    }
-    if (!pid || pid === ring.pid) return;
-    try {
-      process.kill(pid, 'SIGINT');
-    } catch {
-      return; // already gone
+    // SIGINT on the newest generation (its pid is in the data dir) stops the ring; whatever of
+    // this ring still runs after that is killed (the test's own processes, found by --data-dir).
+    const pid = await newestPid();
+    if (pid && pid !== ring.pid) {
+      try {
+        process.kill(pid, 'SIGINT');
+      } catch {
+        // already gone
+      }
     }
     const gone = Date.now() + 15000;
-    while (existsSync(`/proc/${pid}`) && Date.now() < gone) await delay(100);
+    while ((await ringPids(ring.dataDir)).length && Date.now() < gone) await delay(100);
+    for (const p of await ringPids(ring.dataDir)) {
+      try {
+        process.kill(p, 'SIGKILL');
+      } catch {
+        // exited meanwhile
+      }
+    }
   };
   const unregisterRing = register('local ring', stopRing);
   const started = Date.now();
@@ -172,9 +198,23 @@ test(`a local ring rotates ${ROTATIONS} times while two browser clients (json, b
     }
     rust = startRustPublisher(recordPath);
 
-    // --- let the ring rotate -----------------------------------------------------------------
+    // --- every client publishing; then let the ring rotate ROTATIONS times ---------------------
+    const publishing = async () => {
+      for (const c of BROWSER_CLIENTS) {
+        if (Object.keys((await snippetState(pages[c.name], c.name)).acks).length === 0) return false;
+      }
+      return rust.st.acks.length > 0;
+    };
+    const firstAckDeadline = Date.now() + 30000;
+    while (!(await publishing())) {
+      assert.ok(Date.now() < firstAckDeadline, 'every client got its first ack within 30 s');
+      await delay(100);
+    }
+    // Acks come from primaries only, and a primary is in the record before it acks anything.
+    const g0 = await generation();
+    const rotationsFrom = Date.now();
     const rotateDeadline = Date.now() + 180000;
-    while ((await generation()) < ROTATIONS) {
+    while ((await generation()) < g0 + ROTATIONS) {
       assert.ok(Date.now() < rotateDeadline, `ring stuck at generation ${lastGen}`);
       assert.deepEqual(rust.st.refused, [], 'rust client: no line refused');
       assert.equal(rust.child.exitCode, null, `rust client exited early\n${rust.st.stderr}`);
@@ -275,8 +315,7 @@ test(`a local ring rotates ${ROTATIONS} times while two browser clients (json, b
       const seqs = s.published.map((id) => s.acks[id]);
       for (const id of s.published) acked.push([s.acks[id], c.name, id]);
       for (let k = 1; k < seqs.length; k++) assert.ok(seqs[k] > seqs[k - 1], `${c.name}: publish ${k} acked at ${seqs[k]} after ${seqs[k - 1]}`);
-      const gens = new Set(s.welcomes.map((w) => w.generation));
-      assert.ok(gens.size >= ROTATIONS + 1, `${c.name} was welcomed by every generation (${[...gens]})`);
+      assertFollowedEveryRotation(c.name, s.welcomes.map((w) => w.generation), g0, newest);
       assert.ok(s.moved.length >= ROTATIONS, `${c.name} followed ${s.moved.length} moves`);
     }
     const rs = rust.st;
@@ -285,7 +324,7 @@ test(`a local ring rotates ${ROTATIONS} times while two browser clients (json, b
     assert.deepEqual(rs.acks.map((a) => a.line), rs.acks.map((_, k) => k + 1), 'rust: every line acknowledged once, in order');
     for (let k = 1; k < rs.acks.length; k++) assert.ok(rs.acks[k].seq > rs.acks[k - 1].seq, `rust: line ${k + 1} acked at ${rs.acks[k].seq}`);
     for (const a of rs.acks) acked.push([a.seq, RUST_CLIENT, a.id]);
-    assert.ok(new Set(rs.lives.map((l) => l.generation)).size >= ROTATIONS + 1, `rust client was welcomed by every generation (${rs.lives.map((l) => l.generation)})`);
+    assertFollowedEveryRotation(RUST_CLIENT, rs.lives.map((l) => l.generation), g0, newest);
 
     const stored = history.map((m) => [m.seq, m.from, m.id]).reverse(); // history is newest first
     acked.sort((a, b) => a[0] - b[0]);
@@ -312,11 +351,38 @@ test(`a local ring rotates ${ROTATIONS} times while two browser clients (json, b
       assert.deepEqual(msgs.map((m) => m.seq), Array.from({ length: head - first + 1 }, (_, k) => first + k), `${c.name}: every message delivered once, no gap`);
       assert.deepEqual(msgs.map((m) => m.id), stored.slice(first - 1).map((m) => m[2]), `${c.name}: delivered the stored messages`);
     }
-    console.log(`ring: ${newest} generations in ${((rotatedAt - started) / 1000).toFixed(1)} s; ` +
+    console.log(`ring: generations ${g0}..${newest}, ${ROTATIONS} rotations in ${((rotatedAt - rotationsFrom) / 1000).toFixed(1)} s; ` +
       `${stored.length} messages (${BROWSER_CLIENTS.map((c) => `${c.name} ${perClient[c.name].published.length}`).join(', ')}, ${RUST_CLIENT} ${rs.acks.length}); ` +
       `read_only answers to browsers: ${BROWSER_CLIENTS.map((c) => perClient[c.name].errors.filter((e) => e === 'read_only').length).join(', ')}; ` +
       `total ${((Date.now() - started) / 1000).toFixed(1)} s`);
     browser.assertNoConsoleErrors([/Failed to load resource/, /Lost connection to server/, /Could not connect to peer/]);
+
+    // --- Ctrl-C on the newest generation stops the ring, even while its successor starts --------
+    // (a successor left running would give up on its predecessor after a while, recover and publish
+    // itself as the next generation).
+    let stopped;
+    const stopDeadline = Date.now() + 20000;
+    while (!stopped) {
+      assert.ok(Date.now() < stopDeadline, 'saw no node launching its successor');
+      const rec = await readRecord();
+      const ep = rec?.signaling?.[0];
+      const st = ep && (await fetch(`http://${ep.host}:${ep.port}/status.json`).then((r) => r.json()).catch(() => null));
+      const pid = await newestPid();
+      if (st && st.generation === rec.generation && ['launching', 'awaiting-successor'].includes(st.lifecycle) && pid) {
+        process.kill(pid, 'SIGINT');
+        stopped = { rec, lifecycle: st.lifecycle };
+      } else {
+        await delay(50);
+      }
+    }
+    const goneDeadline = Date.now() + 20000;
+    let left;
+    while ((left = await ringPids(ring.dataDir)).length) {
+      assert.ok(Date.now() < goneDeadline, `ring processes still running after Ctrl-C (${stopped.lifecycle}): ${left}`);
+      await delay(100);
+    }
+    const last = await readRecord();
+    assert.deepEqual([last.generation, last.peer_id], [stopped.rec.generation, stopped.rec.peer_id], 'no successor took over after the stop');
   } finally {
     await browser.close();
     await stopRing();
