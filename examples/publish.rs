@@ -11,7 +11,9 @@
 //! or with `--json` parsed as a JSON value. Empty lines are skipped. The program follows the
 //! node across rotations (`moved`): unacknowledged lines are re-sent to the successor under
 //! the same message id, so each line is stored exactly once. At the end of stdin it exits
-//! after the last line is acknowledged (status 0), or with status 1 if a line was refused.
+//! after the last line is acknowledged (status 0), or with status 1 if a line was refused
+//! (e.g. `too_large`; with the default `json` serialization a request must stay below
+//! 16 300 bytes).
 //!
 //! stdout, one JSON object per line:
 //!
@@ -57,7 +59,9 @@ async fn main() -> anyhow::Result<()> {
     ouroboros::install_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "warn,rtc=error,rtc_ice=error,rtc_dtls=error,webrtc=error".into()
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
