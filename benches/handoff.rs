@@ -20,7 +20,7 @@ use ouroboros::handoff::{
 };
 use ouroboros::peer::codec::Serialization;
 use ouroboros::peer::{ConnectOptions, Peer, PeerConfig};
-use ouroboros::relay::{ConnId, ConnInfo, Mode, Output, Relay, RelayConfig};
+use ouroboros::relay::{ConnId, ConnInfo, Mode, Output, Relay, RelayConfig, Snapshot};
 use ouroboros::signaling::{self, SignalConfig, Signaling};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -92,6 +92,68 @@ fn endpoint(port: u16) -> SignalingEndpoint {
         key: "peerjs".into(),
         secure: false,
     }
+}
+
+/// Fills a relay like [`run`] does.
+fn filled(node: &str, mb: usize) -> SharedRelay {
+    let shared = relay(node, 0);
+    {
+        let mut r = shared.relay.lock().unwrap();
+        open(&mut r, 1, "filler");
+        let body = "x".repeat(1000);
+        let n = mb * 1024 * 1024 / 1024;
+        for i in 0..n {
+            let (res, _) = publish(
+                &mut r,
+                1,
+                &format!("room-{}", i % 16),
+                &format!("f{i}"),
+                &body,
+            );
+            res.unwrap();
+        }
+    }
+    shared
+}
+
+/// `--phases`: the CPU-bound steps of a handoff one by one, no network: export (store →
+/// snapshot → JSON), SHA-256 of the snapshot, decode (ours, and plain serde for
+/// reference) and `Relay::restore`.
+fn cpu_phases(mb: usize) {
+    let shared = filled("phases", mb);
+    let t = Instant::now();
+    let bytes = {
+        let r = shared.relay.lock().unwrap();
+        r.export_snapshot()
+    }
+    .to_json();
+    let export = t.elapsed();
+    let t = Instant::now();
+    let digest = ouroboros::handoff::sha256_hex(&bytes);
+    let hash = t.elapsed();
+    let t = Instant::now();
+    let snap = Snapshot::from_json(&bytes).unwrap();
+    let decode = t.elapsed();
+    let t = Instant::now();
+    let plain: Snapshot = serde_json::from_slice(&bytes).unwrap();
+    let decode_plain = t.elapsed();
+    assert_eq!(plain.messages.len(), snap.messages.len());
+    drop(plain);
+    let config = shared.config.clone();
+    let t = Instant::now();
+    let restored = Relay::restore(config, snap, Instant::now()).unwrap();
+    let restore = t.elapsed();
+    drop(restored);
+    println!(
+        "phases {mb:>5} MB: snapshot {} bytes (sha256 {}…) | export {:.2}s | sha256 {:.2}s | decode {:.2}s (plain serde {:.2}s) | restore {:.2}s",
+        bytes.len(),
+        &digest[..12],
+        export.as_secs_f64(),
+        hash.as_secs_f64(),
+        decode.as_secs_f64(),
+        decode_plain.as_secs_f64(),
+        restore.as_secs_f64(),
+    );
 }
 
 async fn run(mb: usize) {
@@ -258,7 +320,7 @@ async fn run(mb: usize) {
                 &pid,
                 ConnectOptions {
                     label: Some(HANDOFF_LABEL.into()),
-                    serialization: Serialization::Binary,
+                    serialization: Serialization::Raw,
                     reliable: true,
                     metadata: None,
                 },
@@ -324,6 +386,7 @@ async fn main() {
             .with_writer(std::io::stderr)
             .init();
     }
+    let phases = std::env::args().any(|a| a == "--phases");
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
@@ -334,6 +397,10 @@ async fn main() {
         sizes
     };
     for mb in sizes {
-        run(mb).await;
+        if phases {
+            cpu_phases(mb);
+        } else {
+            run(mb).await;
+        }
     }
 }
