@@ -611,3 +611,46 @@ async fn handoff_raw_frames_cross_a_real_channel() {
     client.close().await;
     echo.close().await;
 }
+
+/// The pump's own window (what a browser remote gets) under webrtc's larger limit: a
+/// 1 MiB message and many small ones still flow, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gated_send_window_still_delivers_everything() {
+    let srv = start_server().await;
+    let gated = |id: Option<&str>| {
+        let mut c = config(srv.port, id);
+        // Ouroboros remotes get 16 KiB held by the pump, below webrtc's 64 KiB limit.
+        c.native_send_window = 16 * 1024;
+        c.send_window = 64 * 1024;
+        c
+    };
+    let echo = Peer::open(gated(Some("gated-echo"))).await.unwrap();
+    spawn_echo(echo.clone());
+    let client = Peer::open(gated(None)).await.unwrap();
+    let mut conn = client
+        .connect("gated-echo", ConnectOptions::default())
+        .await
+        .unwrap();
+    let big = Value::Bin(Bytes::from(vec![7u8; 1 << 20]));
+    conn.send(&big).await.unwrap();
+    for i in 0..200 {
+        conn.send(&Value::Int(i)).await.unwrap();
+    }
+    let got = timeout(Duration::from_secs(20), conn.recv())
+        .await
+        .expect("1 MiB echo in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, big);
+    for i in 0..200 {
+        let got = timeout(Duration::from_secs(10), conn.recv())
+            .await
+            .expect("echo in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, Value::Int(i));
+    }
+    conn.close(false).await;
+    client.close().await;
+    echo.close().await;
+}

@@ -284,15 +284,17 @@ async fn send_frame(dc: &Arc<dyn DataChannel>, frame: Frame) -> Result<(), Conne
 /// buffered-amount-low event normally wakes the pump first).
 const WINDOW_RECHECK: Duration = Duration::from_millis(1);
 
-/// Waits until `len` more bytes fit in the connection's pump window (if it has one). A
-/// frame always goes when nothing is in flight, however large.
-async fn window_open(core: &ConnCore, len: usize) -> Result<(), ConnectionError> {
+/// Waits until the connection's pump window (if it has one) has room: fewer bytes in
+/// flight than the window. A frame always goes when nothing is in flight, however large.
+async fn window_open(core: &ConnCore) -> Result<(), ConnectionError> {
     let Some(window) = core.window else {
         return Ok(());
     };
     loop {
         let in_flight = core.dc.outstanding_bytes().await.map_err(map_webrtc)?;
-        if in_flight == 0 || in_flight.saturating_add(len) <= window {
+        // webrtc's own rule: below the window, the next frame goes (so a window holds
+        // at least one frame plus whatever is partly acknowledged).
+        if in_flight < window {
             return Ok(());
         }
         tokio::select! {
@@ -313,7 +315,7 @@ async fn pump(core: Arc<ConnCore>, mut rx: mpsc::UnboundedReceiver<Queued>) {
             _ = core.closed.cancelled() => break,
         };
         let Some(item) = item else { break };
-        if window_open(&core, item.frame.len()).await.is_err() {
+        if window_open(&core).await.is_err() {
             break;
         }
         match send_frame(&core.dc, item.frame).await {
