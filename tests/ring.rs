@@ -977,12 +977,6 @@ struct NodeProc {
     peer_id: String,
 }
 
-impl NodeProc {
-    fn pid(&self) -> u32 {
-        self.child.id().expect("running")
-    }
-}
-
 impl CrashRing {
     fn new(secret: &'static str) -> CrashRing {
         let dir = tempfile::tempdir().unwrap();
@@ -1382,4 +1376,281 @@ async fn predecessor_killed_mid_snapshot_successor_recovers_from_backup_with_a_g
     check_recovered_successor(&ring, &succ, &prefill, writer, &["backup"]).await;
     filler.close().await;
     eprintln!("mid-snapshot scenario took {:?}", started.elapsed());
+}
+
+/// Every acknowledged message stored exactly once at its seq, seqs dense from 1.
+fn check_lossless(room: &str, stored: &[(u64, String)], acked: &[(u64, String)]) {
+    let lost = check_against_gap(room, stored, acked, None);
+    assert_eq!(lost, 0);
+    for (i, (seq, _)) in stored.iter().enumerate() {
+        assert_eq!(*seq, i as u64 + 1, "{room}: dense sequence");
+    }
+}
+
+/// The checks of a handoff that lost nothing: generation 1 is `succ_peer_id` in discovery,
+/// its `welcome` and `/status.json` announce no gap, every acknowledged message is stored
+/// exactly once at its seq, and the writer ends on the newest node.
+async fn check_lossless_successor(
+    ring: &CrashRing,
+    succ_peer_id: &str,
+    prefill: &[(u64, String)],
+    writer: tokio::task::JoinHandle<(ouroboros::client::Client, Vec<(u64, String)>)>,
+) {
+    use ouroboros::client::ConnectionState;
+    let rec = ring.wait_record(1, Duration::from_secs(60)).await;
+    assert_eq!((rec.generation, rec.peer_id.as_str()), (1, succ_peer_id));
+    let status = status_json(&rec).await;
+    assert_eq!(status["generation"], 1);
+    assert_eq!(status["gap"], Value::Null, "no gap on /status.json");
+    let (reader, mut events) = ring_client(&ring.source(), "reader").await;
+    let welcome = welcome(&mut events).await;
+    assert_eq!(welcome["gap"], Value::Null, "no gap in welcome: {welcome}");
+    check_lossless("fill", &stored(&reader, "fill").await, prefill);
+    let (writer_client, acked) = writer.await.unwrap();
+    assert!(!acked.is_empty(), "the writer published during the handoff");
+    check_lossless("live", &stored(&reader, "live").await, &acked);
+    let newest = ring.record().map_or(1, |r| r.generation);
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        writer_client.wait_state(
+            |s| matches!(s, ConnectionState::Live { generation, .. } if *generation >= newest),
+        ),
+    )
+    .await
+    .expect("the writer ends on the newest node")
+    .unwrap();
+    writer_client.close().await;
+    reader.close().await;
+}
+
+/// kill -9 of the predecessor after the successor received the whole snapshot, while it
+/// restores it and the live tail streams, before the cut-over (a client publishes all the
+/// time; many small messages make the restore take a while): the successor retries, then
+/// keeps its transferred state or restores the newest backup, whichever is newer, and
+/// announces the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predecessor_killed_mid_tail_successor_keeps_the_newest_state_with_a_gap() {
+    init();
+    let started = Instant::now();
+    let ring = CrashRing::new("a ring secret for the crash tests");
+    let mut pred = ring.start("predecessor", &[]).await;
+    ring.wait_record(0, Duration::from_secs(20)).await;
+    let (filler, _ev) = ring_client(&ring.source(), "filler").await;
+    let prefill = fill(&filler, "fill", 4000, 100).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = spawn_writer(ring.source(), stop.clone());
+    ring.wait_backup(&BTreeMap::from([(
+        "fill".to_string(),
+        prefill.len() as u64,
+    )]))
+    .await;
+
+    let succ = ring
+        .start_successor(&pred, &["--handoff-give-up-after", "3s"])
+        .await;
+    succ.log
+        .wait("handoff: snapshot received", Duration::from_secs(60))
+        .await;
+    pred.child.start_kill().unwrap();
+    let _ = pred.child.wait().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let restored = succ
+        .log
+        .wait("handoff: snapshot restored", Duration::from_secs(30))
+        .await;
+    assert!(
+        !pred.log.has("handoff: cut-over"),
+        "the kill missed the tail phase (restore took {} ms)",
+        restored["fields"]["ms"]
+    );
+    let gave_up = succ
+        .log
+        .wait("handoff: successor gives up", Duration::from_secs(30))
+        .await;
+    assert_eq!(gave_up["fields"]["reason"], "PredecessorUnreachable");
+    assert_eq!(gave_up["fields"]["transferred"], "Snapshot", "{gave_up}");
+    check_recovered_successor(&ring, &succ, &prefill, writer, &["handoff", "backup"]).await;
+    filler.close().await;
+    eprintln!(
+        "mid-tail scenario took {:?} (restore {} ms)",
+        started.elapsed(),
+        restored["fields"]["ms"]
+    );
+}
+
+/// kill -9 of the predecessor right after it logged its cut-over (writes refused, final
+/// tail and `cut_over` on their way). Two documented outcomes, depending on what reached
+/// the successor before the kill: it had `cut_over` and the whole final tail → it confirms,
+/// publishes and serves without the predecessor, nothing lost, no gap; otherwise it retries,
+/// keeps what it has (or the newest backup, if newer) and announces the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predecessor_killed_after_cut_over_successor_serves_with_every_acknowledged_message() {
+    init();
+    let started = Instant::now();
+    let ring = CrashRing::new("a ring secret for the crash tests");
+    let mut pred = ring.start("predecessor", &[]).await;
+    ring.wait_record(0, Duration::from_secs(20)).await;
+    let (filler, _ev) = ring_client(&ring.source(), "filler").await;
+    let prefill = fill(&filler, "fill", 500, 1000).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = spawn_writer(ring.source(), stop.clone());
+    ring.wait_backup(&BTreeMap::from([(
+        "fill".to_string(),
+        prefill.len() as u64,
+    )]))
+    .await;
+
+    let succ = ring
+        .start_successor(&pred, &["--handoff-give-up-after", "3s"])
+        .await;
+    pred.log
+        .wait("handoff: cut-over", Duration::from_secs(60))
+        .await;
+    pred.child.start_kill().unwrap();
+    let _ = pred.child.wait().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Which outcome: the successor took over by itself, or gave up and recovered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let took_over = loop {
+        if succ.log.has("took over from the predecessor") {
+            break true;
+        }
+        if succ.log.has("handoff: successor gives up") {
+            break false;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the successor neither took over nor gave up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    if took_over {
+        eprintln!("after cut-over: the successor had everything and went live by itself");
+        assert!(!succ.log.has("handoff: successor gives up"));
+        check_lossless_successor(&ring, &succ.peer_id, &prefill, writer).await;
+    } else {
+        let gave_up = succ.log.all("handoff: successor gives up").remove(0);
+        eprintln!("after cut-over: the final tail was cut off: {gave_up}");
+        assert_eq!(gave_up["fields"]["reason"], "PredecessorUnreachable");
+        assert!(
+            ["Snapshot", "CutOver"].contains(&gave_up["fields"]["transferred"].as_str().unwrap()),
+            "{gave_up}"
+        );
+        check_recovered_successor(&ring, &succ, &prefill, writer, &["handoff", "backup"]).await;
+    }
+    filler.close().await;
+    eprintln!("after-cut-over scenario took {:?}", started.elapsed());
+}
+
+/// kill -9 of the successor while snapshot chunks flow (launched by its predecessor's
+/// lifecycle, `--launcher local`): the predecessor keeps serving as primary, aborts the
+/// session after `--handoff-resume-timeout`, relaunches after the successor timeout, and the
+/// new successor takes over with every acknowledged message and no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successor_killed_mid_snapshot_predecessor_keeps_serving_and_relaunches() {
+    init();
+    let started = Instant::now();
+    let ring = CrashRing::new("a ring secret for the crash tests");
+    let args = [
+        "--launcher",
+        "local",
+        // The successor is launched 6 s after the start (time to fill the node).
+        "--lifetime",
+        "90s",
+        "--handoff-lead",
+        "84s",
+        "--deadline-margin",
+        "2s",
+        "--successor-timeout",
+        "5s",
+        "--handoff-resume-timeout",
+        "2s",
+        "--drain-timeout",
+        "1s",
+        "--handoff-chunk-size",
+        "1KiB",
+        "--handoff-window",
+        "1",
+    ]
+    .map(String::from);
+    let mut pred = ring.start("predecessor", &args).await;
+    ring.wait_record(0, Duration::from_secs(20)).await;
+    let (filler, _ev) = ring_client(&ring.source(), "filler").await;
+    let mut prefill = fill(&filler, "fill", 100, 4000).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = spawn_writer(ring.source(), stop.clone());
+
+    let launched = pred
+        .log
+        .wait("launched local successor", Duration::from_secs(30))
+        .await;
+    assert_eq!(launched["fields"]["attempt"], 1);
+    let first_pid = launched["fields"]["pid"].as_u64().unwrap() as u32;
+    let gen1 = NodeLog::tail_file("generation 1", ring.data.join("logs/node-gen1.log"));
+    pred.log
+        .wait("handoff: snapshot exported", Duration::from_secs(30))
+        .await;
+    kill9(first_pid);
+    let killed_at = Instant::now();
+    assert!(
+        !gen1.has("handoff: snapshot received"),
+        "the kill missed the snapshot phase"
+    );
+    let first_peer = gen1.peer_ids().remove(0);
+    // Still primary: a publish is acknowledged while the successor is gone.
+    let probe = |i: usize| {
+        let filler = &filler;
+        async move {
+            let id = format!("fill-probe-{i}");
+            let ack = tokio::time::timeout(
+                Duration::from_secs(10),
+                filler.publish_with_id("fill", &id, json!(i)),
+            )
+            .await
+            .expect("the predecessor answers")
+            .expect("the predecessor still accepts writes");
+            (ack.seq, id)
+        }
+    };
+    prefill.push(probe(0).await);
+    let aborted = pred
+        .log
+        .wait("handoff aborted", Duration::from_secs(60))
+        .await;
+    eprintln!(
+        "session aborted {:?} after the kill: {}",
+        killed_at.elapsed(),
+        aborted["fields"]["reason"]
+    );
+    prefill.push(probe(1).await);
+    let relaunched = pred
+        .log
+        .wait_nth("launched local successor", 2, Duration::from_secs(30))
+        .await;
+    assert_eq!(relaunched["fields"]["attempt"], 2);
+    // The lifecycle waited the successor timeout (5 s) after the abort before relaunching.
+    let at = |v: &Value| humantime::parse_rfc3339_weak(v["timestamp"].as_str().unwrap()).unwrap();
+    let waited = at(&relaunched).duration_since(at(&aborted)).unwrap();
+    assert!(
+        waited >= Duration::from_millis(4900),
+        "relaunched {waited:?} after the abort"
+    );
+    gen1.wait("took over from the predecessor", Duration::from_secs(60))
+        .await;
+    let peers = gen1.peer_ids();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    assert_ne!(peers[1], first_peer);
+    pred.log
+        .wait("handoff: successor is live", Duration::from_secs(10))
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    check_lossless_successor(&ring, &peers[1], &prefill, writer).await;
+    // The predecessor drains and exits on its own.
+    let status = tokio::time::timeout(Duration::from_secs(20), pred.child.wait())
+        .await
+        .expect("the predecessor exits after the drain")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    filler.close().await;
+    eprintln!("successor-killed scenario took {:?}", started.elapsed());
 }
