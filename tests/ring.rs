@@ -1097,7 +1097,7 @@ async fn ring_client(
     cfg.request_timeout = Duration::from_secs(10);
     ouroboros::client::Client::connect_discovered(source, cfg)
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("client {name} cannot connect: {e}"))
 }
 
 /// Publishes `n` messages of `body_len` bytes to `room`, 64 at a time; returns the acks as
@@ -1130,15 +1130,18 @@ async fn fill(
 }
 
 /// A client publishing to room `live` as fast as acks come until `stop` or the first
-/// error (its node died); returns the client and its acks as (seq, id).
-fn spawn_writer(
+/// error (its node died); returns once the first publish is acknowledged, with the task
+/// that yields the client and its acks as (seq, id).
+async fn spawn_writer(
     source: String,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> tokio::task::JoinHandle<(ouroboros::client::Client, Vec<(u64, String)>)> {
-    tokio::spawn(async move {
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
         let (client, mut events) = ring_client(&source, "writer").await;
         tokio::spawn(async move { while events.recv().await.is_some() {} });
         client.join("live", None).await.unwrap();
+        let mut first_tx = Some(first_tx);
         let mut acked = Vec::new();
         let mut i = 0u64;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -1147,11 +1150,19 @@ fn spawn_writer(
                 Ok(ack) => acked.push((ack.seq, id)),
                 Err(_) => break,
             }
+            if let Some(tx) = first_tx.take() {
+                let _ = tx.send(());
+            }
             i += 1;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         (client, acked)
-    })
+    });
+    tokio::time::timeout(Duration::from_secs(30), first_rx)
+        .await
+        .expect("the writer's first publish is acknowledged")
+        .expect("the writer runs");
+    task
 }
 
 /// Every stored message of `room` as (seq, id), oldest first.
@@ -1348,7 +1359,7 @@ async fn predecessor_killed_mid_snapshot_successor_recovers_from_backup_with_a_g
     let (filler, _ev) = ring_client(&ring.source(), "filler").await;
     let prefill = fill(&filler, "fill", 200, 4000).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = spawn_writer(ring.source(), stop.clone());
+    let writer = spawn_writer(ring.source(), stop.clone()).await;
     ring.wait_backup(&BTreeMap::from([(
         "fill".to_string(),
         prefill.len() as u64,
@@ -1448,7 +1459,7 @@ async fn predecessor_killed_mid_tail_successor_keeps_the_newest_state_with_a_gap
     let (filler, _ev) = ring_client(&ring.source(), "filler").await;
     let prefill = fill(&filler, "fill", 8000, 100).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = spawn_writer(ring.source(), stop.clone());
+    let writer = spawn_writer(ring.source(), stop.clone()).await;
     ring.wait_backup(&BTreeMap::from([(
         "fill".to_string(),
         prefill.len() as u64,
@@ -1503,7 +1514,7 @@ async fn predecessor_killed_after_cut_over_successor_serves_with_every_acknowled
     let (filler, _ev) = ring_client(&ring.source(), "filler").await;
     let prefill = fill(&filler, "fill", 500, 1000).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = spawn_writer(ring.source(), stop.clone());
+    let writer = spawn_writer(ring.source(), stop.clone()).await;
     ring.wait_backup(&BTreeMap::from([(
         "fill".to_string(),
         prefill.len() as u64,
@@ -1588,7 +1599,7 @@ async fn successor_killed_mid_snapshot_predecessor_keeps_serving_and_relaunches(
     let (filler, _ev) = ring_client(&ring.source(), "filler").await;
     let mut prefill = fill(&filler, "fill", 100, 4000).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = spawn_writer(ring.source(), stop.clone());
+    let writer = spawn_writer(ring.source(), stop.clone()).await;
 
     let launched = pred
         .log
