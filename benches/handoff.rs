@@ -20,7 +20,7 @@ use ouroboros::handoff::{
 };
 use ouroboros::peer::codec::Serialization;
 use ouroboros::peer::{ConnectOptions, Peer, PeerConfig};
-use ouroboros::relay::{ConnId, ConnInfo, Mode, Output, Relay, RelayConfig};
+use ouroboros::relay::{ConnId, ConnInfo, Mode, Output, Relay, RelayConfig, Snapshot};
 use ouroboros::signaling::{self, SignalConfig, Signaling};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -92,6 +92,79 @@ fn endpoint(port: u16) -> SignalingEndpoint {
         key: "peerjs".into(),
         secure: false,
     }
+}
+
+/// Fills a relay like [`run`] does.
+fn filled(node: &str, mb: usize) -> SharedRelay {
+    let shared = relay(node, 0);
+    {
+        let mut r = shared.relay.lock().unwrap();
+        open(&mut r, 1, "filler");
+        let body = "x".repeat(1000);
+        let n = mb * 1024 * 1024 / 1024;
+        for i in 0..n {
+            let (res, _) = publish(
+                &mut r,
+                1,
+                &format!("room-{}", i % 16),
+                &format!("f{i}"),
+                &body,
+            );
+            res.unwrap();
+        }
+    }
+    shared
+}
+
+/// `--phases`: the CPU-bound steps of a handoff one by one, no network: export (store →
+/// snapshot → JSON), SHA-256 of the snapshot, decode (ours, and plain serde for
+/// reference) and `Relay::restore`.
+fn cpu_phases(mb: usize) {
+    let shared = filled("phases", mb);
+    let t = Instant::now();
+    let bytes = {
+        let r = shared.relay.lock().unwrap();
+        r.export_snapshot()
+    }
+    .to_json();
+    let export = t.elapsed();
+    let t = Instant::now();
+    let digest = ouroboros::handoff::sha256_hex(&bytes);
+    let hash = t.elapsed();
+    // Each decoder twice, alternating, keeping the second time: the first decode of a
+    // process pays for fresh pages that later ones reuse.
+    let mut decode = Duration::ZERO;
+    let mut decode_plain = Duration::ZERO;
+    let mut snap = None;
+    for _ in 0..2 {
+        let t = Instant::now();
+        let plain: Snapshot = serde_json::from_slice(&bytes).unwrap();
+        decode_plain = t.elapsed();
+        let n = plain.messages.len();
+        drop(plain);
+        drop(snap.take());
+        let t = Instant::now();
+        let ours = Snapshot::from_json(&bytes).unwrap();
+        decode = t.elapsed();
+        assert_eq!(ours.messages.len(), n);
+        snap = Some(ours);
+    }
+    let snap = snap.expect("decoded");
+    let config = shared.config.clone();
+    let t = Instant::now();
+    let restored = Relay::restore(config, snap, Instant::now()).unwrap();
+    let restore = t.elapsed();
+    drop(restored);
+    println!(
+        "phases {mb:>5} MB: snapshot {} bytes (sha256 {}…) | export {:.2}s | sha256 {:.2}s | decode {:.2}s (plain serde {:.2}s) | restore {:.2}s",
+        bytes.len(),
+        &digest[..12],
+        export.as_secs_f64(),
+        hash.as_secs_f64(),
+        decode.as_secs_f64(),
+        decode_plain.as_secs_f64(),
+        restore.as_secs_f64(),
+    );
 }
 
 async fn run(mb: usize) {
@@ -258,7 +331,7 @@ async fn run(mb: usize) {
                 &pid,
                 ConnectOptions {
                     label: Some(HANDOFF_LABEL.into()),
-                    serialization: Serialization::Binary,
+                    serialization: Serialization::Raw,
                     reliable: true,
                     metadata: None,
                 },
@@ -324,6 +397,7 @@ async fn main() {
             .with_writer(std::io::stderr)
             .init();
     }
+    let phases = std::env::args().any(|a| a == "--phases");
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
@@ -334,6 +408,10 @@ async fn main() {
         sizes
     };
     for mb in sizes {
-        run(mb).await;
+        if phases {
+            cpu_phases(mb);
+        } else {
+            run(mb).await;
+        }
     }
 }

@@ -28,6 +28,11 @@ struct Server {
 }
 
 async fn start_server() -> Server {
+    start_server_with(&[]).await
+}
+
+/// Our server (or the reference one, see `start_server`) with extra `ouroboros signal` flags.
+async fn start_server_with(extra: &[&str]) -> Server {
     ouroboros::install_crypto_provider();
     let reference = std::env::var("PEER_TEST_SERVER").as_deref() == Ok("reference");
     let mut cmd = if reference {
@@ -44,7 +49,8 @@ async fn start_server() -> Server {
         let mut c = Command::new(env!("CARGO_BIN_EXE_ouroboros"));
         c.env("RUST_LOG", "warn")
             .args(["signal", "--port", "0", "--host", "127.0.0.1", "--key", KEY])
-            .args(["--path", PATH, "--expire-timeout", "1000"]);
+            .args(["--path", PATH, "--expire-timeout", "1000"])
+            .args(extra);
         c
     };
     let mut child = cmd
@@ -57,7 +63,10 @@ async fn start_server() -> Server {
     let port = timeout(Duration::from_secs(20), async {
         while let Some(line) = lines.next_line().await.expect("server stdout") {
             // ours: `listening on http://127.0.0.1:PORT/p2p/`; reference: `... port: PORT, path: ...`
-            let port = if let Some(rest) = line.strip_prefix("listening on http://") {
+            let port = if let Some(rest) = line
+                .strip_prefix("listening on http://")
+                .or_else(|| line.strip_prefix("listening on https://"))
+            {
                 rest.split('/')
                     .next()
                     .and_then(|a| a.rsplit(':').next())
@@ -484,4 +493,74 @@ async fn a_slow_receiver_bounds_the_sender() {
     waiting.await.unwrap().unwrap();
     client.close().await;
     sink.close().await;
+}
+
+/// `secure: true` end to end: id fetched over HTTPS, signaling over WSS (a server with a
+/// private CA, trusted through `tls_root_pem`), a DataConnection through it. Without the
+/// CA the certificate is refused, so the check is real.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_signaling_with_a_private_ca() {
+    if std::env::var("PEER_TEST_SERVER").as_deref() == Ok("reference") {
+        return; // the reference server is started without TLS here
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let cert = dir.join("test-server.pem");
+    let key = dir.join("test-server.key");
+    let srv = start_server_with(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ])
+    .await;
+    let ca = std::fs::read_to_string(dir.join("test-ca.pem")).unwrap();
+    let secure = |id: Option<&str>| {
+        let mut c = config(srv.port, id);
+        c.host = "localhost".into();
+        c.secure = true;
+        c.tls_root_pem = Some(ca.clone());
+        c
+    };
+    let echo = Peer::open(secure(Some("tls-echo"))).await.unwrap();
+    spawn_echo(echo.clone());
+    // No id: fetched from https://localhost:PORT/p2p/testkey/id.
+    let client = Peer::open(secure(None)).await.unwrap();
+    assert!(!client.id().is_empty());
+    let opts = ConnectOptions {
+        serialization: Serialization::Json,
+        ..Default::default()
+    };
+    let mut conn = client.connect("tls-echo", opts).await.unwrap();
+    let v = Value::from_json(serde_json::json!({"over": "wss"}));
+    conn.send(&v).await.unwrap();
+    let got = timeout(Duration::from_secs(10), conn.recv())
+        .await
+        .expect("echo in time")
+        .expect("open")
+        .expect("decodes");
+    assert_eq!(got, v);
+    conn.close(false).await;
+    client.close().await;
+
+    // Without the private CA: the id fetch (HTTPS) and the WebSocket (WSS) both refuse
+    // the certificate.
+    let mut untrusted = secure(None);
+    untrusted.tls_root_pem = None;
+    let err = Peer::open(untrusted.clone()).await.unwrap_err();
+    assert!(matches!(err, PeerError::IdFetch(_)), "{err:?}");
+    untrusted.id = Some("tls-untrusted".into());
+    untrusted.reconnect = false;
+    let err = Peer::open(untrusted).await.unwrap_err();
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    // A PEM without certificates is a configuration error.
+    let mut bad = secure(Some("tls-bad"));
+    bad.tls_root_pem = Some("not a pem".into());
+    assert!(matches!(
+        Peer::open(bad).await.unwrap_err(),
+        PeerError::InvalidConfig(_)
+    ));
+    echo.close().await;
 }

@@ -9,8 +9,8 @@
 
 use super::message::{HighWater, Message};
 use super::{
-    ConnId, GiveUpReason, Predecessor, PredecessorEvent, PredecessorPhase, Successor,
-    SuccessorEvent, SuccessorPhase, Transferred, Transmit,
+    ConnId, GiveUpReason, Predecessor, PredecessorEvent, PredecessorPhase, PreparedSnapshot,
+    Successor, SuccessorEvent, SuccessorPhase, Transferred, Transmit,
 };
 use crate::discovery::{DiscoveryError, SignalingEndpoint};
 use crate::peer::DataConnection;
@@ -92,10 +92,19 @@ impl SharedRelay {
 
 /// Parses a snapshot off the async threads (a large one takes a while).
 async fn decode_snapshot(bytes: Vec<u8>) -> Result<Snapshot, String> {
-    tokio::task::spawn_blocking(move || Snapshot::from_json(&bytes))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let snap = Snapshot::from_json(&bytes);
+        tracing::debug!(
+            bytes = bytes.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "handoff: snapshot decoded"
+        );
+        snap
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
 }
 
 fn encode_event(e: &ReplicationEvent) -> Vec<u8> {
@@ -328,12 +337,43 @@ fn open_gap_on(
     skipped
 }
 
+/// Largest DataConnection message on a `raw` handoff connection: the 256 KiB SCTP
+/// message limit both Ouroboros peers announce. Longer handoff messages are split into
+/// `OHBF` fragments (see `protocol/handoff.md`).
+pub const RAW_FRAME_MAX: usize = 256 * 1024;
+/// Prefix of a fragment of a handoff message on a `raw` connection.
+const FRAGMENT_MAGIC: &[u8; 4] = b"OHBF";
+/// Fragment header: magic and the "last fragment" flag.
+const FRAGMENT_HEADER: usize = 5;
+
 /// Encodes a handoff message for a connection's serialization: `binary`/`msgpack` get the
-/// binary frame, `json`/`raw` the JSON object.
-pub fn to_value(serialization: Serialization, m: &Message) -> Value {
+/// binary frame, `json` the JSON object, `raw` the binary frame as is (split into `OHBF`
+/// fragments above [`RAW_FRAME_MAX`]).
+pub fn to_values(serialization: Serialization, m: &Message) -> Vec<Value> {
     match serialization {
-        Serialization::Json => Value::from_json(serde_json::to_value(m).expect("serializes")),
-        _ => Value::Bin(m.to_binary().into()),
+        Serialization::Json => vec![Value::from_json(
+            serde_json::to_value(m).expect("serializes"),
+        )],
+        Serialization::Raw => {
+            let bytes = m.to_binary();
+            if bytes.len() <= RAW_FRAME_MAX {
+                return vec![Value::Bin(bytes.into())];
+            }
+            let part = RAW_FRAME_MAX - FRAGMENT_HEADER;
+            let n = bytes.len().div_ceil(part);
+            bytes
+                .chunks(part)
+                .enumerate()
+                .map(|(i, p)| {
+                    let mut f = Vec::with_capacity(FRAGMENT_HEADER + p.len());
+                    f.extend_from_slice(FRAGMENT_MAGIC);
+                    f.push(u8::from(i + 1 == n));
+                    f.extend_from_slice(p);
+                    Value::Bin(f.into())
+                })
+                .collect()
+        }
+        _ => vec![Value::Bin(m.to_binary().into())],
     }
 }
 
@@ -347,6 +387,56 @@ pub fn from_value(v: &Value) -> Result<Message, String> {
         Value::Str(s) => Message::from_json(s).map_err(|e| e.to_string()),
         Value::Map(_) => serde_json::from_value(v.to_json()).map_err(|e| e.to_string()),
         _ => Err("not a handoff message".into()),
+    }
+}
+
+/// Reassembles `OHBF` fragments (raw connections) into whole handoff messages.
+#[derive(Debug, Default)]
+pub struct Defragmenter {
+    partial: Vec<u8>,
+    broken: bool,
+}
+
+impl Defragmenter {
+    /// Feeds one received value; returns a decoded message when one is complete.
+    ///
+    /// # Errors
+    /// An undecodable message, or fragments adding up to more than the handoff message
+    /// limit (the rest of that message is then skipped).
+    pub fn push(&mut self, v: Value) -> Result<Option<Message>, String> {
+        let Value::Bin(b) = &v else {
+            return from_value(&v).map(Some);
+        };
+        if !b.starts_with(FRAGMENT_MAGIC) {
+            if !self.partial.is_empty() || self.broken {
+                self.partial.clear();
+                self.broken = false;
+                tracing::debug!("handoff: unfinished fragmented message dropped");
+            }
+            return from_value(&v).map(Some);
+        }
+        let Some(&last) = b.get(4) else {
+            return Err("fragment without header".into());
+        };
+        let last = last != 0;
+        if !self.broken {
+            if self.partial.len() + b.len() - FRAGMENT_HEADER > super::message::MAX_MESSAGE_BYTES {
+                self.partial = Vec::new();
+                self.broken = true;
+            } else {
+                self.partial.extend_from_slice(&b[FRAGMENT_HEADER..]);
+            }
+        }
+        if !last {
+            return Ok(None);
+        }
+        if std::mem::take(&mut self.broken) {
+            return Err("fragmented handoff message above the size limit".into());
+        }
+        let whole = std::mem::take(&mut self.partial);
+        Message::from_binary(&whole)
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -365,17 +455,21 @@ fn attach(
     let (sender, mut receiver) = conn.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
     tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            if sender.send(&to_value(serialization, &m)).await.is_err() {
-                break;
+        'send: while let Some(m) = rx.recv().await {
+            for v in to_values(serialization, &m) {
+                if sender.send(&v).await.is_err() {
+                    break 'send;
+                }
             }
         }
         sender.close(true).await;
     });
     tokio::spawn(async move {
+        let mut defrag = Defragmenter::default();
         while let Some(item) = receiver.recv().await {
-            match item.map_err(|e| e.to_string()).and_then(|v| from_value(&v)) {
-                Ok(m) => {
+            match item.map_err(|e| e.to_string()).and_then(|v| defrag.push(v)) {
+                Ok(None) => {}
+                Ok(Some(m)) => {
                     if inbox.send(Inbound::Msg(id, m)).is_err() {
                         break;
                     }
@@ -424,12 +518,19 @@ pub fn spawn_predecessor(mut pred: Predecessor, host: Arc<dyn HandoffHost>) -> P
                         PredecessorEvent::SnapshotNeeded => {
                             let started = Instant::now();
                             let bytes = host.export_snapshot().await;
+                            let len = bytes.len();
+                            let chunk = pred.chunk_size();
+                            let prepared = tokio::task::spawn_blocking(move || {
+                                PreparedSnapshot::new(bytes, chunk)
+                            })
+                            .await
+                            .expect("hashing does not panic");
                             tracing::info!(
-                                bytes = bytes.len(),
+                                bytes = len,
                                 ms = started.elapsed().as_millis() as u64,
-                                "handoff: snapshot exported"
+                                "handoff: snapshot exported and hashed"
                             );
-                            pred.provide_snapshot(now, bytes);
+                            pred.provide_prepared(now, prepared);
                         }
                         PredecessorEvent::ReadyForCutOver => {
                             for e in host.take_replication().await {

@@ -124,6 +124,36 @@ struct Snapshot {
     bytes: Vec<u8>,
     sha256: String,
     chunks: u32,
+    /// SHA-256 of every chunk, computed once.
+    chunk_sha256: Vec<String>,
+}
+
+/// A snapshot with its digests (whole and per chunk), prepared off the async threads
+/// for [`Predecessor::provide_prepared`]: hashing a large snapshot takes a while.
+#[derive(Debug)]
+pub struct PreparedSnapshot {
+    bytes: Vec<u8>,
+    chunk_size: usize,
+    sha256: String,
+    chunk_sha256: Vec<String>,
+}
+
+impl PreparedSnapshot {
+    /// Hashes `bytes` whole and in `chunk_size` pieces, on two threads.
+    pub fn new(bytes: Vec<u8>, chunk_size: usize) -> PreparedSnapshot {
+        let chunk_size = chunk_size.max(1);
+        let (sha256, chunk_sha256) = std::thread::scope(|scope| {
+            let whole = scope.spawn(|| sha256_hex(&bytes));
+            let chunks: Vec<String> = bytes.chunks(chunk_size).map(sha256_hex).collect();
+            (whole.join().expect("hashing does not panic"), chunks)
+        });
+        PreparedSnapshot {
+            bytes,
+            chunk_size,
+            sha256,
+            chunk_sha256,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -183,9 +213,11 @@ impl Predecessor {
         peer_id: impl Into<String>,
         generation: u64,
         secret: Secret,
-        cfg: HandoffConfig,
+        mut cfg: HandoffConfig,
         now: Instant,
     ) -> Self {
+        cfg.chunk_size = cfg.chunk_size.max(1);
+        cfg.window = cfg.window.max(1);
         Predecessor {
             peer_id: peer_id.into(),
             generation,
@@ -526,21 +558,38 @@ impl Predecessor {
         self.events.push_back(PredecessorEvent::SnapshotNeeded);
     }
 
+    /// Snapshot chunk size in bytes (for [`PreparedSnapshot::new`]).
+    pub fn chunk_size(&self) -> usize {
+        self.cfg.chunk_size
+    }
+
     /// The relay snapshot exported for the current session (answer to `SnapshotNeeded`).
     /// Every replication event after this export must go to [`Predecessor::push_tail`].
-    pub fn provide_snapshot(&mut self, _now: Instant, bytes: Vec<u8>) {
+    pub fn provide_snapshot(&mut self, now: Instant, bytes: Vec<u8>) {
+        let prepared = PreparedSnapshot::new(bytes, self.cfg.chunk_size);
+        self.provide_prepared(now, prepared);
+    }
+
+    /// [`Predecessor::provide_snapshot`] with the digests already computed (made with
+    /// this predecessor's `chunk_size`; otherwise they are recomputed here).
+    pub fn provide_prepared(&mut self, now: Instant, prepared: PreparedSnapshot) {
         let chunk = self.cfg.chunk_size;
+        if prepared.chunk_size != chunk {
+            return self.provide_snapshot(now, prepared.bytes);
+        }
         let Some(s) = &mut self.session else {
             return;
         };
         if s.snapshot.is_some() {
             return;
         }
+        let bytes = prepared.bytes;
         let chunks = bytes.len().div_ceil(chunk) as u32;
         let snap = Snapshot {
-            sha256: sha256_hex(&bytes),
+            sha256: prepared.sha256,
             chunks,
             bytes,
+            chunk_sha256: prepared.chunk_sha256,
         };
         tracing::info!(
             session = s.id,
@@ -831,12 +880,17 @@ impl Predecessor {
             let end = (start + self.cfg.chunk_size).min(snap.bytes.len());
             let data = snap.bytes[start..end].to_vec();
             s.next_send += 1;
+            let sha256 = snap
+                .chunk_sha256
+                .get(index as usize)
+                .cloned()
+                .unwrap_or_else(|| sha256_hex(&data));
             return Some(Transmit::Send(
                 conn,
                 Message::Chunk {
                     session: s.id,
                     index,
-                    sha256: sha256_hex(&data),
+                    sha256,
                     data,
                 },
             ));

@@ -18,8 +18,12 @@ use super::auth::{self, Binding, Role};
 use super::message::{HighWater, Message, PROTOCOL_VERSION, RefuseCode, Resume};
 use super::{Secret, sha256_hex};
 use crate::discovery::SignalingEndpoint;
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
+
+/// Largest snapshot buffer allocated up front (larger ones grow as chunks arrive).
+const MAX_PREALLOCATION: usize = 4 << 30;
 
 /// Successor timing settings.
 #[derive(Debug, Clone)]
@@ -151,6 +155,8 @@ struct Session {
     chunks: u32,
     sha256: String,
     buf: Vec<u8>,
+    /// SHA-256 of `buf` so far, fed chunk by chunk (no second pass at the end).
+    hasher: Sha256,
     next_chunk: u32,
     nack_outstanding: bool,
     restored: bool,
@@ -469,7 +475,8 @@ impl Successor {
                     chunk_size,
                     chunks,
                     sha256,
-                    buf: Vec::with_capacity(size.min(64 << 20) as usize),
+                    buf: Vec::new(),
+                    hasher: Sha256::new(),
                     next_chunk: 0,
                     nack_outstanding: false,
                     restored: false,
@@ -548,7 +555,14 @@ impl Successor {
             return;
         }
         s.nack_outstanding = false;
+        if s.buf.is_empty() {
+            // The authenticated predecessor announced the size and the first chunk
+            // matched it: allocate once instead of doubling through a large snapshot.
+            s.buf
+                .reserve_exact((s.size as usize).min(MAX_PREALLOCATION));
+        }
         s.buf.extend_from_slice(&data);
+        s.hasher.update(&data);
         s.next_chunk += 1;
         if s.next_chunk == s.chunks {
             // The last chunk is acknowledged once the snapshot is restored
@@ -565,7 +579,7 @@ impl Successor {
 
     fn snapshot_complete(&mut self) {
         let s = self.session.as_mut().expect("snapshot of a session");
-        if sha256_hex(&s.buf) != s.sha256 {
+        if hex::encode(s.hasher.finalize_reset()) != s.sha256 {
             tracing::warn!(
                 session = s.id,
                 "handoff: snapshot checksum mismatch; starting over"

@@ -365,7 +365,9 @@ async fn join(
                             &pred_id,
                             ConnectOptions {
                                 label: Some(HANDOFF_LABEL.into()),
-                                serialization: Serialization::Binary,
+                                // Whole handoff messages per DataConnection message
+                                // (no BinaryPack 16 KB chunking): faster bulk.
+                                serialization: Serialization::Raw,
                                 reliable: true,
                                 // On Actions the predecessor checks this run through the API.
                                 metadata: std::env::var("GITHUB_RUN_ID")

@@ -108,6 +108,10 @@ pub struct PeerConfig {
     pub token: Option<String>,
     /// STUN/TURN servers (none by default: loopback and LAN only).
     pub ice_servers: Vec<IceServer>,
+    /// Extra trusted root certificates (PEM, one or more) for `secure` servers, in addition
+    /// to the built-in web roots (Mozilla's, via `webpki-roots`, for the WebSocket; the
+    /// platform's for the id fetch): for a self-hosted PeerJS server with a private CA.
+    pub tls_root_pem: Option<String>,
     /// Extra HTTP headers on the id fetch and the WebSocket upgrade
     /// (e.g. `ngrok-skip-browser-warning`).
     pub http_headers: Vec<(String, String)>,
@@ -146,6 +150,7 @@ impl PeerConfig {
             id: None,
             token: None,
             ice_servers: Vec::new(),
+            tls_root_pem: None,
             http_headers: Vec::new(),
             udp_addrs: vec!["0.0.0.0:0".into(), "127.0.0.1:0".into()],
             connect_timeout: Duration::from_secs(30),

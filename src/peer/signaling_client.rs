@@ -89,10 +89,57 @@ pub(crate) fn ws_url(config: &PeerConfig, id: &str, token: &str) -> String {
     )
 }
 
+/// The extra root certificates of `config.tls_root_pem`, DER-encoded.
+fn extra_roots(config: &PeerConfig) -> Result<Vec<Vec<u8>>, PeerError> {
+    let Some(pem) = &config.tls_root_pem else {
+        return Ok(Vec::new());
+    };
+    let certs: Vec<Vec<u8>> = rustls_pemfile::certs(&mut pem.as_bytes())
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| PeerError::InvalidConfig(format!("tls_root_pem: {e}")))?;
+    if certs.is_empty() {
+        return Err(PeerError::InvalidConfig(
+            "tls_root_pem holds no CERTIFICATE block".into(),
+        ));
+    }
+    Ok(certs)
+}
+
+/// A rustls connector trusting the web roots plus `config.tls_root_pem`; `None` when no
+/// extra roots are configured (tungstenite's own web-roots connector is used then).
+fn tls_connector(config: &PeerConfig) -> Result<Option<tokio_tungstenite::Connector>, PeerError> {
+    let extra = extra_roots(config)?;
+    if extra.is_empty() {
+        return Ok(None);
+    }
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for der in extra {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der))
+            .map_err(|e| PeerError::InvalidConfig(format!("tls_root_pem: {e}")))?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| PeerError::InvalidConfig(format!("TLS: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Some(tokio_tungstenite::Connector::Rustls(Arc::new(tls))))
+}
+
 /// Fetches a fresh id from `{path}{key}/id`.
 pub(crate) async fn fetch_id(config: &PeerConfig) -> Result<String, PeerError> {
-    let client = reqwest::Client::builder()
-        .timeout(OPEN_TIMEOUT)
+    let mut builder = reqwest::Client::builder().timeout(OPEN_TIMEOUT);
+    for der in extra_roots(config)? {
+        let cert = reqwest::Certificate::from_der(&der)
+            .map_err(|e| PeerError::InvalidConfig(format!("tls_root_pem: {e}")))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    let client = builder
         .build()
         .map_err(|e| PeerError::IdFetch(e.to_string()))?;
     let mut req = client.get(id_url(config));
@@ -135,7 +182,13 @@ async fn open_socket(config: &PeerConfig, id: &str, token: &str) -> Result<Ws, P
     let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME))
         .max_frame_size(Some(MAX_FRAME));
-    let fut = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
+    let connector = if config.secure {
+        tls_connector(config)?
+    } else {
+        None
+    };
+    let fut =
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(ws_config), true, connector);
     match tokio::time::timeout(OPEN_TIMEOUT, fut).await {
         Ok(Ok((ws, _resp))) => Ok(ws),
         Ok(Err(e)) => Err(PeerError::Network(e.to_string())),

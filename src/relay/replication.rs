@@ -1,9 +1,68 @@
 //! What a successor needs: a [`Snapshot`] of the whole store and the
 //! [`ReplicationEvent`]s that follow it.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use super::store::{StoredMessage, push_json_str};
+
+/// One shared `Arc<str>` per distinct name while decoding.
+#[derive(Default)]
+struct Interner<'a> {
+    borrowed: HashMap<&'a str, Arc<str>>,
+    owned: HashMap<String, Arc<str>>,
+}
+
+impl<'a> Interner<'a> {
+    fn get(&mut self, name: Cow<'a, str>) -> Arc<str> {
+        match name {
+            Cow::Borrowed(b) => self
+                .borrowed
+                .entry(b)
+                .or_insert_with(|| Arc::from(b))
+                .clone(),
+            Cow::Owned(o) => self
+                .owned
+                .entry(o)
+                .or_insert_with_key(|k| Arc::from(k.as_str()))
+                .clone(),
+        }
+    }
+}
+
+/// [`Snapshot`] as parsed, borrowing from the input.
+#[derive(Deserialize)]
+struct SnapshotRef<'a> {
+    version: u32,
+    #[serde(borrow)]
+    node: Cow<'a, str>,
+    generation: u64,
+    #[serde(default)]
+    seq_floor: u64,
+    rooms: Vec<RoomState>,
+    #[serde(borrow)]
+    messages: Vec<StoredRef<'a>>,
+}
+
+/// One stored message as parsed, borrowing from the input (a `Cow` is owned only when
+/// the JSON string had escapes).
+#[derive(Deserialize)]
+struct StoredRef<'a> {
+    #[serde(borrow)]
+    room: Cow<'a, str>,
+    seq: u64,
+    #[serde(borrow)]
+    from: Cow<'a, str>,
+    ts: u64,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    body: &'a RawValue,
+}
 
 /// Version of the [`Snapshot`] format.
 pub const SNAPSHOT_VERSION: u32 = 1;
@@ -72,10 +131,39 @@ impl Snapshot {
 
     /// Decodes [`Snapshot::to_json`]'s output.
     ///
+    /// Strings are borrowed from `bytes` while parsing, and room names and publisher
+    /// identities are interned (one shared allocation per distinct name), which makes a
+    /// large snapshot decode several times faster than a plain serde decode and keeps the
+    /// restored store as compact as one that was built by publishing.
+    ///
     /// # Errors
     /// Malformed JSON or a message body that is not valid JSON.
     pub fn from_json(bytes: &[u8]) -> Result<Snapshot, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        let raw: SnapshotRef<'_> = serde_json::from_slice(bytes)?;
+        let mut interner = Interner::default();
+        let mut intern = |c| interner.get(c);
+        let messages = raw
+            .messages
+            .into_iter()
+            .map(|m| {
+                StoredMessage::new(
+                    intern(m.room),
+                    m.seq,
+                    intern(m.from),
+                    m.ts,
+                    m.id.map(|id| Arc::from(id.as_ref())),
+                    m.body.get(),
+                )
+            })
+            .collect();
+        Ok(Snapshot {
+            version: raw.version,
+            node: raw.node.into_owned(),
+            generation: raw.generation,
+            seq_floor: raw.seq_floor,
+            rooms: raw.rooms,
+            messages,
+        })
     }
 
     /// Total size of the stored messages' serialised bodies and envelopes.
