@@ -82,11 +82,11 @@ pub struct LifecycleArgs {
     #[arg(long, env = "OUROBOROS_DATA_DIR", default_value = "ouroboros-data")]
     pub data_dir: PathBuf,
     /// Size of one snapshot chunk sent to the successor (`64KiB`; 1 KiB to 1 MiB)
-    /// [default: 512KiB]. Inherited by local successors.
+    /// [default: 255KiB]. Inherited by local successors.
     #[arg(long, env = "OUROBOROS_HANDOFF_CHUNK_SIZE", value_parser = parse_chunk_size)]
     pub handoff_chunk_size: Option<u64>,
     /// Snapshot chunks sent to the successor before waiting for its acknowledgement
-    /// (1 to 256) [default: 8]. Chunk size × window bounds the bytes in flight.
+    /// (1 to 256) [default: 32]. Chunk size × window bounds the bytes in flight.
     #[arg(long, env = "OUROBOROS_HANDOFF_WINDOW", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub handoff_window: Option<u32>,
     /// How long the predecessor keeps an interrupted handoff session for its successor
