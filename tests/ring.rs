@@ -1675,3 +1675,33 @@ async fn successor_killed_mid_snapshot_predecessor_keeps_serving_and_relaunches(
     filler.close().await;
     eprintln!("successor-killed scenario took {:?}", started.elapsed());
 }
+
+/// kill -9 of the predecessor as soon as it learnt the successor is live (`live`
+/// received; `moved` may or may not have reached the clients): nothing lost, no gap, and
+/// clients that missed `moved` find the successor through discovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predecessor_killed_after_live_nothing_is_lost() {
+    init();
+    let started = Instant::now();
+    let ring = CrashRing::new("a ring secret for the crash tests");
+    let mut pred = ring.start("predecessor", &[]).await;
+    ring.wait_record(0, Duration::from_secs(20)).await;
+    let (filler, _ev) = ring_client(&ring.source(), "filler").await;
+    let prefill = fill(&filler, "fill", 500, 1000).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = spawn_writer(ring.source(), stop.clone()).await;
+    let succ = ring.start_successor(&pred, &[]).await;
+    pred.log
+        .wait("handoff: successor is live", Duration::from_secs(60))
+        .await;
+    pred.child.start_kill().unwrap();
+    let _ = pred.child.wait().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    succ.log
+        .wait("took over from the predecessor", Duration::from_secs(10))
+        .await;
+    assert!(!succ.log.has("handoff: successor gives up"));
+    check_lossless_successor(&ring, &succ.peer_id, &prefill, writer).await;
+    filler.close().await;
+    eprintln!("after-live scenario took {:?}", started.elapsed());
+}
