@@ -603,6 +603,23 @@ mod tests {
     }
 
     #[test]
+    fn a_crash_recovery_gap_is_shown() {
+        assert!(!render_html(&sample()).contains("id=\"gap\""));
+        let mut s = sample();
+        s.gap = Some(serde_json::json!({"reason": "predecessor_lost", "room": "<i>"}));
+        let html = render_html(&s);
+        assert!(html.contains("id=\"gap\""));
+        assert!(html.contains("predecessor_lost"));
+        assert!(!html.contains("<i>"), "escaped");
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["gap"]["reason"], "predecessor_lost");
+        assert_eq!(
+            serde_json::to_value(sample()).unwrap()["gap"],
+            serde_json::Value::Null
+        );
+    }
+
+    #[test]
     fn metrics_are_prometheus_text() {
         let m = render_metrics(&sample());
         assert!(m.contains("ouroboros_relay_clients 2\n"));
