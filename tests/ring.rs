@@ -918,8 +918,14 @@ impl NodeLog {
     }
 }
 
-/// `kill -9 pid`.
-fn kill9(pid: u32) {
+/// `kill -9 pid`, only if `pid` is still a node of the ring in `data` (its command line
+/// names the ring's data dir): a pid that exited may have been reused by another process.
+fn kill9(pid: u32, data: &std::path::Path) {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let needle = data.as_os_str().as_encoded_bytes();
+    if !cmdline.windows(needle.len()).any(|w| w == needle) {
+        return;
+    }
     let _ = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .stderr(std::process::Stdio::null())
@@ -965,7 +971,7 @@ impl Drop for CrashRing {
             );
         }
         for pid in pids {
-            kill9(pid);
+            kill9(pid, &self.data);
         }
     }
 }
@@ -1611,7 +1617,16 @@ async fn successor_killed_mid_snapshot_predecessor_keeps_serving_and_relaunches(
     pred.log
         .wait("handoff: snapshot exported", Duration::from_secs(30))
         .await;
-    kill9(first_pid);
+    kill9(first_pid, &ring.data);
+    // Dead (gone, or a zombie with an empty command line) within a second.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while std::fs::read(format!("/proc/{first_pid}/cmdline")).is_ok_and(|c| !c.is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "the first successor survived kill -9"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let killed_at = Instant::now();
     assert!(
         !gen1.has("handoff: snapshot received"),
