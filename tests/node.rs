@@ -214,6 +214,12 @@ async fn limits_answer_documented_errors() {
     })
     .await;
     assert_eq!(code, "not_joined");
+    // A `json` frame of 16 300 bytes or more cannot be sent at all (peerjs's rule): the
+    // publish is refused here, not retried on a new connection after every failure.
+    match tokio::time::timeout(WAIT, c.publish("a", json!("y".repeat(17_000)))).await {
+        Ok(Err(ClientError::Unsendable(_))) => {}
+        other => panic!("expected Unsendable, got {other:?}"),
+    }
     // Still usable.
     assert_eq!(c.publish("a", json!("ok")).await.unwrap().seq, 1);
     // Rate: 30 burst at 1/s.

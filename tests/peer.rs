@@ -564,3 +564,50 @@ async fn secure_signaling_with_a_private_ca() {
     ));
     echo.close().await;
 }
+
+/// The handoff's `raw` framing over a real DataConnection: a 700 KiB handoff message goes
+/// as `OHBF` fragments within the 256 KiB SCTP message limit and comes back whole; a
+/// default-size chunk goes as one message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoff_raw_frames_cross_a_real_channel() {
+    use ouroboros::handoff::{Defragmenter, HandoffConfig, Message, sha256_hex, to_values};
+    let srv = start_server().await;
+    let echo = Peer::open(config(srv.port, Some("raw-echo")))
+        .await
+        .unwrap();
+    spawn_echo(echo.clone());
+    let client = Peer::open(config(srv.port, None)).await.unwrap();
+    let opts = ConnectOptions {
+        serialization: Serialization::Raw,
+        ..Default::default()
+    };
+    let mut conn = client.connect("raw-echo", opts).await.unwrap();
+    for len in [HandoffConfig::default().chunk_size, 700 * 1024] {
+        let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+        let m = Message::Chunk {
+            session: 1,
+            index: 0,
+            sha256: sha256_hex(&data),
+            data,
+        };
+        let frames = to_values(Serialization::Raw, &m);
+        assert_eq!(frames.len(), if len > 300 * 1024 { 3 } else { 1 });
+        for f in &frames {
+            conn.send(f).await.unwrap();
+        }
+        let mut defrag = Defragmenter::default();
+        let mut got = None;
+        while got.is_none() {
+            let v = timeout(Duration::from_secs(10), conn.recv())
+                .await
+                .expect("echo in time")
+                .expect("open")
+                .expect("decodes");
+            got = defrag.push(v).unwrap();
+        }
+        assert_eq!(got, Some(m), "{len} bytes");
+    }
+    conn.close(false).await;
+    client.close().await;
+    echo.close().await;
+}

@@ -206,29 +206,54 @@ impl Driver {
             })
             .collect();
         for j in joins {
-            self.send(&j).await;
+            let _ = self.send(&j).await;
         }
-        let resend: Vec<Json> = self
+        let resend: Vec<(String, Json)> = self
             .order
             .values()
             .filter_map(|id| {
-                self.pending
-                    .get(id)
-                    .map(|p| json!({"op":"publish","room":p.room,"id":id,"body":p.body}))
+                self.pending.get(id).map(|p| {
+                    let msg = json!({"op":"publish","room":p.room,"id":id,"body":p.body});
+                    (id.clone(), msg)
+                })
             })
             .collect();
-        for p in resend {
-            self.send(&p).await;
+        for (id, p) in resend {
+            if let Err(e) = self.send(&p).await {
+                self.fail_publish(&id, ClientError::Unsendable(e));
+            }
         }
     }
 
-    async fn send(&mut self, msg: &Json) {
+    /// Sends `msg`. A message the codec refuses (too big for the serialization) comes back
+    /// as `Err` and the connection stays up — reconnecting would not help, and re-sending a
+    /// pending publish after every reconnect would loop forever. Any other failure drops the
+    /// link (the driver reconnects).
+    async fn send(&mut self, msg: &Json) -> Result<(), String> {
         let Some(link) = self.link.as_mut() else {
-            return;
+            return Ok(());
         };
-        if let Err(e) = link.sender.send(&Value::from_json(msg.clone())).await {
-            tracing::debug!(error = %e, "send to node failed; reconnecting");
-            self.drop_link().await;
+        match link.sender.send(&Value::from_json(msg.clone())).await {
+            Ok(()) => Ok(()),
+            Err(crate::peer::ConnectionError::Codec(e)) => {
+                tracing::warn!(error = %e, "message not sent: the connection cannot carry it");
+                Err(e)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "send to node failed; reconnecting");
+                self.drop_link().await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Gives up a pending publish: every caller waiting for it gets `err`.
+    fn fail_publish(&mut self, id: &str, err: ClientError) {
+        if let Some(p) = self.pending.remove(id) {
+            self.order.remove(&p.order);
+            for tx in p.replies {
+                let _ = tx.send(Err(err.clone()));
+            }
         }
     }
 
@@ -398,11 +423,11 @@ impl Driver {
                     Some(s) => json!({"op":"join","room":room,"since":s}),
                     None => json!({"op":"join","room":room}),
                 };
-                self.send(&msg).await;
+                let _ = self.send(&msg).await;
             }
             Command::Leave { room } => {
                 self.rooms.remove(&room);
-                self.send(&json!({"op":"leave","room":room})).await;
+                let _ = self.send(&json!({"op":"leave","room":room})).await;
             }
             Command::Publish {
                 room,
@@ -411,6 +436,7 @@ impl Driver {
                 reply,
             } => {
                 let msg = json!({"op":"publish","room":room,"id":id,"body":body});
+                let key = id.clone();
                 match self.pending.get_mut(&id) {
                     Some(p) => p.replies.push(reply),
                     None => {
@@ -428,7 +454,9 @@ impl Driver {
                         );
                     }
                 }
-                self.send(&msg).await;
+                if let Err(e) = self.send(&msg).await {
+                    self.fail_publish(&key, ClientError::Unsendable(e));
+                }
             }
             Command::History {
                 room,
@@ -444,16 +472,18 @@ impl Driver {
                     msg["limit"] = json!(l);
                 }
                 self.histories.push_back((room, (reply, deadline)));
-                self.send(&msg).await;
+                let _ = self.send(&msg).await;
             }
             Command::Direct { to, body } => {
-                self.send(&json!({"op":"direct","to":to,"body":body})).await;
+                let _ = self.send(&json!({"op":"direct","to":to,"body":body})).await;
             }
             Command::Ping { reply } => {
                 self.pings.push_back((reply, Instant::now(), deadline));
-                self.send(&json!({"op":"ping"})).await;
+                let _ = self.send(&json!({"op":"ping"})).await;
             }
-            Command::Raw { msg } => self.send(&msg).await,
+            Command::Raw { msg } => {
+                let _ = self.send(&msg).await;
+            }
         }
         true
     }

@@ -61,6 +61,11 @@ pub enum ClientError {
     /// No answer in time.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
+    /// The connection's serialization cannot carry this request (`json` frames stop below
+    /// 16 300 bytes, as in peerjs; use `binary` or `msgpack` for bigger bodies). Nothing was
+    /// sent and the connection stays up.
+    #[error("cannot be sent on this connection: {0}")]
+    Unsendable(String),
     /// The client was closed.
     #[error("client closed")]
     Closed,

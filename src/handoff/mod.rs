@@ -22,8 +22,8 @@ mod successor;
 
 pub use backup::{Backup, BackupError, BackupStore, DirBackupStore};
 pub use driver::{
-    HandoffHost, HandoffInbox, PredecessorHandle, SharedRelay, SuccessorOutcome, run_successor,
-    spawn_predecessor,
+    Defragmenter, HandoffHost, HandoffInbox, PredecessorHandle, RAW_FRAME_MAX, SharedRelay,
+    SuccessorOutcome, from_value, run_successor, spawn_predecessor, to_values,
 };
 pub use message::{HANDOFF_LABEL, HighWater, Message, RefuseCode};
 pub use predecessor::{

@@ -55,6 +55,12 @@ pub trait Launcher: Send + Sync {
 
     /// A short name for logs and `/status` (`local`, `github`, `none`).
     fn name(&self) -> &'static str;
+
+    /// The ring is being stopped (Ctrl-C on the newest generation) before any launched
+    /// successor took over: stop the successors still starting, so that none of them gives
+    /// up on its predecessor, recovers and carries the ring on. Default: nothing (a remote
+    /// launch cannot be recalled from here).
+    async fn abandon(&self) {}
 }
 
 /// Launches nothing (`--launcher none`): `launch` fails with [`LaunchError::Disabled`].
@@ -135,6 +141,8 @@ pub struct LocalLauncher {
     secret: Secret,
     /// Pids launched so far, newest last.
     launched: Mutex<Vec<u32>>,
+    /// The children that may still run (reaped ones are dropped at the next launch).
+    children: Mutex<Vec<tokio::process::Child>>,
 }
 
 impl LocalLauncher {
@@ -152,6 +160,7 @@ impl LocalLauncher {
             data_dir: data_dir.into(),
             secret,
             launched: Mutex::new(Vec::new()),
+            children: Mutex::new(Vec::new()),
         }
     }
 
@@ -219,7 +228,8 @@ impl LocalLauncher {
             cmd.env_remove(var);
         }
         let child = cmd.spawn()?;
-        // Dropping the handle leaves the child running; tokio reaps it when it exits.
+        // The handle is kept (for `abandon`) until the child has exited; dropping it leaves
+        // the child running.
         let pid = child.id().unwrap_or(0);
         tracing::info!(
             pid,
@@ -233,7 +243,27 @@ impl LocalLauncher {
             .lock()
             .expect("no panics while locked")
             .push(pid);
+        let mut children = self.children.lock().expect("no panics while locked");
+        children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+        children.push(child);
         Ok(pid)
+    }
+
+    /// Kills (SIGKILL) every launched child that still runs; returns how many.
+    fn kill_running(&self) -> usize {
+        let mut children = self.children.lock().expect("no panics while locked");
+        let mut killed = 0;
+        for c in children.iter_mut() {
+            if matches!(c.try_wait(), Ok(None)) && c.start_kill().is_ok() {
+                tracing::info!(
+                    pid = c.id(),
+                    "stopped a local successor that had not taken over"
+                );
+                killed += 1;
+            }
+        }
+        children.clear();
+        killed
     }
 }
 
@@ -245,6 +275,9 @@ impl Launcher for LocalLauncher {
     }
     fn name(&self) -> &'static str {
         "local"
+    }
+    async fn abandon(&self) {
+        self.kill_running();
     }
 }
 
@@ -347,5 +380,41 @@ mod tests {
             .status();
         let err = NoLauncher.launch(&req()).await.unwrap_err();
         assert!(matches!(err, LaunchError::Disabled));
+    }
+
+    #[tokio::test]
+    async fn abandon_stops_the_successors_still_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = Secret::new(b"0123456789abcdef-secret".to_vec()).unwrap();
+        let l = LocalLauncher::new(
+            "/bin/sh",
+            vec!["-c".into(), "sleep 30".into()],
+            dir.path(),
+            secret,
+        );
+        l.launch(&req()).await.unwrap();
+        let pid = l.launched_pids()[0];
+        let running = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        };
+        assert!(running());
+        assert_eq!(l.kill_running(), 1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while running() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "successor {pid} still runs"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Nothing left to stop.
+        assert_eq!(l.kill_running(), 0);
+        NoLauncher.abandon().await;
     }
 }

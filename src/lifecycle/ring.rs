@@ -199,6 +199,8 @@ pub async fn run(
         )
     });
     let (launch_tx, mut launch_rx) = mpsc::unbounded_channel::<Result<(), String>>();
+    // Whether a successor took over (then it, not us, is the ring's newest generation).
+    let mut successor_live = false;
     let reason = loop {
         while let Some(action) = lifecycle.poll_action() {
             match action {
@@ -244,7 +246,10 @@ pub async fn run(
                 let input = match ev {
                     PredecessorEvent::Authenticated { .. } => Some(LifecycleInput::SuccessorConnected),
                     PredecessorEvent::ReadyForCutOver => Some(LifecycleInput::CutOver),
-                    PredecessorEvent::SuccessorLive { .. } => Some(LifecycleInput::ClientsMoved),
+                    PredecessorEvent::SuccessorLive { .. } => {
+                        successor_live = true;
+                        Some(LifecycleInput::ClientsMoved)
+                    }
                     PredecessorEvent::Aborted { .. } => Some(LifecycleInput::HandoffAborted),
                     _ => None,
                 };
@@ -262,6 +267,11 @@ pub async fn run(
     };
     if let Some(t) = backup_task {
         t.abort();
+    }
+    if reason == ExitReason::Shutdown && !successor_live {
+        // Stopping the ring: a successor still starting would give up on us, recover and
+        // carry the ring on.
+        launcher.abandon().await;
     }
     node.set_lifecycle(view(&lifecycle));
     remove_pid(&la.data_dir);

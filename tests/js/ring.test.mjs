@@ -1,0 +1,393 @@
+// A local ring rotating at least ten times while three clients publish continuously into one room:
+// two peerjs 1.5.5 browser clients in headless Chromium (protocol/relay.md's browser snippet, verbatim;
+// one `json`, one `binary`) and one Rust program (`examples/publish.rs`, stdin lines -> acks on stdout).
+// At the end every client is on the newest generation (what its own welcome said), and a reader's
+// paged history holds every acknowledged message of every client exactly once, at its acked seq, in
+// order, with dense seqs; the browsers' delivered streams have no gap and no repeat.
+//
+// Run: cd tests/js && node --test ring.test.mjs (about 40 s), after `cargo build --bin ouroboros --example publish`.
+// Env: OUROBOROS_BIN / CARGO_TARGET_DIR (the binary, see lib/servers.mjs), OUROBOROS_EXAMPLES_DIR (else the
+// example is looked up next to the binary, in examples/), CHROMIUM.
+
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { readFile, readdir } from 'node:fs/promises';
+import path from 'node:path';
+import { cleanupAll, register, trackChild } from './lib/cleanup.mjs';
+import { launchBrowser } from './lib/browser.mjs';
+import { startStaticServer } from './lib/static-server.mjs';
+import { ouroborosBin } from './lib/servers.mjs';
+import { startNode, installRelayClients, openClient, send, take, closeClient } from './lib/relay-page.mjs';
+import { snippetSource, startSnippetClient, stopSnippetClient, snippetState } from './lib/relay-snippet.mjs';
+
+after(cleanupAll);
+
+const ROTATIONS = 10;
+const ROOM = 'ring';
+const BROWSER_CLIENTS = [
+  { name: 'web-json', serialization: 'json' },
+  { name: 'web-binary', serialization: 'binary' },
+];
+const RUST_CLIENT = 'rust-pipe';
+
+const delay = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function publishBin() {
+  const dir = process.env.OUROBOROS_EXAMPLES_DIR
+    ? path.resolve(process.env.OUROBOROS_EXAMPLES_DIR)
+    : path.join(path.dirname(ouroborosBin()), 'examples');
+  return path.join(dir, 'publish');
+}
+
+/**
+ * Runs `examples/publish` against the discovery file: writes line n+1 once line n is acknowledged
+ * (20 ms later: a steady pace, not synchronisation) until stop(); records its JSON output.
+ */
+function startRustPublisher(discovery) {
+  const bin = publishBin();
+  if (!existsSync(bin)) throw new Error(`${bin} missing: run \`cargo build --example publish\``);
+  const child = spawn(bin, ['--discovery', discovery, '--room', ROOM, '--name', RUST_CLIENT], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn,rtc=error,rtc_ice=error,webrtc=error' },
+  });
+  trackChild(child);
+  const unregister = register('publish example', () => child.kill('SIGKILL'));
+  const st = { acks: [], lives: [], refused: [], written: 0, stderr: '', stopped: false };
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (d) => { st.stderr = (st.stderr + d).slice(-20000); });
+  const writeNext = () => {
+    if (st.stopped) return;
+    st.written += 1;
+    child.stdin.write(`rust ${st.written}\n`);
+  };
+  let buf = '';
+  child.stdout.setEncoding('utf8');
+  child.stdout.on('data', (d) => {
+    buf += d;
+    let nl;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      const ev = JSON.parse(line);
+      if (ev.event === 'live') st.lives.push(ev);
+      else if (ev.event === 'refused') st.refused.push(ev);
+      else if (ev.event === 'ack') {
+        st.acks.push(ev);
+        if (ev.line === st.written) setTimeout(writeNext, 20);
+      }
+    }
+  });
+  writeNext();
+  return {
+    child,
+    st,
+    exited,
+    /** Stops writing; resolves once the last written line is acknowledged (or the program ended). */
+    async stop(timeoutMs) {
+      st.stopped = true;
+      const deadline = Date.now() + timeoutMs;
+      while (st.acks.at(-1)?.line !== st.written && child.exitCode === null) {
+        if (Date.now() > deadline) throw new Error(`rust client: line ${st.written} not acknowledged within ${timeoutMs} ms\n${st.stderr}`);
+        await delay(100);
+      }
+    },
+    /** Closes stdin and waits for the program to exit. */
+    async finish(timeoutMs) {
+      child.stdin.end();
+      let timer;
+      const res = await Promise.race([exited, new Promise((resolve) => { timer = setTimeout(resolve, timeoutMs, null); })]);
+      clearTimeout(timer);
+      unregister();
+      if (!res) {
+        child.kill('SIGKILL');
+        throw new Error(`rust client did not exit within ${timeoutMs} ms\n${st.stderr}`);
+      }
+      return res;
+    },
+  };
+}
+
+/** Pids of the processes started with `--data-dir <dir>`: the nodes of this test's ring. */
+async function ringPids(dir) {
+  const pids = [];
+  for (const pid of await readdir('/proc').catch(() => [])) {
+    if (!/^\d+$/.test(pid)) continue;
+    const raw = await readFile(`/proc/${pid}/cmdline`).catch(() => null);
+    if (!raw) continue;
+    const argv = raw.toString('utf8').split('\0');
+    const k = argv.indexOf('--data-dir');
+    if ((k >= 0 && argv[k + 1] === dir) || argv.includes(`--data-dir=${dir}`)) pids.push(Number(pid));
+  }
+  return pids;
+}
+
+/** `gens` (the generations of a client's welcomes, in order) start by `g0` and hold every one up to `newest`. */
+function assertFollowedEveryRotation(name, gens, g0, newest) {
+  assert.ok(gens.length > 0 && gens[0] <= g0, `${name} was on generation ${g0} or earlier when the rotations began (${gens})`);
+  for (let g = gens[0]; g <= newest; g++) assert.ok(gens.includes(g), `${name} was welcomed by generation ${g} (${gens})`);
+  for (let k = 1; k < gens.length; k++) assert.ok(gens[k] >= gens[k - 1], `${name}: welcomes never go back (${gens})`);
+}
+
+test(`a local ring rotates ${ROTATIONS} times while two browser clients (json, binary) and a Rust client publish: every acked message once, in order; everyone on the newest node`, { timeout: 240000 }, async () => {
+  const site = await startStaticServer();
+  const ring = await startNode({
+    extraArgs: [
+      '--launcher', 'local', '--lifetime', '6s', '--handoff-lead', '3s',
+      '--deadline-margin', '500ms', '--drain-timeout', '1s',
+    ],
+    env: { RUST_LOG: 'info,rtc=error,rtc_ice=error,webrtc=error' },
+  });
+  const recordPath = path.join(ring.dataDir, 'ouroboros.json');
+  const readRecord = async () => {
+    try {
+      return JSON.parse(await readFile(recordPath, 'utf8'));
+    } catch {
+      return null; // being replaced (atomic rename) or not there yet
+    }
+  };
+  let lastGen = 0;
+  const generation = async () => {
+    const r = await readRecord();
+    if (r && Number.isInteger(r.generation)) lastGen = Math.max(lastGen, r.generation);
+    return lastGen;
+  };
+  const newestPid = async () => Number((await readFile(path.join(ring.dataDir, 'ouroboros.pid'), 'utf8').catch(() => '')).trim());
+  const stopRing = async () => {
+    // SIGINT on the newest generation (its pid is in the data dir) stops the ring; whatever of
+    // this ring still runs after that is killed (the test's own processes, found by --data-dir).
+    const pid = await newestPid();
+    if (pid && pid !== ring.pid) {
+      try {
+        process.kill(pid, 'SIGINT');
+      } catch {
+        // already gone
+      }
+    }
+    const gone = Date.now() + 15000;
+    while ((await ringPids(ring.dataDir)).length && Date.now() < gone) await delay(100);
+    for (const p of await ringPids(ring.dataDir)) {
+      try {
+        process.kill(p, 'SIGKILL');
+      } catch {
+        // exited meanwhile
+      }
+    }
+  };
+  const unregisterRing = register('local ring', stopRing);
+  const started = Date.now();
+  const browser = await launchBrowser({ origin: site.origin });
+  let rust;
+  try {
+    // --- clients -------------------------------------------------------------------------------
+    const src = await snippetSource();
+    const pages = {};
+    for (const c of BROWSER_CLIENTS) {
+      pages[c.name] = await browser.newPage(site.url('/'));
+      await startSnippetClient(pages[c.name], {
+        src,
+        name: c.name,
+        serialization: c.serialization,
+        peerOptions: ring.peerOptions(),
+        nodeId: ring.peerId,
+        room: ROOM,
+        everyMs: 40,
+      });
+    }
+    rust = startRustPublisher(recordPath);
+
+    // --- every client publishing; then let the ring rotate ROTATIONS times ---------------------
+    const publishing = async () => {
+      for (const c of BROWSER_CLIENTS) {
+        if (Object.keys((await snippetState(pages[c.name], c.name)).acks).length === 0) return false;
+      }
+      return rust.st.acks.length > 0;
+    };
+    const firstAckDeadline = Date.now() + 30000;
+    while (!(await publishing())) {
+      assert.ok(Date.now() < firstAckDeadline, 'every client got its first ack within 30 s');
+      await delay(100);
+    }
+    // Acks come from primaries only, and a primary is in the record before it acks anything.
+    const g0 = await generation();
+    const rotationsFrom = Date.now();
+    const rotateDeadline = Date.now() + 180000;
+    while ((await generation()) < g0 + ROTATIONS) {
+      assert.ok(Date.now() < rotateDeadline, `ring stuck at generation ${lastGen}`);
+      assert.deepEqual(rust.st.refused, [], 'rust client: no line refused');
+      assert.equal(rust.child.exitCode, null, `rust client exited early\n${rust.st.stderr}`);
+      await delay(200);
+    }
+    const rotatedAt = Date.now();
+
+    // --- stop publishing; everything sent gets acknowledged -----------------------------------
+    for (const c of BROWSER_CLIENTS) await stopSnippetClient(pages[c.name], c.name);
+    await rust.stop(30000);
+    for (const c of BROWSER_CLIENTS) {
+      await pages[c.name].waitForFunction(
+        (name) => {
+          const o = window.snippetClients[name];
+          return o.published.every((id) => id in o.acks);
+        },
+        c.name,
+        { timeout: 30000, polling: 100 },
+      ).catch(async (err) => {
+        const s = await snippetState(pages[c.name], c.name);
+        const unacked = s.published.filter((id) => !(id in s.acks));
+        throw new Error(`${c.name}: ${unacked.length} of ${s.published.length} publishes never acknowledged ` +
+          `(first: #${s.published.indexOf(unacked[0]) + 1}); welcomes ${JSON.stringify(s.welcomes.map((w) => w.generation))}; ${err.message}`);
+      });
+    }
+
+    // --- every client on the newest generation (its own welcome says so) -------------------
+    const browserGen = async (name) => (await snippetState(pages[name], name)).welcomes.at(-1)?.generation;
+    const onNewest = async () => {
+      const g = await generation();
+      const gens = { [RUST_CLIENT]: rust.st.lives.at(-1)?.generation };
+      for (const c of BROWSER_CLIENTS) gens[c.name] = await browserGen(c.name);
+      const ok = Object.values(gens).every((x) => x === g) && (await generation()) === g;
+      return { ok, g, gens };
+    };
+    let check;
+    const newestDeadline = Date.now() + 30000;
+    while (!(check = await onNewest()).ok) {
+      assert.ok(Date.now() < newestDeadline, `clients not on the newest generation ${check.g}: ${JSON.stringify(check.gens)}`);
+      await delay(100);
+    }
+    const newest = check.g;
+
+    // --- the Rust program ends cleanly -------------------------------------------------------
+    const rustExit = await rust.finish(30000);
+    assert.deepEqual(rustExit, { code: 0, signal: null }, `publish example exit\n${rust.st.stderr}`);
+
+    // --- a reader pages through the room on the newest node -----------------------------------
+    // Read right after a rotation (a node serves ~3 s before its own handoff starts); if the node
+    // moves mid-read anyway, read again from the next one.
+    const readerPage = await browser.newPage(site.url('/'));
+    await installRelayClients(readerPage);
+    let history;
+    for (let attempt = 0; attempt < 4 && !history; attempt++) {
+      const g0 = await generation();
+      const freshDeadline = Date.now() + 20000;
+      while ((await generation()) === g0) {
+        assert.ok(Date.now() < freshDeadline, `no rotation after generation ${g0}`);
+        await delay(50);
+      }
+      const rec = await readRecord();
+      const ep = rec.signaling[0];
+      const name = `reader-${attempt}`;
+      await openClient(readerPage, name, null, {
+        nodeId: rec.peer_id,
+        peerOptions: { host: ep.host, port: ep.port, path: ep.path, key: ep.key, secure: ep.secure, config: { iceServers: [] } },
+      });
+      const welcome = await take(readerPage, name, (m) => m.op === 'welcome', 10000);
+      assert.equal(welcome.generation, rec.generation);
+      const messages = [];
+      let before;
+      let moved = false;
+      for (;;) {
+        await send(readerPage, name, before === undefined ? { op: 'history', room: 'ring', limit: 500 } : { op: 'history', room: 'ring', limit: 500, before });
+        const page = await take(readerPage, name, (m) => m.op === 'history' || m.op === 'moved' || m.__closed, 10000);
+        if (page.op !== 'history') {
+          moved = true;
+          break;
+        }
+        assert.equal(page.evicted_before, undefined, 'nothing evicted');
+        if (page.messages.length === 0) break;
+        messages.push(...page.messages);
+        before = page.messages.at(-1).seq;
+      }
+      await closeClient(readerPage, name);
+      if (!moved) history = messages;
+    }
+    assert.ok(history, 'the reader got the whole history from one node');
+
+    // --- assertions --------------------------------------------------------------------------
+    const acked = []; // [seq, from, id]
+    const perClient = {};
+    for (const c of BROWSER_CLIENTS) {
+      const s = await snippetState(pages[c.name], c.name);
+      perClient[c.name] = s;
+      assert.deepEqual(s.ackConflicts, [], `${c.name}: an id acknowledged under two seqs`);
+      assert.ok(s.published.length >= 100, `${c.name} published through the rotations (${s.published.length})`);
+      const seqs = s.published.map((id) => s.acks[id]);
+      for (const id of s.published) acked.push([s.acks[id], c.name, id]);
+      for (let k = 1; k < seqs.length; k++) assert.ok(seqs[k] > seqs[k - 1], `${c.name}: publish ${k} acked at ${seqs[k]} after ${seqs[k - 1]}`);
+      assertFollowedEveryRotation(c.name, s.welcomes.map((w) => w.generation), g0, newest);
+      assert.ok(s.moved.length >= ROTATIONS, `${c.name} followed ${s.moved.length} moves`);
+    }
+    const rs = rust.st;
+    assert.deepEqual(rs.refused, []);
+    assert.ok(rs.acks.length >= 50, `rust client published through the rotations (${rs.acks.length})`);
+    assert.deepEqual(rs.acks.map((a) => a.line), rs.acks.map((_, k) => k + 1), 'rust: every line acknowledged once, in order');
+    for (let k = 1; k < rs.acks.length; k++) assert.ok(rs.acks[k].seq > rs.acks[k - 1].seq, `rust: line ${k + 1} acked at ${rs.acks[k].seq}`);
+    for (const a of rs.acks) acked.push([a.seq, RUST_CLIENT, a.id]);
+    assertFollowedEveryRotation(RUST_CLIENT, rs.lives.map((l) => l.generation), g0, newest);
+
+    const stored = history.map((m) => [m.seq, m.from, m.id]).reverse(); // history is newest first
+    acked.sort((a, b) => a[0] - b[0]);
+    assert.deepEqual(stored.map((m) => m[0]), stored.map((_, k) => k + 1), `dense seqs 1..n across ${newest} generations`);
+    assert.equal(stored.length, acked.length, 'the room holds exactly the acknowledged messages');
+    assert.deepEqual(stored, acked, 'every acknowledged message once, at its acked seq, in order');
+    for (const m of history) {
+      const want = m.from === RUST_CLIENT ? `rust ${m.id.split('-').at(-1)}` : `${m.from} ${perClient[m.from].published.indexOf(m.id) + 1}`;
+      assert.equal(m.body, want, `body of seq ${m.seq}`);
+    }
+
+    // The browsers' own delivered streams: from their first message on, every seq once, no gap.
+    const head = stored.length;
+    for (const c of BROWSER_CLIENTS) {
+      await pages[c.name].waitForFunction(
+        ([name, head]) => window.snippetClients[name].msgs.at(-1)?.seq === head,
+        [c.name, head],
+        { timeout: 15000, polling: 100 },
+      );
+      const { msgs } = await snippetState(pages[c.name], c.name);
+      const first = msgs[0].seq;
+      const ownFirst = Math.min(...Object.values(perClient[c.name].acks));
+      assert.ok(first <= ownFirst, `${c.name} joined before its first publish (first delivered ${first}, first own ${ownFirst})`);
+      assert.deepEqual(msgs.map((m) => m.seq), Array.from({ length: head - first + 1 }, (_, k) => first + k), `${c.name}: every message delivered once, no gap`);
+      assert.deepEqual(msgs.map((m) => m.id), stored.slice(first - 1).map((m) => m[2]), `${c.name}: delivered the stored messages`);
+    }
+    console.log(`ring: generations ${g0}..${newest}, ${ROTATIONS} rotations in ${((rotatedAt - rotationsFrom) / 1000).toFixed(1)} s; ` +
+      `${stored.length} messages (${BROWSER_CLIENTS.map((c) => `${c.name} ${perClient[c.name].published.length}`).join(', ')}, ${RUST_CLIENT} ${rs.acks.length}); ` +
+      `read_only answers to browsers: ${BROWSER_CLIENTS.map((c) => perClient[c.name].errors.filter((e) => e === 'read_only').length).join(', ')}; ` +
+      `total ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    browser.assertNoConsoleErrors([/Failed to load resource/, /Lost connection to server/, /Could not connect to peer/]);
+
+    // --- Ctrl-C on the newest generation stops the ring, even while its successor starts --------
+    // (a successor left running would give up on its predecessor after a while, recover and publish
+    // itself as the next generation).
+    let stopped;
+    const stopDeadline = Date.now() + 20000;
+    while (!stopped) {
+      assert.ok(Date.now() < stopDeadline, 'saw no node launching its successor');
+      const rec = await readRecord();
+      const ep = rec?.signaling?.[0];
+      const st = ep && (await fetch(`http://${ep.host}:${ep.port}/status.json`).then((r) => r.json()).catch(() => null));
+      const pid = await newestPid();
+      if (st && st.generation === rec.generation && ['launching', 'awaiting-successor'].includes(st.lifecycle) && pid) {
+        process.kill(pid, 'SIGINT');
+        stopped = { rec, lifecycle: st.lifecycle };
+      } else {
+        await delay(50);
+      }
+    }
+    const goneDeadline = Date.now() + 20000;
+    let left;
+    while ((left = await ringPids(ring.dataDir)).length) {
+      assert.ok(Date.now() < goneDeadline, `ring processes still running after Ctrl-C (${stopped.lifecycle}): ${left}`);
+      await delay(100);
+    }
+    const last = await readRecord();
+    assert.deepEqual([last.generation, last.peer_id], [stopped.rec.generation, stopped.rec.peer_id], 'no successor took over after the stop');
+  } finally {
+    await browser.close();
+    await stopRing();
+    unregisterRing();
+    await ring.stop();
+    await site.close();
+  }
+});
