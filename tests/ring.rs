@@ -766,3 +766,957 @@ async fn killed_predecessor_successor_recovers_from_backup_with_a_gap() {
     client.close().await;
     let _ = new.kill().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// kill -9 at each handoff phase, with real `ouroboros node` processes
+// (`protocol/handoff.md`, "Broken connections and crashes").
+// ---------------------------------------------------------------------------------------
+
+/// The `ouroboros` binary (`OUROBOROS_BIN` overrides it).
+fn node_bin() -> String {
+    std::env::var("OUROBOROS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ouroboros").into())
+}
+
+/// The log of one `ouroboros node` (started with `--log-format json`): every line as it
+/// comes, JSON log lines parsed, other lines (`node peer-id …`) as strings.
+#[derive(Clone)]
+struct NodeLog {
+    name: String,
+    lines: Arc<Mutex<Vec<Value>>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl NodeLog {
+    fn new(name: &str) -> NodeLog {
+        NodeLog {
+            name: name.into(),
+            lines: Arc::default(),
+            changed: Arc::default(),
+        }
+    }
+
+    fn push(&self, line: &str) {
+        let v = serde_json::from_str::<Value>(line)
+            .ok()
+            .filter(Value::is_object)
+            .unwrap_or_else(|| Value::String(line.to_string()));
+        self.lines.lock().unwrap().push(v);
+        self.changed.notify_waiters();
+    }
+
+    /// Collects the lines of a pipe (a child the test started).
+    fn read_pipe(&self, pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static) {
+        use tokio::io::AsyncBufReadExt;
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(pipe).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                me.push(&l);
+            }
+        });
+    }
+
+    /// Collects the lines of a log file another process appends to (a successor launched
+    /// by its predecessor writes `<data-dir>/logs/node-gen<N>.log`); polled every 5 ms.
+    fn tail_file(name: &str, path: std::path::PathBuf) -> NodeLog {
+        let log = NodeLog::new(name);
+        let me = log.clone();
+        tokio::spawn(async move {
+            let mut done = 0usize;
+            let mut partial = String::new();
+            loop {
+                if let Ok(bytes) = std::fs::read(&path)
+                    && bytes.len() > done
+                {
+                    partial.push_str(&String::from_utf8_lossy(&bytes[done..]));
+                    done = bytes.len();
+                    while let Some(i) = partial.find('\n') {
+                        let line: String = partial.drain(..=i).collect();
+                        me.push(line.trim_end());
+                    }
+                }
+                if Arc::strong_count(&me.lines) == 1 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        log
+    }
+
+    /// Log lines whose message is `message`.
+    fn all(&self, message: &str) -> Vec<Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["fields"]["message"] == message)
+            .cloned()
+            .collect()
+    }
+
+    fn has(&self, message: &str) -> bool {
+        !self.all(message).is_empty()
+    }
+
+    /// The peer id the node printed (`node peer-id ID`), if printed yet (the last one: a
+    /// relaunched generation appends to the same file).
+    fn peer_ids(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str()?.strip_prefix("node peer-id ").map(str::to_owned))
+            .collect()
+    }
+
+    /// Waits for the `n`-th (from 1) line with `message`.
+    async fn wait_nth(&self, message: &str, n: usize, within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let changed = self.changed.notified();
+            if let Some(v) = self.all(message).into_iter().nth(n - 1) {
+                return v;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                let tail: Vec<String> = {
+                    let lines = self.lines.lock().unwrap();
+                    lines
+                        .iter()
+                        .rev()
+                        .take(15)
+                        .rev()
+                        .map(|v| v.to_string())
+                        .collect()
+                };
+                panic!(
+                    "{}: no {message:?} (#{n}) within {within:?}; last lines:\n{}",
+                    self.name,
+                    tail.join("\n")
+                );
+            }
+        }
+    }
+
+    async fn wait(&self, message: &str, within: Duration) -> Value {
+        self.wait_nth(message, 1, within).await
+    }
+
+    async fn wait_peer_id(&self, within: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let changed = self.changed.notified();
+            if let Some(id) = self.peer_ids().pop() {
+                return id;
+            }
+            assert!(
+                tokio::time::timeout_at(deadline, changed).await.is_ok(),
+                "{}: no `node peer-id` line within {within:?}",
+                self.name
+            );
+        }
+    }
+}
+
+/// `kill -9 pid`, only if `pid` is still a node of the ring in `data` (its command line
+/// names the ring's data dir): a pid that exited may have been reused by another process.
+fn kill9(pid: u32, data: &std::path::Path) {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let needle = data.as_os_str().as_encoded_bytes();
+    if !cmdline.windows(needle.len()).any(|w| w == needle) {
+        return;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// A crash scenario's folder and processes. Dropping it kill -9s every node the test
+/// started and every successor any node launched (found in the logs).
+struct CrashRing {
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    backups: std::path::PathBuf,
+    record_path: std::path::PathBuf,
+    secret: &'static str,
+    pids: Mutex<Vec<u32>>,
+    logs: Mutex<Vec<NodeLog>>,
+}
+
+impl Drop for CrashRing {
+    fn drop(&mut self) {
+        let mut pids = self.pids.lock().unwrap().clone();
+        let mut logs = self.logs.lock().unwrap().clone();
+        for entry in std::fs::read_dir(self.data.join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let log = NodeLog::new("reaper");
+            for l in std::fs::read_to_string(entry.path())
+                .unwrap_or_default()
+                .lines()
+            {
+                log.push(l);
+            }
+            logs.push(log);
+        }
+        for log in logs {
+            pids.extend(
+                log.all("launched local successor")
+                    .iter()
+                    .filter_map(|v| v["fields"]["pid"].as_u64())
+                    .map(|p| p as u32),
+            );
+        }
+        for pid in pids {
+            kill9(pid, &self.data);
+        }
+    }
+}
+
+/// A node process the test started.
+struct NodeProc {
+    child: tokio::process::Child,
+    log: NodeLog,
+    peer_id: String,
+}
+
+impl CrashRing {
+    fn new(secret: &'static str) -> CrashRing {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        CrashRing {
+            backups: data.join("backups"),
+            record_path: data.join("ouroboros.json"),
+            data,
+            _dir: dir,
+            secret,
+            pids: Mutex::default(),
+            logs: Mutex::default(),
+        }
+    }
+
+    /// Starts `ouroboros --log-format json node` on port 0 with this ring's data and
+    /// backup dirs, backups every 200 ms, generous client rate limits, plus `extra`.
+    async fn start(&self, name: &str, extra: &[String]) -> NodeProc {
+        let mut cmd = tokio::process::Command::new(node_bin());
+        cmd.args(["--log-format", "json", "node", "--port", "0"])
+            .args(["--backup-interval", "200ms"])
+            .args(["--client-rate", "100000", "--client-burst", "100000"])
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("--backup-dir")
+            .arg(&self.backups)
+            .args(extra)
+            .env("OUROBOROS_SECRET", self.secret)
+            .env("RUST_LOG", "info,rtc=error,rtc_ice=error,webrtc=error")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap();
+        self.pids.lock().unwrap().push(child.id().unwrap());
+        let log = NodeLog::new(name);
+        log.read_pipe(child.stdout.take().unwrap());
+        log.read_pipe(child.stderr.take().unwrap());
+        self.logs.lock().unwrap().push(log.clone());
+        let peer_id = log.wait_peer_id(Duration::from_secs(30)).await;
+        NodeProc {
+            child,
+            log,
+            peer_id,
+        }
+    }
+
+    /// The published discovery record, if any.
+    fn record(&self) -> Option<DiscoveryRecord> {
+        std::fs::read(&self.record_path)
+            .ok()
+            .and_then(|b| DiscoveryRecord::from_json(&b).ok())
+    }
+
+    /// Waits until the discovery record names `generation` (or a newer one).
+    async fn wait_record(&self, generation: u64, within: Duration) -> DiscoveryRecord {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(r) = self.record().filter(|r| r.generation >= generation) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "discovery record did not reach generation {generation} within {within:?} (now {:?})",
+                self.record().map(|r| (r.generation, r.peer_id))
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn source(&self) -> String {
+        self.record_path.to_string_lossy().into_owned()
+    }
+
+    /// Starts a successor by hand (as `LocalLauncher` would): generation 1 of `pred`.
+    async fn start_successor(&self, pred: &NodeProc, extra: &[&str]) -> NodeProc {
+        let rec = self.record().expect("predecessor's record");
+        assert_eq!(rec.peer_id, pred.peer_id);
+        let mut args: Vec<String> = vec![
+            "--generation".into(),
+            "1".into(),
+            "--predecessor-peer-id".into(),
+            pred.peer_id.clone(),
+            "--predecessor-endpoints".into(),
+            serde_json::to_string(&rec.signaling).unwrap(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.start("successor", &args).await
+    }
+
+    /// Waits for a backup whose high-water marks reach `heads`.
+    async fn wait_backup(&self, heads: &BTreeMap<String, u64>) {
+        let store = ouroboros::handoff::DirBackupStore::new(&self.backups, 5);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let covered = store.latest_blocking().ok().flatten().is_some_and(|b| {
+                heads
+                    .iter()
+                    .all(|(room, seq)| b.high_water.get(room).copied().unwrap_or(0) >= *seq)
+            });
+            if covered {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no backup holding {heads:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A client of the ring that follows it through discovery.
+async fn ring_client(
+    source: &str,
+    name: &str,
+) -> (
+    ouroboros::client::Client,
+    tokio::sync::mpsc::UnboundedReceiver<ouroboros::client::Event>,
+) {
+    let mut cfg = ouroboros::client::ClientConfig::new(name);
+    cfg.request_timeout = Duration::from_secs(10);
+    ouroboros::client::Client::connect_discovered(source, cfg)
+        .await
+        .unwrap_or_else(|e| panic!("client {name} cannot connect: {e}"))
+}
+
+/// Publishes `n` messages of `body_len` bytes to `room`, 64 at a time; returns the acks as
+/// (seq, id).
+async fn fill(
+    client: &ouroboros::client::Client,
+    room: &str,
+    n: usize,
+    body_len: usize,
+) -> Vec<(u64, String)> {
+    client.join(room, None).await.unwrap();
+    let body = "x".repeat(body_len);
+    let mut acked = Vec::new();
+    for batch in (0..n).collect::<Vec<_>>().chunks(64) {
+        let acks = futures::future::join_all(batch.iter().map(|i| {
+            let id = format!("{room}-{i}");
+            let body = body.clone();
+            async move {
+                let ack = client
+                    .publish_with_id(room, &id, json!(body))
+                    .await
+                    .unwrap_or_else(|e| panic!("fill {id}: {e}"));
+                (ack.seq, id)
+            }
+        }))
+        .await;
+        acked.extend(acks);
+    }
+    acked
+}
+
+/// A client publishing to room `live` as fast as acks come until `stop` or the first
+/// error (its node died); returns once the first publish is acknowledged, with the task
+/// that yields the client and its acks as (seq, id).
+async fn spawn_writer(
+    source: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(ouroboros::client::Client, Vec<(u64, String)>)> {
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let (client, mut events) = ring_client(&source, "writer").await;
+        tokio::spawn(async move { while events.recv().await.is_some() {} });
+        client.join("live", None).await.unwrap();
+        let mut first_tx = Some(first_tx);
+        let mut acked = Vec::new();
+        let mut i = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let id = format!("live-{i}");
+            match client.publish_with_id("live", &id, json!(i)).await {
+                Ok(ack) => acked.push((ack.seq, id)),
+                Err(_) => break,
+            }
+            if let Some(tx) = first_tx.take() {
+                let _ = tx.send(());
+            }
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (client, acked)
+    });
+    tokio::time::timeout(Duration::from_secs(30), first_rx)
+        .await
+        .expect("the writer's first publish is acknowledged")
+        .expect("the writer runs");
+    task
+}
+
+/// Every stored message of `room` as (seq, id), oldest first.
+async fn stored(client: &ouroboros::client::Client, room: &str) -> Vec<(u64, String)> {
+    client.join(room, None).await.unwrap();
+    let mut out = Vec::new();
+    let mut before = None;
+    loop {
+        let page = client.history(room, before, Some(50)).await.unwrap();
+        if page.messages.is_empty() {
+            break;
+        }
+        before = page.messages.last().map(|m| m.seq);
+        out.extend(
+            page.messages
+                .into_iter()
+                .map(|m| (m.seq, m.id.unwrap_or_default())),
+        );
+    }
+    out.sort();
+    out
+}
+
+/// The first `welcome` on `events`.
+async fn welcome(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<ouroboros::client::Event>,
+) -> Value {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match events.recv().await {
+                Some(ouroboros::client::Event::Welcome { raw, .. }) => return raw,
+                Some(_) => {}
+                None => panic!("client events ended before `welcome`"),
+            }
+        }
+    })
+    .await
+    .expect("a welcome")
+}
+
+/// `/status.json` of the node a discovery record names.
+async fn status_json(rec: &DiscoveryRecord) -> Value {
+    let ep = &rec.signaling[0];
+    reqwest::Client::new()
+        .get(format!("http://{}:{}/status.json", ep.host, ep.port))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Checks what a recovered node holds in `room` against what was acknowledged: every stored
+/// seq is unique and below the gap; every acknowledged message is stored at its seq or lies
+/// in the announced skipped range `[first, last]` (lost with the predecessor — the gap says
+/// so). Returns how many acknowledged messages were lost.
+fn check_against_gap(
+    room: &str,
+    stored: &[(u64, String)],
+    acked: &[(u64, String)],
+    skipped: Option<(u64, u64)>,
+) -> usize {
+    let by_seq: BTreeMap<u64, &str> = stored.iter().map(|(s, i)| (*s, i.as_str())).collect();
+    assert_eq!(by_seq.len(), stored.len(), "{room}: a seq stored twice");
+    let ids: HashSet<&str> = stored.iter().map(|(_, i)| i.as_str()).collect();
+    assert_eq!(ids.len(), stored.len(), "{room}: an id stored twice");
+    let mut lost = 0;
+    for (seq, id) in acked {
+        match by_seq.get(seq) {
+            Some(got) => assert_eq!(got, id, "{room}: seq {seq} reused"),
+            None => {
+                let (first, last) = skipped.unwrap_or_else(|| {
+                    panic!("{room}: acknowledged {id} (seq {seq}) lost without a gap")
+                });
+                assert!(
+                    (first..=last).contains(seq),
+                    "{room}: acknowledged {id} (seq {seq}) lost outside the gap [{first}, {last}]"
+                );
+                lost += 1;
+            }
+        }
+    }
+    if let Some((first, last)) = skipped {
+        assert!(
+            stored.iter().all(|(s, _)| !(first..=last).contains(s)),
+            "{room}: something stored inside the gap"
+        );
+    }
+    lost
+}
+
+/// The range of `room` a gap notice announces as possibly lost: its `skipped` entry, or,
+/// for a room the recovered state did not know at all (created after the newest backup),
+/// everything up to the margin (new rooms start past it; these scenarios recover once, so
+/// the previous floor is 0).
+fn skipped(gap: &Value, room: &str) -> Option<(u64, u64)> {
+    if gap.is_null() {
+        return None;
+    }
+    let r = &gap["skipped"][room];
+    match (r[0].as_u64(), r[1].as_u64()) {
+        (Some(first), Some(last)) => Some((first, last)),
+        _ => Some((1, gap["margin"].as_u64()?)),
+    }
+}
+
+/// The checks shared by the "predecessor killed" scenarios once the successor serves:
+/// discovery moved to generation 1 (the successor), `welcome` and `/status.json` carry the
+/// same gap notice (`predecessor_lost`), nothing acknowledged is lost outside the announced
+/// gap, a new publish never reuses a seq, and the writer ends on the successor.
+async fn check_recovered_successor(
+    ring: &CrashRing,
+    succ: &NodeProc,
+    prefill: &[(u64, String)],
+    writer: tokio::task::JoinHandle<(ouroboros::client::Client, Vec<(u64, String)>)>,
+    expected_sources: &[&str],
+) -> Value {
+    use ouroboros::client::ConnectionState;
+    let rec = ring.wait_record(1, Duration::from_secs(60)).await;
+    assert_eq!(
+        (rec.generation, rec.peer_id.as_str()),
+        (1, succ.peer_id.as_str())
+    );
+    succ.log
+        .wait(
+            "serving after a crash recovery (gap announced)",
+            Duration::from_secs(10),
+        )
+        .await;
+    let (reader, mut events) = ring_client(&ring.source(), "reader").await;
+    let welcome = welcome(&mut events).await;
+    assert_eq!(welcome["generation"], 1, "{welcome}");
+    let gap = welcome["gap"].clone();
+    assert_eq!(gap["reason"], "predecessor_lost", "{welcome}");
+    let source = gap["recovery"]["source"].as_str().unwrap_or_default();
+    assert!(
+        expected_sources.contains(&source),
+        "recovery source {source:?}, expected one of {expected_sources:?}: {gap}"
+    );
+    let status = status_json(&rec).await;
+    assert_eq!(status["generation"], 1);
+    assert_eq!(status["gap"], gap, "/status.json announces the same gap");
+
+    let stored_fill = stored(&reader, "fill").await;
+    assert!(
+        check_against_gap("fill", &stored_fill, prefill, skipped(&gap, "fill")) == 0,
+        "the prefill was in the backup and the snapshot"
+    );
+    let (writer_client, acked) = writer.await.unwrap();
+    assert!(!acked.is_empty(), "the writer published during the handoff");
+    let stored_live = stored(&reader, "live").await;
+    let lost = check_against_gap("live", &stored_live, &acked, skipped(&gap, "live"));
+    eprintln!(
+        "recovered from {source}: {} of {} acknowledged live messages lost inside the gap {:?}",
+        lost,
+        acked.len(),
+        skipped(&gap, "live")
+    );
+    // A new publish lands past the gap: no seq the dead node handed out is reused.
+    let (_, last) = skipped(&gap, "live").expect("the live room's gap");
+    let seq = reader
+        .publish_with_id("live", "after-recovery", json!("x"))
+        .await
+        .unwrap()
+        .seq;
+    assert!(seq > last, "seq {seq} after the gap ending at {last}");
+    // The writer, whose node died under it, finds the successor through discovery.
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        writer_client.wait_state(
+            |s| matches!(s, ConnectionState::Live { generation, .. } if *generation >= 1),
+        ),
+    )
+    .await
+    .expect("the writer follows the ring to the successor")
+    .unwrap();
+    writer_client.close().await;
+    reader.close().await;
+    gap
+}
+
+/// kill -9 of the predecessor while snapshot chunks flow (1 KiB chunks, window 1: the
+/// transfer takes seconds): the successor discards the partial snapshot, retries for
+/// `--handoff-give-up-after`, restores the newest backup and announces the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predecessor_killed_mid_snapshot_successor_recovers_from_backup_with_a_gap() {
+    init();
+    let started = Instant::now();
+    let ring = CrashRing::new("a ring secret for the crash tests");
+    let slow = ["--handoff-chunk-size", "1KiB", "--handoff-window", "1"].map(String::from);
+    let mut pred = ring.start("predecessor", &slow).await;
+    ring.wait_record(0, Duration::from_secs(20)).await;
+    let (filler, _ev) = ring_client(&ring.source(), "filler").await;
+    let prefill = fill(&filler, "fill", 200, 4000).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = spawn_writer(ring.source(), stop.clone()).await;
+    ring.wait_backup(&BTreeMap::from([(
+        "fill".to_string(),
+        prefill.len() as u64,
+    )]))
+    .await;
+
+    let succ = ring
+        .start_successor(&pred, &["--handoff-give-up-after", "3s"])
+        .await;
+    let exported = pred
+        .log
+        .wait("handoff: snapshot exported", Duration::from_secs(30))
+        .await;
+    succ.log
+        .wait(
+            "handoff: authenticated to the predecessor",
+            Duration::from_secs(30),
+        )
+        .await;
+    pred.child.start_kill().unwrap();
+    let _ = pred.child.wait().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        !succ.log.has("handoff: snapshot received"),
+        "the kill missed the snapshot phase ({} chunks)",
+        exported["fields"]["chunks"]
+    );
+    let gave_up = succ
+        .log
+        .wait("handoff: successor gives up", Duration::from_secs(30))
+        .await;
+    assert_eq!(gave_up["fields"]["reason"], "PredecessorUnreachable");
+    assert_eq!(gave_up["fields"]["transferred"], "Nothing", "{gave_up}");
+    // Nothing usable was transferred: the newest backup is restored.
+    check_recovered_successor(&ring, &succ, &prefill, writer, &["backup"]).await;
+    filler.close().await;
+    eprintln!("mid-snapshot scenario took {:?}", started.elapsed());
+}
+
+/// Every acknowledged message stored exactly once at its seq, seqs dense from 1.
+fn check_lossless(room: &str, stored: &[(u64, String)], acked: &[(u64, String)]) {
+    let lost = check_against_gap(room, stored, acked, None);
+    assert_eq!(lost, 0);
+    for (i, (seq, _)) in stored.iter().enumerate() {
+        assert_eq!(*seq, i as u64 + 1, "{room}: dense sequence");
+    }
+}
+
+/// The checks of a handoff that lost nothing: generation 1 is `succ_peer_id` in discovery,
+/// its `welcome` and `/status.json` announce no gap, every acknowledged message is stored
+/// exactly once at its seq, and the writer ends on the newest node.
+async fn check_lossless_successor(
+    ring: &CrashRing,
+    succ_peer_id: &str,
+    prefill: &[(u64, String)],
+    writer: tokio::task::JoinHandle<(ouroboros::client::Client, Vec<(u64, String)>)>,
+) {
+    use ouroboros::client::ConnectionState;
+    let rec = ring.wait_record(1, Duration::from_secs(60)).await;
+    assert_eq!((rec.generation, rec.peer_id.as_str()), (1, succ_peer_id));
+    let status = status_json(&rec).await;
+    assert_eq!(status["generation"], 1);
+    assert_eq!(status["gap"], Value::Null, "no gap on /status.json");
+    let (reader, mut events) = ring_client(&ring.source(), "reader").await;
+    let welcome = welcome(&mut events).await;
+    assert_eq!(welcome["gap"], Value::Null, "no gap in welcome: {welcome}");
+    check_lossless("fill", &stored(&reader, "fill").await, prefill);
+    let (writer_client, acked) = writer.await.unwrap();
+    assert!(!acked.is_empty(), "the writer published during the handoff");
+    check_lossless("live", &stored(&reader, "live").await, &acked);
+    let newest = ring.record().map_or(1, |r| r.generation);
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        writer_client.wait_state(
+            |s| matches!(s, ConnectionState::Live { generation, .. } if *generation >= newest),
+        ),
+    )
+    .await
+    .expect("the writer ends on the newest node")
+    .unwrap();
+    writer_client.close().await;
+    reader.close().await;
+}
+
+/// kill -9 of the predecessor after the successor received the whole snapshot, while it
+/// restores it and the live tail streams, before the cut-over (a client publishes all the
+/// time; many small messages make the restore take a while): the successor retries, then
+/// keeps its transferred state or restores the newest backup, whichever is newer, and
+/// announces the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predecessor_killed_mid_tail_successor_keeps_the_newest_state_with_a_gap() {
+    init();
+    let started = Instant::now();
+    let ring = CrashRing::new("a ring secret for the crash tests");
+    let mut pred = ring.start("predecessor", &[]).await;
+    ring.wait_record(0, Duration::from_secs(20)).await;
+    let (filler, _ev) = ring_client(&ring.source(), "filler").await;
+    let prefill = fill(&filler, "fill", 8000, 100).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = spawn_writer(ring.source(), stop.clone()).await;
+    ring.wait_backup(&BTreeMap::from([(
+        "fill".to_string(),
+        prefill.len() as u64,
+    )]))
+    .await;
+
+    let succ = ring
+        .start_successor(&pred, &["--handoff-give-up-after", "3s"])
+        .await;
+    succ.log
+        .wait("handoff: snapshot received", Duration::from_secs(60))
+        .await;
+    pred.child.start_kill().unwrap();
+    let _ = pred.child.wait().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let restored = succ
+        .log
+        .wait("handoff: snapshot restored", Duration::from_secs(30))
+        .await;
+    assert!(
+        !pred.log.has("handoff: cut-over"),
+        "the kill missed the tail phase (restore took {} ms)",
+        restored["fields"]["ms"]
+    );
+    let gave_up = succ
+        .log
+        .wait("handoff: successor gives up", Duration::from_secs(30))
+        .await;
+    assert_eq!(gave_up["fields"]["reason"], "PredecessorUnreachable");
+    assert_eq!(gave_up["fields"]["transferred"], "Snapshot", "{gave_up}");
+    check_recovered_successor(&ring, &succ, &prefill, writer, &["handoff", "backup"]).await;
+    filler.close().await;
+    eprintln!(
+        "mid-tail scenario took {:?} (restore {} ms)",
+        started.elapsed(),
+        restored["fields"]["ms"]
+    );
+}
+
+/// kill -9 of the predecessor right after it logged its cut-over (writes refused, final
+/// tail and `cut_over` on their way). Two documented outcomes, depending on what reached
+/// the successor before the kill: it had `cut_over` and the whole final tail → it confirms,
+/// publishes and serves without the predecessor, nothing lost, no gap; otherwise it retries,
+/// keeps what it has (or the newest backup, if newer) and announces the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predecessor_killed_after_cut_over_successor_serves_with_every_acknowledged_message() {
+    init();
+    let started = Instant::now();
+    let ring = CrashRing::new("a ring secret for the crash tests");
+    let mut pred = ring.start("predecessor", &[]).await;
+    ring.wait_record(0, Duration::from_secs(20)).await;
+    let (filler, _ev) = ring_client(&ring.source(), "filler").await;
+    let prefill = fill(&filler, "fill", 500, 1000).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = spawn_writer(ring.source(), stop.clone()).await;
+    ring.wait_backup(&BTreeMap::from([(
+        "fill".to_string(),
+        prefill.len() as u64,
+    )]))
+    .await;
+
+    let succ = ring
+        .start_successor(&pred, &["--handoff-give-up-after", "3s"])
+        .await;
+    pred.log
+        .wait("handoff: cut-over", Duration::from_secs(60))
+        .await;
+    pred.child.start_kill().unwrap();
+    let _ = pred.child.wait().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Which outcome: the successor took over by itself, or gave up and recovered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let took_over = loop {
+        if succ.log.has("took over from the predecessor") {
+            break true;
+        }
+        if succ.log.has("handoff: successor gives up") {
+            break false;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the successor neither took over nor gave up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    if took_over {
+        eprintln!("after cut-over: the successor had everything and went live by itself");
+        assert!(!succ.log.has("handoff: successor gives up"));
+        check_lossless_successor(&ring, &succ.peer_id, &prefill, writer).await;
+    } else {
+        let gave_up = succ.log.all("handoff: successor gives up").remove(0);
+        eprintln!("after cut-over: the final tail was cut off: {gave_up}");
+        assert_eq!(gave_up["fields"]["reason"], "PredecessorUnreachable");
+        assert!(
+            ["Snapshot", "CutOver"].contains(&gave_up["fields"]["transferred"].as_str().unwrap()),
+            "{gave_up}"
+        );
+        check_recovered_successor(&ring, &succ, &prefill, writer, &["handoff", "backup"]).await;
+    }
+    filler.close().await;
+    eprintln!("after-cut-over scenario took {:?}", started.elapsed());
+}
+
+/// kill -9 of the successor while snapshot chunks flow (launched by its predecessor's
+/// lifecycle, `--launcher local`): the predecessor keeps serving as primary, aborts the
+/// session after `--handoff-resume-timeout`, relaunches after the successor timeout, and the
+/// new successor takes over with every acknowledged message and no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successor_killed_mid_snapshot_predecessor_keeps_serving_and_relaunches() {
+    init();
+    let started = Instant::now();
+    let ring = CrashRing::new("a ring secret for the crash tests");
+    let args = [
+        "--launcher",
+        "local",
+        // The successor is launched 6 s after the start (time to fill the node).
+        "--lifetime",
+        "90s",
+        "--handoff-lead",
+        "84s",
+        "--deadline-margin",
+        "2s",
+        "--successor-timeout",
+        "5s",
+        "--handoff-resume-timeout",
+        "2s",
+        "--drain-timeout",
+        "1s",
+        "--handoff-chunk-size",
+        "1KiB",
+        "--handoff-window",
+        "1",
+    ]
+    .map(String::from);
+    let mut pred = ring.start("predecessor", &args).await;
+    ring.wait_record(0, Duration::from_secs(20)).await;
+    let (filler, _ev) = ring_client(&ring.source(), "filler").await;
+    let mut prefill = fill(&filler, "fill", 100, 4000).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = spawn_writer(ring.source(), stop.clone()).await;
+
+    let launched = pred
+        .log
+        .wait("launched local successor", Duration::from_secs(30))
+        .await;
+    assert_eq!(launched["fields"]["attempt"], 1);
+    let first_pid = launched["fields"]["pid"].as_u64().unwrap() as u32;
+    let gen1 = NodeLog::tail_file("generation 1", ring.data.join("logs/node-gen1.log"));
+    pred.log
+        .wait("handoff: snapshot exported", Duration::from_secs(30))
+        .await;
+    kill9(first_pid, &ring.data);
+    // Dead (gone, or a zombie with an empty command line) within a second.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while std::fs::read(format!("/proc/{first_pid}/cmdline")).is_ok_and(|c| !c.is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "the first successor survived kill -9"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let killed_at = Instant::now();
+    assert!(
+        !gen1.has("handoff: snapshot received"),
+        "the kill missed the snapshot phase"
+    );
+    let first_peer = gen1.peer_ids().remove(0);
+    // Still primary: a publish is acknowledged while the successor is gone.
+    let probe = |i: usize| {
+        let filler = &filler;
+        async move {
+            let id = format!("fill-probe-{i}");
+            let ack = tokio::time::timeout(
+                Duration::from_secs(10),
+                filler.publish_with_id("fill", &id, json!(i)),
+            )
+            .await
+            .expect("the predecessor answers")
+            .expect("the predecessor still accepts writes");
+            (ack.seq, id)
+        }
+    };
+    prefill.push(probe(0).await);
+    let aborted = pred
+        .log
+        .wait("handoff aborted", Duration::from_secs(60))
+        .await;
+    eprintln!(
+        "session aborted {:?} after the kill: {}",
+        killed_at.elapsed(),
+        aborted["fields"]["reason"]
+    );
+    prefill.push(probe(1).await);
+    let relaunched = pred
+        .log
+        .wait_nth("launched local successor", 2, Duration::from_secs(30))
+        .await;
+    assert_eq!(relaunched["fields"]["attempt"], 2);
+    // The lifecycle waited the successor timeout (5 s) after the abort before relaunching.
+    let at = |v: &Value| humantime::parse_rfc3339_weak(v["timestamp"].as_str().unwrap()).unwrap();
+    let waited = at(&relaunched).duration_since(at(&aborted)).unwrap();
+    assert!(
+        waited >= Duration::from_millis(4900),
+        "relaunched {waited:?} after the abort"
+    );
+    gen1.wait("took over from the predecessor", Duration::from_secs(60))
+        .await;
+    let peers = gen1.peer_ids();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    assert_ne!(peers[1], first_peer);
+    pred.log
+        .wait("handoff: successor is live", Duration::from_secs(10))
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    check_lossless_successor(&ring, &peers[1], &prefill, writer).await;
+    // The predecessor drains and exits on its own.
+    let status = tokio::time::timeout(Duration::from_secs(20), pred.child.wait())
+        .await
+        .expect("the predecessor exits after the drain")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    filler.close().await;
+    eprintln!("successor-killed scenario took {:?}", started.elapsed());
+}
+
+/// kill -9 of the predecessor as soon as it learnt the successor is live (`live`
+/// received; `moved` may or may not have reached the clients): nothing lost, no gap, and
+/// clients that missed `moved` find the successor through discovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predecessor_killed_after_live_nothing_is_lost() {
+    init();
+    let started = Instant::now();
+    let ring = CrashRing::new("a ring secret for the crash tests");
+    let mut pred = ring.start("predecessor", &[]).await;
+    ring.wait_record(0, Duration::from_secs(20)).await;
+    let (filler, _ev) = ring_client(&ring.source(), "filler").await;
+    let prefill = fill(&filler, "fill", 500, 1000).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = spawn_writer(ring.source(), stop.clone()).await;
+    let succ = ring.start_successor(&pred, &[]).await;
+    pred.log
+        .wait("handoff: successor is live", Duration::from_secs(60))
+        .await;
+    pred.child.start_kill().unwrap();
+    let _ = pred.child.wait().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    succ.log
+        .wait("took over from the predecessor", Duration::from_secs(10))
+        .await;
+    assert!(!succ.log.has("handoff: successor gives up"));
+    check_lossless_successor(&ring, &succ.peer_id, &prefill, writer).await;
+    filler.close().await;
+    eprintln!("after-live scenario took {:?}", started.elapsed());
+}

@@ -81,6 +81,38 @@ pub struct LifecycleArgs {
     /// Folder for `ouroboros.json`, successor logs and local state.
     #[arg(long, env = "OUROBOROS_DATA_DIR", default_value = "ouroboros-data")]
     pub data_dir: PathBuf,
+    /// Size of one snapshot chunk sent to the successor (`64KiB`; 1 KiB to 1 MiB)
+    /// [default: 255KiB]. Inherited by local successors.
+    #[arg(long, env = "OUROBOROS_HANDOFF_CHUNK_SIZE", value_parser = parse_chunk_size)]
+    pub handoff_chunk_size: Option<u64>,
+    /// Snapshot chunks sent to the successor before waiting for its acknowledgement
+    /// (1 to 256) [default: 32]. Chunk size × window bounds the bytes in flight.
+    #[arg(long, env = "OUROBOROS_HANDOFF_WINDOW", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub handoff_window: Option<u32>,
+    /// How long the predecessor keeps an interrupted handoff session for its successor
+    /// to resume before it aborts it (and the lifecycle launches another successor)
+    /// [default: 10s].
+    #[arg(long, env = "OUROBOROS_HANDOFF_RESUME_TIMEOUT", value_parser = parse_duration)]
+    pub handoff_resume_timeout: Option<Duration>,
+    /// How long a successor keeps trying to reach a silent predecessor before it recovers
+    /// from the newest backup and announces the gap [default: 10s].
+    #[arg(long, env = "OUROBOROS_HANDOFF_GIVE_UP_AFTER", value_parser = parse_duration)]
+    pub handoff_give_up_after: Option<Duration>,
+}
+
+/// Smallest and largest `--handoff-chunk-size` (a chunk travels in one handoff message,
+/// at most 2 MiB).
+pub const HANDOFF_CHUNK_SIZE_RANGE: (u64, u64) = (1 << 10, 1 << 20);
+
+fn parse_chunk_size(s: &str) -> Result<u64, String> {
+    let v = crate::node::parse_size(s)?;
+    let (lo, hi) = HANDOFF_CHUNK_SIZE_RANGE;
+    if !(lo..=hi).contains(&v) {
+        return Err(format!(
+            "--handoff-chunk-size must be between 1KiB and 1MiB, got {s:?}"
+        ));
+    }
+    Ok(v)
 }
 
 /// Why the lifecycle flags do not make sense together.
@@ -158,6 +190,31 @@ impl LifecycleArgs {
     pub fn is_successor(&self) -> bool {
         self.predecessor_peer_id.is_some()
     }
+
+    /// The predecessor side's handoff settings: defaults with the `--handoff-*` flags
+    /// applied.
+    pub fn handoff_config(&self) -> crate::handoff::HandoffConfig {
+        let mut c = crate::handoff::HandoffConfig::default();
+        if let Some(size) = self.handoff_chunk_size {
+            c.chunk_size = size as usize;
+        }
+        if let Some(window) = self.handoff_window {
+            c.window = window;
+        }
+        if let Some(t) = self.handoff_resume_timeout {
+            c.resume_timeout = t;
+        }
+        c
+    }
+
+    /// The successor side's handoff settings: defaults with `--handoff-give-up-after`.
+    pub fn successor_config(&self) -> crate::handoff::SuccessorConfig {
+        let mut c = crate::handoff::SuccessorConfig::default();
+        if let Some(t) = self.handoff_give_up_after {
+            c.give_up_after = t;
+        }
+        c
+    }
 }
 
 #[cfg(test)]
@@ -210,6 +267,44 @@ mod tests {
         assert!(e.to_string().contains("JSON array"), "{e}");
         let e = parse(&["--lifetime", "soon"]).unwrap_err();
         assert!(e.to_string().contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn handoff_knobs_parse_validate_and_default() {
+        let a = parse(&[]).unwrap();
+        let (h, s) = (a.handoff_config(), a.successor_config());
+        let (dh, ds) = (
+            crate::handoff::HandoffConfig::default(),
+            crate::handoff::SuccessorConfig::default(),
+        );
+        assert_eq!((h.chunk_size, h.window), (dh.chunk_size, dh.window));
+        assert_eq!(h.resume_timeout, dh.resume_timeout);
+        assert_eq!(s.give_up_after, ds.give_up_after);
+        let a = parse(&[
+            "--handoff-chunk-size",
+            "4KiB",
+            "--handoff-window",
+            "2",
+            "--handoff-resume-timeout",
+            "3s",
+            "--handoff-give-up-after",
+            "4s",
+        ])
+        .unwrap();
+        let (h, s) = (a.handoff_config(), a.successor_config());
+        assert_eq!((h.chunk_size, h.window), (4096, 2));
+        assert_eq!(h.resume_timeout, Duration::from_secs(3));
+        assert_eq!(s.give_up_after, Duration::from_secs(4));
+        for bad in [
+            &["--handoff-chunk-size", "512"][..],
+            &["--handoff-chunk-size", "2MiB"],
+            &["--handoff-chunk-size", "lots"],
+            &["--handoff-window", "0"],
+            &["--handoff-window", "1000"],
+            &["--handoff-resume-timeout", "soon"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -8,9 +8,9 @@ use super::{
 };
 use crate::discovery::{LocalPublisher, Publisher, SignalingEndpoint};
 use crate::handoff::{
-    BackupStore, DEFAULT_GAP_MARGIN, DirBackupStore, GiveUpReason, HANDOFF_LABEL, HandoffConfig,
-    HandoffHost, Predecessor, PredecessorEvent, Secret, Successor, SuccessorConfig,
-    SuccessorOutcome, recover, run_successor, spawn_backups, spawn_predecessor,
+    BackupStore, DEFAULT_GAP_MARGIN, DirBackupStore, GiveUpReason, HANDOFF_LABEL, HandoffHost,
+    Predecessor, PredecessorEvent, Secret, Successor, SuccessorOutcome, recover, run_successor,
+    spawn_backups, spawn_predecessor,
 };
 use crate::node::{LifecycleView, Node, NodeArgs};
 use crate::peer::codec::Serialization;
@@ -177,7 +177,7 @@ pub async fn run(
         peer_id.clone(),
         generation,
         secret.clone(),
-        HandoffConfig::default(),
+        la.handoff_config(),
         Instant::now(),
     );
     let mut handle = spawn_predecessor(pred, host.clone());
@@ -322,7 +322,7 @@ async fn join(
         la.generation,
         secret.clone(),
         record.signaling.clone(),
-        SuccessorConfig::default(),
+        la.successor_config(),
         Instant::now(),
     );
     // Our peer on the predecessor's signaling server that last worked, opened on first use:

@@ -164,6 +164,7 @@ impl NodeShared {
     pub async fn status(&self) -> NodeStatus {
         let record = self.record.read().expect("record lock poisoned").clone();
         let (relay, rooms) = self.relay.figures().await.unwrap_or_default();
+        let gap = self.relay.with_relay(|r| r.gap().cloned()).await.flatten();
         let lc = self
             .lifecycle
             .read()
@@ -183,6 +184,7 @@ impl NodeShared {
                 .next_rotation
                 .map(|t| t.saturating_duration_since(now).as_secs()),
             lifecycle: lc.state,
+            gap,
             tunnel: self.tunnel.read().expect("tunnel lock poisoned").clone(),
             listen_url: self.listen_url.clone(),
             endpoints: self.registrations.iter().map(|r| r.status()).collect(),

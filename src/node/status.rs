@@ -89,6 +89,9 @@ pub struct NodeStatus {
     pub next_rotation_secs: Option<u64>,
     /// Lifecycle state (`serving`, `handing-off`, …).
     pub lifecycle: String,
+    /// The crash-recovery gap this node announces in `welcome.gap` (`reason`, `recovery`,
+    /// `margin`, `skipped`; see `protocol/handoff.md`), or `null`: nothing known missing.
+    pub gap: Option<serde_json::Value>,
     /// Tunnel status (`none`, or the public URL / error).
     pub tunnel: String,
     /// Where the node listens (`http://127.0.0.1:9000/`).
@@ -216,6 +219,13 @@ pub fn render_html(s: &NodeStatus) -> String {
         escape_html(&s.lifecycle),
         escape_html(&s.peer_id)
     );
+    if let Some(gap) = &s.gap {
+        let _ = write!(
+            out,
+            r#"<p class="warn" id="gap">Recovered after a crash: messages may be missing (gap <code>{}</code>).</p>"#,
+            escape_html(&gap.to_string())
+        );
+    }
 
     out.push_str(r#"<section class="grid" aria-label="summary">"#);
     card(
@@ -553,6 +563,7 @@ mod tests {
             expires_at: None,
             next_rotation_secs: Some(120),
             lifecycle: "serving".into(),
+            gap: None,
             tunnel: "none".into(),
             listen_url: "http://127.0.0.1:9000/".into(),
             endpoints: vec![EndpointStatus {
@@ -589,6 +600,23 @@ mod tests {
         assert!(html.contains("a&amp;b"));
         assert!(html.contains("1h 02m"));
         assert!(html.contains("50%") || html.contains("50.0%"));
+    }
+
+    #[test]
+    fn a_crash_recovery_gap_is_shown() {
+        assert!(!render_html(&sample()).contains("id=\"gap\""));
+        let mut s = sample();
+        s.gap = Some(serde_json::json!({"reason": "predecessor_lost", "room": "<i>"}));
+        let html = render_html(&s);
+        assert!(html.contains("id=\"gap\""));
+        assert!(html.contains("predecessor_lost"));
+        assert!(!html.contains("<i>"), "escaped");
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["gap"]["reason"], "predecessor_lost");
+        assert_eq!(
+            serde_json::to_value(sample()).unwrap()["gap"],
+            serde_json::Value::Null
+        );
     }
 
     #[test]

@@ -510,6 +510,16 @@ async fn drive(
                     core.shutdown(Some(ConnectionError::IceFailed)).await;
                     break;
                 }
+                Some(PcEvent::State(RTCPeerConnectionState::Disconnected)) if remote_ouroboros => {
+                    // Another Ouroboros process (a node, a successor, a Rust client) sent
+                    // nothing, not even ICE keepalives, for ICE's disconnected timeout (5 s):
+                    // it is gone (e.g. killed). Close now instead of after the failed timeout
+                    // (25 s more), so a handoff learns its peer died and resumes or moves on.
+                    // Browsers keep the standard behaviour (their networks do blip).
+                    tracing::info!(connection_id = %meta.connection_id, peer = %meta.peer, "ICE disconnected from an Ouroboros peer; closing");
+                    core.shutdown(Some(ConnectionError::IceFailed)).await;
+                    break;
+                }
                 Some(PcEvent::State(RTCPeerConnectionState::Closed)) | None => {
                     core.shutdown(None).await;
                     break;

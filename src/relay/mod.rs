@@ -350,6 +350,8 @@ pub struct Relay {
     out: VecDeque<Output>,
     replication: Option<VecDeque<ReplicationEvent>>,
     welcome: Arc<Payload>,
+    /// The `gap` notice carried by `welcome` (see [`Relay::set_gap`]).
+    gap: Option<Value>,
     pong: Arc<Payload>,
     moved: Option<Arc<Payload>>,
     bytes: usize,
@@ -377,6 +379,7 @@ impl Relay {
         let legacy_room: Arc<str> = config.legacy_room.as_str().into();
         let mut r = Relay {
             welcome: Payload::new(String::new()),
+            gap: None,
             pong: Payload::of(&ServerMessage::Pong),
             config,
             mode: Mode::Primary,
@@ -411,8 +414,14 @@ impl Relay {
             node: self.config.node.clone(),
             generation: self.config.generation,
             limits: self.config.limits.clone(),
-            gap,
+            gap: gap.clone(),
         });
+        self.gap = gap;
+    }
+
+    /// The `gap` notice every `welcome` carries (`None`: no known gap).
+    pub fn gap(&self) -> Option<&Value> {
+        self.gap.as_ref()
     }
 
     // ----- driver inputs ---------------------------------------------------------------
