@@ -182,25 +182,9 @@ async fn run(mb: usize) {
 
     let pred_id = format!("bench-pred-{mb}");
     let succ_id = format!("bench-succ-{mb}");
-    let pred_relay = relay(&pred_id, 0);
     let fill_start = Instant::now();
-    {
-        let mut r = pred_relay.relay.lock().unwrap();
-        open(&mut r, 1, "filler");
-        let body = "x".repeat(1000);
-        let n = mb * 1024 * 1024 / 1024;
-        for i in 0..n {
-            let (res, _) = publish(
-                &mut r,
-                1,
-                &format!("room-{}", i % 16),
-                &format!("f{i}"),
-                &body,
-            );
-            res.unwrap();
-        }
-        open(&mut r, 2, "writer");
-    }
+    let pred_relay = filled(&pred_id, mb);
+    open(&mut pred_relay.relay.lock().unwrap(), 2, "writer");
     let fill = fill_start.elapsed();
 
     let mut pc = PeerConfig::new("127.0.0.1", port);
