@@ -1106,6 +1106,48 @@ async fn ring_client(
         .unwrap_or_else(|e| panic!("client {name} cannot connect: {e}"))
 }
 
+/// A started predecessor (generation 0) with `n` messages of `body_len` bytes in room
+/// `fill`, a writer publishing to room `live` (see [`spawn_writer`]) and, when
+/// `backed_up`, a backup that covers the fill.
+struct Prepared {
+    pred: NodeProc,
+    filler: ouroboros::client::Client,
+    _events: tokio::sync::mpsc::UnboundedReceiver<ouroboros::client::Event>,
+    prefill: Vec<(u64, String)>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    writer: tokio::task::JoinHandle<(ouroboros::client::Client, Vec<(u64, String)>)>,
+}
+
+async fn prepare(
+    ring: &CrashRing,
+    extra: &[String],
+    n: usize,
+    body_len: usize,
+    backed_up: bool,
+) -> Prepared {
+    let pred = ring.start("predecessor", extra).await;
+    ring.wait_record(0, Duration::from_secs(20)).await;
+    let (filler, _events) = ring_client(&ring.source(), "filler").await;
+    let prefill = fill(&filler, "fill", n, body_len).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = spawn_writer(ring.source(), stop.clone()).await;
+    if backed_up {
+        ring.wait_backup(&BTreeMap::from([(
+            "fill".to_string(),
+            prefill.len() as u64,
+        )]))
+        .await;
+    }
+    Prepared {
+        pred,
+        filler,
+        _events,
+        prefill,
+        stop,
+        writer,
+    }
+}
+
 /// Publishes `n` messages of `body_len` bytes to `room`, 64 at a time; returns the acks as
 /// (seq, id).
 async fn fill(
@@ -1360,17 +1402,14 @@ async fn predecessor_killed_mid_snapshot_successor_recovers_from_backup_with_a_g
     let started = Instant::now();
     let ring = CrashRing::new("a ring secret for the crash tests");
     let slow = ["--handoff-chunk-size", "1KiB", "--handoff-window", "1"].map(String::from);
-    let mut pred = ring.start("predecessor", &slow).await;
-    ring.wait_record(0, Duration::from_secs(20)).await;
-    let (filler, _ev) = ring_client(&ring.source(), "filler").await;
-    let prefill = fill(&filler, "fill", 200, 4000).await;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = spawn_writer(ring.source(), stop.clone()).await;
-    ring.wait_backup(&BTreeMap::from([(
-        "fill".to_string(),
-        prefill.len() as u64,
-    )]))
-    .await;
+    let Prepared {
+        mut pred,
+        filler,
+        _events,
+        prefill,
+        stop,
+        writer,
+    } = prepare(&ring, &slow, 200, 4000, true).await;
 
     let succ = ring
         .start_successor(&pred, &["--handoff-give-up-after", "3s"])
@@ -1460,17 +1499,14 @@ async fn predecessor_killed_mid_tail_successor_keeps_the_newest_state_with_a_gap
     init();
     let started = Instant::now();
     let ring = CrashRing::new("a ring secret for the crash tests");
-    let mut pred = ring.start("predecessor", &[]).await;
-    ring.wait_record(0, Duration::from_secs(20)).await;
-    let (filler, _ev) = ring_client(&ring.source(), "filler").await;
-    let prefill = fill(&filler, "fill", 8000, 100).await;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = spawn_writer(ring.source(), stop.clone()).await;
-    ring.wait_backup(&BTreeMap::from([(
-        "fill".to_string(),
-        prefill.len() as u64,
-    )]))
-    .await;
+    let Prepared {
+        mut pred,
+        filler,
+        _events,
+        prefill,
+        stop,
+        writer,
+    } = prepare(&ring, &[], 8000, 100, true).await;
 
     let succ = ring
         .start_successor(&pred, &["--handoff-give-up-after", "3s"])
@@ -1515,17 +1551,14 @@ async fn predecessor_killed_after_cut_over_successor_serves_with_every_acknowled
     init();
     let started = Instant::now();
     let ring = CrashRing::new("a ring secret for the crash tests");
-    let mut pred = ring.start("predecessor", &[]).await;
-    ring.wait_record(0, Duration::from_secs(20)).await;
-    let (filler, _ev) = ring_client(&ring.source(), "filler").await;
-    let prefill = fill(&filler, "fill", 500, 1000).await;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = spawn_writer(ring.source(), stop.clone()).await;
-    ring.wait_backup(&BTreeMap::from([(
-        "fill".to_string(),
-        prefill.len() as u64,
-    )]))
-    .await;
+    let Prepared {
+        mut pred,
+        filler,
+        _events,
+        prefill,
+        stop,
+        writer,
+    } = prepare(&ring, &[], 500, 1000, true).await;
 
     let succ = ring
         .start_successor(&pred, &["--handoff-give-up-after", "3s"])
@@ -1699,12 +1732,14 @@ async fn predecessor_killed_after_live_nothing_is_lost() {
     init();
     let started = Instant::now();
     let ring = CrashRing::new("a ring secret for the crash tests");
-    let mut pred = ring.start("predecessor", &[]).await;
-    ring.wait_record(0, Duration::from_secs(20)).await;
-    let (filler, _ev) = ring_client(&ring.source(), "filler").await;
-    let prefill = fill(&filler, "fill", 500, 1000).await;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = spawn_writer(ring.source(), stop.clone()).await;
+    let Prepared {
+        mut pred,
+        filler,
+        _events,
+        prefill,
+        stop,
+        writer,
+    } = prepare(&ring, &[], 500, 1000, false).await;
     let succ = ring.start_successor(&pred, &[]).await;
     pred.log
         .wait("handoff: successor is live", Duration::from_secs(60))
