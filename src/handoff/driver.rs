@@ -377,11 +377,9 @@ pub fn to_values(serialization: Serialization, m: &Message) -> Vec<Value> {
     }
 }
 
-/// Decodes a handoff message from either encoding.
-///
-/// # Errors
-/// A message for anything that is not a handoff message.
-pub fn from_value(v: &Value) -> Result<Message, String> {
+/// Decodes one whole handoff message from either encoding (fragments go through
+/// [`Defragmenter`]).
+fn from_value(v: &Value) -> Result<Message, String> {
     match v {
         Value::Bin(b) => Message::from_binary(b).map_err(|e| e.to_string()),
         Value::Str(s) => Message::from_json(s).map_err(|e| e.to_string()),
