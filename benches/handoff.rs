@@ -20,7 +20,9 @@ use ouroboros::handoff::{
 };
 use ouroboros::peer::codec::Serialization;
 use ouroboros::peer::{ConnectOptions, Peer, PeerConfig};
-use ouroboros::relay::{ConnId, ConnInfo, Mode, Output, Relay, RelayConfig, Snapshot};
+use ouroboros::relay::{
+    ConnId, ConnInfo, Mode, Output, Relay, RelayConfig, Snapshot, StreamingRestore,
+};
 use ouroboros::signaling::{self, SignalConfig, Signaling};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -155,8 +157,18 @@ fn cpu_phases(mb: usize) {
     let restored = Relay::restore(config, snap, Instant::now()).unwrap();
     let restore = t.elapsed();
     drop(restored);
+    // What a successor does while the snapshot arrives: decode and restore 255 KiB
+    // pieces as they come.
+    let t = Instant::now();
+    let mut streaming = StreamingRestore::new(shared.config.clone(), Instant::now());
+    for piece in bytes.chunks(255 * 1024) {
+        streaming.feed(piece).unwrap();
+    }
+    let restored = streaming.finish().unwrap();
+    let streamed = t.elapsed();
+    drop(restored);
     println!(
-        "phases {mb:>5} MB: snapshot {} bytes (sha256 {}…) | export {:.2}s | sha256 {:.2}s | decode {:.2}s (plain serde {:.2}s) | restore {:.2}s",
+        "phases {mb:>5} MB: snapshot {} bytes (sha256 {}…) | export {:.2}s | sha256 {:.2}s | decode {:.2}s (plain serde {:.2}s) | restore {:.2}s | streaming decode+restore {:.2}s",
         bytes.len(),
         &digest[..12],
         export.as_secs_f64(),
@@ -164,6 +176,7 @@ fn cpu_phases(mb: usize) {
         decode.as_secs_f64(),
         decode_plain.as_secs_f64(),
         restore.as_secs_f64(),
+        streamed.as_secs_f64(),
     );
 }
 

@@ -15,7 +15,7 @@ use super::{
 use crate::discovery::{DiscoveryError, SignalingEndpoint};
 use crate::peer::DataConnection;
 use crate::peer::codec::{Serialization, Value};
-use crate::relay::{Mode, Relay, RelayConfig, ReplicationEvent, Snapshot};
+use crate::relay::{Mode, Relay, RelayConfig, ReplicationEvent, Snapshot, StreamingRestore};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -42,11 +42,30 @@ pub trait HandoffHost: Send + Sync + 'static {
     async fn announce_moved(&self, peer_id: &str, endpoints: &[SignalingEndpoint], generation: u64);
     /// (Successor) replaces the store with an empty one.
     async fn reset(&self);
-    /// (Successor) replaces the store with a snapshot (writes stay refused).
+    /// (Successor) the configuration a restored store gets.
+    async fn relay_config(&self) -> RelayConfig;
+    /// (Successor) replaces the store with `relay` (restored from a snapshot; writes stay
+    /// refused until [`HandoffHost::set_primary`]).
+    async fn install(&self, relay: Relay);
+    /// (Successor) replaces the store with a whole snapshot (writes stay refused). The
+    /// handoff restores piece by piece instead ([`RestoreWorker`]); crash recovery uses
+    /// this.
     ///
     /// # Errors
     /// A message if the snapshot is invalid.
-    async fn restore(&self, snapshot: Vec<u8>) -> Result<(), String>;
+    async fn restore(&self, snapshot: Vec<u8>) -> Result<(), String> {
+        let config = self.relay_config().await;
+        let relay = tokio::task::spawn_blocking(move || {
+            let snap = Snapshot::from_json(&snapshot)?;
+            drop(snapshot);
+            Relay::restore(config, snap, Instant::now())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        self.install(relay).await;
+        Ok(())
+    }
     /// (Successor) applies replication events in order.
     ///
     /// # Errors
@@ -90,21 +109,87 @@ impl SharedRelay {
     }
 }
 
-/// Parses a snapshot off the async threads (a large one takes a while).
-async fn decode_snapshot(bytes: Vec<u8>) -> Result<Snapshot, String> {
-    tokio::task::spawn_blocking(move || {
-        let started = Instant::now();
-        let snap = Snapshot::from_json(&bytes);
-        tracing::debug!(
-            bytes = bytes.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "handoff: snapshot decoded"
-        );
-        snap
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())
+/// A snapshot restored on its own thread while it arrives: pieces go in as they are
+/// verified, [`RestoreWorker::finish`] returns the relay once the last one is in.
+/// Dropping the worker abandons the restore.
+pub struct RestoreWorker {
+    pieces: Option<std::sync::mpsc::Sender<Vec<u8>>>,
+    result: tokio::sync::oneshot::Receiver<Result<Relay, String>>,
+    cancelled: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RestoreWorker {
+    /// Starts a restore into a relay with `config`.
+    ///
+    /// # Errors
+    /// The thread cannot be started.
+    pub fn start(config: RelayConfig) -> std::io::Result<RestoreWorker> {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let (done, result) = tokio::sync::oneshot::channel();
+        let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = cancelled.clone();
+        std::thread::Builder::new()
+            .name("handoff-restore".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let mut restore = StreamingRestore::new(config, Instant::now());
+                let mut failed = None;
+                for piece in rx {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    if failed.is_none()
+                        && let Err(e) = restore.feed(&piece)
+                    {
+                        failed = Some(e.to_string());
+                    }
+                }
+                let bytes = restore.consumed();
+                let result = match failed {
+                    Some(e) => Err(e),
+                    None => restore.finish().map_err(|e| e.to_string()),
+                };
+                tracing::debug!(
+                    bytes,
+                    ms = started.elapsed().as_millis() as u64,
+                    ok = result.is_ok(),
+                    "handoff: streaming restore ended"
+                );
+                let _ = done.send(result);
+            })?;
+        Ok(RestoreWorker {
+            pieces: Some(tx),
+            result,
+            cancelled,
+        })
+    }
+
+    /// The next piece, in order.
+    pub fn feed(&self, piece: Vec<u8>) {
+        if let Some(tx) = &self.pieces {
+            let _ = tx.send(piece);
+        }
+    }
+
+    /// Waits until every piece is decoded and returns the relay.
+    ///
+    /// # Errors
+    /// A message if the snapshot is malformed or inconsistent.
+    pub async fn finish(mut self) -> Result<Relay, String> {
+        self.pieces = None;
+        (&mut self.result)
+            .await
+            .unwrap_or_else(|_| Err("the restore thread stopped".into()))
+    }
+}
+
+impl Drop for RestoreWorker {
+    fn drop(&mut self) {
+        if self.pieces.is_some() {
+            self.cancelled
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 fn encode_event(e: &ReplicationEvent) -> Vec<u8> {
@@ -154,13 +239,14 @@ impl HandoffHost for SharedRelay {
             r.set_mode(Mode::Draining);
         });
     }
-    async fn restore(&self, snapshot: Vec<u8>) -> Result<(), String> {
-        let snap = decode_snapshot(snapshot).await?;
-        let mut fresh =
-            Relay::restore(self.config.clone(), snap, Instant::now()).map_err(|e| e.to_string())?;
-        fresh.set_mode(Mode::Draining);
-        self.with(|r| *r = fresh);
-        Ok(())
+    async fn relay_config(&self) -> RelayConfig {
+        self.config.clone()
+    }
+    async fn install(&self, mut relay: Relay) {
+        relay.set_mode(Mode::Draining);
+        let old = self.with(|r| std::mem::replace(r, relay));
+        // A large store is freed off the async threads.
+        tokio::task::spawn_blocking(move || drop(old));
     }
     async fn apply(&self, events: &[Vec<u8>]) -> Result<(), String> {
         let decoded: Vec<ReplicationEvent> = events
@@ -255,17 +341,17 @@ impl HandoffHost for crate::node::RelayHandle {
         })
         .await;
     }
-    async fn restore(&self, snapshot: Vec<u8>) -> Result<(), String> {
-        let snap = decode_snapshot(snapshot).await?;
-        self.with_relay(move |r| {
-            let mut fresh = Relay::restore(r.config().clone(), snap, Instant::now())
-                .map_err(|e| e.to_string())?;
-            fresh.set_mode(Mode::Draining);
-            *r = fresh;
-            Ok(())
-        })
-        .await
-        .unwrap_or_else(|| Err("relay task stopped".into()))
+    async fn relay_config(&self) -> RelayConfig {
+        match self.with_relay(|r| r.config().clone()).await {
+            Some(c) => c,
+            None => RelayConfig::new("stopped", 0),
+        }
+    }
+    async fn install(&self, mut relay: Relay) {
+        relay.set_mode(Mode::Draining);
+        if let Some(old) = self.with_relay(move |r| std::mem::replace(r, relay)).await {
+            tokio::task::spawn_blocking(move || drop(old));
+        }
     }
     async fn apply(&self, events: &[Vec<u8>]) -> Result<(), String> {
         let decoded: Vec<ReplicationEvent> = events
@@ -654,6 +740,8 @@ where
     let mut writer: Option<(ConnId, mpsc::UnboundedSender<Message>)> = None;
     let mut next_id: ConnId = 1;
     let mut outcome: Option<SuccessorOutcome> = None;
+    // The restore in progress (started by the first snapshot piece of a session).
+    let mut restoring: Option<std::io::Result<RestoreWorker>> = None;
     loop {
         let now = Instant::now();
         loop {
@@ -676,16 +764,36 @@ where
                             "handoff: authenticated to the predecessor"
                         );
                     }
-                    SuccessorEvent::Reset => host.reset().await,
-                    SuccessorEvent::Restore(bytes) => {
+                    SuccessorEvent::Reset => {
+                        restoring = None;
+                        host.reset().await;
+                    }
+                    SuccessorEvent::RestorePiece(piece) => {
+                        if restoring.is_none() {
+                            restoring = Some(RestoreWorker::start(host.relay_config().await));
+                        }
+                        if let Some(Ok(w)) = &restoring {
+                            w.feed(piece);
+                        }
+                    }
+                    SuccessorEvent::RestoreFinish => {
                         let started = Instant::now();
-                        let len = bytes.len();
-                        match host.restore(bytes).await {
-                            Ok(()) => tracing::info!(
-                                bytes = len,
-                                ms = started.elapsed().as_millis() as u64,
-                                "handoff: snapshot restored"
-                            ),
+                        let worker = match restoring.take() {
+                            Some(w) => w,
+                            None => RestoreWorker::start(host.relay_config().await),
+                        };
+                        let restored = match worker {
+                            Ok(w) => w.finish().await,
+                            Err(e) => Err(format!("cannot start the restore thread: {e}")),
+                        };
+                        match restored {
+                            Ok(relay) => {
+                                host.install(relay).await;
+                                tracing::info!(
+                                    ms = started.elapsed().as_millis() as u64,
+                                    "handoff: snapshot restored"
+                                );
+                            }
                             Err(e) => {
                                 tracing::error!(error = %e, "handoff: snapshot cannot be restored")
                             }

@@ -22,8 +22,8 @@ mod successor;
 
 pub use backup::{Backup, BackupError, BackupStore, DirBackupStore};
 pub use driver::{
-    Defragmenter, HandoffHost, HandoffInbox, PredecessorHandle, RAW_FRAME_MAX, SharedRelay,
-    SuccessorOutcome, run_successor, spawn_predecessor, to_values,
+    Defragmenter, HandoffHost, HandoffInbox, PredecessorHandle, RAW_FRAME_MAX, RestoreWorker,
+    SharedRelay, SuccessorOutcome, run_successor, spawn_predecessor, to_values,
 };
 pub use message::{HANDOFF_LABEL, HighWater, Message, RefuseCode};
 pub use predecessor::{

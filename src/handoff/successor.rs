@@ -7,8 +7,11 @@
 //! Messages go to [`Successor::handle_message`]; [`Successor::handle_timeout`] is called when
 //! [`Successor::poll_timeout`] has passed; after any call drain [`Successor::poll_event`] and
 //! [`Successor::poll_transmit`]. Events the driver answers:
-//! - `Reset` → discard relay state from an earlier session; `Restore` → `Relay::restore`;
-//!   `ApplyTail` → `apply_replication` for each event, in order.
+//! - `Reset` → discard relay state and any restore in progress from an earlier session;
+//!   `RestorePiece` → feed the piece to a restore (`relay::StreamingRestore`, the first
+//!   piece starts one); `RestoreFinish` → finish it, install the relay, then call
+//!   [`Successor::restore_done`]; `ApplyTail` → `apply_replication` for each event, in
+//!   order.
 //! - `CheckHighWater` → [`Successor::confirm_high_water`] with the relay's heads.
 //! - `Publish` → publish the discovery record; then [`Successor::went_live`] (relay
 //!   `Primary`) or, if the guard refused, [`Successor::publish_refused`].
@@ -21,9 +24,6 @@ use crate::discovery::SignalingEndpoint;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
-
-/// Largest snapshot buffer allocated up front (larger ones grow as chunks arrive).
-const MAX_PREALLOCATION: usize = 4 << 30;
 
 /// Successor timing settings.
 #[derive(Debug, Clone)]
@@ -90,10 +90,14 @@ pub enum SuccessorEvent {
         /// Whether an interrupted session continues.
         resumed: bool,
     },
-    /// Discard relay state from an earlier session.
+    /// Discard relay state and any restore in progress from an earlier session.
     Reset,
-    /// The complete, verified snapshot: restore the relay from it.
-    Restore(Vec<u8>),
+    /// The next piece of the snapshot, verified (SHA-256) and in order: decode and restore
+    /// it while the rest arrives. The first piece of a session starts a new restore.
+    RestorePiece(Vec<u8>),
+    /// Every piece arrived and the whole snapshot's SHA-256 matches: finish the restore
+    /// (an empty one if there were no pieces), then call [`Successor::restore_done`].
+    RestoreFinish,
     /// Replication events to apply in order (after `Restore`).
     ApplyTail(Vec<Vec<u8>>),
     /// Compare these with the relay's heads and call `confirm_high_water`.
@@ -154,8 +158,9 @@ struct Session {
     chunk_size: u32,
     chunks: u32,
     sha256: String,
-    buf: Vec<u8>,
-    /// SHA-256 of `buf` so far, fed chunk by chunk (no second pass at the end).
+    /// Snapshot bytes received (and handed out as `RestorePiece`).
+    received: u64,
+    /// SHA-256 of the snapshot so far, fed chunk by chunk (no second pass at the end).
     hasher: Sha256,
     next_chunk: u32,
     nack_outstanding: bool,
@@ -235,7 +240,7 @@ impl Successor {
 
     /// Bytes of snapshot received and in total.
     pub fn progress(&self) -> Option<(u64, u64)> {
-        self.session.as_ref().map(|s| (s.buf.len() as u64, s.size))
+        self.session.as_ref().map(|s| (s.received, s.size))
     }
 
     fn finished(&self) -> bool {
@@ -465,7 +470,7 @@ impl Successor {
                     return;
                 }
                 if let Some(old) = self.session.take()
-                    && old.restored
+                    && (old.restored || old.received > 0)
                 {
                     self.events.push_back(SuccessorEvent::Reset);
                 }
@@ -475,7 +480,7 @@ impl Successor {
                     chunk_size,
                     chunks,
                     sha256,
-                    buf: Vec::new(),
+                    received: 0,
                     hasher: Sha256::new(),
                     next_chunk: 0,
                     nack_outstanding: false,
@@ -555,15 +560,10 @@ impl Successor {
             return;
         }
         s.nack_outstanding = false;
-        if s.buf.is_empty() {
-            // The authenticated predecessor announced the size and the first chunk
-            // matched it: allocate once instead of doubling through a large snapshot.
-            s.buf
-                .reserve_exact((s.size as usize).min(MAX_PREALLOCATION));
-        }
-        s.buf.extend_from_slice(&data);
         s.hasher.update(&data);
+        s.received += data.len() as u64;
         s.next_chunk += 1;
+        self.events.push_back(SuccessorEvent::RestorePiece(data));
         if s.next_chunk == s.chunks {
             // The last chunk is acknowledged once the snapshot is restored
             // (`restore_done`), so the predecessor does not cut over (stop writes) while
@@ -584,8 +584,9 @@ impl Successor {
                 session = s.id,
                 "handoff: snapshot checksum mismatch; starting over"
             );
-            s.buf.clear();
+            s.received = 0;
             s.next_chunk = 0;
+            self.events.push_back(SuccessorEvent::Reset);
             s.nack_outstanding = true;
             self.out.push_back(Message::ChunkNack {
                 session: s.id,
@@ -594,14 +595,13 @@ impl Successor {
             return;
         }
         s.restored = true;
-        let bytes = std::mem::take(&mut s.buf);
         let buffered = std::mem::take(&mut s.buffered);
         tracing::info!(
             session = s.id,
-            bytes = bytes.len(),
+            bytes = s.received,
             "handoff: snapshot received"
         );
-        self.events.push_back(SuccessorEvent::Restore(bytes));
+        self.events.push_back(SuccessorEvent::RestoreFinish);
         if !buffered.is_empty() {
             self.events.push_back(SuccessorEvent::ApplyTail(buffered));
         }
@@ -654,8 +654,8 @@ impl Successor {
         }
     }
 
-    /// The snapshot from the `Restore` event is restored (or failed to): acknowledge the
-    /// last chunk, which lets the predecessor cut over.
+    /// The restore is finished (`RestoreFinish`; or failed): acknowledge the last chunk,
+    /// which lets the predecessor cut over.
     pub fn restore_done(&mut self, _now: Instant) {
         if let Some(s) = &self.session
             && s.restored

@@ -124,6 +124,8 @@ struct Pair {
     s: Successor,
     p_relay: FakeRelay,
     s_relay: FakeRelay,
+    /// Snapshot pieces of the restore in progress.
+    s_pieces: Vec<u8>,
     /// The published discovery record (guarded like a real publisher).
     discovery: Option<DiscoveryRecord>,
     conn: Option<ConnId>,
@@ -180,6 +182,7 @@ impl Pair {
             ),
             p_relay,
             s_relay: FakeRelay::default(),
+            s_pieces: Vec::new(),
             discovery: Some(record("pred", 4)),
             conn: None,
             next_conn: 1,
@@ -286,9 +289,13 @@ impl Pair {
                     }
                 }
                 SuccessorEvent::Close => self.break_connection(),
-                SuccessorEvent::Reset => self.s_relay = FakeRelay::default(),
-                SuccessorEvent::Restore(b) => {
-                    self.s_relay = FakeRelay::restore(b);
+                SuccessorEvent::Reset => {
+                    self.s_relay = FakeRelay::default();
+                    self.s_pieces.clear();
+                }
+                SuccessorEvent::RestorePiece(b) => self.s_pieces.extend_from_slice(b),
+                SuccessorEvent::RestoreFinish => {
+                    self.s_relay = FakeRelay::restore(&std::mem::take(&mut self.s_pieces));
                     self.s.restore_done(self.now);
                 }
                 SuccessorEvent::ApplyTail(evs) => {
@@ -737,10 +744,13 @@ fn duplicate_and_out_of_order_tail_events() {
         s.handle_message(now, m);
     }
     let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
-    assert!(
-        events.contains(&SuccessorEvent::Restore(b"snapshot".to_vec())),
-        "{events:?}"
-    );
+    let piece = events
+        .iter()
+        .position(|e| *e == SuccessorEvent::RestorePiece(b"snapshot".to_vec()));
+    let finish = events
+        .iter()
+        .position(|e| *e == SuccessorEvent::RestoreFinish);
+    assert!(piece.is_some() && piece < finish, "{events:?}");
     let tail = |first: u64, evs: &[&str]| Message::Tail {
         session: 1,
         first,
@@ -777,7 +787,7 @@ fn high_water_mismatch_restarts_with_a_fresh_snapshot() {
     let restores = pair
         .s_events
         .iter()
-        .filter(|e| matches!(e, SuccessorEvent::Restore(_)))
+        .filter(|e| matches!(e, SuccessorEvent::RestoreFinish))
         .count();
     assert_eq!(restores, 2, "a second session after the mismatch");
     assert!(pair.s_events.contains(&SuccessorEvent::Reset));

@@ -34,6 +34,7 @@
 //! [`Relay::poll_replication`], [`Relay::apply_replication`], [`Relay::high_water`],
 //! [`Relay::set_mode`] and [`Relay::announce_moved`] are what `handoff` builds on.
 
+mod decode;
 mod legacy;
 mod replication;
 mod store;
@@ -50,6 +51,7 @@ use serde_json::Value;
 
 use crate::rate::TokenBucket;
 
+pub use decode::{SnapshotDecoder, SnapshotHeader, StreamingRestore};
 pub use replication::{Applied, ReplicationEvent, RoomState, SNAPSHOT_VERSION, Snapshot};
 pub use store::{ENTRY_OVERHEAD, Payload, StoredMessage};
 use store::{Entry, Room, push_json_str};
@@ -1274,7 +1276,8 @@ impl Relay {
     }
 
     /// A relay holding `snapshot`'s store (in [`Mode::Primary`]; set [`Mode::Draining`]
-    /// until the handoff is confirmed). The budget of `config` applies.
+    /// until the handoff is confirmed). The budget of `config` applies. [`Restorer`] does
+    /// the same step by step (while the snapshot is still arriving).
     ///
     /// # Errors
     /// [`RelayError::Snapshot`] if a room's messages do not increase, exceed its head,
@@ -1285,63 +1288,12 @@ impl Relay {
         snapshot: Snapshot,
         now: Instant,
     ) -> Result<Relay, RelayError> {
-        let bad = |m: String| Err(RelayError::Snapshot(m));
-        let mut r = Relay::new(config, now);
-        if snapshot.version != SNAPSHOT_VERSION {
-            return bad(format!("unknown version {}", snapshot.version));
+        let (header, messages) = snapshot.into_parts();
+        let mut r = Restorer::new(config, header, now)?;
+        for m in messages {
+            r.push(m)?;
         }
-        r.seq_floor = snapshot.seq_floor;
-        let holes_allowed = snapshot.seq_floor > 0;
-        let mut heads: HashMap<String, u64> = HashMap::new();
-        for rs in &snapshot.rooms {
-            if rs.evicted_before == 0 || rs.evicted_before > rs.head.saturating_add(1) {
-                return bad(format!(
-                    "room {}: evicted_before {} outside 1..={}",
-                    rs.name,
-                    rs.evicted_before,
-                    rs.head.saturating_add(1)
-                ));
-            }
-            let name: Arc<str> = rs.name.as_str().into();
-            let mut room = Room::new(name.clone(), 0);
-            room.head = rs.evicted_before - 1;
-            room.evicted_before = rs.evicted_before;
-            r.rooms.insert(name, room);
-            heads.insert(rs.name.clone(), rs.head);
-        }
-        for m in snapshot.messages {
-            let Some(room) = r.rooms.get(m.room()) else {
-                return bad(format!("message for unlisted room {}", m.room()));
-            };
-            let head = heads.get(m.room()).copied().unwrap_or(0);
-            let next_ok = if holes_allowed {
-                m.seq() > room.head
-            } else {
-                m.seq() == room.head + 1
-            };
-            if !next_ok || m.seq() > head {
-                return bad(format!(
-                    "room {}: seq {} after {} (head {head})",
-                    m.room(),
-                    m.seq(),
-                    room.head
-                ));
-            }
-            r.insert(m);
-        }
-        for (name, head) in heads {
-            if let Some(room) = r.rooms.get_mut(name.as_str()) {
-                if room.head != head && !room.log.is_empty() && !holes_allowed {
-                    return bad(format!(
-                        "room {name}: messages end at {} but head is {head}",
-                        room.head
-                    ));
-                }
-                room.head = head;
-            }
-        }
-        r.enforce_budget();
-        Ok(r)
+        r.finish()
     }
 
     /// After a crash restore from a backup that may predate what the lost node
@@ -1553,4 +1505,107 @@ fn presence_payload(room: &str, joined: &[Arc<str>], left: &[Arc<str>]) -> Arc<P
     }
     s.push_str("]}");
     Payload::new(s)
+}
+
+/// [`Relay::restore`] step by step: the header first, then the messages in snapshot
+/// order, then [`finish`](Restorer::finish). Each message is checked as it comes.
+#[derive(Debug)]
+pub struct Restorer {
+    relay: Relay,
+    heads: HashMap<String, u64>,
+    holes_allowed: bool,
+}
+
+impl Restorer {
+    /// Starts a relay with `header`'s rooms (no messages yet).
+    ///
+    /// # Errors
+    /// [`RelayError::Snapshot`] for an unknown version or an eviction mark outside the
+    /// room's range.
+    pub fn new(
+        config: RelayConfig,
+        header: SnapshotHeader,
+        now: Instant,
+    ) -> Result<Restorer, RelayError> {
+        let bad = |m: String| Err(RelayError::Snapshot(m));
+        let mut r = Relay::new(config, now);
+        if header.version != SNAPSHOT_VERSION {
+            return bad(format!("unknown version {}", header.version));
+        }
+        r.seq_floor = header.seq_floor;
+        let mut heads: HashMap<String, u64> = HashMap::new();
+        for rs in header.rooms {
+            if rs.evicted_before == 0 || rs.evicted_before > rs.head.saturating_add(1) {
+                return bad(format!(
+                    "room {}: evicted_before {} outside 1..={}",
+                    rs.name,
+                    rs.evicted_before,
+                    rs.head.saturating_add(1)
+                ));
+            }
+            let name: Arc<str> = rs.name.as_str().into();
+            let mut room = Room::new(name.clone(), 0);
+            room.head = rs.evicted_before - 1;
+            room.evicted_before = rs.evicted_before;
+            r.rooms.insert(name, room);
+            heads.insert(rs.name, rs.head);
+        }
+        Ok(Restorer {
+            holes_allowed: header.seq_floor > 0,
+            relay: r,
+            heads,
+        })
+    }
+
+    /// Adds the next message.
+    ///
+    /// # Errors
+    /// [`RelayError::Snapshot`] if it names an unlisted room or its seq does not follow
+    /// the room's previous one (or exceeds the room's head).
+    pub fn push(&mut self, m: StoredMessage) -> Result<(), RelayError> {
+        let Some(room) = self.relay.rooms.get(m.room()) else {
+            return Err(RelayError::Snapshot(format!(
+                "message for unlisted room {}",
+                m.room()
+            )));
+        };
+        let head = self.heads.get(m.room()).copied().unwrap_or(0);
+        let next_ok = if self.holes_allowed {
+            m.seq() > room.head
+        } else {
+            m.seq() == room.head + 1
+        };
+        if !next_ok || m.seq() > head {
+            return Err(RelayError::Snapshot(format!(
+                "room {}: seq {} after {} (head {head})",
+                m.room(),
+                m.seq(),
+                room.head
+            )));
+        }
+        self.relay.insert(m);
+        Ok(())
+    }
+
+    /// The restored relay (budget enforced).
+    ///
+    /// # Errors
+    /// [`RelayError::Snapshot`] if a room's messages end before its head (without a gap
+    /// in the ring).
+    pub fn finish(self) -> Result<Relay, RelayError> {
+        let mut r = self.relay;
+        for (name, head) in self.heads {
+            if let Some(room) = r.rooms.get_mut(name.as_str()) {
+                if room.head != head && !room.log.is_empty() && !self.holes_allowed {
+                    return Err(RelayError::Snapshot(format!(
+                        "room {name}: messages end at {} but head is {head}",
+                        room.head
+                    )));
+                }
+                room.head = head;
+            }
+        }
+        r.enforce_budget();
+        Ok(r)
+    }
 }

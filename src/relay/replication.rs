@@ -1,68 +1,11 @@
 //! What a successor needs: a [`Snapshot`] of the whole store and the
 //! [`ReplicationEvent`]s that follow it.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
+use super::RelayError;
+use super::decode::{SnapshotDecoder, SnapshotHeader};
 use super::store::{StoredMessage, push_json_str};
-
-/// One shared `Arc<str>` per distinct name while decoding.
-#[derive(Default)]
-struct Interner<'a> {
-    borrowed: HashMap<&'a str, Arc<str>>,
-    owned: HashMap<String, Arc<str>>,
-}
-
-impl<'a> Interner<'a> {
-    fn get(&mut self, name: Cow<'a, str>) -> Arc<str> {
-        match name {
-            Cow::Borrowed(b) => self
-                .borrowed
-                .entry(b)
-                .or_insert_with(|| Arc::from(b))
-                .clone(),
-            Cow::Owned(o) => self
-                .owned
-                .entry(o)
-                .or_insert_with_key(|k| Arc::from(k.as_str()))
-                .clone(),
-        }
-    }
-}
-
-/// [`Snapshot`] as parsed, borrowing from the input.
-#[derive(Deserialize)]
-struct SnapshotRef<'a> {
-    version: u32,
-    #[serde(borrow)]
-    node: Cow<'a, str>,
-    generation: u64,
-    #[serde(default)]
-    seq_floor: u64,
-    rooms: Vec<RoomState>,
-    #[serde(borrow)]
-    messages: Vec<StoredRef<'a>>,
-}
-
-/// One stored message as parsed, borrowing from the input (a `Cow` is owned only when
-/// the JSON string had escapes).
-#[derive(Deserialize)]
-struct StoredRef<'a> {
-    #[serde(borrow)]
-    room: Cow<'a, str>,
-    seq: u64,
-    #[serde(borrow)]
-    from: Cow<'a, str>,
-    ts: u64,
-    #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    body: &'a RawValue,
-}
 
 /// Version of the [`Snapshot`] format.
 pub const SNAPSHOT_VERSION: u32 = 1;
@@ -129,7 +72,7 @@ impl Snapshot {
         s.into_bytes()
     }
 
-    /// Decodes [`Snapshot::to_json`]'s output.
+    /// Decodes [`Snapshot::to_json`]'s output (with [`SnapshotDecoder`], in one piece).
     ///
     /// Strings are borrowed from `bytes` while parsing, and room names and publisher
     /// identities are interned (one shared allocation per distinct name), which makes a
@@ -137,33 +80,45 @@ impl Snapshot {
     /// restored store as compact as one that was built by publishing.
     ///
     /// # Errors
-    /// Malformed JSON or a message body that is not valid JSON.
-    pub fn from_json(bytes: &[u8]) -> Result<Snapshot, serde_json::Error> {
-        let raw: SnapshotRef<'_> = serde_json::from_slice(bytes)?;
-        let mut interner = Interner::default();
-        let mut intern = |c| interner.get(c);
-        let messages = raw
-            .messages
-            .into_iter()
-            .map(|m| {
-                StoredMessage::new(
-                    intern(m.room),
-                    m.seq,
-                    intern(m.from),
-                    m.ts,
-                    m.id.map(|id| Arc::from(id.as_ref())),
-                    m.body.get(),
-                )
-            })
-            .collect();
-        Ok(Snapshot {
-            version: raw.version,
-            node: raw.node.into_owned(),
-            generation: raw.generation,
-            seq_floor: raw.seq_floor,
-            rooms: raw.rooms,
+    /// [`RelayError::Snapshot`] for malformed JSON, a message body that is not valid JSON,
+    /// or a missing field.
+    pub fn from_json(bytes: &[u8]) -> Result<Snapshot, RelayError> {
+        let mut d = SnapshotDecoder::new();
+        d.feed(bytes)?;
+        let mut messages = d.take_messages();
+        let header = d.take_header();
+        let (rest, tail) = d.finish()?;
+        messages.extend(tail);
+        let h = header
+            .or(rest)
+            .expect("finish yields the header when not taken");
+        Ok(Snapshot::from_parts(h, messages))
+    }
+
+    /// The header and the messages.
+    pub fn into_parts(self) -> (SnapshotHeader, Vec<StoredMessage>) {
+        (
+            SnapshotHeader {
+                version: self.version,
+                node: self.node,
+                generation: self.generation,
+                seq_floor: self.seq_floor,
+                rooms: self.rooms,
+            },
+            self.messages,
+        )
+    }
+
+    /// A snapshot of `header` and `messages` (in store order).
+    pub fn from_parts(header: SnapshotHeader, messages: Vec<StoredMessage>) -> Snapshot {
+        Snapshot {
+            version: header.version,
+            node: header.node,
+            generation: header.generation,
+            seq_floor: header.seq_floor,
+            rooms: header.rooms,
             messages,
-        })
+        }
     }
 
     /// Total size of the stored messages' serialised bodies and envelopes.

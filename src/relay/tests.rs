@@ -1182,6 +1182,112 @@ fn snapshot_restore_roundtrip() {
     assert!(Relay::restore(config(), snap, Instant::now()).is_err());
 }
 
+/// Feeds `bytes` to a [`StreamingRestore`] in pieces of `size` bytes.
+fn restore_in_pieces(bytes: &[u8], size: usize, budget: usize) -> Result<Relay, RelayError> {
+    let mut c = config();
+    c.memory_budget = budget;
+    let mut s = StreamingRestore::new(c, Instant::now());
+    for piece in bytes.chunks(size) {
+        s.feed(piece)?;
+    }
+    s.finish()
+}
+
+#[test]
+fn snapshot_decodes_piece_by_piece_at_every_split() {
+    for budget in [usize::MAX, 6_000] {
+        let h = populated(budget);
+        let snap = h.relay.export_snapshot();
+        let bytes = snap.to_json();
+        assert!(snap.messages.len() > 10, "seqs of two digits are split too");
+        // Every split point: two pieces.
+        for cut in 0..=bytes.len() {
+            let mut d = SnapshotDecoder::new();
+            d.feed(&bytes[..cut]).unwrap();
+            let mut header = d.take_header();
+            let mut messages = d.take_messages();
+            d.feed(&bytes[cut..]).unwrap();
+            header = header.or(d.take_header());
+            messages.extend(d.take_messages());
+            let (rest, tail) = d.finish().unwrap();
+            messages.extend(tail);
+            let header = header.or(rest).unwrap();
+            assert_eq!(Snapshot::from_parts(header, messages), snap, "cut at {cut}");
+        }
+        // Many small pieces, straight into a relay.
+        for size in [1, 2, 3, 7, 100, 4096, bytes.len()] {
+            let restored = restore_in_pieces(&bytes, size, budget).unwrap();
+            assert_eq!(restored.export_snapshot(), snap, "pieces of {size}");
+            assert_eq!(restored.high_water(), h.relay.high_water());
+            assert_eq!(
+                restored.metrics().bytes_stored,
+                h.relay.metrics().bytes_stored
+            );
+        }
+        // serde's own layout with whitespace, keys in another order (messages first: held
+        // until the header is complete) and unknown keys decode the same.
+        let pretty = serde_json::to_vec_pretty(&snap).unwrap();
+        assert_eq!(Snapshot::from_json(&pretty).unwrap(), snap);
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        let unknown = text.replacen('{', r#"{"later":{"x":[1,"]}"]},"#, 1);
+        let split = text.find(r#","messages":["#).unwrap();
+        let messages_first = format!(
+            r#"{{"messages":{},{}}}"#,
+            &text[split + 12..text.len() - 1],
+            &text[1..split]
+        );
+        for other in [unknown, messages_first] {
+            assert_eq!(
+                restore_in_pieces(other.as_bytes(), 5, budget)
+                    .unwrap()
+                    .export_snapshot(),
+                snap,
+                "{other}"
+            );
+        }
+    }
+}
+
+#[test]
+fn snapshot_decoder_refuses_bad_input_with_the_offset() {
+    let snap = populated(usize::MAX).relay.export_snapshot();
+    let bytes = snap.to_json();
+    // Cut short anywhere: an error at finish (never a shorter snapshot, never a panic).
+    for cut in (0..bytes.len()).step_by(7) {
+        let e = restore_in_pieces(&bytes[..cut], 64, usize::MAX).unwrap_err();
+        assert!(matches!(e, RelayError::Snapshot(_)), "{e}");
+    }
+    let err = |b: &[u8]| restore_in_pieces(b, 3, usize::MAX).unwrap_err().to_string();
+    // Trailing garbage, a broken message, a message before the rooms.
+    let mut trailing = bytes.clone();
+    trailing.extend_from_slice(b" x");
+    assert!(err(&trailing).contains(&format!("byte {}", bytes.len() + 1)));
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    let broken = text.replacen(r#""seq":"#, r#""seq":-"#, 1);
+    assert!(
+        err(broken.as_bytes()).contains("invalid"),
+        "{}",
+        err(broken.as_bytes())
+    );
+    let twice = r#"{"version":1,"node":"n","generation":1,"rooms":[],"messages":[],"messages":[]}"#;
+    assert!(err(twice.as_bytes()).contains("`messages` twice"));
+    assert!(err(br#"{"version":1}"#).contains("missing"));
+    assert!(err(br#"[1]"#).contains("byte 0: expected `{`"));
+    // Restore checks apply as the messages arrive: a skipped seq is refused.
+    let mut holes = snap.clone();
+    holes.messages.remove(3);
+    assert!(err(&holes.to_json()).contains("seq"));
+    // Once failed, the decoder stays failed.
+    let mut d = SnapshotDecoder::new();
+    assert!(d.feed(b"]").is_err());
+    assert!(d.feed(b"{}").is_err());
+    assert!(d.finish().is_err());
+    // A snapshot without messages.
+    let empty = Relay::new(config(), Instant::now()).export_snapshot();
+    let r = restore_in_pieces(&empty.to_json(), 1, usize::MAX).unwrap();
+    assert_eq!(r.export_snapshot(), empty);
+}
+
 #[test]
 fn replication_is_idempotent_and_converges() {
     for budget in [usize::MAX, 6_000] {

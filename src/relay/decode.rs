@@ -1,0 +1,504 @@
+//! [`SnapshotDecoder`]: decodes a [`Snapshot`](super::Snapshot)'s JSON as it arrives, piece
+//! by piece, so a successor restores the store while the rest is still on the wire.
+//!
+//! The snapshot is one JSON object. Its top-level keys are read one `key: value` item at a
+//! time; the `messages` array is read one message object at a time. An item cut by the end
+//! of a piece waits for the next piece (only that item is kept, not the snapshot), so the
+//! decoder holds at most one item besides the messages it has not handed out yet.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
+
+use std::time::Instant;
+
+use super::replication::RoomState;
+use super::store::StoredMessage;
+use super::{Relay, RelayConfig, RelayError, Restorer};
+
+/// Everything in a snapshot except its messages (what must be known before they are
+/// restored). [`Snapshot::to_json`](super::Snapshot::to_json) writes it first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    /// [`SNAPSHOT_VERSION`](super::SNAPSHOT_VERSION).
+    pub version: u32,
+    /// Peer id of the node that took it.
+    pub node: String,
+    /// Generation of the node that took it.
+    pub generation: u64,
+    /// The head new rooms start from.
+    pub seq_floor: u64,
+    /// Every room with `head > 0`.
+    pub rooms: Vec<RoomState>,
+}
+
+/// One stored message as parsed, borrowing from the input (a `Cow` is owned only when
+/// the JSON string had escapes).
+#[derive(Deserialize)]
+struct StoredRef<'a> {
+    #[serde(borrow)]
+    room: Cow<'a, str>,
+    seq: u64,
+    #[serde(borrow)]
+    from: Cow<'a, str>,
+    ts: u64,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    body: &'a RawValue,
+}
+
+/// Where the decoder is in the top-level object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Before `{`.
+    Open,
+    /// After `{`: a key or `}`.
+    FirstKey,
+    /// After `,`: a key.
+    Key,
+    /// After a value: `,` or `}`.
+    AfterValue,
+    /// After `"messages":[`: a message or `]`.
+    FirstMessage,
+    /// After a message: `,` or `]`.
+    AfterMessage,
+    /// After `,` in the messages array: a message.
+    Message,
+    /// After the closing `}`: only whitespace.
+    Done,
+}
+
+/// What one step found.
+enum Step {
+    /// Consumed this many bytes.
+    Took(usize),
+    /// The next item is not complete yet.
+    NeedMore,
+}
+
+/// Header fields as they are read.
+#[derive(Default)]
+struct Fields {
+    version: Option<u32>,
+    node: Option<String>,
+    generation: Option<u64>,
+    seq_floor: Option<u64>,
+    rooms: Option<Vec<RoomState>>,
+}
+
+impl Fields {
+    /// Every required field is present (`seq_floor` defaults to 0).
+    fn complete(&self) -> bool {
+        self.version.is_some()
+            && self.node.is_some()
+            && self.generation.is_some()
+            && self.rooms.is_some()
+    }
+}
+
+/// Decodes [`Snapshot::to_json`](super::Snapshot::to_json)'s output incrementally.
+///
+/// [`feed`](Self::feed) pieces in order; take the header with
+/// [`take_header`](Self::take_header) once it is complete (before the first message) and
+/// the messages decoded so far with [`take_messages`](Self::take_messages);
+/// [`finish`](Self::finish) checks that the snapshot ended properly. Room names and
+/// publisher identities are interned (one shared allocation per distinct name).
+pub struct SnapshotDecoder {
+    buf: Vec<u8>,
+    /// Stream offset of `buf[0]` (for error messages).
+    offset: u64,
+    /// Do not retry the pending item before `buf` holds this many bytes (an item that
+    /// spans many pieces is parsed again only each time its bytes doubled).
+    retry_at: usize,
+    state: State,
+    fields: Fields,
+    /// The header is complete and the messages follow it.
+    header_ready: bool,
+    header_taken: bool,
+    messages_seen: bool,
+    interner: HashSet<Arc<str>>,
+    messages: Vec<StoredMessage>,
+    /// The first error (the decoder stops there).
+    failed: Option<String>,
+}
+
+impl Default for SnapshotDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for SnapshotDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotDecoder")
+            .field("offset", &self.offset)
+            .field("pending", &self.buf.len())
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\n' | b'\r' | b'\t')
+}
+
+/// Parses one JSON value of type `T` at the start of `bytes`; `None` if it is not
+/// complete yet. A value must be followed by at least one byte (in a snapshot every value
+/// is followed by `,`, `]` or `}`), so a number cut by the end of a piece is not taken
+/// for a shorter one.
+fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<Option<(T, usize)>, String> {
+    let mut it = serde_json::Deserializer::from_slice(bytes).into_iter::<T>();
+    match it.next() {
+        Some(Ok(v)) if it.byte_offset() < bytes.len() => Ok(Some((v, it.byte_offset()))),
+        Some(Ok(_)) | None => Ok(None),
+        Some(Err(e)) if e.is_eof() => Ok(None),
+        Some(Err(e)) => Err(e.to_string()),
+    }
+}
+
+impl SnapshotDecoder {
+    /// A decoder at the start of a snapshot.
+    pub fn new() -> Self {
+        SnapshotDecoder {
+            buf: Vec::new(),
+            offset: 0,
+            retry_at: 0,
+            state: State::Open,
+            fields: Fields::default(),
+            header_ready: false,
+            header_taken: false,
+            messages_seen: false,
+            interner: HashSet::new(),
+            messages: Vec::new(),
+            failed: None,
+        }
+    }
+
+    /// Decodes the next piece of the snapshot.
+    ///
+    /// # Errors
+    /// [`RelayError::Snapshot`] with the byte offset if the JSON is malformed or not laid
+    /// out as a snapshot (a field twice, a field missing). The decoder stays
+    /// failed: later calls return the same error.
+    pub fn feed(&mut self, piece: &[u8]) -> Result<(), RelayError> {
+        if let Some(e) = &self.failed {
+            return Err(RelayError::Snapshot(e.clone()));
+        }
+        if self.buf.is_empty() {
+            // Nothing pending: decode straight from the piece, keep only its unfinished
+            // last item.
+            let used = self.run(piece)?;
+            self.buf.extend_from_slice(&piece[used..]);
+            return Ok(());
+        }
+        self.buf.extend_from_slice(piece);
+        if self.buf.len() < self.retry_at {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let result = self.run(&buf);
+        self.buf = buf;
+        let used = result?;
+        self.buf.drain(..used);
+        Ok(())
+    }
+
+    /// Decodes every complete item in `input` (which starts at stream offset
+    /// `self.offset`); returns the bytes consumed.
+    fn run(&mut self, input: &[u8]) -> Result<usize, RelayError> {
+        let mut pos = 0;
+        let mut retry_at = 0;
+        let result = loop {
+            while pos < input.len() && is_ws(input[pos]) {
+                pos += 1;
+            }
+            if pos == input.len() {
+                break Ok(pos);
+            }
+            match self.step(input, pos) {
+                Ok(Step::Took(n)) => pos += n,
+                Ok(Step::NeedMore) => {
+                    retry_at = (input.len() - pos) * 2;
+                    break Ok(pos);
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        self.offset += pos as u64;
+        self.retry_at = retry_at;
+        if let Err(RelayError::Snapshot(e)) = &result {
+            self.failed = Some(e.clone());
+        }
+        result
+    }
+
+    fn error(&self, at: usize, what: impl std::fmt::Display) -> RelayError {
+        RelayError::Snapshot(format!("byte {}: {what}", self.offset + at as u64))
+    }
+
+    /// One token or item at `input[pos]` (not whitespace).
+    fn step(&mut self, input: &[u8], pos: usize) -> Result<Step, RelayError> {
+        let b = input[pos];
+        let next = match (self.state, b) {
+            (State::Open, b'{') => State::FirstKey,
+            (State::FirstKey | State::AfterValue, b'}') => State::Done,
+            (State::AfterValue, b',') => State::Key,
+            (State::FirstKey | State::Key, b'"') => return self.field(input, pos),
+            (State::FirstMessage | State::AfterMessage, b']') => State::AfterValue,
+            (State::AfterMessage, b',') => State::Message,
+            (State::FirstMessage | State::Message, b'{') => return self.message(input, pos),
+            (state, _) => {
+                let expected = match state {
+                    State::Open => "`{`",
+                    State::FirstKey => "a key or `}`",
+                    State::Key => "a key",
+                    State::AfterValue => "`,` or `}`",
+                    State::FirstMessage => "a message or `]`",
+                    State::AfterMessage => "`,` or `]`",
+                    State::Message => "a message",
+                    State::Done => "the end of the snapshot",
+                };
+                return Err(self.error(pos, format_args!("expected {expected}")));
+            }
+        };
+        self.state = next;
+        Ok(Step::Took(1))
+    }
+
+    /// `"key": value` at `input[pos]`, or `"messages": [`.
+    fn field(&mut self, input: &[u8], pos: usize) -> Result<Step, RelayError> {
+        let bytes = &input[pos..];
+        let Some((key, mut at)) = parse::<Cow<'_, str>>(bytes).map_err(|e| self.error(pos, e))?
+        else {
+            return Ok(Step::NeedMore);
+        };
+        while at < bytes.len() && is_ws(bytes[at]) {
+            at += 1;
+        }
+        match bytes.get(at) {
+            None => return Ok(Step::NeedMore),
+            Some(b':') => at += 1,
+            Some(_) => return Err(self.error(pos + at, "expected `:`")),
+        }
+        while at < bytes.len() && is_ws(bytes[at]) {
+            at += 1;
+        }
+        if at == bytes.len() {
+            return Ok(Step::NeedMore);
+        }
+        let value = &bytes[at..];
+        let f = &mut self.fields;
+        let dup = match key.as_ref() {
+            "messages" => self.messages_seen,
+            "version" => f.version.is_some(),
+            "node" => f.node.is_some(),
+            "generation" => f.generation.is_some(),
+            "seq_floor" => f.seq_floor.is_some(),
+            "rooms" => f.rooms.is_some(),
+            _ => false,
+        };
+        if dup {
+            return Err(self.error(pos, format_args!("`{key}` twice")));
+        }
+        let taken = match key.as_ref() {
+            "messages" => {
+                if value[0] != b'[' {
+                    return Err(self.error(pos + at, "expected `[` (messages)"));
+                }
+                self.messages_seen = true;
+                // Messages can be handed out as they come only if the header came first
+                // (`Snapshot::to_json`'s order); otherwise they wait for the end.
+                self.header_ready = f.complete();
+                self.state = State::FirstMessage;
+                return Ok(Step::Took(at + 1));
+            }
+            k if self.header_ready
+                && matches!(k, "version" | "node" | "generation" | "seq_floor") =>
+            {
+                return Err(self.error(pos, format_args!("`{k}` after the messages")));
+            }
+            "version" => parse(value).map(|o| o.map(|(v, n)| (f.version = Some(v), n))),
+            "node" => parse(value).map(|o| o.map(|(v, n)| (f.node = Some(v), n))),
+            "generation" => parse(value).map(|o| o.map(|(v, n)| (f.generation = Some(v), n))),
+            "seq_floor" => parse(value).map(|o| o.map(|(v, n)| (f.seq_floor = Some(v), n))),
+            "rooms" => parse(value).map(|o| o.map(|(v, n)| (f.rooms = Some(v), n))),
+            _ => parse::<IgnoredAny>(value).map(|o| o.map(|(_, n)| ((), n))),
+        };
+        match taken.map_err(|e| self.error(pos + at, e))? {
+            Some(((), n)) => {
+                self.state = State::AfterValue;
+                Ok(Step::Took(at + n))
+            }
+            None => Ok(Step::NeedMore),
+        }
+    }
+
+    /// One message object at `input[pos]`.
+    fn message(&mut self, input: &[u8], pos: usize) -> Result<Step, RelayError> {
+        let parsed = parse::<StoredRef<'_>>(&input[pos..]).map_err(|e| self.error(pos, e))?;
+        let Some((m, n)) = parsed else {
+            return Ok(Step::NeedMore);
+        };
+        let interner = &mut self.interner;
+        let mut intern = |s: &str| match interner.get(s) {
+            Some(a) => a.clone(),
+            None => {
+                let a: Arc<str> = Arc::from(s);
+                interner.insert(a.clone());
+                a
+            }
+        };
+        let msg = StoredMessage::new(
+            intern(&m.room),
+            m.seq,
+            intern(&m.from),
+            m.ts,
+            m.id.map(|id| Arc::from(id.as_ref())),
+            m.body.get(),
+        );
+        self.messages.push(msg);
+        self.state = State::AfterMessage;
+        Ok(Step::Took(n))
+    }
+
+    /// The header, once (available as soon as the `messages` array begins; a snapshot
+    /// without one yields it from [`finish`](Self::finish)).
+    pub fn take_header(&mut self) -> Option<SnapshotHeader> {
+        if !self.header_ready || self.header_taken {
+            return None;
+        }
+        self.header_taken = true;
+        let f = std::mem::take(&mut self.fields);
+        Some(SnapshotHeader {
+            version: f.version.unwrap_or_default(),
+            node: f.node.unwrap_or_default(),
+            generation: f.generation.unwrap_or_default(),
+            seq_floor: f.seq_floor.unwrap_or_default(),
+            rooms: f.rooms.unwrap_or_default(),
+        })
+    }
+
+    /// The messages decoded since the last call, in snapshot order (none before the
+    /// header: in a snapshot whose header fields follow its messages they are all held
+    /// until [`finish`](Self::finish)).
+    pub fn take_messages(&mut self) -> Vec<StoredMessage> {
+        if !self.header_taken {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.messages)
+    }
+
+    /// Bytes consumed so far.
+    pub fn consumed(&self) -> u64 {
+        self.offset
+    }
+
+    /// Checks that the snapshot is complete and returns what was not taken yet: the
+    /// header (if [`take_header`](Self::take_header) did not) and the last messages.
+    ///
+    /// # Errors
+    /// [`RelayError::Snapshot`] if the snapshot is malformed, cut short or lacks a field.
+    pub fn finish(mut self) -> Result<(Option<SnapshotHeader>, Vec<StoredMessage>), RelayError> {
+        if let Some(e) = &self.failed {
+            return Err(RelayError::Snapshot(e.clone()));
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let used = self.run(&buf)?;
+        if self.state != State::Done || used < buf.len() {
+            return Err(RelayError::Snapshot(format!(
+                "cut short after {} bytes",
+                self.offset
+            )));
+        }
+        if !self.header_taken && !self.fields.complete() {
+            return Err(RelayError::Snapshot(
+                "missing version, node, generation or rooms".into(),
+            ));
+        }
+        self.header_ready = true;
+        let header = self.take_header();
+        Ok((header, std::mem::take(&mut self.messages)))
+    }
+}
+
+/// Decodes a snapshot piece by piece straight into a [`Restorer`]: what a successor runs
+/// while the snapshot is still arriving.
+#[derive(Debug)]
+pub struct StreamingRestore {
+    config: Option<RelayConfig>,
+    now: Instant,
+    decoder: SnapshotDecoder,
+    restorer: Option<Restorer>,
+}
+
+impl StreamingRestore {
+    /// A restore into a relay with `config`.
+    pub fn new(config: RelayConfig, now: Instant) -> Self {
+        StreamingRestore {
+            config: Some(config),
+            now,
+            decoder: SnapshotDecoder::new(),
+            restorer: None,
+        }
+    }
+
+    /// Starts the restorer with `header` (the decoder yields it once).
+    fn start(&mut self, header: Option<SnapshotHeader>) -> Result<(), RelayError> {
+        if let Some(h) = header
+            && let Some(config) = self.config.take()
+        {
+            self.restorer = Some(Restorer::new(config, h, self.now)?);
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self, header: Option<SnapshotHeader>) -> Result<(), RelayError> {
+        self.start(header)?;
+        let messages = self.decoder.take_messages();
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let r = self
+            .restorer
+            .as_mut()
+            .expect("the decoder yields the header before any message");
+        messages.into_iter().try_for_each(|m| r.push(m))
+    }
+
+    /// The next piece of the snapshot, in order.
+    ///
+    /// # Errors
+    /// [`RelayError::Snapshot`] if the snapshot is malformed or inconsistent so far.
+    pub fn feed(&mut self, piece: &[u8]) -> Result<(), RelayError> {
+        self.decoder.feed(piece)?;
+        let header = self.decoder.take_header();
+        self.drain(header)
+    }
+
+    /// Snapshot bytes consumed so far.
+    pub fn consumed(&self) -> u64 {
+        self.decoder.consumed()
+    }
+
+    /// The restored relay, once every piece was fed.
+    ///
+    /// # Errors
+    /// [`RelayError::Snapshot`] if the snapshot is cut short, malformed or inconsistent.
+    pub fn finish(mut self) -> Result<Relay, RelayError> {
+        let decoder = std::mem::take(&mut self.decoder);
+        let (header, rest) = decoder.finish()?;
+        self.start(header)?;
+        let mut r = self
+            .restorer
+            .expect("finish yields the header when not taken");
+        for m in rest {
+            r.push(m)?;
+        }
+        r.finish()
+    }
+}
