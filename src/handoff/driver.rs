@@ -15,7 +15,9 @@ use super::{
 use crate::discovery::{DiscoveryError, SignalingEndpoint};
 use crate::peer::DataConnection;
 use crate::peer::codec::{Serialization, Value};
-use crate::relay::{Mode, Relay, RelayConfig, ReplicationEvent, Snapshot, StreamingRestore};
+use crate::relay::{
+    Mode, Relay, RelayConfig, ReplicationEvent, Snapshot, SnapshotJson, StreamingRestore,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -31,7 +33,8 @@ const TAIL_TICK: Duration = Duration::from_millis(5);
 #[async_trait::async_trait]
 pub trait HandoffHost: Send + Sync + 'static {
     /// Exports the snapshot and, in the same step, starts queuing replication events.
-    async fn export_snapshot(&self) -> Vec<u8>;
+    /// (Cheap: the messages are shared with the store, not copied or encoded.)
+    async fn export_snapshot(&self) -> Snapshot;
     /// Takes the queued replication events, encoded (JSON), oldest first.
     async fn take_replication(&self) -> Vec<Vec<u8>>;
     /// Stops accepting writes (`Draining`) and returns the last events and the heads.
@@ -198,12 +201,8 @@ fn encode_event(e: &ReplicationEvent) -> Vec<u8> {
 
 #[async_trait::async_trait]
 impl HandoffHost for SharedRelay {
-    async fn export_snapshot(&self) -> Vec<u8> {
-        let snap = self.with(|r| {
-            r.set_replication(true);
-            r.export_snapshot()
-        });
-        snap.to_json()
+    async fn export_snapshot(&self) -> Snapshot {
+        self.with(|r| r.start_replication())
     }
     async fn take_replication(&self) -> Vec<Vec<u8>> {
         self.with(|r| {
@@ -286,18 +285,11 @@ impl HandoffHost for SharedRelay {
 /// relay's outputs (e.g. `moved`) are dispatched to clients right after.
 #[async_trait::async_trait]
 impl HandoffHost for crate::node::RelayHandle {
-    async fn export_snapshot(&self) -> Vec<u8> {
-        let snap = self
-            .with_relay(|r| {
-                r.set_replication(true);
-                r.export_snapshot()
-            })
-            .await;
-        match snap {
-            Some(s) => tokio::task::spawn_blocking(move || s.to_json())
-                .await
-                .unwrap_or_default(),
-            None => Vec::new(),
+    async fn export_snapshot(&self) -> Snapshot {
+        match self.with_relay(|r| r.start_replication()).await {
+            Some(s) => s,
+            // The relay task stopped (the node is shutting down): an empty store.
+            None => Relay::new(RelayConfig::new("stopped", 0), Instant::now()).export_snapshot(),
         }
     }
     async fn take_replication(&self) -> Vec<Vec<u8>> {
@@ -601,16 +593,15 @@ pub fn spawn_predecessor(mut pred: Predecessor, host: Arc<dyn HandoffHost>) -> P
                     match &ev {
                         PredecessorEvent::SnapshotNeeded => {
                             let started = Instant::now();
-                            let bytes = host.export_snapshot().await;
-                            let len = bytes.len();
+                            let snap = host.export_snapshot().await;
                             let chunk = pred.chunk_size();
                             let prepared = tokio::task::spawn_blocking(move || {
-                                PreparedSnapshot::new(bytes, chunk)
+                                PreparedSnapshot::from_json(SnapshotJson::new(snap), chunk)
                             })
                             .await
                             .expect("hashing does not panic");
                             tracing::info!(
-                                bytes = len,
+                                bytes = prepared.len(),
                                 ms = started.elapsed().as_millis() as u64,
                                 "handoff: snapshot exported and hashed"
                             );

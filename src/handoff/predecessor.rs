@@ -17,6 +17,8 @@ use super::message::{HighWater, Message, PROTOCOL_VERSION, RefuseCode, Resume};
 use super::{HandoffConfig, Secret, sha256_hex};
 use crate::discovery::SignalingEndpoint;
 use crate::rate::TokenBucket;
+use crate::relay::{JsonCursor, SnapshotJson};
+use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
@@ -121,18 +123,58 @@ struct Conn {
 
 #[derive(Debug)]
 struct Snapshot {
-    bytes: Vec<u8>,
+    source: Source,
     sha256: String,
     chunks: u32,
     /// SHA-256 of every chunk, computed once.
     chunk_sha256: Vec<String>,
 }
 
+/// Where a snapshot's bytes come from.
+#[derive(Debug)]
+enum Source {
+    /// One buffer.
+    Bytes(Vec<u8>),
+    /// Written chunk by chunk from the relay's messages when sent; `starts[i]` is where
+    /// chunk `i` begins.
+    Json {
+        json: SnapshotJson,
+        starts: Vec<JsonCursor>,
+    },
+}
+
+impl Source {
+    fn len(&self) -> u64 {
+        match self {
+            Source::Bytes(b) => b.len() as u64,
+            Source::Json { json, .. } => json.len(),
+        }
+    }
+
+    /// Chunk `index` of `chunk_size` bytes (the last one may be shorter).
+    fn chunk(&self, index: u32, chunk_size: usize) -> Vec<u8> {
+        match self {
+            Source::Bytes(b) => {
+                let start = (index as usize * chunk_size).min(b.len());
+                let end = (start + chunk_size).min(b.len());
+                b[start..end].to_vec()
+            }
+            Source::Json { json, starts } => {
+                let mut out = Vec::with_capacity(chunk_size);
+                if let Some(at) = starts.get(index as usize) {
+                    json.write(*at, chunk_size, &mut out);
+                }
+                out
+            }
+        }
+    }
+}
+
 /// A snapshot with its digests (whole and per chunk), prepared off the async threads
 /// for [`Predecessor::provide_prepared`]: hashing a large snapshot takes a while.
 #[derive(Debug)]
 pub struct PreparedSnapshot {
-    bytes: Vec<u8>,
+    source: Source,
     chunk_size: usize,
     sha256: String,
     chunk_sha256: Vec<String>,
@@ -148,10 +190,72 @@ impl PreparedSnapshot {
             (whole.join().expect("hashing does not panic"), chunks)
         });
         PreparedSnapshot {
-            bytes,
+            source: Source::Bytes(bytes),
             chunk_size,
             sha256,
             chunk_sha256,
+        }
+    }
+
+    /// Hashes `json` whole and in `chunk_size` pieces, on two threads, writing it twice
+    /// through a reused chunk buffer instead of holding it whole; chunks are written
+    /// again when they are sent. (The store's text is copied, never re-encoded, so
+    /// writing costs little next to hashing, and no fresh memory is touched.)
+    pub fn from_json(json: SnapshotJson, chunk_size: usize) -> PreparedSnapshot {
+        let chunk_size = chunk_size.max(1);
+        let pieces = |on_piece: &mut dyn FnMut(JsonCursor, &[u8])| {
+            let mut buf = Vec::with_capacity(chunk_size);
+            let mut at = json.start();
+            loop {
+                buf.clear();
+                let next = json.write(at, chunk_size, &mut buf);
+                if buf.is_empty() {
+                    break;
+                }
+                on_piece(at, &buf);
+                at = next;
+            }
+        };
+        let (sha256, (starts, chunk_sha256)) = std::thread::scope(|scope| {
+            let whole = scope.spawn(|| {
+                let mut h = Sha256::new();
+                pieces(&mut |_, b| h.update(b));
+                hex::encode(h.finalize())
+            });
+            let mut starts = Vec::new();
+            let mut hashes = Vec::new();
+            pieces(&mut |at, b| {
+                starts.push(at);
+                hashes.push(sha256_hex(b));
+            });
+            (
+                whole.join().expect("hashing does not panic"),
+                (starts, hashes),
+            )
+        });
+        PreparedSnapshot {
+            source: Source::Json { json, starts },
+            chunk_size,
+            sha256,
+            chunk_sha256,
+        }
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> u64 {
+        self.source.len()
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole snapshot as one buffer.
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self.source {
+            Source::Bytes(b) => b,
+            Source::Json { json, .. } => json.to_vec(),
         }
     }
 }
@@ -254,8 +358,8 @@ impl Predecessor {
     pub fn progress(&self) -> Option<(u64, u64)> {
         let s = self.session.as_ref()?;
         let snap = s.snapshot.as_ref()?;
-        let done = (s.acked as u64 * self.cfg.chunk_size as u64).min(snap.bytes.len() as u64);
-        Some((done, snap.bytes.len() as u64))
+        let done = (s.acked as u64 * self.cfg.chunk_size as u64).min(snap.source.len());
+        Some((done, snap.source.len()))
     }
 
     /// A DataConnection labelled `ouroboros-handoff` opened; `remote_peer_id` is the peer
@@ -481,7 +585,7 @@ impl Predecessor {
             s.accepted_sent = true;
             let accepted = Message::Accepted {
                 session: s.id,
-                size: snap.bytes.len() as u64,
+                size: snap.source.len(),
                 chunk_size: self.cfg.chunk_size as u32,
                 chunks: snap.chunks,
                 sha256: snap.sha256.clone(),
@@ -575,7 +679,7 @@ impl Predecessor {
     pub fn provide_prepared(&mut self, now: Instant, prepared: PreparedSnapshot) {
         let chunk = self.cfg.chunk_size;
         if prepared.chunk_size != chunk {
-            return self.provide_snapshot(now, prepared.bytes);
+            return self.provide_snapshot(now, prepared.into_bytes());
         }
         let Some(s) = &mut self.session else {
             return;
@@ -583,17 +687,16 @@ impl Predecessor {
         if s.snapshot.is_some() {
             return;
         }
-        let bytes = prepared.bytes;
-        let chunks = bytes.len().div_ceil(chunk) as u32;
+        let chunks = prepared.source.len().div_ceil(chunk as u64) as u32;
         let snap = Snapshot {
             sha256: prepared.sha256,
             chunks,
-            bytes,
+            source: prepared.source,
             chunk_sha256: prepared.chunk_sha256,
         };
         tracing::info!(
             session = s.id,
-            bytes = snap.bytes.len(),
+            bytes = snap.source.len(),
             chunks,
             "handoff: snapshot exported"
         );
@@ -603,7 +706,7 @@ impl Predecessor {
                 conn,
                 Message::Accepted {
                     session: s.id,
-                    size: snap.bytes.len() as u64,
+                    size: snap.source.len(),
                     chunk_size: chunk as u32,
                     chunks,
                     sha256: snap.sha256.clone(),
@@ -876,9 +979,7 @@ impl Predecessor {
         }
         if s.next_send < snap.chunks && s.next_send < s.acked.saturating_add(self.cfg.window) {
             let index = s.next_send;
-            let start = index as usize * self.cfg.chunk_size;
-            let end = (start + self.cfg.chunk_size).min(snap.bytes.len());
-            let data = snap.bytes[start..end].to_vec();
+            let data = snap.source.chunk(index, self.cfg.chunk_size);
             s.next_send += 1;
             let sha256 = snap
                 .chunk_sha256
@@ -910,5 +1011,50 @@ impl Predecessor {
             ));
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::{ConnId, ConnInfo, Relay, RelayConfig};
+    use serde_json::json;
+
+    #[test]
+    fn a_snapshot_written_chunk_by_chunk_matches_its_buffer() {
+        let now = Instant::now();
+        let mut relay = Relay::new(RelayConfig::new("n", 1), now);
+        let info = ConnInfo {
+            peer_id: "p".into(),
+            metadata: json!({"protocol": "ouroboros/1", "client": "al\"ice"}),
+        };
+        relay.connect(now, ConnId(1), info);
+        for i in 0..200u64 {
+            let body = json!({"i": i, "s": "é\"\n".repeat(i as usize % 5)});
+            let room = format!("room-{}", i % 3);
+            let msg = json!({"op":"publish","room":room,"id":format!("m{i}"),"body":body});
+            relay.handle_message(now, 1000 + i, ConnId(1), msg);
+        }
+        while relay.poll_output().is_some() {}
+        let snap = relay.export_snapshot();
+        assert_eq!(snap.messages.len(), 200);
+        let bytes = snap.to_json();
+        for chunk_size in [1, 100, 4096, bytes.len(), bytes.len() + 1] {
+            let a = PreparedSnapshot::new(bytes.clone(), chunk_size);
+            let b = PreparedSnapshot::from_json(SnapshotJson::new(snap.clone()), chunk_size);
+            assert_eq!(a.sha256, b.sha256);
+            assert_eq!(a.chunk_sha256, b.chunk_sha256);
+            assert_eq!(a.len(), b.len());
+            let chunks = bytes.len().div_ceil(chunk_size) as u32;
+            assert_eq!(b.chunk_sha256.len(), chunks as usize);
+            for i in (0..chunks).step_by(13).chain([chunks - 1]) {
+                assert_eq!(
+                    a.source.chunk(i, chunk_size),
+                    b.source.chunk(i, chunk_size),
+                    "chunk {i} of {chunk_size}"
+                );
+            }
+            assert_eq!(b.into_bytes(), bytes);
+        }
     }
 }

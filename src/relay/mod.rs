@@ -52,7 +52,9 @@ use serde_json::Value;
 use crate::rate::TokenBucket;
 
 pub use decode::{SnapshotDecoder, SnapshotHeader, StreamingRestore};
-pub use replication::{Applied, ReplicationEvent, RoomState, SNAPSHOT_VERSION, Snapshot};
+pub use replication::{
+    Applied, JsonCursor, ReplicationEvent, RoomState, SNAPSHOT_VERSION, Snapshot, SnapshotJson,
+};
 pub use store::{ENTRY_OVERHEAD, Payload, StoredMessage};
 use store::{Entry, Room, push_json_str};
 use wire::{ClientMessage, ErrorCode, Limits, ServerMessage, SignalingEndpoint};

@@ -100,6 +100,9 @@ pub(crate) fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// How every stored message's payload starts; the rest is its serde form minus `{`.
+const PAYLOAD_PREFIX: &str = r#"{"op":"msg","#;
+
 /// One stored message: what the log keeps, what a snapshot lists and what replication
 /// streams. Cloning is cheap (reference-counted text).
 ///
@@ -131,7 +134,8 @@ impl StoredMessage {
         let mut s = String::with_capacity(
             body.len() + room.len() + from.len() + id.as_deref().map_or(4, str::len) + 80,
         );
-        s.push_str(r#"{"op":"msg","room":"#);
+        s.push_str(PAYLOAD_PREFIX);
+        s.push_str(r#""room":"#);
         push_json_str(&mut s, &room);
         s.push_str(r#","seq":"#);
         s.push_str(itoa(seq).as_str());
@@ -193,24 +197,19 @@ impl StoredMessage {
         self.payload.json().len() + ENTRY_OVERHEAD
     }
     /// Appends the serde form (`{"room","seq","from","ts","id","body"}`) without
-    /// re-validating the body.
+    /// re-validating the body. It is the payload without its leading `"op":"msg",`
+    /// (`new` writes the same fields in the same order with the same escaping), so this is
+    /// a copy.
     pub(crate) fn write_json(&self, s: &mut String) {
-        s.push_str(r#"{"room":"#);
-        push_json_str(s, &self.room);
-        s.push_str(r#","seq":"#);
-        s.push_str(&self.seq.to_string());
-        s.push_str(r#","from":"#);
-        push_json_str(s, &self.from);
-        s.push_str(r#","ts":"#);
-        s.push_str(&self.ts.to_string());
-        s.push_str(r#","id":"#);
-        match &self.id {
-            Some(id) => push_json_str(s, id),
-            None => s.push_str("null"),
-        }
-        s.push_str(r#","body":"#);
-        s.push_str(self.body_json());
-        s.push('}');
+        s.push('{');
+        s.push_str(self.serde_form_tail());
+    }
+
+    /// The serde form without its leading `{`.
+    pub(crate) fn serde_form_tail(&self) -> &str {
+        let payload = self.payload.json();
+        debug_assert!(payload.starts_with(PAYLOAD_PREFIX));
+        &payload[PAYLOAD_PREFIX.len()..]
     }
 
     pub(crate) fn room_arc(&self) -> &Arc<str> {

@@ -1249,6 +1249,43 @@ fn snapshot_decodes_piece_by_piece_at_every_split() {
 }
 
 #[test]
+fn snapshot_json_writes_to_json_piece_by_piece_from_any_cursor() {
+    let full = populated(usize::MAX).relay.export_snapshot();
+    let mut one = full.clone();
+    one.messages.truncate(1);
+    let empty = Relay::new(config(), Instant::now()).export_snapshot();
+    for snap in [full, one, empty] {
+        let expected = snap.to_json();
+        let json = SnapshotJson::new(snap);
+        assert_eq!(json.len(), expected.len() as u64);
+        assert_eq!(json.to_vec(), expected);
+        for size in [1, 2, 5, 64, 1000] {
+            let mut at = json.start();
+            let mut starts = Vec::new();
+            let mut pieces: Vec<Vec<u8>> = Vec::new();
+            loop {
+                let mut piece = Vec::new();
+                let next = json.write(at, size, &mut piece);
+                if piece.is_empty() {
+                    break;
+                }
+                starts.push(at);
+                pieces.push(piece);
+                at = next;
+            }
+            assert_eq!(pieces.concat(), expected, "pieces of {size}");
+            assert_eq!(pieces.len(), expected.len().div_ceil(size));
+            // Any piece again from its cursor (a resent chunk).
+            for (i, start) in starts.iter().enumerate().step_by(7) {
+                let mut again = Vec::new();
+                json.write(*start, size, &mut again);
+                assert_eq!(again, pieces[i]);
+            }
+        }
+    }
+}
+
+#[test]
 fn snapshot_decoder_refuses_bad_input_with_the_offset() {
     let snap = populated(usize::MAX).relay.export_snapshot();
     let bytes = snap.to_json();
