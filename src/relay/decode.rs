@@ -52,6 +52,129 @@ struct StoredRef<'a> {
     body: &'a RawValue,
 }
 
+/// A message in exactly the form `Snapshot::to_json` writes it.
+struct CanonicalMessage<'a> {
+    room: &'a str,
+    seq: u64,
+    from: &'a str,
+    ts: u64,
+    id: Option<&'a str>,
+    /// Where the body starts.
+    body_at: usize,
+    /// Length of the whole object.
+    len: usize,
+}
+
+enum Canonical<'a> {
+    Message(CanonicalMessage<'a>),
+    /// Cut short (so far it matches).
+    NeedMore,
+    /// Not in the canonical form (or invalid): the general parser decides.
+    Other,
+}
+
+/// Recognises a message written by `StoredMessage::write_json`: keys in its order, no
+/// whitespace, strings without escapes, plain numbers. Such text is the message's payload
+/// minus its `"op":"msg",`, so it is stored by one copy instead of being re-encoded; the
+/// body is still validated. Anything else goes to serde (same result, slower).
+fn canonical(input: &[u8]) -> Canonical<'_> {
+    struct Cursor<'a> {
+        input: &'a [u8],
+        at: usize,
+    }
+    /// `Err(true)`: need more input; `Err(false)`: not canonical.
+    type R<T> = Result<T, bool>;
+    impl<'a> Cursor<'a> {
+        fn lit(&mut self, lit: &[u8]) -> R<()> {
+            let have = &self.input[self.at..];
+            let n = lit.len().min(have.len());
+            if have[..n] != lit[..n] {
+                return Err(false);
+            }
+            if n < lit.len() {
+                return Err(true);
+            }
+            self.at += n;
+            Ok(())
+        }
+        /// The rest of a string whose opening quote was read, up to its closing quote.
+        fn plain_str(&mut self) -> R<&'a str> {
+            let start = self.at;
+            let rest = &self.input[start..];
+            let end = rest
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                .ok_or(true)?;
+            if rest[end] != b'"' {
+                return Err(false);
+            }
+            self.at += end + 1;
+            std::str::from_utf8(&rest[..end]).map_err(|_| false)
+        }
+        fn number(&mut self) -> R<u64> {
+            let rest = &self.input[self.at..];
+            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            if digits == rest.len() {
+                return Err(true);
+            }
+            if digits == 0 || (digits > 1 && rest[0] == b'0') {
+                return Err(false);
+            }
+            let mut n: u64 = 0;
+            for &d in &rest[..digits] {
+                n = n
+                    .checked_mul(10)
+                    .and_then(|n| n.checked_add(u64::from(d - b'0')))
+                    .ok_or(false)?;
+            }
+            self.at += digits;
+            Ok(n)
+        }
+    }
+    let mut c = Cursor { input, at: 0 };
+    let parsed = (|| -> R<CanonicalMessage<'_>> {
+        c.lit(br#"{"room":""#)?;
+        let room = c.plain_str()?;
+        c.lit(br#","seq":"#)?;
+        let seq = c.number()?;
+        c.lit(br#","from":""#)?;
+        let from = c.plain_str()?;
+        c.lit(br#","ts":"#)?;
+        let ts = c.number()?;
+        c.lit(br#","id":"#)?;
+        let id = match c.input.get(c.at) {
+            None => return Err(true),
+            Some(b'n') => c.lit(b"null").map(|()| None)?,
+            Some(_) => {
+                c.lit(b"\"")?;
+                Some(c.plain_str()?)
+            }
+        };
+        c.lit(br#","body":"#)?;
+        let body_at = c.at;
+        match parse::<IgnoredAny>(&c.input[body_at..]) {
+            Ok(Some((_, n))) => c.at += n,
+            Ok(None) => return Err(true),
+            Err(_) => return Err(false),
+        }
+        c.lit(b"}")?;
+        Ok(CanonicalMessage {
+            room,
+            seq,
+            from,
+            ts,
+            id,
+            body_at,
+            len: c.at,
+        })
+    })();
+    match parsed {
+        Ok(m) => Canonical::Message(m),
+        Err(true) => Canonical::NeedMore,
+        Err(false) => Canonical::Other,
+    }
+}
+
 /// Where the decoder is in the top-level object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -340,10 +463,7 @@ impl SnapshotDecoder {
 
     /// One message object at `input[pos]`.
     fn message(&mut self, input: &[u8], pos: usize) -> Result<Step, RelayError> {
-        let parsed = parse::<StoredRef<'_>>(&input[pos..]).map_err(|e| self.error(pos, e))?;
-        let Some((m, n)) = parsed else {
-            return Ok(Step::NeedMore);
-        };
+        let at = self.offset + pos as u64;
         let interner = &mut self.interner;
         let mut intern = |s: &str| match interner.get(s) {
             Some(a) => a.clone(),
@@ -353,14 +473,39 @@ impl SnapshotDecoder {
                 a
             }
         };
-        let msg = StoredMessage::new(
-            intern(&m.room),
-            m.seq,
-            intern(&m.from),
-            m.ts,
-            m.id.map(|id| Arc::from(id.as_ref())),
-            m.body.get(),
-        );
+        let (msg, n) = match canonical(&input[pos..]) {
+            Canonical::Message(m) => {
+                let text = &input[pos..pos + m.len];
+                let text = std::str::from_utf8(text).expect("checked piece by piece");
+                let msg = StoredMessage::from_serde_form(
+                    intern(m.room),
+                    m.seq,
+                    intern(m.from),
+                    m.ts,
+                    m.id.map(Arc::from),
+                    text,
+                    m.body_at,
+                );
+                (msg, m.len)
+            }
+            Canonical::NeedMore => return Ok(Step::NeedMore),
+            Canonical::Other => {
+                let parsed = parse::<StoredRef<'_>>(&input[pos..]);
+                let parsed = parsed.map_err(|e| RelayError::Snapshot(format!("byte {at}: {e}")));
+                let Some((m, n)) = parsed? else {
+                    return Ok(Step::NeedMore);
+                };
+                let msg = StoredMessage::new(
+                    intern(&m.room),
+                    m.seq,
+                    intern(&m.from),
+                    m.ts,
+                    m.id.map(|id| Arc::from(id.as_ref())),
+                    m.body.get(),
+                );
+                (msg, n)
+            }
+        };
         self.messages.push(msg);
         self.state = State::AfterMessage;
         Ok(Step::Took(n))

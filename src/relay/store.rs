@@ -163,6 +163,46 @@ impl StoredMessage {
         }
     }
 
+    /// The message whose serde form (what [`StoredMessage::write_json`] writes) is
+    /// `text`, with its body at `text[body_at..text.len() - 1]`: the payload is that text
+    /// with `"op":"msg",` put back, one copy. Callers guarantee `text` is exactly the form
+    /// `new` would produce for these fields (no escapes in the strings, plain numbers).
+    pub(crate) fn from_serde_form(
+        room: Arc<str>,
+        seq: u64,
+        from: Arc<str>,
+        ts: u64,
+        id: Option<Arc<str>>,
+        text: &str,
+        body_at: usize,
+    ) -> StoredMessage {
+        debug_assert!(text.starts_with('{') && text.ends_with('}'));
+        let mut s = String::with_capacity(PAYLOAD_PREFIX.len() + text.len() - 1);
+        s.push_str(PAYLOAD_PREFIX);
+        s.push_str(&text[1..]);
+        let m = StoredMessage {
+            room,
+            seq,
+            from,
+            ts,
+            id,
+            body_start: PAYLOAD_PREFIX.len() + body_at - 1,
+            payload: Payload::new(s),
+        };
+        debug_assert_eq!(
+            m,
+            StoredMessage::new(
+                m.room.clone(),
+                seq,
+                m.from.clone(),
+                ts,
+                m.id.clone(),
+                m.body_json()
+            )
+        );
+        m
+    }
+
     /// Room name.
     pub fn room(&self) -> &str {
         &self.room

@@ -1286,6 +1286,63 @@ fn snapshot_json_writes_to_json_piece_by_piece_from_any_cursor() {
 }
 
 #[test]
+fn snapshot_decoder_takes_escaped_and_plain_messages_alike() {
+    // Plain strings take the one-copy path, escaped ones the serde path; both must
+    // rebuild the same messages (debug builds also compare each one-copy message with
+    // the encoder's own).
+    let m = |room: &str, seq: u64, from: &str, id: Option<&str>, body: &str| {
+        StoredMessage::new(
+            room.into(),
+            seq,
+            from.into(),
+            1700 + seq,
+            id.map(Into::into),
+            body,
+        )
+    };
+    let messages = vec![
+        m("plain", 1, "alice", Some("a1"), r#"{"t":"x\"y"}"#),
+        m("q\"uote", 1, "b\\ob", Some("i\nd"), r#""s""#),
+        m("plain", 2, "ünï", None, "[1, 2]"),
+        m("plain", 3, "alice", Some("a3"), "0"),
+        m("q\"uote", 2, "alice", Some(""), "null"),
+    ];
+    let room = |name: &str, head| RoomState {
+        name: name.into(),
+        head,
+        evicted_before: 1,
+    };
+    let snap = Snapshot {
+        version: SNAPSHOT_VERSION,
+        node: "n\"ode".into(),
+        generation: 1,
+        seq_floor: 0,
+        rooms: vec![room("plain", 3), room("q\"uote", 2)],
+        messages,
+    };
+    let bytes = snap.to_json();
+    assert_eq!(Snapshot::from_json(&bytes).unwrap(), snap);
+    for size in [1, 3, 17, bytes.len()] {
+        let restored = restore_in_pieces(&bytes, size, usize::MAX)
+            .unwrap()
+            .export_snapshot();
+        assert_eq!(restored.rooms, snap.rooms);
+        assert_eq!(restored.messages, snap.messages, "pieces of {size}");
+    }
+    // A body that is not JSON is refused on either path.
+    let text = String::from_utf8(bytes).unwrap();
+    for bad in [
+        text.replacen(r#""body":0"#, r#""body":0x"#, 1),
+        text.replacen(r#""body":"s""#, r#""body":"s"#, 1),
+    ] {
+        assert!(
+            restore_in_pieces(bad.as_bytes(), 4, usize::MAX).is_err(),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
 fn snapshot_decoder_refuses_bad_input_with_the_offset() {
     let snap = populated(usize::MAX).relay.export_snapshot();
     let bytes = snap.to_json();
