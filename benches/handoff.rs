@@ -15,13 +15,13 @@ use ouroboros::discovery::{
     DiscoveryRecord, LocalPublisher, Publisher, RECORD_VERSION, SignalingEndpoint,
 };
 use ouroboros::handoff::{
-    HANDOFF_LABEL, HandoffConfig, Predecessor, PredecessorEvent, Secret, SharedRelay, Successor,
-    SuccessorConfig, SuccessorOutcome, run_successor, spawn_predecessor,
+    HANDOFF_LABEL, HandoffConfig, Predecessor, PredecessorEvent, PreparedSnapshot, Secret,
+    SharedRelay, Successor, SuccessorConfig, SuccessorOutcome, run_successor, spawn_predecessor,
 };
 use ouroboros::peer::codec::Serialization;
 use ouroboros::peer::{ConnectOptions, Peer, PeerConfig};
 use ouroboros::relay::{
-    ConnId, ConnInfo, Mode, Output, Relay, RelayConfig, Snapshot, StreamingRestore,
+    ConnId, ConnInfo, Mode, Output, Relay, RelayConfig, Snapshot, SnapshotJson, StreamingRestore,
 };
 use ouroboros::signaling::{self, SignalConfig, Signaling};
 use serde_json::{Value, json};
@@ -118,23 +118,36 @@ fn filled(node: &str, mb: usize) -> SharedRelay {
     shared
 }
 
-/// `--phases`: the CPU-bound steps of a handoff one by one, no network: export (store →
-/// snapshot → JSON), SHA-256 of the snapshot, decode (ours, and plain serde for
-/// reference) and `Relay::restore`.
+/// `--phases`: the CPU-bound steps of a handoff one by one, no network: the predecessor's
+/// export (store → chunks, hashed whole and per chunk, never held as one buffer), the
+/// successor's streaming decode + restore in chunk-sized pieces, and for reference the
+/// whole-buffer steps (`to_json` as backups use it, SHA-256 of it, decode — ours and plain
+/// serde — and `Relay::restore`).
 fn cpu_phases(mb: usize) {
+    let chunk = HandoffConfig::default().chunk_size;
     let shared = filled("phases", mb);
+    let snapshot = || shared.relay.lock().unwrap().export_snapshot();
     let t = Instant::now();
-    let bytes = {
-        let r = shared.relay.lock().unwrap();
-        r.export_snapshot()
-    }
-    .to_json();
-    let export = t.elapsed();
+    let prepared = PreparedSnapshot::from_json(SnapshotJson::new(snapshot()), chunk);
+    let export_hash = t.elapsed();
+    drop(prepared);
+    let t = Instant::now();
+    let bytes = snapshot().to_json();
+    let to_json = t.elapsed();
     let t = Instant::now();
     let digest = ouroboros::handoff::sha256_hex(&bytes);
     let hash = t.elapsed();
-    // Each decoder twice, alternating, keeping the second time: the first decode of a
-    // process pays for fresh pages that later ones reuse.
+    // What a successor does while the snapshot arrives.
+    let t = Instant::now();
+    let mut streaming = StreamingRestore::new(shared.config.clone(), Instant::now());
+    for piece in bytes.chunks(chunk) {
+        streaming.feed(piece).unwrap();
+    }
+    let restored = streaming.finish().unwrap();
+    let streamed = t.elapsed();
+    drop(restored);
+    // Each whole-buffer decoder twice, alternating, keeping the second time: the first
+    // decode of a process pays for fresh pages that later ones reuse.
     let mut decode = Duration::ZERO;
     let mut decode_plain = Duration::ZERO;
     let mut snap = None;
@@ -152,31 +165,21 @@ fn cpu_phases(mb: usize) {
         snap = Some(ours);
     }
     let snap = snap.expect("decoded");
-    let config = shared.config.clone();
     let t = Instant::now();
-    let restored = Relay::restore(config, snap, Instant::now()).unwrap();
+    let restored = Relay::restore(shared.config.clone(), snap, Instant::now()).unwrap();
     let restore = t.elapsed();
     drop(restored);
-    // What a successor does while the snapshot arrives: decode and restore 255 KiB
-    // pieces as they come.
-    let t = Instant::now();
-    let mut streaming = StreamingRestore::new(shared.config.clone(), Instant::now());
-    for piece in bytes.chunks(255 * 1024) {
-        streaming.feed(piece).unwrap();
-    }
-    let restored = streaming.finish().unwrap();
-    let streamed = t.elapsed();
-    drop(restored);
     println!(
-        "phases {mb:>5} MB: snapshot {} bytes (sha256 {}…) | export {:.2}s | sha256 {:.2}s | decode {:.2}s (plain serde {:.2}s) | restore {:.2}s | streaming decode+restore {:.2}s",
+        "phases {mb:>5} MB: snapshot {} bytes (sha256 {}…) | handoff export+hash {:.2}s | streaming decode+restore {:.2}s || whole buffer: to_json {:.2}s | sha256 {:.2}s | decode {:.2}s (plain serde {:.2}s) | restore {:.2}s",
         bytes.len(),
         &digest[..12],
-        export.as_secs_f64(),
+        export_hash.as_secs_f64(),
+        streamed.as_secs_f64(),
+        to_json.as_secs_f64(),
         hash.as_secs_f64(),
         decode.as_secs_f64(),
         decode_plain.as_secs_f64(),
         restore.as_secs_f64(),
-        streamed.as_secs_f64(),
     );
 }
 

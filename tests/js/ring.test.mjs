@@ -5,7 +5,12 @@
 // paged history holds every acknowledged message of every client exactly once, at its acked seq, in
 // order, with dense seqs; the browsers' delivered streams have no gap and no repeat.
 //
-// Run: cd tests/js && node --test ring.test.mjs (about 40 s), after `cargo build --bin ouroboros --example publish`.
+// Then a crash without `moved`: the snippet client's node is killed with SIGKILL, a successor recovers
+// from the newest backup, and the client finds it through its `discover` function (the discovery
+// record), is welcomed with the gap notice and gets every later publish (and the ones pending at the
+// crash) acknowledged.
+//
+// Run: cd tests/js && node --test ring.test.mjs (about 50 s), after `cargo build --bin ouroboros --example publish`.
 // Env: OUROBOROS_BIN / CARGO_TARGET_DIR (the binary, see lib/servers.mjs), OUROBOROS_EXAMPLES_DIR (else the
 // example is looked up next to the binary, in examples/), CHROMIUM.
 
@@ -13,12 +18,13 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { readFile, readdir } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { cleanupAll, register, trackChild } from './lib/cleanup.mjs';
 import { launchBrowser } from './lib/browser.mjs';
 import { startStaticServer } from './lib/static-server.mjs';
-import { ouroborosBin } from './lib/servers.mjs';
+import { ouroborosBin, startOuroboros } from './lib/servers.mjs';
 import { startNode, installRelayClients, openClient, send, take, closeClient } from './lib/relay-page.mjs';
 import { snippetSource, startSnippetClient, stopSnippetClient, snippetState } from './lib/relay-snippet.mjs';
 
@@ -389,5 +395,85 @@ test(`a local ring rotates ${ROTATIONS} times while two browser clients (json, b
     unregisterRing();
     await ring.stop();
     await site.close();
+  }
+});
+
+test('a browser client whose node dies without `moved` looks it up again in discovery and resumes on the recovered successor', { timeout: 120000 }, async () => {
+  const env = { OUROBOROS_SECRET: 'a ring secret for the crash test', RUST_LOG: 'info,rtc=error,rtc_ice=error,webrtc=error' };
+  const backups = await mkdtemp(path.join(os.tmpdir(), 'ouroboros-backups-'));
+  const unregisterBackups = register(`rm ${backups}`, () => rm(backups, { recursive: true, force: true }));
+  const old = await startNode({ extraArgs: ['--backup-dir', backups, '--backup-interval', '200ms'], env });
+  const recordPath = path.join(old.dataDir, 'ouroboros.json');
+  const site = await startStaticServer();
+  const browser = await launchBrowser({ origin: site.origin });
+  const name = 'web-crash';
+  let successor;
+  try {
+    const page = await browser.newPage(site.url('/'));
+    await startSnippetClient(page, {
+      src: await snippetSource(),
+      name,
+      peerOptions: old.peerOptions(),
+      nodeId: old.peerId,
+      room: ROOM,
+      everyMs: 40,
+      discover: async () => JSON.parse(await readFile(recordPath, 'utf8')),
+    });
+    await page.waitForFunction((name) => Object.keys(window.snippetClients[name].acks).length >= 10, name, { timeout: 30000, polling: 100 });
+
+    // kill -9: no `moved`, the client only sees its connection die.
+    process.kill(old.pid, 'SIGKILL');
+    const killedAt = (await snippetState(page, name)).published.length;
+    successor = await startOuroboros({
+      subcommand: 'node',
+      extraArgs: [
+        '--data-dir', old.dataDir, '--backup-dir', backups, '--backup-interval', '200ms',
+        '--generation', '1', '--predecessor-peer-id', old.peerId,
+        '--predecessor-endpoints', JSON.stringify(old.record.signaling),
+        '--handoff-give-up-after', '2s',
+      ],
+      env,
+    });
+
+    // The client finds generation 1 through the record, is welcomed with the gap notice, and
+    // everything it publishes from then on is acknowledged — including what was pending at the crash.
+    await page.waitForFunction((name) => window.snippetClients[name].welcomes.some((w) => w.generation === 1), name, { timeout: 60000, polling: 100 })
+      .catch(async (err) => {
+        throw new Error(`no welcome from the successor: ${JSON.stringify((await snippetState(page, name)).welcomes)}; ${err.message}\n${successor.output()}`);
+      });
+    const ackedAtWelcome = Object.keys((await snippetState(page, name)).acks).length;
+    await page.waitForFunction(([name, n]) => Object.keys(window.snippetClients[name].acks).length >= n + 10, [name, ackedAtWelcome], { timeout: 30000, polling: 100 });
+    await stopSnippetClient(page, name);
+    await page.waitForFunction(
+      (name) => {
+        const o = window.snippetClients[name];
+        return o.published.every((id) => id in o.acks);
+      },
+      name,
+      { timeout: 30000, polling: 100 },
+    ).catch(async (err) => {
+      const s = await snippetState(page, name);
+      throw new Error(`${s.published.filter((id) => !(id in s.acks)).length} of ${s.published.length} publishes never acknowledged; ${err.message}`);
+    });
+    const s = await snippetState(page, name);
+    const welcome = s.welcomes.at(-1);
+    assert.equal(welcome.generation, 1, 'the client ends on the successor');
+    assert.equal(welcome.gap?.reason, 'predecessor_lost', `the successor announces the gap: ${JSON.stringify(welcome.gap)}`);
+    assert.deepEqual(s.ackConflicts, [], 'no publish acknowledged under two seqs');
+    assert.ok(s.published.length > killedAt, 'it kept publishing after the crash');
+    // Its own messages after the reconnection reach it from the successor, in order.
+    const seqs = s.msgs.map((m) => m.seq);
+    assert.deepEqual(seqs, [...seqs].sort((x, y) => x - y), 'delivered in seq order');
+    const lastAcked = Math.max(...Object.values(s.acks));
+    assert.equal(seqs.at(-1), lastAcked, 'the newest delivered message is its own last publish');
+    console.log(`crash: ${killedAt} published before kill -9, ${s.published.length} in all; reconnected to generation 1 ` +
+      `(welcomes ${JSON.stringify(s.welcomes.map((w) => w.generation))}), gap ${JSON.stringify(welcome.gap.skipped ?? welcome.gap.rooms ?? {})}`);
+  } finally {
+    await browser.close();
+    await successor?.stop();
+    await old.stop();
+    await site.close();
+    await rm(backups, { recursive: true, force: true });
+    unregisterBackups();
   }
 });

@@ -4,8 +4,8 @@
 //   import { snippetSource, startSnippetClient, snippetState, stopSnippetClient } from './lib/relay-snippet.mjs';
 //   const src = await snippetSource();                     // the ```js block after "Browser snippet" in relay.md
 //   await startSnippetClient(page, { src, name: 'ann', serialization: 'binary', peerOptions, nodeId,
-//                                    room: 'ring', everyMs: 40 });
-//   const s = await snippetState(page, 'ann');   // { published: [id…], acks: {id: seq}, welcomes: [{node, generation}],
+//                                    room: 'ring', everyMs: 40, discover });   // discover: optional, see below
+//   const s = await snippetState(page, 'ann');   // { published: [id…], acks: {id: seq}, welcomes: [{node, generation, gap}],
 //                                                //   msgs: [{seq, id, from}], moved: [gen…], errors: [code…], ackConflicts: […] }
 //   await stopSnippetClient(page, 'ann');        // stops publishing (the client stays connected and keeps following)
 //
@@ -14,7 +14,9 @@
 // what the node says (welcome, ack, moved, error) — the snippet's own code and listeners are untouched.
 // The snippet is written for `json`; `serialization` other than 'json' replaces its one
 // `serialization: 'json'` literal (the only change to its text). Every publish goes through the
-// snippet's `publish(room, body)`; the body is `<name> <n>`.
+// snippet's `publish(room, body)`; the body is `<name> <n>`. `discover` (an async function in the test
+// process returning the current discovery record) becomes the snippet's `discover` option, through
+// `page.exposeFunction`.
 
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -40,9 +42,11 @@ export function withSerialization(src, serialization) {
 }
 
 /** Starts a snippet client in `page` that publishes `<name> <n>` to `room` every `everyMs`. */
-export async function startSnippetClient(page, { src, name, serialization = 'json', peerOptions, nodeId, room, everyMs = 50 }) {
+export async function startSnippetClient(page, { src, name, serialization = 'json', peerOptions, nodeId, room, everyMs = 50, discover }) {
+  const discoverName = discover ? `snippetDiscover_${name.replace(/\W/g, '_')}` : null;
+  if (discover) await page.exposeFunction(discoverName, discover);
   await page.evaluate(
-    ({ src, name, peerOptions, nodeId, room, everyMs }) => {
+    ({ src, name, peerOptions, nodeId, room, everyMs, discoverName }) => {
       window.snippetClients ??= {};
       const obs = { name, published: [], acks: {}, ackConflicts: [], welcomes: [], msgs: [], moved: [], errors: [], timer: null };
       class ObservedPeer extends window.peerjs.Peer {
@@ -50,7 +54,7 @@ export async function startSnippetClient(page, { src, name, serialization = 'jso
           const conn = super.connect(id, options);
           conn.on('data', (m) => {
             if (!m || typeof m !== 'object') return;
-            if (m.op === 'welcome') obs.welcomes.push({ node: m.node, generation: m.generation });
+            if (m.op === 'welcome') obs.welcomes.push({ node: m.node, generation: m.generation, gap: m.gap ?? null });
             else if (m.op === 'moved') obs.moved.push(m.generation);
             else if (m.op === 'error') obs.errors.push(m.code);
             else if (m.op === 'ack') {
@@ -68,6 +72,7 @@ export async function startSnippetClient(page, { src, name, serialization = 'jso
         name,
         rooms: [room],
         onMsg: (m) => obs.msgs.push({ seq: m.seq, id: m.id, from: m.from }),
+        discover: discoverName ? () => window[discoverName]() : undefined,
       });
       let n = 0;
       obs.timer = setInterval(() => {
@@ -76,7 +81,7 @@ export async function startSnippetClient(page, { src, name, serialization = 'jso
       }, everyMs);
       window.snippetClients[name] = obs;
     },
-    { src: withSerialization(src, serialization), name, peerOptions, nodeId, room, everyMs },
+    { src: withSerialization(src, serialization), name, peerOptions, nodeId, room, everyMs, discoverName },
   );
 }
 
