@@ -608,10 +608,13 @@ impl StreamingRestore {
         if messages.is_empty() {
             return Ok(());
         }
-        let r = self
-            .restorer
-            .as_mut()
-            .expect("the decoder yields the header before any message");
+        // The decoder yields the header before any message; no restorer means the header
+        // was refused (the error was returned then).
+        let Some(r) = self.restorer.as_mut() else {
+            return Err(RelayError::Snapshot(
+                "the snapshot's header was refused".into(),
+            ));
+        };
         messages.into_iter().try_for_each(|m| r.push(m))
     }
 
@@ -638,9 +641,11 @@ impl StreamingRestore {
         let decoder = std::mem::take(&mut self.decoder);
         let (header, rest) = decoder.finish()?;
         self.start(header)?;
-        let mut r = self
-            .restorer
-            .expect("finish yields the header when not taken");
+        let Some(mut r) = self.restorer else {
+            return Err(RelayError::Snapshot(
+                "the snapshot's header was refused".into(),
+            ));
+        };
         for m in rest {
             r.push(m)?;
         }

@@ -1371,6 +1371,20 @@ fn snapshot_decoder_refuses_bad_input_with_the_offset() {
     let mut holes = snap.clone();
     holes.messages.remove(3);
     assert!(err(&holes.to_json()).contains("seq"));
+    // A refused header fails every later call too (no panic).
+    let mut future = snap.clone();
+    future.version = 99;
+    let bytes99 = future.to_json();
+    let mut s = StreamingRestore::new(config(), Instant::now());
+    let (head, rest) = bytes99.split_at(bytes99.len() / 2);
+    assert!(
+        s.feed(head)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown version 99")
+    );
+    assert!(s.feed(rest).is_err());
+    assert!(s.finish().is_err());
     // Once failed, the decoder stays failed.
     let mut d = SnapshotDecoder::new();
     assert!(d.feed(b"]").is_err());
