@@ -4,17 +4,17 @@
 //! The snapshot is one JSON object. Its top-level keys are read one `key: value` item at a
 //! time; the `messages` array is read one message object at a time. An item cut by the end
 //! of a piece waits for the next piece (only that item is kept, not the snapshot), so the
-//! decoder holds at most one item besides the messages it has not handed out yet.
+//! decoder holds at most one item besides the messages it has not handed out yet (all of
+//! them only if the header fields come after the messages, which `to_json` never writes).
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
-
-use std::time::Instant;
 
 use super::replication::RoomState;
 use super::store::StoredMessage;
