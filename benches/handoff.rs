@@ -127,8 +127,12 @@ fn cpu_phases(mb: usize) {
     let chunk = HandoffConfig::default().chunk_size;
     let shared = filled("phases", mb);
     let snapshot = || shared.relay.lock().unwrap().export_snapshot();
+    // The only step that holds the relay (every client waits meanwhile).
     let t = Instant::now();
-    let prepared = PreparedSnapshot::from_json(SnapshotJson::new(snapshot()), chunk);
+    let snap = snapshot();
+    let locked = t.elapsed();
+    let t = Instant::now();
+    let prepared = PreparedSnapshot::from_json(SnapshotJson::new(snap), chunk);
     let export_hash = t.elapsed();
     drop(prepared);
     let t = Instant::now();
@@ -170,9 +174,10 @@ fn cpu_phases(mb: usize) {
     let restore = t.elapsed();
     drop(restored);
     println!(
-        "phases {mb:>5} MB: snapshot {} bytes (sha256 {}…) | handoff export+hash {:.2}s | streaming decode+restore {:.2}s || whole buffer: to_json {:.2}s | sha256 {:.2}s | decode {:.2}s (plain serde {:.2}s) | restore {:.2}s",
+        "phases {mb:>5} MB: snapshot {} bytes (sha256 {}…) | export_snapshot (relay held) {:.3}s | handoff export+hash {:.2}s | streaming decode+restore {:.2}s || whole buffer: to_json {:.2}s | sha256 {:.2}s | decode {:.2}s (plain serde {:.2}s) | restore {:.2}s",
         bytes.len(),
         &digest[..12],
+        locked.as_secs_f64(),
         export_hash.as_secs_f64(),
         streamed.as_secs_f64(),
         to_json.as_secs_f64(),

@@ -1262,11 +1262,27 @@ impl Relay {
             })
             .collect();
         rooms.sort_by(|a, b| a.name.cmp(&b.name));
-        let messages = self
-            .order
-            .iter()
-            .filter_map(|(room, seq)| Some(self.rooms.get(room)?.get(*seq)?.msg.clone()))
-            .collect();
+        // `order` lists every room's messages in seq order, like the room's log: walk each
+        // log with a cursor instead of searching it for every message (this runs with the
+        // relay held).
+        let mut cursors: HashMap<&str, (&Room, usize)> = HashMap::with_capacity(self.rooms.len());
+        let mut messages = Vec::with_capacity(self.order.len());
+        for (name, seq) in &self.order {
+            let (room, at) = match cursors.get_mut(name.as_ref()) {
+                Some(c) => c,
+                None => match self.rooms.get(name) {
+                    Some(r) => cursors.entry(name).or_insert((r, 0)),
+                    None => continue,
+                },
+            };
+            while room.log.get(*at).is_some_and(|e| e.msg.seq() < *seq) {
+                *at += 1;
+            }
+            if let Some(e) = room.log.get(*at).filter(|e| e.msg.seq() == *seq) {
+                messages.push(e.msg.clone());
+                *at += 1;
+            }
+        }
         Snapshot {
             version: SNAPSHOT_VERSION,
             node: self.config.node.clone(),
