@@ -136,22 +136,15 @@ impl RestoreWorker {
             .spawn(move || {
                 let started = Instant::now();
                 let mut restore = StreamingRestore::new(config, Instant::now());
-                let mut failed = None;
                 for piece in rx {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         return;
                     }
-                    if failed.is_none()
-                        && let Err(e) = restore.feed(&piece)
-                    {
-                        failed = Some(e.to_string());
-                    }
+                    // A failed restore keeps its first error for `finish`.
+                    let _ = restore.feed(&piece);
                 }
                 let bytes = restore.consumed();
-                let result = match failed {
-                    Some(e) => Err(e),
-                    None => restore.finish().map_err(|e| e.to_string()),
-                };
+                let result = restore.finish().map_err(|e| e.to_string());
                 tracing::debug!(
                     bytes,
                     ms = started.elapsed().as_millis() as u64,

@@ -579,6 +579,8 @@ pub struct StreamingRestore {
     now: Instant,
     decoder: SnapshotDecoder,
     restorer: Option<Restorer>,
+    /// The first error: every later call returns it (nothing more is restored).
+    failed: Option<String>,
 }
 
 impl StreamingRestore {
@@ -589,43 +591,59 @@ impl StreamingRestore {
             now,
             decoder: SnapshotDecoder::new(),
             restorer: None,
+            failed: None,
         }
     }
 
-    /// Starts the restorer with `header` (the decoder yields it once).
-    fn start(&mut self, header: Option<SnapshotHeader>) -> Result<(), RelayError> {
+    /// Hands `header` (once) and `messages` to the restorer.
+    fn restore(
+        &mut self,
+        header: Option<SnapshotHeader>,
+        messages: Vec<StoredMessage>,
+    ) -> Result<(), RelayError> {
         if let Some(h) = header
             && let Some(config) = self.config.take()
         {
             self.restorer = Some(Restorer::new(config, h, self.now)?);
         }
-        Ok(())
-    }
-
-    fn drain(&mut self, header: Option<SnapshotHeader>) -> Result<(), RelayError> {
-        self.start(header)?;
-        let messages = self.decoder.take_messages();
         if messages.is_empty() {
             return Ok(());
         }
-        // The decoder yields the header before any message; no restorer means the header
-        // was refused (the error was returned then).
-        let Some(r) = self.restorer.as_mut() else {
-            return Err(RelayError::Snapshot(
-                "the snapshot's header was refused".into(),
-            ));
-        };
+        let r = self
+            .restorer
+            .as_mut()
+            .expect("the decoder yields the header before any message");
         messages.into_iter().try_for_each(|m| r.push(m))
+    }
+
+    /// Remembers the first error.
+    fn check<T>(&mut self, result: Result<T, RelayError>) -> Result<T, RelayError> {
+        if let Err(RelayError::Snapshot(e)) = &result {
+            self.failed = Some(e.clone());
+        }
+        result
+    }
+
+    fn failed(&self) -> Result<(), RelayError> {
+        match &self.failed {
+            Some(e) => Err(RelayError::Snapshot(e.clone())),
+            None => Ok(()),
+        }
     }
 
     /// The next piece of the snapshot, in order.
     ///
     /// # Errors
-    /// [`RelayError::Snapshot`] if the snapshot is malformed or inconsistent so far.
+    /// [`RelayError::Snapshot`] if the snapshot is malformed or inconsistent so far; the
+    /// restore stays failed (later calls return the same error).
     pub fn feed(&mut self, piece: &[u8]) -> Result<(), RelayError> {
-        self.decoder.feed(piece)?;
-        let header = self.decoder.take_header();
-        self.drain(header)
+        self.failed()?;
+        let step = self.decoder.feed(piece).and_then(|()| {
+            let header = self.decoder.take_header();
+            let messages = self.decoder.take_messages();
+            self.restore(header, messages)
+        });
+        self.check(step)
     }
 
     /// Snapshot bytes consumed so far.
@@ -636,19 +654,14 @@ impl StreamingRestore {
     /// The restored relay, once every piece was fed.
     ///
     /// # Errors
-    /// [`RelayError::Snapshot`] if the snapshot is cut short, malformed or inconsistent.
+    /// [`RelayError::Snapshot`] if the snapshot is cut short, malformed or inconsistent
+    /// (or an earlier piece was).
     pub fn finish(mut self) -> Result<Relay, RelayError> {
-        let decoder = std::mem::take(&mut self.decoder);
-        let (header, rest) = decoder.finish()?;
-        self.start(header)?;
-        let Some(mut r) = self.restorer else {
-            return Err(RelayError::Snapshot(
-                "the snapshot's header was refused".into(),
-            ));
-        };
-        for m in rest {
-            r.push(m)?;
-        }
-        r.finish()
+        self.failed()?;
+        let (header, rest) = std::mem::take(&mut self.decoder).finish()?;
+        self.restore(header, rest)?;
+        self.restorer
+            .expect("finish yields the header when not taken")
+            .finish()
     }
 }

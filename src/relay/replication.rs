@@ -91,16 +91,12 @@ impl Snapshot {
     /// [`RelayError::Snapshot`] for malformed JSON, a message body that is not valid JSON,
     /// or a missing field.
     pub fn from_json(bytes: &[u8]) -> Result<Snapshot, RelayError> {
+        // Nothing taken until `finish`: it returns the header and every message.
         let mut d = SnapshotDecoder::new();
         d.feed(bytes)?;
-        let mut messages = d.take_messages();
-        let header = d.take_header();
-        let (rest, tail) = d.finish()?;
-        messages.extend(tail);
-        let h = header
-            .or(rest)
-            .expect("finish yields the header when not taken");
-        Ok(Snapshot::from_parts(h, messages))
+        let (header, messages) = d.finish()?;
+        let header = header.expect("finish yields the header when not taken");
+        Ok(Snapshot::from_parts(header, messages))
     }
 
     /// The header and the messages.
