@@ -19,6 +19,13 @@
 //! - [`github`]: a small GitHub REST client (dispatch, contents, runs).
 //! - [`rate`]: the token bucket shared by every rate limit.
 
+// Every dependency in Cargo.toml is used by the library: clippy's `-D warnings` turns an
+// unused one into an error. The exceptions are the binary's own (listed below).
+#![warn(unused_crate_dependencies)]
+
+// Used only by `src/main.rs` (logging set-up), not by the library.
+use tracing_subscriber as _;
+
 pub mod client;
 pub mod discovery;
 pub mod github;
