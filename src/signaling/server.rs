@@ -38,6 +38,11 @@ use axum::{
     serve::{IncomingStream, Listener},
 };
 use futures::SinkExt;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto::Builder as ConnBuilder, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -65,7 +70,7 @@ const READ_BUFFER: usize = 512;
 const WRITE_BUFFER: usize = 16 * 1024;
 /// How long a closing socket waits for the client's close frame.
 const LINGER: Duration = Duration::from_secs(1);
-/// How long `serve` waits for sockets to close after shutdown.
+/// How long `serve` waits for HTTP connections and sockets to close after shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// TLS handshakes that take longer are abandoned.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -987,33 +992,50 @@ impl AsyncWrite for MaybeTls {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves; then closes every WebSocket
-/// with 1001 and waits (bounded) for the sockets to finish.
+/// Serves `router` on `listener` until `shutdown` resolves; then stops accepting, lets every
+/// HTTP request in progress finish, closes every WebSocket with 1001 and waits (bounded by
+/// [`SHUTDOWN_GRACE`]) for both.
+///
+/// Each connection is served by hyper with a timer (axum's `serve` installs none), so a client
+/// that has not sent its complete request headers within `config.header_read_timeout` is
+/// disconnected instead of holding a socket forever. The remote address reaches the routes as
+/// `ConnectInfo<RemoteAddr>`; WebSocket upgrades hand the connection over to the socket task.
 pub(crate) async fn serve(
     shared: &Arc<Shared>,
-    listener: SignalListener,
+    mut listener: SignalListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let token = shared.shutdown.clone();
-    let signal = async move {
-        shutdown.await;
-        info!("shutting down: closing every socket");
-        token.cancel();
-    };
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<RemoteAddr>(),
-    )
-    .with_graceful_shutdown(signal)
-    .await?;
+    let mut http = ConnBuilder::new(TokioExecutor::new()).http1_only();
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.header_read_timeout);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (io, remote) = tokio::select! {
+            conn = listener.accept() => conn,
+            _ = &mut shutdown => break,
+        };
+        let service =
+            TowerToHyperService::new(router.clone().layer(axum::Extension(ConnectInfo(remote))));
+        let conn = http
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(remote = %remote.0, "HTTP connection ended: {e}");
+            }
+        });
+    }
+    info!("shutting down: closing every socket");
+    drop(listener);
     shared.shutdown.cancel();
     shared.tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, shared.tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!("some sockets did not close within {SHUTDOWN_GRACE:?}");
+    let drained = async { tokio::join!(graceful.shutdown(), shared.tracker.wait()) };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
+        warn!("some connections did not close within {SHUTDOWN_GRACE:?}");
     }
     Ok(())
 }
