@@ -18,6 +18,8 @@
 //! - [`tunnel`]: optional public reachability (ngrok).
 //! - [`github`]: a small GitHub REST client (dispatch, contents, runs).
 //! - [`rate`]: the token bucket shared by every rate limit.
+//! - [`tls`]: the one TLS trust policy (platform roots plus optional extra roots) of every
+//!   outgoing connection.
 
 // Every dependency in Cargo.toml is used by the library: clippy's `-D warnings` turns an
 // unused one into an error. The exceptions are the binary's own (listed below).
@@ -36,6 +38,7 @@ pub mod peer;
 pub mod rate;
 pub mod relay;
 pub mod signaling;
+pub mod tls;
 pub mod tunnel;
 
 /// Installs the process-wide rustls crypto provider (ring). Call first thing in `main`

@@ -1130,8 +1130,8 @@ async fn tls_serves_https_and_wss() {
     assert_eq!(s.scheme, "https");
     let mut roots = rustls::RootCertStore::empty();
     let ca = std::fs::read(dir.join("test-ca.pem")).unwrap();
-    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
+    for cert in ouroboros::tls::pem_certificates(&ca).unwrap() {
+        roots.add(cert).unwrap();
     }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),

@@ -43,6 +43,10 @@ use hyper_util::{
     server::{conn::auto::Builder as ConnBuilder, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
+use rustls::pki_types::{
+    CertificateDer, PrivateKeyDer,
+    pem::{self, PemObject},
+};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -852,22 +856,22 @@ fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor
     let tls_err = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
         SignalError::Tls(format!("{what} {}: {e}", path.display()))
     };
-    let certs = rustls_pemfile::certs(&mut io::BufReader::new(
-        std::fs::File::open(cert).map_err(|e| tls_err("cannot open", cert, &e))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .map_err(|e| tls_err("cannot read certificates from", cert, &e))?;
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| tls_err("cannot open", cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_err("cannot read certificates from", cert, &e))?;
     if certs.is_empty() {
         return Err(SignalError::Tls(format!(
             "no certificate in {}",
             cert.display()
         )));
     }
-    let key_der = rustls_pemfile::private_key(&mut io::BufReader::new(
-        std::fs::File::open(key).map_err(|e| tls_err("cannot open", key, &e))?,
-    ))
-    .map_err(|e| tls_err("cannot read the key from", key, &e))?
-    .ok_or_else(|| SignalError::Tls(format!("no private key in {}", key.display())))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
+        pem::Error::NoItemsFound => {
+            SignalError::Tls(format!("no private key in {}", key.display()))
+        }
+        e => tls_err("cannot read the key from", key, &e),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
