@@ -18,6 +18,7 @@
 //! - [`tunnel`]: optional public reachability (ngrok).
 //! - [`github`]: a small GitHub REST client (dispatch, contents, runs).
 //! - [`rate`]: the token bucket shared by every rate limit.
+//! - [`units`]: byte sizes on the command line.
 
 pub mod client;
 pub mod discovery;
@@ -30,6 +31,7 @@ pub mod rate;
 pub mod relay;
 pub mod signaling;
 pub mod tunnel;
+pub mod units;
 
 /// Installs the process-wide rustls crypto provider (ring). Call first thing in `main`
 /// and in tests that use TLS; calling it again is harmless.
