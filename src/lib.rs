@@ -19,11 +19,15 @@
 //! - [`github`]: a small GitHub REST client (dispatch, contents, runs).
 //! - [`rate`]: the token bucket shared by every rate limit.
 //! - [`units`]: byte sizes on the command line.
+//! - [`ids`]: connection ids and the peer-id rules every protocol shares; `json`: the
+//!   JSON string escaping of the hand-written hot-path writers.
 
 pub mod client;
 pub mod discovery;
 pub mod github;
 pub mod handoff;
+pub mod ids;
+pub(crate) mod json;
 pub mod lifecycle;
 pub mod node;
 pub mod peer;

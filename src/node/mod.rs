@@ -247,7 +247,7 @@ fn endpoint_of(cfg: &PeerConfig) -> SignalingEndpoint {
 /// The peer id: the flag, else (first generation) the one kept in the data dir, else new.
 fn choose_peer_id(args: &NodeArgs) -> Result<String, NodeError> {
     if let Some(id) = &args.peer_id {
-        if !crate::peer::valid_id(id) {
+        if !crate::ids::is_peerjs_id(id) {
             return Err(NodeError::Config(format!(
                 "--peer-id {id:?} is not a valid PeerJS id (letters, digits, single '-', '_' or ' ' between them)"
             )));
@@ -262,7 +262,7 @@ fn choose_peer_id(args: &NodeArgs) -> Result<String, NodeError> {
     let file = dir.join("node-peer-id");
     if let Ok(s) = std::fs::read_to_string(&file) {
         let s = s.trim();
-        if crate::peer::valid_id(s) {
+        if crate::ids::is_peerjs_id(s) {
             return Ok(s.to_string());
         }
     }
