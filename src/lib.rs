@@ -22,6 +22,13 @@
 //! - [`ids`]: connection ids and the peer-id rules every protocol shares; `json`: the
 //!   JSON string escaping of the hand-written hot-path writers.
 
+// Every dependency in Cargo.toml is used by the library: clippy's `-D warnings` turns an
+// unused one into an error. The exceptions are the binary's own (listed below).
+#![warn(unused_crate_dependencies)]
+
+// Used only by `src/main.rs` (logging set-up), not by the library.
+use tracing_subscriber as _;
+
 pub mod client;
 pub mod discovery;
 pub mod github;
