@@ -20,6 +20,9 @@
 //! - [`rate`]: the token bucket shared by every rate limit.
 //! - [`tls`]: the one TLS trust policy (platform roots plus optional extra roots) of every
 //!   outgoing connection.
+//! - [`units`]: byte sizes on the command line.
+//! - [`ids`]: connection ids and the peer-id rules every protocol shares; `json`: the
+//!   JSON string escaping of the hand-written hot-path writers.
 
 // Every dependency in Cargo.toml is used by the library: clippy's `-D warnings` turns an
 // unused one into an error. The exceptions are the binary's own (listed below).
@@ -32,6 +35,8 @@ pub mod client;
 pub mod discovery;
 pub mod github;
 pub mod handoff;
+pub mod ids;
+pub(crate) mod json;
 pub mod lifecycle;
 pub mod node;
 pub mod peer;
@@ -40,6 +45,7 @@ pub mod relay;
 pub mod signaling;
 pub mod tls;
 pub mod tunnel;
+pub mod units;
 
 /// Installs the process-wide rustls crypto provider (ring). Call first thing in `main`
 /// and in tests that use TLS; calling it again is harmless.
