@@ -8,6 +8,8 @@
 //! - `registration`: the node's peer on each signaling server (its own and every
 //!   `--also-register` one), re-registered with backoff.
 //! - `http`: `/ouroboros.json`, `/status`, `/status.json`, `/metrics`, the web chat.
+//! - [`ring`]: the node's life: joins its predecessor, serves the handoff to its successor,
+//!   launches it on time, writes backups (the lifecycle and handoff cores, wired).
 //! - [`status`]: the status snapshot and its HTML / Prometheus renderings.
 //! - `web/`: the chat page (HTML, CSS, module script), embedded with `include_str!`.
 
@@ -16,6 +18,7 @@ mod driver;
 mod http;
 pub mod ice;
 mod registration;
+pub mod ring;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -165,7 +168,7 @@ pub struct NodeShared {
     signaling: Signaling,
     lifecycle: RwLock<LifecycleView>,
     tunnel: RwLock<String>,
-    /// Where `ouroboros-handoff` connections to the node's peer go (`lifecycle::ring`).
+    /// Where `ouroboros-handoff` connections to the node's peer go (`node::ring`).
     pub handoff: crate::handoff::HandoffInbox,
     /// The ICE servers: the node's own, the published ones, fresh TURN credentials.
     pub ice: ice::NodeIce,
@@ -263,7 +266,7 @@ fn endpoint_of(cfg: &PeerConfig) -> SignalingEndpoint {
 /// The peer id: the flag, else (first generation) the one kept in the data dir, else new.
 fn choose_peer_id(args: &NodeArgs) -> Result<String, NodeError> {
     if let Some(id) = &args.peer_id {
-        if !crate::peer::valid_id(id) {
+        if !crate::ids::is_peerjs_id(id) {
             return Err(NodeError::Config(format!(
                 "--peer-id {id:?} is not a valid PeerJS id (letters, digits, single '-', '_' or ' ' between them)"
             )));
@@ -278,7 +281,7 @@ fn choose_peer_id(args: &NodeArgs) -> Result<String, NodeError> {
     let file = dir.join("node-peer-id");
     if let Ok(s) = std::fs::read_to_string(&file) {
         let s = s.trim();
-        if crate::peer::valid_id(s) {
+        if crate::ids::is_peerjs_id(s) {
             return Ok(s.to_string());
         }
     }
@@ -599,10 +602,10 @@ pub async fn run(
         tracing::warn!(publisher = p.name(), error = %e, "discovery record not published");
     }
     // Lifetime, successor, handoff and crash safety (returns when the node should stop).
-    let reason = crate::lifecycle::ring::run(
+    let reason = ring::run(
         &node,
         &ring_args,
-        crate::lifecycle::ring::RingOptions {
+        ring::RingOptions {
             launcher: cloud.launcher,
             publisher: cloud.publisher,
             verifier: cloud.verifier,
