@@ -335,10 +335,12 @@ async fn join(
     // (index into `endpoints`, peer).
     type Slot = Option<(usize, Arc<Peer>)>;
     let peer: Arc<tokio::sync::Mutex<Slot>> = Arc::default();
+    let ice = node.shared().ice.clone();
     let connect = {
         let peer = peer.clone();
         move || {
             let peer = peer.clone();
+            let ice = ice.clone();
             let endpoints = endpoints.clone();
             let my_id = my_id.clone();
             let pred_id = pred_id.clone();
@@ -367,6 +369,7 @@ async fn join(
                             cfg.id = Some(my_id.clone());
                             cfg.connect_timeout = Duration::from_secs(10);
                             cfg.http_headers = crate::tunnel::node_http_headers();
+                            ice.apply(&mut cfg, std::time::SystemTime::now());
                             match Peer::open(cfg).await {
                                 Ok(p) => Arc::new(p),
                                 Err(e) => {
