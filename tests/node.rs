@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ouroboros::client::{Client, ClientConfig, ClientError, Event, Target};
-use ouroboros::handoff::HandoffHost;
+use ouroboros::handoff::HostOps;
 use ouroboros::node::{Node, NodeArgs};
 use ouroboros::peer::{ConnectOptions, Peer, PeerConfig, Serialization, Value};
 use serde_json::json;
@@ -352,7 +352,7 @@ async fn client_follows_moved_rejoins_with_since_and_resends_unacked() {
     seed.publish("r", json!("on a")).await.unwrap();
     // A announces the move through the handoff seam (what the predecessor driver calls).
     let rb = b.record();
-    HandoffHost::announce_moved(a.relay(), &rb.peer_id, &rb.signaling, rb.generation).await;
+    HostOps::announce_moved(a.relay(), &rb.peer_id, &rb.signaling, rb.generation).await;
     let (peer_id, generation) = next_matching(&mut ev, |e| match e {
         Event::Moved {
             peer_id,
@@ -604,7 +604,20 @@ async fn http_discovery_status_metrics_and_root_negotiation() {
     );
     let page = html.text().await.unwrap();
     assert!(page.contains("<title>Ouroboros chat</title>"));
-    assert!(page.contains("https://unpkg.com/peerjs@1.5.5/dist/peerjs.min.js"));
+    // The node's own copy of the pinned PeerJS client, with subresource integrity.
+    assert!(page.contains(&format!(
+        r#"<script src="/peerjs.min.js" integrity="{}" crossorigin="anonymous">"#,
+        ouroboros::node::PEERJS_INTEGRITY
+    )));
+    let bundle = http
+        .get(format!("{base}/peerjs.min.js"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&bundle[..], ouroboros::node::PEERJS_BUNDLE);
     let info: serde_json::Value = http
         .get(format!("{base}/"))
         .send()

@@ -124,7 +124,10 @@ fn endpoint_config(e: &SignalingEndpoint, cfg: &ClientConfig) -> PeerConfig {
     pc.path = e.path.clone();
     pc.key = e.key.clone();
     pc.secure = e.secure;
-    pc.ice_servers = cfg.ice_servers.clone();
+    pc.ice_servers = cfg.ice_servers.clone().unwrap_or_default();
+    if let Some(keep) = cfg.loopback_candidates {
+        pc.loopback_candidates = keep;
+    }
     pc.connect_timeout = cfg.connect_timeout;
     pc.reconnect = false;
     pc

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde_json::Value as Json;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::status::{RelayFigures, RoomStatus};
+use crate::handoff::{HandoffHost, RelayFn, RelayStopped};
 use crate::peer::{ConnectionSender, DataConnection, Frame, Serialization, Value};
 use crate::relay::{CloseReason, ConnId, ConnInfo, Outgoing, Output, Relay};
 
@@ -25,8 +26,6 @@ pub const WRITE_QUEUE: usize = 8192;
 pub const INPUT_QUEUE: usize = 8192;
 /// Rooms listed on the status page.
 const STATUS_ROOMS: usize = 50;
-
-type RelayFn = Box<dyn FnOnce(&mut Relay) + Send>;
 
 /// What the relay task is fed.
 pub(crate) enum Input {
@@ -67,6 +66,8 @@ pub struct RelayHandle {
     tx: mpsc::Sender<Input>,
     next_conn: Arc<AtomicU64>,
     counters: Arc<Counters>,
+    /// Notified by the relay task when replication events are queued (the handoff's tail).
+    replication: Arc<Notify>,
 }
 
 impl std::fmt::Debug for RelayHandle {
@@ -103,11 +104,13 @@ impl RelayHandle {
     pub fn spawn(relay: Relay) -> RelayHandle {
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
         let counters = Arc::new(Counters::default());
-        tokio::spawn(relay_task(relay, rx, counters.clone()));
+        let replication = Arc::new(Notify::new());
+        tokio::spawn(relay_task(relay, rx, counters.clone(), replication.clone()));
         RelayHandle {
             tx,
             next_conn: Arc::new(AtomicU64::new(1)),
             counters,
+            replication,
         }
     }
 
@@ -181,6 +184,19 @@ impl RelayHandle {
     }
 }
 
+/// The node's relay as the handoff sees it: closures run inside the relay task, so the
+/// relay's outputs (e.g. `moved`) are dispatched to clients right after.
+#[async_trait::async_trait]
+impl HandoffHost for RelayHandle {
+    async fn run(&self, f: RelayFn) -> Result<(), RelayStopped> {
+        self.with_relay(f).await.ok_or(RelayStopped)
+    }
+
+    fn replication_queued(&self) -> Arc<Notify> {
+        self.replication.clone()
+    }
+}
+
 struct Rates {
     samples: VecDeque<(Instant, u64, u64)>,
 }
@@ -208,7 +224,12 @@ impl Rates {
     }
 }
 
-async fn relay_task(mut relay: Relay, mut rx: mpsc::Receiver<Input>, counters: Arc<Counters>) {
+async fn relay_task(
+    mut relay: Relay,
+    mut rx: mpsc::Receiver<Input>,
+    counters: Arc<Counters>,
+    replication: Arc<Notify>,
+) {
     let mut writers: HashMap<ConnId, mpsc::Sender<WriteItem>> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -249,6 +270,9 @@ async fn relay_task(mut relay: Relay, mut rx: mpsc::Receiver<Input>, counters: A
             Input::Run(f) => f(&mut relay),
         }
         dispatch(&mut relay, &mut writers, &counters, now);
+        if relay.replication_backlog() > 0 {
+            replication.notify_one();
+        }
     }
 }
 
