@@ -3,6 +3,8 @@
 //! eviction, following `moved`, dual registration on the reference `peer` server, 200
 //! concurrent clients, and the node's HTTP endpoints.
 
+mod support;
+
 use std::time::Duration;
 
 use clap::Parser;
@@ -389,43 +391,14 @@ async fn client_follows_moved_rejoins_with_since_and_resends_unacked() {
 
 /// Starts the reference `peer` server (tests/js/node_modules) on an ephemeral port.
 async fn start_reference_server() -> Option<(tokio::process::Child, u16)> {
-    use tokio::io::AsyncBufReadExt;
-    let cli = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/js/node_modules/peer/dist/bin/peerjs.js");
-    if !cli.exists() {
+    if !support::reference_installed() {
         eprintln!(
             "skipping: {} missing (run npm ci in tests/js)",
-            cli.display()
+            support::REFERENCE_CLI
         );
         return None;
     }
-    let mut child = tokio::process::Command::new("node")
-        .arg(cli)
-        .args(["--port", "0", "--host", "127.0.0.1"])
-        .env("PORT", "0")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("port: ").nth(1) {
-                return rest
-                    .split(',')
-                    .next()
-                    .unwrap()
-                    .trim()
-                    .parse::<u16>()
-                    .unwrap();
-            }
-        }
-        panic!("reference server exited");
-    })
-    .await
-    .expect("reference server ready");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Some((child, port))
+    Some(support::spawn_listening(support::reference_command(&[]), WAIT).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,6 +103,12 @@ fn actions_env(
         v("NGROK_AUTHTOKEN", ""),
         v("NGROK_DOMAIN", ""),
         v("OUROBOROS_SECRET", secret),
+        // Secrets that are not set reach the step as empty strings, like on Actions.
+        v("OUROBOROS_STUN_URL", ""),
+        v("OUROBOROS_TURN_URL", ""),
+        v("OUROBOROS_TURN_SECRET", ""),
+        v("OUROBOROS_TURN_USERNAME", ""),
+        v("OUROBOROS_TURN_CREDENTIAL", ""),
         v(
             "OUROBOROS_DATA_DIR",
             &workspace.join("_temp/ouroboros-data").display().to_string(),
