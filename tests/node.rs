@@ -7,6 +7,8 @@ mod support;
 
 use std::time::Duration;
 
+use support::Fetch;
+
 use clap::Parser;
 use ouroboros::client::{Client, ClientConfig, ClientError, Event, Target};
 use ouroboros::handoff::HostOps;
@@ -537,28 +539,14 @@ async fn http_discovery_status_metrics_and_root_negotiation() {
 
     let (c, _ev) = client_local(&node, "metrics-user").await;
     c.publish("m", json!("one")).await.unwrap();
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = http.get(format!("{base}/metrics")).text_ok().await;
     assert!(metrics.contains("ouroboros_relay_clients 1\n"), "{metrics}");
     assert!(
         metrics.contains("ouroboros_relay_published_total 1\n"),
         "{metrics}"
     );
     assert!(metrics.contains("ouroboros_relay_rooms 1\n"), "{metrics}");
-    let status: serde_json::Value = http
-        .get(format!("{base}/status.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = http.get(format!("{base}/status.json")).json_ok().await;
     assert_eq!(status["peer_id"], "http-node");
     assert_eq!(status["relay"]["clients"], 1);
     assert_eq!(status["endpoints"][0]["state"], "registered");
@@ -591,23 +579,9 @@ async fn http_discovery_status_metrics_and_root_negotiation() {
         .await
         .unwrap();
     assert_eq!(&bundle[..], ouroboros::node::PEERJS_BUNDLE);
-    let info: serde_json::Value = http
-        .get(format!("{base}/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: serde_json::Value = http.get(format!("{base}/")).json_ok().await;
     assert_eq!(info["name"], "PeerJS Server");
-    let status_page = http
-        .get(format!("{base}/status"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let status_page = http.get(format!("{base}/status")).text_ok().await;
     assert!(status_page.contains("http-node"));
     c.close().await;
     node.shutdown().await;

@@ -85,3 +85,23 @@ fn startup_lines_name_the_port() {
     );
     assert_eq!(listening_port("something else"), None);
 }
+
+/// Sends a request and reads its body, panicking on any failure (tests only).
+pub trait Fetch {
+    /// The body as text.
+    fn text_ok(self) -> impl std::future::Future<Output = String> + Send;
+    /// The body as JSON.
+    fn json_ok(self) -> impl std::future::Future<Output = serde_json::Value> + Send;
+}
+
+impl Fetch for reqwest::RequestBuilder {
+    async fn text_ok(self) -> String {
+        let response = self.send().await.expect("request sent");
+        response.text().await.expect("body read")
+    }
+
+    async fn json_ok(self) -> serde_json::Value {
+        let response = self.send().await.expect("request sent");
+        response.json().await.expect("JSON body")
+    }
+}
