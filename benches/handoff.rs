@@ -301,6 +301,7 @@ async fn run(mb: usize) {
         peer_id: succ_id.clone(),
         generation: 1,
         signaling: vec![endpoint(port)],
+        ice_servers: None,
         tunnel_url: None,
         started_at: SystemTime::now(),
         expires_at: None,

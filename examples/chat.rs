@@ -31,6 +31,10 @@ struct Args {
     /// How many earlier messages to show on join.
     #[arg(long, default_value_t = 20)]
     history: u32,
+    /// ICE servers (`--ice-servers JSON`; default: the discovery record's) and
+    /// `--loopback-candidates`.
+    #[command(flatten)]
+    ice: ouroboros::peer::ice::IceArgs,
 }
 
 fn clock(ts: u64) -> String {
@@ -51,6 +55,16 @@ fn show(m: &Message) {
     println!("[{}] #{} {}: {}", clock(m.ts), m.seq, m.from, body);
 }
 
+/// The client configuration: `--ice-servers` replaces the record's servers when given.
+fn client_config(args: &Args) -> anyhow::Result<ClientConfig> {
+    let mut cfg = ClientConfig::new(&args.name);
+    if args.ice.ice_servers.is_some() {
+        cfg.ice_servers = Some(args.ice.checked(false)?);
+    }
+    cfg.loopback_candidates = args.ice.loopback_candidates;
+    Ok(cfg)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     ouroboros::install_crypto_provider();
@@ -61,10 +75,9 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let (client, mut events) =
-        Client::connect_discovered(&args.discovery, ClientConfig::new(&args.name))
-            .await
-            .context("connecting to the node")?;
+    let (client, mut events) = Client::connect_discovered(&args.discovery, client_config(&args)?)
+        .await
+        .context("connecting to the node")?;
     let head = client.join(&args.room, None).await.context("joining")?;
     if args.history > 0 && head > 0 {
         let page = client.history(&args.room, None, Some(args.history)).await?;

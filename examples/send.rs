@@ -55,6 +55,9 @@ struct Args {
     /// Seconds to wait for all replies.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// ICE servers (`--ice-servers JSON`) and `--loopback-candidates`.
+    #[command(flatten)]
+    ice: ouroboros::peer::ice::IceArgs,
 }
 
 /// One line of JSON per reply; binary prints as its length and SHA-256.
@@ -112,6 +115,8 @@ async fn main() -> anyhow::Result<()> {
     config.path = args.path;
     config.key = args.key;
     config.secure = args.secure;
+    config.ice_servers = args.ice.checked(false)?;
+    args.ice.apply_loopback(&mut config);
     let peer = Peer::open(config).await?;
     let conn = peer
         .connect(

@@ -10,20 +10,25 @@ const LAYERS: &[(&str, u32)] = &[
     // Leaves: import nothing from the crate.
     ("rate", 0),
     ("units", 0),
-    ("discovery", 0),
-    ("peer", 0),
+    ("ids", 0),
+    ("json", 0),
+    ("tls", 0),
+    // The PeerJS peer, then the discovery record (which names ICE servers).
+    ("peer", 1),
+    ("discovery", 2),
     // Protocol cores and their shells.
-    ("signaling", 1),
-    ("relay", 1),
-    ("tunnel", 1),
-    // The handoff (on the relay), then the lifecycle (uses handoff's configs and secret).
-    ("handoff", 2),
-    ("client", 2),
-    ("lifecycle", 3),
+    ("signaling", 3),
+    ("relay", 3),
+    ("tunnel", 3),
+    // The handoff (on the relay) and the client (of the relay).
+    ("handoff", 4),
+    ("client", 4),
+    // The lifecycle (uses handoff's configs and secret).
+    ("lifecycle", 5),
     // Cloud parts: GitHub's launcher and publisher.
-    ("github", 4),
+    ("github", 6),
     // Composition: the node wires everything.
-    ("node", 5),
+    ("node", 7),
 ];
 
 /// Items of the crate root every module may use (not modules).

@@ -86,6 +86,7 @@ fn record(
         peer_id: peer.into(),
         generation,
         signaling: vec![endpoint(port)],
+        ice_servers: None,
         tunnel_url: None,
         started_at: SystemTime::now(),
         expires_at: None,

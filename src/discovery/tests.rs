@@ -21,6 +21,7 @@ fn record(peer: &str, generation: u64) -> DiscoveryRecord {
         peer_id: peer.into(),
         generation,
         signaling: vec![endpoint(9000)],
+        ice_servers: None,
         tunnel_url: None,
         started_at: start,
         expires_at: Some(start + Duration::from_secs(7200)),

@@ -259,7 +259,9 @@ enum Body<'a> {
 impl GithubClient {
     /// Builds a client. Needs the rustls provider ([`crate::install_crypto_provider`]).
     pub fn new(config: GithubConfig) -> Result<Self, GithubError> {
-        let http = reqwest::Client::builder()
+        let tls = crate::tls::client_config(None)
+            .map_err(|e| GithubError::Config(format!("cannot build the HTTP client: {e}")))?;
+        let http = crate::tls::http_client_builder(&tls)
             .user_agent(config.user_agent.clone())
             .timeout(config.retry.request_timeout)
             .connect_timeout(Duration::from_secs(10))

@@ -122,6 +122,7 @@ fn record(peer: &str, generation: u64) -> DiscoveryRecord {
         peer_id: peer.into(),
         generation,
         signaling: vec![endpoint(9001)],
+        ice_servers: None,
         tunnel_url: None,
         started_at: SystemTime::UNIX_EPOCH,
         expires_at: None,
