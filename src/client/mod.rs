@@ -251,11 +251,9 @@ pub struct Client {
 /// [`ClientError::Discovery`] if it cannot be fetched, read or parsed.
 pub async fn discover(source: &str) -> Result<DiscoveryRecord, ClientError> {
     let bytes = if source.starts_with("http://") || source.starts_with("https://") {
-        crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| ClientError::Discovery(e.to_string()))?;
+        // The process-wide client (platform roots loaded once), also used by rediscovery.
+        let client =
+            crate::tls::http_client().map_err(|e| ClientError::Discovery(e.to_string()))?;
         // A cache-buster defeats CDN caches (GitHub Pages caches for minutes).
         let sep = if source.contains('?') { '&' } else { '?' };
         let url = format!(

@@ -90,8 +90,8 @@ pub struct PeerConfig {
     /// STUN/TURN servers (none by default: loopback and LAN only).
     pub ice_servers: Vec<IceServer>,
     /// Extra trusted root certificates (PEM, one or more) for `secure` servers, in addition
-    /// to the built-in web roots (Mozilla's, via `webpki-roots`, for the WebSocket; the
-    /// platform's for the id fetch): for a self-hosted PeerJS server with a private CA.
+    /// to the platform's trust store (the same policy for the id fetch and the WebSocket, see
+    /// [`crate::tls`]): for a self-hosted PeerJS server with a private CA.
     pub tls_root_pem: Option<String>,
     /// Extra HTTP headers on the id fetch and the WebSocket upgrade
     /// (e.g. `ngrok-skip-browser-warning`).
@@ -292,6 +292,8 @@ pub(crate) struct Shared {
     pub(crate) id: String,
     pub(crate) token: String,
     pub(crate) config: PeerConfig,
+    /// TLS configuration and HTTP client for the signaling server, built once.
+    pub(crate) transport: signaling_client::Transport,
     /// JSON frames for the signaling socket (queued while disconnected).
     pub(crate) outbound: mpsc::Sender<String>,
     pub(crate) events: broadcast::Sender<PeerEvent>,
@@ -355,12 +357,13 @@ impl Peer {
         {
             return Err(PeerError::InvalidId(id.clone()));
         }
+        let transport = signaling_client::Transport::new(&config)?;
         let id = match &config.id {
             Some(id) => id.clone(),
-            None => signaling_client::fetch_id(&config).await?,
+            None => signaling_client::fetch_id(&config, &transport).await?,
         };
         let token = config.token.clone().unwrap_or_else(random_token);
-        let ws = signaling_client::connect_and_open(&config, &id, &token).await?;
+        let ws = signaling_client::connect_and_open(&config, &transport, &id, &token).await?;
 
         let (outbound, outbound_rx) = mpsc::channel(signaling_client::OUTBOUND_QUEUE);
         let (events, _) = broadcast::channel(256);
@@ -369,6 +372,7 @@ impl Peer {
             id: id.clone(),
             token,
             config,
+            transport,
             outbound,
             events,
             conns: Mutex::new(HashMap::new()),
