@@ -201,6 +201,35 @@ test('examples/send and the Rust client (examples/publish) on a home NAT reach t
   await node.stop();
 });
 
+test('examples/send on a symmetric NAT reaches the node via TURN (local candidate relay)', opts(120000), async (t) => {
+  const node = await lab.startNode('runnerA', {
+    ice: [{ urls: lab.stunUrl }, { urls: lab.turnUrl }],
+    env: { OUROBOROS_TURN_SECRET: lab.turnSecret },
+  });
+  t.after(() => node.stop());
+  // The node's own /ice hands out freshly minted TURN credentials, as a client reading it would get.
+  const ice = JSON.parse(lab.curl('symmetric', `${node.url}/ice`));
+  assert.ok(ice.some((s) => s.urls[0].startsWith('turn:') && s.credential), JSON.stringify(ice));
+  const t0 = Date.now();
+  const send = lab.spawn('symmetric', path.join(examplesDir(), 'send'), [
+    '--host', lab.wan('runnerA'), '--port', '9000', '--to', node.peerId, '--serialization', 'json',
+    '--message', '{"op":"ping"}', '--count', '1', '--timeout', '20', '--ice-servers', JSON.stringify(ice),
+  ], { RUST_BACKTRACE: '0', RUST_LOG: 'info' });
+  await send.waitFor(/"op":"welcome"/, 30000);
+  const sendMs = Date.now() - t0;
+  assert.equal((await send.exited).code, 0, send.stderr());
+  // The client's own selected pair: its local candidate is the TURN relay on the lab's coturn.
+  const mine = pairsFromLog(send.stderr());
+  assert.equal(mine.length, 1, send.stderr());
+  assert.equal(mine[0].local.type, 'relay', JSON.stringify(mine[0]));
+  assert.equal(mine[0].local.addr.split(':')[0], lab.env.NATLAB_PUB_IP, JSON.stringify(mine[0]));
+  // The node sees the client's relayed address.
+  const np = await nodePair(node);
+  assert.equal(np.remote.addr.split(':')[0], lab.env.NATLAB_PUB_IP, JSON.stringify(np));
+  console.log(`# symmetric NAT -> runner NAT (relay): examples/send first reply ${sendMs} ms (process start to reply; goal 500 ms)`);
+  await node.stop();
+});
+
 test('rotation from runner NAT A to runner NAT B via STUN under client load: nothing acknowledged is lost', opts(180000), async (t) => {
   const ice = [{ urls: lab.stunUrl }];
   const pred = await lab.startNode('runnerA', { ice });
