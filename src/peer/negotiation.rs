@@ -664,10 +664,17 @@ async fn negotiate(
     }
     let deadline = tokio::time::sleep(shared.config.connect_timeout);
     tokio::pin!(deadline);
+    let mut relay_flush = tokio::time::interval(webrtc_setup::RELAY_FLUSH_INTERVAL);
+    relay_flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut early = Vec::new();
     loop {
         tokio::select! {
             _ = &mut deadline => return Err(PeerError::Timeout(format!("opening {}", meta.connection_id))),
+            _ = relay_flush.tick(), if dc.is_some() => {
+                if let Some(dc) = &dc {
+                    webrtc_setup::wake_driver(dc).await;
+                }
+            }
             _ = shared.closed.cancelled() => return Err(PeerError::Closed),
             s = signals.recv() => match s {
                 Some(Signal::Answer(sdp)) => {

@@ -57,6 +57,27 @@ pub(crate) const ICE_PRFLX_MIN_WAIT: Duration = Duration::from_millis(0);
 /// See [`ICE_SRFLX_MIN_WAIT`].
 pub(crate) const ICE_RELAY_MIN_WAIT: Duration = Duration::from_millis(0);
 
+/// How often [`wake_driver`] runs while a DataChannel is opening.
+pub(crate) const RELAY_FLUSH_INTERVAL: Duration = ICE_CHECK_INTERVAL;
+
+/// Makes the PeerConnection's driver loop run one iteration, without changing anything.
+///
+/// Works around webrtc 0.21.1's driver (`peer_connection/driver.rs`, `poll_writes`): it drains
+/// the TURN relayer's output (step 1.b) *before* it hands the core's packets to the relayer
+/// (step 1.c, `flush_writes` → `handle_write` → `RTCTurnRelayer::handle_write`, which only
+/// queues them in the TURN client), and `poll_timeout` does not count that queue. Everything a
+/// peer sends from its relay candidate therefore waits for the loop's next wake-up, which
+/// during the DTLS and SCTP handshakes is a 1 s retransmission timer or the 2 s ICE keepalive:
+/// a Rust client through TURN opened in 2.3–2.8 s in the NAT lab. Setting a DataChannel's
+/// buffered-amount-low threshold to its current value only sends the driver a `WriteNotify`,
+/// so doing that every [`RELAY_FLUSH_INTERVAL`] while the channel opens flushes the queue
+/// within 20 ms. See BENCHMARKS.md ("Reaching the node through NATs").
+pub(crate) async fn wake_driver(dc: &Arc<dyn webrtc::data_channel::DataChannel>) {
+    if let Ok(threshold) = dc.buffered_amount_low_threshold().await {
+        let _ = dc.set_buffered_amount_low_threshold(threshold).await;
+    }
+}
+
 /// The ICE servers in webrtc's form, keeping only the URLs webrtc 0.21 can use itself
 /// (`stun:` and UDP `turn:`; it would skip the others with a warning per connection).
 fn native_ice_servers(servers: &[IceServer]) -> Vec<RTCIceServer> {
