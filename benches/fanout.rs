@@ -125,17 +125,17 @@ async fn start_node() -> NodeProc {
     NodeProc {
         child,
         pid,
-        target: Target {
+        target: Target::new(
             peer_id,
-            generation: 0,
-            signaling: vec![SignalingEndpoint {
+            0,
+            vec![SignalingEndpoint {
                 host: "127.0.0.1".into(),
                 port,
                 path: "/".into(),
                 key: "peerjs".into(),
                 secure: false,
             }],
-        },
+        ),
         _dir: dir,
     }
 }

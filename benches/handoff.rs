@@ -310,6 +310,7 @@ async fn run(mb: usize) {
         generation: 1,
         signaling: vec![endpoint(port)],
         tunnel_url: None,
+        relay_ws: None,
         started_at: SystemTime::now(),
         expires_at: None,
         previous: None,

@@ -18,7 +18,7 @@
 //! stdout, one JSON object per line:
 //!
 //! ```text
-//! {"event":"live","node":"<peer id>","generation":3}          after every (re)connect (the node's welcome)
+//! {"event":"live","node":"<peer id>","generation":3,"transport":"webrtc"}   after every (re)connect (the node's welcome; transport webrtc or ws)
 //! {"event":"ack","line":7,"id":"<message id>","room":"logs","seq":42}
 //! {"event":"refused","line":8,"id":"<message id>","error":"node error too_large: ..."}
 //! ```
@@ -28,7 +28,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use ouroboros::client::{Client, ClientConfig, ConnectionState, Event};
+use ouroboros::client::{Client, ClientConfig, ConnectionState, Event, Transport};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -44,6 +44,13 @@ struct Args {
     /// Client name (the identity the node deduplicates publishes by).
     #[arg(long)]
     name: String,
+    /// How to reach the node: `webrtc`, `ws` (the node's relay WebSocket, TCP only) or `auto`
+    /// (WebRTC, falling back to the WebSocket when no DataChannel opens in time).
+    #[arg(long, default_value = "auto")]
+    transport: Transport,
+    /// With `--transport auto`: how long WebRTC may take before the WebSocket is tried.
+    #[arg(long, default_value = "2500ms", value_parser = humantime::parse_duration)]
+    fallback_after: std::time::Duration,
     /// Parse each line as a JSON value instead of sending it as a string.
     #[arg(long)]
     json: bool,
@@ -66,17 +73,26 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let (client, mut events) =
-        Client::connect_discovered(&args.discovery, ClientConfig::new(&args.name))
-            .await
-            .context("connecting to the node")?;
-    // Connection events: report every welcome (the node and generation we are on now).
+    let mut config = ClientConfig::new(&args.name);
+    config.transport = args.transport;
+    config.fallback_after = args.fallback_after;
+    let (client, mut events) = Client::connect_discovered(&args.discovery, config)
+        .await
+        .context("connecting to the node")?;
+    // Connection events: report every welcome (the node and generation we are on now, and
+    // the path: `webrtc` or `ws`).
+    let handle = client.clone();
     let watcher = tokio::spawn(async move {
         while let Some(ev) = events.recv().await {
             match ev {
                 Event::Welcome {
                     node, generation, ..
-                } => emit(json!({"event": "live", "node": node, "generation": generation})),
+                } => {
+                    let transport = handle.transport().map(|t| t.as_str());
+                    emit(
+                        json!({"event": "live", "node": node, "generation": generation, "transport": transport}),
+                    )
+                }
                 Event::Moved {
                     peer_id,
                     generation,

@@ -91,6 +91,7 @@ fn record(
         generation,
         signaling: vec![endpoint(port)],
         tunnel_url: None,
+        relay_ws: None,
         started_at: SystemTime::now(),
         expires_at: None,
         previous: previous.map(|(p, port)| PreviousNode {

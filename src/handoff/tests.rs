@@ -108,6 +108,7 @@ fn record(peer: &str, generation: u64) -> DiscoveryRecord {
         generation,
         signaling: vec![endpoint(9001)],
         tunnel_url: None,
+        relay_ws: None,
         started_at: SystemTime::UNIX_EPOCH,
         expires_at: None,
         previous: Some(PreviousNode {

@@ -5,8 +5,11 @@ use std::sync::Arc;
 
 use axum::{
     Router,
-    extract::State,
-    http::{HeaderMap, HeaderValue, header},
+    extract::{
+        Query, State,
+        ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
+    },
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -30,6 +33,7 @@ pub fn routes(shared: Arc<NodeShared>) -> Router {
         .route("/status", get(status_page))
         .route("/status.json", get(status_json))
         .route("/metrics", get(metrics))
+        .route(super::RELAY_WS_PATH, get(relay_ws))
         .route("/chat", get(chat))
         .route("/chat.js", get(chat_js))
         .route("/chat.css", get(chat_css))
@@ -59,6 +63,38 @@ async fn discovery(State(s): State<Arc<NodeShared>>) -> Response {
         )
             .into_response(),
     )
+}
+
+/// The relay WebSocket's query: `?client=NAME` declares the client's name (its identity, as
+/// `metadata.client` does on a DataConnection).
+#[derive(Debug, serde::Deserialize)]
+struct RelayQuery {
+    client: Option<String>,
+}
+
+/// `GET /relay`: the relay protocol over a WebSocket (`protocol/relay.md`).
+async fn relay_ws(
+    State(s): State<Arc<NodeShared>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    Query(q): Query<RelayQuery>,
+) -> Response {
+    let Ok(upgrade) = upgrade else {
+        return cors(
+            (
+                StatusCode::UPGRADE_REQUIRED,
+                [(header::UPGRADE, "websocket")],
+                "the relay protocol over a WebSocket: open ws(s)://this-host/relay (protocol/relay.md)\n",
+            )
+                .into_response(),
+        );
+    };
+    let max = s.relay_ws_max_message;
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |ws| async move {
+            s.relay.serve_ws(ws, q.client, s.stop.clone());
+        })
 }
 
 async fn status_json(State(s): State<Arc<NodeShared>>) -> Response {

@@ -16,6 +16,7 @@ mod driver;
 mod http;
 mod registration;
 pub mod status;
+pub mod transport;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -150,6 +151,10 @@ pub struct NodeShared {
     tunnel: RwLock<String>,
     /// Where `ouroboros-handoff` connections to the node's peer go (`lifecycle::ring`).
     pub handoff: crate::handoff::HandoffInbox,
+    /// Cancelled when the node stops (ends the relay WebSockets).
+    stop: CancellationToken,
+    /// Largest frame the relay WebSocket reads.
+    relay_ws_max_message: usize,
 }
 
 impl NodeShared {
@@ -163,7 +168,7 @@ impl NodeShared {
     /// The status snapshot (`/status.json`).
     pub async fn status(&self) -> NodeStatus {
         let record = self.record.read().expect("record lock poisoned").clone();
-        let (relay, rooms) = self.relay.figures().await.unwrap_or_default();
+        let (relay, rooms, clients) = self.relay.figures().await.unwrap_or_default();
         let gap = self.relay.with_relay(|r| r.gap().cloned()).await.flatten();
         let lc = self
             .lifecycle
@@ -190,6 +195,7 @@ impl NodeShared {
             endpoints: self.registrations.iter().map(|r| r.status()).collect(),
             relay,
             rooms,
+            clients,
             rss_bytes: status::current_rss(),
             signaling: signaling_figures(&self.signaling.stats()),
             version: env!("CARGO_PKG_VERSION"),
@@ -228,6 +234,17 @@ fn signaling_figures(s: &crate::signaling::Stats) -> Vec<(String, u64)> {
             s.dropped + s.malformed + s.undeliverable,
         ),
     ]
+}
+
+pub use crate::discovery::RELAY_WS_PATH;
+
+/// Largest relay WebSocket frame: room for a `max_message_size` body and its envelope (even
+/// when escaped), so the relay can answer `too_large` itself; at least 1 MiB.
+fn relay_ws_max_message(max_message_size: u64) -> usize {
+    let body = usize::try_from(max_message_size).unwrap_or(usize::MAX / 4);
+    body.saturating_mul(2)
+        .saturating_add(64 * 1024)
+        .max(1 << 20)
 }
 
 /// The endpoint an `--also-register` URL stands for.
@@ -338,12 +355,14 @@ impl Node {
             registrations.push(Registration::new(display_url(cfg), "extra"));
             endpoints.push(endpoint_of(cfg));
         }
+        let relay_ws = endpoints[0].relay_ws_url();
         let record = DiscoveryRecord {
             version: RECORD_VERSION,
             peer_id: peer_id.clone(),
             generation,
             signaling: endpoints,
             tunnel_url: None,
+            relay_ws: Some(relay_ws),
             started_at: SystemTime::now(),
             expires_at: args.lifecycle.lifetime.map(|l| SystemTime::now() + l),
             previous: args.lifecycle.predecessor_peer_id.clone().map(|p| {
@@ -374,6 +393,8 @@ impl Node {
             }),
             tunnel: RwLock::new("none".into()),
             handoff: crate::handoff::HandoffInbox::default(),
+            stop: stop.clone(),
+            relay_ws_max_message: relay_ws_max_message(args.max_message_size),
         });
         let root = signaling.with_cors(
             axum::Router::new()
@@ -597,6 +618,8 @@ pub async fn attach_tunnel(
         record.tunnel_url = Some(url.to_string());
         let own = record.signaling.first().cloned();
         if let Some(ep) = own.and_then(|o| status.signaling_endpoint(&o.path, &o.key)) {
+            // The tunnel carries the relay WebSocket too: that URL works from anywhere.
+            record.relay_ws = Some(ep.relay_ws_url());
             record.signaling.insert(1.min(record.signaling.len()), ep);
         }
         node.set_record(record);
