@@ -25,7 +25,7 @@ use ouroboros::relay::{
 };
 use ouroboros::signaling::{self, SignalConfig, Signaling};
 use serde_json::{Value, json};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 const SECRET: &[u8] = b"benchmark secret, long enough!!";
@@ -36,11 +36,7 @@ fn relay(node: &str, generation: u64) -> SharedRelay {
     config.limits.rate_per_sec = 1e12;
     config.limits.rate_burst = 1e12;
     config.limits.max_rooms_per_client = 1000;
-    SharedRelay {
-        relay: Arc::new(Mutex::new(Relay::new(config.clone(), Instant::now()))),
-        config,
-        changed: Arc::new(tokio::sync::Notify::new()),
-    }
+    SharedRelay::new(Relay::new(config, Instant::now()))
 }
 
 fn open(r: &mut Relay, conn: u64, name: &str) {
@@ -99,22 +95,15 @@ fn endpoint(port: u16) -> SignalingEndpoint {
 /// Fills a relay like [`run`] does.
 fn filled(node: &str, mb: usize) -> SharedRelay {
     let shared = relay(node, 0);
-    {
-        let mut r = shared.relay.lock().unwrap();
-        open(&mut r, 1, "filler");
+    shared.lock_with(|r| {
+        open(r, 1, "filler");
         let body = "x".repeat(1000);
         let n = mb * 1024 * 1024 / 1024;
         for i in 0..n {
-            let (res, _) = publish(
-                &mut r,
-                1,
-                &format!("room-{}", i % 16),
-                &format!("f{i}"),
-                &body,
-            );
+            let (res, _) = publish(r, 1, &format!("room-{}", i % 16), &format!("f{i}"), &body);
             res.unwrap();
         }
-    }
+    });
     shared
 }
 
@@ -126,7 +115,7 @@ fn filled(node: &str, mb: usize) -> SharedRelay {
 fn cpu_phases(mb: usize) {
     let chunk = HandoffConfig::default().chunk_size;
     let shared = filled("phases", mb);
-    let snapshot = || shared.relay.lock().unwrap().export_snapshot();
+    let snapshot = || shared.lock_with(|r| r.export_snapshot());
     // The only step that holds the relay (every client waits meanwhile).
     let t = Instant::now();
     let snap = snapshot();
@@ -143,7 +132,8 @@ fn cpu_phases(mb: usize) {
     let hash = t.elapsed();
     // What a successor does while the snapshot arrives.
     let t = Instant::now();
-    let mut streaming = StreamingRestore::new(shared.config.clone(), Instant::now());
+    let mut streaming =
+        StreamingRestore::new(shared.lock_with(|r| r.config().clone()), Instant::now());
     for piece in bytes.chunks(chunk) {
         streaming.feed(piece).unwrap();
     }
@@ -170,7 +160,12 @@ fn cpu_phases(mb: usize) {
     }
     let snap = snap.expect("decoded");
     let t = Instant::now();
-    let restored = Relay::restore(shared.config.clone(), snap, Instant::now()).unwrap();
+    let restored = Relay::restore(
+        shared.lock_with(|r| r.config().clone()),
+        snap,
+        Instant::now(),
+    )
+    .unwrap();
     let restore = t.elapsed();
     drop(restored);
     println!(
@@ -205,7 +200,7 @@ async fn run(mb: usize) {
     let succ_id = format!("bench-succ-{mb}");
     let fill_start = Instant::now();
     let pred_relay = filled(&pred_id, mb);
-    open(&mut pred_relay.relay.lock().unwrap(), 2, "writer");
+    pred_relay.lock_with(|r| open(r, 2, "writer"));
     let fill = fill_start.elapsed();
 
     let mut pc = PeerConfig::new("127.0.0.1", port);
@@ -218,6 +213,7 @@ async fn run(mb: usize) {
         Secret::new(SECRET.to_vec()).unwrap(),
         HandoffConfig::default(),
         Instant::now(),
+        rand::SeedableRng::from_os_rng(),
     );
     let mut handle = spawn_predecessor(pred, Arc::new(pred_relay.clone()));
     let conns = handle.conns.clone();
@@ -231,7 +227,7 @@ async fn run(mb: usize) {
     });
 
     let succ_relay = relay(&succ_id, 1);
-    succ_relay.relay.lock().unwrap().set_mode(Mode::Draining);
+    succ_relay.lock_with(|r| r.set_mode(Mode::Draining));
     pc.id = Some(succ_id.clone());
     let succ_peer = Arc::new(Peer::open(pc).await.unwrap());
 
@@ -251,16 +247,13 @@ async fn run(mb: usize) {
                 format!("w{i}")
             });
             let (res, other) = if on_succ {
-                let mut r = sr.relay.lock().unwrap();
-                publish(&mut r, 2, "live", &id, "hello")
+                sr.lock_with(|r| publish(r, 2, "live", &id, "hello"))
             } else {
-                let mut r = pr.relay.lock().unwrap();
-                publish(&mut r, 2, "live", &id, "hello")
+                pr.lock_with(|r| publish(r, 2, "live", &id, "hello"))
             };
             if other.iter().any(|v| v["op"] == "moved") && !on_succ {
                 on_succ = true;
-                let mut r = sr.relay.lock().unwrap();
-                open(&mut r, 2, "writer");
+                sr.lock_with(|r| open(r, 2, "writer"));
             }
             match res {
                 Ok(seq) => {
@@ -280,8 +273,7 @@ async fn run(mb: usize) {
             }
             if !on_succ {
                 // `moved` arrives as a relay output to the writer's connection.
-                let moved = {
-                    let mut r = pr.relay.lock().unwrap();
+                let moved = pr.lock_with(|r| {
                     let mut seen = false;
                     while let Some(o) = r.poll_output() {
                         if let Output::Send { message, .. } = o
@@ -291,11 +283,10 @@ async fn run(mb: usize) {
                         }
                     }
                     seen
-                };
+                });
                 if moved {
                     on_succ = true;
-                    let mut r = sr.relay.lock().unwrap();
-                    open(&mut r, 2, "writer");
+                    sr.lock_with(|r| open(r, 2, "writer"));
                 }
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -326,6 +317,7 @@ async fn run(mb: usize) {
             ..SuccessorConfig::default()
         },
         Instant::now(),
+        rand::SeedableRng::from_os_rng(),
     );
     let sp = succ_peer.clone();
     let pid = pred_id.clone();
@@ -369,7 +361,7 @@ async fn run(mb: usize) {
     }
     let (acked, gap) = writer.await.unwrap();
     // Zero lost: every acknowledged publish is in the successor at its seq.
-    let snap = succ_relay.relay.lock().unwrap().export_snapshot();
+    let snap = succ_relay.lock_with(|r| r.export_snapshot());
     let stored: std::collections::HashSet<(u64, String)> = snap
         .messages
         .iter()

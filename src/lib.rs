@@ -18,11 +18,23 @@
 //! - [`tunnel`]: optional public reachability (ngrok).
 //! - [`github`]: a small GitHub REST client (dispatch, contents, runs).
 //! - [`rate`]: the token bucket shared by every rate limit.
+//! - [`units`]: byte sizes on the command line.
+//! - [`ids`]: connection ids and the peer-id rules every protocol shares; `json`: the
+//!   JSON string escaping of the hand-written hot-path writers.
+
+// Every dependency in Cargo.toml is used by the library: clippy's `-D warnings` turns an
+// unused one into an error. The exceptions are the binary's own (listed below).
+#![warn(unused_crate_dependencies)]
+
+// Used only by `src/main.rs` (logging set-up), not by the library.
+use tracing_subscriber as _;
 
 pub mod client;
 pub mod discovery;
 pub mod github;
 pub mod handoff;
+pub mod ids;
+pub(crate) mod json;
 pub mod lifecycle;
 pub mod node;
 pub mod peer;
@@ -30,6 +42,7 @@ pub mod rate;
 pub mod relay;
 pub mod signaling;
 pub mod tunnel;
+pub mod units;
 
 /// Installs the process-wide rustls crypto provider (ring). Call first thing in `main`
 /// and in tests that use TLS; calling it again is harmless.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ouroboros::client::{Client, ClientConfig, ClientError, Event, Target, Transport};
-use ouroboros::handoff::HandoffHost;
+use ouroboros::handoff::HostOps;
 use ouroboros::node::{Node, NodeArgs};
 use ouroboros::peer::{ConnectOptions, Peer, PeerConfig, Serialization, Value};
 use serde_json::json;
@@ -435,7 +435,7 @@ async fn follows_moved_on(transport: Transport) {
     seed.publish("r", json!("on a")).await.unwrap();
     // A announces the move through the handoff seam (what the predecessor driver calls).
     let rb = b.record();
-    HandoffHost::announce_moved(a.relay(), &rb.peer_id, &rb.signaling, rb.generation).await;
+    HostOps::announce_moved(a.relay(), &rb.peer_id, &rb.signaling, rb.generation).await;
     let (peer_id, generation) = next_matching(&mut ev, |e| match e {
         Event::Moved {
             peer_id,

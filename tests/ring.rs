@@ -6,7 +6,7 @@ use ouroboros::discovery::{
     DiscoveryRecord, LocalPublisher, PreviousNode, Publisher, RECORD_VERSION, SignalingEndpoint,
 };
 use ouroboros::handoff::{
-    GiveUpReason, HANDOFF_LABEL, HandoffConfig, HandoffHost, Predecessor, PredecessorEvent, Secret,
+    GiveUpReason, HANDOFF_LABEL, HandoffConfig, HostOps, Predecessor, PredecessorEvent, Secret,
     SharedRelay, Successor, SuccessorConfig, SuccessorOutcome, Transferred, run_successor,
     spawn_predecessor,
 };
@@ -72,11 +72,7 @@ fn shared_relay(node: &str, generation: u64) -> SharedRelay {
     let mut config = RelayConfig::new(node, generation);
     config.limits.rate_per_sec = 1e9;
     config.limits.rate_burst = 1e9;
-    SharedRelay {
-        relay: Arc::new(Mutex::new(Relay::new(config.clone(), Instant::now()))),
-        config,
-        changed: Arc::new(tokio::sync::Notify::new()),
-    }
+    SharedRelay::new(Relay::new(config, Instant::now()))
 }
 
 fn record(
@@ -116,16 +112,17 @@ fn drain(relay: &mut Relay) -> Vec<(u64, Value)> {
 
 /// A relay client of `relay` (connection `conn`, identity `name`).
 fn open_client(relay: &SharedRelay, conn: u64, name: &str) {
-    let mut r = relay.relay.lock().unwrap();
-    r.connect(
-        Instant::now(),
-        ConnId(conn),
-        ConnInfo {
-            peer_id: format!("peer-{name}"),
-            metadata: json!({"protocol": "ouroboros/1", "client": name}),
-        },
-    );
-    drain(&mut r);
+    relay.lock_with(|r| {
+        r.connect(
+            Instant::now(),
+            ConnId(conn),
+            ConnInfo {
+                peer_id: format!("peer-{name}"),
+                metadata: json!({"protocol": "ouroboros/1", "client": name}),
+            },
+        );
+        drain(r);
+    });
 }
 
 /// Publishes one message; returns the ack's seq, or the error code.
@@ -136,14 +133,17 @@ fn publish(
     id: &str,
     body: &str,
 ) -> Result<u64, String> {
-    let mut r = relay.relay.lock().unwrap();
-    r.handle_message(
-        Instant::now(),
-        0,
-        ConnId(conn),
-        json!({"op": "publish", "room": room, "id": id, "body": body}),
-    );
-    for (c, v) in drain(&mut r) {
+    // Through the host, as a client's write: the handoff's tail is woken.
+    let out = relay.lock_with(|r| {
+        r.handle_message(
+            Instant::now(),
+            0,
+            ConnId(conn),
+            json!({"op": "publish", "room": room, "id": id, "body": body}),
+        );
+        drain(r)
+    });
+    for (c, v) in out {
         if c != conn {
             continue;
         }
@@ -159,7 +159,7 @@ fn publish(
 
 /// Every stored message of `relay`: room → [(seq, id)], in seq order.
 fn contents(relay: &SharedRelay) -> BTreeMap<String, Vec<(u64, String)>> {
-    let snap = relay.relay.lock().unwrap().export_snapshot();
+    let snap = relay.lock_with(|r| r.export_snapshot());
     let mut out: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
     for m in snap.messages {
         out.entry(m.room().to_string())
@@ -190,6 +190,7 @@ fn serve_predecessor(
         Secret::new(SECRET.to_vec()).unwrap(),
         cfg,
         Instant::now(),
+        rand::SeedableRng::from_os_rng(),
     );
     let handle = spawn_predecessor(pred, Arc::new(relay.clone()));
     let conns = handle.conns.clone();
@@ -220,6 +221,7 @@ async fn successor(
         record.signaling.clone(),
         cfg,
         Instant::now(),
+        rand::SeedableRng::from_os_rng(),
     );
     let peer = node.peer.clone();
     let pred_id = pred_id.to_string();
@@ -309,7 +311,7 @@ async fn handoff_over_peerjs_keeps_every_acknowledged_message() {
         peer: Arc::new(Peer::open(peer_config(port, "succ-node")).await.unwrap()),
         relay: shared_relay("succ-node", 1),
     };
-    succ.relay.relay.lock().unwrap().set_mode(Mode::Draining);
+    succ.relay.lock_with(|r| r.set_mode(Mode::Draining));
     let started = Instant::now();
     let outcome = tokio::time::timeout(
         Duration::from_secs(60),
@@ -343,7 +345,9 @@ async fn handoff_over_peerjs_keeps_every_acknowledged_message() {
     .await
     .expect("predecessor learns the successor is live");
     assert_eq!(live, "succ-node");
-    let moved: Vec<Value> = drain(&mut pred.relay.relay.lock().unwrap())
+    let moved: Vec<Value> = pred
+        .relay
+        .lock_with(drain)
         .into_iter()
         .filter(|(c, v)| *c == 1 && v["op"] == "moved")
         .map(|(_, v)| v)
@@ -377,8 +381,8 @@ async fn handoff_over_peerjs_keeps_every_acknowledged_message() {
         3000 + acked.len()
     );
     // The successor is primary and took over discovery; the predecessor stays read-only.
-    assert_eq!(succ.relay.relay.lock().unwrap().mode(), Mode::Primary);
-    assert_eq!(pred.relay.relay.lock().unwrap().mode(), Mode::Draining);
+    assert_eq!(succ.relay.lock_with(|r| r.mode()), Mode::Primary);
+    assert_eq!(pred.relay.lock_with(|r| r.mode()), Mode::Draining);
     let rec = publisher.current().await.unwrap().unwrap();
     assert_eq!((rec.peer_id.as_str(), rec.generation), ("succ-node", 1));
     // A publish retried after the move (same client, same id) is not stored twice.

@@ -3,10 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-/// Metadata `protocol` value declaring the relay protocol (`relay::wire::PROTOCOL`).
-const PROTOCOL: &str = "ouroboros/1";
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -15,6 +14,7 @@ use super::{
 };
 use crate::discovery::SignalingEndpoint;
 use crate::peer::{ConnectOptions, ConnectionReceiver, ConnectionSender, Peer, PeerConfig, Value};
+use crate::relay::wire::{ClientMessage, MsgRecord, PROTOCOL, ServerMessage};
 
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -383,30 +383,34 @@ impl Driver {
     /// After (re)connecting: re-join rooms from the last seen sequence number, re-send
     /// unacknowledged publishes in their original order.
     async fn resume(&mut self) {
-        let joins: Vec<Json> = self
+        let joins: Vec<ClientMessage> = self
             .rooms
             .iter()
-            .map(|(room, st)| match st.last_seq {
-                Some(s) => json!({"op":"join","room":room,"since":s}),
-                None => json!({"op":"join","room":room}),
+            .map(|(room, st)| ClientMessage::Join {
+                room: room.clone(),
+                since: st.last_seq,
             })
             .collect();
         for j in joins {
             let _ = self.send(&j).await;
         }
-        let resend: Vec<(String, Json)> = self
+        let resend: Vec<(String, ClientMessage)> = self
             .order
             .values()
             .filter_map(|id| {
                 self.pending.get(id).map(|p| {
-                    let msg = json!({"op":"publish","room":p.room,"id":id,"body":p.body});
+                    let msg = ClientMessage::Publish {
+                        room: p.room.clone(),
+                        id: id.clone(),
+                        body: p.body.clone(),
+                    };
                     (id.clone(), msg)
                 })
             })
             .collect();
         for (id, p) in resend {
             if let Err(e) = self.send(&p).await {
-                self.fail_publish(&id, ClientError::Unsendable(e));
+                self.fail_publish(&id, e);
             }
         }
     }
@@ -415,15 +419,22 @@ impl Driver {
     /// as `Err` and the connection stays up — reconnecting would not help, and re-sending a
     /// pending publish after every reconnect would loop forever. Any other failure drops the
     /// link (the driver reconnects).
-    async fn send(&mut self, msg: &Json) -> Result<(), String> {
+    async fn send(&mut self, msg: &ClientMessage) -> Result<(), ClientError> {
+        // A wire type always serialises (string keys, no failing `Serialize` impls).
+        let json = serde_json::to_value(msg).expect("wire types always serialise");
+        self.send_json(json).await
+    }
+
+    /// [`Driver::send`] for a JSON value as it is (`Client::send_raw`).
+    async fn send_json(&mut self, msg: Json) -> Result<(), ClientError> {
         let Some(link) = self.link.as_mut() else {
             return Ok(());
         };
-        match link.send(msg).await {
+        match link.send(&msg).await {
             Ok(()) => Ok(()),
             Err(SendError::Unsendable(e)) => {
                 tracing::warn!(error = %e, "message not sent: the connection cannot carry it");
-                Err(e)
+                Err(ClientError::Unsendable(e))
             }
             Err(SendError::Gone(e)) => {
                 tracing::debug!(error = %e, "send to node failed; reconnecting");
@@ -605,15 +616,11 @@ impl Driver {
                     st.last_seq = since;
                 }
                 self.joins.push_back((room.clone(), (reply, deadline)));
-                let msg = match since {
-                    Some(s) => json!({"op":"join","room":room,"since":s}),
-                    None => json!({"op":"join","room":room}),
-                };
-                let _ = self.send(&msg).await;
+                let _ = self.send(&ClientMessage::Join { room, since }).await;
             }
             Command::Leave { room } => {
                 self.rooms.remove(&room);
-                let _ = self.send(&json!({"op":"leave","room":room})).await;
+                let _ = self.send(&ClientMessage::Leave { room }).await;
             }
             Command::Publish {
                 room,
@@ -621,7 +628,11 @@ impl Driver {
                 body,
                 reply,
             } => {
-                let msg = json!({"op":"publish","room":room,"id":id,"body":body});
+                let msg = ClientMessage::Publish {
+                    room: room.clone(),
+                    id: id.clone(),
+                    body: body.clone(),
+                };
                 let key = id.clone();
                 match self.pending.get_mut(&id) {
                     Some(p) => p.replies.push(reply),
@@ -641,7 +652,7 @@ impl Driver {
                     }
                 }
                 if let Err(e) = self.send(&msg).await {
-                    self.fail_publish(&key, ClientError::Unsendable(e));
+                    self.fail_publish(&key, e);
                 }
             }
             Command::History {
@@ -650,25 +661,23 @@ impl Driver {
                 limit,
                 reply,
             } => {
-                let mut msg = json!({"op":"history","room":room});
-                if let Some(b) = before {
-                    msg["before"] = json!(b);
-                }
-                if let Some(l) = limit {
-                    msg["limit"] = json!(l);
-                }
+                let msg = ClientMessage::History {
+                    room: room.clone(),
+                    before,
+                    limit,
+                };
                 self.histories.push_back((room, (reply, deadline)));
                 let _ = self.send(&msg).await;
             }
             Command::Direct { to, body } => {
-                let _ = self.send(&json!({"op":"direct","to":to,"body":body})).await;
+                let _ = self.send(&ClientMessage::Direct { to, body }).await;
             }
             Command::Ping { reply } => {
                 self.pings.push_back((reply, Instant::now(), deadline));
-                let _ = self.send(&json!({"op":"ping"})).await;
+                let _ = self.send(&ClientMessage::Ping).await;
             }
             Command::Raw { msg } => {
-                let _ = self.send(&msg).await;
+                let _ = self.send_json(msg).await;
             }
         }
         true
@@ -679,14 +688,21 @@ impl Driver {
     }
 
     /// Handles one message from the node; true means "moved: reconnect to the new target".
+    /// Messages are read with the relay's own wire types ([`ServerMessage`]); anything they
+    /// cannot read (an unknown `op`, a missing field) is passed on as [`Event::Other`].
     async fn incoming(&mut self, m: Json) -> bool {
-        let op = m.get("op").and_then(Json::as_str).unwrap_or("").to_string();
-        let s = |k: &str| m.get(k).and_then(Json::as_str).map(str::to_string);
-        let u = |k: &str| m.get(k).and_then(Json::as_u64);
-        match op.as_str() {
-            "welcome" => {
-                let node = s("node").unwrap_or_else(|| self.target.peer_id.clone());
-                let generation = u("generation").unwrap_or(self.target.generation);
+        let msg = match ServerMessage::deserialize(&m) {
+            Ok(msg) => msg,
+            Err(e) => {
+                tracing::debug!(error = %e, "node message not understood");
+                self.emit(Event::Other(m));
+                return false;
+            }
+        };
+        match msg {
+            ServerMessage::Welcome {
+                node, generation, ..
+            } => {
                 self.target.generation = generation;
                 let transport = self
                     .link
@@ -703,9 +719,7 @@ impl Driver {
                     raw: m,
                 });
             }
-            "joined" => {
-                let room = s("room").unwrap_or_default();
-                let head = u("head").unwrap_or(0);
+            ServerMessage::Joined { room, head } => {
                 if let Some(st) = self.rooms.get_mut(&room)
                     && st.last_seq.is_none()
                 {
@@ -718,84 +732,58 @@ impl Driver {
                     let _ = r.send(Ok(head));
                 }
             }
-            "msg" => {
-                if let Some(msg) = parse_message(&m, None) {
-                    if let Some(st) = self.rooms.get_mut(&msg.room) {
-                        if st.last_seq.is_some_and(|l| msg.seq <= l) {
-                            return false; // already seen (replay overlap)
-                        }
-                        st.last_seq = Some(msg.seq);
+            ServerMessage::Msg(record) => {
+                let msg = Message::from(record);
+                if let Some(st) = self.rooms.get_mut(&msg.room) {
+                    if st.last_seq.is_some_and(|l| msg.seq <= l) {
+                        return false; // already seen (replay overlap)
                     }
-                    self.emit(Event::Message(msg));
+                    st.last_seq = Some(msg.seq);
                 }
+                self.emit(Event::Message(msg));
             }
-            "ack" => {
-                let id = s("id").unwrap_or_default();
+            ServerMessage::Ack { id, seq, .. } => {
                 if let Some(p) = self.pending.remove(&id) {
                     self.order.remove(&p.order);
-                    let seq = u("seq").unwrap_or(0);
                     for r in p.replies {
                         let _ = r.send(Ok(Ack { seq }));
                     }
                 }
             }
-            "history" => {
-                let room = s("room").unwrap_or_default();
-                let messages = m
-                    .get("messages")
-                    .and_then(Json::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|x| parse_message(x, Some(&room)))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+            ServerMessage::History {
+                room,
+                messages,
+                evicted_before,
+            } => {
                 let page = HistoryPage {
-                    messages,
-                    evicted_before: u("evicted_before"),
+                    messages: messages.into_iter().map(Message::from).collect(),
+                    evicted_before,
                 };
                 if let Some(i) = self.histories.iter().position(|(r, _)| *r == room) {
                     let (_, (r, _)) = self.histories.remove(i).expect("index from position");
                     let _ = r.send(Ok(page));
                 }
             }
-            "presence" => {
-                let names = |k: &str| -> Vec<String> {
-                    m.get(k)
-                        .and_then(Json::as_array)
-                        .map(|a| {
-                            a.iter()
-                                .map(|x| match x {
-                                    Json::String(s) => s.clone(),
-                                    other => other
-                                        .get("client")
-                                        .and_then(Json::as_str)
-                                        .map(str::to_string)
-                                        .unwrap_or_else(|| other.to_string()),
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default()
-                };
-                self.emit(Event::Presence {
-                    room: s("room").unwrap_or_default(),
-                    joined: names("joined"),
-                    left: names("left"),
-                });
+            ServerMessage::Presence { room, joined, left } => {
+                self.emit(Event::Presence { room, joined, left });
             }
-            "direct" => self.emit(Event::Direct {
-                from: s("from").unwrap_or_default(),
-                body: m.get("body").cloned().unwrap_or(Json::Null),
-            }),
-            "pong" => {
+            ServerMessage::Direct { from, body } => self.emit(Event::Direct { from, body }),
+            ServerMessage::Pong => {
                 if let Some((r, sent, _)) = self.pings.pop_front() {
                     let _ = r.send(Ok(sent.elapsed()));
                 }
             }
-            "error" => {
-                let code = s("code").unwrap_or_default();
-                let message = s("message").unwrap_or_default();
-                let reference = s("ref");
+            ServerMessage::Error {
+                code,
+                message,
+                reference,
+            } => {
+                // The code as the node sent it (one this client does not know included).
+                let code = m
+                    .get("code")
+                    .and_then(Json::as_str)
+                    .unwrap_or(code.as_str())
+                    .to_owned();
                 let retryable = RETRYABLE.contains(&code.as_str());
                 let err = ClientError::Node {
                     code: code.clone(),
@@ -833,13 +821,11 @@ impl Driver {
                     reference,
                 });
             }
-            "moved" => {
-                let generation = u("generation").unwrap_or(self.target.generation + 1);
-                let peer_id = s("peer_id").unwrap_or_default();
-                let signaling: Vec<SignalingEndpoint> = m
-                    .get("signaling")
-                    .and_then(|v| serde_json::from_value(v.clone()).ok())
-                    .unwrap_or_default();
+            ServerMessage::Moved {
+                peer_id,
+                signaling,
+                generation,
+            } => {
                 if peer_id.is_empty() {
                     return false;
                 }
@@ -862,23 +848,20 @@ impl Driver {
                 });
                 return true;
             }
-            _ => self.emit(Event::Other(m)),
         }
         false
     }
 }
 
-fn parse_message(m: &Json, room: Option<&str>) -> Option<Message> {
-    Some(Message {
-        room: m.get("room").and_then(Json::as_str).or(room)?.to_string(),
-        seq: m.get("seq")?.as_u64()?,
-        from: m
-            .get("from")
-            .and_then(Json::as_str)
-            .unwrap_or_default()
-            .to_string(),
-        ts: m.get("ts").and_then(Json::as_u64).unwrap_or(0),
-        id: m.get("id").and_then(Json::as_str).map(str::to_string),
-        body: m.get("body").cloned().unwrap_or(Json::Null),
-    })
+impl From<MsgRecord> for Message {
+    fn from(m: MsgRecord) -> Message {
+        Message {
+            room: m.room,
+            seq: m.seq,
+            from: m.from,
+            ts: m.ts,
+            id: m.id,
+            body: m.body,
+        }
+    }
 }

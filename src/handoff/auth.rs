@@ -72,9 +72,10 @@ pub fn verify(secret: &Secret, role: Role, binding: &Binding<'_>, proof_hex: &st
 /// Length of a nonce in bytes.
 pub const NONCE_LEN: usize = 32;
 
-/// A fresh random nonce: raw bytes and hex.
-pub fn fresh_nonce() -> ([u8; NONCE_LEN], String) {
-    let n: [u8; NONCE_LEN] = rand::random();
+/// A fresh nonce from `rng` (the caller's, injected into the cores): raw bytes and hex.
+pub fn fresh_nonce(rng: &mut impl rand::RngCore) -> ([u8; NONCE_LEN], String) {
+    let mut n = [0u8; NONCE_LEN];
+    rng.fill_bytes(&mut n);
     (n, hex::encode(n))
 }
 

@@ -36,6 +36,9 @@ pub enum BackupError {
     /// A remote store failed (message safe to log).
     #[error("backup store: {0}")]
     Remote(String),
+    /// The backup could not be restored into the relay.
+    #[error("backup not restored: {0}")]
+    Restore(#[from] super::host::HostError),
 }
 
 /// Where snapshots are kept. Implementations: [`DirBackupStore`] (`--backup-dir`).

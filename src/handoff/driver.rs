@@ -1,5 +1,5 @@
 //! The async drivers: [`Predecessor`] and [`Successor`] over PeerJS DataConnections, acting
-//! on a relay through [`HandoffHost`].
+//! on a relay through [`HandoffHost`](super::HandoffHost).
 //!
 //! - [`spawn_predecessor`]: the node routes every DataConnection labelled
 //!   [`HANDOFF_LABEL`](super::HANDOFF_LABEL) to [`PredecessorHandle::conns`] and reads
@@ -7,110 +7,21 @@
 //! - [`run_successor`]: connects to the predecessor through a caller-supplied `connect`
 //!   function, transfers, publishes discovery through `publish`, and returns the outcome.
 
-use super::message::{HighWater, Message};
+use super::host::{HandoffHost, HostOps};
+use super::message::Message;
 use super::{
     ConnId, GiveUpReason, Predecessor, PredecessorEvent, PredecessorPhase, PreparedSnapshot,
     Successor, SuccessorEvent, SuccessorPhase, Transferred, Transmit,
 };
-use crate::discovery::{DiscoveryError, SignalingEndpoint};
+use crate::discovery::DiscoveryError;
 use crate::peer::DataConnection;
 use crate::peer::codec::{Serialization, Value};
-use crate::relay::{
-    Mode, Relay, RelayConfig, ReplicationEvent, Snapshot, SnapshotJson, StreamingRestore,
-};
-use std::collections::{BTreeMap, HashMap};
+use crate::relay::{Mode, Relay, RelayConfig, SnapshotJson, StreamingRestore};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::{mpsc, watch};
-
-/// How often replication events are collected from the relay during a handoff.
-const TAIL_TICK: Duration = Duration::from_millis(5);
-
-/// What the handoff drivers need from the relay. [`SharedRelay`] implements it for a
-/// relay behind a mutex, and [`RelayHandle`](crate::node::RelayHandle) for the node's relay
-/// task.
-#[async_trait::async_trait]
-pub trait HandoffHost: Send + Sync + 'static {
-    /// Exports the snapshot and, in the same step, starts queuing replication events.
-    /// (Cheap: the messages are shared with the store, not copied or encoded.)
-    async fn export_snapshot(&self) -> Snapshot;
-    /// Takes the queued replication events, encoded (JSON), oldest first.
-    async fn take_replication(&self) -> Vec<Vec<u8>>;
-    /// Stops accepting writes (`Draining`) and returns the last events and the heads.
-    async fn enter_draining(&self) -> (Vec<Vec<u8>>, HighWater);
-    /// Stops queuing replication events (the session was aborted).
-    async fn stop_replication(&self);
-    /// Sends every client `moved`.
-    async fn announce_moved(&self, peer_id: &str, endpoints: &[SignalingEndpoint], generation: u64);
-    /// (Successor) replaces the store with an empty one.
-    async fn reset(&self);
-    /// (Successor) the configuration a restored store gets.
-    async fn relay_config(&self) -> RelayConfig;
-    /// (Successor) replaces the store with `relay` (restored from a snapshot; writes stay
-    /// refused until [`HandoffHost::set_primary`]).
-    async fn install(&self, relay: Relay);
-    /// (Successor) replaces the store with a whole snapshot (writes stay refused). The
-    /// handoff restores piece by piece instead ([`RestoreWorker`]); crash recovery uses
-    /// this.
-    ///
-    /// # Errors
-    /// A message if the snapshot is invalid.
-    async fn restore(&self, snapshot: Vec<u8>) -> Result<(), String> {
-        let config = self.relay_config().await;
-        let relay = tokio::task::spawn_blocking(move || {
-            let snap = Snapshot::from_json(&snapshot)?;
-            drop(snapshot);
-            Relay::restore(config, snap, Instant::now())
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-        self.install(relay).await;
-        Ok(())
-    }
-    /// (Successor) applies replication events in order.
-    ///
-    /// # Errors
-    /// A message if an event cannot be decoded or applied (a gap).
-    async fn apply(&self, events: &[Vec<u8>]) -> Result<(), String>;
-    /// Every room's head.
-    async fn high_water(&self) -> HighWater;
-    /// (Successor) starts accepting writes.
-    async fn set_primary(&self);
-    /// A snapshot for the backup store (replication untouched) and the heads it holds.
-    async fn backup_snapshot(&self) -> (Vec<u8>, HighWater);
-    /// (Successor, crash recovery) moves every head forward by `margin`
-    /// (`Relay::open_gap`) and announces `notice` in `welcome.gap` (with the skipped
-    /// ranges added as `skipped`). Returns the skipped ranges.
-    async fn open_gap(
-        &self,
-        margin: u64,
-        notice: serde_json::Value,
-    ) -> BTreeMap<String, (u64, u64)>;
-}
-
-/// A [`Relay`] behind a mutex, shared with the node; `changed` is notified after every
-/// call that may have queued relay output (the node then drains `poll_output`).
-#[derive(Clone)]
-pub struct SharedRelay {
-    /// The relay.
-    pub relay: Arc<Mutex<Relay>>,
-    /// Config for `Relay::restore`.
-    pub config: RelayConfig,
-    /// Notified after calls that may queue relay output.
-    pub changed: Arc<tokio::sync::Notify>,
-}
-
-impl SharedRelay {
-    fn with<T>(&self, f: impl FnOnce(&mut Relay) -> T) -> T {
-        let mut r = self.relay.lock().expect("relay lock poisoned");
-        let out = f(&mut r);
-        drop(r);
-        self.changed.notify_one();
-        out
-    }
-}
 
 /// A snapshot restored on its own thread while it arrives: pieces go in as they are
 /// verified, [`RestoreWorker::finish`] returns the relay once the last one is in.
@@ -186,226 +97,6 @@ impl Drop for RestoreWorker {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
-}
-
-fn encode_event(e: &ReplicationEvent) -> Vec<u8> {
-    serde_json::to_vec(e).expect("replication events serialize")
-}
-
-#[async_trait::async_trait]
-impl HandoffHost for SharedRelay {
-    async fn export_snapshot(&self) -> Snapshot {
-        self.with(|r| r.start_replication())
-    }
-    async fn take_replication(&self) -> Vec<Vec<u8>> {
-        self.with(|r| {
-            std::iter::from_fn(|| r.poll_replication())
-                .map(|e| encode_event(&e))
-                .collect()
-        })
-    }
-    async fn enter_draining(&self) -> (Vec<Vec<u8>>, HighWater) {
-        self.with(|r| {
-            r.set_mode(Mode::Draining);
-            let events = std::iter::from_fn(|| r.poll_replication())
-                .map(|e| encode_event(&e))
-                .collect();
-            (events, r.high_water())
-        })
-    }
-    async fn stop_replication(&self) {
-        self.with(|r| r.set_replication(false));
-    }
-    async fn announce_moved(
-        &self,
-        peer_id: &str,
-        endpoints: &[SignalingEndpoint],
-        generation: u64,
-    ) {
-        self.with(|r| r.announce_moved(peer_id, endpoints, generation));
-    }
-    async fn reset(&self) {
-        let now = Instant::now();
-        self.with(|r| {
-            *r = Relay::new(self.config.clone(), now);
-            r.set_mode(Mode::Draining);
-        });
-    }
-    async fn relay_config(&self) -> RelayConfig {
-        self.config.clone()
-    }
-    async fn install(&self, mut relay: Relay) {
-        relay.set_mode(Mode::Draining);
-        let old = self.with(|r| std::mem::replace(r, relay));
-        // A large store is freed off the async threads.
-        tokio::task::spawn_blocking(move || drop(old));
-    }
-    async fn apply(&self, events: &[Vec<u8>]) -> Result<(), String> {
-        let decoded: Vec<ReplicationEvent> = events
-            .iter()
-            .map(|e| serde_json::from_slice(e).map_err(|e| e.to_string()))
-            .collect::<Result<_, _>>()?;
-        self.with(|r| {
-            for e in decoded {
-                r.apply_replication(e).map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        })
-    }
-    async fn high_water(&self) -> HighWater {
-        self.relay.lock().expect("relay lock poisoned").high_water()
-    }
-    async fn set_primary(&self) {
-        self.with(|r| r.set_mode(Mode::Primary));
-    }
-    async fn backup_snapshot(&self) -> (Vec<u8>, HighWater) {
-        let (snap, hw) = {
-            let r = self.relay.lock().expect("relay lock poisoned");
-            (r.export_snapshot(), r.high_water())
-        };
-        (snap.to_json(), hw)
-    }
-    async fn open_gap(
-        &self,
-        margin: u64,
-        notice: serde_json::Value,
-    ) -> BTreeMap<String, (u64, u64)> {
-        self.with(|r| open_gap_on(r, margin, notice))
-    }
-}
-
-/// The node's relay task. Calls run inside the task (`RelayHandle::with_relay`), so the
-/// relay's outputs (e.g. `moved`) are dispatched to clients right after.
-#[async_trait::async_trait]
-impl HandoffHost for crate::node::RelayHandle {
-    async fn export_snapshot(&self) -> Snapshot {
-        match self.with_relay(|r| r.start_replication()).await {
-            Some(s) => s,
-            // The relay task stopped (the node is shutting down): an empty store.
-            None => Relay::new(RelayConfig::new("stopped", 0), Instant::now()).export_snapshot(),
-        }
-    }
-    async fn take_replication(&self) -> Vec<Vec<u8>> {
-        self.with_relay(|r| {
-            std::iter::from_fn(|| r.poll_replication())
-                .map(|e| encode_event(&e))
-                .collect()
-        })
-        .await
-        .unwrap_or_default()
-    }
-    async fn enter_draining(&self) -> (Vec<Vec<u8>>, HighWater) {
-        self.with_relay(|r| {
-            r.set_mode(Mode::Draining);
-            let events = std::iter::from_fn(|| r.poll_replication())
-                .map(|e| encode_event(&e))
-                .collect();
-            (events, r.high_water())
-        })
-        .await
-        .unwrap_or_default()
-    }
-    async fn stop_replication(&self) {
-        self.with_relay(|r| r.set_replication(false)).await;
-    }
-    async fn announce_moved(
-        &self,
-        peer_id: &str,
-        endpoints: &[SignalingEndpoint],
-        generation: u64,
-    ) {
-        let peer_id = peer_id.to_string();
-        let endpoints = endpoints.to_vec();
-        self.with_relay(move |r| r.announce_moved(&peer_id, &endpoints, generation))
-            .await;
-    }
-    async fn reset(&self) {
-        self.with_relay(|r| {
-            *r = Relay::new(r.config().clone(), Instant::now());
-            r.set_mode(Mode::Draining);
-        })
-        .await;
-    }
-    async fn relay_config(&self) -> RelayConfig {
-        match self.with_relay(|r| r.config().clone()).await {
-            Some(c) => c,
-            None => RelayConfig::new("stopped", 0),
-        }
-    }
-    async fn install(&self, mut relay: Relay) {
-        relay.set_mode(Mode::Draining);
-        if let Some(old) = self.with_relay(move |r| std::mem::replace(r, relay)).await {
-            tokio::task::spawn_blocking(move || drop(old));
-        }
-    }
-    async fn apply(&self, events: &[Vec<u8>]) -> Result<(), String> {
-        let decoded: Vec<ReplicationEvent> = events
-            .iter()
-            .map(|e| serde_json::from_slice(e).map_err(|e| e.to_string()))
-            .collect::<Result<_, _>>()?;
-        self.with_relay(move |r| {
-            for e in decoded {
-                r.apply_replication(e).map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        })
-        .await
-        .unwrap_or_else(|| Err("relay task stopped".into()))
-    }
-    async fn high_water(&self) -> HighWater {
-        self.with_relay(|r| r.high_water())
-            .await
-            .unwrap_or_default()
-    }
-    async fn set_primary(&self) {
-        self.with_relay(|r| r.set_mode(Mode::Primary)).await;
-    }
-    async fn backup_snapshot(&self) -> (Vec<u8>, HighWater) {
-        match self
-            .with_relay(|r| (r.export_snapshot(), r.high_water()))
-            .await
-        {
-            Some((s, hw)) => (
-                tokio::task::spawn_blocking(move || s.to_json())
-                    .await
-                    .unwrap_or_default(),
-                hw,
-            ),
-            None => (Vec::new(), HighWater::new()),
-        }
-    }
-    async fn open_gap(
-        &self,
-        margin: u64,
-        notice: serde_json::Value,
-    ) -> BTreeMap<String, (u64, u64)> {
-        self.with_relay(move |r| open_gap_on(r, margin, notice))
-            .await
-            .unwrap_or_default()
-    }
-}
-
-fn open_gap_on(
-    r: &mut Relay,
-    margin: u64,
-    notice: serde_json::Value,
-) -> BTreeMap<String, (u64, u64)> {
-    let skipped = r.open_gap(margin);
-    let mut notice = notice;
-    if let Some(o) = notice.as_object_mut() {
-        o.insert(
-            "skipped".into(),
-            serde_json::to_value(
-                skipped
-                    .iter()
-                    .map(|(k, (a, b))| (k.clone(), [*a, *b]))
-                    .collect::<BTreeMap<_, _>>(),
-            )
-            .expect("ranges serialize"),
-        );
-    }
-    r.set_gap(Some(notice));
-    skipped
 }
 
 /// Largest DataConnection message on a `raw` handoff connection: the 256 KiB SCTP
@@ -555,8 +246,9 @@ fn attach(
 pub struct PredecessorHandle {
     /// Route every `ouroboros-handoff` DataConnection here.
     pub conns: mpsc::Sender<DataConnection>,
-    /// Events for the lifecycle (`Authenticated` → `SuccessorConnected`,
-    /// `ReadyForCutOver` was handled → `CutOver` is reported as `Confirmed`/..., see docs).
+    /// Every event of the core, after the driver acted on it (for the lifecycle:
+    /// `Authenticated` → `SuccessorConnected`, `CutOver` → `CutOver`, `SuccessorLive` →
+    /// `ClientsMoved`, `Aborted` → `HandoffAborted`).
     pub events: mpsc::UnboundedReceiver<PredecessorEvent>,
     /// The current phase (for `/status`).
     pub phase: watch::Receiver<PredecessorPhase>,
@@ -574,8 +266,9 @@ pub fn spawn_predecessor(mut pred: Predecessor, host: Arc<dyn HandoffHost>) -> P
         let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Inbound>();
         let mut writers: HashMap<ConnId, mpsc::UnboundedSender<Message>> = HashMap::new();
         let mut next_id: ConnId = 1;
-        let mut tick = tokio::time::interval(TAIL_TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Woken when the relay queued replication events: the tail is pushed as it is
+        // written, with no polling.
+        let replication = host.replication_queued();
         loop {
             let now = Instant::now();
             // Pump the machine.
@@ -598,12 +291,10 @@ pub fn spawn_predecessor(mut pred: Predecessor, host: Arc<dyn HandoffHost>) -> P
                                 ms = started.elapsed().as_millis() as u64,
                                 "handoff: snapshot exported and hashed"
                             );
-                            pred.provide_prepared(now, prepared);
+                            pred.provide_snapshot(now, prepared);
                         }
                         PredecessorEvent::ReadyForCutOver => {
-                            for e in host.take_replication().await {
-                                pred.push_tail(e);
-                            }
+                            // The core decided; carry it out in one step on the relay.
                             let (events, hw) = host.enter_draining().await;
                             for e in events {
                                 pred.push_tail(e);
@@ -669,7 +360,7 @@ pub fn spawn_predecessor(mut pred: Predecessor, host: Arc<dyn HandoffHost>) -> P
                         pred.handle_close(Instant::now(), c);
                     }
                 },
-                _ = tick.tick(), if pred.wants_tail() => {
+                _ = replication.notified(), if pred.wants_tail() => {
                     for e in host.take_replication().await {
                         pred.push_tail(e);
                     }
@@ -796,7 +487,7 @@ where
                     }
                     SuccessorEvent::Publish => match publish().await {
                         Ok(()) => {
-                            host.set_primary().await;
+                            host.set_mode(Mode::Primary).await;
                             succ.went_live(now);
                         }
                         Err(e) if e.is_stale() => {
@@ -807,7 +498,7 @@ where
                             // The state is confirmed and the predecessor refuses writes:
                             // serving matters more than the record (retried by the node).
                             tracing::error!(error = %e, "handoff: publishing discovery failed; going live anyway");
-                            host.set_primary().await;
+                            host.set_mode(Mode::Primary).await;
                             succ.went_live(now);
                         }
                     },

@@ -7,6 +7,8 @@
 //!
 //! - [`auth`]: the mutual HMAC-SHA256 proofs.
 //! - [`message`]: wire messages and their `json`/`binary` encodings.
+//! - [`host`]: [`HandoffHost`], the one way in to a relay, and [`HostOps`], every operation
+//!   the handoff does to it, written once.
 //! - [`driver`]: the async drivers over PeerJS DataConnections and a [`HandoffHost`].
 //! - [`recovery`]: periodic backups and the successor's fallback when the predecessor died.
 //! - [`backup`]: periodic snapshots for crash safety ([`BackupStore`], [`DirBackupStore`]).
@@ -14,23 +16,25 @@
 pub mod auth;
 pub mod backup;
 pub mod driver;
+pub mod host;
 pub mod message;
 mod predecessor;
 pub mod recovery;
 mod secret;
+mod snapshot;
 mod successor;
 
 pub use backup::{Backup, BackupError, BackupStore, DirBackupStore};
 pub use driver::{
-    Defragmenter, HandoffHost, HandoffInbox, PredecessorHandle, RAW_FRAME_MAX, RestoreWorker,
-    SharedRelay, SuccessorOutcome, run_successor, spawn_predecessor, to_values,
+    Defragmenter, HandoffInbox, PredecessorHandle, RAW_FRAME_MAX, RestoreWorker, SuccessorOutcome,
+    run_successor, spawn_predecessor, to_values,
 };
+pub use host::{HandoffHost, HostError, HostOps, RelayFn, RelayStopped, SharedRelay};
 pub use message::{HANDOFF_LABEL, HighWater, Message, RefuseCode};
-pub use predecessor::{
-    ConnId, Predecessor, PredecessorEvent, PredecessorPhase, PreparedSnapshot, Transmit,
-};
+pub use predecessor::{ConnId, Predecessor, PredecessorEvent, PredecessorPhase, Transmit};
 pub use recovery::{DEFAULT_GAP_MARGIN, Recovery, RecoverySource, recover, spawn_backups};
 pub use secret::{MIN_SECRET_LEN, SECRET_ENV, Secret, SecretError};
+pub use snapshot::PreparedSnapshot;
 pub use successor::{
     GiveUpReason, Successor, SuccessorConfig, SuccessorEvent, SuccessorPhase, Transferred,
 };

@@ -6,7 +6,8 @@
 //! calls [`Predecessor::handle_timeout`] when [`Predecessor::poll_timeout`] has passed, and after
 //! any call drains [`Predecessor::poll_event`] and [`Predecessor::poll_transmit`] until both
 //! are empty. It answers events:
-//! - `SnapshotNeeded` → export the relay snapshot and call [`Predecessor::provide_snapshot`];
+//! - `SnapshotNeeded` → export the relay snapshot, hash it off the async threads
+//!   ([`PreparedSnapshot`]) and call [`Predecessor::provide_snapshot`];
 //!   from then on pass every replication event to [`Predecessor::push_tail`].
 //! - `ReadyForCutOver` → relay mode `Draining`, push the last replication events, then
 //!   [`Predecessor::cut_over`] with the relay's high-water marks.
@@ -14,11 +15,11 @@
 
 use super::auth::{self, Binding, Role};
 use super::message::{HighWater, Message, PROTOCOL_VERSION, RefuseCode, Resume};
+use super::snapshot::{PreparedSnapshot, Snapshot};
 use super::{HandoffConfig, Secret, sha256_hex};
 use crate::discovery::SignalingEndpoint;
 use crate::rate::TokenBucket;
-use crate::relay::{JsonCursor, SnapshotJson};
-use sha2::{Digest, Sha256};
+use rand::rngs::StdRng;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
@@ -55,8 +56,13 @@ pub enum PredecessorEvent {
     },
     /// Export the relay snapshot now and call `provide_snapshot`.
     SnapshotNeeded,
-    /// Snapshot delivered and the tail caught up: cut over now.
+    /// Snapshot delivered and the tail caught up: cut over now. The core's decision (it
+    /// is the only one that makes it); the shell carries it out in one step on the relay
+    /// and answers with [`Predecessor::cut_over`].
     ReadyForCutOver,
+    /// The cut-over was made: writes are refused, the final tail is on its way
+    /// (lifecycle: `CutOver`, an observation).
+    CutOver,
     /// The successor confirmed the final high-water marks.
     Confirmed,
     /// The successor is primary: move the clients there.
@@ -122,145 +128,6 @@ struct Conn {
 }
 
 #[derive(Debug)]
-struct Snapshot {
-    source: Source,
-    sha256: String,
-    chunks: u32,
-    /// SHA-256 of every chunk, computed once.
-    chunk_sha256: Vec<String>,
-}
-
-/// Where a snapshot's bytes come from.
-#[derive(Debug)]
-enum Source {
-    /// One buffer.
-    Bytes(Vec<u8>),
-    /// Written chunk by chunk from the relay's messages when sent; `starts[i]` is where
-    /// chunk `i` begins.
-    Json {
-        json: SnapshotJson,
-        starts: Vec<JsonCursor>,
-    },
-}
-
-impl Source {
-    fn len(&self) -> u64 {
-        match self {
-            Source::Bytes(b) => b.len() as u64,
-            Source::Json { json, .. } => json.len(),
-        }
-    }
-
-    /// Chunk `index` of `chunk_size` bytes (the last one may be shorter).
-    fn chunk(&self, index: u32, chunk_size: usize) -> Vec<u8> {
-        match self {
-            Source::Bytes(b) => {
-                let start = (index as usize * chunk_size).min(b.len());
-                let end = (start + chunk_size).min(b.len());
-                b[start..end].to_vec()
-            }
-            Source::Json { json, starts } => {
-                let mut out = Vec::with_capacity(chunk_size);
-                if let Some(at) = starts.get(index as usize) {
-                    json.write(*at, chunk_size, &mut out);
-                }
-                out
-            }
-        }
-    }
-}
-
-/// A snapshot with its digests (whole and per chunk), prepared off the async threads
-/// for [`Predecessor::provide_prepared`]: hashing a large snapshot takes a while.
-#[derive(Debug)]
-pub struct PreparedSnapshot {
-    source: Source,
-    chunk_size: usize,
-    sha256: String,
-    chunk_sha256: Vec<String>,
-}
-
-impl PreparedSnapshot {
-    /// Hashes `bytes` whole and in `chunk_size` pieces, on two threads.
-    pub fn new(bytes: Vec<u8>, chunk_size: usize) -> PreparedSnapshot {
-        let chunk_size = chunk_size.max(1);
-        let (sha256, chunk_sha256) = std::thread::scope(|scope| {
-            let whole = scope.spawn(|| sha256_hex(&bytes));
-            let chunks: Vec<String> = bytes.chunks(chunk_size).map(sha256_hex).collect();
-            (whole.join().expect("hashing does not panic"), chunks)
-        });
-        PreparedSnapshot {
-            source: Source::Bytes(bytes),
-            chunk_size,
-            sha256,
-            chunk_sha256,
-        }
-    }
-
-    /// Hashes `json` whole and in `chunk_size` pieces, on two threads, writing it twice
-    /// through a reused chunk buffer instead of holding it whole; chunks are written
-    /// again when they are sent. (The store's text is copied, never re-encoded, so
-    /// writing costs little next to hashing, and no fresh memory is touched.)
-    pub fn from_json(json: SnapshotJson, chunk_size: usize) -> PreparedSnapshot {
-        let chunk_size = chunk_size.max(1);
-        let pieces = |on_piece: &mut dyn FnMut(JsonCursor, &[u8])| {
-            let mut buf = Vec::with_capacity(chunk_size);
-            let mut at = json.start();
-            loop {
-                buf.clear();
-                let next = json.write(at, chunk_size, &mut buf);
-                if buf.is_empty() {
-                    break;
-                }
-                on_piece(at, &buf);
-                at = next;
-            }
-        };
-        let (sha256, (starts, chunk_sha256)) = std::thread::scope(|scope| {
-            let whole = scope.spawn(|| {
-                let mut h = Sha256::new();
-                pieces(&mut |_, b| h.update(b));
-                hex::encode(h.finalize())
-            });
-            let mut starts = Vec::new();
-            let mut hashes = Vec::new();
-            pieces(&mut |at, b| {
-                starts.push(at);
-                hashes.push(sha256_hex(b));
-            });
-            (
-                whole.join().expect("hashing does not panic"),
-                (starts, hashes),
-            )
-        });
-        PreparedSnapshot {
-            source: Source::Json { json, starts },
-            chunk_size,
-            sha256,
-            chunk_sha256,
-        }
-    }
-
-    /// Size in bytes.
-    pub fn len(&self) -> u64 {
-        self.source.len()
-    }
-
-    /// Whether it is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The whole snapshot as one buffer.
-    pub fn into_bytes(self) -> Vec<u8> {
-        match self.source {
-            Source::Bytes(b) => b,
-            Source::Json { json, .. } => json.to_vec(),
-        }
-    }
-}
-
-#[derive(Debug)]
 struct Session {
     id: u64,
     successor_peer_id: String,
@@ -309,16 +176,20 @@ pub struct Predecessor {
     done: bool,
     transmits: VecDeque<Transmit>,
     events: VecDeque<PredecessorEvent>,
+    /// Where nonces come from (injected: a seeded one in tests).
+    rng: StdRng,
 }
 
 impl Predecessor {
-    /// The handoff side of node `peer_id` of `generation`.
+    /// The handoff side of node `peer_id` of `generation`. Nonces come from `rng` (the
+    /// shell passes `StdRng::from_os_rng()`, tests a seeded one).
     pub fn new(
         peer_id: impl Into<String>,
         generation: u64,
         secret: Secret,
         mut cfg: HandoffConfig,
         now: Instant,
+        rng: StdRng,
     ) -> Self {
         cfg.chunk_size = cfg.chunk_size.max(1);
         cfg.window = cfg.window.max(1);
@@ -337,6 +208,7 @@ impl Predecessor {
             done: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            rng,
         }
     }
 
@@ -524,7 +396,7 @@ impl Predecessor {
         {
             self.seen.remove(&old);
         }
-        let (predecessor_nonce, p_hex) = auth::fresh_nonce();
+        let (predecessor_nonce, p_hex) = auth::fresh_nonce(&mut self.rng);
         let binding = Binding {
             predecessor_peer_id: &self.peer_id,
             successor_peer_id: &remote,
@@ -667,20 +539,14 @@ impl Predecessor {
         self.cfg.chunk_size
     }
 
-    /// The relay snapshot exported for the current session (answer to `SnapshotNeeded`).
-    /// Every replication event after this export must go to [`Predecessor::push_tail`].
-    pub fn provide_snapshot(&mut self, now: Instant, bytes: Vec<u8>) {
-        let prepared = PreparedSnapshot::new(bytes, self.cfg.chunk_size);
-        self.provide_prepared(now, prepared);
-    }
-
-    /// [`Predecessor::provide_snapshot`] with the digests already computed (made with
-    /// this predecessor's `chunk_size`; otherwise they are recomputed here).
-    pub fn provide_prepared(&mut self, now: Instant, prepared: PreparedSnapshot) {
+    /// The relay snapshot exported for the current session (answer to `SnapshotNeeded`),
+    /// hashed by the shell ([`PreparedSnapshot::new`] / [`PreparedSnapshot::from_json`],
+    /// off the async threads): the core spawns no threads. Every replication event after
+    /// this export must go to [`Predecessor::push_tail`]. Digests made with another chunk
+    /// size are recomputed here, on this thread.
+    pub fn provide_snapshot(&mut self, _now: Instant, prepared: PreparedSnapshot) {
         let chunk = self.cfg.chunk_size;
-        if prepared.chunk_size != chunk {
-            return self.provide_snapshot(now, prepared.into_bytes());
-        }
+        let prepared = prepared.rechunk(chunk);
         let Some(s) = &mut self.session else {
             return;
         };
@@ -759,6 +625,7 @@ impl Predecessor {
             "handoff: cut-over"
         );
         s.cut_over = Some((s.tail_end(), high_water));
+        self.events.push_back(PredecessorEvent::CutOver);
     }
 
     fn abort(&mut self, reason: &str) {
@@ -1011,50 +878,5 @@ impl Predecessor {
             ));
         }
         None
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::relay::{ConnId, ConnInfo, Relay, RelayConfig};
-    use serde_json::json;
-
-    #[test]
-    fn a_snapshot_written_chunk_by_chunk_matches_its_buffer() {
-        let now = Instant::now();
-        let mut relay = Relay::new(RelayConfig::new("n", 1), now);
-        let info = ConnInfo {
-            peer_id: "p".into(),
-            metadata: json!({"protocol": "ouroboros/1", "client": "al\"ice"}),
-        };
-        relay.connect(now, ConnId(1), info);
-        for i in 0..200u64 {
-            let body = json!({"i": i, "s": "é\"\n".repeat(i as usize % 5)});
-            let room = format!("room-{}", i % 3);
-            let msg = json!({"op":"publish","room":room,"id":format!("m{i}"),"body":body});
-            relay.handle_message(now, 1000 + i, ConnId(1), msg);
-        }
-        while relay.poll_output().is_some() {}
-        let snap = relay.export_snapshot();
-        assert_eq!(snap.messages.len(), 200);
-        let bytes = snap.to_json();
-        for chunk_size in [1, 100, 4096, bytes.len(), bytes.len() + 1] {
-            let a = PreparedSnapshot::new(bytes.clone(), chunk_size);
-            let b = PreparedSnapshot::from_json(SnapshotJson::new(snap.clone()), chunk_size);
-            assert_eq!(a.sha256, b.sha256);
-            assert_eq!(a.chunk_sha256, b.chunk_sha256);
-            assert_eq!(a.len(), b.len());
-            let chunks = bytes.len().div_ceil(chunk_size) as u32;
-            assert_eq!(b.chunk_sha256.len(), chunks as usize);
-            for i in (0..chunks).step_by(13).chain([chunks - 1]) {
-                assert_eq!(
-                    a.source.chunk(i, chunk_size),
-                    b.source.chunk(i, chunk_size),
-                    "chunk {i} of {chunk_size}"
-                );
-            }
-            assert_eq!(b.into_bytes(), bytes);
-        }
     }
 }

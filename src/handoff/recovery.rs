@@ -3,7 +3,7 @@
 
 use super::Transferred;
 use super::backup::{Backup, BackupError, BackupStore, total_head};
-use super::driver::HandoffHost;
+use super::host::{HandoffHost, HostOps};
 use super::message::HighWater;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -76,9 +76,7 @@ pub async fn recover(
             RecoverySource::Handoff { transferred }
         }
         (_, Some(b)) => {
-            host.restore(b.snapshot)
-                .await
-                .map_err(BackupError::Remote)?;
+            host.restore(b.snapshot).await?;
             RecoverySource::Backup {
                 generation: b.generation,
                 taken_at: b.taken_at,
@@ -167,24 +165,21 @@ pub async fn backup_once(
 mod tests {
     use super::*;
     use crate::handoff::backup::DirBackupStore;
-    use crate::handoff::driver::SharedRelay;
+    use crate::handoff::host::SharedRelay;
     use crate::relay::{ConnId, ConnInfo, Output, Relay, RelayConfig};
     use serde_json::{Value, json};
-    use std::sync::Mutex;
     use std::time::Instant;
 
     fn shared(node: &str) -> SharedRelay {
-        let config = RelayConfig::new(node, 1);
-        SharedRelay {
-            relay: Arc::new(Mutex::new(Relay::new(config.clone(), Instant::now()))),
-            config,
-            changed: Arc::new(tokio::sync::Notify::new()),
-        }
+        SharedRelay::new(Relay::new(RelayConfig::new(node, 1), Instant::now()))
     }
 
     /// Opens client `conn` and returns its `welcome`.
     fn open(r: &SharedRelay, conn: u64) -> Value {
-        let mut relay = r.relay.lock().unwrap();
+        r.lock_with(|relay| open_on(relay, conn))
+    }
+
+    fn open_on(relay: &mut Relay, conn: u64) -> Value {
         relay.connect(
             Instant::now(),
             ConnId(conn),
@@ -205,7 +200,10 @@ mod tests {
     }
 
     fn publish(r: &SharedRelay, conn: u64, room: &str, id: &str) -> u64 {
-        let mut relay = r.relay.lock().unwrap();
+        r.lock_with(|relay| publish_on(relay, conn, room, id))
+    }
+
+    fn publish_on(relay: &mut Relay, conn: u64, room: &str, id: &str) -> u64 {
         relay.handle_message(
             Instant::now(),
             0,
@@ -249,7 +247,7 @@ mod tests {
         let rec = recover(&new, Some(&store), Transferred::Nothing, 100)
             .await
             .unwrap();
-        new.set_primary().await;
+        new.set_mode(crate::relay::Mode::Primary).await;
         assert!(matches!(
             rec.source,
             RecoverySource::Backup { generation: 1, .. }
@@ -289,7 +287,7 @@ mod tests {
         let rec = recover(&empty, None, Transferred::Nothing, 10)
             .await
             .unwrap();
-        empty.set_primary().await;
+        empty.set_mode(crate::relay::Mode::Primary).await;
         assert_eq!(rec.source, RecoverySource::Empty);
         open(&empty, 2);
         assert_eq!(publish(&empty, 2, "r", "z"), 11);

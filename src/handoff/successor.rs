@@ -21,6 +21,7 @@ use super::auth::{self, Binding, Role};
 use super::message::{HighWater, Message, PROTOCOL_VERSION, RefuseCode, Resume};
 use super::{Secret, sha256_hex};
 use crate::discovery::SignalingEndpoint;
+use rand::rngs::StdRng;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -190,11 +191,15 @@ pub struct Successor {
     bad_predecessor_proofs: u32,
     out: VecDeque<Message>,
     events: VecDeque<SuccessorEvent>,
+    /// Where nonces come from (injected: a seeded one in tests).
+    rng: StdRng,
 }
 
 impl Successor {
     /// The successor `peer_id` of `generation`, taking over from `predecessor_peer_id`;
-    /// `endpoints` are where its clients will be moved.
+    /// `endpoints` are where its clients will be moved. Nonces come from `rng` (the shell
+    /// passes `StdRng::from_os_rng()`, tests a seeded one).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         peer_id: impl Into<String>,
         predecessor_peer_id: impl Into<String>,
@@ -203,6 +208,7 @@ impl Successor {
         endpoints: Vec<SignalingEndpoint>,
         cfg: SuccessorConfig,
         now: Instant,
+        rng: StdRng,
     ) -> Self {
         Successor {
             peer_id: peer_id.into(),
@@ -218,6 +224,7 @@ impl Successor {
             bad_predecessor_proofs: 0,
             out: VecDeque::new(),
             events: VecDeque::from([SuccessorEvent::Connect]),
+            rng,
         }
     }
 
@@ -252,7 +259,7 @@ impl Successor {
         if self.finished() {
             return;
         }
-        let (nonce, hex_nonce) = auth::fresh_nonce();
+        let (nonce, hex_nonce) = auth::fresh_nonce(&mut self.rng);
         let resume = self.session.as_ref().map(|s| Resume {
             session: s.id,
             next_chunk: s.next_chunk,

@@ -11,6 +11,21 @@ use std::time::{Duration, Instant, SystemTime};
 
 const SECRET: &[u8] = b"ring secret for the tests";
 
+/// A fixed-seed RNG: every nonce of a test run is the same on every run.
+fn seeded(seed: u64) -> rand::rngs::StdRng {
+    rand::SeedableRng::seed_from_u64(seed)
+}
+
+thread_local! {
+    static NEXT_SEED: std::cell::Cell<u64> = const { std::cell::Cell::new(100) };
+}
+
+/// A fixed-seed RNG with a new seed at every call (the same sequence in every run of a
+/// test: each test runs on its own thread).
+fn next_seeded() -> rand::rngs::StdRng {
+    seeded(NEXT_SEED.with(|n| n.replace(n.get() + 1)))
+}
+
 /// A minimal relay: rooms of (seq, body); replication events `{room, seq, body}` applied
 /// idempotently.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,7 +186,14 @@ impl Pair {
         Pair {
             now,
             wire,
-            p: Predecessor::new("pred", 4, Secret::new(SECRET.to_vec()).unwrap(), cfg, now),
+            p: Predecessor::new(
+                "pred",
+                4,
+                Secret::new(SECRET.to_vec()).unwrap(),
+                cfg,
+                now,
+                seeded(1),
+            ),
             s: Successor::new(
                 "succ",
                 "pred",
@@ -180,6 +202,7 @@ impl Pair {
                 vec![endpoint(9001)],
                 SuccessorConfig::default(),
                 now,
+                seeded(2),
             ),
             p_relay,
             s_relay: FakeRelay::default(),
@@ -248,7 +271,12 @@ impl Pair {
             progress = true;
             match &ev {
                 PredecessorEvent::SnapshotNeeded => {
-                    self.p.provide_snapshot(self.now, self.p_relay.export())
+                    {
+                        // The shell's part: hash the export (the core spawns nothing).
+                        let prepared =
+                            PreparedSnapshot::new(self.p_relay.export(), self.p.chunk_size());
+                        self.p.provide_snapshot(self.now, prepared)
+                    }
                 }
                 PredecessorEvent::ReadyForCutOver => {
                     self.p_relay.draining = true;
@@ -483,7 +511,14 @@ fn wrong_secret_is_refused_both_ways() {
 
     // A client that answers the challenge with a wrong proof is refused and logged.
     let now = Instant::now();
-    let mut p = Predecessor::new("pred", 4, Secret::new(SECRET.to_vec()).unwrap(), cfg(), now);
+    let mut p = Predecessor::new(
+        "pred",
+        4,
+        Secret::new(SECRET.to_vec()).unwrap(),
+        cfg(),
+        now,
+        seeded(1),
+    );
     p.handle_open(now, 1, "succ");
     p.handle_message(now, 1, hello("succ", 5, None));
     assert!(matches!(
@@ -506,7 +541,7 @@ fn hello(successor: &str, generation: u64, nonce: Option<String>) -> Message {
         successor_peer_id: successor.into(),
         predecessor_peer_id: "pred".into(),
         generation,
-        nonce: nonce.unwrap_or_else(|| auth::fresh_nonce().1),
+        nonce: nonce.unwrap_or_else(|| auth::fresh_nonce(&mut next_seeded()).1),
         endpoints: vec![],
         resume: None,
     }
@@ -531,9 +566,9 @@ fn assert_refused(p: &mut Predecessor, conn: ConnId, code: RefuseCode) {
 fn replayed_hello_and_proof_are_refused() {
     let now = Instant::now();
     let secret = Secret::new(SECRET.to_vec()).unwrap();
-    let mut p = Predecessor::new("pred", 4, secret.clone(), cfg(), now);
+    let mut p = Predecessor::new("pred", 4, secret.clone(), cfg(), now, seeded(1));
     // A genuine exchange, recorded by an eavesdropper.
-    let (s_nonce, s_hex) = auth::fresh_nonce();
+    let (s_nonce, s_hex) = auth::fresh_nonce(&mut seeded(3));
     let hello1 = hello("succ", 5, Some(s_hex));
     p.handle_open(now, 1, "succ");
     p.handle_message(now, 1, hello1.clone());
@@ -576,7 +611,14 @@ fn replayed_hello_and_proof_are_refused() {
 #[test]
 fn hello_checks_and_rate_limit() {
     let now = Instant::now();
-    let mut p = Predecessor::new("pred", 4, Secret::new(SECRET.to_vec()).unwrap(), cfg(), now);
+    let mut p = Predecessor::new(
+        "pred",
+        4,
+        Secret::new(SECRET.to_vec()).unwrap(),
+        cfg(),
+        now,
+        seeded(1),
+    );
     let cases = [
         ("succ", hello("mallory", 5, None), RefuseCode::WrongPeer),
         ("succ", hello("succ", 4, None), RefuseCode::WrongGeneration),
@@ -726,11 +768,19 @@ fn duplicate_and_out_of_order_tail_events() {
         vec![],
         SuccessorConfig::default(),
         now,
+        seeded(2),
     );
     assert_eq!(s.poll_event(), Some(SuccessorEvent::Connect));
     s.handle_connected(now);
     // Skip authentication by driving a real predecessor for the first exchange.
-    let mut p = Predecessor::new("pred", 4, Secret::new(SECRET.to_vec()).unwrap(), cfg(), now);
+    let mut p = Predecessor::new(
+        "pred",
+        4,
+        Secret::new(SECRET.to_vec()).unwrap(),
+        cfg(),
+        now,
+        seeded(1),
+    );
     p.handle_open(now, 1, "succ");
     for _ in 0..2 {
         while let Some(m) = s.poll_transmit() {
@@ -740,7 +790,10 @@ fn duplicate_and_out_of_order_tail_events() {
             s.handle_message(now, m);
         }
     }
-    p.provide_snapshot(now, b"snapshot".to_vec());
+    p.provide_snapshot(
+        now,
+        PreparedSnapshot::new(b"snapshot".to_vec(), p.chunk_size()),
+    );
     while let Some(Transmit::Send(_, m)) = p.poll_transmit() {
         s.handle_message(now, m);
     }
@@ -936,7 +989,14 @@ fn dead_successor_aborts_the_session_and_a_new_one_starts_fresh() {
 #[test]
 fn second_successor_is_busy_and_loses_the_discovery_guard() {
     let now = Instant::now();
-    let mut p = Predecessor::new("pred", 4, Secret::new(SECRET.to_vec()).unwrap(), cfg(), now);
+    let mut p = Predecessor::new(
+        "pred",
+        4,
+        Secret::new(SECRET.to_vec()).unwrap(),
+        cfg(),
+        now,
+        seeded(1),
+    );
     let mut s1 = Successor::new(
         "succ",
         "pred",
@@ -945,6 +1005,7 @@ fn second_successor_is_busy_and_loses_the_discovery_guard() {
         vec![],
         SuccessorConfig::default(),
         now,
+        seeded(2),
     );
     s1.poll_event();
     s1.handle_connected(now);
@@ -975,6 +1036,7 @@ fn second_successor_is_busy_and_loses_the_discovery_guard() {
         vec![],
         SuccessorConfig::default(),
         now,
+        seeded(2),
     );
     s2.publish_refused(now);
     let evs: Vec<_> = std::iter::from_fn(|| s2.poll_event()).collect();

@@ -105,7 +105,7 @@ pub struct LifecycleArgs {
 pub const HANDOFF_CHUNK_SIZE_RANGE: (u64, u64) = (1 << 10, 1 << 20);
 
 fn parse_chunk_size(s: &str) -> Result<u64, String> {
-    let v = crate::node::parse_size(s)?;
+    let v = crate::units::parse_size(s)?;
     let (lo, hi) = HANDOFF_CHUNK_SIZE_RANGE;
     if !(lo..=hi).contains(&v) {
         return Err(format!(

@@ -6,12 +6,13 @@
 //!   relaunch, and when to exit. It never passes the hard deadline.
 //! - [`Launcher`]: starts a successor. [`LocalLauncher`] spawns `ouroboros node` as a
 //!   detached process; [`NoLauncher`] launches nothing; GitHub's lives in `github`.
-//! - [`ring`]: runs all of it for `ouroboros node` (launch, handoff, recovery, backups).
+//!
+//! The ring that runs all of it for `ouroboros node` is composition and lives in
+//! `node::ring`; this module stays a pure state machine plus the [`Launcher`] trait.
 
 mod args;
 mod launcher;
 mod machine;
-pub mod ring;
 
 pub use args::{
     EndpointList, LauncherKind, LifecycleArgs, LifecyclePlan, PlanError, parse_duration,

@@ -12,12 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value as Json;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::status::{ClientStatus, RelayFigures, RoomStatus};
 use super::transport::{
     DataChannelSink, DataChannelSource, FrameSink, FrameSource, Inbound, KEEPALIVE, Transport,
 };
+use crate::handoff::{HandoffHost, RelayFn, RelayStopped};
 use crate::peer::DataConnection;
 use crate::relay::{CloseReason, ConnId, ConnInfo, Outgoing, Output, Relay};
 
@@ -29,8 +30,6 @@ pub const INPUT_QUEUE: usize = 8192;
 const STATUS_ROOMS: usize = 50;
 /// Clients listed in `/status.json` (the oldest connections; the counts cover all).
 const STATUS_CLIENTS: usize = 200;
-
-type RelayFn = Box<dyn FnOnce(&mut Relay) + Send>;
 
 /// The relay's figures, its busiest rooms and its clients (with their transports).
 pub(crate) type Figures = (RelayFigures, Vec<RoomStatus>, Vec<ClientStatus>);
@@ -75,6 +74,8 @@ pub struct RelayHandle {
     tx: mpsc::Sender<Input>,
     next_conn: Arc<AtomicU64>,
     counters: Arc<Counters>,
+    /// Notified by the relay task when replication events are queued (the handoff's tail).
+    replication: Arc<Notify>,
 }
 
 impl std::fmt::Debug for RelayHandle {
@@ -95,11 +96,13 @@ impl RelayHandle {
     pub fn spawn(relay: Relay) -> RelayHandle {
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
         let counters = Arc::new(Counters::default());
-        tokio::spawn(relay_task(relay, rx, counters.clone()));
+        let replication = Arc::new(Notify::new());
+        tokio::spawn(relay_task(relay, rx, counters.clone(), replication.clone()));
         RelayHandle {
             tx,
             next_conn: Arc::new(AtomicU64::new(1)),
             counters,
+            replication,
         }
     }
 
@@ -212,6 +215,19 @@ impl RelayHandle {
     }
 }
 
+/// The node's relay as the handoff sees it: closures run inside the relay task, so the
+/// relay's outputs (e.g. `moved`) are dispatched to clients right after.
+#[async_trait::async_trait]
+impl HandoffHost for RelayHandle {
+    async fn run(&self, f: RelayFn) -> Result<(), RelayStopped> {
+        self.with_relay(f).await.ok_or(RelayStopped)
+    }
+
+    fn replication_queued(&self) -> Arc<Notify> {
+        self.replication.clone()
+    }
+}
+
 struct Rates {
     samples: VecDeque<(Instant, u64, u64)>,
 }
@@ -239,7 +255,12 @@ impl Rates {
     }
 }
 
-async fn relay_task(mut relay: Relay, mut rx: mpsc::Receiver<Input>, counters: Arc<Counters>) {
+async fn relay_task(
+    mut relay: Relay,
+    mut rx: mpsc::Receiver<Input>,
+    counters: Arc<Counters>,
+    replication: Arc<Notify>,
+) {
     let mut writers: HashMap<ConnId, mpsc::Sender<WriteItem>> = HashMap::new();
     // Who each connection is and which path it uses (for `/status.json` and `/metrics`).
     let mut clients: HashMap<ConnId, ClientStatus> = HashMap::new();
@@ -302,6 +323,9 @@ async fn relay_task(mut relay: Relay, mut rx: mpsc::Receiver<Input>, counters: A
             Input::Run(f) => f(&mut relay),
         }
         dispatch(&mut relay, &mut writers, &counters, now);
+        if relay.replication_backlog() > 0 {
+            replication.notify_one();
+        }
     }
 }
 

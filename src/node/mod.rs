@@ -8,6 +8,8 @@
 //! - `registration`: the node's peer on each signaling server (its own and every
 //!   `--also-register` one), re-registered with backoff.
 //! - `http`: `/ouroboros.json`, `/status`, `/status.json`, `/metrics`, the web chat.
+//! - [`ring`]: the node's life: joins its predecessor, serves the handoff to its successor,
+//!   launches it on time, writes backups (the lifecycle and handoff cores, wired).
 //! - [`status`]: the status snapshot and its HTML / Prometheus renderings.
 //! - `web/`: the chat page (HTML, CSS, module script), embedded with `include_str!`.
 
@@ -15,6 +17,7 @@ mod args;
 mod driver;
 mod http;
 mod registration;
+pub mod ring;
 pub mod status;
 pub mod transport;
 
@@ -149,7 +152,7 @@ pub struct NodeShared {
     signaling: Signaling,
     lifecycle: RwLock<LifecycleView>,
     tunnel: RwLock<String>,
-    /// Where `ouroboros-handoff` connections to the node's peer go (`lifecycle::ring`).
+    /// Where `ouroboros-handoff` connections to the node's peer go (`node::ring`).
     pub handoff: crate::handoff::HandoffInbox,
     /// Cancelled when the node stops (ends the relay WebSockets).
     stop: CancellationToken,
@@ -261,7 +264,7 @@ fn endpoint_of(cfg: &PeerConfig) -> SignalingEndpoint {
 /// The peer id: the flag, else (first generation) the one kept in the data dir, else new.
 fn choose_peer_id(args: &NodeArgs) -> Result<String, NodeError> {
     if let Some(id) = &args.peer_id {
-        if !crate::peer::valid_id(id) {
+        if !crate::ids::is_peerjs_id(id) {
             return Err(NodeError::Config(format!(
                 "--peer-id {id:?} is not a valid PeerJS id (letters, digits, single '-', '_' or ' ' between them)"
             )));
@@ -276,7 +279,7 @@ fn choose_peer_id(args: &NodeArgs) -> Result<String, NodeError> {
     let file = dir.join("node-peer-id");
     if let Ok(s) = std::fs::read_to_string(&file) {
         let s = s.trim();
-        if crate::peer::valid_id(s) {
+        if crate::ids::is_peerjs_id(s) {
             return Ok(s.to_string());
         }
     }
@@ -582,10 +585,10 @@ pub async fn run(
         tracing::warn!(publisher = p.name(), error = %e, "discovery record not published");
     }
     // Lifetime, successor, handoff and crash safety (returns when the node should stop).
-    let reason = crate::lifecycle::ring::run(
+    let reason = ring::run(
         &node,
         &ring_args,
-        crate::lifecycle::ring::RingOptions {
+        ring::RingOptions {
             launcher: cloud.launcher,
             publisher: cloud.publisher,
             verifier: cloud.verifier,

@@ -8,7 +8,13 @@ use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::store::push_json_str;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use super::wire::ErrorCode;
+use super::{ConnId, Mode, Outgoing, Output, Relay, StoredMessage};
+use crate::json::push_json_str;
 
 /// What a legacy string asks for.
 #[derive(Debug, PartialEq)]
@@ -252,6 +258,67 @@ pub(crate) fn view(body_json: &str, from: &str, ts: u64) -> String {
     out.push_str(&ts.to_string());
     out.push('}');
     out
+}
+
+impl Relay {
+    pub(super) fn legacy_message(&mut self, now: Instant, wall_ms: u64, conn: ConnId, msg: Value) {
+        let Value::String(s) = msg else {
+            tracing::debug!(conn = conn.0, "legacy client sent a non-string: ignored");
+            return self.count_error(ErrorCode::BadRequest);
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !c.bucket.try_take(now, 1.0) {
+            return self.count_error(ErrorCode::RateLimited);
+        }
+        let from = c.identity.clone();
+        c.seen = true;
+        match parse(&s) {
+            LegacyRequest::Ping => self.out.push_back(Output::Send {
+                conn,
+                message: Outgoing::Text("pong".into()),
+            }),
+            LegacyRequest::Ignored => {}
+            LegacyRequest::Invalid => {
+                tracing::debug!(
+                    conn = conn.0,
+                    "legacy message failed the shape check: ignored"
+                );
+                self.count_error(ErrorCode::BadRequest);
+            }
+            LegacyRequest::Page(n) => {
+                let mut page = String::from("[");
+                if let Some(r) = self.rooms.get(&self.legacy_room) {
+                    let range = page_range(r.log.len(), n);
+                    for (i, e) in r.log.range(range).rev().enumerate() {
+                        if i > 0 {
+                            page.push(',');
+                        }
+                        page.push_str(e.legacy.as_deref().unwrap_or("null"));
+                    }
+                }
+                page.push(']');
+                self.out.push_back(Output::Send {
+                    conn,
+                    message: Outgoing::Text(page.into()),
+                });
+            }
+            LegacyRequest::Store(body) => {
+                if self.mode == Mode::Draining {
+                    return self.count_error(ErrorCode::ReadOnly);
+                }
+                if body.len() > self.config.limits.max_message_bytes {
+                    return self.count_error(ErrorCode::TooLarge);
+                }
+                let room = self.legacy_room.clone();
+                let head = self.rooms.get(&room).map_or(self.seq_floor, |r| r.head);
+                let msg = StoredMessage::new(room, head + 1, from, wall_ms, None, &body);
+                self.m.published += 1;
+                self.store(msg);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

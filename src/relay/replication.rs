@@ -1,11 +1,15 @@
 //! What a successor needs: a [`Snapshot`] of the whole store and the
 //! [`ReplicationEvent`]s that follow it.
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
-use super::RelayError;
-use super::decode::{SnapshotDecoder, SnapshotHeader};
-use super::store::{StoredMessage, push_json_str};
+use super::store::Room;
+use super::store::StoredMessage;
+use super::{Relay, RelayError};
+use crate::json::push_json_str;
 
 /// Version of the [`Snapshot`] format.
 pub const SNAPSHOT_VERSION: u32 = 1;
@@ -19,6 +23,22 @@ pub struct RoomState {
     pub head: u64,
     /// Every seq below this was evicted.
     pub evicted_before: u64,
+}
+
+/// Everything in a snapshot except its messages (what must be known before they are
+/// restored). [`Snapshot::to_json`] writes it first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    /// [`SNAPSHOT_VERSION`].
+    pub version: u32,
+    /// Peer id of the node that took it.
+    pub node: String,
+    /// Generation of the node that took it.
+    pub generation: u64,
+    /// The head new rooms start from.
+    pub seq_floor: u64,
+    /// Every room with `head > 0`.
+    pub rooms: Vec<RoomState>,
 }
 
 /// Everything a successor must hold to continue the store: rooms with heads and
@@ -78,25 +98,6 @@ impl Snapshot {
         s.push_str(&serde_json::to_string(&self.rooms).expect("room states serialise"));
         s.push_str(r#","messages":["#);
         s
-    }
-
-    /// Decodes [`Snapshot::to_json`]'s output (with [`SnapshotDecoder`], in one piece).
-    ///
-    /// Strings are borrowed from `bytes` while parsing, and room names and publisher
-    /// identities are interned (one shared allocation per distinct name), which makes a
-    /// large snapshot decode several times faster than a plain serde decode and keeps the
-    /// restored store as compact as one that was built by publishing.
-    ///
-    /// # Errors
-    /// [`RelayError::Snapshot`] for malformed JSON, a message body that is not valid JSON,
-    /// or a missing field.
-    pub fn from_json(bytes: &[u8]) -> Result<Snapshot, RelayError> {
-        // Nothing taken until `finish`: it returns the header and every message.
-        let mut d = SnapshotDecoder::new();
-        d.feed(bytes)?;
-        let (header, messages) = d.finish()?;
-        let header = header.expect("finish yields the header when not taken");
-        Ok(Snapshot::from_parts(header, messages))
     }
 
     /// The header and the messages.
@@ -268,4 +269,158 @@ pub enum Applied {
     Applied,
     /// Already reflected (duplicate or older seq / mark): ignored.
     Ignored,
+}
+
+impl Relay {
+    /// Enables replication and returns the snapshot it follows, in one step: the
+    /// events [`Relay::poll_replication`] yields from now on are exactly what happens
+    /// after this snapshot. The predecessor's answer to `SnapshotNeeded`.
+    pub fn start_replication(&mut self) -> Snapshot {
+        self.set_replication(true);
+        self.export_snapshot()
+    }
+
+    /// Starts (`true`) or stops queuing [`ReplicationEvent`]s. Take the snapshot in the
+    /// same step as enabling it: events then describe exactly what follows the snapshot.
+    /// While enabled, drain [`Relay::poll_replication`] after every call.
+    pub fn set_replication(&mut self, enabled: bool) {
+        self.replication = enabled.then(VecDeque::new);
+    }
+
+    /// The next replication event, oldest first.
+    pub fn poll_replication(&mut self) -> Option<ReplicationEvent> {
+        self.replication.as_mut()?.pop_front()
+    }
+
+    /// Number of queued replication events (for back-pressure).
+    pub fn replication_backlog(&self) -> usize {
+        self.replication.as_ref().map_or(0, VecDeque::len)
+    }
+
+    /// Room → head (newest seq) for every room that ever stored a message.
+    pub fn high_water(&self) -> BTreeMap<String, u64> {
+        self.rooms
+            .values()
+            .filter(|r| r.head > self.seq_floor)
+            .map(|r| (r.name.to_string(), r.head))
+            .collect()
+    }
+
+    /// The whole store (cheap: messages are shared, not copied).
+    pub fn export_snapshot(&self) -> Snapshot {
+        let mut rooms: Vec<RoomState> = self
+            .rooms
+            .values()
+            .filter(|r| r.head > self.seq_floor)
+            .map(|r| RoomState {
+                name: r.name.to_string(),
+                head: r.head,
+                evicted_before: r.evicted_before,
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.name.cmp(&b.name));
+        // `order` lists every room's messages in seq order, like the room's log: walk each
+        // log with a cursor instead of searching it for every message (this runs with the
+        // relay held).
+        let mut cursors: HashMap<&str, (&Room, usize)> = HashMap::with_capacity(self.rooms.len());
+        let mut messages = Vec::with_capacity(self.order.len());
+        for (name, seq) in &self.order {
+            let (room, at) = match cursors.get_mut(name.as_ref()) {
+                Some(c) => c,
+                None => match self.rooms.get(name) {
+                    Some(r) => cursors.entry(name).or_insert((r, 0)),
+                    None => continue,
+                },
+            };
+            while room.log.get(*at).is_some_and(|e| e.msg.seq() < *seq) {
+                *at += 1;
+            }
+            if let Some(e) = room.log.get(*at).filter(|e| e.msg.seq() == *seq) {
+                messages.push(e.msg.clone());
+                *at += 1;
+            }
+        }
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            node: self.config.node.clone(),
+            generation: self.config.generation,
+            seq_floor: self.seq_floor,
+            rooms,
+            messages,
+        }
+    }
+
+    /// Applies one event from the primary (idempotent: a seq at or below the room's head,
+    /// or an eviction mark already passed, is ignored). Stored messages are fanned out
+    /// to local members and legacy clients like live ones.
+    ///
+    /// # Errors
+    /// [`RelayError::Gap`] if a message skips sequence numbers (the store is unchanged).
+    pub fn apply_replication(&mut self, event: ReplicationEvent) -> Result<Applied, RelayError> {
+        match event {
+            ReplicationEvent::Stored(m) => {
+                let head = self.rooms.get(m.room()).map_or(self.seq_floor, |r| r.head);
+                if m.seq() <= head {
+                    return Ok(Applied::Ignored);
+                }
+                if m.seq() != head + 1 {
+                    return Err(RelayError::Gap {
+                        room: m.room().to_owned(),
+                        expected: head + 1,
+                        got: m.seq(),
+                    });
+                }
+                if let Some(q) = &mut self.replication {
+                    q.push_back(ReplicationEvent::Stored(m.clone()));
+                }
+                let entry = self.insert(m);
+                self.fan_out(&entry);
+                self.enforce_budget();
+                Ok(Applied::Applied)
+            }
+            ReplicationEvent::Evicted { room, before } => {
+                let Some(r) = self.rooms.get_mut(room.as_str()) else {
+                    // Nothing stored here for it; remember the mark so seqs continue.
+                    if before > 1 {
+                        let name: Arc<str> = room.as_str().into();
+                        let mut nr = Room::new(name.clone(), self.seq_floor);
+                        nr.head = nr.head.max(before - 1);
+                        nr.evicted_before = before;
+                        self.rooms.insert(name, nr);
+                        return Ok(Applied::Applied);
+                    }
+                    return Ok(Applied::Ignored);
+                };
+                if before <= r.evicted_before {
+                    return Ok(Applied::Ignored);
+                }
+                let mut freed = 0;
+                let mut n = 0;
+                while r.first_seq().is_some_and(|s| s < before) {
+                    let e = r.log.pop_front().expect("first_seq is Some");
+                    r.dedup_remove(&e.msg);
+                    freed += e.cost();
+                    n += 1;
+                }
+                r.evicted_before = before;
+                r.head = r.head.max(before - 1);
+                self.bytes -= freed;
+                self.messages -= n;
+                self.m.evicted_messages += n as u64;
+                self.m.evicted_bytes += freed as u64;
+                if let Some(q) = &mut self.replication {
+                    q.push_back(ReplicationEvent::Evicted { room, before });
+                }
+                // The primary evicts globally oldest first, so what it evicted sits at
+                // the front of the store order here too: drop those slots.
+                while let Some((room, seq)) = self.order.front() {
+                    if self.rooms.get(room).and_then(|r| r.get(*seq)).is_some() {
+                        break;
+                    }
+                    self.order.pop_front();
+                }
+                Ok(Applied::Applied)
+            }
+        }
+    }
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::ConnId;
+use crate::json::push_json_str;
 
 /// Bytes charged per stored message on top of its serialised size: the entry, its
 /// log slot, its global-order slot and its deduplication entry.
@@ -66,38 +67,6 @@ impl Payload {
             serde_json::from_str(&self.json).expect("the relay only builds valid JSON")
         })
     }
-}
-
-/// Appends `s` to `out` as a JSON string literal (escaping as `serde_json` does).
-pub(crate) fn push_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &str = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0x00..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
-        if esc.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.push_str("\\u00");
-            out.push(HEX[(b >> 4) as usize] as char);
-            out.push(HEX[(b & 0xf) as usize] as char);
-        } else {
-            out.push_str(esc);
-        }
-        start = i + 1;
-    }
-    out.push_str(&s[start..]);
-    out.push('"');
 }
 
 /// How every stored message's payload starts; the rest is its serde form minus `{`.

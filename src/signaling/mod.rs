@@ -9,7 +9,8 @@
 //! - `config.rs`: [`SignalArgs`] (the CLI flags) and [`SignalConfig`] (validated settings).
 //! - `wire.rs`: the JSON frames (the only serde types here).
 //! - `realm.rs`: the sans-IO core ([`Realm`], [`Action`], [`Stats`]).
-//! - `server.rs`: routes, CORS, the per-socket driver, the timer task, TLS, serve.
+//! - `server.rs`: routes, CORS, the per-socket driver, the timer task.
+//! - `listener.rs`: the listener (plain or TLS), accept with back-off, the serve loop.
 //!
 //! # Embedding (what `ouroboros node` uses)
 //! ```no_run
@@ -33,6 +34,7 @@
 //! ```
 
 mod config;
+mod listener;
 mod realm;
 mod server;
 mod wire;
@@ -40,11 +42,12 @@ mod wire;
 use std::{future::Future, io::Write, sync::Arc};
 
 pub use config::{QueueLimits, Rate, SignalArgs, SignalConfig};
+pub use listener::{MaybeTls, SignalListener};
 pub use realm::{
     Action, Admission, CloseReason, ClosedStats, ConnId, ConnectRequest, Realm, RealmConfig,
     RejectedStats, Rejection, Stats,
 };
-pub use server::{INFO_JSON, LocalClient, MaybeTls, RemoteAddr, SignalListener, info_response};
+pub use server::{INFO_JSON, LocalClient, RemoteAddr, info_response};
 pub use wire::{Inbound, MAX_ID_LEN, MsgType, Parsed, parse, text, valid_id};
 
 /// Errors of the signaling server.
@@ -147,7 +150,7 @@ impl Signaling {
         router: axum::Router,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), SignalError> {
-        server::serve(&self.shared, listener, router, shutdown).await?;
+        listener::serve(&self.shared, listener, router, shutdown).await?;
         Ok(())
     }
 

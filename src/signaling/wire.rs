@@ -9,8 +9,10 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+use crate::json::push_json_str;
 
 /// Message types of the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -105,31 +107,40 @@ pub mod text {
     pub const TOO_BIG: &str = "Message too big";
 }
 
-/// Longest id or token accepted, in bytes.
-pub const MAX_ID_LEN: usize = 256;
-
-/// Whether `id` is acceptable as a client id, token or destination: at most
-/// [`MAX_ID_LEN`] bytes, no control characters.
-pub fn valid_id(id: &str) -> bool {
-    id.len() <= MAX_ID_LEN && !id.chars().any(char::is_control)
-}
+pub use crate::ids::{MAX_ID_LEN, valid_id};
 
 /// `{"type":"OPEN"}`.
 pub const OPEN: &str = r#"{"type":"OPEN"}"#;
 /// `{"type":"ID-TAKEN","payload":{"msg":"ID is taken"}}`.
 pub const ID_TAKEN: &str = r#"{"type":"ID-TAKEN","payload":{"msg":"ID is taken"}}"#;
 
-/// `{"type":"ERROR","payload":{"msg":<msg>}}`.
+/// `{"type":"ERROR","payload":{"msg":<msg>}}` (serde; the key order is the reference's).
 pub fn error_frame(msg: &str) -> String {
-    let mut out = String::with_capacity(40 + msg.len());
-    out.push_str(r#"{"type":"ERROR","payload":{"msg":"#);
-    push_json_str(&mut out, msg);
-    out.push_str("}}");
-    out
+    #[derive(Serialize)]
+    struct ErrorFrame<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        payload: ErrorPayload<'a>,
+    }
+    #[derive(Serialize)]
+    struct ErrorPayload<'a> {
+        msg: &'a str,
+    }
+    let frame = ErrorFrame {
+        kind: MsgType::Error.as_str(),
+        payload: ErrorPayload { msg },
+    };
+    // A struct of strings always serialises.
+    serde_json::to_string(&frame).expect("an error frame always serialises")
 }
 
 /// `{"type":<kind>,"src":<src>,"dst":<dst>,"payload":<payload>}`; `payload` left out when
 /// `None`.
+///
+/// Written by hand on purpose: this runs once per relayed OFFER/ANSWER/CANDIDATE, the
+/// signaling server's hot path (`BENCHMARKS.md`, CPU per relayed message). It sizes the
+/// buffer once and copies the raw payload without a serde pass. The tests below and
+/// `tests/js/signaling-diff.test.mjs` pin its bytes to the reference server's.
 pub fn relay_frame(kind: MsgType, src: &str, dst: &str, payload: Option<&RawValue>) -> String {
     let payload_len = payload.map_or(0, |p| p.get().len() + 11);
     let mut out = String::with_capacity(40 + src.len() + dst.len() + payload_len);
@@ -145,34 +156,6 @@ pub fn relay_frame(kind: MsgType, src: &str, dst: &str, payload: Option<&RawValu
     }
     out.push('}');
     out
-}
-
-/// Appends `s` as a JSON string literal (escaped like `JSON.stringify`).
-pub fn push_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let esc: &str = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
-        if esc.is_empty() {
-            out.push_str(&format!("\\u{b:04x}"));
-        } else {
-            out.push_str(esc);
-        }
-        start = i + 1;
-    }
-    out.push_str(&s[start..]);
-    out.push('"');
 }
 
 /// An inbound client message, borrowed from the frame.
@@ -330,13 +313,5 @@ mod tests {
             error_frame("Invalid key provided"),
             r#"{"type":"ERROR","payload":{"msg":"Invalid key provided"}}"#
         );
-    }
-
-    #[test]
-    fn ids() {
-        assert!(valid_id("abc-123"));
-        assert!(!valid_id(&"x".repeat(257)));
-        assert!(valid_id(&"x".repeat(256)));
-        assert!(!valid_id("a\u{7}b"));
     }
 }

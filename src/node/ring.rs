@@ -1,18 +1,22 @@
 //! The ring for `ouroboros node`: joins the predecessor (or recovers without it), serves
 //! the handoff to the successor, launches the successor on time, writes backups, and says
 //! when the node must stop.
+//!
+//! Composition, not logic: the decisions are made by the sans-IO [`Lifecycle`] (when to
+//! launch, when to exit) and the handoff cores (when to cut over); this file wires them to
+//! the node's relay, its peer and the launcher.
 
-use super::{
-    ExitReason, Launcher, LauncherKind, Lifecycle, LifecycleAction, LifecycleInput, LocalLauncher,
-    NoLauncher, SuccessorRequest,
-};
+use super::{LifecycleView, Node, NodeArgs};
 use crate::discovery::{LocalPublisher, Publisher, SignalingEndpoint};
 use crate::handoff::{
     BackupStore, DEFAULT_GAP_MARGIN, DirBackupStore, GiveUpReason, HANDOFF_LABEL, HandoffHost,
-    Predecessor, PredecessorEvent, Secret, Successor, SuccessorOutcome, recover, run_successor,
-    spawn_backups, spawn_predecessor,
+    HostOps, Predecessor, PredecessorEvent, Secret, Successor, SuccessorOutcome, recover,
+    run_successor, spawn_backups, spawn_predecessor,
 };
-use crate::node::{LifecycleView, Node, NodeArgs};
+use crate::lifecycle::{
+    ExitReason, Launcher, LauncherKind, Lifecycle, LifecycleAction, LifecycleInput, LifecycleState,
+    LocalLauncher, NoLauncher, SuccessorRequest,
+};
 use crate::peer::codec::Serialization;
 use crate::peer::{ConnectOptions, Peer, PeerConfig};
 use crate::relay::Mode;
@@ -179,6 +183,7 @@ pub async fn run(
         secret.clone(),
         la.handoff_config(),
         Instant::now(),
+        rand::SeedableRng::from_os_rng(),
     );
     let mut handle = spawn_predecessor(pred, host.clone());
     match opts.verifier.clone() {
@@ -231,7 +236,7 @@ pub async fn run(
                 }
             }
         }
-        if let crate::lifecycle::LifecycleState::Exited { reason } = lifecycle.state() {
+        if let LifecycleState::Exited { reason } = lifecycle.state() {
             break reason;
         }
         node.set_lifecycle(view(&lifecycle));
@@ -245,7 +250,7 @@ pub async fn run(
             Some(ev) = handle.events.recv() => {
                 let input = match ev {
                     PredecessorEvent::Authenticated { .. } => Some(LifecycleInput::SuccessorConnected),
-                    PredecessorEvent::ReadyForCutOver => Some(LifecycleInput::CutOver),
+                    PredecessorEvent::CutOver => Some(LifecycleInput::CutOver),
                     PredecessorEvent::SuccessorLive { .. } => {
                         successor_live = true;
                         Some(LifecycleInput::ClientsMoved)
@@ -324,6 +329,7 @@ async fn join(
         record.signaling.clone(),
         la.successor_config(),
         Instant::now(),
+        rand::SeedableRng::from_os_rng(),
     );
     // Our peer on the predecessor's signaling server that last worked, opened on first use:
     // (index into `endpoints`, peer).
@@ -429,7 +435,7 @@ async fn join(
                 Err(e) => tracing::error!(error = %e, "discovery not published after recovery"),
                 Ok(()) => {}
             }
-            host.set_primary().await;
+            host.set_mode(Mode::Primary).await;
             tracing::warn!(?rec, "serving after a crash recovery (gap announced)");
             Ok(())
         }

@@ -1,0 +1,231 @@
+//! Relay-protocol requests: parsing a request, identity, publish and direct.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use super::wire::{ClientMessage, ErrorCode};
+use super::{ConnId, Mode, Payload, Refusal, Relay, StoredMessage, refuse};
+use crate::json::push_json_str;
+
+impl Relay {
+    pub(super) fn relay_message(&mut self, now: Instant, wall_ms: u64, conn: ConnId, msg: Value) {
+        let msg = match msg {
+            Value::String(s) => match serde_json::from_str::<Value>(&s) {
+                Ok(v) => v,
+                Err(e) => {
+                    return self.send_error(
+                        conn,
+                        ErrorCode::BadRequest,
+                        &format!("not a JSON request: {e}"),
+                        None,
+                    );
+                }
+            },
+            v => v,
+        };
+        let Value::Object(mut map) = msg else {
+            return self.send_error(conn, ErrorCode::BadRequest, "expected a JSON object", None);
+        };
+        let reference = map
+            .get("id")
+            .and_then(Value::as_str)
+            .or_else(|| map.get("op").and_then(Value::as_str))
+            .map(str::to_owned);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !c.bucket.try_take(now, 1.0) {
+            let r = reference.as_deref();
+            return self.send_error(
+                conn,
+                ErrorCode::RateLimited,
+                "rate limit exceeded; slow down",
+                r,
+            );
+        }
+        if !c.seen {
+            c.seen = true;
+            if let Some(name) = map.remove("client") {
+                self.declare_identity(conn, name, reference.as_deref());
+            }
+        }
+        let op_known = matches!(
+            map.get("op").and_then(Value::as_str),
+            Some("join" | "publish" | "history" | "leave" | "direct" | "ping")
+        );
+        if !op_known {
+            let what = match map.get("op") {
+                Some(Value::String(s)) => format!("unknown op {s:?}"),
+                Some(_) => "op must be a string".to_owned(),
+                None => "missing op".to_owned(),
+            };
+            return self.send_error(conn, ErrorCode::UnknownOp, &what, reference.as_deref());
+        }
+        let req = match serde_json::from_value::<ClientMessage>(Value::Object(std::mem::take(
+            &mut map,
+        ))) {
+            Ok(r) => r,
+            Err(e) => {
+                return self.send_error(
+                    conn,
+                    ErrorCode::BadRequest,
+                    &e.to_string(),
+                    reference.as_deref(),
+                );
+            }
+        };
+        let result = match req {
+            ClientMessage::Join { room, since } => self.join(conn, &room, since),
+            ClientMessage::Publish { room, id, body } => {
+                self.publish(conn, wall_ms, &room, &id, &body)
+            }
+            ClientMessage::History {
+                room,
+                before,
+                limit,
+            } => self.history(conn, &room, before, limit),
+            ClientMessage::Leave { room } => self.leave(conn, &room),
+            ClientMessage::Direct { to, body } => self.direct(conn, &to, &body),
+            ClientMessage::Ping => {
+                let p = self.pong.clone();
+                self.send_to(conn, &p);
+                Ok(())
+            }
+        };
+        if let Err((code, message)) = result {
+            self.send_error(conn, code, &message, reference.as_deref());
+        }
+    }
+
+    pub(super) fn declare_identity(&mut self, conn: ConnId, name: Value, reference: Option<&str>) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if c.named {
+            return;
+        }
+        let ok = name
+            .as_str()
+            .filter(|n| self.valid_name(n))
+            .map(Arc::<str>::from);
+        let Some(name) = ok else {
+            return self.send_error(
+                conn,
+                ErrorCode::BadRequest,
+                "client must be a non-empty printable string; using the peer id",
+                reference,
+            );
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let old = std::mem::replace(&mut c.identity, name.clone());
+        c.named = true;
+        let peer = c.peer_id.clone();
+        if old != peer {
+            self.unindex(&old, conn);
+        }
+        if name != peer {
+            self.index(&name, conn);
+        }
+    }
+
+    pub(super) fn valid_name(&self, n: &str) -> bool {
+        !n.is_empty()
+            && n.len() <= self.config.limits.max_name_bytes
+            && !n.chars().any(char::is_control)
+    }
+
+    pub(super) fn publish(
+        &mut self,
+        conn: ConnId,
+        wall_ms: u64,
+        room: &str,
+        id: &str,
+        body: &Value,
+    ) -> Result<(), Refusal> {
+        self.check_room(room)?;
+        if id.is_empty() || id.len() > self.config.limits.max_name_bytes {
+            return refuse(
+                ErrorCode::BadRequest,
+                format!("id must be 1-{} bytes", self.config.limits.max_name_bytes),
+            );
+        }
+        let Some(c) = self.conns.get(&conn) else {
+            return Ok(());
+        };
+        let (proto, from) = (c.proto, c.identity.clone());
+        if let Some(seq) = self.rooms.get(room).and_then(|r| r.dedup_lookup(&from, id)) {
+            // Already stored: acknowledging again is a read, allowed while draining.
+            self.m.deduplicated += 1;
+            self.send(conn, proto, &ack_payload(id, room, seq));
+            return Ok(());
+        }
+        if self.mode == Mode::Draining {
+            return refuse(
+                ErrorCode::ReadOnly,
+                "the node is handing over; retry after moved",
+            );
+        }
+        let body = serde_json::to_string(body).expect("a JSON value always serialises");
+        let max = self.config.limits.max_message_bytes;
+        if body.len() > max {
+            return refuse(
+                ErrorCode::TooLarge,
+                format!("body is {} bytes; the limit is {max}", body.len()),
+            );
+        }
+        let r = self.room_or_create(room)?;
+        let seq = r.head + 1;
+        let msg = StoredMessage::new(r.name.clone(), seq, from, wall_ms, Some(id.into()), &body);
+        self.m.published += 1;
+        self.send(conn, proto, &ack_payload(id, room, seq));
+        self.store(msg);
+        Ok(())
+    }
+
+    pub(super) fn direct(&mut self, conn: ConnId, to: &str, body: &Value) -> Result<(), Refusal> {
+        let body = serde_json::to_string(body).expect("a JSON value always serialises");
+        let max = self.config.limits.max_message_bytes;
+        if body.len() > max {
+            return refuse(
+                ErrorCode::TooLarge,
+                format!("body is {} bytes; the limit is {max}", body.len()),
+            );
+        }
+        let targets: Vec<ConnId> = self.by_name.get(to).cloned().unwrap_or_default();
+        if targets.is_empty() {
+            return refuse(
+                ErrorCode::UnknownPeer,
+                format!("no client {to:?} is connected"),
+            );
+        }
+        let Some(c) = self.conns.get(&conn) else {
+            return Ok(());
+        };
+        let mut s = String::from(r#"{"op":"direct","from":"#);
+        push_json_str(&mut s, &c.identity);
+        s.push_str(r#","body":"#);
+        s.push_str(&body);
+        s.push('}');
+        let p = Payload::new(s);
+        self.m.direct += targets.len() as u64;
+        for t in targets {
+            self.send_to(t, &p);
+        }
+        Ok(())
+    }
+}
+
+fn ack_payload(id: &str, room: &str, seq: u64) -> Arc<Payload> {
+    let mut s = String::from(r#"{"op":"ack","id":"#);
+    push_json_str(&mut s, id);
+    s.push_str(r#","room":"#);
+    push_json_str(&mut s, room);
+    s.push_str(r#","seq":"#);
+    s.push_str(&seq.to_string());
+    s.push('}');
+    Payload::new(s)
+}

@@ -1,0 +1,254 @@
+//! Limits, error codes, rate limits and eviction under the memory budget.
+
+use super::*;
+
+// ----- limits and error codes -------------------------------------------------------
+
+#[test]
+fn every_limit_and_error_code() {
+    let mut c = config();
+    c.limits.max_message_bytes = 100;
+    c.limits.max_rooms_per_client = 2;
+    c.limits.max_rooms = 3;
+    c.limits.max_clients = 3;
+    c.limits.rate_burst = 1000.0;
+    let mut h = Harness::new(c);
+    h.open_relay(1, "p1", Value::Null);
+    let e = |h: &mut Harness, msg: Value, code: &str, r: Value| h.check_error(1, msg, code, r);
+    e(&mut h, json!("not json"), "bad_request", Value::Null);
+    e(&mut h, json!(5), "bad_request", Value::Null);
+    e(&mut h, json!({"room":"r"}), "unknown_op", Value::Null);
+    e(&mut h, json!({"op":"fly"}), "unknown_op", json!("fly"));
+    e(&mut h, json!({"op":7}), "unknown_op", Value::Null);
+    e(&mut h, json!({"op":"join"}), "bad_request", json!("join"));
+    e(
+        &mut h,
+        json!({"op":"join","room":5}),
+        "bad_request",
+        json!("join"),
+    );
+    e(
+        &mut h,
+        json!({"op":"join","room":"r","since":-1}),
+        "bad_request",
+        json!("join"),
+    );
+    e(
+        &mut h,
+        json!({"op":"publish","room":"r","id":"x"}),
+        "bad_request",
+        json!("x"),
+    );
+    e(
+        &mut h,
+        json!({"op":"publish","room":"r","id":"","body":1}),
+        "bad_request",
+        json!(""),
+    );
+    let long_id = "i".repeat(129);
+    e(
+        &mut h,
+        json!({"op":"publish","room":"r","id":long_id,"body":1}),
+        "bad_request",
+        json!(long_id),
+    );
+    for bad in ["", ".hidden", "a b", "a/b", "ü", &"r".repeat(65)] {
+        e(
+            &mut h,
+            json!({"op":"join","room":bad}),
+            "bad_room",
+            json!("join"),
+        );
+    }
+    e(
+        &mut h,
+        json!({"op":"publish","room":"a b","id":"m","body":1}),
+        "bad_room",
+        json!("m"),
+    );
+    e(
+        &mut h,
+        json!({"op":"publish","room":"r","id":"big","body":"x".repeat(100)}),
+        "too_large",
+        json!("big"),
+    );
+    e(
+        &mut h,
+        json!({"op":"direct","to":"p1","body":"x".repeat(100)}),
+        "too_large",
+        json!("direct"),
+    );
+    // Error texts quoting client input stay short.
+    let out = h.send(1, json!({"op":"join","room":"r","since":"é".repeat(5000)}));
+    let text = out[0].1["message"].as_str().unwrap();
+    assert!(
+        text.len() <= 256 && text.starts_with("invalid type"),
+        "{text}"
+    );
+    // Exactly at the limit is fine (98 chars + 2 quotes = 100 bytes).
+    assert_eq!(h.publish(1, "r", "fits", json!("x".repeat(98))), 1);
+    h.send(1, json!({"op":"join","room":"r"}));
+    h.send(1, json!({"op":"join","room":"s"}));
+    e(
+        &mut h,
+        json!({"op":"join","room":"t"}),
+        "too_many_rooms",
+        json!("join"),
+    );
+    h.open_relay(2, "p2", Value::Null);
+    h.send(2, json!({"op":"join","room":"t"}));
+    h.check_error(
+        2,
+        json!({"op":"join","room":"u"}),
+        "room_limit",
+        json!("join"),
+    );
+    h.check_error(
+        2,
+        json!({"op":"publish","room":"u","id":"q","body":1}),
+        "room_limit",
+        json!("q"),
+    );
+    e(
+        &mut h,
+        json!({"op":"history","room":"r","limit":100000}),
+        "bad_limit",
+        json!("history"),
+    );
+    e(
+        &mut h,
+        json!({"op":"leave","room":"zz"}),
+        "not_joined",
+        json!("leave"),
+    );
+    e(
+        &mut h,
+        json!({"op":"direct","to":"zz","body":1}),
+        "unknown_peer",
+        json!("direct"),
+    );
+    h.relay.set_mode(Mode::Draining);
+    e(
+        &mut h,
+        json!({"op":"publish","room":"r","id":"late","body":1}),
+        "read_only",
+        json!("late"),
+    );
+    h.relay.set_mode(Mode::Primary);
+    // Total clients: the third connection fits, the fourth is refused.
+    h.open(3, "p3", Value::Null);
+    let out = h.open(4, "p4", relay_meta());
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].1["code"], "server_full");
+    assert_eq!(out[1], (4, json!({"close":"ServerFull"})));
+    // Undeclared connections are closed without a word (they may be legacy).
+    assert_eq!(
+        h.open(5, "p5", Value::Null),
+        vec![(5, json!({"close":"ServerFull"}))]
+    );
+    // After all that, connection 1 still works.
+    h.check(1, json!({"op":"ping"}), &[(1, json!({"op":"pong"}))]);
+    let m = h.relay.metrics();
+    for code in ErrorCode::ALL
+        .into_iter()
+        .filter(|c| *c != ErrorCode::RateLimited)
+    {
+        assert!(
+            m.errors[code.as_str()] > 0,
+            "no {code} counted: {:?}",
+            m.errors
+        );
+    }
+}
+
+#[test]
+fn rate_limit_refills() {
+    let mut c = config();
+    c.limits.rate_burst = 3.0;
+    c.limits.rate_per_sec = 1.0;
+    let mut h = Harness::new(c);
+    h.open_relay(1, "p1", Value::Null);
+    for _ in 0..3 {
+        h.check(1, json!({"op":"ping"}), &[(1, json!({"op":"pong"}))]);
+    }
+    h.check_error(1, json!({"op":"ping"}), "rate_limited", json!("ping"));
+    h.check_error(
+        1,
+        json!({"op":"publish","room":"r","id":"m1","body":1}),
+        "rate_limited",
+        json!("m1"),
+    );
+    // Another connection has its own bucket.
+    h.open_relay(2, "p2", Value::Null);
+    h.check(2, json!({"op":"ping"}), &[(2, json!({"op":"pong"}))]);
+    h.now += Duration::from_millis(1100);
+    h.check(1, json!({"op":"ping"}), &[(1, json!({"op":"pong"}))]);
+    h.check_error(1, json!({"op":"ping"}), "rate_limited", json!("ping"));
+    // Legacy clients over the rate are dropped silently (they only get seed shapes).
+    h.open(3, "legacy", Value::Null);
+    for _ in 0..3 {
+        h.send(3, json!("ping"));
+    }
+    assert_eq!(h.send(3, json!("ping")), vec![]);
+    assert_eq!(h.relay.metrics().errors["rate_limited"], 4);
+}
+
+// ----- eviction ---------------------------------------------------------------------
+
+#[test]
+fn eviction_under_a_small_budget() {
+    let mut c = config();
+    c.memory_budget = 4_000;
+    let mut h = Harness::new(c);
+    h.open_relay(1, "p1", Value::Null);
+    h.open_relay(2, "p2", Value::Null);
+    h.send(2, json!({"op":"join","room":"b"}));
+    let mut acked = Vec::new();
+    for i in 1..=60u64 {
+        let room = if i % 3 == 0 { "b" } else { "a" };
+        let seq = h.publish(
+            1,
+            room,
+            &format!("m{i}"),
+            json!({"n": i, "pad": "x".repeat(40)}),
+        );
+        acked.push((room, seq));
+        let m = h.relay.metrics();
+        assert!(m.bytes_stored <= 4_000, "over budget: {}", m.bytes_stored);
+    }
+    // Seqs: dense per room, never reused.
+    let a: Vec<u64> = acked
+        .iter()
+        .filter(|(r, _)| *r == "a")
+        .map(|(_, s)| *s)
+        .collect();
+    let b: Vec<u64> = acked
+        .iter()
+        .filter(|(r, _)| *r == "b")
+        .map(|(_, s)| *s)
+        .collect();
+    assert_eq!(a, (1..=40).collect::<Vec<_>>());
+    assert_eq!(b, (1..=20).collect::<Vec<_>>());
+    let m = h.relay.metrics();
+    assert!(m.evicted_messages > 0);
+    assert_eq!(m.evicted_messages as usize + m.messages, 60);
+    // Global oldest first: what is left is the newest suffix of the publish order.
+    let stats = h.relay.room_stats();
+    let kept_a = stats["a"].messages;
+    let kept_b = stats["b"].messages;
+    assert_eq!(kept_a + kept_b, m.messages);
+    let kept: Vec<(&str, u64)> = acked[60 - m.messages..].to_vec();
+    assert_eq!(kept.iter().filter(|(r, _)| *r == "a").count(), kept_a);
+    assert_eq!(stats["a"].evicted_before, 41 - kept_a as u64);
+    assert_eq!(stats["b"].evicted_before, 21 - kept_b as u64);
+    // Joining with since=0 replays only what is left, in order, and the head is intact.
+    h.open_relay(3, "p3", Value::Null);
+    let out = h.send(3, json!({"op":"join","room":"a","since":0}));
+    assert_eq!(out[0], joined(3, "a", 40));
+    let seqs: Vec<u64> = out.iter().filter_map(|(_, v)| v["seq"].as_u64()).collect();
+    assert_eq!(seqs, ((41 - kept_a as u64)..=40).collect::<Vec<_>>());
+    // The next publish continues after the head.
+    assert_eq!(h.publish(1, "a", "next", json!(0)), 41);
+    // A retry of an evicted message's id is stored anew (dedup lives with the message).
+    assert_eq!(h.publish(1, "a", "m1", json!(0)), 42);
+}

@@ -1,0 +1,481 @@
+//! Realm tests: every event driven with a fake clock (plain `Instant`s), no sockets.
+
+use super::*;
+use crate::signaling::wire::{Parsed, parse};
+
+/// A fake socket: its number (the same as its `ConnId`).
+type H = u64;
+
+/// What a test sees: frames and closes per socket.
+#[derive(Debug, PartialEq, Eq)]
+enum Out {
+    Frame(H, String),
+    Close(H, CloseReason),
+    Drop(H),
+}
+
+struct Harness {
+    realm: Realm<H>,
+    t0: Instant,
+    next: H,
+}
+
+fn config() -> RealmConfig {
+    RealmConfig {
+        key: "peerjs".into(),
+        expire_timeout: Duration::from_millis(5000),
+        alive_timeout: Duration::from_millis(60000),
+        concurrent_limit: 5000,
+        max_frame_size: 1024,
+        rate: None,
+        malformed_limit: 2.0,
+        queues: QueueLimits {
+            per_peer: 3,
+            bytes_per_peer: 10_000,
+            total: 5,
+            bytes_total: 100_000,
+        },
+    }
+}
+
+impl Harness {
+    fn new(config: RealmConfig) -> Self {
+        Harness {
+            realm: Realm::new(config),
+            t0: Instant::now(),
+            next: 0,
+        }
+    }
+    fn at(&self, ms: u64) -> Instant {
+        self.t0 + Duration::from_millis(ms)
+    }
+    fn drain(&mut self) -> Vec<Out> {
+        let mut out = Vec::new();
+        while let Some(a) = self.realm.poll_output() {
+            out.push(match a {
+                Action::Send { conn, frame, .. } => Out::Frame(conn.0, frame),
+                Action::Close { conn, reason, .. } => Out::Close(conn.0, reason),
+                Action::Drop { conn, .. } => Out::Drop(conn.0),
+            });
+        }
+        out
+    }
+    /// Connects `id` with `token` at `ms`; returns the socket and what it was sent.
+    fn connect(&mut self, ms: u64, id: &str, token: &str) -> (H, Admission, Vec<Out>) {
+        self.next += 1;
+        let conn = self.next;
+        let req = ConnectRequest {
+            key: Some("peerjs"),
+            id: Some(id),
+            token: Some(token),
+            local: false,
+        };
+        let a = self.realm.connect(self.at(ms), ConnId(conn), conn, &req);
+        (conn, a, self.drain())
+    }
+    fn send(&mut self, ms: u64, conn: H, id: &str, text: &str) -> Vec<Out> {
+        let conn = ConnId(conn);
+        match parse(text) {
+            Parsed::Message(m) => self.realm.message(self.at(ms), conn, id, &m),
+            Parsed::Malformed => self.realm.malformed(self.at(ms), conn, id),
+            Parsed::Ignored => {}
+        }
+        self.drain()
+    }
+    fn tick(&mut self, ms: u64) -> Vec<Out> {
+        self.realm.handle_timeout(self.at(ms));
+        self.drain()
+    }
+}
+
+fn frame(conn: H, s: &str) -> Out {
+    Out::Frame(conn, s.to_string())
+}
+
+#[test]
+fn admission_order_and_texts() {
+    let mut h = Harness::new(RealmConfig {
+        concurrent_limit: 1,
+        ..config()
+    });
+    let mut go = |key: Option<&str>, id: Option<&str>, token: Option<&str>| {
+        h.next += 1;
+        let conn = h.next;
+        let req = ConnectRequest {
+            key,
+            id,
+            token,
+            local: false,
+        };
+        let a = h.realm.connect(h.t0, ConnId(conn), conn, &req);
+        (a, h.drain())
+    };
+    let (a, out) = go(Some("peerjs"), Some(""), Some("t"));
+    assert_eq!(a, Admission::Rejected(Rejection::NoParams));
+    assert_eq!(
+        out,
+        vec![
+            frame(
+                1,
+                r#"{"type":"ERROR","payload":{"msg":"No id, token, or key supplied to websocket server"}}"#
+            ),
+            Out::Close(1, CloseReason::Normal)
+        ]
+    );
+    let (a, out) = go(Some("nope"), Some("a"), Some("t"));
+    assert_eq!(a, Admission::Rejected(Rejection::InvalidKey));
+    assert_eq!(
+        out[0],
+        frame(
+            2,
+            r#"{"type":"ERROR","payload":{"msg":"Invalid key provided"}}"#
+        )
+    );
+    let long = "x".repeat(257);
+    let (a, out) = go(Some("peerjs"), Some(&long), Some("t"));
+    assert_eq!(a, Admission::Rejected(Rejection::InvalidId));
+    assert!(matches!(&out[0], Out::Frame(_, f) if f.contains("longer than 256 bytes")));
+    let (a, _) = go(Some("peerjs"), Some("a\u{1}"), Some("t"));
+    assert_eq!(a, Admission::Rejected(Rejection::InvalidId));
+    let (a, out) = go(Some("peerjs"), Some("a"), Some("t"));
+    assert_eq!(a, Admission::Open("a".into()));
+    assert_eq!(out, vec![frame(5, r#"{"type":"OPEN"}"#)]);
+    let (a, out) = go(Some("peerjs"), Some("a"), Some("other"));
+    assert_eq!(a, Admission::Rejected(Rejection::IdTaken));
+    assert_eq!(
+        out,
+        vec![
+            frame(6, r#"{"type":"ID-TAKEN","payload":{"msg":"ID is taken"}}"#),
+            Out::Close(6, CloseReason::Normal)
+        ]
+    );
+    let (a, out) = go(Some("peerjs"), Some("b"), Some("t"));
+    assert_eq!(a, Admission::Rejected(Rejection::Limit));
+    assert_eq!(
+        out[0],
+        frame(
+            7,
+            r#"{"type":"ERROR","payload":{"msg":"Server has reached its concurrent user limit"}}"#
+        )
+    );
+    // Same id and token: replaces the socket even at the limit, OPEN again, old closed.
+    let (a, out) = go(Some("peerjs"), Some("a"), Some("t"));
+    assert_eq!(a, Admission::Open("a".into()));
+    assert_eq!(
+        out,
+        vec![
+            Out::Close(5, CloseReason::Replaced),
+            frame(8, r#"{"type":"OPEN"}"#)
+        ]
+    );
+    // The replaced socket's late close does not unregister the new one.
+    h.realm.disconnect(h.t0, ConnId(5), Some("a"));
+    assert!(h.realm.contains("a"));
+    h.realm.disconnect(h.t0, ConnId(8), Some("a"));
+    assert!(h.realm.is_empty());
+    let s = h.realm.stats();
+    assert_eq!(
+        (
+            s.rejected.no_params,
+            s.rejected.invalid_key,
+            s.rejected.invalid_id,
+            s.rejected.id_taken,
+            s.rejected.limit
+        ),
+        (1, 1, 2, 1, 1)
+    );
+    assert_eq!(s.closed.replaced, 1);
+}
+
+#[test]
+fn relays_with_src_stamped_and_drops_other_types() {
+    let mut h = Harness::new(config());
+    let (a, ..) = h.connect(0, "a", "ta");
+    let (b, ..) = h.connect(0, "b", "tb");
+    let out = h.send(
+        1,
+        a,
+        "a",
+        r#"{"type":"OFFER","src":"forged","dst":"b","payload":{"x":1},"extra":2}"#,
+    );
+    assert_eq!(
+        out,
+        vec![frame(
+            b,
+            r#"{"type":"OFFER","src":"a","dst":"b","payload":{"x":1}}"#
+        )]
+    );
+    for t in ["ANSWER", "CANDIDATE", "LEAVE", "EXPIRE"] {
+        let out = h.send(1, b, "b", &format!(r#"{{"type":"{t}","dst":"a"}}"#));
+        assert_eq!(
+            out,
+            vec![frame(
+                a,
+                &format!(r#"{{"type":"{t}","src":"b","dst":"a"}}"#)
+            )]
+        );
+    }
+    for t in ["OPEN", "ERROR", "ID-TAKEN", "PING", "HEARTBEAT"] {
+        assert!(
+            h.send(1, a, "a", &format!(r#"{{"type":"{t}","dst":"b"}}"#))
+                .is_empty()
+        );
+    }
+    assert!(h.send(1, a, "a", r#"{"type":"OFFER"}"#).is_empty());
+    assert_eq!(h.realm.stats().relayed, 5);
+}
+
+#[test]
+fn queue_delivered_on_connect_in_order() {
+    let mut h = Harness::new(config());
+    let (a, ..) = h.connect(0, "a", "ta");
+    assert!(
+        h.send(10, a, "a", r#"{"type":"OFFER","dst":"b","payload":1}"#)
+            .is_empty()
+    );
+    assert!(
+        h.send(20, a, "a", r#"{"type":"CANDIDATE","dst":"b","payload":2}"#)
+            .is_empty()
+    );
+    // LEAVE and EXPIRE to an absent peer are not queued.
+    assert!(
+        h.send(20, a, "a", r#"{"type":"LEAVE","dst":"b"}"#)
+            .is_empty()
+    );
+    assert!(
+        h.send(20, a, "a", r#"{"type":"EXPIRE","dst":"b"}"#)
+            .is_empty()
+    );
+    assert_eq!(h.realm.stats().queued_messages, 2);
+    let (b, _, out) = h.connect(100, "b", "tb");
+    assert_eq!(
+        out,
+        vec![
+            frame(b, r#"{"type":"OPEN"}"#),
+            frame(b, r#"{"type":"OFFER","src":"a","dst":"b","payload":1}"#),
+            frame(b, r#"{"type":"CANDIDATE","src":"a","dst":"b","payload":2}"#),
+        ]
+    );
+    assert_eq!(h.realm.stats().queued_messages, 0);
+    // The queue's expiry timer is stale now: nothing happens.
+    assert!(h.tick(10_000).is_empty());
+}
+
+#[test]
+fn queue_expires_with_one_expire_per_sender() {
+    let mut h = Harness::new(config());
+    let (a, ..) = h.connect(0, "a", "ta");
+    let (c, ..) = h.connect(0, "c", "tc");
+    h.send(1000, a, "a", r#"{"type":"OFFER","dst":"x"}"#);
+    h.send(1100, a, "a", r#"{"type":"CANDIDATE","dst":"x"}"#);
+    h.send(1200, c, "c", r#"{"type":"OFFER","dst":"x"}"#);
+    h.send(1300, a, "a", r#"{"type":"OFFER","dst":"y"}"#);
+    assert_eq!(h.realm.poll_timeout(), Some(h.at(6000)));
+    assert!(h.tick(5999).is_empty());
+    assert_eq!(
+        h.tick(6000),
+        vec![
+            frame(a, r#"{"type":"EXPIRE","src":"x","dst":"a"}"#),
+            frame(c, r#"{"type":"EXPIRE","src":"x","dst":"c"}"#),
+        ]
+    );
+    assert_eq!(
+        h.tick(6300),
+        vec![frame(a, r#"{"type":"EXPIRE","src":"y","dst":"a"}"#)]
+    );
+    let s = h.realm.stats();
+    assert_eq!((s.expired, s.queued_messages, s.queues), (4, 0, 0));
+    // A sender that left gets nothing.
+    h.send(7000, c, "c", r#"{"type":"OFFER","dst":"z"}"#);
+    h.realm.disconnect(h.at(7001), ConnId(c), Some("c"));
+    assert!(h.tick(20_000).iter().all(|o| !matches!(o, Out::Frame(..))));
+}
+
+#[test]
+fn queues_are_bounded() {
+    let mut h = Harness::new(config());
+    let (a, ..) = h.connect(0, "a", "ta");
+    for _ in 0..3 {
+        assert!(
+            h.send(1, a, "a", r#"{"type":"OFFER","dst":"x"}"#)
+                .is_empty()
+        );
+    }
+    // Per-peer bound (3): the fourth is refused with an immediate EXPIRE.
+    assert_eq!(
+        h.send(1, a, "a", r#"{"type":"OFFER","dst":"x"}"#),
+        vec![frame(a, r#"{"type":"EXPIRE","src":"x","dst":"a"}"#)]
+    );
+    // Total bound (5).
+    assert!(
+        h.send(1, a, "a", r#"{"type":"OFFER","dst":"y"}"#)
+            .is_empty()
+    );
+    assert!(
+        h.send(1, a, "a", r#"{"type":"OFFER","dst":"y"}"#)
+            .is_empty()
+    );
+    assert_eq!(h.send(1, a, "a", r#"{"type":"OFFER","dst":"z"}"#).len(), 1);
+    let s = h.realm.stats();
+    assert_eq!((s.queued_messages, s.queue_full), (5, 2));
+    // Bytes bound per peer.
+    let mut h = Harness::new(RealmConfig {
+        queues: QueueLimits {
+            bytes_per_peer: 100,
+            ..config().queues
+        },
+        ..config()
+    });
+    let (a, ..) = h.connect(0, "a", "ta");
+    let big = format!(
+        r#"{{"type":"OFFER","dst":"x","payload":"{}"}}"#,
+        "p".repeat(100)
+    );
+    assert_eq!(h.send(1, a, "a", &big).len(), 1);
+    assert_eq!(h.realm.stats().queued_bytes, 0);
+}
+
+#[test]
+fn invalid_dst_gets_expire() {
+    let mut h = Harness::new(config());
+    let (a, ..) = h.connect(0, "a", "ta");
+    let long = "d".repeat(300);
+    let out = h.send(1, a, "a", &format!(r#"{{"type":"OFFER","dst":"{long}"}}"#));
+    assert_eq!(
+        out,
+        vec![frame(
+            a,
+            &format!(r#"{{"type":"EXPIRE","src":"{long}","dst":"a"}}"#)
+        )]
+    );
+    assert_eq!(h.realm.stats().queues, 0);
+}
+
+#[test]
+fn alive_timeout_with_fake_clock() {
+    let mut h = Harness::new(config());
+    let (a, ..) = h.connect(0, "a", "ta");
+    let (b, ..) = h.connect(0, "b", "tb");
+    h.send(30_000, a, "a", r#"{"type":"HEARTBEAT"}"#);
+    // b sent no HEARTBEAT: closed at 60 s; a re-armed to 90 s.
+    assert!(h.tick(59_999).is_empty());
+    assert_eq!(h.tick(60_000), vec![Out::Close(b, CloseReason::Normal)]);
+    assert!(!h.realm.contains("b") && h.realm.contains("a"));
+    assert_eq!(h.realm.poll_timeout(), Some(h.at(90_000)));
+    // A non-HEARTBEAT message does not refresh liveness (as the reference).
+    h.send(80_000, a, "a", r#"{"type":"OFFER","dst":"q"}"#);
+    let out = h.tick(90_000);
+    assert!(out.contains(&Out::Close(a, CloseReason::Normal)), "{out:?}");
+    assert_eq!(h.realm.stats().closed.alive_timeout, 2);
+    // The id is free again.
+    let (_, adm, _) = h.connect(90_001, "b", "new");
+    assert_eq!(adm, Admission::Open("b".into()));
+}
+
+#[test]
+fn leave_without_dst_detaches() {
+    let mut h = Harness::new(config());
+    let (a, ..) = h.connect(0, "a", "ta");
+    let (b, ..) = h.connect(0, "b", "tb");
+    assert!(h.send(1, a, "a", r#"{"type":"LEAVE"}"#).is_empty());
+    assert!(!h.realm.contains("a"));
+    // Its socket stays open but no longer relays.
+    assert!(
+        h.send(2, a, "a", r#"{"type":"OFFER","dst":"b"}"#)
+            .is_empty()
+    );
+    // Someone else may take the id; the detached socket cannot act for them.
+    let (a2, adm, _) = h.connect(3, "a", "other");
+    assert_eq!(adm, Admission::Open("a".into()));
+    assert_eq!(
+        h.send(4, a2, "a", r#"{"type":"OFFER","dst":"b"}"#),
+        vec![frame(b, r#"{"type":"OFFER","src":"a","dst":"b"}"#)]
+    );
+    // The detached socket is still subject to the alive timeout.
+    let out = h.tick(60_000);
+    assert!(out.contains(&Out::Close(a, CloseReason::Normal)), "{out:?}");
+    h.realm.disconnect(h.at(60_001), ConnId(a), Some("a"));
+    assert!(h.realm.contains("a"));
+}
+
+#[test]
+fn rate_limit_and_malformed_burst() {
+    let mut h = Harness::new(RealmConfig {
+        rate: Some(Rate {
+            per_second: 1.0,
+            burst: 3.0,
+        }),
+        ..config()
+    });
+    let (a, ..) = h.connect(0, "a", "ta");
+    for _ in 0..3 {
+        assert!(h.send(0, a, "a", r#"{"type":"HEARTBEAT"}"#).is_empty());
+    }
+    assert_eq!(
+        h.send(0, a, "a", r#"{"type":"HEARTBEAT"}"#),
+        vec![
+            frame(
+                a,
+                r#"{"type":"ERROR","payload":{"msg":"Rate limit exceeded"}}"#
+            ),
+            Out::Close(a, CloseReason::Policy)
+        ]
+    );
+    assert!(!h.realm.contains("a"));
+    // Malformed: limit 2 → the burst allows 3 (limit + 1), the 4th closes.
+    let (b, ..) = h.connect(0, "b", "tb");
+    for i in 0..3 {
+        assert!(h.send(i * 10, b, "b", "{oops").is_empty());
+    }
+    // Refill at 1/s: after 1 s one more is allowed.
+    assert!(h.send(1100, b, "b", "{oops").is_empty());
+    assert_eq!(
+        h.send(1100, b, "b", "{oops"),
+        vec![
+            frame(
+                b,
+                r#"{"type":"ERROR","payload":{"msg":"Too many malformed messages"}}"#
+            ),
+            Out::Close(b, CloseReason::Policy)
+        ]
+    );
+    let s = h.realm.stats();
+    assert_eq!(
+        (s.malformed, s.closed.malformed, s.closed.rate_limited),
+        (5, 1, 1)
+    );
+}
+
+#[test]
+fn too_big_and_undeliverable() {
+    let mut h = Harness::new(config());
+    let (a, ..) = h.connect(0, "a", "ta");
+    let (b, ..) = h.connect(0, "b", "tb");
+    h.realm.too_big(h.at(1), ConnId(a), "a");
+    assert_eq!(
+        h.drain(),
+        vec![
+            frame(
+                a,
+                r#"{"type":"ERROR","payload":{"msg":"Message too big (limit 1024 bytes)"}}"#
+            ),
+            Out::Close(a, CloseReason::TooBig)
+        ]
+    );
+    let (a, ..) = h.connect(2, "a", "ta");
+    // b's socket could not take a frame from a: b is dropped, a gets LEAVE from b.
+    h.realm
+        .undeliverable(h.at(3), ConnId(b), Some("b"), Some("a"));
+    assert_eq!(
+        h.drain(),
+        vec![
+            Out::Drop(b),
+            frame(a, r#"{"type":"LEAVE","src":"b","dst":"a"}"#)
+        ]
+    );
+    assert!(!h.realm.contains("b"));
+    // Stale report for a socket that is no longer registered: nothing.
+    h.realm
+        .undeliverable(h.at(4), ConnId(b), Some("b"), Some("a"));
+    assert!(h.drain().is_empty());
+}
