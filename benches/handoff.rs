@@ -221,7 +221,7 @@ async fn run(mb: usize) {
     tokio::spawn(async move {
         while let Some(c) = pp.accept().await {
             if c.label() == HANDOFF_LABEL {
-                let _ = conns.send(c).await;
+                let _ = conns.send(c.into()).await;
             }
         }
     });

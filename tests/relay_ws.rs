@@ -229,9 +229,95 @@ async fn auto_falls_back_to_the_websocket_when_no_datachannel_opens() {
 /// generation, still on the WebSocket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_clients_follow_a_real_rotation_with_nothing_lost() {
+    let writers = [
+        Writer {
+            name: "ws-writer-0",
+            transport: Transport::Ws,
+            no_udp: false,
+        },
+        Writer {
+            name: "ws-writer-1",
+            transport: Transport::Auto,
+            no_udp: true,
+        },
+    ];
+    run_ring(&[], &writers, 3).await;
+}
+
+/// The handoff itself over the WebSocket path (`--handoff-transport ws`, inherited by every
+/// successor): two rotations with a WebRTC and a WebSocket client publishing, nothing
+/// acknowledged lost, and the newest node's `/status.json` says its handoff came over `ws`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoff_over_the_websocket_path_keeps_every_acknowledged_message() {
+    let writers = [
+        Writer {
+            name: "rtc-writer",
+            transport: Transport::Webrtc,
+            no_udp: false,
+        },
+        Writer {
+            name: "ws-writer",
+            transport: Transport::Ws,
+            no_udp: false,
+        },
+    ];
+    let (record, log) = run_ring(&["--handoff-transport", "ws"], &writers, 2).await;
+    assert_eq!(record.0["handoff_transport"], "ws", "{}", record.0);
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("handoff: connected to the predecessor"))
+        .collect();
+    assert!(
+        !said.is_empty() && said.iter().all(|l| l.contains("\"ws\"")),
+        "every successor's log says it connected over ws:\n{log}"
+    );
+}
+
+/// `--handoff-transport auto` (the default) with a WebRTC time limit no DataChannel can meet
+/// (`--handoff-fallback-after 1ms`): every successor falls back to the WebSocket (its first
+/// attempt says why; later reconnects go to the WebSocket first), and the rotation loses
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoff_falls_back_to_the_websocket_when_no_datachannel_opens_in_time() {
+    let writers = [Writer {
+        name: "rtc-writer",
+        transport: Transport::Webrtc,
+        no_udp: false,
+    }];
+    let (record, log) = run_ring(&["--handoff-fallback-after", "1ms"], &writers, 2).await;
+    assert_eq!(record.0["handoff_transport"], "ws", "{}", record.0);
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("handoff: connected to the predecessor"))
+        .collect();
+    assert!(
+        !said.is_empty()
+            && said.iter().all(|l| l.contains("\"ws\""))
+            && said
+                .iter()
+                .filter(|l| l.contains("no DataChannel within 1ms"))
+                .count()
+                >= 2,
+        "the successors fell back after the WebRTC attempt:\n{log}"
+    );
+}
+
+struct Writer {
+    name: &'static str,
+    transport: Transport,
+    /// WebRTC impossible (UDP bound to `[::1]` only, see the module doc).
+    no_udp: bool,
+}
+
+/// The newest node's `/status.json`.
+struct Status(Value);
+
+/// Runs a local ring with `flags` until generation `rotations` while `writers` publish; checks
+/// that every acknowledged message is stored once, at its seq, dense, and every writer ends on
+/// the newest generation on its path. Returns the newest node's status and the successors' logs.
+async fn run_ring(flags: &[&str], writers: &[Writer], rotations: u64) -> (Status, String) {
     use tokio::io::AsyncBufReadExt;
     ouroboros::install_crypto_provider();
-    const ROTATIONS: u64 = 3;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let record_path = data.join("ouroboros.json");
@@ -255,6 +341,7 @@ async fn websocket_clients_follow_a_real_rotation_with_nothing_lost() {
             "--drain-timeout",
             "1s",
         ])
+        .args(flags)
         .arg("--data-dir")
         .arg(&data)
         .env("OUROBOROS_SECRET", "a ring secret for the ws ring test")
@@ -275,29 +362,32 @@ async fn websocket_clients_follow_a_real_rotation_with_nothing_lost() {
         assert!(Instant::now() < wait, "no discovery record");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let generation = || -> u64 {
+    let read_record = || -> Option<DiscoveryRecord> {
         std::fs::read(&record_path)
             .ok()
             .and_then(|b| DiscoveryRecord::from_json(&b).ok())
-            .map_or(0, |r| r.generation)
     };
+    let generation = || read_record().map_or(0, |r| r.generation);
     let source = record_path.to_string_lossy().into_owned();
     let stop = Arc::new(AtomicBool::new(false));
-    let mut writers = Vec::new();
-    for (c, auto) in [(0, false), (1, true)] {
+    let mut tasks = Vec::new();
+    for (c, w) in writers.iter().enumerate() {
         let source = source.clone();
         let stop = stop.clone();
-        writers.push(tokio::spawn(async move {
-            let mut cfg = ClientConfig::new(format!("ws-writer-{c}"));
+        let (name, transport, no_udp) = (w.name, w.transport, w.no_udp);
+        tasks.push(tokio::spawn(async move {
+            let mut cfg = ClientConfig::new(name);
             cfg.request_timeout = Duration::from_secs(30);
-            if auto {
+            cfg.transport = transport;
+            if no_udp {
                 cfg.udp_addrs = Some(vec!["[::1]:0".into()]);
                 cfg.fallback_after = Duration::from_millis(1000);
-            } else {
-                cfg.transport = Transport::Ws;
             }
             let (client, mut events) = Client::connect_discovered(&source, cfg).await.unwrap();
-            assert_eq!(client.transport(), Some(Transport::Ws));
+            let path = client.transport().expect("connected");
+            if no_udp || transport == Transport::Ws {
+                assert_eq!(path, Transport::Ws, "{name}");
+            }
             tokio::spawn(async move { while events.recv().await.is_some() {} });
             client.join("ring", None).await.unwrap();
             let mut acked = Vec::new();
@@ -312,11 +402,11 @@ async fn websocket_clients_follow_a_real_rotation_with_nothing_lost() {
                 i += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            (client, acked)
+            (client, acked, path)
         }));
     }
     let deadline = Instant::now() + Duration::from_secs(120);
-    while generation() < ROTATIONS {
+    while generation() < rotations {
         assert!(
             Instant::now() < deadline,
             "ring stuck at generation {}",
@@ -327,8 +417,8 @@ async fn websocket_clients_follow_a_real_rotation_with_nothing_lost() {
     stop.store(true, Ordering::Relaxed);
     let newest = generation();
     let mut all_acked = Vec::new();
-    for w in writers {
-        let (client, acked) = w.await.unwrap();
+    for t in tasks {
+        let (client, acked, path) = t.await.unwrap();
         let st = tokio::time::timeout(
             WAIT,
             client.wait_state(
@@ -339,14 +429,8 @@ async fn websocket_clients_follow_a_real_rotation_with_nothing_lost() {
         .expect("client follows the ring")
         .unwrap();
         assert!(
-            matches!(
-                st,
-                ConnectionState::Live {
-                    transport: Transport::Ws,
-                    ..
-                }
-            ),
-            "still on the WebSocket: {st:?}"
+            matches!(st, ConnectionState::Live { transport, .. } if transport == path),
+            "still on {path}: {st:?}"
         );
         assert!(acked.len() > 20, "client published through the rotations");
         all_acked.extend(acked);
@@ -383,6 +467,10 @@ async fn websocket_clients_follow_a_real_rotation_with_nothing_lost() {
         );
     }
     reader.close().await;
+    // The newest node's status (it took over through a handoff).
+    let rec = read_record().expect("record");
+    let ep = &rec.signaling[0];
+    let status: Value = reqwest_json(&format!("http://{}:{}/status.json", ep.host, ep.port)).await;
     // Stop the ring: SIGINT to the newest generation.
     if let Ok(pid) = std::fs::read_to_string(data.join("ouroboros.pid")) {
         let _ = std::process::Command::new("kill")
@@ -396,4 +484,18 @@ async fn websocket_clients_follow_a_real_rotation_with_nothing_lost() {
         }
     }
     let _ = first.kill().await;
+    let mut logs = String::new();
+    if let Ok(dir) = std::fs::read_dir(data.join("logs")) {
+        for e in dir.flatten() {
+            logs.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+        }
+    }
+    (Status(status), logs)
+}
+
+/// GET a JSON document over plain HTTP/1.1.
+async fn reqwest_json(url: &str) -> Value {
+    let res = reqwest_get(url).await;
+    let body = res.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{url}: {e}: {res}"))
 }

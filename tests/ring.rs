@@ -197,7 +197,7 @@ fn serve_predecessor(
     tokio::spawn(async move {
         while let Some(c) = peer.accept().await {
             if c.label() == HANDOFF_LABEL {
-                let _ = conns.send(c).await;
+                let _ = conns.send(c.into()).await;
             }
         }
     });

@@ -6,6 +6,10 @@
 //!   [`PredecessorHandle::events`] (lifecycle inputs).
 //! - [`run_successor`]: connects to the predecessor through a caller-supplied `connect`
 //!   function, transfers, publishes discovery through `publish`, and returns the outcome.
+//!
+//! A handoff connection ([`HandoffConn`]) is a DataConnection, or any byte-message channel
+//! ([`FrameLink`]: the node's WebSocket path, `GET /handoff`, for two nodes without UDP
+//! between them). Both carry the same messages and the same mutual authentication.
 
 use super::host::{HandoffHost, HostOps};
 use super::message::Message;
@@ -205,12 +209,80 @@ enum Inbound {
     Closed(ConnId),
 }
 
+/// A handoff connection over a byte-message transport (the node's WebSocket path): every
+/// message one whole `OHB1` binary handoff message (no fragments). Dropping `tx` closes it.
+#[derive(Debug)]
+pub struct FrameLink {
+    /// The remote peer id (declared by the successor on a WebSocket; checked against
+    /// `hello.successor_peer_id`, and the HMAC proof binds it).
+    pub peer: String,
+    /// Metadata the remote declared (e.g. `github_run_id`), `Null` if none.
+    pub metadata: serde_json::Value,
+    /// Messages to the remote.
+    pub tx: mpsc::Sender<Vec<u8>>,
+    /// Messages from the remote; `None` once closed.
+    pub rx: mpsc::Receiver<Vec<u8>>,
+}
+
+/// One handoff connection, whatever carries it.
+#[derive(Debug)]
+pub enum HandoffConn {
+    /// A PeerJS DataConnection labelled `ouroboros-handoff`.
+    DataChannel(DataConnection),
+    /// The WebSocket path (`GET /handoff` on the predecessor's HTTP port).
+    WebSocket(FrameLink),
+}
+
+impl From<DataConnection> for HandoffConn {
+    fn from(c: DataConnection) -> Self {
+        HandoffConn::DataChannel(c)
+    }
+}
+
+impl HandoffConn {
+    /// The remote peer id.
+    pub fn peer(&self) -> &str {
+        match self {
+            HandoffConn::DataChannel(c) => c.peer(),
+            HandoffConn::WebSocket(l) => &l.peer,
+        }
+    }
+
+    /// The remote's metadata, if any.
+    pub fn metadata(&self) -> Option<&serde_json::Value> {
+        match self {
+            HandoffConn::DataChannel(c) => c.metadata(),
+            HandoffConn::WebSocket(l) => Some(&l.metadata).filter(|m| !m.is_null()),
+        }
+    }
+
+    /// `webrtc` or `ws`.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            HandoffConn::DataChannel(_) => "webrtc",
+            HandoffConn::WebSocket(_) => "ws",
+        }
+    }
+
+    /// Closes the connection (`flush`: after what was sent).
+    pub async fn close(self, flush: bool) {
+        match self {
+            HandoffConn::DataChannel(c) => c.close(flush).await,
+            HandoffConn::WebSocket(l) => drop(l),
+        }
+    }
+}
+
 /// Spawns a reader task for `conn`; returns its writer channel.
 fn attach(
     id: ConnId,
-    conn: DataConnection,
+    conn: HandoffConn,
     inbox: mpsc::UnboundedSender<Inbound>,
 ) -> mpsc::UnboundedSender<Message> {
+    let conn = match conn {
+        HandoffConn::DataChannel(c) => c,
+        HandoffConn::WebSocket(l) => return attach_frames(id, l, inbox),
+    };
     let serialization = conn.serialization();
     let (sender, mut receiver) = conn.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
@@ -242,10 +314,43 @@ fn attach(
     tx
 }
 
+/// [`attach`] for a [`FrameLink`]: whole binary handoff messages both ways.
+fn attach_frames(
+    id: ConnId,
+    link: FrameLink,
+    inbox: mpsc::UnboundedSender<Inbound>,
+) -> mpsc::UnboundedSender<Message> {
+    let FrameLink {
+        tx: out, mut rx, ..
+    } = link;
+    let (tx, mut msgs) = mpsc::unbounded_channel::<Message>();
+    tokio::spawn(async move {
+        while let Some(m) = msgs.recv().await {
+            if out.send(m.to_binary()).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            match Message::from_binary(&bytes) {
+                Ok(m) => {
+                    if inbox.send(Inbound::Msg(id, m)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "handoff: undecodable message dropped"),
+            }
+        }
+        let _ = inbox.send(Inbound::Closed(id));
+    });
+    tx
+}
+
 /// The running predecessor side.
 pub struct PredecessorHandle {
-    /// Route every `ouroboros-handoff` DataConnection here.
-    pub conns: mpsc::Sender<DataConnection>,
+    /// Route every handoff connection here.
+    pub conns: mpsc::Sender<HandoffConn>,
     /// Every event of the core, after the driver acted on it (for the lifecycle:
     /// `Authenticated` → `SuccessorConnected`, `CutOver` → `CutOver`, `SuccessorLive` →
     /// `ClientsMoved`, `Aborted` → `HandoffAborted`).
@@ -259,7 +364,7 @@ pub struct PredecessorHandle {
 /// the successor is live. Every [`PredecessorEvent`] is also forwarded on `events`
 /// (`ReadyForCutOver` is forwarded after the cut-over was made).
 pub fn spawn_predecessor(mut pred: Predecessor, host: Arc<dyn HandoffHost>) -> PredecessorHandle {
-    let (conn_tx, mut conn_rx) = mpsc::channel::<DataConnection>(16);
+    let (conn_tx, mut conn_rx) = mpsc::channel::<HandoffConn>(16);
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let (phase_tx, phase_rx) = watch::channel(pred.phase());
     tokio::spawn(async move {
@@ -348,6 +453,7 @@ pub fn spawn_predecessor(mut pred: Predecessor, host: Arc<dyn HandoffHost>) -> P
                         let id = next_id;
                         next_id += 1;
                         let remote = c.peer().to_string();
+                        tracing::info!(peer = %remote, transport = c.transport(), "handoff: successor connection");
                         writers.insert(id, attach(id, c, inbox_tx.clone()));
                         pred.handle_open(Instant::now(), id, &remote);
                     }
@@ -390,14 +496,14 @@ pub enum SuccessorOutcome {
     },
 }
 
-/// Runs the successor side to its end. `connect` opens an `ouroboros-handoff`
-/// DataConnection to the predecessor (the successor's peer must be registered on the
+/// Runs the successor side to its end. `connect` opens a handoff connection (an
+/// `ouroboros-handoff` DataConnection, or the WebSocket path) to the predecessor (the successor's peer must be registered on the
 /// predecessor's signaling server under the successor's peer id); `publish` publishes the
 /// successor's discovery record. `phase` (optional) reports progress for `/status`.
 ///
 /// Returns as soon as the relay is primary (`Live`) — delivering `live` to the predecessor
 /// continues on a background task — or when the successor gives up.
-pub async fn run_successor<C, CF, P, PF>(
+pub async fn run_successor<C, CF, T, P, PF>(
     mut succ: Successor,
     host: Arc<dyn HandoffHost>,
     mut connect: C,
@@ -406,12 +512,13 @@ pub async fn run_successor<C, CF, P, PF>(
 ) -> SuccessorOutcome
 where
     C: FnMut() -> CF + Send + 'static,
-    CF: Future<Output = Result<DataConnection, String>> + Send + 'static,
+    CF: Future<Output = Result<T, String>> + Send + 'static,
+    T: Into<HandoffConn> + Send + 'static,
     P: FnMut() -> PF + Send,
     PF: Future<Output = Result<(), DiscoveryError>> + Send,
 {
     let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Inbound>();
-    let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<Result<DataConnection, String>>();
+    let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<Result<HandoffConn, String>>();
     let mut writer: Option<(ConnId, mpsc::UnboundedSender<Message>)> = None;
     let mut next_id: ConnId = 1;
     let mut outcome: Option<SuccessorOutcome> = None;
@@ -428,7 +535,7 @@ where
                         let fut = connect();
                         let tx = conn_tx.clone();
                         tokio::spawn(async move {
-                            let _ = tx.send(fut.await);
+                            let _ = tx.send(fut.await.map(Into::into));
                         });
                     }
                     SuccessorEvent::Close => writer = None,
@@ -572,18 +679,19 @@ where
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn finish_live<C, CF>(
+async fn finish_live<C, CF, T>(
     mut succ: Successor,
     mut writer: Option<(ConnId, mpsc::UnboundedSender<Message>)>,
     mut inbox: mpsc::UnboundedReceiver<Inbound>,
-    mut conn_rx: mpsc::UnboundedReceiver<Result<DataConnection, String>>,
-    conn_tx: mpsc::UnboundedSender<Result<DataConnection, String>>,
+    mut conn_rx: mpsc::UnboundedReceiver<Result<HandoffConn, String>>,
+    conn_tx: mpsc::UnboundedSender<Result<HandoffConn, String>>,
     inbox_tx: mpsc::UnboundedSender<Inbound>,
     mut next_id: ConnId,
     mut connect: C,
 ) where
     C: FnMut() -> CF + Send + 'static,
-    CF: Future<Output = Result<DataConnection, String>> + Send + 'static,
+    CF: Future<Output = Result<T, String>> + Send + 'static,
+    T: Into<HandoffConn> + Send + 'static,
 {
     loop {
         while let Some(ev) = succ.poll_event() {
@@ -592,7 +700,7 @@ async fn finish_live<C, CF>(
                     let fut = connect();
                     let tx = conn_tx.clone();
                     tokio::spawn(async move {
-                        let _ = tx.send(fut.await);
+                        let _ = tx.send(fut.await.map(Into::into));
                     });
                 }
                 SuccessorEvent::Close => writer = None,
@@ -633,12 +741,12 @@ async fn finish_live<C, CF>(
     }
 }
 
-/// Where the node's peer hands DataConnections labelled
-/// [`HANDOFF_LABEL`](super::HANDOFF_LABEL) (set once the predecessor driver runs; until
-/// then they are closed).
+/// Where the node hands its handoff connections: DataConnections labelled
+/// [`HANDOFF_LABEL`](super::HANDOFF_LABEL) and `GET /handoff` WebSockets (set once the
+/// predecessor driver runs; until then they are closed).
 #[derive(Clone, Default)]
 pub struct HandoffInbox {
-    tx: Arc<Mutex<Option<mpsc::Sender<DataConnection>>>>,
+    tx: Arc<Mutex<Option<mpsc::Sender<HandoffConn>>>>,
 }
 
 impl std::fmt::Debug for HandoffInbox {
@@ -649,13 +757,13 @@ impl std::fmt::Debug for HandoffInbox {
 
 impl HandoffInbox {
     /// Connects the inbox to a running predecessor driver.
-    pub fn set(&self, tx: mpsc::Sender<DataConnection>) {
+    pub fn set(&self, tx: mpsc::Sender<HandoffConn>) {
         *self.tx.lock().expect("inbox lock poisoned") = Some(tx);
     }
 
     /// Routes one handoff connection (dropped, which closes it, if nothing listens or
     /// too many wait).
-    pub fn route(&self, conn: DataConnection) {
+    pub fn route(&self, conn: HandoffConn) {
         let tx = self.tx.lock().expect("inbox lock poisoned").clone();
         match tx {
             Some(tx) => {

@@ -26,8 +26,8 @@ mod successor;
 
 pub use backup::{Backup, BackupError, BackupStore, DirBackupStore};
 pub use driver::{
-    Defragmenter, HandoffInbox, PredecessorHandle, RAW_FRAME_MAX, RestoreWorker, SuccessorOutcome,
-    run_successor, spawn_predecessor, to_values,
+    Defragmenter, FrameLink, HandoffConn, HandoffInbox, PredecessorHandle, RAW_FRAME_MAX,
+    RestoreWorker, SuccessorOutcome, run_successor, spawn_predecessor, to_values,
 };
 pub use host::{HandoffHost, HostError, HostOps, RelayFn, RelayStopped, SharedRelay};
 pub use message::{HANDOFF_LABEL, HighWater, Message, RefuseCode};

@@ -34,6 +34,7 @@ pub fn routes(shared: Arc<NodeShared>) -> Router {
         .route("/status.json", get(status_json))
         .route("/metrics", get(metrics))
         .route(super::RELAY_WS_PATH, get(relay_ws))
+        .route(super::handoff_ws::HANDOFF_WS_PATH, get(handoff_ws))
         .route("/chat", get(chat))
         .route("/chat.js", get(chat_js))
         .route("/chat.css", get(chat_css))
@@ -94,6 +95,51 @@ async fn relay_ws(
         .max_frame_size(max)
         .on_upgrade(move |ws| async move {
             s.relay.serve_ws(ws, q.client, s.stop.clone());
+        })
+}
+
+/// The handoff WebSocket's query: the successor's peer id (and GitHub run id, if any).
+#[derive(Debug, serde::Deserialize)]
+struct HandoffQuery {
+    peer: Option<String>,
+    github_run_id: Option<String>,
+}
+
+/// `GET /handoff`: the handoff over a WebSocket (`protocol/handoff.md`), routed to the
+/// predecessor driver like an `ouroboros-handoff` DataConnection.
+async fn handoff_ws(
+    State(s): State<Arc<NodeShared>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    Query(q): Query<HandoffQuery>,
+) -> Response {
+    let Ok(upgrade) = upgrade else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::UPGRADE, "websocket")],
+            "the handoff between nodes: a WebSocket (protocol/handoff.md)\n",
+        )
+            .into_response();
+    };
+    let Some(peer) = q.peer.filter(|p| crate::ids::valid_id(p)) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "?peer=<successor peer id> is required\n",
+        )
+            .into_response();
+    };
+    let metadata = match q.github_run_id {
+        Some(run) => serde_json::json!({ super::ring::RUN_ID_METADATA: run }),
+        None => serde_json::Value::Null,
+    };
+    let max = super::handoff_ws::HANDOFF_WS_MAX_MESSAGE;
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |ws| async move {
+            tracing::info!(%peer, "handoff: a successor connected over the WebSocket");
+            let link = super::handoff_ws::server_link(ws, peer, metadata);
+            s.handoff
+                .route(crate::handoff::HandoffConn::WebSocket(link));
         })
 }
 

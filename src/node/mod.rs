@@ -15,6 +15,7 @@
 
 mod args;
 mod driver;
+pub mod handoff_ws;
 mod http;
 mod registration;
 pub mod ring;
@@ -156,11 +157,21 @@ pub struct NodeShared {
     pub handoff: crate::handoff::HandoffInbox,
     /// Cancelled when the node stops (ends the relay WebSockets).
     stop: CancellationToken,
+    /// The path of this node's latest handoff connection (`webrtc` or `ws`), for `/status`.
+    handoff_transport: RwLock<Option<&'static str>>,
     /// Largest frame the relay WebSocket reads.
     relay_ws_max_message: usize,
 }
 
 impl NodeShared {
+    /// Records the path of a handoff connection (shown on `/status.json`).
+    pub fn set_handoff_transport(&self, transport: &'static str) {
+        *self
+            .handoff_transport
+            .write()
+            .expect("handoff transport lock poisoned") = Some(transport);
+    }
+
     /// `/metrics`: the node's figures and the signaling server's counters.
     pub async fn metrics(&self) -> String {
         let mut out = status::render_metrics(&self.status().await);
@@ -193,6 +204,10 @@ impl NodeShared {
                 .map(|t| t.saturating_duration_since(now).as_secs()),
             lifecycle: lc.state,
             gap,
+            handoff_transport: *self
+                .handoff_transport
+                .read()
+                .expect("handoff transport lock poisoned"),
             tunnel: self.tunnel.read().expect("tunnel lock poisoned").clone(),
             listen_url: self.listen_url.clone(),
             endpoints: self.registrations.iter().map(|r| r.status()).collect(),
@@ -397,6 +412,7 @@ impl Node {
             tunnel: RwLock::new("none".into()),
             handoff: crate::handoff::HandoffInbox::default(),
             stop: stop.clone(),
+            handoff_transport: RwLock::new(None),
             relay_ws_max_message: relay_ws_max_message(args.max_message_size),
         });
         let root = signaling.with_cors(
@@ -430,7 +446,7 @@ impl Node {
                 registrations[0].clone(),
                 move |c| {
                     if c.label() == crate::handoff::HANDOFF_LABEL {
-                        handoff.route(c)
+                        handoff.route(crate::handoff::HandoffConn::DataChannel(c))
                     } else {
                         relay.serve(c)
                     }
@@ -465,7 +481,7 @@ impl Node {
                 reg.clone(),
                 move |c| {
                     if c.label() == crate::handoff::HANDOFF_LABEL {
-                        handoff.route(c)
+                        handoff.route(crate::handoff::HandoffConn::DataChannel(c))
                     } else {
                         relay.serve(c)
                     }

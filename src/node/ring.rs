@@ -7,11 +7,12 @@
 //! the node's relay, its peer and the launcher.
 
 use super::{LifecycleView, Node, NodeArgs};
+use crate::client::Transport;
 use crate::discovery::{LocalPublisher, Publisher, SignalingEndpoint};
 use crate::handoff::{
-    BackupStore, DEFAULT_GAP_MARGIN, DirBackupStore, GiveUpReason, HANDOFF_LABEL, HandoffHost,
-    HostOps, Predecessor, PredecessorEvent, Secret, Successor, SuccessorOutcome, recover,
-    run_successor, spawn_backups, spawn_predecessor,
+    BackupStore, DEFAULT_GAP_MARGIN, DirBackupStore, GiveUpReason, HANDOFF_LABEL, HandoffConn,
+    HandoffHost, HostOps, Predecessor, PredecessorEvent, Secret, Successor, SuccessorOutcome,
+    recover, run_successor, spawn_backups, spawn_predecessor,
 };
 use crate::lifecycle::{
     ExitReason, Launcher, LauncherKind, Lifecycle, LifecycleAction, LifecycleInput, LifecycleState,
@@ -51,9 +52,9 @@ pub const RUN_ID_METADATA: &str = "github_run_id";
 /// the others are logged and closed.
 fn verified_handoff_inbox(
     verifier: crate::github::RunVerifier,
-    to: tokio::sync::mpsc::Sender<crate::peer::DataConnection>,
-) -> tokio::sync::mpsc::Sender<crate::peer::DataConnection> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::peer::DataConnection>(4);
+    to: tokio::sync::mpsc::Sender<HandoffConn>,
+) -> tokio::sync::mpsc::Sender<HandoffConn> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<HandoffConn>(4);
     tokio::spawn(async move {
         while let Some(conn) = rx.recv().await {
             let claimed = conn
@@ -76,6 +77,23 @@ fn verified_handoff_inbox(
                     tracing::warn!(peer = conn.peer(), %reason, "handoff refused: run check failed");
                     conn.close(false).await;
                 }
+            }
+        }
+    });
+    tx
+}
+
+/// Forwards handoff connections to `to`, recording each one's path for `/status.json`.
+fn observed_handoff_inbox(
+    shared: Arc<super::NodeShared>,
+    to: tokio::sync::mpsc::Sender<HandoffConn>,
+) -> tokio::sync::mpsc::Sender<HandoffConn> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<HandoffConn>(4);
+    tokio::spawn(async move {
+        while let Some(conn) = rx.recv().await {
+            shared.set_handoff_transport(conn.transport());
+            if to.send(conn).await.is_err() {
+                return;
             }
         }
     });
@@ -186,12 +204,10 @@ pub async fn run(
         rand::SeedableRng::from_os_rng(),
     );
     let mut handle = spawn_predecessor(pred, host.clone());
+    let conns = observed_handoff_inbox(node.shared().clone(), handle.conns.clone());
     match opts.verifier.clone() {
-        Some(v) => node
-            .shared()
-            .handoff
-            .set(verified_handoff_inbox(v, handle.conns.clone())),
-        None => node.shared().handoff.set(handle.conns.clone()),
+        Some(v) => node.shared().handoff.set(verified_handoff_inbox(v, conns)),
+        None => node.shared().handoff.set(conns),
     }
 
     let backup_task = backups.clone().map(|store| {
@@ -297,6 +313,102 @@ fn remove_pid(dir: &std::path::Path) {
     }
 }
 
+/// The successor's peer on the predecessor's signaling server that last worked:
+/// (index into the endpoints, peer).
+type RtcSlot = Option<(usize, Arc<Peer>)>;
+
+/// An `ouroboros-handoff` DataConnection to the predecessor through one of its signaling
+/// endpoints (the one that worked last time first).
+async fn connect_rtc(
+    peer: &tokio::sync::Mutex<RtcSlot>,
+    endpoints: &[SignalingEndpoint],
+    my_id: &str,
+    pred_id: &str,
+) -> Result<HandoffConn, String> {
+    let mut slot = peer.lock().await;
+    // Start with the endpoint that worked last time, then the others in order.
+    let first = slot.as_ref().map(|(i, _)| *i).unwrap_or(0);
+    let mut errors = Vec::new();
+    for k in 0..endpoints.len() {
+        let i = (first + k) % endpoints.len();
+        let ep = &endpoints[i];
+        let reuse = slot
+            .as_ref()
+            .filter(|(j, p)| *j == i && !p.is_closed())
+            .map(|(_, p)| p.clone());
+        let p = match reuse {
+            Some(p) => p,
+            None => {
+                let mut cfg = PeerConfig::new(ep.host.clone(), ep.port);
+                cfg.path = ep.path.clone();
+                cfg.key = ep.key.clone();
+                cfg.secure = ep.secure;
+                cfg.id = Some(my_id.to_owned());
+                cfg.connect_timeout = Duration::from_secs(10);
+                cfg.http_headers = crate::tunnel::node_http_headers();
+                match Peer::open(cfg).await {
+                    Ok(p) => Arc::new(p),
+                    Err(e) => {
+                        errors.push(format!("{}:{}: {e}", ep.host, ep.port));
+                        continue;
+                    }
+                }
+            }
+        };
+        match p
+            .connect(
+                pred_id,
+                ConnectOptions {
+                    label: Some(HANDOFF_LABEL.into()),
+                    // Whole handoff messages per DataConnection message
+                    // (no BinaryPack 16 KB chunking): faster bulk.
+                    serialization: Serialization::Raw,
+                    reliable: true,
+                    // On Actions the predecessor checks this run through the API.
+                    metadata: std::env::var("GITHUB_RUN_ID")
+                        .ok()
+                        .map(|id| serde_json::json!({ RUN_ID_METADATA: id })),
+                },
+            )
+            .await
+        {
+            Ok(conn) => {
+                *slot = Some((i, p));
+                return Ok(HandoffConn::DataChannel(conn));
+            }
+            Err(e) => errors.push(format!("{}:{}: {e}", ep.host, ep.port)),
+        }
+    }
+    *slot = None;
+    Err(errors.join("; "))
+}
+
+/// The handoff WebSocket (`/handoff` on the predecessor's HTTP port) through one of its
+/// endpoints: its own server, or its tunnel (which carries TCP only; no UDP needed).
+async fn connect_ws(endpoints: &[SignalingEndpoint], my_id: &str) -> Result<HandoffConn, String> {
+    let run_id = std::env::var("GITHUB_RUN_ID").ok();
+    let mut errors = Vec::new();
+    let mut tried = Vec::new();
+    for ep in endpoints {
+        let url = super::handoff_ws::handoff_ws_url(ep);
+        if tried.contains(&url) {
+            continue;
+        }
+        tried.push(url.clone());
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            super::handoff_ws::connect(&url, my_id, run_id.as_deref()),
+        )
+        .await
+        {
+            Ok(Ok(link)) => return Ok(HandoffConn::WebSocket(link)),
+            Ok(Err(e)) => errors.push(e),
+            Err(_) => errors.push(format!("{url}: timed out")),
+        }
+    }
+    Err(errors.join("; "))
+}
+
 /// The successor's start: take over from the predecessor, or recover without it.
 async fn join(
     node: &Node,
@@ -333,74 +445,69 @@ async fn join(
     );
     // Our peer on the predecessor's signaling server that last worked, opened on first use:
     // (index into `endpoints`, peer).
-    type Slot = Option<(usize, Arc<Peer>)>;
-    let peer: Arc<tokio::sync::Mutex<Slot>> = Arc::default();
+    let peer: Arc<tokio::sync::Mutex<RtcSlot>> = Arc::default();
+    // With `--handoff-transport auto`: the WebSocket was needed once, so it goes first.
+    let prefer_ws = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (transport, fallback_after) = (la.handoff_transport, la.handoff_fallback_after);
+    let shared = node.shared().clone();
     let connect = {
-        let peer = peer.clone();
         move || {
             let peer = peer.clone();
             let endpoints = endpoints.clone();
             let my_id = my_id.clone();
             let pred_id = pred_id.clone();
+            let prefer_ws = prefer_ws.clone();
+            let shared = shared.clone();
             async move {
                 if endpoints.is_empty() {
                     return Err("no predecessor endpoint".to_string());
                 }
-                let mut slot = peer.lock().await;
-                // Start with the endpoint that worked last time, then the others in order.
-                let first = slot.as_ref().map(|(i, _)| *i).unwrap_or(0);
+                let ws_first = prefer_ws.load(std::sync::atomic::Ordering::Relaxed);
+                let order: &[Transport] = match (transport, ws_first) {
+                    (Transport::Webrtc, _) => &[Transport::Webrtc],
+                    (Transport::Ws, _) => &[Transport::Ws],
+                    (Transport::Auto, false) => &[Transport::Webrtc, Transport::Ws],
+                    (Transport::Auto, true) => &[Transport::Ws, Transport::Webrtc],
+                };
                 let mut errors = Vec::new();
-                for k in 0..endpoints.len() {
-                    let i = (first + k) % endpoints.len();
-                    let ep = &endpoints[i];
-                    let reuse = slot
-                        .as_ref()
-                        .filter(|(j, p)| *j == i && !p.is_closed())
-                        .map(|(_, p)| p.clone());
-                    let p = match reuse {
-                        Some(p) => p,
-                        None => {
-                            let mut cfg = PeerConfig::new(ep.host.clone(), ep.port);
-                            cfg.path = ep.path.clone();
-                            cfg.key = ep.key.clone();
-                            cfg.secure = ep.secure;
-                            cfg.id = Some(my_id.clone());
-                            cfg.connect_timeout = Duration::from_secs(10);
-                            cfg.http_headers = crate::tunnel::node_http_headers();
-                            match Peer::open(cfg).await {
-                                Ok(p) => Arc::new(p),
-                                Err(e) => {
-                                    errors.push(format!("{}:{}: {e}", ep.host, ep.port));
-                                    continue;
+                for t in order {
+                    let attempt = match t {
+                        Transport::Ws => connect_ws(&endpoints, &my_id).await,
+                        _ if transport == Transport::Auto => {
+                            match tokio::time::timeout(
+                                fallback_after,
+                                connect_rtc(&peer, &endpoints, &my_id, &pred_id),
+                            )
+                            .await
+                            {
+                                Ok(r) => r,
+                                Err(_) => {
+                                    *peer.lock().await = None;
+                                    Err(format!("no DataChannel within {fallback_after:?}"))
                                 }
                             }
                         }
+                        _ => connect_rtc(&peer, &endpoints, &my_id, &pred_id).await,
                     };
-                    match p
-                        .connect(
-                            &pred_id,
-                            ConnectOptions {
-                                label: Some(HANDOFF_LABEL.into()),
-                                // Whole handoff messages per DataConnection message
-                                // (no BinaryPack 16 KB chunking): faster bulk.
-                                serialization: Serialization::Raw,
-                                reliable: true,
-                                // On Actions the predecessor checks this run through the API.
-                                metadata: std::env::var("GITHUB_RUN_ID")
-                                    .ok()
-                                    .map(|id| serde_json::json!({ RUN_ID_METADATA: id })),
-                            },
-                        )
-                        .await
-                    {
+                    match attempt {
                         Ok(conn) => {
-                            *slot = Some((i, p));
+                            tracing::info!(
+                                transport = conn.transport(),
+                                after = ?errors,
+                                "handoff: connected to the predecessor"
+                            );
+                            if transport == Transport::Auto {
+                                prefer_ws.store(
+                                    conn.transport() == "ws",
+                                    std::sync::atomic::Ordering::Relaxed,
+                                );
+                            }
+                            shared.set_handoff_transport(conn.transport());
                             return Ok(conn);
                         }
-                        Err(e) => errors.push(format!("{}:{}: {e}", ep.host, ep.port)),
+                        Err(e) => errors.push(format!("{}: {e}", t.as_str())),
                     }
                 }
-                *slot = None;
                 Err(errors.join("; "))
             }
         }

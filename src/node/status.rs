@@ -109,6 +109,9 @@ pub struct NodeStatus {
     /// The crash-recovery gap this node announces in `welcome.gap` (`reason`, `recovery`,
     /// `margin`, `skipped`; see `protocol/handoff.md`), or `null`: nothing known missing.
     pub gap: Option<serde_json::Value>,
+    /// The path of the node's latest handoff connection, as predecessor or successor:
+    /// `webrtc` (a DataConnection) or `ws` (the `/handoff` WebSocket); `null` before any.
+    pub handoff_transport: Option<&'static str>,
     /// Tunnel status (`none`, or the public URL / error).
     pub tunnel: String,
     /// Where the node listens (`http://127.0.0.1:9000/`).
@@ -591,6 +594,7 @@ mod tests {
             next_rotation_secs: Some(120),
             lifecycle: "serving".into(),
             gap: None,
+            handoff_transport: None,
             tunnel: "none".into(),
             listen_url: "http://127.0.0.1:9000/".into(),
             endpoints: vec![EndpointStatus {
