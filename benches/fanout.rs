@@ -307,8 +307,17 @@ async fn main() {
     ouroboros::install_crypto_provider();
     let args = parse_args();
     println!(
-        "relay fan-out over {}: 1 publisher (json), subscribers {:?}, window {}, {} messages per run, bodies {} bytes of padding, node = release binary in its own process",
-        args.transport, args.serialization, args.window, args.messages, args.body_bytes
+        "relay fan-out over {}: 1 publisher (json), subscribers {:?}, window {}, {} messages per run, bodies {} bytes of padding, node = {} binary in its own process",
+        args.transport,
+        args.serialization,
+        args.window,
+        args.messages,
+        args.body_bytes,
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     );
     for &n in &args.subscribers {
         run(n, &args).await;

@@ -38,6 +38,10 @@ struct Args {
     /// How many earlier messages to show on join.
     #[arg(long, default_value_t = 20)]
     history: u32,
+    /// ICE servers (`--ice-servers JSON`; default: the discovery record's) and
+    /// `--loopback-candidates`.
+    #[command(flatten)]
+    ice: ouroboros::peer::ice::IceArgs,
 }
 
 fn clock(ts: u64) -> String {
@@ -58,6 +62,18 @@ fn show(m: &Message) {
     println!("[{}] #{} {}: {}", clock(m.ts), m.seq, m.from, body);
 }
 
+/// The client configuration: `--ice-servers` replaces the record's servers when given.
+fn client_config(args: &Args) -> anyhow::Result<ClientConfig> {
+    let mut cfg = ClientConfig::new(&args.name);
+    if args.ice.ice_servers.is_some() {
+        cfg.ice_servers = Some(args.ice.checked(false)?);
+    }
+    cfg.loopback_candidates = args.ice.loopback_candidates;
+    cfg.transport = args.transport;
+    cfg.fallback_after = args.fallback_after;
+    Ok(cfg)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     ouroboros::install_crypto_provider();
@@ -68,10 +84,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let mut config = ClientConfig::new(&args.name);
-    config.transport = args.transport;
-    config.fallback_after = args.fallback_after;
-    let (client, mut events) = Client::connect_discovered(&args.discovery, config)
+    let (client, mut events) = Client::connect_discovered(&args.discovery, client_config(&args)?)
         .await
         .context("connecting to the node")?;
     if let ConnectionState::Live {

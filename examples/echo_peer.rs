@@ -30,6 +30,9 @@ struct Args {
     /// Use wss/https.
     #[arg(long)]
     secure: bool,
+    /// ICE servers (`--ice-servers JSON`) and `--loopback-candidates`.
+    #[command(flatten)]
+    ice: ouroboros::peer::ice::IceArgs,
 }
 
 async fn echo(conn: DataConnection) {
@@ -64,6 +67,8 @@ async fn main() -> anyhow::Result<()> {
     config.path = args.path;
     config.key = args.key;
     config.secure = args.secure;
+    config.ice_servers = args.ice.checked(false)?;
+    args.ice.apply_loopback(&mut config);
     config.id = Some(args.id);
     let peer = Peer::open(config).await?;
     let mut events = peer.events();

@@ -54,11 +54,27 @@ struct Args {
     /// Parse each line as a JSON value instead of sending it as a string.
     #[arg(long)]
     json: bool,
+    /// ICE servers (`--ice-servers JSON`; default: the discovery record's) and
+    /// `--loopback-candidates`.
+    #[command(flatten)]
+    ice: ouroboros::peer::ice::IceArgs,
 }
 
 /// Prints one JSON line on stdout.
 fn emit(v: serde_json::Value) {
     println!("{v}");
+}
+
+/// The client configuration: `--ice-servers` replaces the record's servers when given.
+fn client_config(args: &Args) -> anyhow::Result<ClientConfig> {
+    let mut cfg = ClientConfig::new(&args.name);
+    if args.ice.ice_servers.is_some() {
+        cfg.ice_servers = Some(args.ice.checked(false)?);
+    }
+    cfg.loopback_candidates = args.ice.loopback_candidates;
+    cfg.transport = args.transport;
+    cfg.fallback_after = args.fallback_after;
+    Ok(cfg)
 }
 
 #[tokio::main]
@@ -73,10 +89,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let mut config = ClientConfig::new(&args.name);
-    config.transport = args.transport;
-    config.fallback_after = args.fallback_after;
-    let (client, mut events) = Client::connect_discovered(&args.discovery, config)
+    let (client, mut events) = Client::connect_discovered(&args.discovery, client_config(&args)?)
         .await
         .context("connecting to the node")?;
     // Connection events: report every welcome (the node and generation we are on now, and

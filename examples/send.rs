@@ -74,6 +74,9 @@ struct Args {
     /// The relay WebSocket [default: ws(s)://HOST:PORT/relay].
     #[arg(long)]
     relay_url: Option<String>,
+    /// ICE servers (`--ice-servers JSON`) and `--loopback-candidates`.
+    #[command(flatten)]
+    ice: ouroboros::peer::ice::IceArgs,
 }
 
 /// One line of JSON per reply; binary prints as its length and SHA-256.
@@ -135,6 +138,8 @@ async fn main() -> anyhow::Result<()> {
     config.path = args.path.clone();
     config.key = args.key.clone();
     config.secure = args.secure;
+    config.ice_servers = args.ice.checked(false)?;
+    args.ice.apply_loopback(&mut config);
     let open_rtc = async {
         let peer = Peer::open(config).await?;
         let conn = peer

@@ -18,6 +18,10 @@
 //! - [`tunnel`]: optional public reachability (ngrok).
 //! - [`github`]: a small GitHub REST client (dispatch, contents, runs).
 //! - [`rate`]: the token bucket shared by every rate limit.
+//! - [`retry`]: the one retry policy (exponential, capped, full jitter) of every reconnect and
+//!   retry loop.
+//! - [`tls`]: the one TLS trust policy (platform roots plus optional extra roots) of every
+//!   outgoing connection.
 //! - [`units`]: byte sizes on the command line.
 //! - [`ids`]: connection ids and the peer-id rules every protocol shares; `json`: the
 //!   JSON string escaping of the hand-written hot-path writers.
@@ -40,7 +44,9 @@ pub mod node;
 pub mod peer;
 pub mod rate;
 pub mod relay;
+pub mod retry;
 pub mod signaling;
+pub mod tls;
 pub mod tunnel;
 pub mod units;
 

@@ -687,7 +687,20 @@ async fn http_discovery_status_metrics_and_root_negotiation() {
     );
     let page = html.text().await.unwrap();
     assert!(page.contains("<title>Ouroboros chat</title>"));
-    assert!(page.contains("https://unpkg.com/peerjs@1.5.5/dist/peerjs.min.js"));
+    // The node's own copy of the pinned PeerJS client, with subresource integrity.
+    assert!(page.contains(&format!(
+        r#"<script src="/peerjs.min.js" integrity="{}" crossorigin="anonymous">"#,
+        ouroboros::node::PEERJS_INTEGRITY
+    )));
+    let bundle = http
+        .get(format!("{base}/peerjs.min.js"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&bundle[..], ouroboros::node::PEERJS_BUNDLE);
     let info: serde_json::Value = http
         .get(format!("{base}/"))
         .send()

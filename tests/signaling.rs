@@ -1041,6 +1041,55 @@ async fn graceful_shutdown_closes_sockets_with_1001() {
     );
 }
 
+/// A client that never finishes its request headers is disconnected after
+/// `header_read_timeout` (hyper's timer); complete requests and upgraded WebSockets are not
+/// affected by it.
+#[tokio::test]
+async fn half_sent_request_is_closed_after_the_header_read_timeout() {
+    let limit = Duration::from_millis(300);
+    let s = start(SignalConfig {
+        header_read_timeout: Some(limit),
+        ..config()
+    })
+    .await;
+    // A WebSocket opened first stays open well past the limit.
+    let mut a = s.join("a", "ta").await;
+
+    let mut half = TcpStream::connect(s.addr).await.expect("tcp connect");
+    let t = Instant::now();
+    half.write_all(b"GET /peerjs/id HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(WAIT, half.read_to_end(&mut buf))
+        .await
+        .expect("the half-sent request is still open");
+    let closed_after = t.elapsed();
+    // EOF, or a reset if the server closed with unread bytes; either way no response.
+    assert!(
+        read.is_err() || buf.is_empty() || buf.starts_with(b"HTTP/1.1 408"),
+        "{buf:?}"
+    );
+    assert!(
+        closed_after >= limit - Duration::from_millis(50),
+        "{closed_after:?}"
+    );
+    assert!(
+        closed_after < limit * 5,
+        "closed only after {closed_after:?}"
+    );
+
+    // The server goes on serving, and the socket opened before is still usable.
+    assert_eq!(s.http("GET", "/", &[]).await.status, 200);
+    let mut b = s.join("b", "tb").await;
+    b.send(json!({"type": "OFFER", "dst": "a", "payload": "after"}))
+        .await;
+    assert_eq!(
+        a.recv().await,
+        r#"{"type":"OFFER","src":"b","dst":"a","payload":"after"}"#
+    );
+}
+
 #[tokio::test]
 async fn local_client_relays_with_socket_clients() {
     let s = start(config()).await;
@@ -1081,8 +1130,8 @@ async fn tls_serves_https_and_wss() {
     assert_eq!(s.scheme, "https");
     let mut roots = rustls::RootCertStore::empty();
     let ca = std::fs::read(dir.join("test-ca.pem")).unwrap();
-    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
+    for cert in ouroboros::tls::pem_certificates(&ca).unwrap() {
+        roots.add(cert).unwrap();
     }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),

@@ -141,8 +141,12 @@ pub struct ClientConfig {
     /// an IPv4 node) makes WebRTC impossible, as a network without UDP to the node would:
     /// the fallback tests use that.
     pub udp_addrs: Option<Vec<String>>,
-    /// STUN/TURN servers (none: loopback and LAN).
-    pub ice_servers: Vec<IceServer>,
+    /// STUN/TURN servers; `None` takes the discovery record's `ice_servers`
+    /// ([`Client::connect_discovered`]), and none at all (host candidates) without a record.
+    pub ice_servers: Option<Vec<IceServer>>,
+    /// Offer and accept loopback candidates; `None`: only when the signaling host is a
+    /// loopback address (tests on one machine).
+    pub loopback_candidates: Option<bool>,
     /// How long one connection attempt may take.
     pub connect_timeout: Duration,
     /// How long a request (join, history, ping) waits for its answer.
@@ -166,7 +170,8 @@ impl ClientConfig {
             transport: Transport::Auto,
             fallback_after: DEFAULT_FALLBACK_AFTER,
             udp_addrs: None,
-            ice_servers: Vec::new(),
+            ice_servers: None,
+            loopback_candidates: None,
             connect_timeout: Duration::from_secs(15),
             request_timeout: Duration::from_secs(15),
             max_backoff: Duration::from_secs(5),
@@ -312,11 +317,9 @@ pub struct Client {
 /// [`ClientError::Discovery`] if it cannot be fetched, read or parsed.
 pub async fn discover(source: &str) -> Result<DiscoveryRecord, ClientError> {
     let bytes = if source.starts_with("http://") || source.starts_with("https://") {
-        crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| ClientError::Discovery(e.to_string()))?;
+        // The process-wide client (platform roots loaded once), also used by rediscovery.
+        let client =
+            crate::tls::http_client().map_err(|e| ClientError::Discovery(e.to_string()))?;
         // A cache-buster defeats CDN caches (GitHub Pages caches for minutes).
         let sep = if source.contains('?') { '&' } else { '?' };
         let url = format!(
@@ -438,6 +441,9 @@ impl Client {
         config
             .discovery_source
             .get_or_insert_with(|| source.to_string());
+        if config.ice_servers.is_none() {
+            config.ice_servers = record.ice_servers.clone();
+        }
         Client::connect(record, config).await
     }
 

@@ -71,6 +71,7 @@ pub struct PreviousNode {
 /// ```json
 /// {"version":1,"peer_id":"ouroboros-x","generation":3,
 ///  "signaling":[{"host":"127.0.0.1","port":9000,"path":"/","key":"peerjs","secure":false}],
+///  "ice_servers":[{"urls":["stun:stun.example.org:3478"]}],
 ///  "tunnel_url":"https://x.ngrok.app","relay_ws":"wss://x.ngrok.app/relay",
 ///  "started_at":"2026-11-23T15:00:00.000Z",
 ///  "expires_at":"2026-11-23T17:00:00.000Z",
@@ -88,6 +89,12 @@ pub struct DiscoveryRecord {
     pub generation: u64,
     /// Signaling servers the node's peer is registered on (the node's own first).
     pub signaling: Vec<SignalingEndpoint>,
+    /// STUN/TURN servers clients should use (`new Peer({config: {iceServers}})`); `[]` means
+    /// host candidates only, absent means the client's own defaults. TURN servers appear only
+    /// with credentials: minted per client when served by the node itself, static ones only
+    /// on the node's explicit opt-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ice_servers: Option<Vec<crate::peer::IceServer>>,
     /// Public URL of the node's HTTP server through a tunnel, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_url: Option<String>,

@@ -21,15 +21,54 @@ const CHAT_HTML: &str = include_str!("web/chat.html");
 const CHAT_JS: &str = include_str!("web/chat.js");
 const CHAT_CSS: &str = include_str!("web/chat.css");
 
-/// The chat page with the PeerJS client URL filled in (escaped for an attribute).
+/// The `peerjs` browser bundle the node serves at [`PEERJS_PATH`]: a verbatim copy of
+/// `dist/peerjs.min.js` from the npm package `peerjs` at [`PEERJS_VERSION`] (MIT,
+/// `web/peerjs.LICENSE`), so the web chat works with no internet.
+///
+/// [`PEERJS_VERSION`]: crate::peer::PEERJS_VERSION
+pub const PEERJS_BUNDLE: &[u8] = include_bytes!("web/peerjs.min.js");
+
+/// Where the node serves [`PEERJS_BUNDLE`].
+pub const PEERJS_PATH: &str = "/peerjs.min.js";
+
+/// SHA-256 of [`PEERJS_BUNDLE`] (hex), checked by a test so the copy cannot drift.
+pub const PEERJS_SHA256: &str = "7604d8c31bec4f134b0d15c2d80b1d095ea18af005354f439f14291fcd7b4168";
+
+/// Subresource integrity of [`PEERJS_BUNDLE`]: the same bytes as the npm package's file,
+/// which CDNs (unpkg, jsDelivr) serve unchanged.
+pub const PEERJS_INTEGRITY: &str =
+    "sha384-x0YgkOr/3UOZP2CRDxGW9e0Q+2Qjyr3uJrm4xU32Y7ZCNAo7Cc7bjhrZMi/dwczu";
+
+/// Whether `url` names the pinned bundle (the node's own copy, or the same version's
+/// `dist/peerjs.min.js` on a CDN), so the page can require [`PEERJS_INTEGRITY`].
+fn is_pinned_bundle(url: &str) -> bool {
+    url == PEERJS_PATH
+        || url.ends_with(&format!(
+            "/peerjs@{}/dist/peerjs.min.js",
+            crate::peer::PEERJS_VERSION
+        ))
+}
+
+/// The chat page with the PeerJS client's `<script>` filled in (URL escaped for an
+/// attribute). The pinned bundle gets `integrity` and `crossorigin`, so a CDN serving
+/// anything else is refused; another URL is loaded as given (the operator's choice).
 pub fn chat_html(peerjs_url: &str) -> String {
-    CHAT_HTML.replace("{{PEERJS_URL}}", &super::status::escape_html(peerjs_url))
+    let src = super::status::escape_html(peerjs_url);
+    let tag = if is_pinned_bundle(peerjs_url) {
+        format!(
+            r#"<script src="{src}" integrity="{PEERJS_INTEGRITY}" crossorigin="anonymous"></script>"#
+        )
+    } else {
+        format!(r#"<script src="{src}"></script>"#)
+    };
+    CHAT_HTML.replace(r#"<script src="{{PEERJS_URL}}"></script>"#, &tag)
 }
 
 /// Routes served by the node itself (merged with the signaling router).
 pub fn routes(shared: Arc<NodeShared>) -> Router {
     Router::new()
         .route("/ouroboros.json", get(discovery))
+        .route("/ice", get(ice_servers))
         .route("/status", get(status_page))
         .route("/status.json", get(status_json))
         .route("/metrics", get(metrics))
@@ -38,6 +77,7 @@ pub fn routes(shared: Arc<NodeShared>) -> Router {
         .route("/chat", get(chat))
         .route("/chat.js", get(chat_js))
         .route("/chat.css", get(chat_css))
+        .route(PEERJS_PATH, get(peerjs_bundle))
         .route(
             "/favicon.ico",
             get(|| async { axum::http::StatusCode::NO_CONTENT }),
@@ -55,8 +95,13 @@ fn cors(mut res: Response) -> Response {
     res
 }
 
+/// The record as this node serves it: with per-client TURN credentials when it mints them
+/// (the published copy never has them).
 async fn discovery(State(s): State<Arc<NodeShared>>) -> Response {
-    let record = s.record.read().expect("record lock poisoned").clone();
+    let mut record = s.record.read().expect("record lock poisoned").clone();
+    if s.ice.has_turn_secret() {
+        record.ice_servers = Some(s.ice.for_client(std::time::SystemTime::now()));
+    }
     cors(
         (
             [(header::CONTENT_TYPE, "application/json")],
@@ -143,6 +188,19 @@ async fn handoff_ws(
         })
 }
 
+/// `/ice`: the ICE servers for one client, TURN credentials fresh (a JSON array of
+/// `RTCIceServer`, for `new Peer({config: {iceServers}})`).
+async fn ice_servers(State(s): State<Arc<NodeShared>>) -> Response {
+    let servers = s.ice.for_client(std::time::SystemTime::now());
+    cors(
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::to_string(&servers).unwrap_or_else(|_| "[]".into()),
+        )
+            .into_response(),
+    )
+}
+
 async fn status_json(State(s): State<Arc<NodeShared>>) -> Response {
     let st = s.status().await;
     cors(
@@ -197,6 +255,16 @@ async fn chat_js() -> Response {
         CHAT_JS,
     )
         .into_response()
+}
+
+async fn peerjs_bundle() -> Response {
+    cors(
+        (
+            [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+            PEERJS_BUNDLE,
+        )
+            .into_response(),
+    )
 }
 
 async fn chat_css() -> Response {
@@ -270,6 +338,43 @@ pub async fn root(State(s): State<Arc<NodeShared>>, headers: HeaderMap) -> Respo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bundled_peerjs_is_the_pinned_one() {
+        use base64::Engine;
+        use sha2::Digest;
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(PEERJS_BUNDLE)),
+            PEERJS_SHA256
+        );
+        let sri = format!(
+            "sha384-{}",
+            base64::engine::general_purpose::STANDARD.encode(sha2::Sha384::digest(PEERJS_BUNDLE))
+        );
+        assert_eq!(sri, PEERJS_INTEGRITY);
+    }
+
+    #[test]
+    fn the_pinned_bundle_is_loaded_with_integrity() {
+        for url in [
+            PEERJS_PATH,
+            "https://unpkg.com/peerjs@1.5.5/dist/peerjs.min.js",
+            "https://cdn.jsdelivr.net/npm/peerjs@1.5.5/dist/peerjs.min.js",
+        ] {
+            let html = chat_html(url);
+            assert!(
+                html.contains(&format!(
+                    r#"<script src="{url}" integrity="{PEERJS_INTEGRITY}" crossorigin="anonymous"></script>"#
+                )),
+                "{url}"
+            );
+        }
+        let html = chat_html("http://127.0.0.1:1/x.js?a=1&b=\"");
+        assert!(
+            html.contains(r#"<script src="http://127.0.0.1:1/x.js?a=1&amp;b=&quot;"></script>"#)
+        );
+        assert!(!html.contains("{{PEERJS_URL}}"));
+    }
 
     fn h(accept: &str) -> HeaderMap {
         let mut m = HeaderMap::new();

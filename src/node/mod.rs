@@ -17,6 +17,7 @@ mod args;
 mod driver;
 pub mod handoff_ws;
 mod http;
+pub mod ice;
 mod registration;
 pub mod ring;
 pub mod status;
@@ -40,12 +41,17 @@ use crate::tunnel::TunnelArgs;
 
 pub use args::{default_memory_budget, parse_size, random_peer_id};
 pub use driver::RelayHandle;
-pub use http::prefers_html;
+pub use http::{PEERJS_BUNDLE, PEERJS_INTEGRITY, PEERJS_SHA256, prefers_html};
 use registration::{Registration, display_url, keep_registered};
 use status::NodeStatus;
 
-/// The official PeerJS client on a public CDN (what the web chat loads by default).
-pub const DEFAULT_PEERJS_URL: &str = "https://unpkg.com/peerjs@1.5.5/dist/peerjs.min.js";
+/// Where the web chat loads the PeerJS client from by default: the node's own copy of the
+/// pinned bundle ([`PEERJS_BUNDLE`]), so the chat needs no internet.
+pub const DEFAULT_PEERJS_URL: &str = "/peerjs.min.js";
+
+/// The same pinned PeerJS client on a public CDN (`--peerjs-url` for it; the page then
+/// checks it with subresource integrity).
+pub const CDN_PEERJS_URL: &str = "https://unpkg.com/peerjs@1.5.5/dist/peerjs.min.js";
 
 /// Flags of `ouroboros node`.
 #[derive(clap::Args, Debug, Clone)]
@@ -62,6 +68,15 @@ pub struct NodeArgs {
     /// GitHub flags (`--publisher pages`, `--launcher github`).
     #[command(flatten)]
     pub github: crate::github::GithubArgs,
+    /// ICE flags (`--ice-servers`, `--loopback-candidates`).
+    #[command(flatten)]
+    pub ice: crate::peer::ice::IceArgs,
+    /// Publish TURN servers that have a static `username`/`credential` in the discovery
+    /// record (which is public: anyone can then relay through them). Without it only STUN
+    /// servers and, with `OUROBOROS_TURN_SECRET`, per-client time-limited TURN credentials
+    /// from the node itself are handed out.
+    #[arg(long, env = "OUROBOROS_PUBLISH_TURN_CREDENTIALS")]
+    pub publish_turn_credentials: bool,
     /// The node's PeerJS peer id [default: `ouroboros-<random>`, kept in the data dir for
     /// a first-generation node so restarts keep it].
     #[arg(long, env = "OUROBOROS_PEER_ID")]
@@ -97,7 +112,9 @@ pub struct NodeArgs {
         value_name = "URL"
     )]
     pub also_register: Vec<String>,
-    /// Where the web chat loads the PeerJS client from.
+    /// Where the web chat loads the PeerJS client from: the node's own copy of peerjs 1.5.5
+    /// (`/peerjs.min.js`), or a URL (the same version on a CDN is checked with subresource
+    /// integrity, e.g. https://unpkg.com/peerjs@1.5.5/dist/peerjs.min.js).
     #[arg(long, env = "OUROBOROS_PEERJS_URL", default_value = DEFAULT_PEERJS_URL)]
     pub peerjs_url: String,
     /// Host name advertised for this node's signaling server in the discovery record
@@ -161,6 +178,8 @@ pub struct NodeShared {
     handoff_transport: RwLock<Option<&'static str>>,
     /// Largest frame the relay WebSocket reads.
     relay_ws_max_message: usize,
+    /// The ICE servers: the node's own, the published ones, fresh TURN credentials.
+    pub ice: ice::NodeIce,
 }
 
 impl NodeShared {
@@ -314,6 +333,18 @@ impl Node {
     /// cannot register on its own server.
     pub async fn start(args: NodeArgs) -> Result<Node, NodeError> {
         let peer_id = choose_peer_id(&args)?;
+        let turn_secret = ice::NodeIce::secret_from_env();
+        let ice_servers = args
+            .ice
+            .checked(turn_secret.is_some())
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        tracing::info!(ice_servers = %crate::peer::ice::describe(&ice_servers), turn_rest_credentials = turn_secret.is_some(), "ICE servers");
+        let node_ice = ice::NodeIce::new(
+            ice_servers,
+            turn_secret,
+            args.publish_turn_credentials,
+            args.ice.loopback_candidates,
+        );
         let generation = args.lifecycle.generation;
         let memory_budget = args.memory_budget.unwrap_or_else(default_memory_budget);
         let extra: Vec<PeerConfig> = args
@@ -367,6 +398,10 @@ impl Node {
         own_cfg.secure = listener.is_tls();
         own_cfg.id = Some(peer_id.clone());
         own_cfg.reconnect = true;
+        // The node's peer reaches its own server over loopback, but its WebRTC candidates are
+        // for its clients: loopback ones only when the server itself listens on loopback.
+        own_cfg.loopback_candidates = addr.ip().is_loopback();
+        node_ice.apply(&mut own_cfg, SystemTime::now());
         let mut registrations = vec![Registration::new(display_url(&own_cfg), "own")];
         let mut endpoints = vec![own_endpoint];
         for cfg in &extra {
@@ -379,6 +414,7 @@ impl Node {
             peer_id: peer_id.clone(),
             generation,
             signaling: endpoints,
+            ice_servers: Some(node_ice.public()),
             tunnel_url: None,
             relay_ws: Some(relay_ws),
             started_at: SystemTime::now(),
@@ -414,6 +450,7 @@ impl Node {
             stop: stop.clone(),
             handoff_transport: RwLock::new(None),
             relay_ws_max_message: relay_ws_max_message(args.max_message_size),
+            ice: node_ice.clone(),
         });
         let root = signaling.with_cors(
             axum::Router::new()
@@ -472,6 +509,7 @@ impl Node {
             let mut cfg = cfg;
             cfg.id = Some(peer_id.clone());
             cfg.reconnect = true;
+            node_ice.apply(&mut cfg, SystemTime::now());
             let relay = relay.clone();
             // A successor may reach this node through any of its registrations (on GitHub
             // Actions: the PeerJS cloud), so handoff connections are routed here too.

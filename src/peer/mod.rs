@@ -29,6 +29,7 @@
 
 pub mod codec;
 pub mod connection;
+pub mod ice;
 mod negotiation;
 mod signaling_client;
 mod udp;
@@ -43,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use codec::{Frame, PreEncoded, Serialization, Value};
 pub use connection::{ConnectionError, ConnectionReceiver, ConnectionSender, DataConnection};
+pub use ice::{IceConfigError, IceServer, parse_ice_servers};
 pub use udp::BufferedUdpRuntime;
 
 /// The peerjs client version we announce in `version=` query parameters.
@@ -68,27 +70,6 @@ pub const DEFAULT_NATIVE_SEND_WINDOW: usize = 256 * 1024;
 /// The UDP socket buffer size requested for every WebRTC socket (4 MiB).
 pub const UDP_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
-/// A STUN or TURN server for ICE.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct IceServer {
-    /// `stun:host:port` / `turn:host:port?transport=udp` URLs.
-    pub urls: Vec<String>,
-    /// TURN user name.
-    pub username: Option<String>,
-    /// TURN credential.
-    pub credential: Option<String>,
-}
-
-impl IceServer {
-    /// A STUN server from one URL.
-    pub fn stun(url: impl Into<String>) -> Self {
-        IceServer {
-            urls: vec![url.into()],
-            ..Default::default()
-        }
-    }
-}
-
 /// Where and how a [`Peer`] registers.
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
@@ -109,14 +90,20 @@ pub struct PeerConfig {
     /// STUN/TURN servers (none by default: loopback and LAN only).
     pub ice_servers: Vec<IceServer>,
     /// Extra trusted root certificates (PEM, one or more) for `secure` servers, in addition
-    /// to the built-in web roots (Mozilla's, via `webpki-roots`, for the WebSocket; the
-    /// platform's for the id fetch): for a self-hosted PeerJS server with a private CA.
+    /// to the platform's trust store (the same policy for the id fetch and the WebSocket, see
+    /// [`crate::tls`]): for a self-hosted PeerJS server with a private CA.
     pub tls_root_pem: Option<String>,
     /// Extra HTTP headers on the id fetch and the WebSocket upgrade
     /// (e.g. `ngrok-skip-browser-warning`).
     pub http_headers: Vec<(String, String)>,
-    /// Local UDP addresses for WebRTC sockets. A wildcard binds every non-loopback interface.
+    /// Local UDP addresses for WebRTC sockets. A wildcard binds every interface except
+    /// loopback and link-local ones.
     pub udp_addrs: Vec<String>,
+    /// Also bind a `127.0.0.1` WebRTC socket, offer loopback candidates and accept remote
+    /// ones: for tests with everything on one machine. Off, no loopback or link-local
+    /// candidate is ever sent to or taken from a remote peer. [default: whether `host` is a
+    /// loopback address]
+    pub loopback_candidates: bool,
     /// How long `connect` waits for the channel to open.
     pub connect_timeout: Duration,
     /// HEARTBEAT period (peerjs: 5 s).
@@ -139,10 +126,13 @@ pub struct PeerConfig {
 }
 
 impl PeerConfig {
-    /// Config for `host:port`, key `peerjs`, path `/`, plain `ws`, no ICE servers.
+    /// Config for `host:port`, key `peerjs`, path `/`, plain `ws`, no ICE servers; loopback
+    /// candidates only when `host` itself is a loopback address (a test on one machine).
     pub fn new(host: impl Into<String>, port: u16) -> Self {
+        let host = host.into();
         PeerConfig {
-            host: host.into(),
+            loopback_candidates: is_loopback_host(&host),
+            host,
             port,
             path: "/".into(),
             key: "peerjs".into(),
@@ -152,7 +142,7 @@ impl PeerConfig {
             ice_servers: Vec::new(),
             tls_root_pem: None,
             http_headers: Vec::new(),
-            udp_addrs: vec!["0.0.0.0:0".into(), "127.0.0.1:0".into()],
+            udp_addrs: vec!["0.0.0.0:0".into()],
             connect_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(5),
             reconnect: true,
@@ -302,6 +292,8 @@ pub(crate) struct Shared {
     pub(crate) id: String,
     pub(crate) token: String,
     pub(crate) config: PeerConfig,
+    /// TLS configuration and HTTP client for the signaling server, built once.
+    pub(crate) transport: signaling_client::Transport,
     /// JSON frames for the signaling socket (queued while disconnected).
     pub(crate) outbound: mpsc::Sender<String>,
     pub(crate) events: broadcast::Sender<PeerEvent>,
@@ -365,12 +357,13 @@ impl Peer {
         {
             return Err(PeerError::InvalidId(id.clone()));
         }
+        let transport = signaling_client::Transport::new(&config)?;
         let id = match &config.id {
             Some(id) => id.clone(),
-            None => signaling_client::fetch_id(&config).await?,
+            None => signaling_client::fetch_id(&config, &transport).await?,
         };
         let token = config.token.clone().unwrap_or_else(random_token);
-        let ws = signaling_client::connect_and_open(&config, &id, &token).await?;
+        let ws = signaling_client::connect_and_open(&config, &transport, &id, &token).await?;
 
         let (outbound, outbound_rx) = mpsc::channel(signaling_client::OUTBOUND_QUEUE);
         let (events, _) = broadcast::channel(256);
@@ -379,6 +372,7 @@ impl Peer {
             id: id.clone(),
             token,
             config,
+            transport,
             outbound,
             events,
             conns: Mutex::new(HashMap::new()),
@@ -470,6 +464,14 @@ impl Peer {
         }
         tokio::task::yield_now().await;
     }
+}
+
+/// Whether `host` names this machine's loopback (`localhost`, `127.x`, `::1`).
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_matches(['[', ']']);
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A random base-36 string like `Math.random().toString(36).slice(2)` (11 chars).

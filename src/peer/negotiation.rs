@@ -23,6 +23,7 @@ use webrtc::peer_connection::{
 };
 
 use super::connection::{ConnMeta, ConnectionError, DataConnection};
+use super::ice;
 use super::{
     ConnEntry, ConnectOptions, PeerError, PeerEvent, Serialization, Shared, random_token,
     webrtc_setup,
@@ -304,7 +305,16 @@ pub(crate) fn on_signal(
             }
         },
         _ => match serde_json::from_value::<CandidateIn>(payload.clone()) {
-            Ok(c) => (c.connection_id, Signal::Candidate(c.candidate)),
+            Ok(c) => {
+                if !ice::usable_candidate(&c.candidate.candidate, shared.config.loopback_candidates)
+                {
+                    // A remote loopback/link-local address: our sockets cannot reach it, and
+                    // every check to it would fail to send ("Failed to write packet").
+                    tracing::debug!(candidate = %c.candidate.candidate, "ignoring a loopback or link-local remote candidate");
+                    return;
+                }
+                (c.connection_id, Signal::Candidate(c.candidate))
+            }
             Err(e) => {
                 let id = serde_json::from_value::<ConnIdOnly>(payload)
                     .map(|c| c.connection_id)
@@ -360,12 +370,17 @@ enum PcEvent {
 
 struct Handler {
     tx: mpsc::UnboundedSender<PcEvent>,
+    /// [`PeerConfig::loopback_candidates`](super::PeerConfig::loopback_candidates).
+    keep_loopback: bool,
 }
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         match event.candidate.to_json() {
+            Ok(c) if !ice::usable_candidate(&c.candidate, self.keep_loopback) => {
+                tracing::debug!(candidate = %c.candidate, "not offering a loopback or link-local candidate");
+            }
             Ok(c) => {
                 let _ = self.tx.send(PcEvent::Candidate(c));
             }
@@ -424,7 +439,10 @@ async fn drive(
     caller: Option<oneshot::Sender<Result<DataConnection, PeerError>>>,
 ) {
     let (pc_tx, mut pc_events) = mpsc::unbounded_channel();
-    let handler = Arc::new(Handler { tx: pc_tx });
+    let handler = Arc::new(Handler {
+        tx: pc_tx,
+        keep_loopback: shared.config.loopback_candidates,
+    });
     let pc = match webrtc_setup::build_peer_connection(&shared, handler).await {
         Ok(pc) => pc,
         Err(e) => {
@@ -461,6 +479,7 @@ async fn drive(
     )
     .await;
     tracing::debug!(connection_id = %meta.connection_id, "data connection open");
+    log_selected_pair(&pc, &meta).await;
     match caller {
         Some(tx) => {
             if let Err(Ok(conn)) = tx.send(Ok(conn)) {
@@ -554,6 +573,22 @@ fn fail(
                 ))));
             }
         }
+    }
+}
+
+/// Logs which candidate types carry the connection (`host`, `srflx`, `prflx`, `relay`):
+/// what tells a NAT problem from a TURN problem in the field.
+async fn log_selected_pair(pc: &Arc<dyn PeerConnection>, meta: &ConnMeta) {
+    let Some(sctp) = pc.sctp().await else { return };
+    let ice = sctp.transport().ice_transport();
+    if let Ok(Some(pair)) = ice.get_selected_candidate_pair().await {
+        tracing::info!(
+            peer = %meta.peer,
+            connection_id = %meta.connection_id,
+            local = %format_args!("{} {}:{}", pair.local().typ, pair.local().address, pair.local().port),
+            remote = %format_args!("{} {}:{}", pair.remote().typ, pair.remote().address, pair.remote().port),
+            "ICE candidate pair selected"
+        );
     }
 }
 

@@ -4,7 +4,8 @@
 //! - WS `{ws}://{host}:{port}{path}peerjs?key=K&id=I&token=T&version=1.5.5`, then wait for
 //!   `{"type":"OPEN"}` (`ERROR` / `ID-TAKEN` are typed errors).
 //! - `{"type":"HEARTBEAT"}` every `heartbeat_interval` (5 s).
-//! - Unlike peerjs, a dropped socket is reopened by itself with backoff, with the same id
+//! - Unlike peerjs, a dropped socket is reopened by itself with backoff ([`crate::retry`]:
+//!   exponential, capped, full jitter), with the same id
 //!   and token; messages queued meanwhile (pending negotiations) are sent after the
 //!   reattach. The reference server re-attaches a same-token socket silently (no `OPEN`),
 //!   so on reconnect a socket that stays open without an error counts as attached.
@@ -23,6 +24,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::{PEERJS_VERSION, PeerConfig, PeerError, PeerEvent, Shared, negotiation};
+use crate::retry::Backoff;
 
 /// The WebSocket type of a signaling connection.
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -89,60 +91,55 @@ pub(crate) fn ws_url(config: &PeerConfig, id: &str, token: &str) -> String {
     )
 }
 
-/// The extra root certificates of `config.tls_root_pem`, DER-encoded.
-fn extra_roots(config: &PeerConfig) -> Result<Vec<Vec<u8>>, PeerError> {
-    let Some(pem) = &config.tls_root_pem else {
-        return Ok(Vec::new());
-    };
-    let certs: Vec<Vec<u8>> = rustls_pemfile::certs(&mut pem.as_bytes())
-        .map(|c| c.map(|c| c.to_vec()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| PeerError::InvalidConfig(format!("tls_root_pem: {e}")))?;
-    if certs.is_empty() {
-        return Err(PeerError::InvalidConfig(
-            "tls_root_pem holds no CERTIFICATE block".into(),
-        ));
-    }
-    Ok(certs)
+/// What one peer's requests to its signaling server share, built once when the peer opens:
+/// the TLS configuration of `wss` (the platform's roots plus `tls_root_pem`, see
+/// [`crate::tls`]) and the HTTP client of the id fetch.
+#[derive(Clone)]
+pub(crate) struct Transport {
+    /// `None` for a plain `ws` server without extra roots.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// `None` when the id is configured (nothing to fetch).
+    http: Option<reqwest::Client>,
 }
 
-/// A rustls connector trusting the web roots plus `config.tls_root_pem`; `None` when no
-/// extra roots are configured (tungstenite's own web-roots connector is used then).
-fn tls_connector(config: &PeerConfig) -> Result<Option<tokio_tungstenite::Connector>, PeerError> {
-    let extra = extra_roots(config)?;
-    if extra.is_empty() {
-        return Ok(None);
+impl Transport {
+    /// Builds the peer's TLS configuration and HTTP client (the process-wide ones unless
+    /// `tls_root_pem` is set).
+    pub(crate) fn new(config: &PeerConfig) -> Result<Transport, PeerError> {
+        let tls_err =
+            |e: crate::tls::TlsError| PeerError::InvalidConfig(format!("tls_root_pem: {e}"));
+        let http_err = |e: String| PeerError::IdFetch(format!("HTTP client: {e}"));
+        let tls = match (&config.tls_root_pem, config.secure) {
+            (Some(pem), _) => Some(crate::tls::client_config(Some(pem)).map_err(tls_err)?),
+            (None, true) => Some(
+                crate::tls::client_config(None).map_err(|e| PeerError::Network(e.to_string()))?,
+            ),
+            (None, false) => None,
+        };
+        let http = match (&config.id, &tls, &config.tls_root_pem) {
+            (Some(_), _, _) => None,
+            (None, Some(tls), Some(_)) => Some(
+                crate::tls::http_client_builder(tls)
+                    .build()
+                    .map_err(|e| http_err(e.to_string()))?,
+            ),
+            (None, _, _) => Some(crate::tls::http_client().map_err(|e| http_err(e.to_string()))?),
+        };
+        Ok(Transport { tls, http })
     }
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    for der in extra {
-        roots
-            .add(rustls::pki_types::CertificateDer::from(der))
-            .map_err(|e| PeerError::InvalidConfig(format!("tls_root_pem: {e}")))?;
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| PeerError::InvalidConfig(format!("TLS: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Some(tokio_tungstenite::Connector::Rustls(Arc::new(tls))))
 }
 
 /// Fetches a fresh id from `{path}{key}/id`.
-pub(crate) async fn fetch_id(config: &PeerConfig) -> Result<String, PeerError> {
-    let mut builder = reqwest::Client::builder().timeout(OPEN_TIMEOUT);
-    for der in extra_roots(config)? {
-        let cert = reqwest::Certificate::from_der(&der)
-            .map_err(|e| PeerError::InvalidConfig(format!("tls_root_pem: {e}")))?;
-        builder = builder.add_root_certificate(cert);
-    }
-    let client = builder
-        .build()
-        .map_err(|e| PeerError::IdFetch(e.to_string()))?;
-    let mut req = client.get(id_url(config));
+pub(crate) async fn fetch_id(
+    config: &PeerConfig,
+    transport: &Transport,
+) -> Result<String, PeerError> {
+    let Some(http) = &transport.http else {
+        return Err(PeerError::IdFetch(
+            "no HTTP client (the id was configured)".into(),
+        ));
+    };
+    let mut req = http.get(id_url(config)).timeout(OPEN_TIMEOUT);
     for (k, v) in &config.http_headers {
         req = req.header(k, v);
     }
@@ -166,7 +163,12 @@ pub(crate) async fn fetch_id(config: &PeerConfig) -> Result<String, PeerError> {
     Ok(id)
 }
 
-async fn open_socket(config: &PeerConfig, id: &str, token: &str) -> Result<Ws, PeerError> {
+async fn open_socket(
+    config: &PeerConfig,
+    transport: &Transport,
+    id: &str,
+    token: &str,
+) -> Result<Ws, PeerError> {
     let url = ws_url(config, id, token);
     let mut request = url
         .as_str()
@@ -182,10 +184,9 @@ async fn open_socket(config: &PeerConfig, id: &str, token: &str) -> Result<Ws, P
     let ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME))
         .max_frame_size(Some(MAX_FRAME));
-    let connector = if config.secure {
-        tls_connector(config)?
-    } else {
-        None
+    let connector = match (&transport.tls, config.secure) {
+        (Some(tls), true) => Some(tokio_tungstenite::Connector::Rustls(tls.clone())),
+        _ => None,
     };
     let fut =
         tokio_tungstenite::connect_async_tls_with_config(request, Some(ws_config), true, connector);
@@ -226,11 +227,12 @@ fn payload_msg(msg: &ServerMessage) -> String {
 /// [`SILENT_ATTACH`] (or any relayed message) also counts as attached.
 async fn attach(
     config: &PeerConfig,
+    transport: &Transport,
     id: &str,
     token: &str,
     lenient: bool,
 ) -> Result<Attached, PeerError> {
-    let mut ws = open_socket(config, id, token).await?;
+    let mut ws = open_socket(config, transport, id, token).await?;
     let wait = if lenient { SILENT_ATTACH } else { OPEN_TIMEOUT };
     let deadline = tokio::time::Instant::now() + wait;
     loop {
@@ -277,18 +279,15 @@ async fn attach(
 /// First registration: resolves on `OPEN`.
 pub(crate) async fn connect_and_open(
     config: &PeerConfig,
+    transport: &Transport,
     id: &str,
     token: &str,
 ) -> Result<Ws, PeerError> {
-    Ok(attach(config, id, token, false).await?.ws)
+    Ok(attach(config, transport, id, token, false).await?.ws)
 }
 
-/// Reconnect backoff: 250 ms doubling up to `max`, plus `jitter` (0..1) × 25 %.
-pub fn backoff_delay(attempt: u32, max: Duration, jitter: f64) -> Duration {
-    let base = Duration::from_millis(250).saturating_mul(1u32 << attempt.min(16));
-    let base = base.min(max);
-    base + base.mul_f64(jitter.clamp(0.0, 1.0) * 0.25)
-}
+/// First reconnect delay's ceiling (doubling up to `max_reconnect_delay`, full jitter).
+const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(250);
 
 /// Whether an admission error ends the peer (vs. retry later).
 fn is_fatal(e: &PeerError) -> bool {
@@ -323,7 +322,8 @@ pub(crate) async fn run(shared: Arc<Shared>, ws: Ws, mut outbound: mpsc::Receive
         ws,
         early: Vec::new(),
     });
-    let mut attempt: u32 = 0;
+    let mut delays =
+        Backoff::new(FIRST_RECONNECT_DELAY, shared.config.max_reconnect_delay).delays();
     loop {
         if let Some(att) = current.take() {
             for t in att.early {
@@ -350,12 +350,10 @@ pub(crate) async fn run(shared: Arc<Shared>, ws: Ws, mut outbound: mpsc::Receive
                 }
             }
         }
-        let delay = backoff_delay(
-            attempt,
-            shared.config.max_reconnect_delay,
-            rand::random::<f64>(),
-        );
-        attempt = attempt.saturating_add(1);
+        // No retry bound: a peer keeps reconnecting until it is closed.
+        let delay = delays
+            .next_delay()
+            .unwrap_or(shared.config.max_reconnect_delay);
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         // Keep accepting outbound messages while waiting: they are sent after reattach.
@@ -373,13 +371,13 @@ pub(crate) async fn run(shared: Arc<Shared>, ws: Ws, mut outbound: mpsc::Receive
             break;
         }
         let result = tokio::select! {
-            r = attach(&shared.config, &shared.id, &shared.token, true) => r,
+            r = attach(&shared.config, &shared.transport, &shared.id, &shared.token, true) => r,
             _ = shared.closed.cancelled() => break,
         };
         match result {
             Ok(att) => {
                 tracing::info!(id = %shared.id, "signaling socket re-attached");
-                attempt = 0;
+                delays.reset();
                 shared.emit(PeerEvent::Reconnected);
                 current = Some(att);
             }
@@ -506,17 +504,6 @@ mod tests {
         c.host = "::1".into();
         c.path = "/".into();
         assert!(ws_url(&c, "a", "t").starts_with("wss://[::1]:9000/peerjs?"));
-    }
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        let max = Duration::from_secs(10);
-        assert_eq!(backoff_delay(0, max, 0.0), Duration::from_millis(250));
-        assert_eq!(backoff_delay(1, max, 0.0), Duration::from_millis(500));
-        assert_eq!(backoff_delay(3, max, 0.0), Duration::from_secs(2));
-        assert_eq!(backoff_delay(30, max, 0.0), max);
-        assert_eq!(backoff_delay(30, max, 1.0), max + max / 4);
-        assert!(backoff_delay(2, max, 0.5) > backoff_delay(2, max, 0.0));
     }
 
     #[test]

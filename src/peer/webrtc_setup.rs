@@ -36,6 +36,7 @@ use webrtc::peer_connection::{
     RTCIceServer, SettingEngineBuilder,
 };
 
+use super::ice::IceUrl;
 use super::{IceServer, PeerError, Shared};
 
 /// ICE check interval used instead of rtc-ice's 200 ms.
@@ -45,12 +46,50 @@ pub(crate) const ICE_MAX_BINDING_REQUESTS: u16 = 50;
 /// Chromium's SCTP max message size.
 pub(crate) const SCTP_MAX_MESSAGE: u32 = 262_144;
 
-fn ice_server(s: &IceServer) -> RTCIceServer {
-    RTCIceServer {
-        urls: s.urls.clone(),
-        username: s.username.clone().unwrap_or_default(),
-        credential: s.credential.clone().unwrap_or_default(),
+/// How long the controlling agent waits before it may nominate a server-reflexive, a
+/// peer-reflexive or a relayed pair (rtc-ice's defaults: 0.5 s, 1 s and 2 s). Those waits
+/// give a better pair the chance to succeed first; with checks every 20 ms a working host
+/// or srflx pair has succeeded long before, and the defaults made a TURN connection take
+/// 4.5 s to open (measured in the NAT lab, see BENCHMARKS.md).
+pub(crate) const ICE_SRFLX_MIN_WAIT: Duration = Duration::from_millis(0);
+/// See [`ICE_SRFLX_MIN_WAIT`].
+pub(crate) const ICE_PRFLX_MIN_WAIT: Duration = Duration::from_millis(0);
+/// See [`ICE_SRFLX_MIN_WAIT`].
+pub(crate) const ICE_RELAY_MIN_WAIT: Duration = Duration::from_millis(0);
+
+/// The ICE servers in webrtc's form, keeping only the URLs webrtc 0.21 can use itself
+/// (`stun:` and UDP `turn:`; it would skip the others with a warning per connection).
+fn native_ice_servers(servers: &[IceServer]) -> Vec<RTCIceServer> {
+    servers
+        .iter()
+        .filter_map(|s| {
+            let urls: Vec<String> = s
+                .urls
+                .iter()
+                .filter(|u| IceUrl::parse(u).is_ok_and(|u| u.native_supported()))
+                .cloned()
+                .collect();
+            (!urls.is_empty()).then(|| RTCIceServer {
+                urls,
+                username: s.username.clone().unwrap_or_default(),
+                credential: s.credential.clone().unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// The local UDP addresses to bind: the configured ones, plus a loopback socket when the
+/// peer keeps loopback candidates and none is configured.
+fn bind_addrs(config: &super::PeerConfig) -> Vec<String> {
+    let mut addrs = config.udp_addrs.clone();
+    let has_loopback = addrs.iter().any(|a| {
+        a.parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback())
+    });
+    if config.loopback_candidates && !has_loopback {
+        addrs.push("127.0.0.1:0".into());
     }
+    addrs
 }
 
 /// The SDP attribute that tells another Ouroboros peer who sent a description.
@@ -112,9 +151,12 @@ pub(crate) async fn build_peer_connection(
         .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_BINDING_REQUESTS))
         .with_answering_dtls_role(RTCDtlsRole::Server)
         .with_sctp_max_message_size(SctpMaxMessageSize::Bounded(SCTP_MAX_MESSAGE))
+        .with_srflx_acceptance_min_wait(Some(ICE_SRFLX_MIN_WAIT))
+        .with_prflx_acceptance_min_wait(Some(ICE_PRFLX_MIN_WAIT))
+        .with_relay_acceptance_min_wait(Some(ICE_RELAY_MIN_WAIT))
         .build();
     let configuration = RTCConfigurationBuilder::new()
-        .with_ice_servers(shared.config.ice_servers.iter().map(ice_server).collect())
+        .with_ice_servers(native_ice_servers(&shared.config.ice_servers))
         .build();
     let mut builder = PeerConnectionBuilder::new();
     if shared.config.reactor_threads > 0 {
@@ -125,7 +167,7 @@ pub(crate) async fn build_peer_connection(
         .with_setting_engine(settings)
         .with_runtime(shared.runtime.clone())
         .with_handler(handler)
-        .with_udp_addrs(shared.config.udp_addrs.clone())
+        .with_udp_addrs(bind_addrs(&shared.config))
         .with_data_channel_send_buffer_limit(channel_limit(&shared.config))
         .build()
         .await

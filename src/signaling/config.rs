@@ -121,6 +121,15 @@ pub struct SignalArgs {
         value_name = "FRAMES"
     )]
     pub write_queue: usize,
+    /// Milliseconds a client has to send its complete request headers (HTTP request or
+    /// WebSocket upgrade); a slower one is disconnected. 0 = no limit.
+    #[arg(
+        long,
+        env = "OUROBOROS_HEADER_READ_TIMEOUT",
+        default_value_t = 10_000,
+        value_name = "MS"
+    )]
+    pub header_read_timeout: u64,
 }
 
 impl Default for SignalArgs {
@@ -147,6 +156,7 @@ impl Default for SignalArgs {
             queue_total: 100_000,
             queue_bytes_total: 64 << 20,
             write_queue: 256,
+            header_read_timeout: 10_000,
         }
     }
 }
@@ -210,6 +220,8 @@ pub struct SignalConfig {
     pub queues: QueueLimits,
     /// Frames buffered per socket before the client is dropped as too slow.
     pub write_queue: usize,
+    /// How long a connection may take to send its request headers; `None` = no limit.
+    pub header_read_timeout: Option<Duration>,
 }
 
 impl Default for SignalConfig {
@@ -287,6 +299,8 @@ impl SignalConfig {
                 bytes_total: args.queue_bytes_total,
             },
             write_queue: args.write_queue,
+            header_read_timeout: (args.header_read_timeout > 0)
+                .then(|| Duration::from_millis(args.header_read_timeout)),
         })
     }
 }

@@ -1,6 +1,6 @@
-//! The listener (plain TCP or TLS, accept with back-off) and [`serve`]: axum's serve loop
-//! with graceful shutdown. Moved verbatim out of `server.rs`, which keeps the routes and the
-//! per-socket driver.
+//! The listener (plain TCP or TLS, accept with back-off) and [`serve`]: the accept loop that
+//! serves each connection with hyper (header-read timeout, upgrades, graceful shutdown).
+//! `server.rs` keeps the routes and the per-socket driver.
 
 use std::{
     io,
@@ -11,7 +11,16 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, serve::Listener};
+use axum::{Router, extract::ConnectInfo, serve::Listener};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto::Builder as ConnBuilder, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
+use rustls::pki_types::{
+    CertificateDer, PrivateKeyDer,
+    pem::{self, PemObject},
+};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -26,7 +35,7 @@ use super::{
     server::{RemoteAddr, Shared},
 };
 
-/// How long `serve` waits for sockets to close after shutdown.
+/// How long `serve` waits for HTTP connections and sockets to close after shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// TLS handshakes that take longer are abandoned.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,22 +106,22 @@ fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor
     let tls_err = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
         SignalError::Tls(format!("{what} {}: {e}", path.display()))
     };
-    let certs = rustls_pemfile::certs(&mut io::BufReader::new(
-        std::fs::File::open(cert).map_err(|e| tls_err("cannot open", cert, &e))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .map_err(|e| tls_err("cannot read certificates from", cert, &e))?;
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| tls_err("cannot open", cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_err("cannot read certificates from", cert, &e))?;
     if certs.is_empty() {
         return Err(SignalError::Tls(format!(
             "no certificate in {}",
             cert.display()
         )));
     }
-    let key_der = rustls_pemfile::private_key(&mut io::BufReader::new(
-        std::fs::File::open(key).map_err(|e| tls_err("cannot open", key, &e))?,
-    ))
-    .map_err(|e| tls_err("cannot read the key from", key, &e))?
-    .ok_or_else(|| SignalError::Tls(format!("no private key in {}", key.display())))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
+        pem::Error::NoItemsFound => {
+            SignalError::Tls(format!("no private key in {}", key.display()))
+        }
+        e => tls_err("cannot read the key from", key, &e),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -237,33 +246,50 @@ impl AsyncWrite for MaybeTls {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves; then closes every WebSocket
-/// with 1001 and waits (bounded) for the sockets to finish.
+/// Serves `router` on `listener` until `shutdown` resolves; then stops accepting, lets every
+/// HTTP request in progress finish, closes every WebSocket with 1001 and waits (bounded by
+/// [`SHUTDOWN_GRACE`]) for both.
+///
+/// Each connection is served by hyper with a timer (axum's `serve` installs none), so a client
+/// that has not sent its complete request headers within `config.header_read_timeout` is
+/// disconnected instead of holding a socket forever. The remote address reaches the routes as
+/// `ConnectInfo<RemoteAddr>`; WebSocket upgrades hand the connection over to the socket task.
 pub(crate) async fn serve(
     shared: &Arc<Shared>,
-    listener: SignalListener,
+    mut listener: SignalListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let token = shared.shutdown.clone();
-    let signal = async move {
-        shutdown.await;
-        info!("shutting down: closing every socket");
-        token.cancel();
-    };
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<RemoteAddr>(),
-    )
-    .with_graceful_shutdown(signal)
-    .await?;
+    let mut http = ConnBuilder::new(TokioExecutor::new()).http1_only();
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.header_read_timeout);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (io, remote) = tokio::select! {
+            conn = listener.accept() => conn,
+            _ = &mut shutdown => break,
+        };
+        let service =
+            TowerToHyperService::new(router.clone().layer(axum::Extension(ConnectInfo(remote))));
+        let conn = http
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(remote = %remote.0, "HTTP connection ended: {e}");
+            }
+        });
+    }
+    info!("shutting down: closing every socket");
+    drop(listener);
     shared.shutdown.cancel();
     shared.tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, shared.tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!("some sockets did not close within {SHUTDOWN_GRACE:?}");
+    let drained = async { tokio::join!(graceful.shutdown(), shared.tracker.wait()) };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
+        warn!("some connections did not close within {SHUTDOWN_GRACE:?}");
     }
     Ok(())
 }

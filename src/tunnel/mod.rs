@@ -22,12 +22,18 @@ pub const SKIP_BROWSER_WARNING_HEADER: &str = "ngrok-skip-browser-warning";
 /// Default `--tunnel-timeout`.
 pub const DEFAULT_TUNNEL_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A reqwest client builder for node-to-node requests: `ngrok-skip-browser-warning: 1` and an
-/// `ouroboros/<version>` User-Agent on every request.
+/// A reqwest client builder for node-to-node requests: the shared trust policy
+/// ([`crate::tls`]), `ngrok-skip-browser-warning: 1` and an `ouroboros/<version>` User-Agent on
+/// every request.
 pub fn node_http_client_builder() -> reqwest::ClientBuilder {
     let mut headers = HeaderMap::new();
     headers.insert(SKIP_BROWSER_WARNING_HEADER, HeaderValue::from_static("1"));
-    reqwest::Client::builder()
+    let builder = match crate::tls::client_config(None) {
+        Ok(tls) => crate::tls::http_client_builder(&tls),
+        // Without a platform trust store, reqwest's own `build()` reports the same failure.
+        Err(_) => reqwest::Client::builder(),
+    };
+    builder
         .default_headers(headers)
         .user_agent(concat!("ouroboros/", env!("CARGO_PKG_VERSION")))
 }

@@ -407,9 +407,14 @@ function connectRtc(peerId, endpoint) {
     host: endpoint.host, port: endpoint.port, path: endpoint.path || '/', key: endpoint.key || 'peerjs',
     secure: !!endpoint.secure, debug: 0,
   };
+  // ICE servers: `?ice=none` for host candidates only, else the node's (the discovery
+  // record's `ice_servers`, with fresh TURN credentials when the node mints them), else
+  // peerjs's own defaults.
   if (params.get('ice') === 'none') opts.config = { iceServers: [] };
-  // ?ice=relay: relay (TURN) candidates only; with no TURN server, WebRTC cannot open at all.
-  if (params.get('ice') === 'relay') opts.config = { iceServers: [], iceTransportPolicy: 'relay' };
+  else if (state.record && Array.isArray(state.record.ice_servers)) opts.config = { iceServers: state.record.ice_servers };
+  // ?ice=relay: relay (TURN) candidates only; with no TURN server WebRTC cannot open at all
+  // (what a network without UDP looks like: the fallback tests use it).
+  if (params.get('ice') === 'relay') opts.config = { iceServers: opts.config?.iceServers ?? [], iceTransportPolicy: 'relay' };
   const peer = new window.peerjs.Peer(opts);
   state.peer = peer;
   peer.on('open', () => {
@@ -477,7 +482,20 @@ function refreshStartedAt(ep, generation) {
     .catch(() => { /* keep the previous figure; the indicator shows the connection state */ });
 }
 
+// The PeerJS client is a classic <script> before this module: if it failed to load
+// (offline and no local copy, a blocked CDN, an integrity mismatch) say so instead of
+// waiting at "connecting…" forever.
+function peerjsMissing() {
+  if (window.peerjs && typeof window.peerjs.Peer === 'function') return false;
+  const tag = document.querySelector('script[src*="peerjs"]');
+  const src = tag ? tag.getAttribute('src') : '(none)';
+  setConn('offline', 'PeerJS client not loaded');
+  showError(`The PeerJS client could not be loaded from ${src}. Check the network, or start the node with --peerjs-url /peerjs.min.js (its own copy).`);
+  return true;
+}
+
 async function start() {
+  if (peerjsMissing()) return;
   setConn('connecting', 'connecting…');
   const url = params.get('discovery') || '/ouroboros.json';
   let record;

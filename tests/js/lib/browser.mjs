@@ -7,7 +7,7 @@
 //   h.browser.assertNoConsoleErrors([/Failed to load resource/])   // throws listing unexpected errors
 //   await h.close();                             // closes page, browser, profile dir, static site
 //
-// launchBrowser({ origin, headless = true, extraArgs = [] }) ->
+// launchBrowser({ origin, headless = true, extraArgs = [], executablePath = CHROMIUM }) ->
 //   { context, userDataDir, commandLine, consoleErrors, consoleLog, newPage(url?, { waitReady }), assertNoConsoleErrors(ignore), close() }
 //   - `chromium.launchPersistentContext(<fresh mkdtemp dir>, { executablePath: '/usr/bin/chromium' })`
 //     (Playwright refuses --user-data-dir in args), removed again on close;
@@ -95,14 +95,14 @@ async function withTimeout(promise, ms, what) {
 }
 
 /** Launches headless Chromium with a fresh profile; see the header comment. */
-export async function launchBrowser({ origin, headless = true, extraArgs = [] } = {}) {
+export async function launchBrowser({ origin, headless = true, extraArgs = [], executablePath = CHROMIUM } = {}) {
   const defaultFeatures = playwrightDisableFeaturesArg();
   const merged = `${defaultFeatures},${EXTRA_DISABLED_FEATURES.join(',')}`;
   const userDataDir = await mkdtemp(path.join(os.tmpdir(), 'ouroboros-chromium-'));
   let context;
   try {
     context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: CHROMIUM,
+      executablePath,
       headless,
       args: [...CHROMIUM_ARGS, merged, ...extraArgs],
       ignoreDefaultArgs: [defaultFeatures],
