@@ -10,7 +10,7 @@ use std::time::Duration;
 use support::Fetch;
 
 use clap::Parser;
-use ouroboros::client::{Client, ClientConfig, ClientError, Event, Target};
+use ouroboros::client::{Client, ClientConfig, ClientError, Event, Target, Transport};
 use ouroboros::handoff::HostOps;
 use ouroboros::node::{Node, NodeArgs};
 use ouroboros::peer::{ConnectOptions, Peer, PeerConfig, Serialization, Value};
@@ -45,11 +45,25 @@ async fn start_node(extra: &[&str]) -> (Node, tempfile::TempDir) {
 }
 
 async fn client(node: &Node, name: &str, ser: Serialization) -> (Client, UnboundedReceiver<Event>) {
+    client_on(node, name, ser, Transport::Webrtc).await
+}
+
+/// A client on the given path (`Webrtc`: a DataChannel in `ser`; `Ws`: the node's relay
+/// WebSocket, JSON text). Checks it really uses that path.
+async fn client_on(
+    node: &Node,
+    name: &str,
+    ser: Serialization,
+    transport: Transport,
+) -> (Client, UnboundedReceiver<Event>) {
     let mut cfg = ClientConfig::new(name);
     cfg.serialization = ser;
-    Client::connect(node.record(), cfg)
+    cfg.transport = transport;
+    let (c, ev) = Client::connect(node.record(), cfg)
         .await
-        .expect("client connects")
+        .expect("client connects");
+    assert_eq!(c.transport(), Some(transport), "{name} is on {transport}");
+    (c, ev)
 }
 
 /// The next event matching `f`, skipping others; panics after [`WAIT`].
@@ -86,8 +100,27 @@ fn node_error(r: Result<impl std::fmt::Debug, ClientError>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_clients_publish_replay_page_history_presence_direct() {
+    relay_protocol_between(Transport::Webrtc, Transport::Webrtc).await;
+}
+
+/// The same conversation with both clients on the relay WebSocket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_protocol_over_the_websocket() {
+    relay_protocol_between(Transport::Ws, Transport::Ws).await;
+}
+
+/// A WebSocket client and a DataChannel client share rooms, presence and direct messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_and_datachannel_clients_talk_to_each_other() {
+    relay_protocol_between(Transport::Ws, Transport::Webrtc).await;
+}
+
+/// Alice (on `ta`) and Bob (on `tb`, `binary` when on WebRTC): welcome, publish with acks
+/// and dedup, replay with `since`, presence, live fan-out in order, history pages, direct,
+/// ping, leave. Also what `/status.json` and `/metrics` say about their transports.
+async fn relay_protocol_between(ta: Transport, tb: Transport) {
     let (node, _dir) = start_node(&[]).await;
-    let (alice, mut a_ev) = client(&node, "alice", Serialization::Json).await;
+    let (alice, mut a_ev) = client_on(&node, "alice", Serialization::Json, ta).await;
     let welcome = next_matching(&mut a_ev, |e| match e {
         Event::Welcome {
             node,
@@ -122,8 +155,32 @@ async fn rust_clients_publish_replay_page_history_presence_direct() {
     assert_eq!(a1.seq, 10);
 
     // Bob (binary serialization) replays from 6.
-    let (bob, mut b_ev) = client(&node, "bob", Serialization::Binary).await;
+    let (bob, mut b_ev) = client_on(&node, "bob", Serialization::Binary, tb).await;
     assert_eq!(bob.join("lobby", Some(6)).await.unwrap(), 10);
+    // Each client's path is shown (both are registered: bob's join was answered).
+    let st = node.status().await;
+    let shown: Vec<(Option<&str>, &str)> = st
+        .clients
+        .iter()
+        .map(|c| (c.client.as_deref(), c.transport.as_str()))
+        .collect();
+    assert_eq!(
+        shown,
+        [(Some("alice"), ta.as_str()), (Some("bob"), tb.as_str())]
+    );
+    let on = |t: Transport| [ta, tb].iter().filter(|x| **x == t).count() as u64;
+    assert_eq!(
+        (st.relay.clients_webrtc, st.relay.clients_ws),
+        (on(Transport::Webrtc), on(Transport::Ws))
+    );
+    let metrics = node.shared().metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "ouroboros_relay_clients_by_transport{{transport=\"ws\"}} {}\n",
+            on(Transport::Ws)
+        )),
+        "{metrics}"
+    );
     for seq in 7..=10 {
         let m = next_msg(&mut b_ev).await;
         assert_eq!(m.seq, seq);
@@ -185,6 +242,15 @@ async fn rust_clients_publish_replay_page_history_presence_direct() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_answer_documented_errors() {
+    limits_on(Transport::Webrtc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_answer_documented_errors_over_the_websocket() {
+    limits_on(Transport::Ws).await;
+}
+
+async fn limits_on(transport: Transport) {
     let (node, _dir) = start_node(&[
         "--max-message-size",
         "1KiB",
@@ -198,7 +264,7 @@ async fn limits_answer_documented_errors() {
         "1",
     ])
     .await;
-    let (c, mut ev) = client(&node, "limited", Serialization::Json).await;
+    let (c, mut ev) = client_on(&node, "limited", Serialization::Json, transport).await;
     c.join("a", None).await.unwrap();
     assert_eq!(
         node_error(c.publish("a", json!("x".repeat(2000))).await),
@@ -218,11 +284,16 @@ async fn limits_answer_documented_errors() {
     })
     .await;
     assert_eq!(code, "not_joined");
-    // A `json` frame of 16 300 bytes or more cannot be sent at all (peerjs's rule): the
-    // publish is refused here, not retried on a new connection after every failure.
-    match tokio::time::timeout(WAIT, c.publish("a", json!("y".repeat(17_000)))).await {
-        Ok(Err(ClientError::Unsendable(_))) => {}
-        other => panic!("expected Unsendable, got {other:?}"),
+    // A `json` frame of 16 300 bytes or more cannot be sent at all on a DataChannel
+    // (peerjs's rule): the publish is refused here, not retried on a new connection after
+    // every failure. The WebSocket carries it, and the node refuses it.
+    match (
+        transport,
+        tokio::time::timeout(WAIT, c.publish("a", json!("y".repeat(17_000)))).await,
+    ) {
+        (Transport::Webrtc, Ok(Err(ClientError::Unsendable(_)))) => {}
+        (Transport::Ws, Ok(r)) => assert_eq!(node_error(r), "too_large"),
+        (_, other) => panic!("expected Unsendable / too_large, got {other:?}"),
     }
     // Still usable.
     assert_eq!(c.publish("a", json!("ok")).await.unwrap().seq, 1);
@@ -238,6 +309,7 @@ async fn limits_answer_documented_errors() {
     assert!(limited, "rate limit never hit");
     // max_clients 1: a second client is refused.
     let mut cfg = ClientConfig::new("second");
+    cfg.transport = transport;
     cfg.give_up_after = Some(Duration::from_secs(1));
     match Client::connect(node.record(), cfg).await {
         Ok((c2, mut ev2)) => {
@@ -334,9 +406,20 @@ async fn eviction_under_a_small_budget_reports_and_never_reuses_seqs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_follows_moved_rejoins_with_since_and_resends_unacked() {
+    follows_moved_on(Transport::Webrtc).await;
+}
+
+/// A WebSocket client follows `moved` to the successor's relay WebSocket (derived from the
+/// successor's signaling endpoint in `moved`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_client_follows_moved_rejoins_with_since_and_resends_unacked() {
+    follows_moved_on(Transport::Ws).await;
+}
+
+async fn follows_moved_on(transport: Transport) {
     let (a, _da) = start_node(&["--peer-id", "node-gen-a"]).await;
     let (b, _db) = start_node(&["--peer-id", "node-gen-b", "--generation", "1"]).await;
-    let (c, mut ev) = client(&a, "mover", Serialization::Json).await;
+    let (c, mut ev) = client_on(&a, "mover", Serialization::Json, transport).await;
     c.join("r", None).await.unwrap();
     assert_eq!(c.publish("r", json!("on a")).await.unwrap().seq, 1);
     // A stops taking writes (handing over): the next publish stays pending.
@@ -380,8 +463,12 @@ async fn client_follows_moved_rejoins_with_since_and_resends_unacked() {
     let m = next_msg(&mut ev).await;
     assert_eq!((m.seq, m.body.clone()), (3, json!("on b")));
     match c.state() {
-        ouroboros::client::ConnectionState::Live { node, generation } => {
-            assert_eq!((node.as_str(), generation), ("node-gen-b", 1));
+        ouroboros::client::ConnectionState::Live {
+            node,
+            generation,
+            transport: t,
+        } => {
+            assert_eq!((node.as_str(), generation, t), ("node-gen-b", 1, transport));
         }
         s => panic!("unexpected state {s:?}"),
     }
@@ -427,11 +514,7 @@ async fn dual_registration_on_the_reference_server() {
     // A client of the reference server only.
     let mut cfg = ClientConfig::new("cloud-user");
     cfg.endpoint_index = 1;
-    let target = Target {
-        peer_id: record.peer_id.clone(),
-        generation: 0,
-        signaling: vec![record.signaling[1].clone()],
-    };
+    let target = Target::new(record.peer_id.clone(), 0, vec![record.signaling[1].clone()]);
     let (cloud, _cev) = Client::connect(target, cfg).await.unwrap();
     let (local, mut lev) = client(&node, "local-user", Serialization::Json).await;
     local.join("both", None).await.unwrap();

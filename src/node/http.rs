@@ -5,8 +5,11 @@ use std::sync::Arc;
 
 use axum::{
     Router,
-    extract::State,
-    http::{HeaderMap, HeaderValue, header},
+    extract::{
+        Query, State,
+        ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
+    },
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -69,6 +72,8 @@ pub fn routes(shared: Arc<NodeShared>) -> Router {
         .route("/status", get(status_page))
         .route("/status.json", get(status_json))
         .route("/metrics", get(metrics))
+        .route(super::RELAY_WS_PATH, get(relay_ws))
+        .route(super::handoff_ws::HANDOFF_WS_PATH, get(handoff_ws))
         .route("/chat", get(chat))
         .route("/chat.js", get(chat_js))
         .route("/chat.css", get(chat_css))
@@ -104,6 +109,83 @@ async fn discovery(State(s): State<Arc<NodeShared>>) -> Response {
         )
             .into_response(),
     )
+}
+
+/// The relay WebSocket's query: `?client=NAME` declares the client's name (its identity, as
+/// `metadata.client` does on a DataConnection).
+#[derive(Debug, serde::Deserialize)]
+struct RelayQuery {
+    client: Option<String>,
+}
+
+/// `GET /relay`: the relay protocol over a WebSocket (`protocol/relay.md`).
+async fn relay_ws(
+    State(s): State<Arc<NodeShared>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    Query(q): Query<RelayQuery>,
+) -> Response {
+    let Ok(upgrade) = upgrade else {
+        return cors(
+            (
+                StatusCode::UPGRADE_REQUIRED,
+                [(header::UPGRADE, "websocket")],
+                "the relay protocol over a WebSocket: open ws(s)://this-host/relay (protocol/relay.md)\n",
+            )
+                .into_response(),
+        );
+    };
+    let max = s.relay_ws_max_message;
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |ws| async move {
+            s.relay.serve_ws(ws, q.client, s.stop.clone());
+        })
+}
+
+/// The handoff WebSocket's query: the successor's peer id (and GitHub run id, if any).
+#[derive(Debug, serde::Deserialize)]
+struct HandoffQuery {
+    peer: Option<String>,
+    github_run_id: Option<String>,
+}
+
+/// `GET /handoff`: the handoff over a WebSocket (`protocol/handoff.md`), routed to the
+/// predecessor driver like an `ouroboros-handoff` DataConnection.
+async fn handoff_ws(
+    State(s): State<Arc<NodeShared>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    Query(q): Query<HandoffQuery>,
+) -> Response {
+    let Ok(upgrade) = upgrade else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::UPGRADE, "websocket")],
+            "the handoff between nodes: a WebSocket (protocol/handoff.md)\n",
+        )
+            .into_response();
+    };
+    let Some(peer) = q.peer.filter(|p| crate::ids::valid_id(p)) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "?peer=<successor peer id> is required\n",
+        )
+            .into_response();
+    };
+    let metadata = match q.github_run_id {
+        Some(run) => serde_json::json!({ super::ring::RUN_ID_METADATA: run }),
+        None => serde_json::Value::Null,
+    };
+    let max = super::handoff_ws::HANDOFF_WS_MAX_MESSAGE;
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |ws| async move {
+            tracing::info!(%peer, "handoff: a successor connected over the WebSocket");
+            let link = super::handoff_ws::server_link(ws, peer, metadata);
+            s.handoff
+                .route(crate::handoff::HandoffConn::WebSocket(link));
+        })
 }
 
 /// `/ice`: the ICE servers for one client, TURN credentials fresh (a JSON array of

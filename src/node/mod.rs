@@ -15,11 +15,13 @@
 
 mod args;
 mod driver;
+pub mod handoff_ws;
 mod http;
 pub mod ice;
 mod registration;
 pub mod ring;
 pub mod status;
+pub mod transport;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -170,11 +172,25 @@ pub struct NodeShared {
     tunnel: RwLock<String>,
     /// Where `ouroboros-handoff` connections to the node's peer go (`node::ring`).
     pub handoff: crate::handoff::HandoffInbox,
+    /// Cancelled when the node stops (ends the relay WebSockets).
+    stop: CancellationToken,
+    /// The path of this node's latest handoff connection (`webrtc` or `ws`), for `/status`.
+    handoff_transport: RwLock<Option<&'static str>>,
+    /// Largest frame the relay WebSocket reads.
+    relay_ws_max_message: usize,
     /// The ICE servers: the node's own, the published ones, fresh TURN credentials.
     pub ice: ice::NodeIce,
 }
 
 impl NodeShared {
+    /// Records the path of a handoff connection (shown on `/status.json`).
+    pub fn set_handoff_transport(&self, transport: &'static str) {
+        *self
+            .handoff_transport
+            .write()
+            .expect("handoff transport lock poisoned") = Some(transport);
+    }
+
     /// `/metrics`: the node's figures and the signaling server's counters.
     pub async fn metrics(&self) -> String {
         let mut out = status::render_metrics(&self.status().await);
@@ -185,7 +201,7 @@ impl NodeShared {
     /// The status snapshot (`/status.json`).
     pub async fn status(&self) -> NodeStatus {
         let record = self.record.read().expect("record lock poisoned").clone();
-        let (relay, rooms) = self.relay.figures().await.unwrap_or_default();
+        let (relay, rooms, clients) = self.relay.figures().await.unwrap_or_default();
         let gap = self.relay.with_relay(|r| r.gap().cloned()).await.flatten();
         let lc = self
             .lifecycle
@@ -207,11 +223,16 @@ impl NodeShared {
                 .map(|t| t.saturating_duration_since(now).as_secs()),
             lifecycle: lc.state,
             gap,
+            handoff_transport: *self
+                .handoff_transport
+                .read()
+                .expect("handoff transport lock poisoned"),
             tunnel: self.tunnel.read().expect("tunnel lock poisoned").clone(),
             listen_url: self.listen_url.clone(),
             endpoints: self.registrations.iter().map(|r| r.status()).collect(),
             relay,
             rooms,
+            clients,
             rss_bytes: status::current_rss(),
             signaling: signaling_figures(&self.signaling.stats()),
             version: env!("CARGO_PKG_VERSION"),
@@ -250,6 +271,17 @@ fn signaling_figures(s: &crate::signaling::Stats) -> Vec<(String, u64)> {
             s.dropped + s.malformed + s.undeliverable,
         ),
     ]
+}
+
+pub use crate::discovery::RELAY_WS_PATH;
+
+/// Largest relay WebSocket frame: room for a `max_message_size` body and its envelope (even
+/// when escaped), so the relay can answer `too_large` itself; at least 1 MiB.
+fn relay_ws_max_message(max_message_size: u64) -> usize {
+    let body = usize::try_from(max_message_size).unwrap_or(usize::MAX / 4);
+    body.saturating_mul(2)
+        .saturating_add(64 * 1024)
+        .max(1 << 20)
 }
 
 /// The endpoint an `--also-register` URL stands for.
@@ -376,6 +408,7 @@ impl Node {
             registrations.push(Registration::new(display_url(cfg), "extra"));
             endpoints.push(endpoint_of(cfg));
         }
+        let relay_ws = endpoints[0].relay_ws_url();
         let record = DiscoveryRecord {
             version: RECORD_VERSION,
             peer_id: peer_id.clone(),
@@ -383,6 +416,7 @@ impl Node {
             signaling: endpoints,
             ice_servers: Some(node_ice.public()),
             tunnel_url: None,
+            relay_ws: Some(relay_ws),
             started_at: SystemTime::now(),
             expires_at: args.lifecycle.lifetime.map(|l| SystemTime::now() + l),
             previous: args.lifecycle.predecessor_peer_id.clone().map(|p| {
@@ -413,6 +447,9 @@ impl Node {
             }),
             tunnel: RwLock::new("none".into()),
             handoff: crate::handoff::HandoffInbox::default(),
+            stop: stop.clone(),
+            handoff_transport: RwLock::new(None),
+            relay_ws_max_message: relay_ws_max_message(args.max_message_size),
             ice: node_ice.clone(),
         });
         let root = signaling.with_cors(
@@ -446,7 +483,7 @@ impl Node {
                 registrations[0].clone(),
                 move |c| {
                     if c.label() == crate::handoff::HANDOFF_LABEL {
-                        handoff.route(c)
+                        handoff.route(crate::handoff::HandoffConn::DataChannel(c))
                     } else {
                         relay.serve(c)
                     }
@@ -482,7 +519,7 @@ impl Node {
                 reg.clone(),
                 move |c| {
                     if c.label() == crate::handoff::HANDOFF_LABEL {
-                        handoff.route(c)
+                        handoff.route(crate::handoff::HandoffConn::DataChannel(c))
                     } else {
                         relay.serve(c)
                     }
@@ -638,6 +675,8 @@ pub async fn attach_tunnel(
         record.tunnel_url = Some(url.to_string());
         let own = record.signaling.first().cloned();
         if let Some(ep) = own.and_then(|o| status.signaling_endpoint(&o.path, &o.key)) {
+            // The tunnel carries the relay WebSocket too: that URL works from anywhere.
+            record.relay_ws = Some(ep.relay_ws_url());
             record.signaling.insert(1.min(record.signaling.len()), ep);
         }
         node.set_record(record);
