@@ -15,8 +15,9 @@ use ouroboros::discovery::{
     DiscoveryRecord, LocalPublisher, Publisher, RECORD_VERSION, SignalingEndpoint,
 };
 use ouroboros::handoff::{
-    HANDOFF_LABEL, HandoffConfig, Predecessor, PredecessorEvent, PreparedSnapshot, Secret,
-    SharedRelay, Successor, SuccessorConfig, SuccessorOutcome, run_successor, spawn_predecessor,
+    ConnectError, HANDOFF_LABEL, HandoffConfig, Predecessor, PredecessorEvent, PreparedSnapshot,
+    Secret, SharedRelay, Successor, SuccessorConfig, SuccessorOutcome, run_successor,
+    spawn_predecessor,
 };
 use ouroboros::peer::codec::Serialization;
 use ouroboros::peer::{ConnectOptions, Peer, PeerConfig};
@@ -335,7 +336,7 @@ async fn run(mb: usize) {
                 },
             )
             .await
-            .map_err(|e| e.to_string())
+            .map_err(ConnectError::from)
         }
     };
     let publish_rec = move || {

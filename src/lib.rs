@@ -18,6 +18,8 @@
 //! - [`tunnel`]: optional public reachability (ngrok).
 //! - [`github`]: a small GitHub REST client (dispatch, contents, runs).
 //! - [`rate`]: the token bucket shared by every rate limit.
+//! - [`retry`]: the one retry policy (exponential, capped, full jitter) of every reconnect and
+//!   retry loop.
 //! - [`tls`]: the one TLS trust policy (platform roots plus optional extra roots) of every
 //!   outgoing connection.
 //! - [`units`]: byte sizes on the command line.
@@ -42,6 +44,7 @@ pub mod node;
 pub mod peer;
 pub mod rate;
 pub mod relay;
+pub mod retry;
 pub mod signaling;
 pub mod tls;
 pub mod tunnel;

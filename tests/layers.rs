@@ -10,20 +10,25 @@ const LAYERS: &[(&str, u32)] = &[
     // Leaves: import nothing from the crate.
     ("rate", 0),
     ("units", 0),
+    ("ids", 0),
+    ("json", 0),
+    ("retry", 0),
+    ("tls", 0),
     ("discovery", 0),
-    ("peer", 0),
+    // The native peer (TLS policy, retry policy, id rules).
+    ("peer", 1),
     // Protocol cores and their shells.
-    ("signaling", 1),
-    ("relay", 1),
-    ("tunnel", 1),
+    ("signaling", 2),
+    ("relay", 2),
+    ("tunnel", 2),
     // The handoff (on the relay), then the lifecycle (uses handoff's configs and secret).
-    ("handoff", 2),
-    ("client", 2),
-    ("lifecycle", 3),
+    ("handoff", 3),
+    ("client", 3),
+    ("lifecycle", 4),
     // Cloud parts: GitHub's launcher and publisher.
-    ("github", 4),
+    ("github", 5),
     // Composition: the node wires everything.
-    ("node", 5),
+    ("node", 6),
 ];
 
 /// Items of the crate root every module may use (not modules).

@@ -10,8 +10,8 @@ use ouroboros::handoff::{
     SharedRelay, Successor, SuccessorConfig, SuccessorOutcome, Transferred, run_successor,
     spawn_predecessor,
 };
-use ouroboros::peer::codec::Serialization;
-use ouroboros::peer::{ConnectOptions, Peer, PeerConfig};
+use ouroboros::node::ring::predecessor_connector;
+use ouroboros::peer::{Peer, PeerConfig};
 use ouroboros::relay::{ConnId, ConnInfo, Mode, Output, Relay, RelayConfig};
 use ouroboros::signaling::{self, SignalConfig, Signaling};
 use serde_json::{Value, json};
@@ -204,9 +204,20 @@ fn serve_predecessor(
     handle.events
 }
 
+/// A successor that is not registered yet: the production connector registers its peer
+/// on the predecessor's signaling server when it first connects.
+struct Joining {
+    id: String,
+    relay: SharedRelay,
+}
+
+/// Runs the successor side through the production path: `node::ring`'s connector (a `raw`
+/// connection, endpoints tried in turn) and `run_successor`.
+#[allow(clippy::too_many_arguments)]
 async fn successor(
-    node: &Node,
+    node: &Joining,
     pred_id: &str,
+    pred_port: u16,
     generation: u64,
     secret: &[u8],
     publisher: LocalPublisher,
@@ -214,7 +225,7 @@ async fn successor(
     cfg: SuccessorConfig,
 ) -> SuccessorOutcome {
     let succ = Successor::new(
-        node.peer.id().to_string(),
+        node.id.clone(),
         pred_id.to_string(),
         generation,
         Secret::new(secret.to_vec()).unwrap(),
@@ -223,25 +234,13 @@ async fn successor(
         Instant::now(),
         rand::SeedableRng::from_os_rng(),
     );
-    let peer = node.peer.clone();
-    let pred_id = pred_id.to_string();
-    let connect = move || {
-        let peer = peer.clone();
-        let pred_id = pred_id.clone();
-        async move {
-            peer.connect(
-                &pred_id,
-                ConnectOptions {
-                    label: Some(HANDOFF_LABEL.into()),
-                    serialization: Serialization::Binary,
-                    reliable: true,
-                    metadata: None,
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())
-        }
-    };
+    let connect = predecessor_connector(
+        vec![endpoint(pred_port)],
+        node.id.clone(),
+        pred_id.to_string(),
+        // Loopback only, as every peer of these tests.
+        |c| c.udp_addrs = vec!["127.0.0.1:0".into()],
+    );
     let publish = move || {
         let publisher = publisher.clone();
         let record = record.clone();
@@ -307,8 +306,8 @@ async fn handoff_over_peerjs_keeps_every_acknowledged_message() {
         unreachable!()
     });
 
-    let succ = Node {
-        peer: Arc::new(Peer::open(peer_config(port, "succ-node")).await.unwrap()),
+    let succ = Joining {
+        id: "succ-node".into(),
         relay: shared_relay("succ-node", 1),
     };
     succ.relay.lock_with(|r| r.set_mode(Mode::Draining));
@@ -318,6 +317,7 @@ async fn handoff_over_peerjs_keeps_every_acknowledged_message() {
         successor(
             &succ,
             "pred-node",
+            port,
             1,
             SECRET,
             publisher.clone(),
@@ -414,8 +414,8 @@ async fn wrong_secret_is_refused_and_the_predecessor_keeps_serving() {
     open_client(&pred.relay, 1, "alice");
     publish(&pred.relay, 1, "r", "m1", "before").unwrap();
     let mut events = serve_predecessor(pred.peer.clone(), &pred.relay, 0, HandoffConfig::default());
-    let impostor = Node {
-        peer: Arc::new(Peer::open(peer_config(port, "impostor")).await.unwrap()),
+    let impostor = Joining {
+        id: "impostor".into(),
         relay: shared_relay("impostor", 1),
     };
     let outcome = tokio::time::timeout(
@@ -423,6 +423,7 @@ async fn wrong_secret_is_refused_and_the_predecessor_keeps_serving() {
         successor(
             &impostor,
             "pred-w",
+            port,
             1,
             b"a wrong secret of enough length",
             publisher.clone(),

@@ -13,6 +13,7 @@ use super::{Ack, ClientConfig, ClientError, Command, Event, HistoryPage, Message
 use crate::discovery::SignalingEndpoint;
 use crate::peer::{ConnectOptions, ConnectionReceiver, ConnectionSender, Peer, PeerConfig, Value};
 use crate::relay::wire::{ClientMessage, MsgRecord, PROTOCOL, ServerMessage};
+use crate::retry::Backoff;
 
 /// Where the client's connection stands.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +45,8 @@ pub enum ConnectionState {
 
 /// Error codes after which a publish stays pending and is re-sent to the successor.
 const RETRYABLE: &[&str] = &["read_only"];
+/// Ceiling of the first reconnect delay (doubling up to `ClientConfig::max_backoff`).
+const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(50);
 
 struct RoomState {
     /// Highest sequence number seen (or the `since`/head the room was joined at).
@@ -356,7 +359,8 @@ impl Driver {
     /// Reconnects with backoff. Returns false if closed or given up.
     async fn reconnect(&mut self, cmds: &mut mpsc::Receiver<Command>, moving: bool) -> bool {
         let started = Instant::now();
-        let mut delay = Duration::from_millis(50);
+        // Full jitter: every client of a node that just died reconnects at a different moment.
+        let mut delays = Backoff::new(FIRST_RECONNECT_DELAY, self.cfg.max_backoff).delays();
         let mut attempt = 0u32;
         loop {
             self.set_state(if moving {
@@ -384,6 +388,7 @@ impl Driver {
             {
                 self.target = r.into();
             }
+            let delay = delays.next_delay().unwrap_or(self.cfg.max_backoff);
             self.set_state(ConnectionState::Offline {
                 reason: err,
                 retry_in: delay,
@@ -399,7 +404,6 @@ impl Driver {
                     },
                 }
             }
-            delay = (delay * 2).min(self.cfg.max_backoff);
         }
     }
 

@@ -29,118 +29,18 @@ fn record(peer: &str, generation: u64) -> DiscoveryRecord {
     }
 }
 
-/// A small JSON Schema checker for the keywords our schemas use (type, const, required,
-/// properties, additionalProperties, items, $ref to #/$defs, min/max, minLength/maxLength,
-/// minItems, format date-time). Returns the list of violations.
-fn check(schema: &Value, root: &Value, v: &Value, at: &str, errs: &mut Vec<String>) {
-    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
-        let name = r.strip_prefix("#/$defs/").expect("only local $defs refs");
-        return check(&root["$defs"][name], root, v, at, errs);
-    }
-    if let Some(c) = schema.get("const")
-        && c != v
-    {
-        errs.push(format!("{at}: expected const {c}"));
-    }
-    if let Some(t) = schema.get("type") {
-        let types: Vec<&str> = match t {
-            Value::String(s) => vec![s.as_str()],
-            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
-            _ => panic!("bad type keyword"),
-        };
-        let ok = types.iter().any(|t| match *t {
-            "object" => v.is_object(),
-            "array" => v.is_array(),
-            "string" => v.is_string(),
-            "integer" => v.is_i64() || v.is_u64(),
-            "number" => v.is_number(),
-            "boolean" => v.is_boolean(),
-            "null" => v.is_null(),
-            other => panic!("unknown type {other}"),
-        });
-        if !ok {
-            errs.push(format!("{at}: expected type {t}, got {v}"));
-            return;
-        }
-    }
-    if let Some(n) = v.as_f64() {
-        if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
-            && n < min
-        {
-            errs.push(format!("{at}: below minimum {min}"));
-        }
-        if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
-            && n > max
-        {
-            errs.push(format!("{at}: above maximum {max}"));
-        }
-    }
-    if let Some(s) = v.as_str() {
-        let len = s.chars().count() as u64;
-        if schema
-            .get("minLength")
-            .and_then(Value::as_u64)
-            .is_some_and(|m| len < m)
-        {
-            errs.push(format!("{at}: too short"));
-        }
-        if schema
-            .get("maxLength")
-            .and_then(Value::as_u64)
-            .is_some_and(|m| len > m)
-        {
-            errs.push(format!("{at}: too long"));
-        }
-        if schema.get("format").and_then(Value::as_str) == Some("date-time")
-            && humantime::parse_rfc3339_weak(s).is_err()
-        {
-            errs.push(format!("{at}: not an RFC 3339 date-time: {s}"));
-        }
-    }
-    if let Some(a) = v.as_array() {
-        if schema
-            .get("minItems")
-            .and_then(Value::as_u64)
-            .is_some_and(|m| (a.len() as u64) < m)
-        {
-            errs.push(format!("{at}: too few items"));
-        }
-        if let Some(items) = schema.get("items") {
-            for (i, item) in a.iter().enumerate() {
-                check(items, root, item, &format!("{at}[{i}]"), errs);
-            }
-        }
-    }
-    if let Some(o) = v.as_object() {
-        for req in schema
-            .get("required")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let req = req.as_str().expect("required names are strings");
-            if !o.contains_key(req) {
-                errs.push(format!("{at}: missing {req}"));
-            }
-        }
-        let props = schema.get("properties").and_then(Value::as_object);
-        for (k, val) in o {
-            match props.and_then(|p| p.get(k)) {
-                Some(sub) => check(sub, root, val, &format!("{at}.{k}"), errs),
-                None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
-                    errs.push(format!("{at}: unexpected property {k}"))
-                }
-                None => {}
-            }
-        }
-    }
-}
-
+/// Violations of `protocol/discovery.schema.json` (checked by the `jsonschema` crate, with
+/// `format` asserted, so `date-time` fields are checked too).
 fn violations(v: &Value) -> Vec<String> {
     let schema: Value = serde_json::from_str(SCHEMA).expect("schema is JSON");
-    let mut errs = Vec::new();
-    check(&schema, &schema, v, "$", &mut errs);
-    errs
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .expect("the schema compiles");
+    validator
+        .iter_errors(v)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect()
 }
 
 #[test]

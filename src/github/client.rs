@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::error::{GithubError, body_message, classify, redact};
+use crate::retry::Backoff;
 
 /// The public API, used when `GITHUB_API_URL` is not set.
 pub const DEFAULT_API_URL: &str = "https://api.github.com";
@@ -48,12 +49,14 @@ impl fmt::Debug for SecretToken {
     }
 }
 
-/// How failed requests are retried.
+/// How failed requests are retried (delays from [`crate::retry::Backoff`]: doubling, full
+/// jitter; a rate limit's `retry-after` is honoured instead when GitHub sends one).
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     /// Retries after the first attempt.
     pub max_retries: u32,
-    /// First backoff for network errors and 5xx (doubled each time).
+    /// Ceiling of the first backoff for network errors, 5xx and rate limits without
+    /// `retry-after` (doubled each time, up to `max_wait`).
     pub base_backoff: Duration,
     /// Longest wait honoured for a rate limit; a longer `retry-after` fails at once with
     /// [`GithubError::RateLimited`] so the caller can decide.
@@ -314,6 +317,12 @@ impl GithubClient {
     ) -> Result<(StatusCode, String), GithubError> {
         let policy = &self.config.retry;
         let secret = self.config.token.expose();
+        // Backoff for network errors, 5xx and rate limits without `retry-after`; the ceilings
+        // add up to at most `max_wait`.
+        let mut delays = Backoff::new(policy.base_backoff, policy.max_wait)
+            .with_max_retries(policy.max_retries as usize)
+            .with_total(policy.max_wait)
+            .delays();
         let mut attempt: u32 = 0;
         loop {
             let mut auth = HeaderValue::from_str(&format!("Bearer {secret}")).map_err(|_| {
@@ -331,15 +340,14 @@ impl GithubClient {
             if let Body::Json(v) = body {
                 req = req.json(v);
             }
-            let backoff = policy.base_backoff.saturating_mul(1u32 << attempt.min(16));
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
                     let msg = redact(&error_chain(&e), secret);
-                    if idempotent && attempt < policy.max_retries {
+                    if idempotent && let Some(delay) = delays.next_delay() {
                         tracing::warn!(%url, attempt, error = %msg, "GitHub request failed; retrying");
                         attempt += 1;
-                        tokio::time::sleep(backoff).await;
+                        tokio::time::sleep(delay).await;
                         continue;
                     }
                     return Err(GithubError::Network(msg));
@@ -357,16 +365,19 @@ impl GithubClient {
                 redact(&body_message(&text), secret),
                 SystemTime::now(),
             );
+            // GitHub's `retry-after` (or its rate-limit reset) wins over our own backoff.
             let wait = match &err {
-                GithubError::RateLimited { retry_after, .. } => {
-                    let w = retry_after.unwrap_or(backoff);
-                    (w <= policy.max_wait).then_some(w)
+                GithubError::RateLimited { retry_after, .. } => delays
+                    .next_delay()
+                    .map(|d| retry_after.unwrap_or(d))
+                    .filter(|w| *w <= policy.max_wait),
+                GithubError::Status { status, .. } if idempotent && *status >= 500 => {
+                    delays.next_delay()
                 }
-                GithubError::Status { status, .. } if idempotent && *status >= 500 => Some(backoff),
                 _ => None,
             };
             match wait {
-                Some(w) if attempt < policy.max_retries => {
+                Some(w) => {
                     tracing::warn!(%url, attempt, status = status.as_u16(), wait_ms = w.as_millis() as u64, error = %err, "GitHub asked us to wait; retrying");
                     attempt += 1;
                     tokio::time::sleep(w).await;

@@ -9,237 +9,33 @@
 
 use super::host::{HandoffHost, HostOps};
 use super::message::Message;
+use super::restore::RestoreWorker;
+use super::transport::{Inbound, attach};
 use super::{
     ConnId, GiveUpReason, Predecessor, PredecessorEvent, PredecessorPhase, PreparedSnapshot,
     Successor, SuccessorEvent, SuccessorPhase, Transferred, Transmit,
 };
 use crate::discovery::DiscoveryError;
-use crate::peer::DataConnection;
-use crate::peer::codec::{Serialization, Value};
-use crate::relay::{Mode, Relay, RelayConfig, SnapshotJson, StreamingRestore};
+use crate::peer::{DataConnection, PeerError};
+use crate::relay::{Mode, SnapshotJson};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 
-/// A snapshot restored on its own thread while it arrives: pieces go in as they are
-/// verified, [`RestoreWorker::finish`] returns the relay once the last one is in.
-/// Dropping the worker abandons the restore.
-pub struct RestoreWorker {
-    pieces: Option<std::sync::mpsc::Sender<Vec<u8>>>,
-    result: tokio::sync::oneshot::Receiver<Result<Relay, String>>,
-    cancelled: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl RestoreWorker {
-    /// Starts a restore into a relay with `config`.
-    ///
-    /// # Errors
-    /// The thread cannot be started.
-    pub fn start(config: RelayConfig) -> std::io::Result<RestoreWorker> {
-        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-        let (done, result) = tokio::sync::oneshot::channel();
-        let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stop = cancelled.clone();
-        std::thread::Builder::new()
-            .name("handoff-restore".into())
-            .spawn(move || {
-                let started = Instant::now();
-                let mut restore = StreamingRestore::new(config, Instant::now());
-                for piece in rx {
-                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        return;
-                    }
-                    // A failed restore keeps its first error for `finish`.
-                    let _ = restore.feed(&piece);
-                }
-                let bytes = restore.consumed();
-                let result = restore.finish().map_err(|e| e.to_string());
-                tracing::debug!(
-                    bytes,
-                    ms = started.elapsed().as_millis() as u64,
-                    ok = result.is_ok(),
-                    "handoff: streaming restore ended"
-                );
-                let _ = done.send(result);
-            })?;
-        Ok(RestoreWorker {
-            pieces: Some(tx),
-            result,
-            cancelled,
-        })
-    }
-
-    /// The next piece, in order.
-    pub fn feed(&self, piece: Vec<u8>) {
-        if let Some(tx) = &self.pieces {
-            let _ = tx.send(piece);
-        }
-    }
-
-    /// Waits until every piece is decoded and returns the relay.
-    ///
-    /// # Errors
-    /// A message if the snapshot is malformed or inconsistent.
-    pub async fn finish(mut self) -> Result<Relay, String> {
-        self.pieces = None;
-        (&mut self.result)
-            .await
-            .unwrap_or_else(|_| Err("the restore thread stopped".into()))
-    }
-}
-
-impl Drop for RestoreWorker {
-    fn drop(&mut self) {
-        if self.pieces.is_some() {
-            self.cancelled
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-}
-
-/// Largest DataConnection message on a `raw` handoff connection: the 256 KiB SCTP
-/// message limit both Ouroboros peers announce. Longer handoff messages are split into
-/// `OHBF` fragments (see `protocol/handoff.md`).
-pub const RAW_FRAME_MAX: usize = 256 * 1024;
-/// Prefix of a fragment of a handoff message on a `raw` connection.
-const FRAGMENT_MAGIC: &[u8; 4] = b"OHBF";
-/// Fragment header: magic and the "last fragment" flag.
-const FRAGMENT_HEADER: usize = 5;
-
-/// Encodes a handoff message for a connection's serialization: `binary`/`msgpack` get the
-/// binary frame, `json` the JSON object, `raw` the binary frame as is (split into `OHBF`
-/// fragments above [`RAW_FRAME_MAX`]).
-pub fn to_values(serialization: Serialization, m: &Message) -> Vec<Value> {
-    match serialization {
-        Serialization::Json => vec![Value::from_json(
-            serde_json::to_value(m).expect("serializes"),
-        )],
-        Serialization::Raw => {
-            let bytes = m.to_binary();
-            if bytes.len() <= RAW_FRAME_MAX {
-                return vec![Value::Bin(bytes.into())];
-            }
-            let part = RAW_FRAME_MAX - FRAGMENT_HEADER;
-            let n = bytes.len().div_ceil(part);
-            bytes
-                .chunks(part)
-                .enumerate()
-                .map(|(i, p)| {
-                    let mut f = Vec::with_capacity(FRAGMENT_HEADER + p.len());
-                    f.extend_from_slice(FRAGMENT_MAGIC);
-                    f.push(u8::from(i + 1 == n));
-                    f.extend_from_slice(p);
-                    Value::Bin(f.into())
-                })
-                .collect()
-        }
-        _ => vec![Value::Bin(m.to_binary().into())],
-    }
-}
-
-/// Decodes one whole handoff message from either encoding (fragments go through
-/// [`Defragmenter`]).
-fn from_value(v: &Value) -> Result<Message, String> {
-    match v {
-        Value::Bin(b) => Message::from_binary(b).map_err(|e| e.to_string()),
-        Value::Str(s) => Message::from_json(s).map_err(|e| e.to_string()),
-        Value::Map(_) => serde_json::from_value(v.to_json()).map_err(|e| e.to_string()),
-        _ => Err("not a handoff message".into()),
-    }
-}
-
-/// Reassembles `OHBF` fragments (raw connections) into whole handoff messages.
-#[derive(Debug, Default)]
-pub struct Defragmenter {
-    partial: Vec<u8>,
-    broken: bool,
-}
-
-impl Defragmenter {
-    /// Feeds one received value; returns a decoded message when one is complete.
-    ///
-    /// # Errors
-    /// An undecodable message, or fragments adding up to more than the handoff message
-    /// limit (the rest of that message is then skipped).
-    pub fn push(&mut self, v: Value) -> Result<Option<Message>, String> {
-        let Value::Bin(b) = &v else {
-            return from_value(&v).map(Some);
-        };
-        if !b.starts_with(FRAGMENT_MAGIC) {
-            if !self.partial.is_empty() || self.broken {
-                self.partial.clear();
-                self.broken = false;
-                tracing::debug!("handoff: unfinished fragmented message dropped");
-            }
-            return from_value(&v).map(Some);
-        }
-        let Some(&last) = b.get(4) else {
-            return Err("fragment without header".into());
-        };
-        let last = last != 0;
-        if !self.broken {
-            if self.partial.len() + b.len() - FRAGMENT_HEADER > super::message::MAX_MESSAGE_BYTES {
-                self.partial = Vec::new();
-                self.broken = true;
-            } else {
-                self.partial.extend_from_slice(&b[FRAGMENT_HEADER..]);
-            }
-        }
-        if !last {
-            return Ok(None);
-        }
-        if std::mem::take(&mut self.broken) {
-            return Err("fragmented handoff message above the size limit".into());
-        }
-        let whole = std::mem::take(&mut self.partial);
-        Message::from_binary(&whole)
-            .map(Some)
-            .map_err(|e| e.to_string())
-    }
-}
-
-enum Inbound {
-    Msg(ConnId, Message),
-    Closed(ConnId),
-}
-
-/// Spawns a reader task for `conn`; returns its writer channel.
-fn attach(
-    id: ConnId,
-    conn: DataConnection,
-    inbox: mpsc::UnboundedSender<Inbound>,
-) -> mpsc::UnboundedSender<Message> {
-    let serialization = conn.serialization();
-    let (sender, mut receiver) = conn.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-    tokio::spawn(async move {
-        'send: while let Some(m) = rx.recv().await {
-            for v in to_values(serialization, &m) {
-                if sender.send(&v).await.is_err() {
-                    break 'send;
-                }
-            }
-        }
-        sender.close(true).await;
-    });
-    tokio::spawn(async move {
-        let mut defrag = Defragmenter::default();
-        while let Some(item) = receiver.recv().await {
-            match item.map_err(|e| e.to_string()).and_then(|v| defrag.push(v)) {
-                Ok(None) => {}
-                Ok(Some(m)) => {
-                    if inbox.send(Inbound::Msg(id, m)).is_err() {
-                        break;
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "handoff: undecodable message dropped"),
-            }
-        }
-        let _ = inbox.send(Inbound::Closed(id));
-    });
-    tx
+/// The successor could not open a handoff connection to its predecessor.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectError {
+    /// The predecessor listed no signaling endpoint.
+    #[error("no predecessor endpoint")]
+    NoEndpoint,
+    /// Every endpoint failed: (`host:port`, why), in the order tried.
+    #[error("{}", .0.iter().map(|(ep, e)| format!("{ep}: {e}")).collect::<Vec<_>>().join("; "))]
+    Unreachable(Vec<(String, PeerError)>),
+    /// The peer could not connect.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
 }
 
 /// The running predecessor side.
@@ -406,12 +202,12 @@ pub async fn run_successor<C, CF, P, PF>(
 ) -> SuccessorOutcome
 where
     C: FnMut() -> CF + Send + 'static,
-    CF: Future<Output = Result<DataConnection, String>> + Send + 'static,
+    CF: Future<Output = Result<DataConnection, ConnectError>> + Send + 'static,
     P: FnMut() -> PF + Send,
     PF: Future<Output = Result<(), DiscoveryError>> + Send,
 {
     let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Inbound>();
-    let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<Result<DataConnection, String>>();
+    let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<Result<DataConnection, ConnectError>>();
     let mut writer: Option<(ConnId, mpsc::UnboundedSender<Message>)> = None;
     let mut next_id: ConnId = 1;
     let mut outcome: Option<SuccessorOutcome> = None;
@@ -459,7 +255,7 @@ where
                         };
                         let restored = match worker {
                             Ok(w) => w.finish().await,
-                            Err(e) => Err(format!("cannot start the restore thread: {e}")),
+                            Err(e) => Err(e.into()),
                         };
                         match restored {
                             Ok(relay) => {
@@ -576,14 +372,14 @@ async fn finish_live<C, CF>(
     mut succ: Successor,
     mut writer: Option<(ConnId, mpsc::UnboundedSender<Message>)>,
     mut inbox: mpsc::UnboundedReceiver<Inbound>,
-    mut conn_rx: mpsc::UnboundedReceiver<Result<DataConnection, String>>,
-    conn_tx: mpsc::UnboundedSender<Result<DataConnection, String>>,
+    mut conn_rx: mpsc::UnboundedReceiver<Result<DataConnection, ConnectError>>,
+    conn_tx: mpsc::UnboundedSender<Result<DataConnection, ConnectError>>,
     inbox_tx: mpsc::UnboundedSender<Inbound>,
     mut next_id: ConnId,
     mut connect: C,
 ) where
     C: FnMut() -> CF + Send + 'static,
-    CF: Future<Output = Result<DataConnection, String>> + Send + 'static,
+    CF: Future<Output = Result<DataConnection, ConnectError>> + Send + 'static,
 {
     loop {
         while let Some(ev) = succ.poll_event() {

@@ -9,7 +9,10 @@
 //! - [`message`]: wire messages and their `json`/`binary` encodings.
 //! - [`host`]: [`HandoffHost`], the one way in to a relay, and [`HostOps`], every operation
 //!   the handoff does to it, written once.
-//! - [`driver`]: the async drivers over PeerJS DataConnections and a [`HandoffHost`].
+//! - `snapshot`: [`PreparedSnapshot`], the snapshot's digests (hashed by the shell).
+//! - [`driver`]: the async drivers over PeerJS DataConnections and a [`HandoffHost`];
+//!   `transport` (encoding, `OHBF` fragments, a connection's reader/writer tasks) and
+//!   `restore` ([`RestoreWorker`], the successor's restore thread) beside them.
 //! - [`recovery`]: periodic backups and the successor's fallback when the predecessor died.
 //! - [`backup`]: periodic snapshots for crash safety ([`BackupStore`], [`DirBackupStore`]).
 
@@ -20,24 +23,28 @@ pub mod host;
 pub mod message;
 mod predecessor;
 pub mod recovery;
+mod restore;
 mod secret;
 mod snapshot;
 mod successor;
+mod transport;
 
 pub use backup::{Backup, BackupError, BackupStore, DirBackupStore};
 pub use driver::{
-    Defragmenter, HandoffInbox, PredecessorHandle, RAW_FRAME_MAX, RestoreWorker, SuccessorOutcome,
-    run_successor, spawn_predecessor, to_values,
+    ConnectError, HandoffInbox, PredecessorHandle, SuccessorOutcome, run_successor,
+    spawn_predecessor,
 };
 pub use host::{HandoffHost, HostError, HostOps, RelayFn, RelayStopped, SharedRelay};
 pub use message::{HANDOFF_LABEL, HighWater, Message, RefuseCode};
 pub use predecessor::{ConnId, Predecessor, PredecessorEvent, PredecessorPhase, Transmit};
 pub use recovery::{DEFAULT_GAP_MARGIN, Recovery, RecoverySource, recover, spawn_backups};
+pub use restore::{RestoreError, RestoreWorker};
 pub use secret::{MIN_SECRET_LEN, SECRET_ENV, Secret, SecretError};
 pub use snapshot::PreparedSnapshot;
 pub use successor::{
     GiveUpReason, Successor, SuccessorConfig, SuccessorEvent, SuccessorPhase, Transferred,
 };
+pub use transport::{Defragmenter, FrameError, RAW_FRAME_MAX, to_values};
 
 use sha2::{Digest, Sha256};
 use std::time::Duration;

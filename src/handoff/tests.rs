@@ -1050,7 +1050,7 @@ fn second_successor_is_busy_and_loses_the_discovery_guard() {
 }
 
 mod raw_framing {
-    use super::driver::{Defragmenter, RAW_FRAME_MAX, to_values};
+    use super::transport::{Defragmenter, RAW_FRAME_MAX, to_values};
     use crate::handoff::Message;
     use crate::peer::codec::{Serialization, Value};
 
@@ -1109,7 +1109,7 @@ mod raw_framing {
             assert_eq!(d.push(f.clone()).unwrap(), None);
         }
         let err = d.push(frames[last].clone()).unwrap_err();
-        assert!(err.contains("size limit"), "{err}");
+        assert!(matches!(err, super::FrameError::TooLarge), "{err}");
         // A truncated fragment sequence followed by a whole message: the whole one decodes.
         let m2 = chunk(600 * 1024);
         let frames = to_values(Serialization::Raw, &m2);

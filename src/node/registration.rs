@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::status::EndpointStatus;
 use crate::peer::{DataConnection, Peer, PeerConfig, PeerEvent};
+use crate::retry::Backoff;
 
 /// Shown on `/status` and `/metrics` for one registration.
 #[derive(Debug)]
@@ -81,8 +82,9 @@ pub async fn keep_registered(
     stop: CancellationToken,
 ) {
     let mut opened = opened;
-    let mut backoff = Duration::from_millis(200);
-    const MAX_BACKOFF: Duration = Duration::from_secs(30);
+    const FIRST_DELAY: Duration = Duration::from_millis(200);
+    const MAX_DELAY: Duration = Duration::from_secs(30);
+    let mut delays = Backoff::new(FIRST_DELAY, MAX_DELAY).delays();
     loop {
         reg.set("connecting", false, None);
         let attempt = tokio::select! {
@@ -96,7 +98,7 @@ pub async fn keep_registered(
                 if let Some(tx) = opened.take() {
                     let _ = tx.send(Ok(peer.clone()));
                 }
-                backoff = Duration::from_millis(200);
+                delays.reset();
                 let mut events = peer.events();
                 loop {
                     tokio::select! {
@@ -134,10 +136,10 @@ pub async fn keep_registered(
                 }
             }
         }
+        let delay = delays.next_delay().unwrap_or(MAX_DELAY);
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(delay) => {}
             _ = stop.cancelled() => return,
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }

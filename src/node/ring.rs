@@ -7,19 +7,20 @@
 //! the node's relay, its peer and the launcher.
 
 use super::{LifecycleView, Node, NodeArgs};
-use crate::discovery::{LocalPublisher, Publisher, SignalingEndpoint};
+use crate::discovery::{DiscoveryError, LocalPublisher, Publisher, SignalingEndpoint};
 use crate::handoff::{
-    BackupStore, DEFAULT_GAP_MARGIN, DirBackupStore, GiveUpReason, HANDOFF_LABEL, HandoffHost,
-    HostOps, Predecessor, PredecessorEvent, Secret, Successor, SuccessorOutcome, recover,
-    run_successor, spawn_backups, spawn_predecessor,
+    BackupError, BackupStore, ConnectError, DEFAULT_GAP_MARGIN, DirBackupStore, GiveUpReason,
+    HANDOFF_LABEL, HandoffHost, HostOps, Predecessor, PredecessorEvent, Secret, SecretError,
+    Successor, SuccessorOutcome, recover, run_successor, spawn_backups, spawn_predecessor,
 };
 use crate::lifecycle::{
     ExitReason, Launcher, LauncherKind, Lifecycle, LifecycleAction, LifecycleInput, LifecycleState,
-    LocalLauncher, NoLauncher, SuccessorRequest,
+    LocalLauncher, NoLauncher, PlanError, SuccessorRequest,
 };
 use crate::peer::codec::Serialization;
-use crate::peer::{ConnectOptions, Peer, PeerConfig};
+use crate::peer::{ConnectOptions, DataConnection, Peer, PeerConfig};
 use crate::relay::Mode;
+use futures::future::BoxFuture;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -85,12 +86,24 @@ fn verified_handoff_inbox(
 /// Errors that stop a node before it serves.
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
-    /// Flags or the secret are invalid.
+    /// The lifecycle flags are invalid.
     #[error("{0}")]
-    Config(String),
-    /// The successor could not take over and must not serve.
-    #[error("handoff failed: {0}")]
-    Handoff(String),
+    Plan(#[from] PlanError),
+    /// `OUROBOROS_SECRET` is invalid.
+    #[error("{0}")]
+    Secret(#[from] SecretError),
+    /// The local launcher cannot be set up.
+    #[error("local launcher: {0}")]
+    Launcher(#[source] std::io::Error),
+    /// The predecessor was lost and recovery failed (this node must not serve).
+    #[error("handoff failed: recovery: {0}")]
+    Recovery(#[from] BackupError),
+    /// The predecessor was lost and another node published a newer record first.
+    #[error("handoff failed: another node took over: {0}")]
+    Superseded(#[source] DiscoveryError),
+    /// The successor gave up for a reason that forbids serving (see `protocol/handoff.md`).
+    #[error("handoff failed: {0:?}")]
+    GaveUp(GiveUpReason),
 }
 
 fn view(l: &Lifecycle) -> LifecycleView {
@@ -115,8 +128,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<ExitReason, RingError> {
     let la = &args.lifecycle;
-    let plan = la.plan().map_err(|e| RingError::Config(e.to_string()))?;
-    let secret = Secret::from_env_or_generate().map_err(|e| RingError::Config(e.to_string()))?;
+    let plan = la.plan()?;
+    let secret = Secret::from_env_or_generate()?;
     let host: Arc<dyn HandoffHost> = Arc::new(node.relay().clone());
     let publisher: Arc<dyn Publisher> = opts
         .publisher
@@ -131,7 +144,7 @@ pub async fn run(
         None => match la.launcher {
             LauncherKind::Local => Arc::new(
                 LocalLauncher::from_current_process(la.data_dir.clone(), secret.clone())
-                    .map_err(|e| RingError::Config(format!("local launcher: {e}")))?,
+                    .map_err(RingError::Launcher)?,
             ),
             LauncherKind::Github => {
                 tracing::error!(
@@ -297,6 +310,97 @@ fn remove_pid(dir: &std::path::Path) {
     }
 }
 
+/// The successor's way to its predecessor, as `run_successor` calls it: every endpoint the
+/// predecessor listed is tried in turn, starting with the one that worked last (our peer
+/// there is kept open between attempts), and a `raw` `ouroboros-handoff` DataConnection is
+/// opened (on GitHub Actions carrying `GITHUB_RUN_ID` for the predecessor's run check).
+/// On Actions the first endpoint is the predecessor's own loopback address, which from
+/// another runner reaches nothing (or our own server), so the PeerJS cloud or tunnel
+/// endpoints after it must get their chance. `configure` adjusts each peer's settings
+/// (production passes a no-op; tests pin the UDP sockets to loopback).
+pub fn predecessor_connector(
+    endpoints: Vec<SignalingEndpoint>,
+    my_id: String,
+    pred_id: String,
+    configure: impl Fn(&mut PeerConfig) + Send + Sync + 'static,
+) -> impl FnMut() -> BoxFuture<'static, Result<DataConnection, ConnectError>> + Send + 'static {
+    // Our peer on the predecessor's signaling server that last worked, opened on first use:
+    // (index into `endpoints`, peer).
+    type Slot = Option<(usize, Arc<Peer>)>;
+    let peer: Arc<tokio::sync::Mutex<Slot>> = Arc::default();
+    let configure = Arc::new(configure);
+    move || {
+        let peer = peer.clone();
+        let endpoints = endpoints.clone();
+        let my_id = my_id.clone();
+        let pred_id = pred_id.clone();
+        let configure = configure.clone();
+        Box::pin(async move {
+            if endpoints.is_empty() {
+                return Err(ConnectError::NoEndpoint);
+            }
+            let mut slot = peer.lock().await;
+            // Start with the endpoint that worked last time, then the others in order.
+            let first = slot.as_ref().map(|(i, _)| *i).unwrap_or(0);
+            let mut errors = Vec::new();
+            for k in 0..endpoints.len() {
+                let i = (first + k) % endpoints.len();
+                let ep = &endpoints[i];
+                let at = format!("{}:{}", ep.host, ep.port);
+                let reuse = slot
+                    .as_ref()
+                    .filter(|(j, p)| *j == i && !p.is_closed())
+                    .map(|(_, p)| p.clone());
+                let p = match reuse {
+                    Some(p) => p,
+                    None => {
+                        let mut cfg = PeerConfig::new(ep.host.clone(), ep.port);
+                        cfg.path = ep.path.clone();
+                        cfg.key = ep.key.clone();
+                        cfg.secure = ep.secure;
+                        cfg.id = Some(my_id.clone());
+                        cfg.connect_timeout = Duration::from_secs(10);
+                        cfg.http_headers = crate::tunnel::node_http_headers();
+                        configure(&mut cfg);
+                        match Peer::open(cfg).await {
+                            Ok(p) => Arc::new(p),
+                            Err(e) => {
+                                errors.push((at, e));
+                                continue;
+                            }
+                        }
+                    }
+                };
+                match p
+                    .connect(
+                        &pred_id,
+                        ConnectOptions {
+                            label: Some(HANDOFF_LABEL.into()),
+                            // Whole handoff messages per DataConnection message
+                            // (no BinaryPack 16 KB chunking): faster bulk.
+                            serialization: Serialization::Raw,
+                            reliable: true,
+                            // On Actions the predecessor checks this run through the API.
+                            metadata: std::env::var("GITHUB_RUN_ID")
+                                .ok()
+                                .map(|id| serde_json::json!({ RUN_ID_METADATA: id })),
+                        },
+                    )
+                    .await
+                {
+                    Ok(conn) => {
+                        *slot = Some((i, p));
+                        return Ok(conn);
+                    }
+                    Err(e) => errors.push((at, e)),
+                }
+            }
+            *slot = None;
+            Err(ConnectError::Unreachable(errors))
+        })
+    }
+}
+
 /// The successor's start: take over from the predecessor, or recover without it.
 async fn join(
     node: &Node,
@@ -311,9 +415,6 @@ async fn join(
         .predecessor_peer_id
         .clone()
         .expect("successor has a predecessor");
-    // Every endpoint the predecessor listed, tried in turn: on GitHub Actions the first one is
-    // the predecessor's own loopback address, which from another runner reaches nothing (or
-    // our own server), so the PeerJS cloud or tunnel endpoints after it must get their chance.
     let endpoints: Vec<SignalingEndpoint> = la
         .predecessor_endpoints
         .as_ref()
@@ -331,83 +432,10 @@ async fn join(
         Instant::now(),
         rand::SeedableRng::from_os_rng(),
     );
-    // Our peer on the predecessor's signaling server that last worked, opened on first use:
-    // (index into `endpoints`, peer).
-    type Slot = Option<(usize, Arc<Peer>)>;
-    let peer: Arc<tokio::sync::Mutex<Slot>> = Arc::default();
     let ice = node.shared().ice.clone();
-    let connect = {
-        let peer = peer.clone();
-        move || {
-            let peer = peer.clone();
-            let ice = ice.clone();
-            let endpoints = endpoints.clone();
-            let my_id = my_id.clone();
-            let pred_id = pred_id.clone();
-            async move {
-                if endpoints.is_empty() {
-                    return Err("no predecessor endpoint".to_string());
-                }
-                let mut slot = peer.lock().await;
-                // Start with the endpoint that worked last time, then the others in order.
-                let first = slot.as_ref().map(|(i, _)| *i).unwrap_or(0);
-                let mut errors = Vec::new();
-                for k in 0..endpoints.len() {
-                    let i = (first + k) % endpoints.len();
-                    let ep = &endpoints[i];
-                    let reuse = slot
-                        .as_ref()
-                        .filter(|(j, p)| *j == i && !p.is_closed())
-                        .map(|(_, p)| p.clone());
-                    let p = match reuse {
-                        Some(p) => p,
-                        None => {
-                            let mut cfg = PeerConfig::new(ep.host.clone(), ep.port);
-                            cfg.path = ep.path.clone();
-                            cfg.key = ep.key.clone();
-                            cfg.secure = ep.secure;
-                            cfg.id = Some(my_id.clone());
-                            cfg.connect_timeout = Duration::from_secs(10);
-                            cfg.http_headers = crate::tunnel::node_http_headers();
-                            ice.apply(&mut cfg, std::time::SystemTime::now());
-                            match Peer::open(cfg).await {
-                                Ok(p) => Arc::new(p),
-                                Err(e) => {
-                                    errors.push(format!("{}:{}: {e}", ep.host, ep.port));
-                                    continue;
-                                }
-                            }
-                        }
-                    };
-                    match p
-                        .connect(
-                            &pred_id,
-                            ConnectOptions {
-                                label: Some(HANDOFF_LABEL.into()),
-                                // Whole handoff messages per DataConnection message
-                                // (no BinaryPack 16 KB chunking): faster bulk.
-                                serialization: Serialization::Raw,
-                                reliable: true,
-                                // On Actions the predecessor checks this run through the API.
-                                metadata: std::env::var("GITHUB_RUN_ID")
-                                    .ok()
-                                    .map(|id| serde_json::json!({ RUN_ID_METADATA: id })),
-                            },
-                        )
-                        .await
-                    {
-                        Ok(conn) => {
-                            *slot = Some((i, p));
-                            return Ok(conn);
-                        }
-                        Err(e) => errors.push(format!("{}:{}: {e}", ep.host, ep.port)),
-                    }
-                }
-                *slot = None;
-                Err(errors.join("; "))
-            }
-        }
-    };
+    let connect = predecessor_connector(endpoints, my_id, pred_id, move |cfg| {
+        ice.apply(cfg, std::time::SystemTime::now())
+    });
     let publish = {
         let publisher = publisher.clone();
         let record = record.clone();
@@ -428,12 +456,10 @@ async fn join(
             reason: GiveUpReason::PredecessorUnreachable,
             transferred,
         } => {
-            let rec = recover(&*host, backups.as_deref(), transferred, DEFAULT_GAP_MARGIN)
-                .await
-                .map_err(|e| RingError::Handoff(format!("recovery: {e}")))?;
+            let rec = recover(&*host, backups.as_deref(), transferred, DEFAULT_GAP_MARGIN).await?;
             match publisher.publish(&node.record()).await {
                 Err(e) if e.is_stale() => {
-                    return Err(RingError::Handoff(format!("another node took over: {e}")));
+                    return Err(RingError::Superseded(e));
                 }
                 Err(e) => tracing::error!(error = %e, "discovery not published after recovery"),
                 Ok(()) => {}
@@ -442,6 +468,6 @@ async fn join(
             tracing::warn!(?rec, "serving after a crash recovery (gap announced)");
             Ok(())
         }
-        SuccessorOutcome::GaveUp { reason, .. } => Err(RingError::Handoff(format!("{reason:?}"))),
+        SuccessorOutcome::GaveUp { reason, .. } => Err(RingError::GaveUp(reason)),
     }
 }

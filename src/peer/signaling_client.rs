@@ -4,7 +4,8 @@
 //! - WS `{ws}://{host}:{port}{path}peerjs?key=K&id=I&token=T&version=1.5.5`, then wait for
 //!   `{"type":"OPEN"}` (`ERROR` / `ID-TAKEN` are typed errors).
 //! - `{"type":"HEARTBEAT"}` every `heartbeat_interval` (5 s).
-//! - Unlike peerjs, a dropped socket is reopened by itself with backoff, with the same id
+//! - Unlike peerjs, a dropped socket is reopened by itself with backoff ([`crate::retry`]:
+//!   exponential, capped, full jitter), with the same id
 //!   and token; messages queued meanwhile (pending negotiations) are sent after the
 //!   reattach. The reference server re-attaches a same-token socket silently (no `OPEN`),
 //!   so on reconnect a socket that stays open without an error counts as attached.
@@ -23,6 +24,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::{PEERJS_VERSION, PeerConfig, PeerError, PeerEvent, Shared, negotiation};
+use crate::retry::Backoff;
 
 /// The WebSocket type of a signaling connection.
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -284,12 +286,8 @@ pub(crate) async fn connect_and_open(
     Ok(attach(config, transport, id, token, false).await?.ws)
 }
 
-/// Reconnect backoff: 250 ms doubling up to `max`, plus `jitter` (0..1) × 25 %.
-pub fn backoff_delay(attempt: u32, max: Duration, jitter: f64) -> Duration {
-    let base = Duration::from_millis(250).saturating_mul(1u32 << attempt.min(16));
-    let base = base.min(max);
-    base + base.mul_f64(jitter.clamp(0.0, 1.0) * 0.25)
-}
+/// First reconnect delay's ceiling (doubling up to `max_reconnect_delay`, full jitter).
+const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(250);
 
 /// Whether an admission error ends the peer (vs. retry later).
 fn is_fatal(e: &PeerError) -> bool {
@@ -324,7 +322,8 @@ pub(crate) async fn run(shared: Arc<Shared>, ws: Ws, mut outbound: mpsc::Receive
         ws,
         early: Vec::new(),
     });
-    let mut attempt: u32 = 0;
+    let mut delays =
+        Backoff::new(FIRST_RECONNECT_DELAY, shared.config.max_reconnect_delay).delays();
     loop {
         if let Some(att) = current.take() {
             for t in att.early {
@@ -351,12 +350,10 @@ pub(crate) async fn run(shared: Arc<Shared>, ws: Ws, mut outbound: mpsc::Receive
                 }
             }
         }
-        let delay = backoff_delay(
-            attempt,
-            shared.config.max_reconnect_delay,
-            rand::random::<f64>(),
-        );
-        attempt = attempt.saturating_add(1);
+        // No retry bound: a peer keeps reconnecting until it is closed.
+        let delay = delays
+            .next_delay()
+            .unwrap_or(shared.config.max_reconnect_delay);
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         // Keep accepting outbound messages while waiting: they are sent after reattach.
@@ -380,7 +377,7 @@ pub(crate) async fn run(shared: Arc<Shared>, ws: Ws, mut outbound: mpsc::Receive
         match result {
             Ok(att) => {
                 tracing::info!(id = %shared.id, "signaling socket re-attached");
-                attempt = 0;
+                delays.reset();
                 shared.emit(PeerEvent::Reconnected);
                 current = Some(att);
             }
@@ -507,17 +504,6 @@ mod tests {
         c.host = "::1".into();
         c.path = "/".into();
         assert!(ws_url(&c, "a", "t").starts_with("wss://[::1]:9000/peerjs?"));
-    }
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        let max = Duration::from_secs(10);
-        assert_eq!(backoff_delay(0, max, 0.0), Duration::from_millis(250));
-        assert_eq!(backoff_delay(1, max, 0.0), Duration::from_millis(500));
-        assert_eq!(backoff_delay(3, max, 0.0), Duration::from_secs(2));
-        assert_eq!(backoff_delay(30, max, 0.0), max);
-        assert_eq!(backoff_delay(30, max, 1.0), max + max / 4);
-        assert!(backoff_delay(2, max, 0.5) > backoff_delay(2, max, 0.0));
     }
 
     #[test]

@@ -25,137 +25,34 @@ struct Harness {
 const SCHEMA: &str = include_str!("../../../protocol/relay.schema.json");
 
 thread_local! {
-    static SCHEMA_VALUE: Value = serde_json::from_str(SCHEMA).expect("schema is JSON");
+    /// One compiled validator per `$defs` entry, built on first use.
+    static VALIDATORS: std::cell::RefCell<HashMap<String, std::rc::Rc<jsonschema::Validator>>> =
+        std::cell::RefCell::new(HashMap::new());
 }
 
-/// Validates `v` against `#/$defs/<def>` with the subset of JSON Schema the file uses
-/// (`$ref`, `oneOf`, `anyOf`, `type`, `const`, `enum`, `required`, `properties`,
-/// `additionalProperties: false`, `items`, `minimum`, `maximum`, `minLength`,
-/// `maxLength`, `maxItems`; `pattern` is checked by the room-name tests instead).
+/// Validates `v` against `#/$defs/<def>` of the published schema (with the `jsonschema`
+/// crate, every keyword the file uses, `pattern` included). Returns the violations.
 fn schema_errors(def: &str, v: &Value) -> Vec<String> {
-    SCHEMA_VALUE.with(|root| {
-        let mut errs = Vec::new();
-        validate(root, &root["$defs"][def], v, def, &mut errs);
-        errs
-    })
-}
-
-fn validate(root: &Value, s: &Value, v: &Value, at: &str, errs: &mut Vec<String>) {
-    if let Some(r) = s.get("$ref").and_then(Value::as_str) {
-        let name = r.trim_start_matches("#/$defs/");
-        assert!(root["$defs"].get(name).is_some(), "dangling $ref {r}");
-        return validate(root, &root["$defs"][name], v, &format!("{at}>{name}"), errs);
-    }
-    for (kw, need) in [("oneOf", 1usize), ("anyOf", 0)] {
-        if let Some(alts) = s.get(kw).and_then(Value::as_array) {
-            let ok = alts
-                .iter()
-                .filter(|a| {
-                    let mut e = Vec::new();
-                    validate(root, a, v, at, &mut e);
-                    e.is_empty()
-                })
-                .count();
-            if (need == 1 && ok != 1) || ok == 0 {
-                errs.push(format!("{at}: {ok} alternatives of {kw} match {v}"));
-            }
-        }
-    }
-    if let Some(t) = s.get("type") {
-        let types: Vec<&str> = match t {
-            Value::String(t) => vec![t.as_str()],
-            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
-            _ => vec![],
-        };
-        let ok = types.iter().any(|t| match *t {
-            "object" => v.is_object(),
-            "array" => v.is_array(),
-            "string" => v.is_string(),
-            "integer" => v.is_u64() || v.is_i64(),
-            "number" => v.is_number(),
-            "boolean" => v.is_boolean(),
-            "null" => v.is_null(),
-            _ => false,
-        });
-        if !ok {
-            errs.push(format!("{at}: {v} is not {t}"));
-            return;
-        }
-    }
-    if let Some(c) = s.get("const")
-        && c != v
-    {
-        errs.push(format!("{at}: {v} != {c}"));
-    }
-    if let Some(e) = s.get("enum").and_then(Value::as_array)
-        && !e.contains(v)
-    {
-        errs.push(format!("{at}: {v} not in enum"));
-    }
-    if let Some(n) = v.as_f64() {
-        if s.get("minimum")
-            .and_then(Value::as_f64)
-            .is_some_and(|m| n < m)
-        {
-            errs.push(format!("{at}: {n} below minimum"));
-        }
-        if s.get("maximum")
-            .and_then(Value::as_f64)
-            .is_some_and(|m| n > m)
-        {
-            errs.push(format!("{at}: {n} above maximum"));
-        }
-    }
-    if let Some(st) = v.as_str() {
-        let len = st.chars().count() as u64;
-        if s.get("minLength")
-            .and_then(Value::as_u64)
-            .is_some_and(|m| len < m)
-        {
-            errs.push(format!("{at}: {st:?} too short"));
-        }
-        if s.get("maxLength")
-            .and_then(Value::as_u64)
-            .is_some_and(|m| len > m)
-        {
-            errs.push(format!("{at}: {st:?} too long"));
-        }
-    }
-    if let Some(o) = v.as_object() {
-        for r in s
-            .get("required")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if !o.contains_key(r.as_str().unwrap_or_default()) {
-                errs.push(format!("{at}: missing {r}"));
-            }
-        }
-        let props = s.get("properties").and_then(Value::as_object);
-        for (k, pv) in o {
-            match props.and_then(|p| p.get(k)) {
-                Some(ps) => validate(root, ps, pv, &format!("{at}.{k}"), errs),
-                None if s.get("additionalProperties") == Some(&Value::Bool(false)) => {
-                    errs.push(format!("{at}: unexpected field {k}"))
-                }
-                None => {}
-            }
-        }
-    }
-    if let Some(a) = v.as_array() {
-        if s.get("maxItems")
-            .and_then(Value::as_u64)
-            .is_some_and(|m| a.len() as u64 > m)
-        {
-            errs.push(format!("{at}: too many items"));
-        }
-        if let Some(items) = s.get("items") {
-            for (i, x) in a.iter().enumerate() {
-                validate(root, items, x, &format!("{at}[{i}]"), errs);
-            }
-        }
-    }
+    let validator = VALIDATORS.with(|cache| {
+        cache
+            .borrow_mut()
+            .entry(def.to_owned())
+            .or_insert_with(|| {
+                let root: Value = serde_json::from_str(SCHEMA).expect("schema is JSON");
+                assert!(root["$defs"].get(def).is_some(), "no $defs/{def}");
+                let schema = json!({
+                    "$schema": root["$schema"],
+                    "$defs": root["$defs"],
+                    "$ref": format!("#/$defs/{def}"),
+                });
+                std::rc::Rc::new(jsonschema::validator_for(&schema).expect("the schema compiles"))
+            })
+            .clone()
+    });
+    validator
+        .iter_errors(v)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect()
 }
 
 /// Checks an output against the schema: objects are `server` messages; strings holding
