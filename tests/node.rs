@@ -801,3 +801,56 @@ async fn the_nodes_id_survives_an_offer_flood_and_a_registration_race() {
     drop(attackers);
     node.shutdown().await;
 }
+
+/// Issue 14, point 7: the node's pages carry a CSP that forbids framing and foreign
+/// scripts, and `nosniff`; `/status.json` stays readable from any origin (read-only, public
+/// facts only — see SECURITY.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_carry_csp_frame_ancestors_and_nosniff() {
+    let (node, _dir) = start_node(&[]).await;
+    let base = format!("http://{}", node.local_addr());
+    let http = reqwest::Client::new();
+    for (path, accept) in [("/chat", "text/html"), ("/", "text/html,*/*;q=0.8")] {
+        let res = http
+            .get(format!("{base}{path}"))
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        let h = res.headers();
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert!(csp.contains("script-src 'self';"), "{path}: {csp}");
+        assert!(csp.contains("object-src 'none'"), "{path}: {csp}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+    }
+    for path in ["/chat.js", "/chat.css", "/status"] {
+        let res = http.get(format!("{base}{path}")).send().await.unwrap();
+        let h = res.headers();
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("frame-ancestors 'none'"),
+            "{path}"
+        );
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+    }
+    // Programs still get the PeerJS info JSON at `/`, without the page's headers.
+    let res = http.get(&base).send().await.unwrap();
+    assert!(res.headers().get("content-security-policy").is_none());
+    let res = http
+        .get(format!("{base}/status.json"))
+        .header("origin", "https://anyone.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["access-control-allow-origin"], "*");
+    let body = res.text().await.unwrap();
+    assert!(
+        !body.contains("token") && !body.contains("secret"),
+        "{body}"
+    );
+    node.shutdown().await;
+}
