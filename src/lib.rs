@@ -26,27 +26,46 @@
 //! - [`ids`]: connection ids and the peer-id rules every protocol shares; `json`: the
 //!   JSON string escaping of the hand-written hot-path writers.
 
+//!
+//! # Cargo features
+//!
+//! - `server`: [`signaling`] (axum, hyper-util, tokio-rustls).
+//! - `tunnel`: [`tunnel`] (ngrok).
+//! - `node` (default; implies both): [`node`], [`handoff`], [`lifecycle`], [`github`] and the
+//!   `ouroboros` binary.
+//!
+//! With `default-features = false` the crate is the peer, the relay client, the relay core
+//! and discovery: no server, no tunnel, no GitHub client.
+
 // Every dependency in Cargo.toml is used by the library: clippy's `-D warnings` turns an
-// unused one into an error. The exceptions are the binary's own (listed below).
-#![warn(unused_crate_dependencies)]
+// unused one into an error. The exceptions are the binary's own (listed below). Not in test
+// builds, which also see the dev-dependencies of the examples.
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 // Used only by `src/main.rs` (logging set-up), not by the library.
+#[cfg(feature = "node")]
 use tracing_subscriber as _;
 
 pub mod client;
 pub mod discovery;
+#[cfg(feature = "node")]
 pub mod github;
+#[cfg(feature = "node")]
 pub mod handoff;
 pub mod ids;
 pub(crate) mod json;
+#[cfg(feature = "node")]
 pub mod lifecycle;
+#[cfg(feature = "node")]
 pub mod node;
 pub mod peer;
 pub mod rate;
 pub mod relay;
 pub mod retry;
+#[cfg(feature = "server")]
 pub mod signaling;
 pub mod tls;
+#[cfg(feature = "tunnel")]
 pub mod tunnel;
 pub mod units;
 

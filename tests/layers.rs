@@ -14,21 +14,22 @@ const LAYERS: &[(&str, u32)] = &[
     ("json", 0),
     ("retry", 0),
     ("tls", 0),
-    ("discovery", 0),
-    // The native peer (TLS policy, retry policy, id rules).
+    // The PeerJS peer, then the discovery record (which names ICE servers).
     ("peer", 1),
+    ("discovery", 2),
     // Protocol cores and their shells.
-    ("signaling", 2),
-    ("relay", 2),
-    ("tunnel", 2),
-    // The handoff (on the relay), then the lifecycle (uses handoff's configs and secret).
-    ("handoff", 3),
-    ("client", 3),
-    ("lifecycle", 4),
+    ("signaling", 3),
+    ("relay", 3),
+    ("tunnel", 3),
+    // The handoff (on the relay) and the client (of the relay).
+    ("handoff", 4),
+    ("client", 4),
+    // The lifecycle (uses handoff's configs and secret).
+    ("lifecycle", 5),
     // Cloud parts: GitHub's launcher and publisher.
-    ("github", 5),
+    ("github", 6),
     // Composition: the node wires everything.
-    ("node", 6),
+    ("node", 7),
 ];
 
 /// Items of the crate root every module may use (not modules).

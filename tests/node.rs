@@ -3,7 +3,11 @@
 //! eviction, following `moved`, dual registration on the reference `peer` server, 200
 //! concurrent clients, and the node's HTTP endpoints.
 
+mod support;
+
 use std::time::Duration;
+
+use support::Fetch;
 
 use clap::Parser;
 use ouroboros::client::{Client, ClientConfig, ClientError, Event, Target};
@@ -389,43 +393,14 @@ async fn client_follows_moved_rejoins_with_since_and_resends_unacked() {
 
 /// Starts the reference `peer` server (tests/js/node_modules) on an ephemeral port.
 async fn start_reference_server() -> Option<(tokio::process::Child, u16)> {
-    use tokio::io::AsyncBufReadExt;
-    let cli = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/js/node_modules/peer/dist/bin/peerjs.js");
-    if !cli.exists() {
+    if !support::reference_installed() {
         eprintln!(
             "skipping: {} missing (run npm ci in tests/js)",
-            cli.display()
+            support::REFERENCE_CLI
         );
         return None;
     }
-    let mut child = tokio::process::Command::new("node")
-        .arg(cli)
-        .args(["--port", "0", "--host", "127.0.0.1"])
-        .env("PORT", "0")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("port: ").nth(1) {
-                return rest
-                    .split(',')
-                    .next()
-                    .unwrap()
-                    .trim()
-                    .parse::<u16>()
-                    .unwrap();
-            }
-        }
-        panic!("reference server exited");
-    })
-    .await
-    .expect("reference server ready");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Some((child, port))
+    Some(support::spawn_listening(support::reference_command(&[]), WAIT).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -564,28 +539,14 @@ async fn http_discovery_status_metrics_and_root_negotiation() {
 
     let (c, _ev) = client_local(&node, "metrics-user").await;
     c.publish("m", json!("one")).await.unwrap();
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = http.get(format!("{base}/metrics")).text_ok().await;
     assert!(metrics.contains("ouroboros_relay_clients 1\n"), "{metrics}");
     assert!(
         metrics.contains("ouroboros_relay_published_total 1\n"),
         "{metrics}"
     );
     assert!(metrics.contains("ouroboros_relay_rooms 1\n"), "{metrics}");
-    let status: serde_json::Value = http
-        .get(format!("{base}/status.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = http.get(format!("{base}/status.json")).json_ok().await;
     assert_eq!(status["peer_id"], "http-node");
     assert_eq!(status["relay"]["clients"], 1);
     assert_eq!(status["endpoints"][0]["state"], "registered");
@@ -618,23 +579,9 @@ async fn http_discovery_status_metrics_and_root_negotiation() {
         .await
         .unwrap();
     assert_eq!(&bundle[..], ouroboros::node::PEERJS_BUNDLE);
-    let info: serde_json::Value = http
-        .get(format!("{base}/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: serde_json::Value = http.get(format!("{base}/")).json_ok().await;
     assert_eq!(info["name"], "PeerJS Server");
-    let status_page = http
-        .get(format!("{base}/status"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let status_page = http.get(format!("{base}/status")).text_ok().await;
     assert!(status_page.contains("http-node"));
     c.close().await;
     node.shutdown().await;

@@ -5,6 +5,8 @@
 //! `PEER_TEST_SERVER=reference` runs the same tests against the reference `peer` npm server
 //! (tests/js/node_modules) instead.
 
+mod support;
+
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +16,6 @@ use bytes::Bytes;
 use ouroboros::peer::{
     ConnectOptions, ConnectionError, Peer, PeerConfig, PeerError, PeerEvent, Serialization, Value,
 };
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::time::timeout;
@@ -36,15 +37,7 @@ async fn start_server_with(extra: &[&str]) -> Server {
     ouroboros::install_crypto_provider();
     let reference = std::env::var("PEER_TEST_SERVER").as_deref() == Ok("reference");
     let mut cmd = if reference {
-        let cli = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/js/node_modules/peer/dist/bin/peerjs.js"
-        );
-        let mut c = Command::new("node");
-        c.args([cli, "--port", "0", "--host", "127.0.0.1", "--key", KEY])
-            .args(["--path", PATH, "--expire_timeout", "1000"])
-            .env("PORT", "0");
-        c
+        support::reference_command(&["--key", KEY, "--path", PATH, "--expire_timeout", "1000"])
     } else {
         let mut c = Command::new(env!("CARGO_BIN_EXE_ouroboros"));
         c.env("RUST_LOG", "warn")
@@ -53,39 +46,8 @@ async fn start_server_with(extra: &[&str]) -> Server {
             .args(extra);
         c
     };
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the signaling server");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let port = timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.expect("server stdout") {
-            // ours: `listening on http://127.0.0.1:PORT/p2p/`; reference: `... port: PORT, path: ...`
-            let port = if let Some(rest) = line
-                .strip_prefix("listening on http://")
-                .or_else(|| line.strip_prefix("listening on https://"))
-            {
-                rest.split('/')
-                    .next()
-                    .and_then(|a| a.rsplit(':').next())
-                    .map(str::to_string)
-            } else {
-                line.split("port: ")
-                    .nth(1)
-                    .and_then(|r| r.split(',').next())
-                    .map(str::to_string)
-            };
-            if let Some(p) = port.and_then(|p| p.trim().parse::<u16>().ok()) {
-                return p;
-            }
-        }
-        panic!("the server exited before listening");
-    })
-    .await
-    .expect("server ready in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    cmd.stderr(Stdio::inherit());
+    let (child, port) = support::spawn_listening(cmd, Duration::from_secs(20)).await;
     Server {
         _child: child,
         port,

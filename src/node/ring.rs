@@ -317,7 +317,7 @@ fn remove_pid(dir: &std::path::Path) {
 /// On Actions the first endpoint is the predecessor's own loopback address, which from
 /// another runner reaches nothing (or our own server), so the PeerJS cloud or tunnel
 /// endpoints after it must get their chance. `configure` adjusts each peer's settings
-/// (production passes a no-op; tests pin the UDP sockets to loopback).
+/// (production adds the node's ICE servers; tests pin the UDP sockets to loopback).
 pub fn predecessor_connector(
     endpoints: Vec<SignalingEndpoint>,
     my_id: String,
@@ -432,6 +432,7 @@ async fn join(
         Instant::now(),
         rand::SeedableRng::from_os_rng(),
     );
+    // The node's ICE servers (`--ice-servers`, TURN credentials) for our peer there.
     let ice = node.shared().ice.clone();
     let connect = predecessor_connector(endpoints, my_id, pred_id, move |cfg| {
         ice.apply(cfg, std::time::SystemTime::now())

@@ -156,11 +156,19 @@ pub fn human_duration(secs: u64) -> String {
     }
 }
 
-/// Resident set size of this process (Linux `/proc/self/statm`).
+/// Resident set size of this process (Linux `/proc/self/statm`, in pages of the system's page
+/// size: 4 KiB on x86-64, 16 or 64 KiB on some arm64 kernels).
 pub fn current_rss() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    Some(pages * page_size()?)
+}
+
+/// The system's memory page size (`sysconf(_SC_PAGESIZE)`).
+fn page_size() -> Option<u64> {
+    // SAFETY: sysconf only reads a system constant; it takes no pointers.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|s| *s > 0)
 }
 
 const STATUS_CSS: &str = r#"
@@ -553,6 +561,21 @@ pub fn render_metrics(s: &NodeStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rss_is_counted_in_the_systems_pages() {
+        let page = page_size().expect("sysconf(_SC_PAGESIZE)");
+        assert!(page.is_power_of_two() && page >= 4096, "{page}");
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let rss = current_rss().expect("RSS on Linux");
+        // Resident pages move between the two reads; the unit must be the page size.
+        assert_eq!(rss % page, 0);
+        assert!(
+            rss.abs_diff(pages * page) < 64 * page,
+            "{rss} vs {pages} pages"
+        );
+    }
 
     fn sample() -> NodeStatus {
         NodeStatus {

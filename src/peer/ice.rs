@@ -332,25 +332,31 @@ pub fn usable_candidate(candidate: &str, keep_loopback: bool) -> bool {
 }
 
 /// The ICE flags shared by `ouroboros node` and the examples.
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct IceArgs {
     /// STUN/TURN servers for every WebRTC connection: a JSON array of RTCIceServer, the
     /// shape `new Peer({config: {iceServers}})` takes, e.g.
     /// `[{"urls":"stun:stun.example.org:3478"},{"urls":"turn:t.example.org:3478","username":"u","credential":"p"}]`.
     /// `[]` = host candidates only [default: `[]`, nothing leaves the LAN].
-    #[arg(
+    #[cfg_attr(
+        feature = "cli",
+        arg(
         long = "ice-servers",
         env = "OUROBOROS_ICE_SERVERS",
         value_name = "JSON",
         value_parser = parse_ice_servers_arg
-    )]
+    ))]
     pub ice_servers: Option<IceServerList>,
     /// Offer loopback candidates (and accept them from the remote): for tests with every
     /// peer on one machine [default: only when the signaling server is on a loopback address].
-    #[arg(
-        long = "loopback-candidates",
-        env = "OUROBOROS_LOOPBACK_CANDIDATES",
-        value_name = "BOOL"
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "loopback-candidates",
+            env = "OUROBOROS_LOOPBACK_CANDIDATES",
+            value_name = "BOOL"
+        )
     )]
     pub loopback_candidates: Option<bool>,
 }
@@ -361,6 +367,7 @@ pub struct IceServerList(pub Vec<IceServer>);
 
 /// clap's parser for `--ice-servers`: the syntax and every URL; whether TURN servers have
 /// credentials is checked by [`IceArgs::checked`], which knows about a TURN secret.
+#[cfg(feature = "cli")]
 fn parse_ice_servers_arg(s: &str) -> Result<IceServerList, IceConfigError> {
     parse_ice_servers(s, true).map(IceServerList)
 }

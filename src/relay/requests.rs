@@ -169,14 +169,7 @@ impl Relay {
                 "the node is handing over; retry after moved",
             );
         }
-        let body = serde_json::to_string(body).expect("a JSON value always serialises");
-        let max = self.config.limits.max_message_bytes;
-        if body.len() > max {
-            return refuse(
-                ErrorCode::TooLarge,
-                format!("body is {} bytes; the limit is {max}", body.len()),
-            );
-        }
+        let body = self.body_json(body)?;
         let r = self.room_or_create(room)?;
         let seq = r.head + 1;
         let msg = StoredMessage::new(r.name.clone(), seq, from, wall_ms, Some(id.into()), &body);
@@ -186,7 +179,8 @@ impl Relay {
         Ok(())
     }
 
-    pub(super) fn direct(&mut self, conn: ConnId, to: &str, body: &Value) -> Result<(), Refusal> {
+    /// `body` as JSON text, refused with `too_large` above `max_message_bytes`.
+    fn body_json(&self, body: &Value) -> Result<String, Refusal> {
         let body = serde_json::to_string(body).expect("a JSON value always serialises");
         let max = self.config.limits.max_message_bytes;
         if body.len() > max {
@@ -195,6 +189,11 @@ impl Relay {
                 format!("body is {} bytes; the limit is {max}", body.len()),
             );
         }
+        Ok(body)
+    }
+
+    pub(super) fn direct(&mut self, conn: ConnId, to: &str, body: &Value) -> Result<(), Refusal> {
+        let body = self.body_json(body)?;
         let targets: Vec<ConnId> = self.by_name.get(to).cloned().unwrap_or_default();
         if targets.is_empty() {
             return refuse(
@@ -219,6 +218,9 @@ impl Relay {
     }
 }
 
+/// `{"op":"ack","id","room","seq"}`, written by hand like `direct` above: one per publish, on
+/// the path `BENCHMARKS.md` ("Relay fan-out") measures; `wire::ServerMessage::Ack` is the same
+/// shape (the relay tests read every output back through it).
 fn ack_payload(id: &str, room: &str, seq: u64) -> Arc<Payload> {
     let mut s = String::from(r#"{"op":"ack","id":"#);
     push_json_str(&mut s, id);

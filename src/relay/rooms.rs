@@ -169,6 +169,8 @@ impl Relay {
             );
         }
         let max_bytes = lim.history_max_bytes;
+        // Written by hand: the page embeds each stored message's shared JSON text as is
+        // (no re-serialising bodies); the tests read it back through `wire::ServerMessage`.
         let mut s = String::from(r#"{"op":"history","room":"#);
         push_json_str(&mut s, room);
         s.push_str(r#","messages":["#);
@@ -200,6 +202,8 @@ impl Relay {
     }
 }
 
+/// `{"op":"presence","room","joined","left"}`, written by hand (one per join and leave, sent
+/// to every member); the same shape as `wire::ServerMessage::Presence`.
 fn presence_payload(room: &str, joined: &[Arc<str>], left: &[Arc<str>]) -> Arc<Payload> {
     let mut s = String::from(r#"{"op":"presence","room":"#);
     push_json_str(&mut s, room);

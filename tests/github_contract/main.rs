@@ -9,6 +9,8 @@ mod client;
 mod launcher;
 mod ngrok;
 mod pages;
+#[path = "../support/mod.rs"]
+mod support;
 mod workflow;
 
 use std::{
@@ -39,6 +41,7 @@ use ouroboros::{
 };
 use serde_json::{Value, json};
 use sha2::Digest;
+use support::Fetch;
 
 const TOKEN: &str = "ghs_contractTestToken0123456789abcdef";
 const REPO: &str = "octo/ring";

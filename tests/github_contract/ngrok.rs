@@ -15,12 +15,8 @@ async fn still_serves(addr: SocketAddr) {
         .build()
         .unwrap()
         .get(format!("http://{addr}/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text_ok()
+        .await;
     assert_eq!(body, "ouroboros local");
 }
 
@@ -139,12 +135,8 @@ async fn ngrok_online_opt_in() {
         .build()
         .unwrap()
         .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text_ok()
+        .await;
     assert_eq!(body, "ouroboros local", "served through {url}");
     handle.unwrap().close().await;
 }

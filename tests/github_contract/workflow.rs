@@ -103,6 +103,12 @@ fn actions_env(
         v("NGROK_AUTHTOKEN", ""),
         v("NGROK_DOMAIN", ""),
         v("OUROBOROS_SECRET", secret),
+        // ICE secrets: STUN on loopback (nothing may leave the machine in a test), no TURN.
+        v("OUROBOROS_STUN_URL", "stun:127.0.0.1:3478"),
+        v("OUROBOROS_TURN_URL", ""),
+        v("OUROBOROS_TURN_SECRET", ""),
+        v("OUROBOROS_TURN_USERNAME", ""),
+        v("OUROBOROS_TURN_CREDENTIAL", ""),
         v(
             "OUROBOROS_DATA_DIR",
             &workspace.join("_temp/ouroboros-data").display().to_string(),

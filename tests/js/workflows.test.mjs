@@ -5,7 +5,8 @@
 //   - ouroboros.yml: the three string inputs, exactly the two permissions it uses, timeout-minutes, the binary
 //     cached by Cargo.lock hash, and no concurrency group (node and successor must overlap);
 //   - static.yml / staticRestore.yml: the official Pages actions in concurrency group "pages";
-//   - ci.yml runs ./scripts/test on push and pull_request.
+//   - ci.yml runs ./scripts/test on push and pull_request, with a bounded build cache, and
+//     `cargo deny check advisories`.
 // Run: cd tests/js && node --test workflows.test.mjs
 
 import { test } from 'node:test';
@@ -150,4 +151,9 @@ test('ci.yml runs ./scripts/test on push and pull_request', () => {
   assert.match(t, /^ {2}push:/m);
   assert.match(t, /^ {2}pull_request:/m);
   assert.ok(runScripts(t).some((s) => s.text.trim() === './scripts/test'));
+  // A bounded build cache (rust-cache prunes before saving), not target/ with restore keys.
+  assert.match(t, /uses: Swatinem\/rust-cache@v\d+/);
+  assert.doesNotMatch(t, /restore-keys/);
+  // Advisories need the RustSec database (network): checked here, not in ./scripts/test.
+  assert.match(t, /uses: EmbarkStudios\/cargo-deny-action@v\d+\n(?: {8}.*\n)*? {10}command: check advisories/);
 });
