@@ -681,3 +681,206 @@ async fn client_local(node: &Node, name: &str) -> (Client, UnboundedReceiver<Eve
         .await
         .expect("client connects")
 }
+
+// ------------------------------------------------------- outsiders (issue 14, points 1, 4)
+
+/// An OFFER payload shaped like the one peerjs 1.5.5 sends from Chromium (a data channel
+/// offer, candidates trickled separately), for connection `dc`.
+fn chromium_offer(dc: &str) -> serde_json::Value {
+    let sdp = "v=0\r\no=- 5813279395958358117 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+a=group:BUNDLE 0\r\na=extmap-allow-mixed\r\na=msid-semantic: WMS\r\n\
+m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:Zs4l\r\na=ice-pwd:7W5Wz1bVaXxY2Zo3J0cHvGhB\r\na=ice-options:trickle\r\n\
+a=fingerprint:sha-256 3F:2A:91:0C:7D:5E:4B:88:19:A6:E2:3C:55:0D:9B:71:C4:60:2F:8E:13:D7:A5:B9:6C:40:F1:0E:97:2B:DA:34\r\n\
+a=setup:actpass\r\na=mid:0\r\na=sctp-port:5000\r\na=max-message-size:262144\r\n";
+    json!({
+        "sdp": {"sdp": sdp, "type": "offer"},
+        "type": "data",
+        "connectionId": dc,
+        "label": dc,
+        "reliable": true,
+        "serialization": "json",
+    })
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw PeerJS signaling socket to the node's own server as `id` with `token`; returns the
+/// socket and its first frame.
+async fn raw_signaling(node: &Node, id: &str, token: &str) -> (Ws, String) {
+    use futures::StreamExt;
+    let url = format!(
+        "ws://{}/peerjs?key=peerjs&id={id}&token={token}&version=1.5.5",
+        node.local_addr()
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket connects");
+    let first = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("a first frame in time")
+        .expect("a first frame")
+        .expect("a first frame");
+    (
+        ws,
+        first.into_text().map(|t| t.to_string()).unwrap_or_default(),
+    )
+}
+
+/// Sends 400 Chromium-shaped OFFERs for the node on `ws` (a client's whole burst).
+async fn offer_flood(mut ws: Ws, node_id: String, tag: String) -> Ws {
+    use futures::SinkExt;
+    for n in 0..400 {
+        let offer = json!({
+            "type": "OFFER",
+            "dst": node_id,
+            "payload": chromium_offer(&format!("dc_{tag}_{n}")),
+        });
+        let frame = tokio_tungstenite::tungstenite::Message::text(offer.to_string());
+        if ws.send(frame).await.is_err() {
+            break;
+        }
+    }
+    ws
+}
+
+/// The issue-14 id flood: five sockets send 2000 OFFERs to the node's id while a sixth loop
+/// keeps trying to register that id. Before the fix the node's connection was dropped (rate
+/// limit, write queue) and the loop took its id within ~128 ms. Now the id is reserved: the
+/// node keeps it, its negotiations stay capped, and a real client still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nodes_id_survives_an_offer_flood_and_a_registration_race() {
+    let (node, _dir) = start_node(&[
+        "--address-rate-limit",
+        "0",
+        "--max-inbound-negotiations",
+        "64",
+        "--max-inbound-negotiations-per-peer",
+        "4",
+    ])
+    .await;
+    let node_id = node.peer_id();
+    let mut attackers = Vec::new();
+    for i in 0..5 {
+        let (ws, first) = raw_signaling(&node, &format!("flood{i}"), "t").await;
+        assert_eq!(first, r#"{"type":"OPEN"}"#);
+        attackers.push(ws);
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let race = {
+        let (node_addr, node_id, stop) = (node.local_addr(), node_id.clone(), stop.clone());
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let mut attempts = 0u32;
+            while !stop.is_cancelled() {
+                attempts += 1;
+                let url = format!(
+                    "ws://{node_addr}/peerjs?key=peerjs&id={node_id}&token=thief{attempts}"
+                );
+                let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await else {
+                    continue;
+                };
+                if let Ok(Some(Ok(m))) = tokio::time::timeout(WAIT, ws.next()).await {
+                    let text = m.into_text().map(|t| t.to_string()).unwrap_or_default();
+                    if text == r#"{"type":"OPEN"}"# {
+                        return Err(format!("the id was taken after {attempts} attempts"));
+                    }
+                    assert!(text.contains("ID-TAKEN"), "unexpected answer {text}");
+                }
+            }
+            Ok(attempts)
+        })
+    };
+    let floods = attackers
+        .into_iter()
+        .enumerate()
+        .map(|(i, ws)| offer_flood(ws, node_id.clone(), format!("flood{i}")));
+    let attackers = futures::future::join_all(floods).await;
+    // Keep racing for a while after the flood, as the issue's attacker did.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let attempts = race
+        .await
+        .expect("race task")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(attempts > 1, "the registration loop ran");
+    let status = node.status().await;
+    assert_eq!(
+        status.endpoints[0].state, "registered",
+        "{:?}",
+        status.endpoints[0]
+    );
+    assert_eq!(
+        status.endpoints[0].registrations, 1,
+        "the node never lost its registration"
+    );
+    // A real client still reaches the node's relay while the flood's negotiations are
+    // pending (they hold at most 5 × 4 of the 64 places, for up to 30 s).
+    let (alice, mut events) = client_local(&node, "alice").await;
+    alice
+        .join("after-flood", None)
+        .await
+        .expect("join after the flood");
+    alice
+        .publish("after-flood", json!("still here"))
+        .await
+        .expect("publish after the flood");
+    let m = next_msg(&mut events).await;
+    assert_eq!(m.body, json!("still here"));
+    drop(attackers);
+    node.shutdown().await;
+}
+
+/// Issue 14, point 7: the node's pages carry a CSP that forbids framing and foreign
+/// scripts, and `nosniff`; `/status.json` stays readable from any origin (read-only, public
+/// facts only — see SECURITY.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_carry_csp_frame_ancestors_and_nosniff() {
+    let (node, _dir) = start_node(&[]).await;
+    let base = format!("http://{}", node.local_addr());
+    let http = reqwest::Client::new();
+    for (path, accept) in [("/chat", "text/html"), ("/", "text/html,*/*;q=0.8")] {
+        let res = http
+            .get(format!("{base}{path}"))
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        let h = res.headers();
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert!(csp.contains("script-src 'self';"), "{path}: {csp}");
+        assert!(csp.contains("object-src 'none'"), "{path}: {csp}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+    }
+    for path in ["/chat.js", "/chat.css", "/status"] {
+        let res = http.get(format!("{base}{path}")).send().await.unwrap();
+        let h = res.headers();
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("frame-ancestors 'none'"),
+            "{path}"
+        );
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+    }
+    // Programs still get the PeerJS info JSON at `/`, without the page's headers.
+    let res = http.get(&base).send().await.unwrap();
+    assert!(res.headers().get("content-security-policy").is_none());
+    let res = http
+        .get(format!("{base}/status.json"))
+        .header("origin", "https://anyone.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["access-control-allow-origin"], "*");
+    let body = res.text().await.unwrap();
+    assert!(
+        !body.contains("token") && !body.contains("secret"),
+        "{body}"
+    );
+    node.shutdown().await;
+}

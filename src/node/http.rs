@@ -64,6 +64,49 @@ pub fn chat_html(peerjs_url: &str) -> String {
     CHAT_HTML.replace(r#"<script src="{{PEERJS_URL}}"></script>"#, &tag)
 }
 
+/// The chat page's Content-Security-Policy: scripts only from the node itself (and the
+/// origin of `--peerjs-url` when it is another one, e.g. a CDN); no plugins, no `<base>`, no
+/// inline script; never framed (`frame-ancestors 'none'`, against clickjacking).
+/// `connect-src` stays open to every http(s)/ws(s) origin: the chat follows the discovery
+/// record to other nodes and signaling servers (a successor's tunnel, the PeerJS cloud).
+pub fn chat_csp(peerjs_url: &str) -> String {
+    let mut script_src = "'self'".to_string();
+    if let Ok(u) = url::Url::parse(peerjs_url)
+        && matches!(u.scheme(), "http" | "https")
+    {
+        let origin = u.origin().ascii_serialization();
+        if origin != "null" {
+            script_src.push(' ');
+            script_src.push_str(&origin);
+        }
+    }
+    format!(
+        "default-src 'self'; script-src {script_src}; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self' http: https: ws: wss:; object-src 'none'; base-uri 'none'; \
+         form-action 'self'; frame-ancestors 'none'"
+    )
+}
+
+/// Adds the headers every page of the node carries: `X-Content-Type-Options: nosniff`, and
+/// `csp` as the Content-Security-Policy.
+fn secured(mut res: Response, csp: &str) -> Response {
+    let h = res.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if let Ok(v) = HeaderValue::from_str(csp) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    res
+}
+
+/// The status page: its own inline stylesheet, nothing else, never framed.
+const STATUS_CSP: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'";
+/// Scripts and stylesheets: never framed, never sniffed.
+const ASSET_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+
 /// Routes served by the node itself (merged with the signaling router).
 pub fn routes(shared: Arc<NodeShared>) -> Router {
     Router::new()
@@ -214,14 +257,15 @@ async fn status_json(State(s): State<Arc<NodeShared>>) -> Response {
 
 async fn status_page(State(s): State<Arc<NodeShared>>) -> Response {
     let st = s.status().await;
-    (
+    let res = (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
         ],
         render_html(&st),
     )
-        .into_response()
+        .into_response();
+    secured(res, STATUS_CSP)
 }
 
 async fn metrics(State(s): State<Arc<NodeShared>>) -> Response {
@@ -236,25 +280,27 @@ async fn metrics(State(s): State<Arc<NodeShared>>) -> Response {
 }
 
 async fn chat(State(s): State<Arc<NodeShared>>) -> Response {
-    (
+    let res = (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
         chat_html(&s.peerjs_url),
     )
-        .into_response()
+        .into_response();
+    secured(res, &chat_csp(&s.peerjs_url))
 }
 
 async fn chat_js() -> Response {
-    (
+    let res = (
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
         CHAT_JS,
     )
-        .into_response()
+        .into_response();
+    secured(res, ASSET_CSP)
 }
 
 async fn peerjs_bundle() -> Response {
@@ -268,14 +314,15 @@ async fn peerjs_bundle() -> Response {
 }
 
 async fn chat_css() -> Response {
-    (
+    let res = (
         [
             (header::CONTENT_TYPE, "text/css; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
         CHAT_CSS,
     )
-        .into_response()
+        .into_response();
+    secured(res, ASSET_CSP)
 }
 
 /// Quality of `media` in an Accept header (0 if absent; wildcards count).
@@ -319,14 +366,15 @@ pub fn prefers_html(headers: &HeaderMap) -> bool {
 /// JSON for programs (the reference server's behaviour).
 pub async fn root(State(s): State<Arc<NodeShared>>, headers: HeaderMap) -> Response {
     let mut res = if prefers_html(&headers) {
-        (
+        let res = (
             [
                 (header::CONTENT_TYPE, "text/html; charset=utf-8"),
                 (header::CACHE_CONTROL, "no-cache"),
             ],
             chat_html(&s.peerjs_url),
         )
-            .into_response()
+            .into_response();
+        secured(res, &chat_csp(&s.peerjs_url))
     } else {
         crate::signaling::info_response()
     };
@@ -392,6 +440,26 @@ mod tests {
         assert!(!prefers_html(&h("application/json, text/html;q=0.5")));
         assert!(prefers_html(&h("text/html")));
         assert!(!prefers_html(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_chat_csp_allows_only_the_node_and_the_peerjs_origin() {
+        let own = chat_csp(PEERJS_PATH);
+        assert!(own.contains("script-src 'self';"), "{own}");
+        assert!(own.contains("frame-ancestors 'none'"));
+        assert!(own.contains("object-src 'none'"));
+        assert!(
+            !own.contains("unsafe"),
+            "no unsafe-inline/eval for the chat: {own}"
+        );
+        let cdn = chat_csp(crate::node::CDN_PEERJS_URL);
+        assert!(
+            cdn.contains("script-src 'self' https://unpkg.com;"),
+            "{cdn}"
+        );
+        // A value that would break out of the header is not an origin; only 'self' stays.
+        let odd = chat_csp("javascript:alert(1)");
+        assert!(odd.contains("script-src 'self';"), "{odd}");
     }
 
     #[test]

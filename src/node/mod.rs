@@ -103,6 +103,13 @@ pub struct NodeArgs {
     /// Relay connections the node accepts.
     #[arg(long, env = "OUROBOROS_MAX_CLIENTS", default_value_t = 10_000)]
     pub max_clients: usize,
+    /// Incoming WebRTC negotiations (OFFERs answered, channel not yet open) the node's peer
+    /// runs at once, on each signaling server; more are refused with `EXPIRE`.
+    #[arg(long, env = "OUROBOROS_MAX_INBOUND_NEGOTIATIONS", default_value_t = crate::peer::DEFAULT_MAX_INBOUND_NEGOTIATIONS)]
+    pub max_inbound_negotiations: usize,
+    /// Incoming negotiations from one remote peer id at once; more are refused with `EXPIRE`.
+    #[arg(long, env = "OUROBOROS_MAX_INBOUND_NEGOTIATIONS_PER_PEER", default_value_t = crate::peer::DEFAULT_MAX_INBOUND_NEGOTIATIONS_PER_PEER)]
+    pub max_inbound_negotiations_per_peer: usize,
     /// Also register the node's peer id on this PeerJS server (repeatable), e.g.
     /// `wss://0.peerjs.com/?key=peerjs`; listed in the discovery record.
     #[arg(
@@ -372,8 +379,15 @@ impl Node {
 
         // The signaling server, with the node's routes beside it.
         let stop = CancellationToken::new();
-        let sconfig =
+        let mut sconfig =
             SignalConfig::from_args(&args.signal).map_err(|e| NodeError::Config(e.to_string()))?;
+        if args.tunnel.kind == crate::tunnel::TunnelKind::Ngrok {
+            // ngrok's in-process agent connects from loopback and names the real client in
+            // `X-Forwarded-For`: per-address limits then apply to the real clients.
+            sconfig
+                .trusted_proxies
+                .extend(crate::signaling::Cidr::LOOPBACK);
+        }
         let path = sconfig.path.clone();
         let signaling = Signaling::new(sconfig.clone());
         let listener = crate::signaling::bind(&sconfig)
@@ -398,6 +412,13 @@ impl Node {
         own_cfg.secure = listener.is_tls();
         own_cfg.id = Some(peer_id.clone());
         own_cfg.reconnect = true;
+        own_cfg.max_inbound_negotiations = args.max_inbound_negotiations;
+        own_cfg.max_inbound_negotiations_per_peer = args.max_inbound_negotiations_per_peer;
+        // The node's id is reserved on its own server for this token: nobody can take it or
+        // displace the node, and the node's connection is exempt from the client limits.
+        let own_token = args::random_token();
+        signaling.reserve(&peer_id, &own_token);
+        own_cfg.token = Some(own_token);
         // The node's peer reaches its own server over loopback, but its WebRTC candidates are
         // for its clients: loopback ones only when the server itself listens on loopback.
         own_cfg.loopback_candidates = addr.ip().is_loopback();
@@ -509,6 +530,8 @@ impl Node {
             let mut cfg = cfg;
             cfg.id = Some(peer_id.clone());
             cfg.reconnect = true;
+            cfg.max_inbound_negotiations = args.max_inbound_negotiations;
+            cfg.max_inbound_negotiations_per_peer = args.max_inbound_negotiations_per_peer;
             node_ice.apply(&mut cfg, SystemTime::now());
             let relay = relay.clone();
             // A successor may reach this node through any of its registrations (on GitHub
