@@ -3,11 +3,15 @@
 //!
 //! ```text
 //! cargo bench --bench fanout -- [--subscribers 10,100] [--messages 2000] [--window 16]
-//!                                [--serialization json|binary|msgpack]
+//!                                [--serialization json|binary|msgpack] [--transport webrtc|ws]
+//!                                [--body-bytes N]
 //! ```
 //!
 //! `--window` is how many publishes the publisher keeps unacknowledged; `--serialization` is
-//! the subscribers' (the publisher always uses `json`).
+//! the subscribers' (the publisher always uses `json`); `--transport` is every client's path
+//! (`ws`: the node's relay WebSocket); `--body-bytes` pads each message body (bulk throughput).
+//! Also prints the publisher's time to first message: connect until its first publish is
+//! acknowledged.
 //!
 //! Prints, per subscriber count: delivered messages per second (all subscribers together,
 //! first publish to last delivery), p50/p99/max publish→delivery latency, the node's CPU time
@@ -16,7 +20,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ouroboros::client::{Client, ClientConfig, Event, Target};
+use ouroboros::client::{Client, ClientConfig, Event, Target, Transport};
 use ouroboros::discovery::SignalingEndpoint;
 use ouroboros::peer::Serialization;
 use serde_json::json;
@@ -27,6 +31,8 @@ struct Args {
     messages: usize,
     window: usize,
     serialization: Serialization,
+    transport: Transport,
+    body_bytes: usize,
 }
 
 fn parse_args() -> Args {
@@ -35,6 +41,8 @@ fn parse_args() -> Args {
         messages: 2000,
         window: 16,
         serialization: Serialization::Json,
+        transport: Transport::Webrtc,
+        body_bytes: 0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -56,6 +64,14 @@ fn parse_args() -> Args {
             "--serialization" => {
                 a.serialization = Serialization::from_offer(&v)
                     .unwrap_or_else(|| panic!("--serialization json|binary|msgpack, not {v}"));
+                i += 1;
+            }
+            "--transport" => {
+                a.transport = v.parse().expect("--transport webrtc|ws");
+                i += 1;
+            }
+            "--body-bytes" => {
+                a.body_bytes = v.parse().expect("--body-bytes N");
                 i += 1;
             }
             _ => {} // cargo bench passes --bench
@@ -125,17 +141,17 @@ async fn start_node() -> NodeProc {
     NodeProc {
         child,
         pid,
-        target: Target {
+        target: Target::new(
             peer_id,
-            generation: 0,
-            signaling: vec![SignalingEndpoint {
+            0,
+            vec![SignalingEndpoint {
                 host: "127.0.0.1".into(),
                 port,
                 path: "/".into(),
                 key: "peerjs".into(),
                 secure: false,
             }],
-        },
+        ),
         _dir: dir,
     }
 }
@@ -158,9 +174,11 @@ async fn run(n: usize, args: &Args) {
         for &i in wave {
             let target = node.target.clone();
             let ser = args.serialization;
+            let transport = args.transport;
             set.spawn(async move {
                 let mut cfg = ClientConfig::new(format!("sub{i}"));
                 cfg.serialization = ser;
+                cfg.transport = transport;
                 cfg.connect_timeout = Duration::from_secs(60);
                 let (c, ev) = Client::connect(target, cfg)
                     .await
@@ -173,9 +191,18 @@ async fn run(n: usize, args: &Args) {
             subs.push(r.expect("task"));
         }
     }
-    let (publisher, _pev) = Client::connect(node.target.clone(), ClientConfig::new("publisher"))
+    let mut pcfg = ClientConfig::new("publisher");
+    pcfg.transport = args.transport;
+    let connecting = Instant::now();
+    let (publisher, _pev) = Client::connect(node.target.clone(), pcfg)
         .await
         .expect("publisher connects");
+    publisher
+        .publish("first", json!("first"))
+        .await
+        .expect("first publish");
+    let first_message = connecting.elapsed();
+    let pad = "x".repeat(args.body_bytes);
     // Warm-up: a few messages through every path.
     for _ in 0..20 {
         publisher
@@ -224,7 +251,12 @@ async fn run(n: usize, args: &Args) {
         }
         let p = publisher.clone();
         let t = epoch.elapsed().as_nanos() as u64;
-        inflight.spawn(async move { p.publish("bench", json!({ "t": t })).await });
+        let body = if pad.is_empty() {
+            json!({ "t": t })
+        } else {
+            json!({ "t": t, "pad": pad })
+        };
+        inflight.spawn(async move { p.publish("bench", body).await });
     }
     while let Some(r) = inflight.join_next().await {
         r.expect("task").expect("ack");
@@ -247,12 +279,15 @@ async fn run(n: usize, args: &Args) {
     all.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     let delivered = all.len();
     println!(
-        "subscribers {n:>4} | published {total} in {:.2}s ({:.0}/s) | delivered {delivered} ({} missing) in {:.2}s = {:.0} msgs/s | latency ms p50 {:.2} p99 {:.2} max {:.2} | node CPU {:.2}s = {:.1} µs/delivery | node RSS {:.1} MiB",
+        "{} subscribers {n:>4} | first message {:.0} ms | published {total} in {:.2}s ({:.0}/s) | delivered {delivered} ({} missing) in {:.2}s = {:.0} msgs/s = {:.1} MB/s of bodies | latency ms p50 {:.2} p99 {:.2} max {:.2} | node CPU {:.2}s = {:.1} µs/delivery | node RSS {:.1} MiB",
+        args.transport,
+        first_message.as_secs_f64() * 1e3,
         publish_done.as_secs_f64(),
         total as f64 / publish_done.as_secs_f64(),
         short,
         elapsed.as_secs_f64(),
         delivered as f64 / elapsed.as_secs_f64(),
+        delivered as f64 * (args.body_bytes + 30) as f64 / elapsed.as_secs_f64() / 1e6,
         percentile(&all, 0.50),
         percentile(&all, 0.99),
         all.last().copied().unwrap_or(f64::NAN),
@@ -272,8 +307,17 @@ async fn main() {
     ouroboros::install_crypto_provider();
     let args = parse_args();
     println!(
-        "relay fan-out: 1 publisher (json), subscribers {:?}, window {}, {} messages per run, node = release binary in its own process",
-        args.serialization, args.window, args.messages
+        "relay fan-out over {}: 1 publisher (json), subscribers {:?}, window {}, {} messages per run, bodies {} bytes of padding, node = {} binary in its own process",
+        args.transport,
+        args.serialization,
+        args.window,
+        args.messages,
+        args.body_bytes,
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     );
     for &n in &args.subscribers {
         run(n, &args).await;

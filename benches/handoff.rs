@@ -222,7 +222,7 @@ async fn run(mb: usize) {
     tokio::spawn(async move {
         while let Some(c) = pp.accept().await {
             if c.label() == HANDOFF_LABEL {
-                let _ = conns.send(c).await;
+                let _ = conns.send(c.into()).await;
             }
         }
     });
@@ -303,6 +303,7 @@ async fn run(mb: usize) {
         signaling: vec![endpoint(port)],
         ice_servers: None,
         tunnel_url: None,
+        relay_ws: None,
         started_at: SystemTime::now(),
         expires_at: None,
         previous: None,

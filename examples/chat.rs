@@ -13,7 +13,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Parser;
-use ouroboros::client::{Client, ClientConfig, ConnectionState, Event, Message};
+use ouroboros::client::{Client, ClientConfig, ConnectionState, Event, Message, Transport};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Parser, Debug)]
@@ -28,6 +28,13 @@ struct Args {
     /// Your name (the client identity; keep it stable to keep deduplication across restarts).
     #[arg(long)]
     name: String,
+    /// How to reach the node: `webrtc`, `ws` (the node's relay WebSocket, TCP only) or `auto`
+    /// (WebRTC, falling back to the WebSocket when no DataChannel opens in time).
+    #[arg(long, default_value = "auto")]
+    transport: Transport,
+    /// With `--transport auto`: how long WebRTC may take before the WebSocket is tried.
+    #[arg(long, default_value = "2500ms", value_parser = humantime::parse_duration)]
+    fallback_after: std::time::Duration,
     /// How many earlier messages to show on join.
     #[arg(long, default_value_t = 20)]
     history: u32,
@@ -62,6 +69,8 @@ fn client_config(args: &Args) -> anyhow::Result<ClientConfig> {
         cfg.ice_servers = Some(args.ice.checked(false)?);
     }
     cfg.loopback_candidates = args.ice.loopback_candidates;
+    cfg.transport = args.transport;
+    cfg.fallback_after = args.fallback_after;
     Ok(cfg)
 }
 
@@ -78,6 +87,12 @@ async fn main() -> anyhow::Result<()> {
     let (client, mut events) = Client::connect_discovered(&args.discovery, client_config(&args)?)
         .await
         .context("connecting to the node")?;
+    if let ConnectionState::Live {
+        node, transport, ..
+    } = client.state()
+    {
+        eprintln!("* connected to {node} over {transport}");
+    }
     let head = client.join(&args.room, None).await.context("joining")?;
     if args.history > 0 && head > 0 {
         let page = client.history(&args.room, None, Some(args.history)).await?;
@@ -118,6 +133,9 @@ async fn main() -> anyhow::Result<()> {
                 Some(Event::Error { code, message, .. }) => eprintln!("! {code}: {message}"),
                 Some(Event::Moved { peer_id, generation }) => {
                     eprintln!("* node moving to generation {generation} ({peer_id})");
+                }
+                Some(Event::State(ConnectionState::Live { node, transport, .. })) => {
+                    eprintln!("* connected to {node} over {transport}");
                 }
                 Some(Event::State(ConnectionState::Offline { reason, retry_in })) => {
                     eprintln!("* offline ({reason}); retrying in {retry_in:?}");

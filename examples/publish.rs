@@ -18,7 +18,7 @@
 //! stdout, one JSON object per line:
 //!
 //! ```text
-//! {"event":"live","node":"<peer id>","generation":3}          after every (re)connect (the node's welcome)
+//! {"event":"live","node":"<peer id>","generation":3,"transport":"webrtc"}   after every (re)connect (the node's welcome; transport webrtc or ws)
 //! {"event":"ack","line":7,"id":"<message id>","room":"logs","seq":42}
 //! {"event":"refused","line":8,"id":"<message id>","error":"node error too_large: ..."}
 //! ```
@@ -28,7 +28,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use ouroboros::client::{Client, ClientConfig, ConnectionState, Event};
+use ouroboros::client::{Client, ClientConfig, ConnectionState, Event, Transport};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -44,6 +44,13 @@ struct Args {
     /// Client name (the identity the node deduplicates publishes by).
     #[arg(long)]
     name: String,
+    /// How to reach the node: `webrtc`, `ws` (the node's relay WebSocket, TCP only) or `auto`
+    /// (WebRTC, falling back to the WebSocket when no DataChannel opens in time).
+    #[arg(long, default_value = "auto")]
+    transport: Transport,
+    /// With `--transport auto`: how long WebRTC may take before the WebSocket is tried.
+    #[arg(long, default_value = "2500ms", value_parser = humantime::parse_duration)]
+    fallback_after: std::time::Duration,
     /// Parse each line as a JSON value instead of sending it as a string.
     #[arg(long)]
     json: bool,
@@ -65,6 +72,8 @@ fn client_config(args: &Args) -> anyhow::Result<ClientConfig> {
         cfg.ice_servers = Some(args.ice.checked(false)?);
     }
     cfg.loopback_candidates = args.ice.loopback_candidates;
+    cfg.transport = args.transport;
+    cfg.fallback_after = args.fallback_after;
     Ok(cfg)
 }
 
@@ -83,13 +92,20 @@ async fn main() -> anyhow::Result<()> {
     let (client, mut events) = Client::connect_discovered(&args.discovery, client_config(&args)?)
         .await
         .context("connecting to the node")?;
-    // Connection events: report every welcome (the node and generation we are on now).
+    // Connection events: report every welcome (the node and generation we are on now, and
+    // the path: `webrtc` or `ws`).
+    let handle = client.clone();
     let watcher = tokio::spawn(async move {
         while let Some(ev) = events.recv().await {
             match ev {
                 Event::Welcome {
                     node, generation, ..
-                } => emit(json!({"event": "live", "node": node, "generation": generation})),
+                } => {
+                    let transport = handle.transport().map(|t| t.as_str());
+                    emit(
+                        json!({"event": "live", "node": node, "generation": generation, "transport": transport}),
+                    )
+                }
                 Event::Moved {
                     peer_id,
                     generation,

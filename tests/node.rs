@@ -10,7 +10,7 @@ use std::time::Duration;
 use support::Fetch;
 
 use clap::Parser;
-use ouroboros::client::{Client, ClientConfig, ClientError, Event, Target};
+use ouroboros::client::{Client, ClientConfig, ClientError, Event, Target, Transport};
 use ouroboros::handoff::HostOps;
 use ouroboros::node::{Node, NodeArgs};
 use ouroboros::peer::{ConnectOptions, Peer, PeerConfig, Serialization, Value};
@@ -45,11 +45,25 @@ async fn start_node(extra: &[&str]) -> (Node, tempfile::TempDir) {
 }
 
 async fn client(node: &Node, name: &str, ser: Serialization) -> (Client, UnboundedReceiver<Event>) {
+    client_on(node, name, ser, Transport::Webrtc).await
+}
+
+/// A client on the given path (`Webrtc`: a DataChannel in `ser`; `Ws`: the node's relay
+/// WebSocket, JSON text). Checks it really uses that path.
+async fn client_on(
+    node: &Node,
+    name: &str,
+    ser: Serialization,
+    transport: Transport,
+) -> (Client, UnboundedReceiver<Event>) {
     let mut cfg = ClientConfig::new(name);
     cfg.serialization = ser;
-    Client::connect(node.record(), cfg)
+    cfg.transport = transport;
+    let (c, ev) = Client::connect(node.record(), cfg)
         .await
-        .expect("client connects")
+        .expect("client connects");
+    assert_eq!(c.transport(), Some(transport), "{name} is on {transport}");
+    (c, ev)
 }
 
 /// The next event matching `f`, skipping others; panics after [`WAIT`].
@@ -86,8 +100,27 @@ fn node_error(r: Result<impl std::fmt::Debug, ClientError>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_clients_publish_replay_page_history_presence_direct() {
+    relay_protocol_between(Transport::Webrtc, Transport::Webrtc).await;
+}
+
+/// The same conversation with both clients on the relay WebSocket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_protocol_over_the_websocket() {
+    relay_protocol_between(Transport::Ws, Transport::Ws).await;
+}
+
+/// A WebSocket client and a DataChannel client share rooms, presence and direct messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_and_datachannel_clients_talk_to_each_other() {
+    relay_protocol_between(Transport::Ws, Transport::Webrtc).await;
+}
+
+/// Alice (on `ta`) and Bob (on `tb`, `binary` when on WebRTC): welcome, publish with acks
+/// and dedup, replay with `since`, presence, live fan-out in order, history pages, direct,
+/// ping, leave. Also what `/status.json` and `/metrics` say about their transports.
+async fn relay_protocol_between(ta: Transport, tb: Transport) {
     let (node, _dir) = start_node(&[]).await;
-    let (alice, mut a_ev) = client(&node, "alice", Serialization::Json).await;
+    let (alice, mut a_ev) = client_on(&node, "alice", Serialization::Json, ta).await;
     let welcome = next_matching(&mut a_ev, |e| match e {
         Event::Welcome {
             node,
@@ -122,8 +155,32 @@ async fn rust_clients_publish_replay_page_history_presence_direct() {
     assert_eq!(a1.seq, 10);
 
     // Bob (binary serialization) replays from 6.
-    let (bob, mut b_ev) = client(&node, "bob", Serialization::Binary).await;
+    let (bob, mut b_ev) = client_on(&node, "bob", Serialization::Binary, tb).await;
     assert_eq!(bob.join("lobby", Some(6)).await.unwrap(), 10);
+    // Each client's path is shown (both are registered: bob's join was answered).
+    let st = node.status().await;
+    let shown: Vec<(Option<&str>, &str)> = st
+        .clients
+        .iter()
+        .map(|c| (c.client.as_deref(), c.transport.as_str()))
+        .collect();
+    assert_eq!(
+        shown,
+        [(Some("alice"), ta.as_str()), (Some("bob"), tb.as_str())]
+    );
+    let on = |t: Transport| [ta, tb].iter().filter(|x| **x == t).count() as u64;
+    assert_eq!(
+        (st.relay.clients_webrtc, st.relay.clients_ws),
+        (on(Transport::Webrtc), on(Transport::Ws))
+    );
+    let metrics = node.shared().metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "ouroboros_relay_clients_by_transport{{transport=\"ws\"}} {}\n",
+            on(Transport::Ws)
+        )),
+        "{metrics}"
+    );
     for seq in 7..=10 {
         let m = next_msg(&mut b_ev).await;
         assert_eq!(m.seq, seq);
@@ -185,6 +242,15 @@ async fn rust_clients_publish_replay_page_history_presence_direct() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_answer_documented_errors() {
+    limits_on(Transport::Webrtc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_answer_documented_errors_over_the_websocket() {
+    limits_on(Transport::Ws).await;
+}
+
+async fn limits_on(transport: Transport) {
     let (node, _dir) = start_node(&[
         "--max-message-size",
         "1KiB",
@@ -198,7 +264,7 @@ async fn limits_answer_documented_errors() {
         "1",
     ])
     .await;
-    let (c, mut ev) = client(&node, "limited", Serialization::Json).await;
+    let (c, mut ev) = client_on(&node, "limited", Serialization::Json, transport).await;
     c.join("a", None).await.unwrap();
     assert_eq!(
         node_error(c.publish("a", json!("x".repeat(2000))).await),
@@ -218,11 +284,16 @@ async fn limits_answer_documented_errors() {
     })
     .await;
     assert_eq!(code, "not_joined");
-    // A `json` frame of 16 300 bytes or more cannot be sent at all (peerjs's rule): the
-    // publish is refused here, not retried on a new connection after every failure.
-    match tokio::time::timeout(WAIT, c.publish("a", json!("y".repeat(17_000)))).await {
-        Ok(Err(ClientError::Unsendable(_))) => {}
-        other => panic!("expected Unsendable, got {other:?}"),
+    // A `json` frame of 16 300 bytes or more cannot be sent at all on a DataChannel
+    // (peerjs's rule): the publish is refused here, not retried on a new connection after
+    // every failure. The WebSocket carries it, and the node refuses it.
+    match (
+        transport,
+        tokio::time::timeout(WAIT, c.publish("a", json!("y".repeat(17_000)))).await,
+    ) {
+        (Transport::Webrtc, Ok(Err(ClientError::Unsendable(_)))) => {}
+        (Transport::Ws, Ok(r)) => assert_eq!(node_error(r), "too_large"),
+        (_, other) => panic!("expected Unsendable / too_large, got {other:?}"),
     }
     // Still usable.
     assert_eq!(c.publish("a", json!("ok")).await.unwrap().seq, 1);
@@ -238,6 +309,7 @@ async fn limits_answer_documented_errors() {
     assert!(limited, "rate limit never hit");
     // max_clients 1: a second client is refused.
     let mut cfg = ClientConfig::new("second");
+    cfg.transport = transport;
     cfg.give_up_after = Some(Duration::from_secs(1));
     match Client::connect(node.record(), cfg).await {
         Ok((c2, mut ev2)) => {
@@ -334,9 +406,20 @@ async fn eviction_under_a_small_budget_reports_and_never_reuses_seqs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_follows_moved_rejoins_with_since_and_resends_unacked() {
+    follows_moved_on(Transport::Webrtc).await;
+}
+
+/// A WebSocket client follows `moved` to the successor's relay WebSocket (derived from the
+/// successor's signaling endpoint in `moved`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_client_follows_moved_rejoins_with_since_and_resends_unacked() {
+    follows_moved_on(Transport::Ws).await;
+}
+
+async fn follows_moved_on(transport: Transport) {
     let (a, _da) = start_node(&["--peer-id", "node-gen-a"]).await;
     let (b, _db) = start_node(&["--peer-id", "node-gen-b", "--generation", "1"]).await;
-    let (c, mut ev) = client(&a, "mover", Serialization::Json).await;
+    let (c, mut ev) = client_on(&a, "mover", Serialization::Json, transport).await;
     c.join("r", None).await.unwrap();
     assert_eq!(c.publish("r", json!("on a")).await.unwrap().seq, 1);
     // A stops taking writes (handing over): the next publish stays pending.
@@ -380,8 +463,12 @@ async fn client_follows_moved_rejoins_with_since_and_resends_unacked() {
     let m = next_msg(&mut ev).await;
     assert_eq!((m.seq, m.body.clone()), (3, json!("on b")));
     match c.state() {
-        ouroboros::client::ConnectionState::Live { node, generation } => {
-            assert_eq!((node.as_str(), generation), ("node-gen-b", 1));
+        ouroboros::client::ConnectionState::Live {
+            node,
+            generation,
+            transport: t,
+        } => {
+            assert_eq!((node.as_str(), generation, t), ("node-gen-b", 1, transport));
         }
         s => panic!("unexpected state {s:?}"),
     }
@@ -427,11 +514,7 @@ async fn dual_registration_on_the_reference_server() {
     // A client of the reference server only.
     let mut cfg = ClientConfig::new("cloud-user");
     cfg.endpoint_index = 1;
-    let target = Target {
-        peer_id: record.peer_id.clone(),
-        generation: 0,
-        signaling: vec![record.signaling[1].clone()],
-    };
+    let target = Target::new(record.peer_id.clone(), 0, vec![record.signaling[1].clone()]);
     let (cloud, _cev) = Client::connect(target, cfg).await.unwrap();
     let (local, mut lev) = client(&node, "local-user", Serialization::Json).await;
     local.join("both", None).await.unwrap();
@@ -597,4 +680,207 @@ async fn client_local(node: &Node, name: &str) -> (Client, UnboundedReceiver<Eve
     Client::connect(target, ClientConfig::new(name))
         .await
         .expect("client connects")
+}
+
+// ------------------------------------------------------- outsiders (issue 14, points 1, 4)
+
+/// An OFFER payload shaped like the one peerjs 1.5.5 sends from Chromium (a data channel
+/// offer, candidates trickled separately), for connection `dc`.
+fn chromium_offer(dc: &str) -> serde_json::Value {
+    let sdp = "v=0\r\no=- 5813279395958358117 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+a=group:BUNDLE 0\r\na=extmap-allow-mixed\r\na=msid-semantic: WMS\r\n\
+m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:Zs4l\r\na=ice-pwd:7W5Wz1bVaXxY2Zo3J0cHvGhB\r\na=ice-options:trickle\r\n\
+a=fingerprint:sha-256 3F:2A:91:0C:7D:5E:4B:88:19:A6:E2:3C:55:0D:9B:71:C4:60:2F:8E:13:D7:A5:B9:6C:40:F1:0E:97:2B:DA:34\r\n\
+a=setup:actpass\r\na=mid:0\r\na=sctp-port:5000\r\na=max-message-size:262144\r\n";
+    json!({
+        "sdp": {"sdp": sdp, "type": "offer"},
+        "type": "data",
+        "connectionId": dc,
+        "label": dc,
+        "reliable": true,
+        "serialization": "json",
+    })
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw PeerJS signaling socket to the node's own server as `id` with `token`; returns the
+/// socket and its first frame.
+async fn raw_signaling(node: &Node, id: &str, token: &str) -> (Ws, String) {
+    use futures::StreamExt;
+    let url = format!(
+        "ws://{}/peerjs?key=peerjs&id={id}&token={token}&version=1.5.5",
+        node.local_addr()
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket connects");
+    let first = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("a first frame in time")
+        .expect("a first frame")
+        .expect("a first frame");
+    (
+        ws,
+        first.into_text().map(|t| t.to_string()).unwrap_or_default(),
+    )
+}
+
+/// Sends 400 Chromium-shaped OFFERs for the node on `ws` (a client's whole burst).
+async fn offer_flood(mut ws: Ws, node_id: String, tag: String) -> Ws {
+    use futures::SinkExt;
+    for n in 0..400 {
+        let offer = json!({
+            "type": "OFFER",
+            "dst": node_id,
+            "payload": chromium_offer(&format!("dc_{tag}_{n}")),
+        });
+        let frame = tokio_tungstenite::tungstenite::Message::text(offer.to_string());
+        if ws.send(frame).await.is_err() {
+            break;
+        }
+    }
+    ws
+}
+
+/// The issue-14 id flood: five sockets send 2000 OFFERs to the node's id while a sixth loop
+/// keeps trying to register that id. Before the fix the node's connection was dropped (rate
+/// limit, write queue) and the loop took its id within ~128 ms. Now the id is reserved: the
+/// node keeps it, its negotiations stay capped, and a real client still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nodes_id_survives_an_offer_flood_and_a_registration_race() {
+    let (node, _dir) = start_node(&[
+        "--address-rate-limit",
+        "0",
+        "--max-inbound-negotiations",
+        "64",
+        "--max-inbound-negotiations-per-peer",
+        "4",
+    ])
+    .await;
+    let node_id = node.peer_id();
+    let mut attackers = Vec::new();
+    for i in 0..5 {
+        let (ws, first) = raw_signaling(&node, &format!("flood{i}"), "t").await;
+        assert_eq!(first, r#"{"type":"OPEN"}"#);
+        attackers.push(ws);
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let race = {
+        let (node_addr, node_id, stop) = (node.local_addr(), node_id.clone(), stop.clone());
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let mut attempts = 0u32;
+            while !stop.is_cancelled() {
+                attempts += 1;
+                let url = format!(
+                    "ws://{node_addr}/peerjs?key=peerjs&id={node_id}&token=thief{attempts}"
+                );
+                let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await else {
+                    continue;
+                };
+                if let Ok(Some(Ok(m))) = tokio::time::timeout(WAIT, ws.next()).await {
+                    let text = m.into_text().map(|t| t.to_string()).unwrap_or_default();
+                    if text == r#"{"type":"OPEN"}"# {
+                        return Err(format!("the id was taken after {attempts} attempts"));
+                    }
+                    assert!(text.contains("ID-TAKEN"), "unexpected answer {text}");
+                }
+            }
+            Ok(attempts)
+        })
+    };
+    let floods = attackers
+        .into_iter()
+        .enumerate()
+        .map(|(i, ws)| offer_flood(ws, node_id.clone(), format!("flood{i}")));
+    let attackers = futures::future::join_all(floods).await;
+    // Keep racing for a while after the flood, as the issue's attacker did.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let attempts = race
+        .await
+        .expect("race task")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(attempts > 1, "the registration loop ran");
+    let status = node.status().await;
+    assert_eq!(
+        status.endpoints[0].state, "registered",
+        "{:?}",
+        status.endpoints[0]
+    );
+    assert_eq!(
+        status.endpoints[0].registrations, 1,
+        "the node never lost its registration"
+    );
+    // A real client still reaches the node's relay while the flood's negotiations are
+    // pending (they hold at most 5 × 4 of the 64 places, for up to 30 s).
+    let (alice, mut events) = client_local(&node, "alice").await;
+    alice
+        .join("after-flood", None)
+        .await
+        .expect("join after the flood");
+    alice
+        .publish("after-flood", json!("still here"))
+        .await
+        .expect("publish after the flood");
+    let m = next_msg(&mut events).await;
+    assert_eq!(m.body, json!("still here"));
+    drop(attackers);
+    node.shutdown().await;
+}
+
+/// Issue 14, point 7: the node's pages carry a CSP that forbids framing and foreign
+/// scripts, and `nosniff`; `/status.json` stays readable from any origin (read-only, public
+/// facts only — see SECURITY.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_carry_csp_frame_ancestors_and_nosniff() {
+    let (node, _dir) = start_node(&[]).await;
+    let base = format!("http://{}", node.local_addr());
+    let http = reqwest::Client::new();
+    for (path, accept) in [("/chat", "text/html"), ("/", "text/html,*/*;q=0.8")] {
+        let res = http
+            .get(format!("{base}{path}"))
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        let h = res.headers();
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert!(csp.contains("script-src 'self';"), "{path}: {csp}");
+        assert!(csp.contains("object-src 'none'"), "{path}: {csp}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+    }
+    for path in ["/chat.js", "/chat.css", "/status"] {
+        let res = http.get(format!("{base}{path}")).send().await.unwrap();
+        let h = res.headers();
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("frame-ancestors 'none'"),
+            "{path}"
+        );
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+    }
+    // Programs still get the PeerJS info JSON at `/`, without the page's headers.
+    let res = http.get(&base).send().await.unwrap();
+    assert!(res.headers().get("content-security-policy").is_none());
+    let res = http
+        .get(format!("{base}/status.json"))
+        .header("origin", "https://anyone.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["access-control-allow-origin"], "*");
+    let body = res.text().await.unwrap();
+    assert!(
+        !body.contains("token") && !body.contains("secret"),
+        "{body}"
+    );
+    node.shutdown().await;
 }

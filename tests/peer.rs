@@ -616,3 +616,91 @@ async fn a_gated_send_window_still_delivers_everything() {
     client.close().await;
     echo.close().await;
 }
+
+/// Issue 14, point 4: an OFFER flood makes at most the configured number of
+/// PeerConnections (in total and per remote peer); every refused OFFER gets `EXPIRE` with
+/// the reason, and a real peer is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_flood_is_capped_and_refused_with_expire() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    if std::env::var("PEER_TEST_SERVER").as_deref() == Ok("reference") {
+        return; // the flood speaks to our server's port directly
+    }
+    let srv = start_server_with(&["--address-rate-limit", "0"]).await;
+    let mut cfg = config(srv.port, Some("capped"));
+    cfg.max_inbound_negotiations = 16;
+    cfg.max_inbound_negotiations_per_peer = 2;
+    let node = Peer::open(cfg).await.unwrap();
+    spawn_echo(node.clone());
+    let sdp = "v=0\r\no=- 5813279395958358117 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+a=group:BUNDLE 0\r\na=msid-semantic: WMS\r\n\
+m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:Zs4l\r\na=ice-pwd:7W5Wz1bVaXxY2Zo3J0cHvGhB\r\na=ice-options:trickle\r\n\
+a=fingerprint:sha-256 3F:2A:91:0C:7D:5E:4B:88:19:A6:E2:3C:55:0D:9B:71:C4:60:2F:8E:13:D7:A5:B9:6C:40:F1:0E:97:2B:DA:34\r\n\
+a=setup:actpass\r\na=mid:0\r\na=sctp-port:5000\r\na=max-message-size:262144\r\n";
+    let mut floods = Vec::new();
+    for i in 0..4 {
+        let url = format!(
+            "ws://127.0.0.1:{}{PATH}peerjs?key={KEY}&id=flood{i}&token=t",
+            srv.port
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let open = ws.next().await.unwrap().unwrap();
+        assert_eq!(open.into_text().unwrap().as_str(), r#"{"type":"OPEN"}"#);
+        for n in 0..10 {
+            let offer = serde_json::json!({
+                "type": "OFFER", "dst": "capped",
+                "payload": {"sdp": {"sdp": sdp, "type": "offer"}, "type": "data",
+                    "connectionId": format!("dc_f{i}_{n}"), "label": "x", "reliable": true,
+                    "serialization": "json"},
+            });
+            ws.send(Message::text(offer.to_string())).await.unwrap();
+        }
+        floods.push(ws);
+    }
+    // Each flooder gets EXPIRE for its 8 OFFERs over the per-peer cap of 2.
+    for (i, ws) in floods.iter_mut().enumerate() {
+        let mut refused = 0;
+        timeout(Duration::from_secs(20), async {
+            while refused < 8 {
+                let m = ws.next().await.unwrap().unwrap();
+                let v: serde_json::Value =
+                    serde_json::from_str(m.into_text().unwrap().as_str()).unwrap();
+                if v["type"] == "EXPIRE" {
+                    assert_eq!(v["src"], "capped");
+                    assert!(
+                        v["payload"]["msg"]
+                            .as_str()
+                            .unwrap()
+                            .contains("too many connections being negotiated"),
+                        "{v}"
+                    );
+                    assert!(
+                        v["payload"]["connectionId"]
+                            .as_str()
+                            .unwrap()
+                            .starts_with(&format!("dc_f{i}_"))
+                    );
+                    refused += 1;
+                }
+            }
+        })
+        .await
+        .expect("every OFFER over the cap is refused");
+    }
+    let (pending, refused) = node.inbound_negotiations();
+    assert_eq!(refused, 32);
+    assert!(pending <= 8, "{pending} negotiations in progress");
+    // A real peer is still served while the flood's negotiations wait for their timeout.
+    let client = Peer::open(config(srv.port, None)).await.unwrap();
+    let mut conn = client
+        .connect("capped", ConnectOptions::default())
+        .await
+        .unwrap();
+    conn.send(&s("hello")).await.unwrap();
+    let got = timeout(Duration::from_secs(10), conn.recv()).await.unwrap();
+    assert_eq!(got, Some(Ok(s("hello"))));
+    client.close().await;
+    node.close().await;
+}

@@ -1169,3 +1169,205 @@ async fn tls_serves_https_and_wss() {
     .unwrap();
     assert!(!r.starts_with(b"HTTP/1.1 200"));
 }
+
+// ------------------------------------------------ per-address limits (issue 14, point 5)
+
+impl Server {
+    /// Opens a WebSocket from local address `from` (e.g. `127.0.0.2`) with extra request
+    /// headers; returns the first event (OPEN, an ERROR frame, or a close).
+    async fn join_from(&self, from: &str, id: &str, headers: &[(&str, &str)]) -> (Client, Event) {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(format!("{from}:0").parse().expect("address"))
+            .expect("bind a loopback source address");
+        let tcp = socket.connect(self.addr).await.expect("tcp connect");
+        let mut req = self
+            .ws_url(&format!("?key=peerjs&id={id}&token=t"))
+            .into_client_request()
+            .expect("request");
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                v.parse().expect("header value"),
+            );
+        }
+        let (ws, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(tcp)),
+        )
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+        let mut c = Client { ws };
+        let first = c.event().await;
+        (c, first)
+    }
+}
+
+const ADDRESS_LIMIT: &str =
+    r#"{"type":"ERROR","payload":{"msg":"Too many connections from your address"}}"#;
+
+fn limited(connections: usize) -> SignalConfig {
+    SignalConfig {
+        concurrent_limit: 10,
+        per_address: signaling::AddressLimits {
+            connections,
+            rate: None,
+        },
+        ..config()
+    }
+}
+
+#[tokio::test]
+async fn one_address_cannot_exhaust_the_global_limit() {
+    let mut s = start(limited(3)).await;
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let (c, first) = s.join_from("127.0.0.1", &format!("a{i}"), &[]).await;
+        assert_eq!(first, Event::Text(OPEN.into()));
+        held.push(c);
+    }
+    let (mut c, first) = s.join_from("127.0.0.1", "a3", &[]).await;
+    assert_eq!(first, Event::Text(ADDRESS_LIMIT.into()));
+    assert_eq!(c.closed().await, None);
+    // Another address still gets in: the global limit (10) was not used up by one address.
+    for i in 0..3 {
+        let (c, first) = s.join_from("127.0.0.2", &format!("b{i}"), &[]).await;
+        assert_eq!(first, Event::Text(OPEN.into()), "b{i}");
+        held.push(c);
+    }
+    assert_eq!(s.signaling.stats().rejected.address_limit, 1);
+    // A closed socket frees its place.
+    let mut first = held.remove(0);
+    first.ws.close(None).await.expect("close");
+    let _ = first.closed().await;
+    let admitted = tokio::time::timeout(WAIT, async {
+        loop {
+            let (c, ev) = s.join_from("127.0.0.1", "a3", &[]).await;
+            if ev == Event::Text(OPEN.into()) {
+                return c;
+            }
+        }
+    })
+    .await
+    .expect("the freed place is taken again");
+    drop(admitted);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn x_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
+    // Untrusted peer: every socket from 127.0.0.1 counts as 127.0.0.1, whatever it claims.
+    let mut s = start(limited(2)).await;
+    let mut held = Vec::new();
+    for (i, xff) in ["192.0.2.1", "192.0.2.2"].iter().enumerate() {
+        let (c, first) = s
+            .join_from("127.0.0.1", &format!("u{i}"), &[("x-forwarded-for", xff)])
+            .await;
+        assert_eq!(first, Event::Text(OPEN.into()));
+        held.push(c);
+    }
+    let (_, first) = s
+        .join_from("127.0.0.1", "u2", &[("x-forwarded-for", "192.0.2.3")])
+        .await;
+    assert_eq!(first, Event::Text(ADDRESS_LIMIT.into()));
+    s.shutdown().await;
+
+    // Loopback is a trusted proxy (the tunnel agent): the forwarded address counts, the
+    // right-most one that is not itself a proxy.
+    let mut s = start(SignalConfig {
+        trusted_proxies: signaling::Cidr::LOOPBACK.to_vec(),
+        ..limited(2)
+    })
+    .await;
+    let mut held = Vec::new();
+    for (i, xff) in ["192.0.2.1", "192.0.2.2", "10.9.9.9, 192.0.2.3"]
+        .iter()
+        .enumerate()
+    {
+        let (c, first) = s
+            .join_from("127.0.0.1", &format!("t{i}"), &[("x-forwarded-for", xff)])
+            .await;
+        assert_eq!(first, Event::Text(OPEN.into()), "{xff}");
+        held.push(c);
+    }
+    // A client spoofing a left-hand entry is still counted by what the proxy appended.
+    let (c, first) = s
+        .join_from(
+            "127.0.0.1",
+            "t3",
+            &[("x-forwarded-for", "198.51.100.1, 192.0.2.1")],
+        )
+        .await;
+    assert_eq!(first, Event::Text(OPEN.into()));
+    held.push(c);
+    let (_, first) = s
+        .join_from(
+            "127.0.0.1",
+            "t4",
+            &[("x-forwarded-for", "198.51.100.2, 192.0.2.1")],
+        )
+        .await;
+    assert_eq!(first, Event::Text(ADDRESS_LIMIT.into()));
+    // A peer outside the trusted blocks is not believed: 127.0.0.2 is loopback too, so
+    // use the header-less path to show the TCP address counts when there is no header.
+    let (_, first) = s.join_from("127.0.0.2", "t5", &[]).await;
+    assert_eq!(first, Event::Text(OPEN.into()));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_leave_flood_from_one_address_is_rate_limited() {
+    let mut s = start(SignalConfig {
+        per_address: signaling::AddressLimits {
+            connections: 0,
+            rate: Some(signaling::Rate {
+                per_second: 5.0,
+                burst: 50.0,
+            }),
+        },
+        ..config()
+    })
+    .await;
+    // Three sockets of one address, none over any per-client limit (config() has none),
+    // send LEAVE frames to an absent peer (dropped, relayed to nobody).
+    let mut socks = Vec::new();
+    for i in 0..3 {
+        socks.push(s.join(&format!("l{i}"), "t").await);
+    }
+    let mut sent = 0;
+    'flood: for round in 0..100 {
+        for c in socks.iter_mut() {
+            if c.ws
+                .send(Message::text(
+                    json!({"type": "LEAVE", "dst": format!("nobody{round}")}).to_string(),
+                ))
+                .await
+                .is_err()
+            {
+                break 'flood;
+            }
+            sent += 1;
+        }
+    }
+    assert!(sent > 50);
+    // One of them is told and closed with 1008; the limit is the address's, not a socket's.
+    let mut closed = 0;
+    for c in socks.iter_mut() {
+        if let Ok(Event::Text(t)) = tokio::time::timeout(QUIET * 4, c.event()).await {
+            assert_eq!(
+                t,
+                r#"{"type":"ERROR","payload":{"msg":"Rate limit exceeded"}}"#
+            );
+            assert_eq!(c.closed().await, Some(1008));
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "no socket of the flooding address was closed");
+    assert!(s.signaling.stats().closed.rate_limited >= 1);
+    // Another address is served.
+    let (_, first) = s.join_from("127.0.0.3", "other", &[]).await;
+    assert_eq!(first, Event::Text(OPEN.into()));
+    s.shutdown().await;
+}

@@ -9,11 +9,19 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Ack, ClientConfig, ClientError, Command, Event, HistoryPage, Message, Target};
+use super::{
+    Ack, ClientConfig, ClientError, Command, Event, HistoryPage, Message, Target, Transport,
+};
 use crate::discovery::SignalingEndpoint;
 use crate::peer::{ConnectOptions, ConnectionReceiver, ConnectionSender, Peer, PeerConfig, Value};
 use crate::relay::wire::{ClientMessage, MsgRecord, PROTOCOL, ServerMessage};
 use crate::retry::Backoff;
+
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Where the client's connection stands.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +34,8 @@ pub enum ConnectionState {
         node: String,
         /// Its generation (from the record, then from `welcome`).
         generation: u64,
+        /// The path in use: [`Transport::Webrtc`] or [`Transport::Ws`].
+        transport: Transport,
     },
     /// Following a `moved` notice to this generation.
     Moving {
@@ -68,10 +78,104 @@ type PendingPing = (
 
 type Reply<T> = (oneshot::Sender<Result<T, ClientError>>, Instant);
 
-struct Link {
-    peer: Peer,
-    sender: ConnectionSender,
-    receiver: ConnectionReceiver,
+/// The connection to the node, on either path.
+enum Link {
+    /// A DataConnection through the node's signaling server.
+    Rtc {
+        peer: Peer,
+        sender: ConnectionSender,
+        receiver: ConnectionReceiver,
+    },
+    /// The node's relay WebSocket: one JSON text frame per message.
+    Ws(Box<WsStream>),
+}
+
+/// Why a send failed.
+enum SendError {
+    /// The connection cannot carry this message (it stays up).
+    Unsendable(String),
+    /// The connection is gone.
+    Gone(String),
+}
+
+impl Link {
+    fn transport(&self) -> Transport {
+        match self {
+            Link::Rtc { .. } => Transport::Webrtc,
+            Link::Ws(_) => Transport::Ws,
+        }
+    }
+
+    async fn send(&mut self, msg: &Json) -> Result<(), SendError> {
+        match self {
+            Link::Rtc { sender, .. } => match sender.send(&Value::from_json(msg.clone())).await {
+                Ok(()) => Ok(()),
+                Err(crate::peer::ConnectionError::Codec(e)) => Err(SendError::Unsendable(e)),
+                Err(e) => Err(SendError::Gone(e.to_string())),
+            },
+            Link::Ws(ws) => ws
+                .send(WsMessage::text(msg.to_string()))
+                .await
+                .map_err(|e| SendError::Gone(e.to_string())),
+        }
+    }
+
+    /// The next message from the node; `None` once the connection is closed.
+    async fn recv(&mut self) -> Option<Result<Json, String>> {
+        match self {
+            Link::Rtc { receiver, .. } => Some(
+                receiver
+                    .recv()
+                    .await?
+                    .map(|v| v.to_json())
+                    .map_err(|e| e.to_string()),
+            ),
+            Link::Ws(ws) => loop {
+                match ws.next().await? {
+                    Ok(WsMessage::Text(t)) => {
+                        return Some(serde_json::from_str(t.as_str()).map_err(|e| e.to_string()));
+                    }
+                    Ok(WsMessage::Binary(b)) => {
+                        return Some(serde_json::from_slice(&b).map_err(|e| e.to_string()));
+                    }
+                    Ok(WsMessage::Close(_)) | Err(_) => return None,
+                    Ok(_) => {} // ping/pong
+                }
+            },
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Link::Rtc { peer, .. } => peer.close().await,
+            Link::Ws(mut ws) => {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), WsStream::close(&mut ws, None))
+                        .await;
+            }
+        }
+    }
+}
+
+/// Opens the relay WebSocket at `url`, declaring `name`.
+async fn open_ws(url: &str, name: &str) -> Result<WsStream, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    crate::install_crypto_provider();
+    let mut u = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+    u.query_pairs_mut().append_pair("client", name);
+    let mut req = u
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("{url}: {e}"))?;
+    // Through an ngrok tunnel: skip its browser warning page.
+    req.headers_mut().insert(
+        "ngrok-skip-browser-warning",
+        tokio_tungstenite::tungstenite::http::HeaderValue::from_static("1"),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    Ok(ws)
 }
 
 struct Driver {
@@ -92,6 +196,8 @@ struct Driver {
     pings: VecDeque<PendingPing>,
     /// Commands received while reconnecting, handled once connected again.
     deferred: VecDeque<Command>,
+    /// With [`Transport::Auto`]: the WebSocket was needed once, so it is tried first.
+    prefer_ws: bool,
 }
 
 /// Opens the first connection and spawns the driver.
@@ -116,6 +222,7 @@ pub(super) async fn start(
         histories: VecDeque::new(),
         pings: VecDeque::new(),
         deferred: VecDeque::new(),
+        prefer_ws: false,
     };
     d.establish().await?;
     tokio::spawn(d.run(cmds));
@@ -133,12 +240,15 @@ fn endpoint_config(e: &SignalingEndpoint, cfg: &ClientConfig) -> PeerConfig {
     }
     pc.connect_timeout = cfg.connect_timeout;
     pc.reconnect = false;
+    if let Some(addrs) = &cfg.udp_addrs {
+        pc.udp_addrs = addrs.clone();
+    }
     pc
 }
 
 enum Wake {
     Cmd(Option<Command>),
-    Msg(Option<Result<Value, crate::peer::ConnectionError>>),
+    Msg(Option<Result<Json, String>>),
     Tick,
 }
 
@@ -150,14 +260,78 @@ impl Driver {
         }
     }
 
-    /// One connection attempt over every endpoint of the target, preferred first.
+    /// One connection attempt on the configured path(s): WebRTC over every signaling
+    /// endpoint of the target, the relay WebSocket over every URL of the target, or (auto)
+    /// WebRTC for at most `fallback_after`, then the WebSocket.
     async fn establish(&mut self) -> Result<(), ClientError> {
         if let Some(old) = self.link.take() {
-            old.peer.close().await;
+            old.close().await;
         }
+        let order: &[Transport] = match (self.cfg.transport, self.prefer_ws) {
+            (Transport::Webrtc, _) => &[Transport::Webrtc],
+            (Transport::Ws, _) => &[Transport::Ws],
+            (Transport::Auto, false) => &[Transport::Webrtc, Transport::Ws],
+            (Transport::Auto, true) => &[Transport::Ws, Transport::Webrtc],
+        };
+        let mut errors = Vec::new();
+        for (i, t) in order.iter().enumerate() {
+            let started = Instant::now();
+            let attempt = match t {
+                Transport::Ws => self.open_ws_link().await,
+                _ => {
+                    let limit = if self.cfg.transport == Transport::Auto {
+                        self.cfg.fallback_after
+                    } else {
+                        self.cfg.connect_timeout
+                    };
+                    match tokio::time::timeout(limit, self.open_rtc_link()).await {
+                        Ok(r) => r,
+                        Err(_) => Err(format!("no DataChannel opened within {limit:?}")),
+                    }
+                }
+            };
+            match attempt {
+                Ok(link) => {
+                    let transport = link.transport();
+                    if i > 0 {
+                        tracing::info!(
+                            transport = transport.as_str(),
+                            node = %self.target.peer_id,
+                            after = ?errors,
+                            "connected to the node over the fallback path"
+                        );
+                    } else {
+                        tracing::info!(
+                            transport = transport.as_str(),
+                            node = %self.target.peer_id,
+                            "connected to the node"
+                        );
+                    }
+                    if self.cfg.transport == Transport::Auto {
+                        self.prefer_ws = transport == Transport::Ws;
+                    }
+                    self.link = Some(link);
+                    self.set_state(ConnectionState::Live {
+                        node: self.target.peer_id.clone(),
+                        generation: self.target.generation,
+                        transport,
+                    });
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::info!(transport = t.as_str(), elapsed = ?started.elapsed(), error = %e, "could not connect");
+                    errors.push(format!("{}: {e}", t.as_str()));
+                }
+            }
+        }
+        Err(ClientError::Connect(errors.join("; ")))
+    }
+
+    /// A DataConnection to the target's peer id through its signaling endpoints.
+    async fn open_rtc_link(&self) -> Result<Link, String> {
         let n = self.target.signaling.len();
         if n == 0 {
-            return Err(ClientError::Connect("no signaling endpoint".into()));
+            return Err("no signaling endpoint".into());
         }
         let mut last_err = String::new();
         for i in 0..n {
@@ -182,22 +356,34 @@ impl Driver {
             match tokio::time::timeout(self.cfg.connect_timeout, attempt).await {
                 Ok(Ok((peer, conn))) => {
                     let (sender, receiver) = conn.split();
-                    self.link = Some(Link {
+                    return Ok(Link::Rtc {
                         peer,
                         sender,
                         receiver,
                     });
-                    self.set_state(ConnectionState::Live {
-                        node: self.target.peer_id.clone(),
-                        generation: self.target.generation,
-                    });
-                    return Ok(());
                 }
                 Ok(Err(err)) => last_err = format!("{}:{}: {err}", e.host, e.port),
                 Err(_) => last_err = format!("{}:{}: timed out", e.host, e.port),
             }
         }
-        Err(ClientError::Connect(last_err))
+        Err(last_err)
+    }
+
+    /// The target's relay WebSocket, trying its URLs in order.
+    async fn open_ws_link(&self) -> Result<Link, String> {
+        if self.target.relay_ws.is_empty() {
+            return Err("no relay WebSocket URL".into());
+        }
+        let mut errors = Vec::new();
+        for url in &self.target.relay_ws {
+            match tokio::time::timeout(self.cfg.connect_timeout, open_ws(url, &self.cfg.name)).await
+            {
+                Ok(Ok(ws)) => return Ok(Link::Ws(Box::new(ws))),
+                Ok(Err(e)) => errors.push(e),
+                Err(_) => errors.push(format!("{url}: timed out")),
+            }
+        }
+        Err(errors.join("; "))
     }
 
     /// After (re)connecting: re-join rooms from the last seen sequence number, re-send
@@ -250,13 +436,13 @@ impl Driver {
         let Some(link) = self.link.as_mut() else {
             return Ok(());
         };
-        match link.sender.send(&Value::from_json(msg)).await {
+        match link.send(&msg).await {
             Ok(()) => Ok(()),
-            Err(crate::peer::ConnectionError::Codec(e)) => {
+            Err(SendError::Unsendable(e)) => {
                 tracing::warn!(error = %e, "message not sent: the connection cannot carry it");
                 Err(ClientError::Unsendable(e))
             }
-            Err(e) => {
+            Err(SendError::Gone(e)) => {
                 tracing::debug!(error = %e, "send to node failed; reconnecting");
                 self.drop_link().await;
                 Ok(())
@@ -276,7 +462,7 @@ impl Driver {
 
     async fn drop_link(&mut self) {
         if let Some(link) = self.link.take() {
-            link.peer.close().await;
+            link.close().await;
         }
     }
 
@@ -302,7 +488,7 @@ impl Driver {
                 let link = self.link.as_mut().expect("checked above");
                 tokio::select! {
                     c = cmds.recv() => Wake::Cmd(c),
-                    m = link.receiver.recv() => Wake::Msg(m),
+                    m = link.recv() => Wake::Msg(m),
                     _ = tick.tick() => Wake::Tick,
                 }
             };
@@ -314,7 +500,7 @@ impl Driver {
                     }
                 }
                 Wake::Msg(Some(Ok(v))) => {
-                    if self.incoming(v.to_json()).await {
+                    if self.incoming(v).await {
                         moving = true;
                         self.drop_link().await;
                     }
@@ -525,9 +711,14 @@ impl Driver {
                 node, generation, ..
             } => {
                 self.target.generation = generation;
+                let transport = self
+                    .link
+                    .as_ref()
+                    .map_or(Transport::Webrtc, Link::transport);
                 self.set_state(ConnectionState::Live {
                     node: node.clone(),
                     generation,
+                    transport,
                 });
                 self.emit(Event::Welcome {
                     node,
@@ -645,14 +836,18 @@ impl Driver {
                 if peer_id.is_empty() {
                     return false;
                 }
+                let signaling = if signaling.is_empty() {
+                    self.target.signaling.clone()
+                } else {
+                    signaling
+                };
+                let relay_ws =
+                    Target::relay_ws_urls(m.get("relay_ws").and_then(Json::as_str), &signaling);
                 self.target = Target {
                     peer_id: peer_id.clone(),
                     generation,
-                    signaling: if signaling.is_empty() {
-                        self.target.signaling.clone()
-                    } else {
-                        signaling
-                    },
+                    signaling,
+                    relay_ws,
                 };
                 self.emit(Event::Moved {
                     peer_id,

@@ -3,7 +3,10 @@
 //! the node across rotations.
 //!
 //! Wire protocol: `protocol/relay.md`. Messages are JSON objects sent through a PeerJS
-//! DataConnection in any serialization (`json` by default).
+//! DataConnection in any serialization (`json` by default), or as JSON text frames over the
+//! node's relay WebSocket (`GET /relay`), the path that needs no UDP. [`Transport::Auto`]
+//! (the default) tries WebRTC and falls back to the WebSocket when no DataChannel opens
+//! within [`ClientConfig::fallback_after`].
 //!
 //! # Following rotations
 //! When the node answers `{"op":"moved","peer_id","signaling","generation"}` (or the
@@ -41,6 +44,55 @@ use crate::peer::{IceServer, Serialization};
 
 pub use driver::ConnectionState;
 
+/// The path a client takes to the node (`--transport auto|webrtc|ws`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Transport {
+    /// WebRTC first; the relay WebSocket when no DataChannel opens within
+    /// [`ClientConfig::fallback_after`] (or WebRTC fails sooner). Once the WebSocket was
+    /// needed, reconnects (e.g. after `moved`) try it first.
+    #[default]
+    Auto,
+    /// A WebRTC DataChannel to the node's peer id, through its signaling servers.
+    Webrtc,
+    /// The relay protocol over the node's WebSocket (`relay_ws` of the discovery record):
+    /// TCP only, goes wherever signaling goes.
+    Ws,
+}
+
+impl Transport {
+    /// `auto`, `webrtc` or `ws`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Auto => "auto",
+            Transport::Webrtc => "webrtc",
+            Transport::Ws => "ws",
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Transport::Auto),
+            "webrtc" => Ok(Transport::Webrtc),
+            "ws" => Ok(Transport::Ws),
+            other => Err(format!(
+                "unknown transport {other:?} (expected auto, webrtc or ws)"
+            )),
+        }
+    }
+}
+
+/// Default of [`ClientConfig::fallback_after`].
+pub const DEFAULT_FALLBACK_AFTER: Duration = Duration::from_millis(2500);
+
 /// Errors of the client API.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum ClientError {
@@ -76,8 +128,19 @@ pub enum ClientError {
 pub struct ClientConfig {
     /// Stable client name: the identity for presence, `from` and publish deduplication.
     pub name: String,
-    /// DataConnection serialization (`json` by default, like browsers).
+    /// DataConnection serialization (`json` by default, like browsers). The WebSocket path
+    /// always carries JSON text.
     pub serialization: Serialization,
+    /// WebRTC, the relay WebSocket, or WebRTC falling back to the WebSocket (default).
+    pub transport: Transport,
+    /// With [`Transport::Auto`]: how long a WebRTC attempt may take before the client falls
+    /// back to the WebSocket ([`DEFAULT_FALLBACK_AFTER`]).
+    pub fallback_after: Duration,
+    /// Local UDP addresses of the client's WebRTC sockets (`None`: the peer's defaults).
+    /// Binding only an address family the node has no candidates in (e.g. `[::1]:0` against
+    /// an IPv4 node) makes WebRTC impossible, as a network without UDP to the node would:
+    /// the fallback tests use that.
+    pub udp_addrs: Option<Vec<String>>,
     /// STUN/TURN servers; `None` takes the discovery record's `ice_servers`
     /// ([`Client::connect_discovered`]), and none at all (host candidates) without a record.
     pub ice_servers: Option<Vec<IceServer>>,
@@ -104,6 +167,9 @@ impl ClientConfig {
         ClientConfig {
             name: name.into(),
             serialization: Serialization::Json,
+            transport: Transport::Auto,
+            fallback_after: DEFAULT_FALLBACK_AFTER,
+            udp_addrs: None,
             ice_servers: None,
             loopback_candidates: None,
             connect_timeout: Duration::from_secs(15),
@@ -297,14 +363,50 @@ pub struct Target {
     pub generation: u64,
     /// Signaling endpoints, preferred first.
     pub signaling: Vec<SignalingEndpoint>,
+    /// Relay WebSocket URLs, preferred first (see [`Target::relay_ws_urls`]).
+    pub relay_ws: Vec<String>,
+}
+
+impl Target {
+    /// A target from a peer id and signaling endpoints; the relay WebSocket URLs are derived
+    /// from the endpoints ([`Target::relay_ws_urls`]).
+    pub fn new(
+        peer_id: impl Into<String>,
+        generation: u64,
+        signaling: Vec<SignalingEndpoint>,
+    ) -> Self {
+        let relay_ws = Target::relay_ws_urls(None, &signaling);
+        Target {
+            peer_id: peer_id.into(),
+            generation,
+            signaling,
+            relay_ws,
+        }
+    }
+
+    /// Where a node's relay WebSocket may be: `first` (a record's `relay_ws`), then
+    /// `ws[s]://HOST:PORT/relay` of every signaling endpoint (a node serves it on the HTTP
+    /// server of its own signaling endpoints; other PeerJS servers just refuse it).
+    pub fn relay_ws_urls(first: Option<&str>, signaling: &[SignalingEndpoint]) -> Vec<String> {
+        let mut out: Vec<String> = first.map(str::to_owned).into_iter().collect();
+        for e in signaling {
+            let u = e.relay_ws_url();
+            if !out.contains(&u) {
+                out.push(u);
+            }
+        }
+        out
+    }
 }
 
 impl From<DiscoveryRecord> for Target {
     fn from(r: DiscoveryRecord) -> Self {
+        let relay_ws = Target::relay_ws_urls(r.relay_ws.as_deref(), &r.signaling);
         Target {
             peer_id: r.peer_id,
             generation: r.generation,
             signaling: r.signaling,
+            relay_ws,
         }
     }
 }
@@ -353,6 +455,14 @@ impl Client {
     /// The connection state now.
     pub fn state(&self) -> ConnectionState {
         self.state.borrow().clone()
+    }
+
+    /// The path of the current connection (`Webrtc` or `Ws`), `None` while not connected.
+    pub fn transport(&self) -> Option<Transport> {
+        match &*self.state.borrow() {
+            ConnectionState::Live { transport, .. } => Some(*transport),
+            _ => None,
+        }
     }
 
     /// Waits until the state satisfies `f`.

@@ -84,7 +84,27 @@ fn read_record(path: &Path) -> Result<Option<DiscoveryRecord>, DiscoveryError> {
 /// # Errors
 /// I/O failures; the temp file is removed on failure.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, bytes, false)
+}
+
+/// [`write_atomic`] for a file only its owner may read: created `0600` (its folder, when
+/// created here, `0700`) on Unix. For backups, which hold every stored message.
+///
+/// # Errors
+/// I/O failures (the temporary file is removed).
+pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, bytes, true)
+}
+
+fn write_atomic_with(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    if private && !dir.as_os_str().is_empty() && !dir.exists() {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir)?;
+    }
     std::fs::create_dir_all(dir)?;
     let name = path
         .file_name()
@@ -96,7 +116,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         rand::random::<u32>()
     ));
     let result = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        if private {
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        }
+        let mut f = options.open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;

@@ -38,6 +38,24 @@ pub struct SignalingEndpoint {
     pub secure: bool,
 }
 
+/// Path of the relay WebSocket on a node's HTTP server (`protocol/relay.md`).
+pub const RELAY_WS_PATH: &str = "/relay";
+
+impl SignalingEndpoint {
+    /// The relay WebSocket of the Ouroboros node whose HTTP server this endpoint is (its own
+    /// signaling endpoint, or its tunnel's): `ws[s]://HOST:PORT/relay`. Other PeerJS servers
+    /// have none (a client trying it gets an HTTP error).
+    pub fn relay_ws_url(&self) -> String {
+        let scheme = if self.secure { "wss" } else { "ws" };
+        let host = if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("{scheme}://{host}:{}{RELAY_WS_PATH}", self.port)
+    }
+}
+
 /// The node a record's node replaced: lets clients of the old node recognise the move.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreviousNode {
@@ -54,11 +72,12 @@ pub struct PreviousNode {
 /// {"version":1,"peer_id":"ouroboros-x","generation":3,
 ///  "signaling":[{"host":"127.0.0.1","port":9000,"path":"/","key":"peerjs","secure":false}],
 ///  "ice_servers":[{"urls":["stun:stun.example.org:3478"]}],
-///  "tunnel_url":"https://x.ngrok.app","started_at":"2026-11-23T15:00:00.000Z",
+///  "tunnel_url":"https://x.ngrok.app","relay_ws":"wss://x.ngrok.app/relay",
+///  "started_at":"2026-11-23T15:00:00.000Z",
 ///  "expires_at":"2026-11-23T17:00:00.000Z",
 ///  "previous":{"peer_id":"ouroboros-w","signaling":[...]}}
 /// ```
-/// `tunnel_url` and `previous` are omitted when absent; `expires_at` is `null` for a node
+/// `tunnel_url`, `relay_ws` and `previous` are omitted when absent; `expires_at` is `null` for a node
 /// that runs forever. Times are RFC 3339 in UTC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiscoveryRecord {
@@ -79,6 +98,11 @@ pub struct DiscoveryRecord {
     /// Public URL of the node's HTTP server through a tunnel, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_url: Option<String>,
+    /// The relay protocol over a WebSocket on the node's HTTP port (`ws[s]://HOST:PORT/relay`,
+    /// through the tunnel when there is one): the path that needs no UDP
+    /// (`protocol/relay.md`). Absent in records of nodes without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_ws: Option<String>,
     /// When the node started.
     #[serde(with = "rfc3339")]
     pub started_at: SystemTime,

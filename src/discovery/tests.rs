@@ -23,6 +23,7 @@ fn record(peer: &str, generation: u64) -> DiscoveryRecord {
         signaling: vec![endpoint(9000)],
         ice_servers: None,
         tunnel_url: None,
+        relay_ws: None,
         started_at: start,
         expires_at: Some(start + Duration::from_secs(7200)),
         previous: None,
@@ -47,6 +48,7 @@ fn violations(v: &Value) -> Vec<String> {
 fn produced_records_match_the_schema() {
     let mut full = record("ouroboros-b", 4);
     full.tunnel_url = Some("https://ring.ngrok.app".into());
+    full.relay_ws = Some("wss://ring.ngrok.app/relay".into());
     full.signaling.push(SignalingEndpoint {
         host: "0.peerjs.com".into(),
         port: 443,

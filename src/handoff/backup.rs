@@ -135,7 +135,8 @@ impl DirBackupStore {
         let mut bytes = serde_json::to_vec(&header).expect("headers serialize");
         bytes.push(b'\n');
         bytes.extend_from_slice(&b.snapshot);
-        crate::discovery::local::write_atomic(&self.dir.join(Self::file_name(b)), &bytes)?;
+        // Backups hold every stored message: readable by the node's user only.
+        crate::discovery::local::write_atomic_private(&self.dir.join(Self::file_name(b)), &bytes)?;
         let files = self.list()?;
         if files.len() > self.keep {
             for old in &files[..files.len() - self.keep] {
@@ -222,6 +223,26 @@ mod tests {
             high_water: [("r".to_string(), secs)].into(),
             snapshot: body.to_vec(),
         }
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn backups_are_written_0600_in_a_0700_folder() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("backups");
+        let store = DirBackupStore::new(&dir, 3);
+        store
+            .save_blocking(&backup(1, 10, b"secret history"))
+            .unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1);
+        assert_eq!(mode(&files[0]), 0o600, "{}", files[0].display());
     }
 
     #[tokio::test]

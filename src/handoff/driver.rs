@@ -10,13 +10,13 @@
 use super::host::{HandoffHost, HostOps};
 use super::message::Message;
 use super::restore::RestoreWorker;
-use super::transport::{Inbound, attach};
+use super::transport::{HandoffConn, Inbound, attach};
 use super::{
     ConnId, GiveUpReason, Predecessor, PredecessorEvent, PredecessorPhase, PreparedSnapshot,
     Successor, SuccessorEvent, SuccessorPhase, Transferred, Transmit,
 };
 use crate::discovery::DiscoveryError;
-use crate::peer::{DataConnection, PeerError};
+use crate::peer::PeerError;
 use crate::relay::{Mode, SnapshotJson};
 use std::collections::HashMap;
 use std::future::Future;
@@ -36,12 +36,21 @@ pub enum ConnectError {
     /// The peer could not connect.
     #[error(transparent)]
     Peer(#[from] PeerError),
+    /// No DataChannel opened within the WebRTC time limit (`--handoff-fallback-after`).
+    #[error("no DataChannel within {0:?}")]
+    TimedOut(std::time::Duration),
+    /// The handoff WebSocket could not be opened at any endpoint: (URL, why).
+    #[error("{}", .0.iter().map(|(url, e)| format!("{url}: {e}")).collect::<Vec<_>>().join("; "))]
+    WebSocket(Vec<(String, String)>),
+    /// Every path failed: (`webrtc` or `ws`, why), in the order tried.
+    #[error("{}", .0.iter().map(|(path, e)| format!("{path}: {e}")).collect::<Vec<_>>().join("; "))]
+    AllPaths(Vec<(&'static str, ConnectError)>),
 }
 
 /// The running predecessor side.
 pub struct PredecessorHandle {
-    /// Route every `ouroboros-handoff` DataConnection here.
-    pub conns: mpsc::Sender<DataConnection>,
+    /// Route every handoff connection here (DataConnection or WebSocket).
+    pub conns: mpsc::Sender<HandoffConn>,
     /// Every event of the core, after the driver acted on it (for the lifecycle:
     /// `Authenticated` → `SuccessorConnected`, `CutOver` → `CutOver`, `SuccessorLive` →
     /// `ClientsMoved`, `Aborted` → `HandoffAborted`).
@@ -55,7 +64,7 @@ pub struct PredecessorHandle {
 /// the successor is live. Every [`PredecessorEvent`] is also forwarded on `events`
 /// (`ReadyForCutOver` is forwarded after the cut-over was made).
 pub fn spawn_predecessor(mut pred: Predecessor, host: Arc<dyn HandoffHost>) -> PredecessorHandle {
-    let (conn_tx, mut conn_rx) = mpsc::channel::<DataConnection>(16);
+    let (conn_tx, mut conn_rx) = mpsc::channel::<HandoffConn>(16);
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let (phase_tx, phase_rx) = watch::channel(pred.phase());
     tokio::spawn(async move {
@@ -144,6 +153,7 @@ pub fn spawn_predecessor(mut pred: Predecessor, host: Arc<dyn HandoffHost>) -> P
                         let id = next_id;
                         next_id += 1;
                         let remote = c.peer().to_string();
+                        tracing::info!(peer = %remote, transport = c.transport(), "handoff: successor connection");
                         writers.insert(id, attach(id, c, inbox_tx.clone()));
                         pred.handle_open(Instant::now(), id, &remote);
                     }
@@ -193,7 +203,7 @@ pub enum SuccessorOutcome {
 ///
 /// Returns as soon as the relay is primary (`Live`) — delivering `live` to the predecessor
 /// continues on a background task — or when the successor gives up.
-pub async fn run_successor<C, CF, P, PF>(
+pub async fn run_successor<C, CF, T, P, PF>(
     mut succ: Successor,
     host: Arc<dyn HandoffHost>,
     mut connect: C,
@@ -202,12 +212,13 @@ pub async fn run_successor<C, CF, P, PF>(
 ) -> SuccessorOutcome
 where
     C: FnMut() -> CF + Send + 'static,
-    CF: Future<Output = Result<DataConnection, ConnectError>> + Send + 'static,
+    CF: Future<Output = Result<T, ConnectError>> + Send + 'static,
+    T: Into<HandoffConn> + Send + 'static,
     P: FnMut() -> PF + Send,
     PF: Future<Output = Result<(), DiscoveryError>> + Send,
 {
     let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Inbound>();
-    let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<Result<DataConnection, ConnectError>>();
+    let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<Result<HandoffConn, ConnectError>>();
     let mut writer: Option<(ConnId, mpsc::UnboundedSender<Message>)> = None;
     let mut next_id: ConnId = 1;
     let mut outcome: Option<SuccessorOutcome> = None;
@@ -224,7 +235,7 @@ where
                         let fut = connect();
                         let tx = conn_tx.clone();
                         tokio::spawn(async move {
-                            let _ = tx.send(fut.await);
+                            let _ = tx.send(fut.await.map(Into::into));
                         });
                     }
                     SuccessorEvent::Close => writer = None,
@@ -368,18 +379,19 @@ where
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn finish_live<C, CF>(
+async fn finish_live<C, CF, T>(
     mut succ: Successor,
     mut writer: Option<(ConnId, mpsc::UnboundedSender<Message>)>,
     mut inbox: mpsc::UnboundedReceiver<Inbound>,
-    mut conn_rx: mpsc::UnboundedReceiver<Result<DataConnection, ConnectError>>,
-    conn_tx: mpsc::UnboundedSender<Result<DataConnection, ConnectError>>,
+    mut conn_rx: mpsc::UnboundedReceiver<Result<HandoffConn, ConnectError>>,
+    conn_tx: mpsc::UnboundedSender<Result<HandoffConn, ConnectError>>,
     inbox_tx: mpsc::UnboundedSender<Inbound>,
     mut next_id: ConnId,
     mut connect: C,
 ) where
     C: FnMut() -> CF + Send + 'static,
-    CF: Future<Output = Result<DataConnection, ConnectError>> + Send + 'static,
+    CF: Future<Output = Result<T, ConnectError>> + Send + 'static,
+    T: Into<HandoffConn> + Send + 'static,
 {
     loop {
         while let Some(ev) = succ.poll_event() {
@@ -388,7 +400,7 @@ async fn finish_live<C, CF>(
                     let fut = connect();
                     let tx = conn_tx.clone();
                     tokio::spawn(async move {
-                        let _ = tx.send(fut.await);
+                        let _ = tx.send(fut.await.map(Into::into));
                     });
                 }
                 SuccessorEvent::Close => writer = None,
@@ -429,12 +441,12 @@ async fn finish_live<C, CF>(
     }
 }
 
-/// Where the node's peer hands DataConnections labelled
+/// Where the node hands its handoff connections (`GET /handoff` WebSockets too): DataConnections labelled
 /// [`HANDOFF_LABEL`](super::HANDOFF_LABEL) (set once the predecessor driver runs; until
 /// then they are closed).
 #[derive(Clone, Default)]
 pub struct HandoffInbox {
-    tx: Arc<Mutex<Option<mpsc::Sender<DataConnection>>>>,
+    tx: Arc<Mutex<Option<mpsc::Sender<HandoffConn>>>>,
 }
 
 impl std::fmt::Debug for HandoffInbox {
@@ -445,13 +457,13 @@ impl std::fmt::Debug for HandoffInbox {
 
 impl HandoffInbox {
     /// Connects the inbox to a running predecessor driver.
-    pub fn set(&self, tx: mpsc::Sender<DataConnection>) {
+    pub fn set(&self, tx: mpsc::Sender<HandoffConn>) {
         *self.tx.lock().expect("inbox lock poisoned") = Some(tx);
     }
 
     /// Routes one handoff connection (dropped, which closes it, if nothing listens or
     /// too many wait).
-    pub fn route(&self, conn: DataConnection) {
+    pub fn route(&self, conn: HandoffConn) {
         let tx = self.tx.lock().expect("inbox lock poisoned").clone();
         match tx {
             Some(tx) => {

@@ -44,7 +44,7 @@ pub use snapshot::PreparedSnapshot;
 pub use successor::{
     GiveUpReason, Successor, SuccessorConfig, SuccessorEvent, SuccessorPhase, Transferred,
 };
-pub use transport::{Defragmenter, FrameError, RAW_FRAME_MAX, to_values};
+pub use transport::{Defragmenter, FrameError, FrameLink, HandoffConn, RAW_FRAME_MAX, to_values};
 
 use sha2::{Digest, Sha256};
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! The handoff transport over a PeerJS DataConnection: encoding a [`Message`] for the
+//! The handoff transport over a PeerJS DataConnection (or the WebSocket path, [`FrameLink`]): encoding a [`Message`] for the
 //! connection's serialization, `OHBF` fragments on `raw` connections (`protocol/handoff.md`),
 //! and the reader/writer tasks of one connection.
 
@@ -134,12 +134,113 @@ pub(super) enum Inbound {
     Closed(ConnId),
 }
 
+/// A handoff connection over a byte-message transport (the node's WebSocket path): every
+/// message one whole `OHB1` binary handoff message (no fragments). Dropping `tx` closes it.
+#[derive(Debug)]
+pub struct FrameLink {
+    /// The remote peer id (declared by the successor on a WebSocket; checked against
+    /// `hello.successor_peer_id`, and the HMAC proofs bind it).
+    pub peer: String,
+    /// Metadata the remote declared (e.g. `github_run_id`), `Null` if none.
+    pub metadata: serde_json::Value,
+    /// Messages to the remote.
+    pub tx: mpsc::Sender<Vec<u8>>,
+    /// Messages from the remote; `None` once closed.
+    pub rx: mpsc::Receiver<Vec<u8>>,
+}
+
+/// One handoff connection, whatever carries it.
+#[derive(Debug)]
+pub enum HandoffConn {
+    /// A PeerJS DataConnection labelled `ouroboros-handoff`.
+    DataChannel(DataConnection),
+    /// The WebSocket path (`GET /handoff` on the predecessor's HTTP port).
+    WebSocket(FrameLink),
+}
+
+impl From<DataConnection> for HandoffConn {
+    fn from(c: DataConnection) -> Self {
+        HandoffConn::DataChannel(c)
+    }
+}
+
+impl HandoffConn {
+    /// The remote peer id.
+    pub fn peer(&self) -> &str {
+        match self {
+            HandoffConn::DataChannel(c) => c.peer(),
+            HandoffConn::WebSocket(l) => &l.peer,
+        }
+    }
+
+    /// The remote's metadata, if any.
+    pub fn metadata(&self) -> Option<&serde_json::Value> {
+        match self {
+            HandoffConn::DataChannel(c) => c.metadata(),
+            HandoffConn::WebSocket(l) => Some(&l.metadata).filter(|m| !m.is_null()),
+        }
+    }
+
+    /// `webrtc` or `ws`.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            HandoffConn::DataChannel(_) => "webrtc",
+            HandoffConn::WebSocket(_) => "ws",
+        }
+    }
+
+    /// Closes the connection (`flush`: after what was sent).
+    pub async fn close(self, flush: bool) {
+        match self {
+            HandoffConn::DataChannel(c) => c.close(flush).await,
+            HandoffConn::WebSocket(l) => drop(l),
+        }
+    }
+}
+
+/// [`attach`] for a [`FrameLink`]: whole binary handoff messages both ways.
+fn attach_frames(
+    id: ConnId,
+    link: FrameLink,
+    inbox: mpsc::UnboundedSender<Inbound>,
+) -> mpsc::UnboundedSender<Message> {
+    let FrameLink {
+        tx: out, mut rx, ..
+    } = link;
+    let (tx, mut msgs) = mpsc::unbounded_channel::<Message>();
+    tokio::spawn(async move {
+        while let Some(m) = msgs.recv().await {
+            if out.send(m.to_binary()).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            match Message::from_binary(&bytes) {
+                Ok(m) => {
+                    if inbox.send(Inbound::Msg(id, m)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "handoff: undecodable message dropped"),
+            }
+        }
+        let _ = inbox.send(Inbound::Closed(id));
+    });
+    tx
+}
+
 /// Spawns a reader task for `conn`; returns its writer channel.
 pub(super) fn attach(
     id: ConnId,
-    conn: DataConnection,
+    conn: HandoffConn,
     inbox: mpsc::UnboundedSender<Inbound>,
 ) -> mpsc::UnboundedSender<Message> {
+    let conn = match conn {
+        HandoffConn::DataChannel(c) => c,
+        HandoffConn::WebSocket(l) => return attach_frames(id, l, inbox),
+    };
     let serialization = conn.serialization();
     let (sender, mut receiver) = conn.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();

@@ -98,6 +98,15 @@ pub struct LifecycleArgs {
     /// from the newest backup and announces the gap [default: 10s].
     #[arg(long, env = "OUROBOROS_HANDOFF_GIVE_UP_AFTER", value_parser = parse_duration)]
     pub handoff_give_up_after: Option<Duration>,
+    /// How a successor reaches its predecessor: `webrtc` (a DataConnection through its
+    /// signaling), `ws` (a WebSocket to `/handoff` on its HTTP port, e.g. through its tunnel:
+    /// no UDP needed) or `auto` (WebRTC; the WebSocket when no DataChannel opens within
+    /// `--handoff-fallback-after`). Inherited by local successors.
+    #[arg(long, env = "OUROBOROS_HANDOFF_TRANSPORT", default_value = "auto")]
+    pub handoff_transport: crate::client::Transport,
+    /// With `--handoff-transport auto`: how long a WebRTC attempt may take.
+    #[arg(long, env = "OUROBOROS_HANDOFF_FALLBACK_AFTER", default_value = "3s", value_parser = parse_duration)]
+    pub handoff_fallback_after: Duration,
 }
 
 /// Smallest and largest `--handoff-chunk-size` (a chunk travels in one handoff message,

@@ -30,6 +30,17 @@ pub fn random_peer_id() -> String {
     format!("ouroboros-{tail}")
 }
 
+/// A secret token for the node's own registration (32 base-36 chars, about 165 bits): the
+/// node's peer id is reserved for it on the node's own signaling server.
+pub fn random_token() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,13 +11,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use serde_json::Value as Json;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::status::{RelayFigures, RoomStatus};
+use super::status::{ClientStatus, RelayFigures, RoomStatus};
+use super::transport::{
+    DataChannelSink, DataChannelSource, FrameSink, FrameSource, Inbound, KEEPALIVE, Transport,
+};
 use crate::handoff::{HandoffHost, RelayFn, RelayStopped};
-use crate::peer::{ConnectionSender, DataConnection, Frame, Serialization, Value};
+use crate::peer::DataConnection;
 use crate::relay::{CloseReason, ConnId, ConnInfo, Outgoing, Output, Relay};
 
 /// Messages queued for one connection before it counts as too slow and is dropped.
@@ -26,12 +28,18 @@ pub const WRITE_QUEUE: usize = 8192;
 pub const INPUT_QUEUE: usize = 8192;
 /// Rooms listed on the status page.
 const STATUS_ROOMS: usize = 50;
+/// Clients listed in `/status.json` (the oldest connections; the counts cover all).
+const STATUS_CLIENTS: usize = 200;
+
+/// The relay's figures, its busiest rooms and its clients (with their transports).
+pub(crate) type Figures = (RelayFigures, Vec<RoomStatus>, Vec<ClientStatus>);
 
 /// What the relay task is fed.
 pub(crate) enum Input {
     Open {
         conn: ConnId,
         info: ConnInfo,
+        transport: Transport,
         writer: mpsc::Sender<WriteItem>,
     },
     Message {
@@ -41,7 +49,7 @@ pub(crate) enum Input {
     Closed {
         conn: ConnId,
     },
-    Figures(oneshot::Sender<(RelayFigures, Vec<RoomStatus>)>),
+    Figures(oneshot::Sender<Figures>),
     Run(RelayFn),
 }
 
@@ -83,22 +91,6 @@ fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Rough size of a decoded value (for the bytes-in counter).
-fn approx_size(v: &Value) -> u64 {
-    match v {
-        Value::Str(s) => s.len() as u64 + 2,
-        Value::Bin(b) => b.len() as u64,
-        Value::Array(a) => 2 + a.iter().map(approx_size).sum::<u64>(),
-        Value::Map(m) => {
-            2 + m
-                .iter()
-                .map(|(k, v)| approx_size(k) + approx_size(v) + 1)
-                .sum::<u64>()
-        }
-        _ => 4,
-    }
-}
-
 impl RelayHandle {
     /// Starts the relay task.
     pub fn spawn(relay: Relay) -> RelayHandle {
@@ -117,23 +109,63 @@ impl RelayHandle {
     /// Serves one open DataConnection: registers it with the relay and spawns its reader
     /// and writer tasks.
     pub fn serve(&self, conn: DataConnection) {
-        let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
         let info = ConnInfo {
             peer_id: conn.peer().to_string(),
             metadata: conn.metadata().cloned().unwrap_or(Json::Null),
         };
-        let serialization = conn.serialization();
-        tracing::debug!(conn = id.0, peer = %info.peer_id, ?serialization, label = %conn.label(), "relay connection open");
-        let (sender, mut receiver) = conn.split();
+        tracing::debug!(peer = %info.peer_id, serialization = ?conn.serialization(), label = %conn.label(), "relay connection open");
+        let (sender, receiver) = conn.split();
+        self.serve_link(
+            Transport::Webrtc,
+            info,
+            DataChannelSource(receiver),
+            DataChannelSink::new(sender),
+        );
+    }
+
+    /// Serves one upgraded relay WebSocket (`GET /relay`). It is a declared relay-protocol
+    /// connection (welcomed at once) under a fresh `ws-…` peer id; `client` is its declared
+    /// name, as `metadata.client` on a DataConnection.
+    pub(crate) fn serve_ws(
+        &self,
+        ws: axum::extract::ws::WebSocket,
+        client: Option<String>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let suffix = &super::random_peer_id()["ouroboros-".len()..];
+        let mut metadata = serde_json::json!({ "protocol": crate::relay::wire::PROTOCOL });
+        if let Some(c) = client {
+            metadata["client"] = Json::String(c);
+        }
+        let info = ConnInfo {
+            peer_id: format!("ws-{suffix}"),
+            metadata,
+        };
+        let (source, sink) = super::transport::websocket(ws, stop);
+        self.serve_link(Transport::Ws, info, source, sink);
+    }
+
+    /// Serves one client connection over any transport: registers it with the relay and
+    /// spawns its reader (`source` → relay task) and writer (relay task → `sink`) tasks.
+    pub(crate) fn serve_link(
+        &self,
+        transport: Transport,
+        info: ConnInfo,
+        mut source: impl FrameSource,
+        sink: impl FrameSink,
+    ) {
+        let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
+        tracing::debug!(conn = id.0, peer = %info.peer_id, transport = transport.as_str(), "relay client connected");
         let (wtx, wrx) = mpsc::channel(WRITE_QUEUE);
         let tx = self.tx.clone();
         let counters = self.counters.clone();
-        tokio::spawn(writer_task(sender, wrx, counters.clone()));
+        tokio::spawn(writer_task(sink, wrx));
         tokio::spawn(async move {
             if tx
                 .send(Input::Open {
                     conn: id,
                     info,
+                    transport,
                     writer: wtx,
                 })
                 .await
@@ -141,18 +173,17 @@ impl RelayHandle {
             {
                 return;
             }
-            while let Some(item) = receiver.recv().await {
+            while let Some(item) = source.recv().await {
                 match item {
-                    Ok(v) => {
-                        counters
-                            .bytes_in
-                            .fetch_add(approx_size(&v), Ordering::Relaxed);
-                        let msg = v.to_json();
+                    Inbound::Message(msg, n) => {
+                        counters.bytes_in.fetch_add(n, Ordering::Relaxed);
                         if tx.send(Input::Message { conn: id, msg }).await.is_err() {
                             return;
                         }
                     }
-                    Err(e) => tracing::debug!(conn = id.0, error = %e, "undecodable message"),
+                    Inbound::Undecodable(e) => {
+                        tracing::debug!(conn = id.0, error = %e, "undecodable message")
+                    }
                 }
             }
             let _ = tx.send(Input::Closed { conn: id }).await;
@@ -160,7 +191,7 @@ impl RelayHandle {
     }
 
     /// The relay's figures and busiest rooms now.
-    pub async fn figures(&self) -> Option<(RelayFigures, Vec<RoomStatus>)> {
+    pub(crate) async fn figures(&self) -> Option<Figures> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Input::Figures(tx)).await.ok()?;
         rx.await.ok()
@@ -231,6 +262,8 @@ async fn relay_task(
     replication: Arc<Notify>,
 ) {
     let mut writers: HashMap<ConnId, mpsc::Sender<WriteItem>> = HashMap::new();
+    // Who each connection is and which path it uses (for `/status.json` and `/metrics`).
+    let mut clients: HashMap<ConnId, ClientStatus> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rates = Rates {
@@ -250,8 +283,26 @@ async fn relay_task(
         };
         let now = Instant::now();
         match input {
-            Input::Open { conn, info, writer } => {
+            Input::Open {
+                conn,
+                info,
+                transport,
+                writer,
+            } => {
                 writers.insert(conn, writer);
+                clients.insert(
+                    conn,
+                    ClientStatus {
+                        conn: conn.0,
+                        peer_id: info.peer_id.clone(),
+                        client: info
+                            .metadata
+                            .get("client")
+                            .and_then(Json::as_str)
+                            .map(str::to_owned),
+                        transport,
+                    },
+                );
                 relay.connect(now, conn, info);
             }
             Input::Message { conn, msg } => {
@@ -260,12 +311,14 @@ async fn relay_task(
                 }
             }
             Input::Closed { conn } => {
+                clients.remove(&conn);
                 if writers.remove(&conn).is_some() {
                     relay.disconnect(now, conn);
                 }
             }
             Input::Figures(reply) => {
-                let _ = reply.send(figures(&relay, &counters, &rates));
+                clients.retain(|c, _| writers.contains_key(c));
+                let _ = reply.send(figures(&relay, &counters, &rates, &clients));
             }
             Input::Run(f) => f(&mut relay),
         }
@@ -276,8 +329,14 @@ async fn relay_task(
     }
 }
 
-fn figures(relay: &Relay, counters: &Counters, rates: &Rates) -> (RelayFigures, Vec<RoomStatus>) {
+fn figures(
+    relay: &Relay,
+    counters: &Counters,
+    rates: &Rates,
+    clients: &HashMap<ConnId, ClientStatus>,
+) -> Figures {
     let m = relay.metrics();
+    let on = |t: Transport| clients.values().filter(|c| c.transport == t).count() as u64;
     let (publish_rate, delivery_rate) = rates.rates();
     let f = RelayFigures {
         clients: m.clients as u64,
@@ -295,6 +354,8 @@ fn figures(relay: &Relay, counters: &Counters, rates: &Rates) -> (RelayFigures, 
         bytes_out: counters.bytes_out.load(Ordering::Relaxed),
         slow_disconnects: counters.slow_disconnects.load(Ordering::Relaxed),
         legacy_clients: m.legacy_clients as u64,
+        clients_webrtc: on(Transport::Webrtc),
+        clients_ws: on(Transport::Ws),
         publish_rate,
         delivery_rate,
     };
@@ -314,7 +375,10 @@ fn figures(relay: &Relay, counters: &Counters, rates: &Rates) -> (RelayFigures, 
             .then(a.name.cmp(&b.name))
     });
     rooms.truncate(STATUS_ROOMS);
-    (f, rooms)
+    let mut list: Vec<ClientStatus> = clients.values().cloned().collect();
+    list.sort_by_key(|c| c.conn);
+    list.truncate(STATUS_CLIENTS);
+    (f, rooms, list)
 }
 
 fn dispatch(
@@ -371,74 +435,46 @@ fn dispatch(
     }
 }
 
-/// The frame(s) for one message on a connection whose serialization lets every recipient
-/// share one encoding (`json`, `raw`); `None` for per-connection encoders.
-fn shared_frame(ser: Serialization, msg: &Outgoing) -> Option<Frame> {
-    match (ser, msg) {
-        (Serialization::Json, Outgoing::Object(p)) => {
-            Some(Frame::Binary(Bytes::copy_from_slice(p.json().as_bytes())))
-        }
-        (Serialization::Json, Outgoing::Text(s)) => Some(Frame::Binary(Bytes::from(
-            serde_json::to_string(&**s).unwrap_or_default(),
-        ))),
-        (Serialization::Raw, m) => Some(Frame::Text(m.text().to_string())),
-        _ => None,
-    }
-}
-
-async fn writer_task(
-    sender: ConnectionSender,
-    mut rx: mpsc::Receiver<WriteItem>,
-    _counters: Arc<Counters>,
-) {
-    let ser = sender.serialization();
-    let mut batch: Vec<WriteItem> = Vec::with_capacity(64);
-    let mut frames: Vec<Frame> = Vec::with_capacity(64);
+/// Writes what the relay queues for one connection, in batches, until the relay drops it
+/// (slow client, shutdown), asks it to close, or the remote side closes.
+async fn writer_task(mut sink: impl FrameSink, mut rx: mpsc::Receiver<WriteItem>) {
+    let mut items: Vec<WriteItem> = Vec::with_capacity(64);
+    let mut batch: Vec<Outgoing> = Vec::with_capacity(64);
     loop {
         let n = tokio::select! {
-            n = rx.recv_many(&mut batch, 64) => n,
-            _ = sender.closed() => return,
+            n = rx.recv_many(&mut items, 64) => n,
+            _ = sink.closed() => return,
+            _ = tokio::time::sleep(KEEPALIVE) => {
+                if sink.keepalive().await.is_err() {
+                    return;
+                }
+                continue;
+            }
         };
         if n == 0 {
             // The relay dropped us (slow client or shutdown).
-            sender.close(false).await;
+            sink.close(false).await;
             return;
         }
         let mut close = false;
-        for item in batch.drain(..) {
+        for item in items.drain(..) {
             match item {
                 WriteItem::Close => {
                     close = true;
                     break;
                 }
-                WriteItem::Send(msg) => {
-                    if let Some(f) = shared_frame(ser, &msg) {
-                        frames.push(f);
-                        continue;
-                    }
-                    if !frames.is_empty() && sender.send_frames(&frames).await.is_err() {
-                        return;
-                    }
-                    frames.clear();
-                    let v = match &msg {
-                        Outgoing::Object(p) => p.codec_value().clone(),
-                        Outgoing::Text(s) => Value::Str(s.to_string()),
-                    };
-                    if let Err(e) = sender.send(&v).await {
-                        tracing::debug!(error = %e, "send to client failed");
-                        return;
-                    }
-                }
+                WriteItem::Send(msg) => batch.push(msg),
             }
         }
-        if !frames.is_empty() {
-            if sender.send_frames(&frames).await.is_err() {
-                return;
-            }
-            frames.clear();
+        if !batch.is_empty()
+            && let Err(e) = sink.send_batch(&mut batch).await
+        {
+            tracing::debug!(error = %e, "send to client failed");
+            return;
         }
+        batch.clear();
         if close {
-            sender.close(true).await;
+            sink.close(true).await;
             return;
         }
     }

@@ -5,8 +5,11 @@ use std::sync::Arc;
 
 use axum::{
     Router,
-    extract::State,
-    http::{HeaderMap, HeaderValue, header},
+    extract::{
+        Query, State,
+        ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
+    },
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -61,6 +64,49 @@ pub fn chat_html(peerjs_url: &str) -> String {
     CHAT_HTML.replace(r#"<script src="{{PEERJS_URL}}"></script>"#, &tag)
 }
 
+/// The chat page's Content-Security-Policy: scripts only from the node itself (and the
+/// origin of `--peerjs-url` when it is another one, e.g. a CDN); no plugins, no `<base>`, no
+/// inline script; never framed (`frame-ancestors 'none'`, against clickjacking).
+/// `connect-src` stays open to every http(s)/ws(s) origin: the chat follows the discovery
+/// record to other nodes and signaling servers (a successor's tunnel, the PeerJS cloud).
+pub fn chat_csp(peerjs_url: &str) -> String {
+    let mut script_src = "'self'".to_string();
+    if let Ok(u) = url::Url::parse(peerjs_url)
+        && matches!(u.scheme(), "http" | "https")
+    {
+        let origin = u.origin().ascii_serialization();
+        if origin != "null" {
+            script_src.push(' ');
+            script_src.push_str(&origin);
+        }
+    }
+    format!(
+        "default-src 'self'; script-src {script_src}; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self' http: https: ws: wss:; object-src 'none'; base-uri 'none'; \
+         form-action 'self'; frame-ancestors 'none'"
+    )
+}
+
+/// Adds the headers every page of the node carries: `X-Content-Type-Options: nosniff`, and
+/// `csp` as the Content-Security-Policy.
+fn secured(mut res: Response, csp: &str) -> Response {
+    let h = res.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if let Ok(v) = HeaderValue::from_str(csp) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    res
+}
+
+/// The status page: its own inline stylesheet, nothing else, never framed.
+const STATUS_CSP: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'";
+/// Scripts and stylesheets: never framed, never sniffed.
+const ASSET_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+
 /// Routes served by the node itself (merged with the signaling router).
 pub fn routes(shared: Arc<NodeShared>) -> Router {
     Router::new()
@@ -69,6 +115,8 @@ pub fn routes(shared: Arc<NodeShared>) -> Router {
         .route("/status", get(status_page))
         .route("/status.json", get(status_json))
         .route("/metrics", get(metrics))
+        .route(super::RELAY_WS_PATH, get(relay_ws))
+        .route(super::handoff_ws::HANDOFF_WS_PATH, get(handoff_ws))
         .route("/chat", get(chat))
         .route("/chat.js", get(chat_js))
         .route("/chat.css", get(chat_css))
@@ -106,6 +154,83 @@ async fn discovery(State(s): State<Arc<NodeShared>>) -> Response {
     )
 }
 
+/// The relay WebSocket's query: `?client=NAME` declares the client's name (its identity, as
+/// `metadata.client` does on a DataConnection).
+#[derive(Debug, serde::Deserialize)]
+struct RelayQuery {
+    client: Option<String>,
+}
+
+/// `GET /relay`: the relay protocol over a WebSocket (`protocol/relay.md`).
+async fn relay_ws(
+    State(s): State<Arc<NodeShared>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    Query(q): Query<RelayQuery>,
+) -> Response {
+    let Ok(upgrade) = upgrade else {
+        return cors(
+            (
+                StatusCode::UPGRADE_REQUIRED,
+                [(header::UPGRADE, "websocket")],
+                "the relay protocol over a WebSocket: open ws(s)://this-host/relay (protocol/relay.md)\n",
+            )
+                .into_response(),
+        );
+    };
+    let max = s.relay_ws_max_message;
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |ws| async move {
+            s.relay.serve_ws(ws, q.client, s.stop.clone());
+        })
+}
+
+/// The handoff WebSocket's query: the successor's peer id (and GitHub run id, if any).
+#[derive(Debug, serde::Deserialize)]
+struct HandoffQuery {
+    peer: Option<String>,
+    github_run_id: Option<String>,
+}
+
+/// `GET /handoff`: the handoff over a WebSocket (`protocol/handoff.md`), routed to the
+/// predecessor driver like an `ouroboros-handoff` DataConnection.
+async fn handoff_ws(
+    State(s): State<Arc<NodeShared>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    Query(q): Query<HandoffQuery>,
+) -> Response {
+    let Ok(upgrade) = upgrade else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::UPGRADE, "websocket")],
+            "the handoff between nodes: a WebSocket (protocol/handoff.md)\n",
+        )
+            .into_response();
+    };
+    let Some(peer) = q.peer.filter(|p| crate::ids::valid_id(p)) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "?peer=<successor peer id> is required\n",
+        )
+            .into_response();
+    };
+    let metadata = match q.github_run_id {
+        Some(run) => serde_json::json!({ super::ring::RUN_ID_METADATA: run }),
+        None => serde_json::Value::Null,
+    };
+    let max = super::handoff_ws::HANDOFF_WS_MAX_MESSAGE;
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |ws| async move {
+            tracing::info!(%peer, "handoff: a successor connected over the WebSocket");
+            let link = super::handoff_ws::server_link(ws, peer, metadata);
+            s.handoff
+                .route(crate::handoff::HandoffConn::WebSocket(link));
+        })
+}
+
 /// `/ice`: the ICE servers for one client, TURN credentials fresh (a JSON array of
 /// `RTCIceServer`, for `new Peer({config: {iceServers}})`).
 async fn ice_servers(State(s): State<Arc<NodeShared>>) -> Response {
@@ -132,14 +257,15 @@ async fn status_json(State(s): State<Arc<NodeShared>>) -> Response {
 
 async fn status_page(State(s): State<Arc<NodeShared>>) -> Response {
     let st = s.status().await;
-    (
+    let res = (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
         ],
         render_html(&st),
     )
-        .into_response()
+        .into_response();
+    secured(res, STATUS_CSP)
 }
 
 async fn metrics(State(s): State<Arc<NodeShared>>) -> Response {
@@ -154,25 +280,27 @@ async fn metrics(State(s): State<Arc<NodeShared>>) -> Response {
 }
 
 async fn chat(State(s): State<Arc<NodeShared>>) -> Response {
-    (
+    let res = (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
         chat_html(&s.peerjs_url),
     )
-        .into_response()
+        .into_response();
+    secured(res, &chat_csp(&s.peerjs_url))
 }
 
 async fn chat_js() -> Response {
-    (
+    let res = (
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
         CHAT_JS,
     )
-        .into_response()
+        .into_response();
+    secured(res, ASSET_CSP)
 }
 
 async fn peerjs_bundle() -> Response {
@@ -186,14 +314,15 @@ async fn peerjs_bundle() -> Response {
 }
 
 async fn chat_css() -> Response {
-    (
+    let res = (
         [
             (header::CONTENT_TYPE, "text/css; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
         CHAT_CSS,
     )
-        .into_response()
+        .into_response();
+    secured(res, ASSET_CSP)
 }
 
 /// Quality of `media` in an Accept header (0 if absent; wildcards count).
@@ -237,14 +366,15 @@ pub fn prefers_html(headers: &HeaderMap) -> bool {
 /// JSON for programs (the reference server's behaviour).
 pub async fn root(State(s): State<Arc<NodeShared>>, headers: HeaderMap) -> Response {
     let mut res = if prefers_html(&headers) {
-        (
+        let res = (
             [
                 (header::CONTENT_TYPE, "text/html; charset=utf-8"),
                 (header::CACHE_CONTROL, "no-cache"),
             ],
             chat_html(&s.peerjs_url),
         )
-            .into_response()
+            .into_response();
+        secured(res, &chat_csp(&s.peerjs_url))
     } else {
         crate::signaling::info_response()
     };
@@ -310,6 +440,26 @@ mod tests {
         assert!(!prefers_html(&h("application/json, text/html;q=0.5")));
         assert!(prefers_html(&h("text/html")));
         assert!(!prefers_html(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_chat_csp_allows_only_the_node_and_the_peerjs_origin() {
+        let own = chat_csp(PEERJS_PATH);
+        assert!(own.contains("script-src 'self';"), "{own}");
+        assert!(own.contains("frame-ancestors 'none'"));
+        assert!(own.contains("object-src 'none'"));
+        assert!(
+            !own.contains("unsafe"),
+            "no unsafe-inline/eval for the chat: {own}"
+        );
+        let cdn = chat_csp(crate::node::CDN_PEERJS_URL);
+        assert!(
+            cdn.contains("script-src 'self' https://unpkg.com;"),
+            "{cdn}"
+        );
+        // A value that would break out of the header is not an origin; only 'self' stays.
+        let odd = chat_csp("javascript:alert(1)");
+        assert!(odd.contains("script-src 'self';"), "{odd}");
     }
 
     #[test]

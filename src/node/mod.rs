@@ -15,11 +15,13 @@
 
 mod args;
 mod driver;
+pub mod handoff_ws;
 mod http;
 pub mod ice;
 mod registration;
 pub mod ring;
 pub mod status;
+pub mod transport;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -101,6 +103,13 @@ pub struct NodeArgs {
     /// Relay connections the node accepts.
     #[arg(long, env = "OUROBOROS_MAX_CLIENTS", default_value_t = 10_000)]
     pub max_clients: usize,
+    /// Incoming WebRTC negotiations (OFFERs answered, channel not yet open) the node's peer
+    /// runs at once, on each signaling server; more are refused with `EXPIRE`.
+    #[arg(long, env = "OUROBOROS_MAX_INBOUND_NEGOTIATIONS", default_value_t = crate::peer::DEFAULT_MAX_INBOUND_NEGOTIATIONS)]
+    pub max_inbound_negotiations: usize,
+    /// Incoming negotiations from one remote peer id at once; more are refused with `EXPIRE`.
+    #[arg(long, env = "OUROBOROS_MAX_INBOUND_NEGOTIATIONS_PER_PEER", default_value_t = crate::peer::DEFAULT_MAX_INBOUND_NEGOTIATIONS_PER_PEER)]
+    pub max_inbound_negotiations_per_peer: usize,
     /// Also register the node's peer id on this PeerJS server (repeatable), e.g.
     /// `wss://0.peerjs.com/?key=peerjs`; listed in the discovery record.
     #[arg(
@@ -170,11 +179,25 @@ pub struct NodeShared {
     tunnel: RwLock<String>,
     /// Where `ouroboros-handoff` connections to the node's peer go (`node::ring`).
     pub handoff: crate::handoff::HandoffInbox,
+    /// Cancelled when the node stops (ends the relay WebSockets).
+    stop: CancellationToken,
+    /// The path of this node's latest handoff connection (`webrtc` or `ws`), for `/status`.
+    handoff_transport: RwLock<Option<&'static str>>,
+    /// Largest frame the relay WebSocket reads.
+    relay_ws_max_message: usize,
     /// The ICE servers: the node's own, the published ones, fresh TURN credentials.
     pub ice: ice::NodeIce,
 }
 
 impl NodeShared {
+    /// Records the path of a handoff connection (shown on `/status.json`).
+    pub fn set_handoff_transport(&self, transport: &'static str) {
+        *self
+            .handoff_transport
+            .write()
+            .expect("handoff transport lock poisoned") = Some(transport);
+    }
+
     /// `/metrics`: the node's figures and the signaling server's counters.
     pub async fn metrics(&self) -> String {
         let mut out = status::render_metrics(&self.status().await);
@@ -185,7 +208,7 @@ impl NodeShared {
     /// The status snapshot (`/status.json`).
     pub async fn status(&self) -> NodeStatus {
         let record = self.record.read().expect("record lock poisoned").clone();
-        let (relay, rooms) = self.relay.figures().await.unwrap_or_default();
+        let (relay, rooms, clients) = self.relay.figures().await.unwrap_or_default();
         let gap = self.relay.with_relay(|r| r.gap().cloned()).await.flatten();
         let lc = self
             .lifecycle
@@ -207,11 +230,16 @@ impl NodeShared {
                 .map(|t| t.saturating_duration_since(now).as_secs()),
             lifecycle: lc.state,
             gap,
+            handoff_transport: *self
+                .handoff_transport
+                .read()
+                .expect("handoff transport lock poisoned"),
             tunnel: self.tunnel.read().expect("tunnel lock poisoned").clone(),
             listen_url: self.listen_url.clone(),
             endpoints: self.registrations.iter().map(|r| r.status()).collect(),
             relay,
             rooms,
+            clients,
             rss_bytes: status::current_rss(),
             signaling: signaling_figures(&self.signaling.stats()),
             version: env!("CARGO_PKG_VERSION"),
@@ -250,6 +278,17 @@ fn signaling_figures(s: &crate::signaling::Stats) -> Vec<(String, u64)> {
             s.dropped + s.malformed + s.undeliverable,
         ),
     ]
+}
+
+pub use crate::discovery::RELAY_WS_PATH;
+
+/// Largest relay WebSocket frame: room for a `max_message_size` body and its envelope (even
+/// when escaped), so the relay can answer `too_large` itself; at least 1 MiB.
+fn relay_ws_max_message(max_message_size: u64) -> usize {
+    let body = usize::try_from(max_message_size).unwrap_or(usize::MAX / 4);
+    body.saturating_mul(2)
+        .saturating_add(64 * 1024)
+        .max(1 << 20)
 }
 
 /// The endpoint an `--also-register` URL stands for.
@@ -340,8 +379,15 @@ impl Node {
 
         // The signaling server, with the node's routes beside it.
         let stop = CancellationToken::new();
-        let sconfig =
+        let mut sconfig =
             SignalConfig::from_args(&args.signal).map_err(|e| NodeError::Config(e.to_string()))?;
+        if args.tunnel.kind == crate::tunnel::TunnelKind::Ngrok {
+            // ngrok's in-process agent connects from loopback and names the real client in
+            // `X-Forwarded-For`: per-address limits then apply to the real clients.
+            sconfig
+                .trusted_proxies
+                .extend(crate::signaling::Cidr::LOOPBACK);
+        }
         let path = sconfig.path.clone();
         let signaling = Signaling::new(sconfig.clone());
         let listener = crate::signaling::bind(&sconfig)
@@ -366,6 +412,13 @@ impl Node {
         own_cfg.secure = listener.is_tls();
         own_cfg.id = Some(peer_id.clone());
         own_cfg.reconnect = true;
+        own_cfg.max_inbound_negotiations = args.max_inbound_negotiations;
+        own_cfg.max_inbound_negotiations_per_peer = args.max_inbound_negotiations_per_peer;
+        // The node's id is reserved on its own server for this token: nobody can take it or
+        // displace the node, and the node's connection is exempt from the client limits.
+        let own_token = args::random_token();
+        signaling.reserve(&peer_id, &own_token);
+        own_cfg.token = Some(own_token);
         // The node's peer reaches its own server over loopback, but its WebRTC candidates are
         // for its clients: loopback ones only when the server itself listens on loopback.
         own_cfg.loopback_candidates = addr.ip().is_loopback();
@@ -376,6 +429,7 @@ impl Node {
             registrations.push(Registration::new(display_url(cfg), "extra"));
             endpoints.push(endpoint_of(cfg));
         }
+        let relay_ws = endpoints[0].relay_ws_url();
         let record = DiscoveryRecord {
             version: RECORD_VERSION,
             peer_id: peer_id.clone(),
@@ -383,6 +437,7 @@ impl Node {
             signaling: endpoints,
             ice_servers: Some(node_ice.public()),
             tunnel_url: None,
+            relay_ws: Some(relay_ws),
             started_at: SystemTime::now(),
             expires_at: args.lifecycle.lifetime.map(|l| SystemTime::now() + l),
             previous: args.lifecycle.predecessor_peer_id.clone().map(|p| {
@@ -413,6 +468,9 @@ impl Node {
             }),
             tunnel: RwLock::new("none".into()),
             handoff: crate::handoff::HandoffInbox::default(),
+            stop: stop.clone(),
+            handoff_transport: RwLock::new(None),
+            relay_ws_max_message: relay_ws_max_message(args.max_message_size),
             ice: node_ice.clone(),
         });
         let root = signaling.with_cors(
@@ -446,7 +504,7 @@ impl Node {
                 registrations[0].clone(),
                 move |c| {
                     if c.label() == crate::handoff::HANDOFF_LABEL {
-                        handoff.route(c)
+                        handoff.route(crate::handoff::HandoffConn::DataChannel(c))
                     } else {
                         relay.serve(c)
                     }
@@ -472,6 +530,8 @@ impl Node {
             let mut cfg = cfg;
             cfg.id = Some(peer_id.clone());
             cfg.reconnect = true;
+            cfg.max_inbound_negotiations = args.max_inbound_negotiations;
+            cfg.max_inbound_negotiations_per_peer = args.max_inbound_negotiations_per_peer;
             node_ice.apply(&mut cfg, SystemTime::now());
             let relay = relay.clone();
             // A successor may reach this node through any of its registrations (on GitHub
@@ -482,7 +542,7 @@ impl Node {
                 reg.clone(),
                 move |c| {
                     if c.label() == crate::handoff::HANDOFF_LABEL {
-                        handoff.route(c)
+                        handoff.route(crate::handoff::HandoffConn::DataChannel(c))
                     } else {
                         relay.serve(c)
                     }
@@ -638,6 +698,8 @@ pub async fn attach_tunnel(
         record.tunnel_url = Some(url.to_string());
         let own = record.signaling.first().cloned();
         if let Some(ep) = own.and_then(|o| status.signaling_endpoint(&o.path, &o.key)) {
+            // The tunnel carries the relay WebSocket too: that URL works from anywhere.
+            record.relay_ws = Some(ep.relay_ws_url());
             record.signaling.insert(1.min(record.signaling.len()), ep);
         }
         node.set_record(record);

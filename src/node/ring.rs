@@ -7,11 +7,13 @@
 //! the node's relay, its peer and the launcher.
 
 use super::{LifecycleView, Node, NodeArgs};
+use crate::client::Transport;
 use crate::discovery::{DiscoveryError, LocalPublisher, Publisher, SignalingEndpoint};
 use crate::handoff::{
     BackupError, BackupStore, ConnectError, DEFAULT_GAP_MARGIN, DirBackupStore, GiveUpReason,
-    HANDOFF_LABEL, HandoffHost, HostOps, Predecessor, PredecessorEvent, Secret, SecretError,
-    Successor, SuccessorOutcome, recover, run_successor, spawn_backups, spawn_predecessor,
+    HANDOFF_LABEL, HandoffConn, HandoffHost, HostOps, Predecessor, PredecessorEvent, Secret,
+    SecretError, Successor, SuccessorOutcome, recover, run_successor, spawn_backups,
+    spawn_predecessor,
 };
 use crate::lifecycle::{
     ExitReason, Launcher, LauncherKind, Lifecycle, LifecycleAction, LifecycleInput, LifecycleState,
@@ -52,9 +54,9 @@ pub const RUN_ID_METADATA: &str = "github_run_id";
 /// the others are logged and closed.
 fn verified_handoff_inbox(
     verifier: crate::github::RunVerifier,
-    to: tokio::sync::mpsc::Sender<crate::peer::DataConnection>,
-) -> tokio::sync::mpsc::Sender<crate::peer::DataConnection> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::peer::DataConnection>(4);
+    to: tokio::sync::mpsc::Sender<HandoffConn>,
+) -> tokio::sync::mpsc::Sender<HandoffConn> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<HandoffConn>(4);
     tokio::spawn(async move {
         while let Some(conn) = rx.recv().await {
             let claimed = conn
@@ -77,6 +79,23 @@ fn verified_handoff_inbox(
                     tracing::warn!(peer = conn.peer(), %reason, "handoff refused: run check failed");
                     conn.close(false).await;
                 }
+            }
+        }
+    });
+    tx
+}
+
+/// Forwards handoff connections to `to`, recording each one's path for `/status.json`.
+fn observed_handoff_inbox(
+    shared: Arc<super::NodeShared>,
+    to: tokio::sync::mpsc::Sender<HandoffConn>,
+) -> tokio::sync::mpsc::Sender<HandoffConn> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<HandoffConn>(4);
+    tokio::spawn(async move {
+        while let Some(conn) = rx.recv().await {
+            shared.set_handoff_transport(conn.transport());
+            if to.send(conn).await.is_err() {
+                return;
             }
         }
     });
@@ -199,12 +218,10 @@ pub async fn run(
         rand::SeedableRng::from_os_rng(),
     );
     let mut handle = spawn_predecessor(pred, host.clone());
+    let conns = observed_handoff_inbox(node.shared().clone(), handle.conns.clone());
     match opts.verifier.clone() {
-        Some(v) => node
-            .shared()
-            .handoff
-            .set(verified_handoff_inbox(v, handle.conns.clone())),
-        None => node.shared().handoff.set(handle.conns.clone()),
+        Some(v) => node.shared().handoff.set(verified_handoff_inbox(v, conns)),
+        None => node.shared().handoff.set(conns),
     }
 
     let backup_task = backups.clone().map(|store| {
@@ -401,6 +418,108 @@ pub fn predecessor_connector(
     }
 }
 
+/// The successor's way to its predecessor with the path `--handoff-transport` chooses:
+/// `rtc` (a DataConnection through its signaling), the handoff WebSocket on its HTTP port
+/// (`/handoff` of each endpoint: its own server, its tunnel), or `auto`: WebRTC for at most
+/// `fallback_after`, then the WebSocket (which goes first on later reconnects once it was
+/// needed). The path used is logged and recorded for `/status.json`.
+fn fallback_connector(
+    mut rtc: impl FnMut() -> BoxFuture<'static, Result<DataConnection, ConnectError>> + Send + 'static,
+    endpoints: Vec<SignalingEndpoint>,
+    my_id: String,
+    transport: Transport,
+    fallback_after: Duration,
+    shared: Arc<super::NodeShared>,
+) -> impl FnMut() -> BoxFuture<'static, Result<HandoffConn, ConnectError>> + Send + 'static {
+    let prefer_ws = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    move || {
+        let ws_first = prefer_ws.load(std::sync::atomic::Ordering::Relaxed);
+        let order: &'static [Transport] = match (transport, ws_first) {
+            (Transport::Webrtc, _) => &[Transport::Webrtc],
+            (Transport::Ws, _) => &[Transport::Ws],
+            (Transport::Auto, false) => &[Transport::Webrtc, Transport::Ws],
+            (Transport::Auto, true) => &[Transport::Ws, Transport::Webrtc],
+        };
+        // Only start the WebRTC attempt if it is tried (it opens a peer).
+        let rtc_attempt = order.contains(&Transport::Webrtc).then(&mut rtc);
+        let endpoints = endpoints.clone();
+        let my_id = my_id.clone();
+        let prefer_ws = prefer_ws.clone();
+        let shared = shared.clone();
+        Box::pin(async move {
+            let mut rtc_attempt = rtc_attempt;
+            let mut errors = Vec::new();
+            for t in order {
+                let attempt = match t {
+                    Transport::Ws => connect_ws(&endpoints, &my_id).await,
+                    _ => {
+                        let Some(fut) = rtc_attempt.take() else {
+                            continue;
+                        };
+                        if transport == Transport::Auto {
+                            match tokio::time::timeout(fallback_after, fut).await {
+                                Ok(r) => r.map(HandoffConn::from),
+                                Err(_) => Err(ConnectError::TimedOut(fallback_after)),
+                            }
+                        } else {
+                            fut.await.map(HandoffConn::from)
+                        }
+                    }
+                };
+                match attempt {
+                    Ok(conn) => {
+                        tracing::info!(
+                            transport = conn.transport(),
+                            after = %ConnectError::AllPaths(std::mem::take(&mut errors)),
+                            "handoff: connected to the predecessor"
+                        );
+                        if transport == Transport::Auto {
+                            prefer_ws.store(
+                                conn.transport() == "ws",
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
+                        }
+                        shared.set_handoff_transport(conn.transport());
+                        return Ok(conn);
+                    }
+                    Err(e) => errors.push((t.as_str(), e)),
+                }
+            }
+            Err(ConnectError::AllPaths(errors))
+        })
+    }
+}
+
+/// The handoff WebSocket (`/handoff` on the predecessor's HTTP port) through one of its
+/// endpoints: its own server, or its tunnel (which carries TCP only; no UDP needed).
+async fn connect_ws(
+    endpoints: &[SignalingEndpoint],
+    my_id: &str,
+) -> Result<HandoffConn, ConnectError> {
+    if endpoints.is_empty() {
+        return Err(ConnectError::NoEndpoint);
+    }
+    let run_id = std::env::var("GITHUB_RUN_ID").ok();
+    let mut errors = Vec::new();
+    for ep in endpoints {
+        let url = super::handoff_ws::handoff_ws_url(ep);
+        if errors.iter().any(|(u, _)| *u == url) {
+            continue;
+        }
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            super::handoff_ws::connect(&url, my_id, run_id.as_deref()),
+        )
+        .await
+        {
+            Ok(Ok(link)) => return Ok(HandoffConn::WebSocket(link)),
+            Ok(Err(e)) => errors.push((url, e)),
+            Err(_) => errors.push((url, "timed out".to_string())),
+        }
+    }
+    Err(ConnectError::WebSocket(errors))
+}
+
 /// The successor's start: take over from the predecessor, or recover without it.
 async fn join(
     node: &Node,
@@ -434,9 +553,17 @@ async fn join(
     );
     // The node's ICE servers (`--ice-servers`, TURN credentials) for our peer there.
     let ice = node.shared().ice.clone();
-    let connect = predecessor_connector(endpoints, my_id, pred_id, move |cfg| {
+    let rtc = predecessor_connector(endpoints.clone(), my_id.clone(), pred_id, move |cfg| {
         ice.apply(cfg, std::time::SystemTime::now())
     });
+    let connect = fallback_connector(
+        rtc,
+        endpoints,
+        my_id,
+        la.handoff_transport,
+        la.handoff_fallback_after,
+        node.shared().clone(),
+    );
     let publish = {
         let publisher = publisher.clone();
         let record = record.clone();

@@ -53,6 +53,10 @@ pub struct RelayFigures {
     pub slow_disconnects: u64,
     /// Connections served with the seed's legacy protocol.
     pub legacy_clients: u64,
+    /// Connected clients on a WebRTC DataChannel.
+    pub clients_webrtc: u64,
+    /// Connected clients on the relay WebSocket (`GET /relay`).
+    pub clients_ws: u64,
     /// Publishes per second over the last sampling window.
     pub publish_rate: f64,
     /// Deliveries per second over the last sampling window.
@@ -70,6 +74,19 @@ pub struct RoomStatus {
     pub head: u64,
     /// Messages stored.
     pub stored: u64,
+}
+
+/// One connected relay client in `/status.json`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ClientStatus {
+    /// The node's connection number (in connection order).
+    pub conn: u64,
+    /// The client's PeerJS peer id (`ws-…` for a WebSocket client).
+    pub peer_id: String,
+    /// The name it declared on connecting, if any.
+    pub client: Option<String>,
+    /// `webrtc` or `ws`.
+    pub transport: super::transport::Transport,
 }
 
 /// Everything `/status.json` returns and `/status` renders.
@@ -92,6 +109,9 @@ pub struct NodeStatus {
     /// The crash-recovery gap this node announces in `welcome.gap` (`reason`, `recovery`,
     /// `margin`, `skipped`; see `protocol/handoff.md`), or `null`: nothing known missing.
     pub gap: Option<serde_json::Value>,
+    /// The path of the node's latest handoff connection, as predecessor or successor:
+    /// `webrtc` (a DataConnection) or `ws` (the `/handoff` WebSocket); `null` before any.
+    pub handoff_transport: Option<&'static str>,
     /// Tunnel status (`none`, or the public URL / error).
     pub tunnel: String,
     /// Where the node listens (`http://127.0.0.1:9000/`).
@@ -102,6 +122,8 @@ pub struct NodeStatus {
     pub relay: RelayFigures,
     /// The busiest rooms (at most a few dozen).
     pub rooms: Vec<RoomStatus>,
+    /// Connected relay clients and the path each uses (the oldest 200).
+    pub clients: Vec<ClientStatus>,
     /// Resident set size of the process in bytes (Linux), if known.
     pub rss_bytes: Option<u64>,
     /// Signaling server counters (a selection; `/metrics` has them all), name → value.
@@ -260,7 +282,10 @@ pub fn render_html(s: &NodeStatus) -> String {
         "clients",
         "Clients",
         &s.relay.clients.to_string(),
-        &format!("{} legacy since start", s.relay.legacy_clients),
+        &format!(
+            "{} WebRTC · {} WebSocket · {} legacy since start",
+            s.relay.clients_webrtc, s.relay.clients_ws, s.relay.legacy_clients
+        ),
     );
     card(
         &mut out,
@@ -421,6 +446,11 @@ pub fn render_metrics(s: &NodeStatus) -> String {
         "gauge",
         "Connected relay clients.",
         r.clients,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ouroboros_relay_clients_by_transport Connected relay clients by path (webrtc: DataChannel, ws: the /relay WebSocket).\n# TYPE ouroboros_relay_clients_by_transport gauge\nouroboros_relay_clients_by_transport{{transport=\"webrtc\"}} {}\nouroboros_relay_clients_by_transport{{transport=\"ws\"}} {}",
+        r.clients_webrtc, r.clients_ws
     );
     metric(
         &mut out,
@@ -587,6 +617,7 @@ mod tests {
             next_rotation_secs: Some(120),
             lifecycle: "serving".into(),
             gap: None,
+            handoff_transport: None,
             tunnel: "none".into(),
             listen_url: "http://127.0.0.1:9000/".into(),
             endpoints: vec![EndpointStatus {
@@ -608,6 +639,7 @@ mod tests {
                 head: 9,
                 stored: 9,
             }],
+            clients: Vec::new(),
             rss_bytes: Some(10 << 20),
             signaling: vec![("clients".into(), 3)],
             version: "0.1.0",
@@ -646,6 +678,7 @@ mod tests {
     fn metrics_are_prometheus_text() {
         let m = render_metrics(&sample());
         assert!(m.contains("ouroboros_relay_clients 2\n"));
+        assert!(m.contains("ouroboros_relay_clients_by_transport{transport=\"ws\"} 0\n"));
         assert!(
             m.contains("ouroboros_node_info{peer_id=\"ouroboros-<b>x</b>\",version=\"0.1.0\"} 1")
         );

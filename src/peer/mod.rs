@@ -123,7 +123,19 @@ pub struct PeerConfig {
     /// (webrtc's `with_dedicated_reactor_pool_size`; process-wide, the first value wins);
     /// 0 = on the caller's tokio runtime.
     pub reactor_threads: usize,
+    /// Incoming OFFERs being negotiated at once (each holds a PeerConnection for up to
+    /// `connect_timeout`); one more is refused: its sender gets `EXPIRE` (peerjs reports
+    /// `peer-unavailable`). [`DEFAULT_MAX_INBOUND_NEGOTIATIONS`].
+    pub max_inbound_negotiations: usize,
+    /// Incoming OFFERs from one remote peer id being negotiated at once
+    /// ([`DEFAULT_MAX_INBOUND_NEGOTIATIONS_PER_PEER`]).
+    pub max_inbound_negotiations_per_peer: usize,
 }
+
+/// Default [`PeerConfig::max_inbound_negotiations`].
+pub const DEFAULT_MAX_INBOUND_NEGOTIATIONS: usize = 256;
+/// Default [`PeerConfig::max_inbound_negotiations_per_peer`].
+pub const DEFAULT_MAX_INBOUND_NEGOTIATIONS_PER_PEER: usize = 32;
 
 impl PeerConfig {
     /// Config for `host:port`, key `peerjs`, path `/`, plain `ws`, no ICE servers; loopback
@@ -150,6 +162,8 @@ impl PeerConfig {
             send_window: DEFAULT_SEND_WINDOW,
             native_send_window: DEFAULT_NATIVE_SEND_WINDOW,
             reactor_threads: 0,
+            max_inbound_negotiations: DEFAULT_MAX_INBOUND_NEGOTIATIONS,
+            max_inbound_negotiations_per_peer: DEFAULT_MAX_INBOUND_NEGOTIATIONS_PER_PEER,
         }
     }
 
@@ -285,6 +299,8 @@ pub(crate) struct ConnEntry {
     pub(crate) signals: mpsc::Sender<negotiation::Signal>,
     /// Distinguishes a replaced entry (repeated OFFER) from its successor.
     pub(crate) generation: u64,
+    /// Remote candidates routed to it so far (capped).
+    pub(crate) candidates: usize,
 }
 
 /// State shared by the handle, the signaling task and the connection tasks.
@@ -303,6 +319,8 @@ pub(crate) struct Shared {
     /// Cancelled when the peer closes.
     pub(crate) closed: CancellationToken,
     pub(crate) runtime: Arc<BufferedUdpRuntime>,
+    /// Incoming negotiations in progress (bounded by the config's caps).
+    pub(crate) inbound: Mutex<negotiation::InboundCount>,
 }
 
 impl Shared {
@@ -380,6 +398,7 @@ impl Peer {
             incoming_rx: tokio::sync::Mutex::new(incoming_rx),
             closed: CancellationToken::new(),
             runtime: Arc::new(BufferedUdpRuntime::new(UDP_SOCKET_BUFFER)),
+            inbound: Mutex::new(negotiation::InboundCount::default()),
         });
         shared.emit(PeerEvent::Open(id));
         tokio::spawn(signaling_client::run(shared.clone(), ws, outbound_rx));
@@ -440,6 +459,13 @@ impl Peer {
     /// Subscribes to peer events from now on.
     pub fn events(&self) -> broadcast::Receiver<PeerEvent> {
         self.shared().events.subscribe()
+    }
+
+    /// Incoming negotiations in progress now (OFFERs answered whose channel is not open
+    /// yet) and how many OFFERs were refused over the caps so far.
+    pub fn inbound_negotiations(&self) -> (usize, u64) {
+        let n = self.shared().inbound.lock().expect("inbound lock poisoned");
+        (n.total, n.refused)
     }
 
     /// Whether the peer was closed.

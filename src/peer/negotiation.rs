@@ -50,6 +50,71 @@ const SIGNAL_QUEUE: usize = 256;
 const MAX_EARLY_MESSAGES: usize = 64;
 /// Remote candidates kept before the remote description is set.
 const MAX_PENDING_CANDIDATES: usize = 128;
+/// Remote candidates one connection takes in all: each is an address our ICE agent sends
+/// connectivity checks to, so this bounds how far one OFFER can aim our traffic.
+const MAX_REMOTE_CANDIDATES: usize = 32;
+
+/// Incoming negotiations in progress, in total and per remote peer id.
+#[derive(Debug, Default)]
+pub(crate) struct InboundCount {
+    pub(crate) total: usize,
+    per_peer: std::collections::HashMap<String, usize>,
+    pub(crate) refused: u64,
+}
+
+/// One admitted incoming negotiation; its place is freed when dropped (the channel opened,
+/// or the negotiation failed).
+struct InboundSlot {
+    shared: Arc<Shared>,
+    peer: String,
+}
+
+impl InboundSlot {
+    /// Takes a place for an OFFER from `peer`, unless a cap is reached.
+    fn take(shared: &Arc<Shared>, peer: &str) -> Option<InboundSlot> {
+        let mut n = shared.inbound.lock().expect("inbound lock poisoned");
+        let from_peer = n.per_peer.get(peer).copied().unwrap_or(0);
+        if n.total >= shared.config.max_inbound_negotiations
+            || from_peer >= shared.config.max_inbound_negotiations_per_peer
+        {
+            n.refused += 1;
+            return None;
+        }
+        n.total += 1;
+        *n.per_peer.entry(peer.to_string()).or_insert(0) += 1;
+        Some(InboundSlot {
+            shared: shared.clone(),
+            peer: peer.to_string(),
+        })
+    }
+}
+
+impl Drop for InboundSlot {
+    fn drop(&mut self) {
+        let mut n = self.shared.inbound.lock().expect("inbound lock poisoned");
+        n.total -= 1;
+        if let Some(c) = n.per_peer.get_mut(&self.peer) {
+            *c -= 1;
+            if *c == 0 {
+                n.per_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// The refusal of an OFFER over the caps: `EXPIRE` to its sender (what a PeerJS server sends
+/// when an OFFER cannot be delivered; peerjs reports `peer-unavailable`), with the reason
+/// and the connection id in the payload (peerjs ignores it).
+fn refusal_message(connection_id: &str, dst: &str) -> String {
+    envelope(
+        "EXPIRE",
+        serde_json::json!({
+            "msg": "too many connections being negotiated; try again later",
+            "connectionId": connection_id,
+        }),
+        dst,
+    )
+}
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
@@ -222,6 +287,7 @@ fn register(shared: &Shared, connection_id: &str, peer: &str) -> (u64, mpsc::Rec
             peer: peer.to_string(),
             signals: tx,
             generation,
+            candidates: 0,
         },
     );
     if let Some(old) = old {
@@ -262,6 +328,11 @@ pub(crate) fn on_offer(shared: &Arc<Shared>, src: String, payload: Option<serde_
     if src.is_empty() || offer.connection_id.is_empty() {
         return;
     }
+    let Some(slot) = InboundSlot::take(shared, &src) else {
+        tracing::info!(peer = %src, connection_id = %offer.connection_id, "OFFER refused: too many negotiations in progress");
+        shared.signal(refusal_message(&offer.connection_id, &src));
+        return;
+    };
     let meta = ConnMeta {
         peer: src,
         label: offer
@@ -283,6 +354,7 @@ pub(crate) fn on_offer(shared: &Arc<Shared>, src: String, payload: Option<serde_
             signals,
             generation,
             None,
+            Some(slot),
         )
         .instrument(span),
     );
@@ -324,9 +396,16 @@ pub(crate) fn on_signal(
             }
         },
     };
-    let conns = shared.conns.lock().expect("conns lock poisoned");
-    match conns.get(&connection_id) {
+    let mut conns = shared.conns.lock().expect("conns lock poisoned");
+    match conns.get_mut(&connection_id) {
         Some(e) if e.peer == src => {
+            if matches!(signal, Signal::Candidate(_)) {
+                if e.candidates >= MAX_REMOTE_CANDIDATES {
+                    tracing::debug!(connection_id, "too many remote candidates; dropped");
+                    return;
+                }
+                e.candidates += 1;
+            }
             if e.signals.try_send(signal).is_err() {
                 tracing::debug!(connection_id, "signal queue full; dropped");
             }
@@ -335,11 +414,20 @@ pub(crate) fn on_signal(
     }
 }
 
-/// `EXPIRE` from the server: our messages to `src` could not be delivered.
-pub(crate) fn on_expire(shared: &Arc<Shared>, src: &str) {
+/// `EXPIRE` from the server (our messages to `src` could not be delivered), or from `src`
+/// itself refusing one OFFER (its payload then names the `connectionId`: only that
+/// connection fails).
+pub(crate) fn on_expire(shared: &Arc<Shared>, src: &str, payload: Option<serde_json::Value>) {
     shared.emit(PeerEvent::Error(PeerError::PeerUnavailable(
         src.to_string(),
     )));
+    if let Some(id) = payload.and_then(|p| serde_json::from_value::<ConnIdOnly>(p).ok()) {
+        let conns = shared.conns.lock().expect("conns lock poisoned");
+        if let Some(e) = conns.get(&id.connection_id).filter(|e| e.peer == src) {
+            let _ = e.signals.try_send(Signal::Expire);
+        }
+        return;
+    }
     for_peer(shared, src, || Signal::Expire);
 }
 
@@ -416,7 +504,16 @@ pub(crate) async fn connect(
     let (tx, rx) = oneshot::channel();
     let span = tracing::debug_span!("conn", id = %meta.connection_id, peer = %meta.peer);
     tokio::spawn(
-        drive(shared, meta, Role::Offerer, signals, generation, Some(tx)).instrument(span),
+        drive(
+            shared,
+            meta,
+            Role::Offerer,
+            signals,
+            generation,
+            Some(tx),
+            None,
+        )
+        .instrument(span),
     );
     rx.await
         .unwrap_or_else(|_| Err(PeerError::NegotiationFailed("connection task ended".into())))
@@ -437,6 +534,7 @@ async fn drive(
     mut signals: mpsc::Receiver<Signal>,
     generation: u64,
     caller: Option<oneshot::Sender<Result<DataConnection, PeerError>>>,
+    slot: Option<InboundSlot>,
 ) {
     let (pc_tx, mut pc_events) = mpsc::unbounded_channel();
     let handler = Arc::new(Handler {
@@ -479,6 +577,8 @@ async fn drive(
     )
     .await;
     tracing::debug!(connection_id = %meta.connection_id, "data connection open");
+    // Negotiated: the place among the incoming negotiations is free again.
+    drop(slot);
     log_selected_pair(&pc, &meta).await;
     match caller {
         Some(tx) => {

@@ -460,7 +460,7 @@ fn handle_text(shared: &Arc<Shared>, text: &str) -> Option<PeerError> {
         }
         "ID-TAKEN" => Some(PeerError::IdTaken),
         "EXPIRE" => {
-            negotiation::on_expire(shared, &src);
+            negotiation::on_expire(shared, &src, msg.payload);
             None
         }
         "LEAVE" => {

@@ -1,7 +1,7 @@
 //! Configuration: the `ouroboros signal` flags ([`SignalArgs`]) and the validated runtime
 //! settings built from them ([`SignalConfig`]).
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::IpAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use super::SignalError;
 
@@ -44,9 +44,48 @@ pub struct SignalArgs {
     /// Serve the list of connected ids at `{path}{key}/peers`.
     #[arg(long, env = "OUROBOROS_ALLOW_DISCOVERY")]
     pub allow_discovery: bool,
-    /// Trust `X-Forwarded-For` for the client address (set behind a reverse proxy).
+    /// Behind a reverse proxy on this machine: the same as `--trusted-proxy 127.0.0.0/8
+    /// --trusted-proxy ::1` (take the client address from `X-Forwarded-For` when the
+    /// connection comes from loopback).
     #[arg(long, env = "OUROBOROS_PROXIED")]
     pub proxied: bool,
+    /// A reverse proxy (an address or CIDR block, repeatable; env: comma-separated) whose
+    /// `X-Forwarded-For` names the client. From any other peer the header is ignored and
+    /// the TCP peer address is the client's.
+    #[arg(
+        long = "trusted-proxy",
+        env = "OUROBOROS_TRUSTED_PROXY",
+        value_name = "IP[/BITS]",
+        value_delimiter = ',',
+        value_parser = Cidr::from_str
+    )]
+    pub trusted_proxy: Vec<Cidr>,
+    /// WebSockets one client address may hold open (registered or not); 0 = unlimited.
+    #[arg(
+        long,
+        env = "OUROBOROS_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 500,
+        value_name = "SOCKETS"
+    )]
+    pub max_connections_per_address: usize,
+    /// Messages per second all sockets of one client address may send together,
+    /// sustained (every frame counts, LEAVE and HEARTBEAT included); 0 = unlimited.
+    /// Excess: ERROR, close.
+    #[arg(
+        long,
+        env = "OUROBOROS_ADDRESS_RATE_LIMIT",
+        default_value_t = 1000.0,
+        value_name = "PER_SECOND"
+    )]
+    pub address_rate_limit: f64,
+    /// Burst of messages one client address may send above --address-rate-limit.
+    #[arg(
+        long,
+        env = "OUROBOROS_ADDRESS_RATE_BURST",
+        default_value_t = 2000.0,
+        value_name = "MESSAGES"
+    )]
+    pub address_rate_burst: f64,
     /// Allowed CORS origin (repeatable; env: comma-separated). Without it the request's
     /// Origin is reflected.
     #[arg(
@@ -121,6 +160,11 @@ pub struct SignalArgs {
         value_name = "FRAMES"
     )]
     pub write_queue: usize,
+    /// Bytes waiting to be written to one socket before it is dropped as too slow (raised
+    /// to --queue-bytes-per-peer + --max-frame-size if smaller, so a full offline queue
+    /// always fits).
+    #[arg(long, env = "OUROBOROS_WRITE_QUEUE_BYTES", default_value_t = 1 << 20, value_name = "BYTES")]
+    pub write_queue_bytes: usize,
     /// Milliseconds a client has to send its complete request headers (HTTP request or
     /// WebSocket upgrade); a slower one is disconnected. 0 = no limit.
     #[arg(
@@ -144,6 +188,10 @@ impl Default for SignalArgs {
             concurrent_limit: 5000,
             allow_discovery: false,
             proxied: false,
+            trusted_proxy: Vec::new(),
+            max_connections_per_address: 500,
+            address_rate_limit: 1000.0,
+            address_rate_burst: 2000.0,
             cors: Vec::new(),
             tls_cert: None,
             tls_key: None,
@@ -156,6 +204,7 @@ impl Default for SignalArgs {
             queue_total: 100_000,
             queue_bytes_total: 64 << 20,
             write_queue: 256,
+            write_queue_bytes: 1 << 20,
             header_read_timeout: 10_000,
         }
     }
@@ -172,6 +221,98 @@ pub struct QueueLimits {
     pub total: usize,
     /// Bytes held in all queues together.
     pub bytes_total: usize,
+}
+
+/// Limits per client address, so that one address cannot take the whole server.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AddressLimits {
+    /// Sockets one address may hold open (0 = unlimited).
+    pub connections: usize,
+    /// Messages all sockets of one address may send together (`None` = unlimited).
+    pub rate: Option<Rate>,
+}
+
+impl AddressLimits {
+    /// No per-address limit.
+    pub const UNLIMITED: AddressLimits = AddressLimits {
+        connections: 0,
+        rate: None,
+    };
+}
+
+/// An address block: an IP address and a prefix length (`10.0.0.0/8`, `::1`, `127.0.0.1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    /// The loopback blocks (`127.0.0.0/8`, `::1`), where a local reverse proxy or tunnel
+    /// agent (ngrok's in-process forwarder) connects from.
+    pub const LOOPBACK: [Cidr; 2] = [
+        Cidr {
+            addr: IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)),
+            bits: 8,
+        },
+        Cidr {
+            addr: IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            bits: 128,
+        },
+    ];
+
+    /// Whether `ip` is in the block (an IPv4-mapped IPv6 address counts as its IPv4 one).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);
+                u32::from(a) & mask == u32::from(b) & mask
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.bits))
+                    .unwrap_or(0);
+                u128::from(a) & mask == u128::from(b) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ip, bits) = match s.split_once('/') {
+            Some((ip, bits)) => (ip, Some(bits)),
+            None => (s, None),
+        };
+        let addr: IpAddr = ip
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => max,
+            Some(b) => b
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Cidr { addr, bits })
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.bits)
+    }
 }
 
 /// A per-client token bucket rate: `per_second` sustained, `burst` above it.
@@ -204,8 +345,10 @@ pub struct SignalConfig {
     pub concurrent_limit: usize,
     /// Whether `{path}{key}/peers` lists the connected ids.
     pub allow_discovery: bool,
-    /// Whether `X-Forwarded-For` names the client (behind a proxy).
-    pub proxied: bool,
+    /// Peers whose `X-Forwarded-For` names the client (reverse proxies, the tunnel agent).
+    pub trusted_proxies: Vec<Cidr>,
+    /// Limits per client address.
+    pub per_address: AddressLimits,
     /// CORS allow-list; empty = reflect any Origin.
     pub cors: Vec<String>,
     /// TLS certificate chain and key (PEM files), if serving HTTPS.
@@ -220,6 +363,8 @@ pub struct SignalConfig {
     pub queues: QueueLimits,
     /// Frames buffered per socket before the client is dropped as too slow.
     pub write_queue: usize,
+    /// Bytes buffered per socket before the client is dropped as too slow.
+    pub write_queue_bytes: usize,
     /// How long a connection may take to send its request headers; `None` = no limit.
     pub header_read_timeout: Option<Duration>,
 }
@@ -255,9 +400,15 @@ impl SignalConfig {
             return bad("--max-frame-size must be at least 1024 bytes".into());
         }
         let ok = |x: f64| x.is_finite() && x >= 0.0;
-        if ![args.rate_limit, args.rate_burst, args.malformed_limit]
-            .into_iter()
-            .all(ok)
+        if ![
+            args.rate_limit,
+            args.rate_burst,
+            args.malformed_limit,
+            args.address_rate_limit,
+            args.address_rate_burst,
+        ]
+        .into_iter()
+        .all(ok)
         {
             return bad("rate limits must be finite and not negative".into());
         }
@@ -278,7 +429,19 @@ impl SignalConfig {
             alive_timeout: Duration::from_millis(args.alive_timeout),
             concurrent_limit: args.concurrent_limit,
             allow_discovery: args.allow_discovery,
-            proxied: args.proxied,
+            trusted_proxies: args
+                .trusted_proxy
+                .iter()
+                .copied()
+                .chain(args.proxied.then_some(Cidr::LOOPBACK).into_iter().flatten())
+                .collect(),
+            per_address: AddressLimits {
+                connections: args.max_connections_per_address,
+                rate: (args.address_rate_limit > 0.0).then_some(Rate {
+                    per_second: args.address_rate_limit,
+                    burst: args.address_rate_burst.max(1.0),
+                }),
+            },
             cors: args
                 .cors
                 .iter()
@@ -299,6 +462,9 @@ impl SignalConfig {
                 bytes_total: args.queue_bytes_total,
             },
             write_queue: args.write_queue,
+            write_queue_bytes: args
+                .write_queue_bytes
+                .max(args.queue_bytes_per_peer + args.max_frame_size),
             header_read_timeout: (args.header_read_timeout > 0)
                 .then(|| Duration::from_millis(args.header_read_timeout)),
         })
@@ -326,6 +492,26 @@ mod tests {
         assert_eq!(normalise_path("myapp"), "/myapp/");
         assert_eq!(normalise_path("/myapp/"), "/myapp/");
         assert_eq!(normalise_path("/a/b"), "/a/b/");
+    }
+
+    #[test]
+    fn cidr_blocks_parse_and_match() {
+        let c: Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(c.contains("10.1.200.3".parse().unwrap()));
+        assert!(!c.contains("10.2.0.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.0.9".parse().unwrap()));
+        let one: Cidr = "192.0.2.7".parse().unwrap();
+        assert!(one.contains("192.0.2.7".parse().unwrap()));
+        assert!(!one.contains("192.0.2.8".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.1".parse().unwrap()));
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:1::1".parse().unwrap()));
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        assert!(Cidr::LOOPBACK[0].contains("127.0.0.2".parse().unwrap()));
+        assert!(Cidr::LOOPBACK[1].contains("::1".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("example.com".parse::<Cidr>().is_err());
     }
 
     #[test]

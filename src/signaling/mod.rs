@@ -41,13 +41,13 @@ mod wire;
 
 use std::{future::Future, io::Write, sync::Arc};
 
-pub use config::{QueueLimits, Rate, SignalArgs, SignalConfig};
+pub use config::{AddressLimits, Cidr, QueueLimits, Rate, SignalArgs, SignalConfig};
 pub use listener::{MaybeTls, SignalListener};
 pub use realm::{
     Action, Admission, CloseReason, ClosedStats, ConnId, ConnectRequest, Realm, RealmConfig,
     RejectedStats, Rejection, Stats,
 };
-pub use server::{INFO_JSON, LocalClient, RemoteAddr, info_response};
+pub use server::{INFO_JSON, LocalClient, RemoteAddr, client_ip, info_response};
 pub use wire::{Inbound, MAX_ID_LEN, MsgType, Parsed, parse, text, valid_id};
 
 /// Errors of the signaling server.
@@ -127,6 +127,14 @@ impl Signaling {
     /// Whether `id` is registered.
     pub fn is_registered(&self, id: &str) -> bool {
         self.shared.with_realm(|realm, _| realm.contains(id))
+    }
+
+    /// Reserves `id` for `token` (the node's own peer id): nobody else can register or
+    /// displace it, even while its owner is away, and the connection that presents `token`
+    /// is exempt from the rate and per-address limits and never dropped as too slow. See
+    /// [`Realm::reserve`].
+    pub fn reserve(&self, id: &str, token: &str) {
+        self.shared.with_realm(|realm, _| realm.reserve(id, token));
     }
 
     /// Registers an in-process client (the node's own peer) under `id` with `token`,

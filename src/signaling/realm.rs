@@ -20,6 +20,7 @@
 use std::{
     cmp::Ordering,
     collections::{BinaryHeap, HashMap, VecDeque, hash_map::Entry},
+    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -27,7 +28,7 @@ use std::{
 use serde_json::value::RawValue;
 
 use super::{
-    config::{QueueLimits, Rate, SignalConfig},
+    config::{AddressLimits, QueueLimits, Rate, SignalConfig},
     wire::{self, Inbound, MsgType, text},
 };
 use crate::rate::TokenBucket;
@@ -58,6 +59,8 @@ pub struct RealmConfig {
     pub malformed_limit: f64,
     /// Offline queue bounds.
     pub queues: QueueLimits,
+    /// Limits per client address (sockets, message rate).
+    pub per_address: AddressLimits,
 }
 
 impl From<&SignalConfig> for RealmConfig {
@@ -71,6 +74,7 @@ impl From<&SignalConfig> for RealmConfig {
             rate: c.rate,
             malformed_limit: c.malformed_limit,
             queues: c.queues,
+            per_address: c.per_address,
         }
     }
 }
@@ -87,6 +91,9 @@ pub struct ConnectRequest<'a> {
     /// An in-process client (the node's own peer): exempt from the rate limit and the
     /// alive timeout.
     pub local: bool,
+    /// The client's address (the TCP peer, or the forwarded address from a trusted proxy);
+    /// per-address limits apply when it is known.
+    pub addr: Option<IpAddr>,
 }
 
 /// Outcome of [`Realm::connect`].
@@ -113,6 +120,8 @@ pub enum Rejection {
     IdTaken,
     /// Concurrent limit reached.
     Limit,
+    /// Ours: the client's address has `per_address.connections` sockets open already.
+    AddressLimit,
 }
 
 /// How a socket is to be closed. The driver maps it to a close frame.
@@ -178,6 +187,9 @@ struct Session<H> {
     rate: Option<TokenBucket>,
     /// Malformed-frame allowance; made on the first malformed frame.
     malformed: Option<Box<TokenBucket>>,
+    /// The node's own connection (a reserved id with its token, or an in-process client):
+    /// exempt from the rate limits and never dropped as too slow.
+    privileged: bool,
 }
 
 impl<H> Session<H> {
@@ -262,10 +274,26 @@ impl Ord for Timer {
     }
 }
 
+/// Sockets and message allowance of one client address.
+#[derive(Debug)]
+struct AddressState {
+    /// Admitted sockets from this address still open (registered or detached).
+    sockets: usize,
+    /// Messages from all of this address's sockets together.
+    rate: Option<TokenBucket>,
+}
+
 /// The signaling realm. See the module documentation for the call protocol.
 #[derive(Debug)]
 pub struct Realm<H> {
     config: RealmConfig,
+    /// Ids reserved for one token (the node's own peer id): nobody else may register them,
+    /// even while their owner is away.
+    reserved: HashMap<Arc<str>, Box<str>>,
+    /// Per-address state, for addresses with an open admitted socket.
+    addresses: HashMap<IpAddr, AddressState>,
+    /// The address of each admitted socket that counts against a per-address limit.
+    conn_addrs: HashMap<ConnId, IpAddr>,
     clients: HashMap<Arc<str>, Client<H>>,
     detached: HashMap<ConnId, Detached<H>>,
     queues: HashMap<Arc<str>, Queue>,
@@ -282,6 +310,9 @@ impl<H: Clone> Realm<H> {
     pub fn new(config: RealmConfig) -> Self {
         Realm {
             config,
+            reserved: HashMap::new(),
+            addresses: HashMap::new(),
+            conn_addrs: HashMap::new(),
             clients: HashMap::new(),
             detached: HashMap::new(),
             queues: HashMap::new(),
@@ -302,6 +333,16 @@ impl<H: Clone> Realm<H> {
     /// When [`Realm::handle_timeout`] must next run (`None`: no timer pending).
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.peek().map(|t| t.at)
+    }
+
+    /// Reserves `id` for `token`: from now on only a connection presenting `token` may
+    /// register `id` (anyone else gets `ID-TAKEN`, even while `id` is not registered), and
+    /// that connection is privileged: exempt from the rate limits, the per-address limits
+    /// and the concurrent limit, and never dropped as too slow (a frame that does not fit
+    /// its write queue is refused instead, its sender gets `EXPIRE`). The node reserves its
+    /// own peer id on its own signaling server.
+    pub fn reserve(&mut self, id: &str, token: &str) {
+        self.reserved.insert(Arc::from(id), Box::from(token));
     }
 
     /// Whether `id` is registered.
@@ -366,17 +407,59 @@ impl<H: Clone> Realm<H> {
         self.outputs.push_back(Action::Close { to, conn, reason });
     }
 
-    fn new_session(&self, now: Instant, conn: ConnId, handle: H, local: bool) -> Session<H> {
+    fn new_session(&self, now: Instant, conn: ConnId, handle: H, privileged: bool) -> Session<H> {
         Session {
             conn,
             handle,
             last_seen: now,
             rate: match self.config.rate {
-                Some(r) if !local => Some(TokenBucket::new(r.burst, r.per_second, now)),
+                Some(r) if !privileged => Some(TokenBucket::new(r.burst, r.per_second, now)),
                 _ => None,
             },
             malformed: None,
+            privileged,
         }
+    }
+
+    /// Counts an admitted socket against its address (once it is known to be admitted).
+    fn count_address(&mut self, now: Instant, conn: ConnId, addr: IpAddr) {
+        let limits = self.config.per_address;
+        if limits.connections == 0 && limits.rate.is_none() {
+            return;
+        }
+        let state = self.addresses.entry(addr).or_insert_with(|| AddressState {
+            sockets: 0,
+            rate: limits
+                .rate
+                .map(|r| TokenBucket::new(r.burst, r.per_second, now)),
+        });
+        state.sockets += 1;
+        self.conn_addrs.insert(conn, addr);
+    }
+
+    /// Forgets socket `conn`'s share of its address's limits (it closed).
+    fn uncount_address(&mut self, conn: ConnId) {
+        let Some(addr) = self.conn_addrs.remove(&conn) else {
+            return;
+        };
+        if let Entry::Occupied(mut e) = self.addresses.entry(addr) {
+            e.get_mut().sockets -= 1;
+            if e.get().sockets == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    /// Takes one message from the allowance of socket `conn`'s address; false when the
+    /// address is over its rate.
+    fn take_address_rate(&mut self, now: Instant, conn: ConnId) -> bool {
+        let Some(addr) = self.conn_addrs.get(&conn) else {
+            return true;
+        };
+        self.addresses
+            .get_mut(addr)
+            .and_then(|a| a.rate.as_mut())
+            .is_none_or(|b| b.try_take(now, 1.0))
     }
 
     /// A socket connected with `req`. Runs the reference's admission checks in order
@@ -429,7 +512,31 @@ impl<H: Clone> Realm<H> {
                 wire::error_frame(text::BAD_TOKEN),
             );
         }
-        let session = self.new_session(now, conn, handle.clone(), req.local);
+        // None: not reserved; Some(true): the owner's token; Some(false): someone else.
+        let reserved = self.reserved.get(id.as_str()).map(|t| **t == *token);
+        if reserved == Some(false) {
+            self.stats.rejected.id_taken += 1;
+            return self.reject(conn, handle, Rejection::IdTaken, wire::ID_TAKEN.to_string());
+        }
+        let privileged = req.local || reserved == Some(true);
+        let limits = self.config.per_address;
+        if !privileged
+            && limits.connections > 0
+            && let Some(addr) = req.addr
+            && self
+                .addresses
+                .get(&addr)
+                .is_some_and(|a| a.sockets >= limits.connections)
+        {
+            self.stats.rejected.address_limit += 1;
+            return self.reject(
+                conn,
+                handle,
+                Rejection::AddressLimit,
+                wire::error_frame(text::ADDRESS_LIMIT),
+            );
+        }
+        let session = self.new_session(now, conn, handle.clone(), privileged);
         let id: Arc<str> = match self.clients.get_mut(id.as_str()) {
             Some(existing) if *existing.token != *token => {
                 self.stats.rejected.id_taken += 1;
@@ -443,7 +550,7 @@ impl<H: Clone> Realm<H> {
                 id
             }
             None => {
-                if self.clients.len() >= self.config.concurrent_limit {
+                if self.clients.len() >= self.config.concurrent_limit && reserved.is_none() {
                     self.stats.rejected.limit += 1;
                     return self.reject(
                         conn,
@@ -464,6 +571,9 @@ impl<H: Clone> Realm<H> {
                 id
             }
         };
+        if !privileged && let Some(addr) = req.addr {
+            self.count_address(now, conn, addr);
+        }
         self.send(
             handle.clone(),
             conn,
@@ -529,6 +639,14 @@ impl<H: Clone> Realm<H> {
 
     /// A parsed JSON message from socket `conn`, registered (at connect) as `id`.
     pub fn message(&mut self, now: Instant, conn: ConnId, id: &str, msg: &Inbound<'_>) {
+        // Every frame (LEAVE and HEARTBEAT included, from a registered or a detached socket)
+        // counts against the address's allowance.
+        if !self.take_address_rate(now, conn) {
+            if self.expel(conn, id, text::RATE_LIMITED, CloseReason::Policy) {
+                self.stats.closed.rate_limited += 1;
+            }
+            return;
+        }
         let Some(client) = self.current(conn, id) else {
             // Detached (or unknown) socket: only HEARTBEAT still counts.
             let Some(d) = self.detached.get_mut(&conn) else {
@@ -713,6 +831,15 @@ impl<H: Clone> Realm<H> {
             return;
         };
         let client_id = client.id.clone();
+        if client.session.privileged {
+            // The node's own connection is never dropped: the frame is refused instead, and
+            // the sender of a relayed frame learns that it was not delivered.
+            self.stats.node_busy += 1;
+            if let Some(s) = src {
+                self.notify_expire(s, &client_id);
+            }
+            return;
+        }
         if let Some(c) = self.clients.remove(&client_id) {
             self.stats.closed.slow += 1;
             self.outputs.push_back(Action::Drop {
@@ -730,6 +857,7 @@ impl<H: Clone> Realm<H> {
     /// Socket `conn` closed (by the client, or after the server closed it). If it was still
     /// the registered socket of `id`, the client is unregistered; its queue is kept.
     pub fn disconnect(&mut self, _now: Instant, conn: ConnId, id: Option<&str>) {
+        self.uncount_address(conn);
         match id {
             Some(id) if self.current(conn, id).is_some() => {
                 self.clients.remove(id);

@@ -11,7 +11,7 @@
 
 use std::{
     collections::VecDeque,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -40,7 +40,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::debug;
 
 use super::{
-    config::SignalConfig,
+    config::{Cidr, SignalConfig},
     realm::{
         Action, Admission, CloseReason, ConnId, ConnectRequest, Realm, RealmConfig, Rejection,
         Stats,
@@ -163,9 +163,10 @@ struct Core {
 impl Shared {
     pub(crate) fn new(config: SignalConfig) -> Arc<Self> {
         let max_frames = config.write_queue.max(config.queues.per_peer + 2);
-        let max_bytes = (4 << 20)
-            .max(4 * config.max_frame_size)
-            .max(config.queues.bytes_per_peer + 2 * config.max_frame_size);
+        // A full offline queue plus one more frame always fits (see `--write-queue-bytes`).
+        let max_bytes = config
+            .write_queue_bytes
+            .max(config.queues.bytes_per_peer + config.max_frame_size);
         let shared = Arc::new(Shared {
             core: Mutex::new(Core {
                 realm: Realm::new(RealmConfig::from(&config)),
@@ -457,14 +458,42 @@ impl Query {
     }
 }
 
-fn client_addr(shared: &Shared, remote: Option<SocketAddr>, headers: &HeaderMap) -> String {
-    if shared.config.proxied
-        && let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())
-        && let Some(first) = xff.split(',').next()
-    {
-        return first.trim().to_string();
+/// The client's address: the TCP peer's, unless the peer is a trusted proxy; then the
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy (each proxy appends
+/// the address it got the request from, so entries left of it are the client's own claims).
+/// `None` only when the TCP peer is unknown (an in-process connection).
+pub fn client_ip(trusted: &[Cidr], peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return Some(peer);
     }
-    remote.map_or_else(|| "-".into(), |a| a.to_string())
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for entry in entries.iter().rev() {
+        let Some(ip) = parse_forwarded(entry) else {
+            break; // garbage: trust nothing further left
+        };
+        client = ip;
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    Some(client)
+}
+
+/// One `X-Forwarded-For` entry: `1.2.3.4`, `2001:db8::1`, `[2001:db8::1]:443`, `1.2.3.4:80`.
+fn parse_forwarded(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
 }
 
 async fn ws_route(
@@ -481,7 +510,11 @@ async fn ws_route(
         return not_found(Method::GET, uri).await;
     };
     let query = Query::parse(query.as_deref().unwrap_or(""));
-    let addr = client_addr(&shared, remote.map(|r| r.0.0.0), &headers);
+    let ip = client_ip(
+        &shared.config.trusted_proxies,
+        remote.map(|r| r.0.0.0.ip()),
+        &headers,
+    );
     let max = shared.config.max_frame_size;
     upgrade
         .read_buffer_size(READ_BUFFER)
@@ -490,7 +523,7 @@ async fn ws_route(
         .max_frame_size(max)
         .on_upgrade(move |ws| {
             let guard = shared.tracker.token();
-            let (conn, outbox, id) = admit(&shared, query, &addr);
+            let (conn, outbox, id) = admit(&shared, query, ip);
             async move {
                 run_socket(shared, ws, conn, outbox, id).await;
                 drop(guard);
@@ -545,7 +578,11 @@ fn is_too_big(e: axum::Error) -> bool {
 
 /// Registers a freshly upgraded socket with the realm. Synchronous on purpose: nothing here
 /// stays in the socket task's state.
-fn admit(shared: &Shared, query: Query, addr: &str) -> (ConnId, Arc<Outbox>, Option<Arc<str>>) {
+fn admit(
+    shared: &Shared,
+    query: Query,
+    addr: Option<IpAddr>,
+) -> (ConnId, Arc<Outbox>, Option<Arc<str>>) {
     shared.sockets.fetch_add(1, Ordering::Relaxed);
     let conn = shared.next_conn();
     let outbox = Arc::new(Outbox::default());
@@ -554,14 +591,15 @@ fn admit(shared: &Shared, query: Query, addr: &str) -> (ConnId, Arc<Outbox>, Opt
         id: query.id.as_deref(),
         token: query.token.as_deref(),
         local: false,
+        addr,
     };
     let id = match shared.with_realm(|realm, now| realm.connect(now, conn, outbox.clone(), &req)) {
         Admission::Open(id) => {
-            debug!(conn = conn.0, %id, %addr, "client registered");
+            debug!(conn = conn.0, %id, ?addr, "client registered");
             Some(id)
         }
         Admission::Rejected(why) => {
-            debug!(conn = conn.0, ?why, %addr, id = ?query.id, "connection refused");
+            debug!(conn = conn.0, ?why, ?addr, id = ?query.id, "connection refused");
             None
         }
     };
@@ -702,6 +740,7 @@ impl LocalClient {
             id: Some(id),
             token: Some(token),
             local: true,
+            addr: None,
         };
         match shared.with_realm(|realm, now| realm.connect(now, conn, outbox.clone(), &req)) {
             Admission::Open(id) => Ok(LocalClient {

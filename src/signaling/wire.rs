@@ -99,6 +99,8 @@ pub mod text {
     /// Ours: token longer than [`super::MAX_ID_LEN`] bytes or with control characters.
     pub const BAD_TOKEN: &str =
         "Invalid token: longer than 256 bytes or contains control characters";
+    /// Ours: the client's address has too many sockets open.
+    pub const ADDRESS_LIMIT: &str = "Too many connections from your address";
     /// Ours: the client exceeded its message rate.
     pub const RATE_LIMITED: &str = "Rate limit exceeded";
     /// Ours: the client sent too many frames that are not JSON.

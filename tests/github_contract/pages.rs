@@ -10,6 +10,7 @@ fn record(peer: &str, generation: u64) -> DiscoveryRecord {
         signaling: vec![endpoint("0.peerjs.com")],
         ice_servers: None,
         tunnel_url: Some("https://abc.ngrok-free.dev".into()),
+        relay_ws: None,
         started_at: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
         expires_at: Some(UNIX_EPOCH + Duration::from_secs(1_800_007_200)),
         previous: None,

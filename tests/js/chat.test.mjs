@@ -142,6 +142,40 @@ test('infinite scroll-back pages through history', async () => {
   await b.close();
 });
 
+test('WebRTC impossible: the chat falls back to the relay WebSocket and talks with a WebRTC user', async () => {
+  // ?ice=relay with no TURN server: the browser gathers no candidate, no DataChannel can open
+  // (what a network without UDP to the node looks like). ?transport defaults to auto.
+  const started = Date.now();
+  const a = await alice.newPage(`${node.httpBase}?ice=relay&fallback=1500&room=fb&name=alice`, { waitReady: false });
+  await a.waitForFunction(() => document.body.dataset.conn === 'live', null, { timeout: 20000 });
+  const tookMs = Date.now() - started;
+  assert.equal(await a.evaluate(() => document.body.dataset.transport), 'ws');
+  assert.match(await a.textContent('#conn-text'), /WebSocket/);
+  assert.ok(tookMs < 1500 + 5000, `live over the WebSocket soon after the 1.5 s WebRTC limit (${tookMs} ms)`);
+  const b = await openChat(bob, 'bob', 'fb');
+  assert.equal(await b.evaluate(() => document.body.dataset.transport), 'webrtc');
+  await a.waitForFunction(() => [...document.querySelectorAll('#presence li')].some((li) => li.textContent === 'bob'));
+  await say(a, 'from the websocket');
+  await waitForBody(b, 'from the websocket');
+  await say(b, 'from webrtc');
+  await waitForBody(a, 'from webrtc');
+  assert.deepEqual((await stored(a)).map((m) => m.body), ['from the websocket', 'from webrtc']);
+  assert.equal(await a.$$eval('#message-list li.pending', (l) => l.length), 0, 'acked over the WebSocket');
+  // The node shows each client's path.
+  const st = await (await fetch(`${node.httpBase}status.json`)).json();
+  const paths = Object.fromEntries(st.clients.map((c) => [c.client, c.transport]));
+  assert.equal(paths.alice, 'ws');
+  assert.equal(paths.bob, 'webrtc');
+  // ?transport=ws goes straight to the WebSocket.
+  const c = await alice.newPage(`${node.httpBase}?transport=ws&room=fb&name=carol`, { waitReady: false });
+  await c.waitForFunction(() => document.body.dataset.conn === 'live', null, { timeout: 20000 });
+  assert.equal(await c.evaluate(() => document.body.dataset.transport), 'ws');
+  await waitForBody(c, 'from webrtc');
+  await a.close();
+  await b.close();
+  await c.close();
+});
+
 test('keyboard only: join a room, type, send', async () => {
   const a = await openChat(alice, 'alice', 'kb');
   // Tab to the room input, choose a room, Enter; then Tab to the composer and send with Enter.
@@ -183,12 +217,14 @@ test('a local ring rotates twice while both keep sending: every message once, in
   const bb = await launchBrowser({ origin });
   try {
     const open = async (browser, name) => {
-      const page = await browser.newPage(`${ring.httpBase}?ice=none&room=ring&name=${name}`, { waitReady: false });
+      const page = await browser.newPage(`${ring.httpBase}?ice=none&room=ring&name=${name}`.replace('ice=none&', name.includes('ice=') ? '' : 'ice=none&'), { waitReady: false });
       await page.waitForFunction(() => document.body.dataset.conn === 'live', null, { timeout: 20000 });
       return page;
     };
     const a = await open(ab, 'ann');
-    const b = await open(bb, 'ben');
+    // Ben cannot do WebRTC (relay-only ICE, no TURN): he follows the rotations on the WebSocket.
+    const b = await open(bb, 'ben&ice=relay&fallback=1000');
+    assert.equal(await b.evaluate(() => document.body.dataset.transport), 'ws');
     const sent = [];
     const deadline = Date.now() + 60000;
     let i = 0;
@@ -213,6 +249,8 @@ test('a local ring rotates twice while both keep sending: every message once, in
     const sb = await stored(b);
     assert.deepEqual(sa.map((m) => m.body), sent, 'every message exactly once, in order');
     assert.deepEqual(sb, sa, 'both screens agree');
+    assert.equal(await b.evaluate(() => document.body.dataset.transport), 'ws', 'ben is still on the WebSocket');
+    assert.equal(await a.evaluate(() => document.body.dataset.transport), 'webrtc', 'ann is still on WebRTC');
     assert.deepEqual(sa.map((m) => m.seq), sent.map((_, k) => k + 1), 'dense sequence numbers across generations');
     // The uptime shown is the current node's (read from the successor's own record), not the
     // first generation's: generation 2 started at least one lifetime after the ring did.

@@ -26,6 +26,19 @@ function snippet() {
 }
 
 test('the deploy guide snippet finds the node through ouroboros.json and talks to it', async () => {
+  await runSnippet({ path: 'WebRTC' });
+});
+
+// The page's WebRTC gathers relay (TURN) candidates only and has no TURN server: no candidate at all,
+// the DataChannel never opens, as on a network without UDP to the node. (Set as peerjs's default
+// RTCConfiguration before the snippet runs; the snippet's text is unchanged.)
+const NO_CANDIDATES = "<script>peerjs.util.defaultConfig = { iceServers: [], iceTransportPolicy: 'relay' };</script>";
+
+test('with no UDP, the deploy guide snippet falls back to the relay WebSocket and talks to the node', async () => {
+  await runSnippet({ path: 'the relay WebSocket', inject: NO_CANDIDATES });
+});
+
+async function runSnippet({ path: expectedPath, inject = '' }) {
   const node = await startNode();
   const record = JSON.stringify(node.record);
   const html = snippet();
@@ -34,7 +47,7 @@ test('the deploy guide snippet finds the node through ouroboros.json and talks t
   assert.ok(html.includes('?t=${Date.now()}'), 'the snippet busts the Pages cache');
   let site;
   const page = `<!doctype html><html><head><meta charset="utf-8"></head><body>${html
-    .replace('https://unpkg.com/peerjs@1.5.5/dist/peerjs.min.js', '/node_modules/peerjs/dist/peerjs.min.js')
+    .replace('https://unpkg.com/peerjs@1.5.5/dist/peerjs.min.js"></script>', `/node_modules/peerjs/dist/peerjs.min.js"></script>${inject}`)
     .replace("'https://OWNER.github.io/REPO/ouroboros.json'", "location.origin + '/ouroboros.json'")}</body></html>`;
   const h = await openPeerHarness({
     pages: {
@@ -47,8 +60,10 @@ test('the deploy guide snippet finds the node through ouroboros.json and talks t
   const requests = [];
   h.page.on('request', (r) => requests.push(r.url()));
   try {
+    const infos = [];
     const logged = new Promise((resolve) => {
       h.page.on('console', (msg) => {
+        if (msg.type() === 'info') infos.push(msg.text());
         if (msg.text().includes('"text":"hello from the guide"')) resolve(msg.text());
       });
     });
@@ -65,9 +80,10 @@ test('the deploy guide snippet finds the node through ouroboros.json and talks t
       requests.some((u) => /\/ouroboros\.json\?t=\d+$/.test(u)),
       `record read with a cache-buster: ${requests.join(' ')}`,
     );
+    assert.deepEqual(infos, [`connected to generation 0 over ${expectedPath}`], 'it says which path it took');
     h.browser.assertNoConsoleErrors([/Failed to load resource/]);
   } finally {
     await h.close();
     await node.stop();
   }
-});
+}

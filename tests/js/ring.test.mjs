@@ -1,6 +1,7 @@
-// A local ring rotating at least ten times while three clients publish continuously into one room:
-// two peerjs 1.5.5 browser clients in headless Chromium (protocol/relay.md's browser snippet, verbatim;
-// one `json`, one `binary`) and one Rust program (`examples/publish.rs`, stdin lines -> acks on stdout).
+// A local ring rotating at least ten times while four clients publish continuously into one room:
+// three peerjs 1.5.5 browser clients in headless Chromium (protocol/relay.md's browser snippet, verbatim;
+// one `json`, one `binary`, one that cannot do WebRTC and falls back to the relay WebSocket) and one
+// Rust program (`examples/publish.rs`, stdin lines -> acks on stdout).
 // At the end every client is on the newest generation (what its own welcome said), and a reader's
 // paged history holds every acknowledged message of every client exactly once, at its acked seq, in
 // order, with dense seqs; the browsers' delivered streams have no gap and no repeat.
@@ -35,6 +36,9 @@ const ROOM = 'ring';
 const BROWSER_CLIENTS = [
   { name: 'web-json', serialization: 'json' },
   { name: 'web-binary', serialization: 'binary' },
+  // WebRTC impossible (relay-only ICE and no TURN server: no candidate at all, as on a network
+  // without UDP to the node): the snippet's `auto` falls back to the relay WebSocket.
+  { name: 'web-ws', serialization: 'json', noUdp: true },
 ];
 const RUST_CLIENT = 'rust-pipe';
 
@@ -137,7 +141,7 @@ function assertFollowedEveryRotation(name, gens, g0, newest) {
   for (let k = 1; k < gens.length; k++) assert.ok(gens[k] >= gens[k - 1], `${name}: welcomes never go back (${gens})`);
 }
 
-test(`a local ring rotates ${ROTATIONS} times while two browser clients (json, binary) and a Rust client publish: every acked message once, in order; everyone on the newest node`, { timeout: 240000 }, async () => {
+test(`a local ring rotates ${ROTATIONS} times while three browser clients (json, binary, one falling back to the WebSocket) and a Rust client publish: every acked message once, in order; everyone on the newest node`, { timeout: 240000 }, async () => {
   const site = await startStaticServer();
   const ring = await startNode({
     extraArgs: [
@@ -192,14 +196,17 @@ test(`a local ring rotates ${ROTATIONS} times while two browser clients (json, b
     const pages = {};
     for (const c of BROWSER_CLIENTS) {
       pages[c.name] = await browser.newPage(site.url('/'));
+      const peerOptions = ring.peerOptions();
+      if (c.noUdp) peerOptions.config = { iceServers: [], iceTransportPolicy: 'relay' };
       await startSnippetClient(pages[c.name], {
         src,
         name: c.name,
         serialization: c.serialization,
-        peerOptions: ring.peerOptions(),
+        peerOptions,
         nodeId: ring.peerId,
         room: ROOM,
         everyMs: 40,
+        ...(c.noUdp ? { fallbackMs: 1000 } : {}),
       });
     }
     rust = startRustPublisher(recordPath);
@@ -323,6 +330,8 @@ test(`a local ring rotates ${ROTATIONS} times while two browser clients (json, b
       for (let k = 1; k < seqs.length; k++) assert.ok(seqs[k] > seqs[k - 1], `${c.name}: publish ${k} acked at ${seqs[k]} after ${seqs[k - 1]}`);
       assertFollowedEveryRotation(c.name, s.welcomes.map((w) => w.generation), g0, newest);
       assert.ok(s.moved.length >= ROTATIONS, `${c.name} followed ${s.moved.length} moves`);
+      const paths = [...new Set(s.welcomes.map((w) => w.transport))];
+      assert.deepEqual(paths, [c.noUdp ? 'ws' : 'webrtc'], `${c.name}: every welcome came over ${c.noUdp ? 'the WebSocket' : 'WebRTC'}`);
     }
     const rs = rust.st;
     assert.deepEqual(rs.refused, []);

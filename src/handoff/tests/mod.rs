@@ -133,6 +133,7 @@ fn record(peer: &str, generation: u64) -> DiscoveryRecord {
         generation,
         signaling: vec![endpoint(9001)],
         ice_servers: None,
+        relay_ws: None,
         tunnel_url: None,
         started_at: SystemTime::UNIX_EPOCH,
         expires_at: None,

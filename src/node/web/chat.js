@@ -1,6 +1,11 @@
 // Ouroboros web chat: reads the discovery record, connects to the node with the PeerJS
 // client, speaks the relay protocol (protocol/relay.md) and follows the node across
 // rotations ("moved"): reconnect, rejoin with `since`, resend unacknowledged messages.
+// Transport (?transport=auto|webrtc|ws, default auto): a WebRTC DataChannel, falling back
+// to the node's relay WebSocket (`relay_ws`, TCP only) when no DataChannel opens within
+// ?fallback=MS (default 2500) or PeerJS is unavailable; once the WebSocket was needed it is
+// tried first on later reconnects. The path in use shows in the status line and in
+// document.body.dataset.transport.
 // No framework, no build step. Every piece of remote text goes through textContent.
 
 const $ = (id) => document.getElementById(id);
@@ -21,6 +26,10 @@ const state = {
   retryTimer: null,
   moving: null,          // generation we are moving to
   startedAt: null,
+  transportChoice: ['webrtc', 'ws'].includes(params.get('transport')) ? params.get('transport') : 'auto',
+  fallbackMs: Number(params.get('fallback')) > 0 ? Number(params.get('fallback')) : 2500,
+  transport: null,       // 'webrtc' or 'ws' while connected
+  preferWs: false,       // auto: the WebSocket was needed once
 };
 
 // ---- rendering helpers ----------------------------------------------------------
@@ -211,7 +220,7 @@ function onMessage(m) {
     case 'welcome': {
       if (typeof m.generation === 'number') $('generation').textContent = String(m.generation);
       state.moving = null;
-      setConn('live', 'live');
+      setConn('live', state.transport === 'ws' ? 'live · WebSocket' : 'live · WebRTC');
       state.retryMs = 1000;
       for (const room of state.rooms.keys()) join(room);
       resendPending();
@@ -313,6 +322,8 @@ function pickEndpoint(record) {
 function teardown() {
   state.connGen++;
   state.live = false;
+  state.transport = null;
+  delete document.body.dataset.transport;
   for (const r of state.rooms.values()) { r.joined = false; r.members.clear(); }
   renderPresence();
   const { conn, peer } = state;
@@ -330,8 +341,68 @@ function scheduleRetry(reason) {
   state.retryTimer = setTimeout(() => { state.retryTimer = null; start(); }, wait);
 }
 
-function connect(peerId, endpoint) {
+// The node's relay WebSocket: the record's `relay_ws` when it names this node, else the
+// /relay path of the chosen signaling endpoint's HTTP server (a node serves both there).
+function relayWsUrl(endpoint) {
+  const r = state.record;
+  if (r && typeof r.relay_ws === 'string') return r.relay_ws;
+  const host = endpoint.host.includes(':') ? `[${endpoint.host}]` : endpoint.host;
+  return `${endpoint.secure ? 'wss' : 'ws'}://${host}:${endpoint.port}/relay`;
+}
+
+function useTransport(kind) {
+  state.transport = kind;
+  document.body.dataset.transport = kind;
+  console.info(`ouroboros: connected over ${kind === 'ws' ? 'the relay WebSocket' : 'WebRTC'}`);
+}
+
+// The relay protocol over the node's WebSocket: JSON text frames, nothing else differs.
+function connectWs(endpoint) {
   const gen = ++state.connGen;
+  const url = relayWsUrl(endpoint);
+  const ws = new WebSocket(`${url}?client=${encodeURIComponent(state.name)}`);
+  state.peer = null;
+  state.conn = { send: (m) => ws.send(JSON.stringify(m)), close: () => ws.close() };
+  ws.onopen = () => {
+    if (gen !== state.connGen) { ws.close(); return; }
+    state.live = true;
+    useTransport('ws');
+    showError('');
+  };
+  ws.onmessage = (ev) => {
+    if (gen !== state.connGen) return;
+    let m;
+    try { m = JSON.parse(ev.data); } catch { return; }
+    onMessage(m);
+  };
+  // A close before the welcome (also while moving) or a dropped connection: look again.
+  ws.onclose = () => { if (gen === state.connGen) scheduleRetry('connection closed'); };
+}
+
+// WebRTC first (auto), or only one path when ?transport= says so.
+function connect(peerId, endpoint) {
+  const webrtc = typeof window.peerjs?.Peer === 'function';
+  if (state.transportChoice === 'ws' || (state.transportChoice === 'auto' && (state.preferWs || !webrtc))) {
+    connectWs(endpoint);
+    return;
+  }
+  connectRtc(peerId, endpoint);
+}
+
+function connectRtc(peerId, endpoint) {
+  const gen = ++state.connGen;
+  const auto = state.transportChoice === 'auto';
+  // Auto: no DataChannel within fallbackMs, or WebRTC failing sooner, means the WebSocket.
+  const fallback = (why) => {
+    if (gen !== state.connGen || state.live) return false;
+    clearTimeout(timer);
+    console.info(`ouroboros: no DataChannel (${why}); falling back to the relay WebSocket`);
+    teardown();
+    state.preferWs = true;
+    connectWs(endpoint);
+    return true;
+  };
+  const timer = auto ? setTimeout(() => fallback(`none within ${state.fallbackMs} ms`), state.fallbackMs) : null;
   const opts = {
     host: endpoint.host, port: endpoint.port, path: endpoint.path || '/', key: endpoint.key || 'peerjs',
     secure: !!endpoint.secure, debug: 0,
@@ -341,6 +412,9 @@ function connect(peerId, endpoint) {
   // peerjs's own defaults.
   if (params.get('ice') === 'none') opts.config = { iceServers: [] };
   else if (state.record && Array.isArray(state.record.ice_servers)) opts.config = { iceServers: state.record.ice_servers };
+  // ?ice=relay: relay (TURN) candidates only; with no TURN server WebRTC cannot open at all
+  // (what a network without UDP looks like: the fallback tests use it).
+  if (params.get('ice') === 'relay') opts.config = { iceServers: opts.config?.iceServers ?? [], iceTransportPolicy: 'relay' };
   const peer = new window.peerjs.Peer(opts);
   state.peer = peer;
   peer.on('open', () => {
@@ -353,17 +427,22 @@ function connect(peerId, endpoint) {
     state.conn = conn;
     conn.on('open', () => {
       if (gen !== state.connGen) return;
+      clearTimeout(timer);
       state.live = true;
+      useTransport('webrtc');
       showError('');
       // The node greets with `welcome`; joining happens there.
     });
     conn.on('data', (d) => { if (gen === state.connGen) onMessage(d); });
     conn.on('close', () => { if (gen === state.connGen && !state.moving) scheduleRetry('connection closed'); });
-    conn.on('error', (e) => { if (gen === state.connGen && !state.moving) scheduleRetry(e.type || 'connection error'); });
+    conn.on('error', (e) => {
+      if (gen !== state.connGen || state.moving) return;
+      if (!(auto && fallback(e.type || 'connection error'))) scheduleRetry(e.type || 'connection error');
+    });
   });
   peer.on('error', (e) => {
     if (gen !== state.connGen) return;
-    scheduleRetry(e.type || 'signaling error');
+    if (!(auto && fallback(e.type || 'signaling error'))) scheduleRetry(e.type || 'signaling error');
   });
   peer.on('disconnected', () => {
     // Signaling lost; an open DataConnection keeps working. Re-register quietly.
@@ -378,6 +457,8 @@ function moveTo(m) {
   state.moving = m.generation;
   const record = { ...(state.record || {}), peer_id: m.peer_id, generation: m.generation };
   if (Array.isArray(m.signaling) && m.signaling.length) record.signaling = m.signaling;
+  // The old record's relay_ws is the predecessor's: use `moved`'s or derive the successor's.
+  if (typeof m.relay_ws === 'string') record.relay_ws = m.relay_ws; else delete record.relay_ws;
   state.record = record;
   $('generation').textContent = String(m.generation);
   const ep = pickEndpoint(record);

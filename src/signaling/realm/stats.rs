@@ -28,6 +28,9 @@ pub struct Stats {
     pub queue_full: u64,
     /// Messages with an invalid `dst` (senders got EXPIRE at once).
     pub invalid_dst: u64,
+    /// Frames the node's own (privileged) connection could not take at once: refused, the
+    /// sender got EXPIRE; the node stays connected.
+    pub node_busy: u64,
     /// Frames dropped: unknown type, LEAVE/EXPIRE to an absent peer, no `dst`, detached.
     pub dropped: u64,
     /// Frames that were not JSON.
@@ -53,6 +56,8 @@ pub struct RejectedStats {
     pub id_taken: u64,
     /// [`Rejection::Limit`].
     pub limit: u64,
+    /// [`Rejection::AddressLimit`].
+    pub address_limit: u64,
 }
 
 /// Server-side closes by cause.
@@ -133,6 +138,7 @@ impl Stats {
             &[
                 ("{reason=\"queue_full\"}", self.queue_full),
                 ("{reason=\"invalid_dst\"}", self.invalid_dst),
+                ("{reason=\"node_busy\"}", self.node_busy),
             ],
         );
         metric(
@@ -164,6 +170,7 @@ impl Stats {
                 ("{reason=\"invalid_id\"}", r.invalid_id),
                 ("{reason=\"id_taken\"}", r.id_taken),
                 ("{reason=\"limit\"}", r.limit),
+                ("{reason=\"address_limit\"}", r.address_limit),
             ],
         );
         let c = &self.closed;

@@ -35,6 +35,7 @@ fn config() -> RealmConfig {
             total: 5,
             bytes_total: 100_000,
         },
+        per_address: AddressLimits::UNLIMITED,
     }
 }
 
@@ -60,6 +61,26 @@ impl Harness {
         }
         out
     }
+    /// Connects `id` with `token` from `addr` at `ms`.
+    fn connect_from(
+        &mut self,
+        ms: u64,
+        id: &str,
+        token: &str,
+        addr: &str,
+    ) -> (H, Admission, Vec<Out>) {
+        self.next += 1;
+        let conn = self.next;
+        let req = ConnectRequest {
+            key: Some("peerjs"),
+            id: Some(id),
+            token: Some(token),
+            local: false,
+            addr: Some(addr.parse().expect("test address")),
+        };
+        let a = self.realm.connect(self.at(ms), ConnId(conn), conn, &req);
+        (conn, a, self.drain())
+    }
     /// Connects `id` with `token` at `ms`; returns the socket and what it was sent.
     fn connect(&mut self, ms: u64, id: &str, token: &str) -> (H, Admission, Vec<Out>) {
         self.next += 1;
@@ -69,6 +90,7 @@ impl Harness {
             id: Some(id),
             token: Some(token),
             local: false,
+            addr: None,
         };
         let a = self.realm.connect(self.at(ms), ConnId(conn), conn, &req);
         (conn, a, self.drain())
@@ -106,6 +128,7 @@ fn admission_order_and_texts() {
             id,
             token,
             local: false,
+            addr: None,
         };
         let a = h.realm.connect(h.t0, ConnId(conn), conn, &req);
         (a, h.drain())
@@ -478,4 +501,172 @@ fn too_big_and_undeliverable() {
     h.realm
         .undeliverable(h.at(4), ConnId(b), Some("b"), Some("a"));
     assert!(h.drain().is_empty());
+}
+
+// ------------------------------------------------------------------ hardening (issue 14)
+
+const ID_TAKEN_FRAME: &str = r#"{"type":"ID-TAKEN","payload":{"msg":"ID is taken"}}"#;
+
+#[test]
+fn a_reserved_id_cannot_be_taken_even_while_its_owner_is_away() {
+    let mut h = Harness::new(config());
+    h.realm.reserve("node", "secret");
+    // Nobody holds it yet: another token still gets ID-TAKEN.
+    let (c, a, out) = h.connect(0, "node", "guess");
+    assert_eq!(a, Admission::Rejected(Rejection::IdTaken));
+    assert_eq!(
+        out,
+        vec![frame(c, ID_TAKEN_FRAME), Out::Close(c, CloseReason::Normal)]
+    );
+    // The owner registers; a second attempt with another token is refused; the owner's own
+    // reconnect replaces its socket as usual.
+    let (n1, a, _) = h.connect(1, "node", "secret");
+    assert_eq!(a, Admission::Open("node".into()));
+    let (_, a, _) = h.connect(2, "node", "guess");
+    assert_eq!(a, Admission::Rejected(Rejection::IdTaken));
+    let (n2, a, out) = h.connect(3, "node", "secret");
+    assert_eq!(a, Admission::Open("node".into()));
+    assert!(out.contains(&Out::Close(n1, CloseReason::Replaced)));
+    // The owner leaves; the id stays reserved.
+    h.realm.disconnect(h.at(4), ConnId(n2), Some("node"));
+    let (_, a, _) = h.connect(5, "node", "guess");
+    assert_eq!(a, Admission::Rejected(Rejection::IdTaken));
+}
+
+#[test]
+fn the_reserved_owner_is_exempt_from_rate_limits_and_never_dropped_as_slow() {
+    let mut h = Harness::new(RealmConfig {
+        rate: Some(Rate {
+            per_second: 1.0,
+            burst: 2.0,
+        }),
+        concurrent_limit: 1,
+        per_address: AddressLimits {
+            connections: 1,
+            rate: Some(Rate {
+                per_second: 1.0,
+                burst: 2.0,
+            }),
+        },
+        ..config()
+    });
+    h.realm.reserve("node", "secret");
+    let (x, _, _) = h.connect_from(0, "x", "t", "192.0.2.1");
+    // At the concurrent limit and from an address that is at its socket limit: still admitted.
+    let (n, a, _) = h.connect_from(0, "node", "secret", "192.0.2.1");
+    assert_eq!(a, Admission::Open("node".into()));
+    for i in 0..50 {
+        let out = h.send(
+            1,
+            n,
+            "node",
+            &format!(r#"{{"type":"ANSWER","dst":"x","payload":{i}}}"#),
+        );
+        assert!(
+            !out.iter().any(|o| matches!(o, Out::Close(c, _) if *c == n)),
+            "the node was closed: {out:?}"
+        );
+    }
+    // Its write queue overflows: the frame is refused (the sender gets EXPIRE), the node stays.
+    h.realm
+        .undeliverable(h.at(2), ConnId(n), Some("node"), Some("x"));
+    assert_eq!(
+        h.drain(),
+        vec![frame(x, r#"{"type":"EXPIRE","src":"node","dst":"x"}"#)]
+    );
+    assert!(h.realm.contains("node"));
+    assert_eq!(h.realm.stats().node_busy, 1);
+    assert_eq!(h.realm.stats().closed.slow, 0);
+}
+
+#[test]
+fn one_address_cannot_take_every_socket() {
+    let mut h = Harness::new(RealmConfig {
+        concurrent_limit: 10,
+        per_address: AddressLimits {
+            connections: 2,
+            rate: None,
+        },
+        ..config()
+    });
+    let (a1, _, _) = h.connect_from(0, "a1", "t", "198.51.100.1");
+    let (_a2, _, _) = h.connect_from(0, "a2", "t", "198.51.100.1");
+    let (c, a, out) = h.connect_from(0, "a3", "t", "198.51.100.1");
+    assert_eq!(a, Admission::Rejected(Rejection::AddressLimit));
+    assert_eq!(
+        out,
+        vec![
+            frame(
+                c,
+                r#"{"type":"ERROR","payload":{"msg":"Too many connections from your address"}}"#
+            ),
+            Out::Close(c, CloseReason::Normal)
+        ]
+    );
+    // Another address is served; a detached socket (LEAVE without dst) still counts.
+    let (_, a, _) = h.connect_from(0, "b1", "t", "198.51.100.2");
+    assert_eq!(a, Admission::Open("b1".into()));
+    h.send(1, a1, "a1", r#"{"type":"LEAVE"}"#);
+    assert!(!h.realm.contains("a1"));
+    let (_, a, _) = h.connect_from(2, "a3", "t", "198.51.100.1");
+    assert_eq!(a, Admission::Rejected(Rejection::AddressLimit));
+    // Once a socket closes, its place is free again.
+    h.realm.disconnect(h.at(3), ConnId(a1), Some("a1"));
+    let (_, a, _) = h.connect_from(3, "a3", "t", "198.51.100.1");
+    assert_eq!(a, Admission::Open("a3".into()));
+    assert_eq!(h.realm.stats().rejected.address_limit, 2);
+}
+
+#[test]
+fn a_leave_flood_from_one_address_is_rate_limited_across_its_sockets() {
+    let mut h = Harness::new(RealmConfig {
+        per_address: AddressLimits {
+            connections: 0,
+            rate: Some(Rate {
+                per_second: 10.0,
+                burst: 20.0,
+            }),
+        },
+        ..config()
+    });
+    let socks: Vec<H> = (0..4)
+        .map(|i| h.connect_from(0, &format!("s{i}"), "t", "203.0.113.9").0)
+        .collect();
+    // Each socket alone would stay far below any per-client limit (rate: None here).
+    let mut closed = Vec::new();
+    for round in 0..10 {
+        for (i, s) in socks.iter().enumerate() {
+            let id = format!("s{i}");
+            let out = h.send(
+                1,
+                *s,
+                &id,
+                &format!(r#"{{"type":"LEAVE","dst":"z{round}"}}"#),
+            );
+            if out.contains(&Out::Close(*s, CloseReason::Policy)) {
+                assert!(out.contains(&frame(
+                    *s,
+                    r#"{"type":"ERROR","payload":{"msg":"Rate limit exceeded"}}"#
+                )));
+                closed.push(*s);
+            }
+        }
+    }
+    assert!(!closed.is_empty(), "40 LEAVEs in 0 s passed a burst of 20");
+    // A LEAVE without dst (detach) counts too, and so does a detached socket's HEARTBEAT.
+    let (d, _, _) = h.connect_from(0, "d", "t", "203.0.113.10");
+    let mut n = 0;
+    h.send(0, d, "d", r#"{"type":"LEAVE"}"#);
+    loop {
+        n += 1;
+        let out = h.send(0, d, "d", r#"{"type":"HEARTBEAT"}"#);
+        if out.contains(&Out::Close(d, CloseReason::Policy)) {
+            break;
+        }
+        assert!(n < 100, "a detached socket's frames are never limited");
+    }
+    assert_eq!(n, 20);
+    // Another address is not affected.
+    let (_, a, _) = h.connect_from(2, "other", "t", "203.0.113.11");
+    assert_eq!(a, Admission::Open("other".into()));
 }

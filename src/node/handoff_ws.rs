@@ -1,0 +1,156 @@
+//! The handoff over a WebSocket on the predecessor's HTTP port (`GET /handoff`): the path
+//! for two nodes with no UDP between them (two runners behind NATs, no TURN), through the
+//! predecessor's tunnel. Same messages (one whole `OHB1` binary message per WebSocket binary
+//! message) and the same mutual authentication as on a DataConnection (`protocol/handoff.md`).
+
+use std::time::Duration;
+
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::discovery::SignalingEndpoint;
+use crate::handoff::FrameLink;
+
+/// Path of the handoff WebSocket on a node's HTTP server.
+pub const HANDOFF_WS_PATH: &str = "/handoff";
+/// Largest handoff WebSocket message: a handoff message (2 MiB at most) and its header.
+pub const HANDOFF_WS_MAX_MESSAGE: usize = 2 * 1024 * 1024 + 64 * 1024;
+/// Handoff messages queued each way per connection.
+const QUEUE: usize = 64;
+
+/// The handoff WebSocket of the node whose HTTP server `ep` is: `ws[s]://HOST:PORT/handoff`.
+pub fn handoff_ws_url(ep: &SignalingEndpoint) -> String {
+    let relay = ep.relay_ws_url();
+    format!(
+        "{}{HANDOFF_WS_PATH}",
+        relay.trim_end_matches(crate::discovery::RELAY_WS_PATH)
+    )
+}
+
+/// What a WebSocket message is for the handoff.
+enum Frame {
+    Data(Vec<u8>),
+    Skip,
+    Closed,
+}
+
+/// Moves whole messages between `ws` and a [`FrameLink`]'s channels until either side ends.
+fn pump<S, M, E>(
+    ws: S,
+    peer: String,
+    metadata: serde_json::Value,
+    to_ws: fn(Vec<u8>) -> M,
+    from_ws: fn(M) -> Frame,
+    close: M,
+) -> FrameLink
+where
+    S: Sink<M> + Stream<Item = Result<M, E>> + Send + 'static,
+    M: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let (mut sink, mut stream) = ws.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+    let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+    tokio::spawn(async move {
+        while let Some(bytes) = out_rx.recv().await {
+            if sink.send(to_ws(bytes)).await.is_err() {
+                return;
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = sink.send(close).await;
+            let _ = sink.close().await;
+        })
+        .await;
+    });
+    tokio::spawn(async move {
+        while let Some(m) = stream.next().await {
+            match m.map(from_ws) {
+                Ok(Frame::Data(b)) => {
+                    if in_tx.send(b).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Frame::Skip) => {}
+                Ok(Frame::Closed) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "handoff websocket read failed");
+                    return;
+                }
+            }
+        }
+    });
+    FrameLink {
+        peer,
+        metadata,
+        tx: out_tx,
+        rx: in_rx,
+    }
+}
+
+/// The predecessor's side: an upgraded `GET /handoff?peer=ID` socket as a [`FrameLink`].
+pub fn server_link(
+    ws: axum::extract::ws::WebSocket,
+    peer: String,
+    metadata: serde_json::Value,
+) -> FrameLink {
+    use axum::extract::ws::Message;
+    pump(
+        ws,
+        peer,
+        metadata,
+        |b| Message::Binary(b.into()),
+        |m| match m {
+            Message::Binary(b) => Frame::Data(b.to_vec()),
+            Message::Close(_) => Frame::Closed,
+            _ => Frame::Skip,
+        },
+        Message::Close(None),
+    )
+}
+
+/// The successor's side: opens `url` (`…/handoff`) declaring `peer` (and the GitHub run id,
+/// if any) and returns it as a [`FrameLink`].
+///
+/// # Errors
+/// The WebSocket cannot be opened.
+pub async fn connect(url: &str, peer: &str, run_id: Option<&str>) -> Result<FrameLink, String> {
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    crate::install_crypto_provider();
+    let mut u = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+    u.query_pairs_mut().append_pair("peer", peer);
+    if let Some(run) = run_id {
+        u.query_pairs_mut()
+            .append_pair(crate::node::ring::RUN_ID_METADATA, run);
+    }
+    let mut req = u
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("{url}: {e}"))?;
+    for (k, v) in crate::tunnel::node_http_headers() {
+        if let (Ok(k), Ok(v)) = (
+            tokio_tungstenite::tungstenite::http::HeaderName::try_from(k.as_str()),
+            tokio_tungstenite::tungstenite::http::HeaderValue::try_from(v.as_str()),
+        ) {
+            req.headers_mut().insert(k, v);
+        }
+    }
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(HANDOFF_WS_MAX_MESSAGE))
+        .max_frame_size(Some(HANDOFF_WS_MAX_MESSAGE));
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), false)
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    Ok(pump(
+        ws,
+        String::new(),
+        serde_json::Value::Null,
+        |b| Message::Binary(b.into()),
+        |m| match m {
+            Message::Binary(b) => Frame::Data(b.to_vec()),
+            Message::Close(_) => Frame::Closed,
+            _ => Frame::Skip,
+        },
+        Message::Close(None),
+    ))
+}

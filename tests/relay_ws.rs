@@ -1,0 +1,501 @@
+//! The relay protocol over the node's WebSocket (`GET /relay`, protocol/relay.md): the raw
+//! frames, the Rust client's `auto` fallback when WebRTC cannot open, and clients on the
+//! WebSocket following a real local ring through rotations with nothing acknowledged lost.
+//! (The relay protocol itself over both paths: `tests/node.rs`, one body per transport.)
+//!
+//! WebRTC is made impossible without network namespaces by binding the client's WebRTC
+//! sockets to IPv6 loopback only (`ClientConfig::udp_addrs = ["[::1]:0"]`) while the node
+//! offers IPv4 candidates only: ICE has no candidate pair, so no DataChannel ever opens —
+//! what a client on a network without UDP to the node sees.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::{SinkExt, StreamExt};
+use ouroboros::client::{Client, ClientConfig, ConnectionState, Transport};
+use ouroboros::discovery::DiscoveryRecord;
+use ouroboros::node::{Node, NodeArgs};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn start_node(extra: &[&str]) -> (Node, tempfile::TempDir) {
+    ouroboros::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut argv = vec![
+        "node",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--data-dir",
+        dir.path().to_str().expect("utf-8 path"),
+    ];
+    argv.extend_from_slice(extra);
+    let cli = Cli::try_parse_from(argv).expect("flags parse");
+    let node = Node::start(cli.node).await.expect("node starts");
+    (node, dir)
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+        {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
+            Some(Ok(Message::Close(c))) => panic!("closed: {c:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended: {other:?}"),
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_frames_on_the_relay_websocket() {
+    let (node, _dir) = start_node(&["--max-message-size", "1KiB"]).await;
+    let record = node.record();
+    let url = record
+        .relay_ws
+        .clone()
+        .expect("the record names the relay WebSocket");
+    assert_eq!(
+        url,
+        format!("ws://127.0.0.1:{}/relay", node.local_addr().port())
+    );
+    // A plain GET is told to upgrade.
+    let res = reqwest_get(&format!(
+        "http://127.0.0.1:{}/relay",
+        node.local_addr().port()
+    ))
+    .await;
+    assert!(res.starts_with("HTTP/1.1 426"), "{res}");
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}?client=raw"))
+        .await
+        .unwrap();
+    // Declared: welcomed at once.
+    let w = next_json(&mut ws).await;
+    assert_eq!(w["op"], "welcome");
+    assert_eq!(w["node"], node.peer_id().as_str());
+    assert_eq!(w["limits"]["max_message_bytes"], 1024);
+    send(&mut ws, json!({"op":"join","room":"r"})).await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"op":"joined","room":"r","head":0})
+    );
+    let p = next_json(&mut ws).await;
+    assert_eq!(
+        (p["op"].as_str(), &p["joined"]),
+        (Some("presence"), &json!(["raw"]))
+    );
+    send(
+        &mut ws,
+        json!({"op":"publish","room":"r","id":"m1","body":"hi"}),
+    )
+    .await;
+    // The member gets the msg and the publisher the ack (either order).
+    let mut got = [next_json(&mut ws).await, next_json(&mut ws).await];
+    got.sort_by_key(|v| v["op"].as_str().unwrap_or("").to_owned());
+    assert_eq!(got[0], json!({"op":"ack","id":"m1","room":"r","seq":1}));
+    assert_eq!(
+        (got[1]["op"].as_str(), got[1]["from"].as_str()),
+        (Some("msg"), Some("raw"))
+    );
+    // Same id again: acknowledged again with the first seq (dedup by the declared name).
+    send(
+        &mut ws,
+        json!({"op":"publish","room":"r","id":"m1","body":"hi"}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"op":"ack","id":"m1","room":"r","seq":1})
+    );
+    // Bad input: errors, never a closed socket.
+    ws.send(Message::text("not json")).await.unwrap();
+    let e = next_json(&mut ws).await;
+    assert_eq!(
+        (e["op"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("bad_request"))
+    );
+    send(&mut ws, json!([1, 2])).await;
+    assert_eq!(next_json(&mut ws).await["code"], "bad_request");
+    send(
+        &mut ws,
+        json!({"op":"publish","room":"r","id":"big","body":"x".repeat(2000)}),
+    )
+    .await;
+    let e = next_json(&mut ws).await;
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_str()),
+        (Some("too_large"), Some("big"))
+    );
+    send(&mut ws, json!({"op":"ping"})).await;
+    assert_eq!(next_json(&mut ws).await, json!({"op":"pong"}));
+    // A second identity-less socket gets a `ws-…` peer id as its identity.
+    let (mut anon, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    assert_eq!(next_json(&mut anon).await["op"], "welcome");
+    send(&mut anon, json!({"op":"join","room":"r"})).await;
+    next_json(&mut anon).await; // joined
+    let p = next_json(&mut anon).await;
+    let members: Vec<String> = serde_json::from_value(p["joined"].clone()).unwrap();
+    assert!(members.contains(&"raw".to_string()));
+    assert!(members.iter().any(|m| m.starts_with("ws-")), "{members:?}");
+    let st = node.status().await;
+    assert_eq!(st.relay.clients_ws, 2);
+    ws.close(None).await.unwrap();
+    drop(anon);
+    node.shutdown().await;
+}
+
+/// A raw HTTP/1.1 GET (no upgrade), returning the status line and headers.
+async fn reqwest_get(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let u = url::Url::parse(url).unwrap();
+    let mut s = tokio::net::TcpStream::connect((u.host_str().unwrap(), u.port().unwrap()))
+        .await
+        .unwrap();
+    s.write_all(
+        format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            u.path()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Auto mode with WebRTC impossible (see the module doc): the client falls back to the
+/// WebSocket within `fallback_after` and works; with WebRTC possible it stays on WebRTC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_falls_back_to_the_websocket_when_no_datachannel_opens() {
+    let (node, _dir) = start_node(&[]).await;
+    let mut cfg = ClientConfig::new("no-udp");
+    cfg.udp_addrs = Some(vec!["[::1]:0".into()]);
+    cfg.fallback_after = Duration::from_millis(1500);
+    let started = Instant::now();
+    let (c, _ev) = Client::connect(node.record(), cfg).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(c.transport(), Some(Transport::Ws));
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_millis(1500 + 2000),
+        "fell back after the WebRTC attempt's time limit, not much later: {took:?}"
+    );
+    c.join("r", None).await.unwrap();
+    assert_eq!(c.publish("r", json!("over tcp")).await.unwrap().seq, 1);
+
+    // The same client forced onto WebRTC cannot connect at all: the fallback is what saved it.
+    let mut cfg = ClientConfig::new("no-udp-forced");
+    cfg.udp_addrs = Some(vec!["[::1]:0".into()]);
+    cfg.transport = Transport::Webrtc;
+    cfg.connect_timeout = Duration::from_secs(2);
+    assert!(Client::connect(node.record(), cfg).await.is_err());
+
+    // With UDP, auto picks WebRTC.
+    let (d, _ev) = Client::connect(node.record(), ClientConfig::new("with-udp"))
+        .await
+        .unwrap();
+    assert_eq!(d.transport(), Some(Transport::Webrtc));
+    d.join("r", Some(0)).await.unwrap();
+    c.close().await;
+    d.close().await;
+    node.shutdown().await;
+}
+
+/// A local ring (`--launcher local`, 6 s lifetime) rotates three times while two clients on
+/// the WebSocket publish (one forced `ws`, one `auto` that cannot do WebRTC): every
+/// acknowledged message is stored once at its acked seq, dense, and both end on the newest
+/// generation, still on the WebSocket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_clients_follow_a_real_rotation_with_nothing_lost() {
+    let writers = [
+        Writer {
+            name: "ws-writer-0",
+            transport: Transport::Ws,
+            no_udp: false,
+        },
+        Writer {
+            name: "ws-writer-1",
+            transport: Transport::Auto,
+            no_udp: true,
+        },
+    ];
+    run_ring(&[], &writers, 3).await;
+}
+
+/// The handoff itself over the WebSocket path (`--handoff-transport ws`, inherited by every
+/// successor): two rotations with a WebRTC and a WebSocket client publishing, nothing
+/// acknowledged lost, and the newest node's `/status.json` says its handoff came over `ws`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoff_over_the_websocket_path_keeps_every_acknowledged_message() {
+    let writers = [
+        Writer {
+            name: "rtc-writer",
+            transport: Transport::Webrtc,
+            no_udp: false,
+        },
+        Writer {
+            name: "ws-writer",
+            transport: Transport::Ws,
+            no_udp: false,
+        },
+    ];
+    let (record, log) = run_ring(&["--handoff-transport", "ws"], &writers, 2).await;
+    assert_eq!(record.0["handoff_transport"], "ws", "{}", record.0);
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("handoff: connected to the predecessor"))
+        .collect();
+    assert!(
+        !said.is_empty() && said.iter().all(|l| l.contains("\"ws\"")),
+        "every successor's log says it connected over ws:\n{log}"
+    );
+}
+
+/// `--handoff-transport auto` (the default) with a WebRTC time limit no DataChannel can meet
+/// (`--handoff-fallback-after 1ms`): every successor falls back to the WebSocket (its first
+/// attempt says why; later reconnects go to the WebSocket first), and the rotation loses
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoff_falls_back_to_the_websocket_when_no_datachannel_opens_in_time() {
+    let writers = [Writer {
+        name: "rtc-writer",
+        transport: Transport::Webrtc,
+        no_udp: false,
+    }];
+    let (record, log) = run_ring(&["--handoff-fallback-after", "1ms"], &writers, 2).await;
+    assert_eq!(record.0["handoff_transport"], "ws", "{}", record.0);
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("handoff: connected to the predecessor"))
+        .collect();
+    assert!(
+        !said.is_empty()
+            && said.iter().all(|l| l.contains("\"ws\""))
+            && said
+                .iter()
+                .filter(|l| l.contains("no DataChannel within 1ms"))
+                .count()
+                >= 2,
+        "the successors fell back after the WebRTC attempt:\n{log}"
+    );
+}
+
+struct Writer {
+    name: &'static str,
+    transport: Transport,
+    /// WebRTC impossible (UDP bound to `[::1]` only, see the module doc).
+    no_udp: bool,
+}
+
+/// The newest node's `/status.json`.
+struct Status(Value);
+
+/// Runs a local ring with `flags` until generation `rotations` while `writers` publish; checks
+/// that every acknowledged message is stored once, at its seq, dense, and every writer ends on
+/// the newest generation on its path. Returns the newest node's status and the successors' logs.
+async fn run_ring(flags: &[&str], writers: &[Writer], rotations: u64) -> (Status, String) {
+    use tokio::io::AsyncBufReadExt;
+    ouroboros::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let record_path = data.join("ouroboros.json");
+    let bin =
+        std::env::var("OUROBOROS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ouroboros").into());
+    let mut first = tokio::process::Command::new(bin)
+        .args([
+            "node",
+            "--port",
+            "0",
+            "--launcher",
+            "local",
+            "--lifetime",
+            "6s",
+        ])
+        .args([
+            "--handoff-lead",
+            "3s",
+            "--deadline-margin",
+            "500ms",
+            "--drain-timeout",
+            "1s",
+        ])
+        .args(flags)
+        .arg("--data-dir")
+        .arg(&data)
+        .env("OUROBOROS_SECRET", "a ring secret for the ws ring test")
+        .env("RUST_LOG", "info,rtc=error,rtc_ice=error,webrtc=error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(first.stdout.take().unwrap()).lines();
+    while let Some(l) = lines.next_line().await.unwrap() {
+        if l.starts_with("node peer-id") {
+            break;
+        }
+    }
+    let wait = Instant::now() + WAIT;
+    while !record_path.exists() {
+        assert!(Instant::now() < wait, "no discovery record");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let read_record = || -> Option<DiscoveryRecord> {
+        std::fs::read(&record_path)
+            .ok()
+            .and_then(|b| DiscoveryRecord::from_json(&b).ok())
+    };
+    let generation = || read_record().map_or(0, |r| r.generation);
+    let source = record_path.to_string_lossy().into_owned();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (c, w) in writers.iter().enumerate() {
+        let source = source.clone();
+        let stop = stop.clone();
+        let (name, transport, no_udp) = (w.name, w.transport, w.no_udp);
+        tasks.push(tokio::spawn(async move {
+            let mut cfg = ClientConfig::new(name);
+            cfg.request_timeout = Duration::from_secs(30);
+            cfg.transport = transport;
+            if no_udp {
+                cfg.udp_addrs = Some(vec!["[::1]:0".into()]);
+                cfg.fallback_after = Duration::from_millis(1000);
+            }
+            let (client, mut events) = Client::connect_discovered(&source, cfg).await.unwrap();
+            let path = client.transport().expect("connected");
+            if no_udp || transport == Transport::Ws {
+                assert_eq!(path, Transport::Ws, "{name}");
+            }
+            tokio::spawn(async move { while events.recv().await.is_some() {} });
+            client.join("ring", None).await.unwrap();
+            let mut acked = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("w{c}-{i}");
+                let ack = client
+                    .publish_with_id("ring", &id, json!(i))
+                    .await
+                    .unwrap_or_else(|e| panic!("publish {id}: {e}"));
+                acked.push((ack.seq, id));
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (client, acked, path)
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while generation() < rotations {
+        assert!(
+            Instant::now() < deadline,
+            "ring stuck at generation {}",
+            generation()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let newest = generation();
+    let mut all_acked = Vec::new();
+    for t in tasks {
+        let (client, acked, path) = t.await.unwrap();
+        let st = tokio::time::timeout(
+            WAIT,
+            client.wait_state(
+                |s| matches!(s, ConnectionState::Live { generation, .. } if *generation >= newest),
+            ),
+        )
+        .await
+        .expect("client follows the ring")
+        .unwrap();
+        assert!(
+            matches!(st, ConnectionState::Live { transport, .. } if transport == path),
+            "still on {path}: {st:?}"
+        );
+        assert!(acked.len() > 20, "client published through the rotations");
+        all_acked.extend(acked);
+        client.close().await;
+    }
+    let mut cfg = ClientConfig::new("reader");
+    cfg.transport = Transport::Ws;
+    let (reader, _ev) = Client::connect_discovered(&source, cfg).await.unwrap();
+    let mut stored: Vec<(u64, String)> = Vec::new();
+    let mut before = None;
+    loop {
+        let page = reader.history("ring", before, Some(500)).await.unwrap();
+        if page.messages.is_empty() {
+            break;
+        }
+        before = page.messages.last().map(|m| m.seq);
+        stored.extend(
+            page.messages
+                .into_iter()
+                .map(|m| (m.seq, m.id.unwrap_or_default())),
+        );
+    }
+    stored.sort();
+    all_acked.sort();
+    assert_eq!(
+        stored, all_acked,
+        "exactly the acknowledged messages, at their seqs"
+    );
+    for (i, (seq, _)) in stored.iter().enumerate() {
+        assert_eq!(
+            *seq,
+            i as u64 + 1,
+            "dense sequence across {newest} generations"
+        );
+    }
+    reader.close().await;
+    // The newest node's status (it took over through a handoff).
+    let rec = read_record().expect("record");
+    let ep = &rec.signaling[0];
+    let status: Value = reqwest_json(&format!("http://{}:{}/status.json", ep.host, ep.port)).await;
+    // Stop the ring: SIGINT to the newest generation.
+    if let Ok(pid) = std::fs::read_to_string(data.join("ouroboros.pid")) {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", pid.trim()])
+            .status();
+        let gone = Instant::now() + Duration::from_secs(15);
+        while std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
+            && Instant::now() < gone
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let _ = first.kill().await;
+    let mut logs = String::new();
+    if let Ok(dir) = std::fs::read_dir(data.join("logs")) {
+        for e in dir.flatten() {
+            logs.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+        }
+    }
+    (Status(status), logs)
+}
+
+/// GET a JSON document over plain HTTP/1.1.
+async fn reqwest_json(url: &str) -> Value {
+    let res = reqwest_get(url).await;
+    let body = res.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{url}: {e}: {res}"))
+}
