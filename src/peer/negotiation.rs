@@ -770,11 +770,7 @@ async fn negotiate(
     loop {
         tokio::select! {
             _ = &mut deadline => return Err(PeerError::Timeout(format!("opening {}", meta.connection_id))),
-            _ = relay_flush.tick(), if dc.is_some() => {
-                if let Some(dc) = &dc {
-                    webrtc_setup::wake_driver(dc).await;
-                }
-            }
+            _ = relay_flush.tick() => webrtc_setup::wake_driver(pc).await,
             _ = shared.closed.cancelled() => return Err(PeerError::Closed),
             s = signals.recv() => match s {
                 Some(Signal::Answer(sdp)) => {
