@@ -579,7 +579,11 @@ async fn drive(
     tracing::debug!(connection_id = %meta.connection_id, "data connection open");
     // Negotiated: the place among the incoming negotiations is free again.
     drop(slot);
-    log_selected_pair(&pc, &meta).await;
+    let relayed = log_selected_pair(&pc, &meta).await;
+    // webrtc 0.21.1 holds what we send from a relay candidate until its driver wakes up (see
+    // `webrtc_setup::wake_driver`): keep waking it for as long as this connection is relayed.
+    let mut relay_flush = tokio::time::interval(webrtc_setup::RELAYED_FLUSH_INTERVAL);
+    relay_flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     match caller {
         Some(tx) => {
             if let Err(Ok(conn)) = tx.send(Ok(conn)) {
@@ -603,6 +607,7 @@ async fn drive(
                 core.shutdown(None).await;
                 break;
             }
+            _ = relay_flush.tick(), if relayed => webrtc_setup::wake_driver(&pc).await,
             s = signals.recv() => match s {
                 Some(Signal::Candidate(c)) => {
                     if remote_set {
@@ -677,19 +682,24 @@ fn fail(
 }
 
 /// Logs which candidate types carry the connection (`host`, `srflx`, `prflx`, `relay`):
-/// what tells a NAT problem from a TURN problem in the field.
-async fn log_selected_pair(pc: &Arc<dyn PeerConnection>, meta: &ConnMeta) {
-    let Some(sctp) = pc.sctp().await else { return };
+/// what tells a NAT problem from a TURN problem in the field. Returns whether the local
+/// candidate is a relay (TURN) one.
+async fn log_selected_pair(pc: &Arc<dyn PeerConnection>, meta: &ConnMeta) -> bool {
+    let Some(sctp) = pc.sctp().await else {
+        return false;
+    };
     let ice = sctp.transport().ice_transport();
-    if let Ok(Some(pair)) = ice.get_selected_candidate_pair().await {
-        tracing::info!(
-            peer = %meta.peer,
-            connection_id = %meta.connection_id,
-            local = %format_args!("{} {}:{}", pair.local().typ, pair.local().address, pair.local().port),
-            remote = %format_args!("{} {}:{}", pair.remote().typ, pair.remote().address, pair.remote().port),
-            "ICE candidate pair selected"
-        );
-    }
+    let Ok(Some(pair)) = ice.get_selected_candidate_pair().await else {
+        return false;
+    };
+    tracing::info!(
+        peer = %meta.peer,
+        connection_id = %meta.connection_id,
+        local = %format_args!("{} {}:{}", pair.local().typ, pair.local().address, pair.local().port),
+        remote = %format_args!("{} {}:{}", pair.remote().typ, pair.remote().address, pair.remote().port),
+        "ICE candidate pair selected"
+    );
+    pair.local().typ.to_string() == "relay"
 }
 
 async fn dc_poll(dc: &Option<Arc<dyn DataChannel>>) -> Option<DataChannelEvent> {

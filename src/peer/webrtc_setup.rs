@@ -61,6 +61,10 @@ pub(crate) const ICE_RELAY_MIN_WAIT: Duration = Duration::from_millis(0);
 /// a relay candidate can wait up to one interval on each side, and opening takes about ten
 /// steps (DTLS, SCTP, DCEP); the wake-ups stop once the channel is open.
 pub(crate) const RELAY_FLUSH_INTERVAL: Duration = Duration::from_millis(5);
+/// How often [`wake_driver`] runs after opening, for a connection whose selected local
+/// candidate is a relay one (without it, e.g. the reply to a close waited for ICE's 5 s
+/// disconnected timeout). It bounds what webrtc 0.21.1 adds to each relayed packet.
+pub(crate) const RELAYED_FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Makes the PeerConnection's driver loop run one iteration, without changing anything.
 ///
