@@ -325,7 +325,7 @@ test('rotation from runner NAT A to a runner NAT without UDP: handoff and client
   });
   t.after(() => succ.stop());
   // Every writer ends on the successor (over its relay WebSocket: no UDP reaches it), then writes more.
-  await Promise.all(writers.map((w) => w.p.waitFor(/"event":"live","node":"[^"]+","generation":1,"transport":"ws"/, 90000)));
+  await Promise.all(writers.map((w) => w.p.waitFor(/"event":"live","generation":1,"node":"[^"]+","transport":"ws"/, 90000)));
   await Promise.all(writers.map((w) => w.p.waitFor(acksAfter(/"generation":1[,}]/, 10), 30000)));
   for (const w of writers) w.stop();
   for (const w of writers) assert.equal((await w.p.exited).code, 0, w.p.stderr());
