@@ -97,6 +97,44 @@ pub fn http_client() -> Result<reqwest::Client, TlsError> {
         .clone()
 }
 
+/// A WebSocket opened by [`connect_websocket`].
+pub type ClientWebSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Why [`connect_websocket`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WebSocketConnectError {
+    /// No TLS client configuration (for `wss://`).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The connection or the WebSocket handshake failed.
+    #[error("{0}")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+}
+
+/// Opens a WebSocket (`ws://` or `wss://`) under the one trust policy: `wss://` verifies
+/// the server with [`client_config`]`(extra_roots_pem)`, exactly as the id fetch and the
+/// signaling socket do.
+///
+/// # Errors
+/// [`WebSocketConnectError`]: no TLS configuration, or the connection or handshake failed.
+pub async fn connect_websocket(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    config: Option<tokio_tungstenite::tungstenite::protocol::WebSocketConfig>,
+    extra_roots_pem: Option<&str>,
+) -> Result<ClientWebSocket, WebSocketConnectError> {
+    let connector = if request.uri().scheme_str() == Some("wss") {
+        Some(tokio_tungstenite::Connector::Rustls(client_config(
+            extra_roots_pem,
+        )?))
+    } else {
+        None
+    };
+    let (ws, _response) =
+        tokio_tungstenite::connect_async_tls_with_config(request, config, true, connector).await?;
+    Ok(ws)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

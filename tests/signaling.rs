@@ -5,6 +5,9 @@
 //!
 //! No test sleeps to synchronise: each awaits the frame or close it expects (bounded by
 //! [`WAIT`]); "nothing arrives" is asserted with a short bounded wait ([`QUIET`]).
+//!
+//! Size: one file of PeerJS-compatibility cases (~1,200 lines) that share its helpers; each
+//! test is independent and named after the behaviour it pins.
 
 use std::{
     net::SocketAddr,

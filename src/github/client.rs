@@ -343,7 +343,7 @@ impl GithubClient {
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    let msg = redact(&error_chain(&e), secret);
+                    let msg = redact(&crate::tunnel::error_chain(&e), secret);
                     if idempotent && let Some(delay) = delays.next_delay() {
                         tracing::warn!(%url, attempt, error = %msg, "GitHub request failed; retrying");
                         attempt += 1;
@@ -663,7 +663,7 @@ async fn read_body(mut resp: reqwest::Response) -> Result<String, GithubError> {
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| GithubError::Network(error_chain(&e)))?
+        .map_err(|e| GithubError::Network(crate::tunnel::error_chain(&e)))?
     {
         if buf.len() + chunk.len() > MAX_BODY_BYTES {
             return Err(GithubError::Decode(format!(
@@ -673,18 +673,6 @@ async fn read_body(mut resp: reqwest::Response) -> Result<String, GithubError> {
         buf.extend_from_slice(&chunk);
     }
     Ok(String::from_utf8_lossy(&buf).into_owned())
-}
-
-/// An error and its sources on one line (reqwest hides the cause in `source()`).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

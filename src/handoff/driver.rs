@@ -231,13 +231,7 @@ where
             while let Some(ev) = succ.poll_event() {
                 progress = true;
                 match ev {
-                    SuccessorEvent::Connect => {
-                        let fut = connect();
-                        let tx = conn_tx.clone();
-                        tokio::spawn(async move {
-                            let _ = tx.send(fut.await.map(Into::into));
-                        });
-                    }
+                    SuccessorEvent::Connect => spawn_connect(connect(), &conn_tx),
                     SuccessorEvent::Close => writer = None,
                     SuccessorEvent::Authenticated { session, resumed } => {
                         tracing::info!(
@@ -378,6 +372,21 @@ where
     }
 }
 
+/// Runs one connection attempt (`SuccessorEvent::Connect`) in the background; its result
+/// arrives on `conn_tx`.
+fn spawn_connect<CF, T>(
+    attempt: CF,
+    conn_tx: &mpsc::UnboundedSender<Result<HandoffConn, ConnectError>>,
+) where
+    CF: Future<Output = Result<T, ConnectError>> + Send + 'static,
+    T: Into<HandoffConn> + Send + 'static,
+{
+    let tx = conn_tx.clone();
+    tokio::spawn(async move {
+        let _ = tx.send(attempt.await.map(Into::into));
+    });
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn finish_live<C, CF, T>(
     mut succ: Successor,
@@ -396,13 +405,7 @@ async fn finish_live<C, CF, T>(
     loop {
         while let Some(ev) = succ.poll_event() {
             match ev {
-                SuccessorEvent::Connect => {
-                    let fut = connect();
-                    let tx = conn_tx.clone();
-                    tokio::spawn(async move {
-                        let _ = tx.send(fut.await.map(Into::into));
-                    });
-                }
+                SuccessorEvent::Connect => spawn_connect(connect(), &conn_tx),
                 SuccessorEvent::Close => writer = None,
                 _ => {}
             }

@@ -138,7 +138,7 @@ pub async fn connect(url: &str, peer: &str, run_id: Option<&str>) -> Result<Fram
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(HANDOFF_WS_MAX_MESSAGE))
         .max_frame_size(Some(HANDOFF_WS_MAX_MESSAGE));
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), false)
+    let ws = crate::tls::connect_websocket(req, Some(config), None)
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     Ok(pump(

@@ -16,6 +16,10 @@
 //! outbox); the realm only stores them and hands them back in actions. Each socket also has
 //! a [`ConnId`], unique for the driver's lifetime, so that a stale socket (one replaced by a
 //! reconnect with the same id and token) can never act for the id's new socket.
+//!
+//! Size: one state machine's event handlers (~900 lines) stay in one file on purpose, so the
+//! admission, relay and expiry rules that interact are read together; its counters
+//! (`realm/stats.rs`) and tests (`realm/tests.rs`) live beside it.
 
 use std::{
     cmp::Ordering,

@@ -382,7 +382,8 @@ pub async fn establish(
     }
 }
 
-fn redacted_chain(e: &dyn std::error::Error, secret: &str) -> String {
+/// An error and its sources on one line (reqwest and ngrok hide the cause in `source()`).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -390,6 +391,11 @@ fn redacted_chain(e: &dyn std::error::Error, secret: &str) -> String {
         s.push_str(&c.to_string());
         cur = c.source();
     }
+    s
+}
+
+fn redacted_chain(e: &dyn std::error::Error, secret: &str) -> String {
+    let s = error_chain(e);
     if secret.is_empty() {
         s
     } else {

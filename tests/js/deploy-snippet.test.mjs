@@ -30,9 +30,15 @@ test('the deploy guide snippet finds the node through ouroboros.json and talks t
 });
 
 // The page's WebRTC gathers relay (TURN) candidates only and has no TURN server: no candidate at all,
-// the DataChannel never opens, as on a network without UDP to the node. (Set as peerjs's default
-// RTCConfiguration before the snippet runs; the snippet's text is unchanged.)
-const NO_CANDIDATES = "<script>peerjs.util.defaultConfig = { iceServers: [], iceTransportPolicy: 'relay' };</script>";
+// the DataChannel never opens, as on a network without UDP to the node. The snippet passes the
+// record's ice_servers to PeerJS, so the policy is forced on every RTCPeerConnection the page makes
+// (injected before the snippet runs; the snippet's text is unchanged).
+const NO_CANDIDATES = `<script>{
+  const Native = window.RTCPeerConnection;
+  window.RTCPeerConnection = class extends Native {
+    constructor(config = {}) { super({ ...config, iceServers: [], iceTransportPolicy: 'relay' }); }
+  };
+}</script>`;
 
 test('with no UDP, the deploy guide snippet falls back to the relay WebSocket and talks to the node', async () => {
   await runSnippet({ path: 'the relay WebSocket', inject: NO_CANDIDATES });
@@ -42,12 +48,15 @@ async function runSnippet({ path: expectedPath, inject = '' }) {
   const node = await startNode();
   const record = JSON.stringify(node.record);
   const html = snippet();
-  assert.ok(html.includes('https://unpkg.com/peerjs@1.5.5/dist/peerjs.min.js'));
+  // The pinned bundle from the CDN, with subresource integrity; the page below loads the same
+  // file from the npm package, so the browser checks the snippet's integrity hash against it.
+  const cdnTag = /<script src="https:\/\/unpkg\.com\/peerjs@1\.5\.5\/dist\/peerjs\.min\.js"( integrity="sha384-[^"]+" crossorigin="anonymous")><\/script>/;
+  assert.match(html, cdnTag);
   assert.ok(html.includes("'https://OWNER.github.io/REPO/ouroboros.json'"));
   assert.ok(html.includes('?t=${Date.now()}'), 'the snippet busts the Pages cache');
   let site;
   const page = `<!doctype html><html><head><meta charset="utf-8"></head><body>${html
-    .replace('https://unpkg.com/peerjs@1.5.5/dist/peerjs.min.js"></script>', `/node_modules/peerjs/dist/peerjs.min.js"></script>${inject}`)
+    .replace(cdnTag, (_, attrs) => `<script src="/node_modules/peerjs/dist/peerjs.min.js"${attrs}></script>${inject}`)
     .replace("'https://OWNER.github.io/REPO/ouroboros.json'", "location.origin + '/ouroboros.json'")}</body></html>`;
   const h = await openPeerHarness({
     pages: {

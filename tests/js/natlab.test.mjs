@@ -293,3 +293,94 @@ test('rotation from runner NAT A to runner NAT B via STUN under client load: not
   await succ.stop();
   await pred.stop();
 });
+
+test('with all UDP blocked, the web chat and the Rust client reach the node over the relay WebSocket', opts(120000), async (t) => {
+  const node = await lab.startNode('runnerA', { ice: [{ urls: lab.stunUrl }] });
+  t.after(() => node.stop());
+  const record = JSON.parse(lab.curl('udpblocked', `${node.url}/ouroboros.json`));
+  assert.equal(record.relay_ws, `ws://${lab.wan('runnerA')}:9000/relay`, JSON.stringify(record));
+  // The web chat (auto: WebRTC first, then the WebSocket): no candidate pair can work from here.
+  const browser = await lab.browser('udpblocked');
+  t.after(() => browser.close());
+  const t0 = Date.now();
+  const page = await browser.newPage(`${node.url}/chat?room=lab&name=noudp`, { waitReady: false });
+  await page.waitForFunction(() => document.body.dataset.conn === 'live', null, { timeout: 30000 });
+  const chatLiveMs = Date.now() - t0;
+  assert.equal(await page.evaluate(() => document.body.dataset.transport), 'ws');
+  await page.focus('#composer-input');
+  await page.keyboard.insertText('hello without UDP');
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(
+    () => [...document.querySelectorAll('#message-list li[data-seq]:not(.pending) .body')].some((b) => b.textContent === 'hello without UDP'),
+    null, { timeout: 15000 },
+  );
+  // The Rust client library (examples/publish, --transport auto by default).
+  const t1 = Date.now();
+  const pub = lab.spawn('udpblocked', path.join(examplesDir(), 'publish'), ['--discovery', `${node.url}/ouroboros.json`, '--room', 'lab', '--name', 'rust-noudp'], { RUST_BACKTRACE: '0' });
+  pub.child.stdin.write('from behind a UDP block\n');
+  await pub.waitFor(/"event":"ack"/, 30000);
+  const pubMs = Date.now() - t1;
+  pub.child.stdin.end();
+  assert.equal((await pub.exited).code, 0, pub.stderr());
+  assert.match(pub.stdout(), /"event":"live"[^\n]*"transport":"ws"/);
+  const status = JSON.parse(lab.curl('home', `${node.url}/status.json`));
+  assert.ok(JSON.stringify(status).includes('"transport":"ws"'), JSON.stringify(status));
+  console.log(`# UDP blocked -> runner NAT (relay WebSocket): web chat live ${chatLiveMs} ms (WebRTC attempt + fallback), Rust publish first ack ${pubMs} ms`);
+  await browser.close();
+  await node.stop();
+});
+
+test('rotation from runner NAT A to a runner NAT without UDP: handoff and clients over WebSockets, nothing acknowledged is lost', opts(180000), async (t) => {
+  const ice = [{ urls: lab.stunUrl }];
+  const pred = await lab.startNode('runnerA', { ice });
+  t.after(() => pred.stop());
+  const discovery = `${pred.url}/ouroboros.json`;
+  const room = 'rotation-noudp';
+  const reader = lab.spawn('home', path.join(examplesDir(), 'chat'), ['--discovery', discovery, '--room', room, '--name', 'reader', '--history', '0'], { RUST_BACKTRACE: '0' });
+  await reader.waitFor(/joined rotation-noudp/, 30000, 'stderr');
+  const writers = ['u1', 'u2'].map((name) => {
+    const p = lab.spawn('home', path.join(examplesDir(), 'publish'), ['--discovery', discovery, '--room', room, '--name', name], { RUST_BACKTRACE: '0' });
+    let n = 0;
+    let stopped = false;
+    const next = () => { if (!stopped) p.child.stdin.write(`${name} line ${++n}\n`); };
+    p.child.stdout.on('data', (d) => { for (const _ of String(d).matchAll(/"event":"ack"/g)) setTimeout(next, 10); });
+    next();
+    return { name, p, stop: () => { stopped = true; p.child.stdin.end(); } };
+  });
+  const acksAfter = (marker, n) => (text) => {
+    const i = marker ? text.search(marker) : 0;
+    return i >= 0 && (text.slice(i).match(/"event":"ack"/g) || []).length >= n;
+  };
+  await Promise.all(writers.map((w) => w.p.waitFor(acksAfter(null, 20), 30000)));
+  const succ = await lab.startNode('runnerC', {
+    ice,
+    extraArgs: ['--generation', '1', '--predecessor-peer-id', pred.peerId, '--predecessor-endpoints',
+      JSON.stringify([{ host: lab.wan('runnerA'), port: 9000, path: '/', key: 'peerjs', secure: false }])],
+  });
+  t.after(() => succ.stop());
+  // Every writer ends on the successor (over its relay WebSocket: no UDP reaches it), then writes more.
+  await Promise.all(writers.map((w) => w.p.waitFor(/"event":"live","generation":1,"node":"[^"]+","transport":"ws"/, 90000)));
+  await Promise.all(writers.map((w) => w.p.waitFor(acksAfter(/"generation":1[,}]/, 10), 30000)));
+  for (const w of writers) w.stop();
+  for (const w of writers) assert.equal((await w.p.exited).code, 0, w.p.stderr());
+  const acks = writers.flatMap((w) => [...w.p.stdout().matchAll(/\{"event":"ack".*\}/g)].map((m) => JSON.parse(m[0])));
+  assert.ok(acks.length >= 60, `${acks.length} acks`);
+  // The reader (which followed the rotation too) saw every acknowledged message once, at its seq.
+  const maxSeq = Math.max(...acks.map((a) => a.seq));
+  await reader.waitFor(new RegExp(`#${maxSeq} `), 30000);
+  const seen = new Map();
+  for (const m of reader.stdout().matchAll(/#(\d+) (\S+): (.*)/g)) {
+    const seq = Number(m[1]);
+    assert.ok(!seen.has(seq), `seq ${seq} delivered twice`);
+    seen.set(seq, m[3]);
+  }
+  for (const a of acks) assert.ok(seen.has(a.seq), `acknowledged seq ${a.seq} (${a.id}) lost`);
+  const status = JSON.parse(lab.curl('home', `${succ.url}/status.json`));
+  assert.equal(status.generation, 1);
+  assert.equal(status.handoff_transport, 'ws', JSON.stringify(status));
+  console.log(`# rotation runner A -> runner C (no UDP): ${acks.length} acks, 0 lost; handoff over ${status.handoff_transport}`);
+  reader.child.stdin.end();
+  await reader.stop();
+  await succ.stop();
+  await pred.stop();
+});

@@ -9,8 +9,8 @@
 //   await lab.curl('pub', url)               // GET from inside a host, body as text
 //   await lab.down();
 //
-// Hosts: pub (open, coturn), runnerA, runnerB (runner NATs, TCP :9000 forwarded: the tunnel), home,
-// symmetric, udpblocked. Addresses: lab.env.NATLAB_WAN_A … (public side of each NAT).
+// Hosts: pub (open, coturn), runnerA, runnerB (runner NATs, TCP :9000 forwarded: the tunnel), runnerC
+// (the same, dropping all UDP), home, symmetric, udpblocked. Addresses: lab.env.NATLAB_WAN_A … (public side of each NAT).
 
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -23,8 +23,13 @@ import { ouroborosBin, REPO_DIR } from './servers.mjs';
 
 export const NATLAB = path.join(REPO_DIR, 'scripts', 'natlab');
 
-const NS = { pub: 'onl-pub', runnerA: 'onl-hA', runnerB: 'onl-hB', home: 'onl-hH', symmetric: 'onl-hS', udpblocked: 'onl-hU' };
-const TAG = { runnerA: 'A', runnerB: 'B', home: 'H', symmetric: 'S', udpblocked: 'U' };
+// NATLAB_PREFIX (as scripts/natlab reads it) runs the tests in a second, independent lab.
+const P = process.env.NATLAB_PREFIX || 'onl';
+const NS = {
+  pub: `${P}-pub`, runnerA: `${P}-hA`, runnerB: `${P}-hB`, runnerC: `${P}-hC`,
+  home: `${P}-hH`, symmetric: `${P}-hS`, udpblocked: `${P}-hU`,
+};
+const TAG = { runnerA: 'A', runnerB: 'B', runnerC: 'C', home: 'H', symmetric: 'S', udpblocked: 'U' };
 
 /** Why the lab cannot run here (`scripts/natlab check`), or null. */
 export function labSkipReason() {
