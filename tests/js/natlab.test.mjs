@@ -232,6 +232,10 @@ test('examples/send on a symmetric NAT reaches the node via TURN (a relay candid
   assert.ok([np.local.type, np.remote.type].includes('relay'), JSON.stringify(np));
   const which = p.local.type === 'relay' ? "client's relay -> node srflx" : "client host -> node's relay";
   console.log(`# symmetric NAT -> runner NAT (relay, ${which}): examples/send first reply ${sendMs} ms (process start to reply; goal 500 ms)`);
+  // Measured 150-460 ms; without the driver wake-ups (webrtc 0.21.1 holds packets sent from a relay
+  // candidate until its next timer, see BENCHMARKS.md) it was 2.2-2.8 s. The bound leaves room for a
+  // loaded machine and still catches that regression.
+  assert.ok(sendMs < 1500, `first reply through TURN took ${sendMs} ms`);
   await node.stop();
 });
 
