@@ -7,42 +7,16 @@ mod support;
 
 use std::time::Duration;
 
-use support::Fetch;
+use support::{Fetch, start_node};
 
-use clap::Parser;
 use ouroboros::client::{Client, ClientConfig, ClientError, Event, Target, Transport};
 use ouroboros::handoff::HostOps;
-use ouroboros::node::{Node, NodeArgs};
+use ouroboros::node::Node;
 use ouroboros::peer::{ConnectOptions, Peer, PeerConfig, Serialization, Value};
 use serde_json::json;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    node: NodeArgs,
-}
-
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Starts a node on 127.0.0.1:0 with a temporary data dir and extra flags.
-async fn start_node(extra: &[&str]) -> (Node, tempfile::TempDir) {
-    ouroboros::install_crypto_provider();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut argv = vec![
-        "node",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--data-dir",
-        dir.path().to_str().expect("utf-8 path"),
-    ];
-    argv.extend_from_slice(extra);
-    let cli = Cli::try_parse_from(argv).expect("flags parse");
-    let node = Node::start(cli.node).await.expect("node starts");
-    (node, dir)
-}
 
 async fn client(node: &Node, name: &str, ser: Serialization) -> (Client, UnboundedReceiver<Event>) {
     client_on(node, name, ser, Transport::Webrtc).await

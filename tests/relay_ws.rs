@@ -8,43 +8,20 @@
 //! offers IPv4 candidates only: ICE has no candidate pair, so no DataChannel ever opens —
 //! what a client on a network without UDP to the node sees.
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use ouroboros::client::{Client, ClientConfig, ConnectionState, Transport};
 use ouroboros::discovery::DiscoveryRecord;
-use ouroboros::node::{Node, NodeArgs};
 use serde_json::{Value, json};
+use support::start_node;
 use tokio_tungstenite::tungstenite::Message;
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    node: NodeArgs,
-}
-
 const WAIT: Duration = Duration::from_secs(20);
-
-async fn start_node(extra: &[&str]) -> (Node, tempfile::TempDir) {
-    ouroboros::install_crypto_provider();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut argv = vec![
-        "node",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--data-dir",
-        dir.path().to_str().expect("utf-8 path"),
-    ];
-    argv.extend_from_slice(extra);
-    let cli = Cli::try_parse_from(argv).expect("flags parse");
-    let node = Node::start(cli.node).await.expect("node starts");
-    (node, dir)
-}
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

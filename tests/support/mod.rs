@@ -105,3 +105,31 @@ impl Fetch for reqwest::RequestBuilder {
         response.json().await.expect("JSON body")
     }
 }
+
+/// `ouroboros node`'s flags, parsed as the binary parses them.
+#[derive(clap::Parser)]
+struct NodeCli {
+    #[command(flatten)]
+    node: ouroboros::node::NodeArgs,
+}
+
+/// Starts a node on 127.0.0.1:0 with a temporary data dir and extra flags.
+pub async fn start_node(extra: &[&str]) -> (ouroboros::node::Node, tempfile::TempDir) {
+    ouroboros::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut argv = vec![
+        "node",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--data-dir",
+        dir.path().to_str().expect("utf-8 path"),
+    ];
+    argv.extend_from_slice(extra);
+    let cli = <NodeCli as clap::Parser>::try_parse_from(argv).expect("flags parse");
+    let node = ouroboros::node::Node::start(cli.node)
+        .await
+        .expect("node starts");
+    (node, dir)
+}
