@@ -32,6 +32,7 @@ pub mod connection;
 pub mod ice;
 mod negotiation;
 mod signaling_client;
+mod turn_bridge;
 mod udp;
 mod webrtc_setup;
 
@@ -321,6 +322,9 @@ pub(crate) struct Shared {
     pub(crate) runtime: Arc<BufferedUdpRuntime>,
     /// Incoming negotiations in progress (bounded by the config's caps).
     pub(crate) inbound: Mutex<negotiation::InboundCount>,
+    /// The ICE servers as webrtc gets them: TCP and TLS TURN URLs replaced by the loopback
+    /// bridges of [`turn_bridge`], which run until `closed`.
+    pub(crate) native_ice_servers: Vec<IceServer>,
 }
 
 impl Shared {
@@ -386,6 +390,13 @@ impl Peer {
         let (outbound, outbound_rx) = mpsc::channel(signaling_client::OUTBOUND_QUEUE);
         let (events, _) = broadcast::channel(256);
         let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
+        let closed = CancellationToken::new();
+        let native_ice_servers = turn_bridge::native_ice_servers(
+            &config.ice_servers,
+            config.tls_root_pem.as_deref(),
+            &closed,
+        )
+        .await?;
         let shared = Arc::new(Shared {
             id: id.clone(),
             token,
@@ -396,9 +407,10 @@ impl Peer {
             conns: Mutex::new(HashMap::new()),
             incoming_tx,
             incoming_rx: tokio::sync::Mutex::new(incoming_rx),
-            closed: CancellationToken::new(),
+            closed,
             runtime: Arc::new(BufferedUdpRuntime::new(UDP_SOCKET_BUFFER)),
             inbound: Mutex::new(negotiation::InboundCount::default()),
+            native_ice_servers,
         });
         shared.emit(PeerEvent::Open(id));
         tokio::spawn(signaling_client::run(shared.clone(), ws, outbound_rx));
