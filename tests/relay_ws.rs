@@ -142,6 +142,99 @@ async fn raw_frames_on_the_relay_websocket() {
     node.shutdown().await;
 }
 
+/// Frames on `ws` up to its next `pong` (send a `ping` first).
+async fn until_pong(ws: &mut Ws) -> Vec<Value> {
+    send(ws, json!({"op":"ping"})).await;
+    let mut got = Vec::new();
+    loop {
+        let v = next_json(ws).await;
+        if v["op"] == "pong" {
+            return got;
+        }
+        got.push(v);
+    }
+}
+
+/// Issue 14, point 6: Mallory declares Alice's name. She gets `name_taken` and another
+/// identity: Alice's direct messages stay Alice's, Mallory's messages are not from "alice",
+/// and a message id Mallory uses first does not swallow Alice's publish with that id. Alice's
+/// `name_token` takes her name on another connection. (On the code before name binding,
+/// Mallory simply was "alice".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_take_another_clients_name() {
+    let (node, _dir) = start_node(&[]).await;
+    let url = node.record().relay_ws.unwrap();
+    let open = |q: String| {
+        let url = format!("{url}?{q}");
+        async move { tokio_tungstenite::connect_async(url).await.unwrap().0 }
+    };
+    let mut alice = open("client=alice".into()).await;
+    let w = next_json(&mut alice).await;
+    assert_eq!(w["client"], "alice");
+    let token = w["name_token"].as_str().expect("a name token").to_owned();
+    send(&mut alice, json!({"op":"join","room":"r"})).await;
+    next_json(&mut alice).await; // joined
+    next_json(&mut alice).await; // presence
+
+    let mut mallory = open("client=alice".into()).await;
+    let w = next_json(&mut mallory).await;
+    assert_ne!(w["client"], "alice", "{w}");
+    let before_pong = until_pong(&mut mallory).await;
+    assert_eq!(before_pong.len(), 1, "{before_pong:?}");
+    assert_eq!(before_pong[0]["code"], "name_taken");
+
+    // A direct message to alice reaches alice, not mallory.
+    let mut carol = open("client=carol".into()).await;
+    next_json(&mut carol).await;
+    send(
+        &mut carol,
+        json!({"op":"direct","to":"alice","body":"for alice only"}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut alice).await,
+        json!({"op":"direct","from":"carol","body":"for alice only"})
+    );
+    assert!(
+        until_pong(&mut mallory).await.is_empty(),
+        "mallory got a direct"
+    );
+
+    // Mallory's publish is not from alice, and does not claim alice's next message id.
+    send(
+        &mut mallory,
+        json!({"op":"publish","room":"r","id":"a-1","body":"fake"}),
+    )
+    .await;
+    let ack = next_json(&mut mallory).await;
+    let m = next_json(&mut alice).await;
+    assert_eq!(m["op"], "msg");
+    assert_ne!(m["from"], "alice", "{m}");
+    send(
+        &mut alice,
+        json!({"op":"publish","room":"r","id":"a-1","body":"real"}),
+    )
+    .await;
+    let mut got = [next_json(&mut alice).await, next_json(&mut alice).await];
+    got.sort_by_key(|v| v["op"].as_str().unwrap_or("").to_owned());
+    assert_eq!(got[0]["op"], "ack");
+    assert_ne!(
+        got[0]["seq"], ack["seq"],
+        "alice's publish was taken for mallory's"
+    );
+    assert_eq!(
+        (got[1]["from"].as_str(), got[1]["body"].as_str()),
+        (Some("alice"), Some("real"))
+    );
+
+    // Alice's token takes her name on a second connection.
+    let mut again = open(format!("client=alice&token={token}")).await;
+    let w = next_json(&mut again).await;
+    assert_eq!(w["client"], "alice");
+    assert!(until_pong(&mut again).await.is_empty());
+    node.shutdown().await;
+}
+
 /// A raw HTTP/1.1 GET (no upgrade), returning the status line and headers.
 async fn reqwest_get(url: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

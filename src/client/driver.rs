@@ -834,6 +834,7 @@ impl Driver {
                 peer_id,
                 signaling,
                 generation,
+                ..
             } => {
                 if peer_id.is_empty() {
                     return false;

@@ -17,6 +17,8 @@ fn endpoint(port: u16) -> SignalingEndpoint {
 fn record(peer: &str, generation: u64) -> DiscoveryRecord {
     let start = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
     DiscoveryRecord {
+        ring_key: None,
+        sig: None,
         version: RECORD_VERSION,
         peer_id: peer.into(),
         generation,
