@@ -786,7 +786,21 @@ impl Driver {
             }
         };
         if self.unverified_since.is_some() && !matches!(msg, ServerMessage::Welcome { .. }) {
-            tracing::debug!("message before a verified welcome: ignored");
+            // Before a verified welcome nothing was asked on this connection: an error (e.g.
+            // `server_full`, sent instead of a welcome) is only reported, the rest ignored.
+            if let ServerMessage::Error {
+                message, reference, ..
+            } = msg
+            {
+                let code = m.get("code").and_then(Json::as_str).unwrap_or("unknown");
+                self.emit(Event::Error {
+                    code: code.to_owned(),
+                    message,
+                    reference,
+                });
+            } else {
+                tracing::debug!("message before a verified welcome: ignored");
+            }
             return Next::Stay;
         }
         match msg {

@@ -353,11 +353,23 @@ impl Node {
     /// [`NodeError`] if a flag is invalid, the port cannot be bound, or the node's peer
     /// cannot register on its own server.
     pub async fn start(args: NodeArgs) -> Result<Node, NodeError> {
-        let peer_id = choose_peer_id(&args)?;
-        // The ring's secret (a generated one is inherited by local successors), and the keys
-        // every node of the ring derives from it.
+        // The ring's secret (a generated one is inherited by local successors).
         let secret = crate::handoff::Secret::from_env_or_generate()
             .map_err(|e| NodeError::Config(e.to_string()))?;
+        Node::start_in_ring(args, secret).await
+    }
+
+    /// [`Node::start`] for a node of the ring whose shared secret is `secret` (the binary
+    /// reads it from `OUROBOROS_SECRET`; tests run two nodes of one ring in one process).
+    ///
+    /// # Errors
+    /// As [`Node::start`].
+    pub async fn start_in_ring(
+        args: NodeArgs,
+        secret: crate::handoff::Secret,
+    ) -> Result<Node, NodeError> {
+        let peer_id = choose_peer_id(&args)?;
+        // The keys every node of the ring derives from its secret.
         let keys = Arc::new(crate::discovery::RingKeys::from_secret(secret.expose()));
         let turn_secret = ice::NodeIce::secret_from_env();
         let ice_servers = args
