@@ -579,6 +579,8 @@ struct FakeConn {
     rx: tokio::sync::mpsc::UnboundedReceiver<Value>,
 }
 
+// The handshake callback's `Result` type (and its large error) is tungstenite's.
+#[allow(clippy::result_large_err)]
 async fn fake_node() -> (String, tokio::sync::mpsc::UnboundedReceiver<FakeConn>) {
     use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,7 +1,7 @@
 //! The client's driver task: owns the connection to the node, matches answers to
 //! requests, and follows the node across rotations and reconnects.
 //!
-//! Size: the one task that owns the connection (~870 lines: both transports, requests,
+//! Size: the one task that owns the connection (~990 lines: both transports, requests,
 //! reconnect and rotation following) stays in one file, because its state is shared by every
 //! branch of its `select!` loop.
 
