@@ -125,17 +125,23 @@ impl RelayHandle {
 
     /// Serves one upgraded relay WebSocket (`GET /relay`). It is a declared relay-protocol
     /// connection (welcomed at once) under a fresh `ws-…` peer id; `client` is its declared
-    /// name, as `metadata.client` on a DataConnection.
+    /// name, `token` and `nonce` as in a DataConnection's metadata.
     pub(crate) fn serve_ws(
         &self,
         ws: axum::extract::ws::WebSocket,
-        client: Option<String>,
+        query: super::http::RelayQuery,
         stop: tokio_util::sync::CancellationToken,
     ) {
         let suffix = &super::random_peer_id()["ouroboros-".len()..];
         let mut metadata = serde_json::json!({ "protocol": crate::relay::wire::PROTOCOL });
-        if let Some(c) = client {
-            metadata["client"] = Json::String(c);
+        for (key, value) in [
+            ("client", query.client),
+            ("token", query.token),
+            ("nonce", query.nonce),
+        ] {
+            if let Some(v) = value {
+                metadata[key] = Json::String(v);
+            }
         }
         let info = ConnInfo {
             peer_id: format!("ws-{suffix}"),

@@ -144,6 +144,7 @@ async fn discovery(State(s): State<Arc<NodeShared>>) -> Response {
     let mut record = s.record.read().expect("record lock poisoned").clone();
     if s.ice.has_turn_secret() {
         record.ice_servers = Some(s.ice.for_client(std::time::SystemTime::now()));
+        record.sign(s.ring_keys());
     }
     cors(
         (
@@ -155,10 +156,13 @@ async fn discovery(State(s): State<Arc<NodeShared>>) -> Response {
 }
 
 /// The relay WebSocket's query: `?client=NAME` declares the client's name (its identity, as
-/// `metadata.client` does on a DataConnection).
+/// `metadata.client` does on a DataConnection), `?token=` proves it, `?nonce=` is echoed in
+/// the signed `welcome`.
 #[derive(Debug, serde::Deserialize)]
-struct RelayQuery {
-    client: Option<String>,
+pub(crate) struct RelayQuery {
+    pub client: Option<String>,
+    pub token: Option<String>,
+    pub nonce: Option<String>,
 }
 
 /// `GET /relay`: the relay protocol over a WebSocket (`protocol/relay.md`).
@@ -182,7 +186,7 @@ async fn relay_ws(
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |ws| async move {
-            s.relay.serve_ws(ws, q.client, s.stop.clone());
+            s.relay.serve_ws(ws, q, s.stop.clone());
         })
 }
 

@@ -187,9 +187,23 @@ pub struct NodeShared {
     relay_ws_max_message: usize,
     /// The ICE servers: the node's own, the published ones, fresh TURN credentials.
     pub ice: ice::NodeIce,
+    /// The ring's shared secret (`OUROBOROS_SECRET`, or generated for a ring of local nodes).
+    secret: crate::handoff::Secret,
+    /// The ring's keys, derived from `secret`: they sign the record, `welcome` and `moved`.
+    keys: Arc<crate::discovery::RingKeys>,
 }
 
 impl NodeShared {
+    /// The ring's shared secret.
+    pub fn secret(&self) -> &crate::handoff::Secret {
+        &self.secret
+    }
+
+    /// The ring's keys (derived from the secret).
+    pub fn ring_keys(&self) -> &Arc<crate::discovery::RingKeys> {
+        &self.keys
+    }
+
     /// Records the path of a handoff connection (shown on `/status.json`).
     pub fn set_handoff_transport(&self, transport: &'static str) {
         *self
@@ -339,7 +353,24 @@ impl Node {
     /// [`NodeError`] if a flag is invalid, the port cannot be bound, or the node's peer
     /// cannot register on its own server.
     pub async fn start(args: NodeArgs) -> Result<Node, NodeError> {
+        // The ring's secret (a generated one is inherited by local successors).
+        let secret = crate::handoff::Secret::from_env_or_generate()
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        Node::start_in_ring(args, secret).await
+    }
+
+    /// [`Node::start`] for a node of the ring whose shared secret is `secret` (the binary
+    /// reads it from `OUROBOROS_SECRET`; tests run two nodes of one ring in one process).
+    ///
+    /// # Errors
+    /// As [`Node::start`].
+    pub async fn start_in_ring(
+        args: NodeArgs,
+        secret: crate::handoff::Secret,
+    ) -> Result<Node, NodeError> {
         let peer_id = choose_peer_id(&args)?;
+        // The keys every node of the ring derives from its secret.
+        let keys = Arc::new(crate::discovery::RingKeys::from_secret(secret.expose()));
         let turn_secret = ice::NodeIce::secret_from_env();
         let ice_servers = args
             .ice
@@ -366,6 +397,7 @@ impl Node {
         // The relay.
         let mut rc = RelayConfig::new(peer_id.clone(), generation);
         rc.memory_budget = usize::try_from(memory_budget).unwrap_or(usize::MAX);
+        rc.keys = Some(keys.clone());
         rc.limits = Limits {
             max_message_bytes: usize::try_from(args.max_message_size).unwrap_or(usize::MAX),
             rate_per_sec: args.client_rate,
@@ -430,7 +462,9 @@ impl Node {
             endpoints.push(endpoint_of(cfg));
         }
         let relay_ws = endpoints[0].relay_ws_url();
-        let record = DiscoveryRecord {
+        let mut record = DiscoveryRecord {
+            ring_key: None,
+            sig: None,
             version: RECORD_VERSION,
             peer_id: peer_id.clone(),
             generation,
@@ -452,6 +486,7 @@ impl Node {
                 }
             }),
         };
+        record.sign(&keys);
         let listen_url = listener.url(&path);
         let shared = Arc::new(NodeShared {
             record: RwLock::new(record),
@@ -472,6 +507,8 @@ impl Node {
             handoff_transport: RwLock::new(None),
             relay_ws_max_message: relay_ws_max_message(args.max_message_size),
             ice: node_ice.clone(),
+            secret,
+            keys,
         });
         let root = signaling.with_cors(
             axum::Router::new()
@@ -595,8 +632,10 @@ impl Node {
             .clone()
     }
 
-    /// Replaces the served discovery record (lifecycle, tunnel).
+    /// Replaces the served discovery record (lifecycle, tunnel), signed with the ring key.
     pub fn set_record(&self, record: DiscoveryRecord) {
+        let mut record = record;
+        record.sign(&self.shared.keys);
         *self.shared.record.write().expect("record lock poisoned") = record;
     }
 

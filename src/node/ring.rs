@@ -148,7 +148,7 @@ pub async fn run(
 ) -> Result<ExitReason, RingError> {
     let la = &args.lifecycle;
     let plan = la.plan()?;
-    let secret = Secret::from_env_or_generate()?;
+    let secret = node.shared().secret().clone();
     let host: Arc<dyn HandoffHost> = Arc::new(node.relay().clone());
     let publisher: Arc<dyn Publisher> = opts
         .publisher

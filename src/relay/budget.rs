@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::store::{Entry, Room};
-use super::{Outgoing, Output, Proto, Relay, ReplicationEvent, StoredMessage, legacy};
+use super::{Outgoing, Output, Proto, Relay, ReplicationEvent, StoredMessage, identity, legacy};
 
 impl Relay {
     /// Stores a message made here (publish or legacy), fans it out, replicates it and
@@ -34,7 +34,9 @@ impl Relay {
         if r.log.is_empty() {
             r.evicted_before = r.evicted_before.max(entry.msg.seq());
         }
-        r.dedup_insert(&entry.msg);
+        if r.dedup_insert(&entry.msg) {
+            identity::count_publisher(&mut self.publishers, entry.msg.publisher_arc(), true);
+        }
         r.log.push_back(entry.clone());
         self.bytes += entry.cost();
         self.messages += 1;
@@ -82,7 +84,9 @@ impl Relay {
                 continue; // already evicted through replication
             }
             let e = r.log.pop_front().expect("first_seq is Some");
-            r.dedup_remove(&e.msg);
+            if r.dedup_remove(&e.msg) {
+                identity::count_publisher(&mut self.publishers, e.msg.publisher_arc(), false);
+            }
             r.evicted_before = seq + 1;
             let cost = e.cost();
             self.bytes -= cost;

@@ -25,8 +25,10 @@
 //! (`protocol/relay.md`), and the connection then only ever receives strings of the seed's shapes.
 //!
 //! A client's identity (the `from` of its messages, its presence name, the key of its
-//! publish deduplication) is the `client` string in its metadata or in its first
-//! message, else its peer id.
+//! publish deduplication and of `direct`) is the `client` string in its metadata or in its
+//! first message, else its peer id. With the ring's keys ([`RelayConfig::keys`]) the relay
+//! binds it to the connection (`identity.rs`): a name held by another connection, or with
+//! stored messages, is only granted with its name token; `welcome` (and `moved`) are signed.
 //!
 //! # Handoff
 //!
@@ -36,6 +38,7 @@
 
 mod budget;
 mod decode;
+mod identity;
 mod legacy;
 mod metrics;
 mod replication;
@@ -54,6 +57,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use crate::discovery::RingKeys;
 use crate::rate::TokenBucket;
 
 pub use decode::{SnapshotDecoder, StreamingRestore};
@@ -83,6 +87,11 @@ pub struct RelayConfig {
     pub memory_budget: usize,
     /// The room that backs the legacy (seed) protocol.
     pub legacy_room: String,
+    /// The ring's keys (derived from its secret, the same on every node of the ring). With
+    /// them the relay binds client names to connections (name tokens) and signs `welcome`
+    /// and `moved`; without them (the default of [`RelayConfig::new`]) a client is whatever
+    /// name it declares and nothing is signed. `ouroboros node` always has them.
+    pub keys: Option<Arc<RingKeys>>,
 }
 
 impl RelayConfig {
@@ -94,6 +103,7 @@ impl RelayConfig {
             limits: Limits::default(),
             memory_budget: 256 * 1024 * 1024,
             legacy_room: "global".into(),
+            keys: None,
         }
     }
 }
@@ -205,6 +215,12 @@ struct Conn {
     named: bool,
     /// Whether a message was handled (identity is fixed after the first).
     seen: bool,
+    /// Whether `direct` to the peer id reaches this connection (not when the peer id was a
+    /// name in use by another connection when this one was welcomed).
+    peer_indexed: bool,
+    /// What the metadata declared (`client`, `token`, `nonce`), until the welcome settles
+    /// the identity.
+    declared: Option<Box<identity::Declaration>>,
     proto: Proto,
     rooms: Vec<Arc<str>>,
     bucket: TokenBucket,
@@ -222,11 +238,13 @@ pub struct Relay {
     order: VecDeque<(Arc<str>, u64)>,
     /// Peer id and identity → relay-protocol connections, for `direct`.
     by_name: HashMap<Arc<str>, Vec<ConnId>>,
+    /// Identity → number of rooms where it has deduplication entries (stored messages with
+    /// an id): such a name is in use even while nobody holds it.
+    publishers: HashMap<Arc<str>, usize>,
     legacy_conns: BTreeSet<ConnId>,
     legacy_room: Arc<str>,
     out: VecDeque<Output>,
     replication: Option<VecDeque<ReplicationEvent>>,
-    welcome: Arc<Payload>,
     /// The `gap` notice carried by `welcome` (see [`Relay::set_gap`]).
     gap: Option<Value>,
     pong: Arc<Payload>,
@@ -250,8 +268,7 @@ impl Relay {
     /// An empty relay in [`Mode::Primary`].
     pub fn new(config: RelayConfig, _now: Instant) -> Relay {
         let legacy_room: Arc<str> = config.legacy_room.as_str().into();
-        let mut r = Relay {
-            welcome: Payload::new(String::new()),
+        Relay {
             gap: None,
             pong: Payload::of(&ServerMessage::Pong),
             config,
@@ -260,6 +277,7 @@ impl Relay {
             rooms: HashMap::new(),
             order: VecDeque::new(),
             by_name: HashMap::new(),
+            publishers: HashMap::new(),
             legacy_conns: BTreeSet::new(),
             legacy_room,
             out: VecDeque::new(),
@@ -270,9 +288,7 @@ impl Relay {
             seq_floor: 0,
             m: Metrics::default(),
             errors: [0; ErrorCode::ALL.len()],
-        };
-        r.set_gap(None);
-        r
+        }
     }
 
     /// The configuration.
@@ -283,12 +299,6 @@ impl Relay {
     /// Sets (or clears) the `gap` notice carried by every later `welcome` (after a
     /// crash restore: what may be missing).
     pub fn set_gap(&mut self, gap: Option<Value>) {
-        self.welcome = Payload::of(&ServerMessage::Welcome {
-            node: self.config.node.clone(),
-            generation: self.config.generation,
-            limits: self.config.limits.clone(),
-            gap: gap.clone(),
-        });
         self.gap = gap;
     }
 
@@ -332,9 +342,12 @@ impl Relay {
             self.disconnect(now, old);
         }
         let peer_id: Arc<str> = info.peer_id.as_str().into();
-        let declared_name = info
-            .metadata
-            .get("client")
+        let declaration = identity::Declaration::from_metadata(&info.metadata);
+        // Provisional (what a legacy connection keeps); a relay connection's identity is
+        // settled when it is welcomed.
+        let declared_name = declaration
+            .client
+            .as_ref()
             .and_then(Value::as_str)
             .filter(|n| self.valid_name(n));
         let identity: Arc<str> = declared_name.map_or_else(|| peer_id.clone(), Into::into);
@@ -344,22 +357,15 @@ impl Relay {
             identity,
             named: declared_name.is_some(),
             seen: false,
+            peer_indexed: true,
+            declared: Some(Box::new(declaration)),
             proto: Proto::Undetermined,
             rooms: Vec::new(),
             bucket: TokenBucket::new(limits.rate_burst, limits.rate_per_sec, now),
         };
         self.conns.insert(conn, c);
         if declared {
-            self.become_relay(conn, Proto::Object);
-            let bad_name = info.metadata.get("client").is_some() && declared_name.is_none();
-            if bad_name {
-                self.send_error(
-                    conn,
-                    ErrorCode::BadRequest,
-                    "metadata.client must be a non-empty printable string; using the peer id",
-                    None,
-                );
-            }
+            self.become_relay(conn, Proto::Object, None);
         }
     }
 
@@ -373,7 +379,9 @@ impl Relay {
         }
         self.legacy_conns.remove(&conn);
         if matches!(c.proto, Proto::Object | Proto::Text) {
-            self.unindex(&c.peer_id, conn);
+            if c.peer_indexed {
+                self.unindex(&c.peer_id, conn);
+            }
             if c.identity != c.peer_id {
                 self.unindex(&c.identity, conn);
             }
@@ -393,16 +401,17 @@ impl Relay {
                 Value::String(s) => match parse_op_object(s) {
                     Some(v) => {
                         msg = v;
-                        self.become_relay(conn, Proto::Text);
+                        self.become_relay(conn, Proto::Text, Some(&mut msg));
                     }
                     None => {
                         if let Some(c) = self.conns.get_mut(&conn) {
                             c.proto = Proto::Legacy;
+                            c.declared = None;
                         }
                         self.legacy_conns.insert(conn);
                     }
                 },
-                _ => self.become_relay(conn, Proto::Object),
+                _ => self.become_relay(conn, Proto::Object, Some(&mut msg)),
             }
         }
         let Some(c) = self.conns.get(&conn) else {
@@ -422,18 +431,37 @@ impl Relay {
 
     // ----- relay protocol --------------------------------------------------------------
 
-    fn become_relay(&mut self, conn: ConnId, proto: Proto) {
+    /// Makes `conn` a relay-protocol connection: settles its identity (from its metadata
+    /// and the `client`, `token` and `nonce` of `first`, its first message, which loses
+    /// them), indexes it for `direct`, sends `welcome` (then any identity error, then
+    /// `moved` if the node has moved).
+    fn become_relay(&mut self, conn: ConnId, proto: Proto, first: Option<&mut Value>) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         c.proto = proto;
-        let (peer, ident) = (c.peer_id.clone(), c.identity.clone());
-        self.index(&peer, conn);
+        let mut declaration = c.declared.take().map(|d| *d).unwrap_or_default();
+        if let Some(Value::Object(map)) = first {
+            declaration.take_from(map);
+            if declaration.client.is_some() {
+                c.seen = true;
+            }
+        }
+        let (welcome, errors) = self.settle_identity(conn, declaration);
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let (peer, ident, peer_indexed) = (c.peer_id.clone(), c.identity.clone(), c.peer_indexed);
+        if peer_indexed {
+            self.index(&peer, conn);
+        }
         if ident != peer {
             self.index(&ident, conn);
         }
-        let w = self.welcome.clone();
-        self.send(conn, proto, &w);
+        self.send(conn, proto, &welcome);
+        for (code, message) in errors {
+            self.send_error(conn, code, &message, None);
+        }
         if let Some(m) = self.moved.clone() {
             self.send(conn, proto, &m);
         }
@@ -510,10 +538,11 @@ impl Relay {
         signaling: &[SignalingEndpoint],
         generation: u64,
     ) {
-        let p = Payload::of(&ServerMessage::Moved {
+        let p = self.signed_payload(ServerMessage::Moved {
             peer_id: peer_id.to_owned(),
             signaling: signaling.to_vec(),
             generation,
+            sig: None,
         });
         let targets: Vec<ConnId> = self
             .conns

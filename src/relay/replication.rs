@@ -398,7 +398,13 @@ impl Relay {
                 let mut n = 0;
                 while r.first_seq().is_some_and(|s| s < before) {
                     let e = r.log.pop_front().expect("first_seq is Some");
-                    r.dedup_remove(&e.msg);
+                    if r.dedup_remove(&e.msg) {
+                        super::identity::count_publisher(
+                            &mut self.publishers,
+                            e.msg.publisher_arc(),
+                            false,
+                        );
+                    }
                     freed += e.cost();
                     n += 1;
                 }

@@ -361,16 +361,19 @@ impl Room {
         self.dedup.get(from).and_then(|m| m.get(id)).copied()
     }
 
-    pub fn dedup_insert(&mut self, msg: &StoredMessage) {
-        if let Some(id) = msg.id_arc() {
-            self.dedup
-                .entry(msg.publisher_arc().clone())
-                .or_default()
-                .insert(id.clone(), msg.seq);
-        }
+    /// Records `msg`'s id; true if its publisher had no entry in this room before.
+    pub fn dedup_insert(&mut self, msg: &StoredMessage) -> bool {
+        let Some(id) = msg.id_arc() else {
+            return false;
+        };
+        let m = self.dedup.entry(msg.publisher_arc().clone()).or_default();
+        let first = m.is_empty();
+        m.insert(id.clone(), msg.seq);
+        first
     }
 
-    pub fn dedup_remove(&mut self, msg: &StoredMessage) {
+    /// Forgets `msg`'s id; true if that was its publisher's last entry in this room.
+    pub fn dedup_remove(&mut self, msg: &StoredMessage) -> bool {
         if let Some(id) = msg.id()
             && let Some(m) = self.dedup.get_mut(msg.from())
         {
@@ -379,8 +382,10 @@ impl Room {
             }
             if m.is_empty() {
                 self.dedup.remove(msg.from());
+                return true;
             }
         }
+        false
     }
 }
 

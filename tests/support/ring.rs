@@ -86,6 +86,8 @@ pub fn record(
     previous: Option<(&str, u16)>,
 ) -> DiscoveryRecord {
     DiscoveryRecord {
+        ring_key: None,
+        sig: None,
         version: RECORD_VERSION,
         peer_id: peer.into(),
         generation,

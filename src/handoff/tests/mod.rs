@@ -128,6 +128,8 @@ fn endpoint(port: u16) -> SignalingEndpoint {
 
 fn record(peer: &str, generation: u64) -> DiscoveryRecord {
     DiscoveryRecord {
+        ring_key: None,
+        sig: None,
         version: RECORD_VERSION,
         peer_id: peer.into(),
         generation,

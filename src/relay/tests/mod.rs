@@ -9,6 +9,7 @@ use super::wire::{ErrorCode, SignalingEndpoint};
 use super::*;
 
 mod handoff;
+mod identity;
 mod legacy;
 mod limits;
 mod properties;
