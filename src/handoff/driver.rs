@@ -153,9 +153,10 @@ pub fn spawn_predecessor(mut pred: Predecessor, host: Arc<dyn HandoffHost>) -> P
                         let id = next_id;
                         next_id += 1;
                         let remote = c.peer().to_string();
-                        tracing::info!(peer = %remote, transport = c.transport(), "handoff: successor connection");
+                        let origin = c.origin();
+                        tracing::debug!(peer = %remote, %origin, transport = c.transport(), "handoff: successor connection");
                         writers.insert(id, attach(id, c, inbox_tx.clone()));
-                        pred.handle_open(Instant::now(), id, &remote);
+                        pred.handle_open_from(Instant::now(), id, &remote, &origin);
                     }
                     None => break,
                 },

@@ -143,6 +143,9 @@ pub struct FrameLink {
     pub peer: String,
     /// Metadata the remote declared (e.g. `github_run_id`), `Null` if none.
     pub metadata: serde_json::Value,
+    /// The client's address (the TCP peer's, or the forwarded one from a trusted proxy),
+    /// if known: the predecessor counts this connection's attempts against it.
+    pub client_addr: Option<std::net::IpAddr>,
     /// Messages to the remote.
     pub tx: mpsc::Sender<Vec<u8>>,
     /// Messages from the remote; `None` once closed.
@@ -170,6 +173,19 @@ impl HandoffConn {
         match self {
             HandoffConn::DataChannel(c) => c.peer(),
             HandoffConn::WebSocket(l) => &l.peer,
+        }
+    }
+
+    /// Whom this connection's handoff attempts count against: the peer id the signaling
+    /// server stamped on a DataConnection; the client address of a WebSocket (its peer id
+    /// is only declared), or its declared peer id when the address is unknown.
+    pub fn origin(&self) -> String {
+        match self {
+            HandoffConn::DataChannel(c) => c.peer().to_string(),
+            HandoffConn::WebSocket(l) => match l.client_addr {
+                Some(ip) => format!("ws:{ip}"),
+                None => format!("ws-peer:{}", l.peer),
+            },
         }
     }
 

@@ -35,10 +35,12 @@ enum Frame {
 }
 
 /// Moves whole messages between `ws` and a [`FrameLink`]'s channels until either side ends.
+#[allow(clippy::too_many_arguments)]
 fn pump<S, M, E>(
     ws: S,
     peer: String,
     metadata: serde_json::Value,
+    client_addr: Option<std::net::IpAddr>,
     to_ws: fn(Vec<u8>) -> M,
     from_ws: fn(M) -> Frame,
     close: M,
@@ -83,22 +85,26 @@ where
     FrameLink {
         peer,
         metadata,
+        client_addr,
         tx: out_tx,
         rx: in_rx,
     }
 }
 
-/// The predecessor's side: an upgraded `GET /handoff?peer=ID` socket as a [`FrameLink`].
+/// The predecessor's side: an upgraded `GET /handoff?peer=ID` socket from `client_addr`
+/// as a [`FrameLink`].
 pub fn server_link(
     ws: axum::extract::ws::WebSocket,
     peer: String,
     metadata: serde_json::Value,
+    client_addr: Option<std::net::IpAddr>,
 ) -> FrameLink {
     use axum::extract::ws::Message;
     pump(
         ws,
         peer,
         metadata,
+        client_addr,
         |b| Message::Binary(b.into()),
         |m| match m {
             Message::Binary(b) => Frame::Data(b.to_vec()),
@@ -145,6 +151,7 @@ pub async fn connect(url: &str, peer: &str, run_id: Option<&str>) -> Result<Fram
         ws,
         String::new(),
         serde_json::Value::Null,
+        None,
         |b| Message::Binary(b.into()),
         |m| match m {
             Message::Binary(b) => Frame::Data(b.to_vec()),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::{
     Router,
     extract::{
-        Query, State,
+        ConnectInfo, Query, State,
         ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
     },
     http::{HeaderMap, HeaderValue, StatusCode, header},
@@ -16,6 +16,7 @@ use axum::{
 
 use super::NodeShared;
 use super::status::render_html;
+use crate::signaling::RemoteAddr;
 
 const CHAT_HTML: &str = include_str!("web/chat.html");
 const CHAT_JS: &str = include_str!("web/chat.js");
@@ -199,7 +200,10 @@ async fn handoff_ws(
     State(s): State<Arc<NodeShared>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     Query(q): Query<HandoffQuery>,
+    remote: Option<axum::Extension<ConnectInfo<RemoteAddr>>>,
+    headers: HeaderMap,
 ) -> Response {
+    let addr = s.client_addr(remote, &headers);
     let Ok(upgrade) = upgrade else {
         return (
             StatusCode::UPGRADE_REQUIRED,
@@ -225,7 +229,7 @@ async fn handoff_ws(
         .max_frame_size(max)
         .on_upgrade(move |ws| async move {
             tracing::info!(%peer, "handoff: a successor connected over the WebSocket");
-            let link = super::handoff_ws::server_link(ws, peer, metadata);
+            let link = super::handoff_ws::server_link(ws, peer, metadata, addr);
             s.handoff
                 .route(crate::handoff::HandoffConn::WebSocket(link));
         })

@@ -190,6 +190,20 @@ pub struct NodeShared {
 }
 
 impl NodeShared {
+    /// The address of the client behind a request to the node's HTTP port: the TCP peer's,
+    /// or the one a trusted proxy forwarded (`--trusted-proxy`, as signaling counts it).
+    pub fn client_addr(
+        &self,
+        remote: Option<axum::Extension<axum::extract::ConnectInfo<crate::signaling::RemoteAddr>>>,
+        headers: &axum::http::HeaderMap,
+    ) -> Option<std::net::IpAddr> {
+        crate::signaling::client_ip(
+            &self.signaling.config().trusted_proxies,
+            remote.map(|r| r.0.0.0.ip()),
+            headers,
+        )
+    }
+
     /// Records the path of a handoff connection (shown on `/status.json`).
     pub fn set_handoff_transport(&self, transport: &'static str) {
         *self

@@ -22,6 +22,10 @@ impl Predecessor {
             RefuseCode::AuthFailed | RefuseCode::Replay | RefuseCode::WrongPeer => {
                 tracing::warn!(remote_peer_id = %remote, ?code, message, "handoff attempt refused")
             }
+            // A flood's refusals: not worth a log line each.
+            RefuseCode::RateLimited | RefuseCode::Busy => {
+                tracing::debug!(remote_peer_id = %remote, ?code, message, "handoff attempt refused")
+            }
             _ => {
                 tracing::info!(remote_peer_id = %remote, ?code, message, "handoff attempt refused")
             }
@@ -53,7 +57,8 @@ impl Predecessor {
         else {
             return self.refuse(conn, RefuseCode::BadMessage, "expected hello");
         };
-        if !self.attempts.try_take(now, 1.0) {
+        let origin = self.conns[&conn].origin.clone();
+        if !self.take_attempt(now, &origin) {
             return self.refuse(conn, RefuseCode::RateLimited, "too many handoff attempts");
         }
         if v != PROTOCOL_VERSION {

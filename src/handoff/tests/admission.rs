@@ -237,3 +237,90 @@ fn second_successor_is_busy_and_loses_the_discovery_guard() {
         }
     )));
 }
+
+#[test]
+fn a_hello_flood_from_many_remotes_does_not_block_the_real_successor() {
+    // Issue 14, point 2: one global attempt bucket let any outsider's hellos refuse the
+    // real successor (`rate_limited`) for as long as the flood lasted. Now each remote has
+    // its own bucket and the pending connections are bounded: 16 hellos per millisecond from
+    // 8 fresh remotes and one busy remote, and the handoff completes during the flood.
+    let mut pair = Pair::new(Wire::Binary);
+    pair.flood = 8;
+    pair.drive();
+    pair.assert_handed_over();
+    assert!(
+        pair.live_during_flood,
+        "the successor went live while the flood ran"
+    );
+    assert!(
+        pair.flood_sent > 100,
+        "the flood ran ({} hellos)",
+        pair.flood_sent
+    );
+    assert!(
+        !pair
+            .s_events
+            .iter()
+            .any(|e| matches!(e, SuccessorEvent::GiveUp { .. })),
+        "{:?}",
+        pair.s_events
+    );
+}
+
+#[test]
+fn pending_connections_and_remote_buckets_are_bounded() {
+    let now = Instant::now();
+    let cfg = HandoffConfig {
+        max_pending: 4,
+        max_pending_per_remote: 2,
+        max_remotes: 8,
+        ..cfg()
+    };
+    let mut p = Predecessor::new(
+        "pred",
+        4,
+        Secret::new(SECRET.to_vec()).unwrap(),
+        cfg,
+        now,
+        seeded(1),
+    );
+    // One remote may hold two pending connections; the third is closed at once.
+    p.handle_open(now, 1, "m");
+    p.handle_open(now, 2, "m");
+    p.handle_open(now, 3, "m");
+    assert_eq!(p.poll_transmit(), Some(Transmit::Close(3)));
+    // Four pending in all: a fifth evicts the oldest.
+    let t1 = now + Duration::from_millis(1);
+    p.handle_open(t1, 4, "n");
+    p.handle_open(t1, 5, "o");
+    assert_eq!(p.poll_transmit(), None);
+    p.handle_open(t1, 6, "q");
+    assert_eq!(p.poll_transmit(), Some(Transmit::Close(1)));
+    assert_eq!(p.poll_transmit(), None);
+    // Each remote has its own bucket: "m" spends its 5 attempts, "succ" still gets in.
+    for i in 0..5 {
+        let c = 100 + i;
+        p.handle_open(t1, c, "m");
+        p.handle_message(t1, c, hello("m", 5, None));
+        let _: Vec<_> = std::iter::from_fn(|| p.poll_transmit()).collect();
+        p.handle_close(t1, c);
+    }
+    p.handle_open(t1, 200, "m");
+    p.handle_message(t1, 200, hello("m", 5, None));
+    assert_refused(&mut p, 200, RefuseCode::RateLimited);
+    p.handle_open(t1, 201, "succ");
+    p.handle_message(t1, 201, hello("succ", 5, None));
+    assert!(matches!(
+        p.poll_transmit(),
+        Some(Transmit::Send(201, Message::Challenge { .. }))
+    ));
+    // At most `max_remotes` buckets are remembered.
+    for i in 0..20 {
+        let c = 300 + i;
+        let r = format!("r{i}");
+        p.handle_open(t1, c, &r);
+        p.handle_message(t1, c, hello(&r, 5, None));
+        p.handle_close(t1, c);
+    }
+    assert!(p.remembered_remotes() <= 8);
+}
