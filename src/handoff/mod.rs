@@ -35,7 +35,7 @@ pub use driver::{
     spawn_predecessor,
 };
 pub use host::{HandoffHost, HostError, HostOps, RelayFn, RelayStopped, SharedRelay};
-pub use message::{HANDOFF_LABEL, HighWater, Message, RefuseCode};
+pub use message::{HANDOFF_LABEL, HighWater, Message, RefuseCode, Sealed};
 pub use predecessor::{ConnId, Predecessor, PredecessorEvent, PredecessorPhase, Transmit};
 pub use recovery::{DEFAULT_GAP_MARGIN, Recovery, RecoverySource, recover, spawn_backups};
 pub use restore::{RestoreError, RestoreWorker};

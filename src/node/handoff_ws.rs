@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 
+use super::address_gate::AddressPermit;
 use crate::discovery::SignalingEndpoint;
 use crate::handoff::FrameLink;
 
@@ -41,6 +42,7 @@ fn pump<S, M, E>(
     peer: String,
     metadata: serde_json::Value,
     client_addr: Option<std::net::IpAddr>,
+    permit: Option<AddressPermit>,
     to_ws: fn(Vec<u8>) -> M,
     from_ws: fn(M) -> Frame,
     close: M,
@@ -53,8 +55,17 @@ where
     let (mut sink, mut stream) = ws.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
     let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+    // Cancelled when the reader ends (the remote closed, or its address went over its
+    // message rate): the writer then closes the socket.
+    let reader_done = tokio_util::sync::CancellationToken::new();
+    let done = reader_done.clone();
     tokio::spawn(async move {
-        while let Some(bytes) = out_rx.recv().await {
+        loop {
+            let bytes = tokio::select! {
+                b = out_rx.recv() => b,
+                _ = done.cancelled() => None,
+            };
+            let Some(bytes) = bytes else { break };
             if sink.send(to_ws(bytes)).await.is_err() {
                 return;
             }
@@ -66,8 +77,16 @@ where
         .await;
     });
     tokio::spawn(async move {
+        let _done = reader_done.drop_guard();
         while let Some(m) = stream.next().await {
             match m.map(from_ws) {
+                Ok(Frame::Data(_))
+                    if permit
+                        .as_ref()
+                        .is_some_and(|p| !p.take_message(std::time::Instant::now())) =>
+                {
+                    return;
+                }
                 Ok(Frame::Data(b)) => {
                     if in_tx.send(b).await.is_err() {
                         return;
@@ -92,12 +111,14 @@ where
 }
 
 /// The predecessor's side: an upgraded `GET /handoff?peer=ID` socket from `client_addr`
-/// as a [`FrameLink`].
+/// as a [`FrameLink`]; `permit` is its place under the per-address limits (the socket
+/// closes when its address goes over its message rate).
 pub fn server_link(
     ws: axum::extract::ws::WebSocket,
     peer: String,
     metadata: serde_json::Value,
     client_addr: Option<std::net::IpAddr>,
+    permit: Option<AddressPermit>,
 ) -> FrameLink {
     use axum::extract::ws::Message;
     pump(
@@ -105,6 +126,7 @@ pub fn server_link(
         peer,
         metadata,
         client_addr,
+        permit,
         |b| Message::Binary(b.into()),
         |m| match m {
             Message::Binary(b) => Frame::Data(b.to_vec()),
@@ -151,6 +173,7 @@ pub async fn connect(url: &str, peer: &str, run_id: Option<&str>) -> Result<Fram
         ws,
         String::new(),
         serde_json::Value::Null,
+        None,
         None,
         |b| Message::Binary(b.into()),
         |m| match m {

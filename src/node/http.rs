@@ -167,6 +167,8 @@ async fn relay_ws(
     State(s): State<Arc<NodeShared>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     Query(q): Query<RelayQuery>,
+    remote: Option<axum::Extension<ConnectInfo<RemoteAddr>>>,
+    headers: HeaderMap,
 ) -> Response {
     let Ok(upgrade) = upgrade else {
         return cors(
@@ -178,13 +180,29 @@ async fn relay_ws(
                 .into_response(),
         );
     };
+    let addr = s.client_addr(remote, &headers);
+    let Some(permit) = s.relay_gate.admit(addr, std::time::Instant::now()) else {
+        return too_many_from_your_address();
+    };
     let max = s.relay_ws_max_message;
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |ws| async move {
-            s.relay.serve_ws(ws, q.client, s.stop.clone());
+            s.relay.serve_ws(ws, q.client, s.stop.clone(), Some(permit));
         })
+}
+
+/// `429`: the client's address holds `--max-connections-per-address` sockets of this
+/// endpoint already.
+fn too_many_from_your_address() -> Response {
+    cors(
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many connections from your address\n",
+        )
+            .into_response(),
+    )
 }
 
 /// The handoff WebSocket's query: the successor's peer id (and GitHub run id, if any).
@@ -219,6 +237,9 @@ async fn handoff_ws(
         )
             .into_response();
     };
+    let Some(permit) = s.handoff_gate.admit(addr, std::time::Instant::now()) else {
+        return too_many_from_your_address();
+    };
     let metadata = match q.github_run_id {
         Some(run) => serde_json::json!({ super::ring::RUN_ID_METADATA: run }),
         None => serde_json::Value::Null,
@@ -229,7 +250,7 @@ async fn handoff_ws(
         .max_frame_size(max)
         .on_upgrade(move |ws| async move {
             tracing::info!(%peer, "handoff: a successor connected over the WebSocket");
-            let link = super::handoff_ws::server_link(ws, peer, metadata, addr);
+            let link = super::handoff_ws::server_link(ws, peer, metadata, addr, Some(permit));
             s.handoff
                 .route(crate::handoff::HandoffConn::WebSocket(link));
         })

@@ -21,8 +21,8 @@
 mod admission;
 mod transfer;
 
-use super::auth::{self, Binding, Role};
-use super::message::{HighWater, Message, RefuseCode, Resume};
+use super::auth::{self, Binding, Role, SessionKeys};
+use super::message::{HighWater, Message, RefuseCode, Resume, Sealed};
 use super::snapshot::Snapshot;
 use super::{HandoffConfig, Secret};
 use crate::discovery::SignalingEndpoint;
@@ -46,8 +46,8 @@ const MAX_PEER_ID: usize = 256;
 /// What the predecessor's driver must do on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transmit {
-    /// Send a message on a connection.
-    Send(ConnId, Message),
+    /// Send a message on a connection (with its `auth` once the connection has keys).
+    Send(ConnId, Sealed),
     /// Close a connection.
     Close(ConnId),
 }
@@ -140,6 +140,11 @@ struct Conn {
     /// The `hello` carried a valid `auth` (its sender knows the secret): never evicted
     /// for a newer connection.
     vouched: bool,
+    /// This connection's session keys, from its `hello` on: every message sent after the
+    /// challenge is sealed, every message received after the proof must open.
+    keys: Option<SessionKeys>,
+    /// Our nonce for this connection (hex), sent in a refusal of its `hello`.
+    nonce: Option<String>,
 }
 
 /// One remote's attempt budget.
@@ -325,8 +330,31 @@ impl Predecessor {
                 stage: Stage::AwaitHello,
                 opened: now,
                 vouched: false,
+                keys: None,
+                nonce: None,
             },
         );
+    }
+
+    /// `msg` for `conn`, sealed with its session key if it has one.
+    fn seal(&mut self, conn: ConnId, msg: Message) -> Sealed {
+        match self.conns.get_mut(&conn).and_then(|c| c.keys.as_mut()) {
+            Some(k) => k.seal(msg),
+            None => msg.into(),
+        }
+    }
+
+    /// `msg` sealed for `conn` as the next message this side sends (tests inject
+    /// messages the core would not make by itself).
+    #[cfg(test)]
+    pub(crate) fn seal_for_tests(&mut self, conn: ConnId, msg: Message) -> Sealed {
+        self.seal(conn, msg)
+    }
+
+    /// Queues `msg` for `conn` (sealed, see [`Predecessor::seal`]).
+    fn send(&mut self, conn: ConnId, msg: Message) {
+        let sealed = self.seal(conn, msg);
+        self.transmits.push_back(Transmit::Send(conn, sealed));
     }
 
     /// How many remotes' attempt buckets are remembered (at most `max_remotes`).
@@ -377,20 +405,22 @@ impl Predecessor {
         }
     }
 
-    /// A message arrived on `conn`.
-    pub fn handle_message(&mut self, now: Instant, conn: ConnId, msg: Message) {
+    /// A message arrived on `conn`. After the proof, a message whose `auth` does not open
+    /// with the connection's session key is ignored (logged).
+    pub fn handle_message(&mut self, now: Instant, conn: ConnId, msg: impl Into<Sealed>) {
+        let sealed = msg.into();
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         match std::mem::replace(&mut c.stage, Stage::AwaitHello) {
-            Stage::AwaitHello => self.on_hello(now, conn, msg),
+            Stage::AwaitHello => self.on_hello(now, conn, sealed),
             Stage::AwaitProof {
                 successor_nonce,
                 predecessor_nonce,
                 endpoints,
                 resume,
             } => {
-                let Message::Proof { mac } = msg else {
+                let Message::Proof { mac } = sealed.msg else {
                     return self.refuse(conn, RefuseCode::BadMessage, "expected proof");
                 };
                 let remote = c.remote_peer_id.clone();
@@ -410,7 +440,15 @@ impl Predecessor {
             }
             Stage::Active => {
                 c.stage = Stage::Active;
-                self.on_active(now, conn, msg);
+                if !c.keys.as_mut().is_some_and(|k| k.open(&sealed)) {
+                    tracing::warn!(
+                        conn,
+                        kind = sealed.msg.kind(),
+                        "handoff: unauthenticated message ignored"
+                    );
+                    return;
+                }
+                self.on_active(now, conn, sealed.msg);
             }
         }
     }

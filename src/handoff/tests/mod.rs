@@ -157,8 +157,8 @@ struct Pair {
     discovery: Option<DiscoveryRecord>,
     conn: Option<ConnId>,
     next_conn: ConnId,
-    to_s: VecDeque<Message>,
-    to_p: VecDeque<Message>,
+    to_s: VecDeque<Sealed>,
+    to_p: VecDeque<Sealed>,
     hook: Hook,
     /// Drop this many tail events on the successor side (bug injection).
     skip_apply: usize,
@@ -278,10 +278,10 @@ impl Pair {
         }
     }
 
-    fn transcode(&self, m: Message) -> Message {
+    fn transcode(&self, m: Sealed) -> Sealed {
         match self.wire {
-            Wire::Json => Message::from_json(&m.to_json()).unwrap(),
-            Wire::Binary => Message::from_binary(&m.to_binary()).unwrap(),
+            Wire::Json => Sealed::from_json(&m.to_json()).unwrap(),
+            Wire::Binary => Sealed::from_binary(&m.to_binary()).unwrap(),
         }
     }
 
@@ -429,7 +429,7 @@ impl Pair {
         // Deliver.
         while let Some(mut m) = self.to_s.pop_front() {
             progress = true;
-            match (self.hook)(Dir::ToSuccessor, &mut m) {
+            match (self.hook)(Dir::ToSuccessor, &mut m.msg) {
                 Verdict::Deliver => self.s.handle_message(self.now, m),
                 Verdict::Break => {
                     self.break_connection();
@@ -447,7 +447,7 @@ impl Pair {
         }
         while let Some(mut m) = self.to_p.pop_front() {
             progress = true;
-            match (self.hook)(Dir::ToPredecessor, &mut m) {
+            match (self.hook)(Dir::ToPredecessor, &mut m.msg) {
                 Verdict::Deliver => {
                     if let (Some(c), false) = (self.conn, self.predecessor_dead) {
                         self.p.handle_message(self.now, c, m);
