@@ -29,7 +29,7 @@ mod snapshot;
 mod successor;
 mod transport;
 
-pub use backup::{Backup, BackupError, BackupStore, DirBackupStore};
+pub use backup::{Backup, BackupError, BackupKey, BackupStore, DirBackupStore};
 pub use driver::{
     ConnectError, HandoffInbox, PredecessorHandle, SuccessorOutcome, run_successor,
     spawn_predecessor,

@@ -10,9 +10,9 @@ use super::{LifecycleView, Node, NodeArgs};
 use crate::client::Transport;
 use crate::discovery::{DiscoveryError, LocalPublisher, Publisher, SignalingEndpoint};
 use crate::handoff::{
-    BackupError, BackupStore, ConnectError, DEFAULT_GAP_MARGIN, DirBackupStore, GiveUpReason,
-    HANDOFF_LABEL, HandoffConn, HandoffHost, HostOps, Predecessor, PredecessorEvent, Secret,
-    SecretError, Successor, SuccessorOutcome, recover, run_successor, spawn_backups,
+    BackupError, BackupKey, BackupStore, ConnectError, DEFAULT_GAP_MARGIN, DirBackupStore,
+    GiveUpReason, HANDOFF_LABEL, HandoffConn, HandoffHost, HostOps, Predecessor, PredecessorEvent,
+    Secret, SecretError, Successor, SuccessorOutcome, recover, run_successor, spawn_backups,
     spawn_predecessor,
 };
 use crate::lifecycle::{
@@ -162,7 +162,12 @@ pub async fn run(
     let backups: Option<Arc<dyn BackupStore>> = opts.backups.or_else(|| {
         la.backup_dir
             .clone()
-            .map(|d| Arc::new(DirBackupStore::new(d, 5)) as Arc<dyn BackupStore>)
+            // Encrypted with the ring's key: the folder may be carried off the machine
+            // (the workflow keeps it in the Actions cache).
+            .map(|d| {
+                Arc::new(DirBackupStore::new(d, 5).with_key(BackupKey::derive(&secret)))
+                    as Arc<dyn BackupStore>
+            })
     });
     let launcher: Arc<dyn Launcher> = match opts.launcher {
         Some(l) => l,
