@@ -645,6 +645,29 @@ async fn next_event<T>(
             let e = ev.recv().await.expect("client alive");
             if let Some(t) = f(&e) {
                 return t;
+
+/// Opens a WebSocket to `url`; `Err(status)` when the upgrade is refused.
+async fn try_ws(url: &str, forwarded_for: Option<&str>) -> Result<Ws, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    if let Some(ip) = forwarded_for {
+        req.headers_mut()
+            .insert("x-forwarded-for", ip.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+/// Waits until the node closes `ws` (a close frame or the end of the stream).
+async fn closed_by_node(ws: &mut Ws) -> bool {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                Some(Ok(_)) => {}
             }
         }
     })
@@ -752,4 +775,70 @@ async fn a_pinned_client_refuses_forged_moved_and_welcome_and_follows_signed_one
     let join = c3.rx.recv().await.unwrap();
     assert_eq!(join, json!({"op":"join","room":"r","since":0}));
     client.close().await;
+
+    .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_and_handoff_websockets_are_limited_per_client_address() {
+    // Issue 14, point 5: `/relay` and `/handoff` had no per-address limits at all (only
+    // signaling had them): one address could open sockets and send messages without bound.
+    // Loopback is a trusted proxy here, so each test client names its own address.
+    let (node, _dir) = start_node(&[
+        "--max-connections-per-address",
+        "2",
+        "--address-rate-limit",
+        "5",
+        "--address-rate-burst",
+        "10",
+        "--proxied",
+    ])
+    .await;
+    // Handoff connections are held here (as a predecessor driver would hold them).
+    let (held_tx, mut held) = tokio::sync::mpsc::channel(64);
+    node.shared().handoff.set(held_tx);
+    tokio::spawn(async move {
+        let mut keep = Vec::new();
+        while let Some(c) = held.recv().await {
+            keep.push(c);
+        }
+    });
+    let port = node.local_addr().port();
+    for path in ["relay?client=a", "handoff?peer=ouroboros-mallory"] {
+        let url = format!("ws://127.0.0.1:{port}/{path}");
+        let mut a1 = try_ws(&url, Some("198.51.100.7")).await.unwrap();
+        let _a2 = try_ws(&url, Some("198.51.100.7")).await.unwrap();
+        assert_eq!(
+            try_ws(&url, Some("198.51.100.7")).await.err(),
+            Some(429),
+            "{path}: a third socket from one address"
+        );
+        // Another address is not affected, and a closed socket frees its place.
+        let _b = try_ws(&url, Some("203.0.113.9")).await.unwrap();
+        drop(a1.close(None).await);
+        let mut freed = None;
+        for _ in 0..100 {
+            if let Ok(ws) = try_ws(&url, Some("198.51.100.7")).await {
+                freed = Some(ws);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut a3 = freed.unwrap_or_else(|| panic!("{path}: the closed socket's place"));
+        // More messages than the address's burst: the node closes the socket.
+        for i in 0..40 {
+            let frame = if path.starts_with("relay") {
+                Message::text(json!({"op":"join","room":format!("r{i}")}).to_string())
+            } else {
+                Message::binary(b"not a handoff message".to_vec())
+            };
+            if a3.send(frame).await.is_err() {
+                break;
+            }
+        }
+        assert!(
+            closed_by_node(&mut a3).await,
+            "{path}: closed over the rate"
+        );
+    }
 }

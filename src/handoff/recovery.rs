@@ -51,7 +51,8 @@ pub struct Recovery {
 /// The successor's fallback after [`super::SuccessorOutcome::GaveUp`] with
 /// `PredecessorUnreachable`: keeps what the handoff transferred if it is at least as new
 /// as the newest backup, else restores that backup; then opens the gap (`margin`) and
-/// announces it in `welcome.gap`. The caller then makes the relay primary and publishes
+/// announces it in `welcome.gap` (with `cause`: why the handoff was given up, e.g.
+/// `unreachable` or `blocked`). The caller then makes the relay primary and publishes
 /// discovery (a refusal by the guard means another node took over: exit).
 ///
 /// # Errors
@@ -61,6 +62,7 @@ pub async fn recover(
     store: Option<&dyn BackupStore>,
     transferred: Transferred,
     margin: u64,
+    cause: &str,
 ) -> Result<Recovery, BackupError> {
     let ours = if transferred != Transferred::Nothing {
         Some(host.high_water().await)
@@ -90,6 +92,7 @@ pub async fn recover(
     };
     let notice = serde_json::json!({
         "reason": "predecessor_lost",
+        "cause": cause,
         "recovery": serde_json::to_value(&source).expect("serializes"),
         "margin": margin,
     });
@@ -244,7 +247,7 @@ mod tests {
         publish(&old, 1, "r", "m5"); // acknowledged after the backup, then the node dies
 
         let new = shared("new");
-        let rec = recover(&new, Some(&store), Transferred::Nothing, 100)
+        let rec = recover(&new, Some(&store), Transferred::Nothing, 100, "unreachable")
             .await
             .unwrap();
         new.set_mode(crate::relay::Mode::Primary).await;
@@ -255,6 +258,7 @@ mod tests {
         assert_eq!(rec.skipped.get("r"), Some(&(6, 105)));
         let welcome = open(&new, 7);
         assert_eq!(welcome["gap"]["reason"], "predecessor_lost");
+        assert_eq!(welcome["gap"]["cause"], "unreachable");
         assert_eq!(welcome["gap"]["recovery"]["source"], "backup");
         assert_eq!(welcome["gap"]["skipped"]["r"], json!([6, 105]));
         // No seq the lost node may have handed out is reused; new rooms start past it too.
@@ -277,14 +281,14 @@ mod tests {
         let new = shared("new");
         let (bytes, _) = old.backup_snapshot().await;
         new.restore(bytes).await.unwrap();
-        let rec = recover(&new, Some(&store), Transferred::Snapshot, 10)
+        let rec = recover(&new, Some(&store), Transferred::Snapshot, 10, "unreachable")
             .await
             .unwrap();
         assert!(matches!(rec.source, RecoverySource::Handoff { .. }));
         assert_eq!(rec.skipped.get("r"), Some(&(3, 12)));
         // Without any backup or transfer the node starts empty, still with a gap.
         let empty = shared("empty");
-        let rec = recover(&empty, None, Transferred::Nothing, 10)
+        let rec = recover(&empty, None, Transferred::Nothing, 10, "blocked")
             .await
             .unwrap();
         empty.set_mode(crate::relay::Mode::Primary).await;

@@ -98,6 +98,12 @@ pub struct LifecycleArgs {
     /// from the newest backup and announces the gap [default: 10s].
     #[arg(long, env = "OUROBOROS_HANDOFF_GIVE_UP_AFTER", value_parser = parse_duration)]
     pub handoff_give_up_after: Option<Duration>,
+    /// How long a successor waits for its transfer to start or go on while the predecessor
+    /// answers but does not admit it (refusals such as `rate_limited` or `busy`, e.g. under
+    /// a flood of other connections) before it gives up and recovers from the newest
+    /// backup [default: 1/40 of the lifetime, between 30s and 10min; 2min without one].
+    #[arg(long, env = "OUROBOROS_HANDOFF_MAX_WAIT", value_parser = parse_duration)]
+    pub handoff_max_wait: Option<Duration>,
     /// How a successor reaches its predecessor: `webrtc` (a DataConnection through its
     /// signaling), `ws` (a WebSocket to `/handoff` on its HTTP port, e.g. through its tunnel:
     /// no UDP needed) or `auto` (WebRTC; the WebSocket when no DataChannel opens within
@@ -216,12 +222,17 @@ impl LifecycleArgs {
         c
     }
 
-    /// The successor side's handoff settings: defaults with `--handoff-give-up-after`.
+    /// The successor side's handoff settings: defaults with `--handoff-give-up-after` and
+    /// `--handoff-max-wait` (scaled to the lifetime when unset).
     pub fn successor_config(&self) -> crate::handoff::SuccessorConfig {
         let mut c = crate::handoff::SuccessorConfig::default();
         if let Some(t) = self.handoff_give_up_after {
             c.give_up_after = t;
         }
+        c.max_wait = self.handoff_max_wait.unwrap_or(match self.lifetime {
+            Some(l) => (l / 40).clamp(Duration::from_secs(30), Duration::from_secs(600)),
+            None => Duration::from_secs(120),
+        });
         c
     }
 }

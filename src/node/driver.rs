@@ -131,6 +131,7 @@ impl RelayHandle {
         ws: axum::extract::ws::WebSocket,
         query: super::http::RelayQuery,
         stop: tokio_util::sync::CancellationToken,
+        permit: Option<super::address_gate::AddressPermit>,
     ) {
         let suffix = &super::random_peer_id()["ouroboros-".len()..];
         let mut metadata = serde_json::json!({ "protocol": crate::relay::wire::PROTOCOL });
@@ -147,7 +148,7 @@ impl RelayHandle {
             peer_id: format!("ws-{suffix}"),
             metadata,
         };
-        let (source, sink) = super::transport::websocket(ws, stop);
+        let (source, sink) = super::transport::websocket(ws, stop, permit);
         self.serve_link(Transport::Ws, info, source, sink);
     }
 

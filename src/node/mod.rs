@@ -13,6 +13,7 @@
 //! - [`status`]: the status snapshot and its HTML / Prometheus renderings.
 //! - `web/`: the chat page (HTML, CSS, module script), embedded with `include_str!`.
 
+pub mod address_gate;
 mod args;
 mod driver;
 pub mod handoff_ws;
@@ -183,8 +184,14 @@ pub struct NodeShared {
     stop: CancellationToken,
     /// The path of this node's latest handoff connection (`webrtc` or `ws`), for `/status`.
     handoff_transport: RwLock<Option<&'static str>>,
+    /// Why the successor gave up on its predecessor (`unreachable`, `blocked`), for `/status`.
+    handoff_gave_up: RwLock<Option<&'static str>>,
     /// Largest frame the relay WebSocket reads.
     relay_ws_max_message: usize,
+    /// Per-address limits of `GET /relay` (signaling's per-address flags).
+    relay_gate: Arc<address_gate::AddressGate>,
+    /// Per-address limits of `GET /handoff` (signaling's per-address flags).
+    handoff_gate: Arc<address_gate::AddressGate>,
     /// The ICE servers: the node's own, the published ones, fresh TURN credentials.
     pub ice: ice::NodeIce,
     /// The ring's shared secret (`OUROBOROS_SECRET`, or generated for a ring of local nodes).
@@ -202,6 +209,28 @@ impl NodeShared {
     /// The ring's keys (derived from the secret).
     pub fn ring_keys(&self) -> &Arc<crate::discovery::RingKeys> {
         &self.keys
+    }
+
+    /// The address of the client behind a request to the node's HTTP port: the TCP peer's,
+    /// or the one a trusted proxy forwarded (`--trusted-proxy`, as signaling counts it).
+    pub fn client_addr(
+        &self,
+        remote: Option<axum::Extension<axum::extract::ConnectInfo<crate::signaling::RemoteAddr>>>,
+        headers: &axum::http::HeaderMap,
+    ) -> Option<std::net::IpAddr> {
+        crate::signaling::client_ip(
+            &self.signaling.config().trusted_proxies,
+            remote.map(|r| r.0.0.0.ip()),
+            headers,
+        )
+    }
+
+    /// Records why the successor gave up on its predecessor (shown on `/status.json`).
+    pub fn set_handoff_gave_up(&self, cause: &'static str) {
+        *self
+            .handoff_gave_up
+            .write()
+            .expect("handoff outcome lock poisoned") = Some(cause);
     }
 
     /// Records the path of a handoff connection (shown on `/status.json`).
@@ -248,6 +277,10 @@ impl NodeShared {
                 .handoff_transport
                 .read()
                 .expect("handoff transport lock poisoned"),
+            handoff_gave_up: *self
+                .handoff_gave_up
+                .read()
+                .expect("handoff outcome lock poisoned"),
             tunnel: self.tunnel.read().expect("tunnel lock poisoned").clone(),
             listen_url: self.listen_url.clone(),
             endpoints: self.registrations.iter().map(|r| r.status()).collect(),
@@ -505,7 +538,10 @@ impl Node {
             handoff: crate::handoff::HandoffInbox::default(),
             stop: stop.clone(),
             handoff_transport: RwLock::new(None),
+            handoff_gave_up: RwLock::new(None),
             relay_ws_max_message: relay_ws_max_message(args.max_message_size),
+            relay_gate: address_gate::AddressGate::new("relay", sconfig.per_address),
+            handoff_gate: address_gate::AddressGate::new("handoff", sconfig.per_address),
             ice: node_ice.clone(),
             secret,
             keys,

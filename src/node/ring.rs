@@ -10,9 +10,9 @@ use super::{LifecycleView, Node, NodeArgs};
 use crate::client::Transport;
 use crate::discovery::{DiscoveryError, LocalPublisher, Publisher, SignalingEndpoint};
 use crate::handoff::{
-    BackupError, BackupStore, ConnectError, DEFAULT_GAP_MARGIN, DirBackupStore, GiveUpReason,
-    HANDOFF_LABEL, HandoffConn, HandoffHost, HostOps, Predecessor, PredecessorEvent, Secret,
-    SecretError, Successor, SuccessorOutcome, recover, run_successor, spawn_backups,
+    BackupError, BackupKey, BackupStore, ConnectError, DEFAULT_GAP_MARGIN, DirBackupStore,
+    GiveUpReason, HANDOFF_LABEL, HandoffConn, HandoffHost, HostOps, Predecessor, PredecessorEvent,
+    Secret, SecretError, Successor, SuccessorOutcome, recover, run_successor, spawn_backups,
     spawn_predecessor,
 };
 use crate::lifecycle::{
@@ -51,11 +51,17 @@ pub struct RingOptions {
 pub const RUN_ID_METADATA: &str = "github_run_id";
 
 /// Forwards handoff connections to `to` only when their claimed run id passes `verifier`;
-/// the others are logged and closed.
+/// the others are logged and closed. Verdicts are cached and API calls rate limited
+/// ([`crate::github::CachedRunVerifier`]): a flood of connections costs O(1) calls.
 fn verified_handoff_inbox(
     verifier: crate::github::RunVerifier,
     to: tokio::sync::mpsc::Sender<HandoffConn>,
 ) -> tokio::sync::mpsc::Sender<HandoffConn> {
+    let verifier = crate::github::CachedRunVerifier::new(
+        verifier,
+        crate::github::RunCacheConfig::default(),
+        Instant::now(),
+    );
     let (tx, mut rx) = tokio::sync::mpsc::channel::<HandoffConn>(4);
     tokio::spawn(async move {
         while let Some(conn) = rx.recv().await {
@@ -65,7 +71,7 @@ fn verified_handoff_inbox(
                 .and_then(|v| v.as_str())
                 .map(str::to_owned);
             let verdict = match claimed {
-                Some(id) => verifier.verify(&id).await.map_err(|e| e.to_string()),
+                Some(id) => verifier.verify(Instant::now(), &id).await,
                 None => Err("no GITHUB_RUN_ID in the handoff connection".to_string()),
             };
             match verdict {
@@ -76,7 +82,7 @@ fn verified_handoff_inbox(
                     }
                 }
                 Err(reason) => {
-                    tracing::warn!(peer = conn.peer(), %reason, "handoff refused: run check failed");
+                    tracing::info!(peer = conn.peer(), %reason, "handoff refused: run check failed");
                     conn.close(false).await;
                 }
             }
@@ -156,7 +162,12 @@ pub async fn run(
     let backups: Option<Arc<dyn BackupStore>> = opts.backups.or_else(|| {
         la.backup_dir
             .clone()
-            .map(|d| Arc::new(DirBackupStore::new(d, 5)) as Arc<dyn BackupStore>)
+            // Encrypted with the ring's key: the folder may be carried off the machine
+            // (the workflow keeps it in the Actions cache).
+            .map(|d| {
+                Arc::new(DirBackupStore::new(d, 5).with_key(BackupKey::derive(&secret)))
+                    as Arc<dyn BackupStore>
+            })
     });
     let launcher: Arc<dyn Launcher> = match opts.launcher {
         Some(l) => l,
@@ -581,10 +592,28 @@ async fn join(
             Ok(())
         }
         SuccessorOutcome::GaveUp {
-            reason: GiveUpReason::PredecessorUnreachable,
+            reason: reason @ (GiveUpReason::PredecessorUnreachable | GiveUpReason::Blocked),
             transferred,
         } => {
-            let rec = recover(&*host, backups.as_deref(), transferred, DEFAULT_GAP_MARGIN).await?;
+            let cause = match reason {
+                GiveUpReason::Blocked => "blocked",
+                _ => "unreachable",
+            };
+            tracing::error!(
+                cause,
+                elapsed = ?started.elapsed(),
+                ?transferred,
+                "handoff: gave up on the predecessor; recovering from the newest backup"
+            );
+            node.shared().set_handoff_gave_up(cause);
+            let rec = recover(
+                &*host,
+                backups.as_deref(),
+                transferred,
+                DEFAULT_GAP_MARGIN,
+                cause,
+            )
+            .await?;
             match publisher.publish(&node.record()).await {
                 Err(e) if e.is_stale() => {
                     return Err(RingError::Superseded(e));

@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 use crate::peer::{ConnectionReceiver, ConnectionSender, Frame, Serialization, Value};
 use crate::relay::Outgoing;
 
+use super::address_gate::AddressPermit;
+
 /// Which path a relay client uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -191,6 +193,9 @@ impl FrameSink for DataChannelSink {
 pub struct WsSource {
     stream: SplitStream<WebSocket>,
     stop: CancellationToken,
+    /// The socket's place under the per-address limits; every message counts against its
+    /// address's rate.
+    permit: Option<AddressPermit>,
 }
 
 /// Sends every message as one text frame holding its JSON.
@@ -199,10 +204,22 @@ pub struct WsSink {
 }
 
 /// Splits an upgraded relay WebSocket into its two halves; `stop` ends the reader (node
-/// shutdown).
-pub fn websocket(ws: WebSocket, stop: CancellationToken) -> (WsSource, WsSink) {
+/// shutdown); `permit` is the socket's place under the per-address limits (the reader ends
+/// when its address goes over its message rate).
+pub fn websocket(
+    ws: WebSocket,
+    stop: CancellationToken,
+    permit: Option<AddressPermit>,
+) -> (WsSource, WsSink) {
     let (sink, stream) = ws.split();
-    (WsSource { stream, stop }, WsSink { sink })
+    (
+        WsSource {
+            stream,
+            stop,
+            permit,
+        },
+        WsSink { sink },
+    )
 }
 
 fn decode_text(text: &str) -> Inbound {
@@ -220,7 +237,14 @@ impl FrameSource for WsSource {
                 m = self.stream.next() => m,
                 _ = self.stop.cancelled() => return None,
             };
-            match next? {
+            let next = next?;
+            if matches!(next, Ok(Message::Text(_) | Message::Binary(_)))
+                && let Some(p) = &self.permit
+                && !p.take_message(std::time::Instant::now())
+            {
+                return None;
+            }
+            match next {
                 Ok(Message::Text(t)) => return Some(decode_text(t.as_str())),
                 Ok(Message::Binary(b)) => {
                     return Some(match std::str::from_utf8(&b) {
