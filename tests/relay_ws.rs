@@ -645,29 +645,6 @@ async fn next_event<T>(
             let e = ev.recv().await.expect("client alive");
             if let Some(t) = f(&e) {
                 return t;
-
-/// Opens a WebSocket to `url`; `Err(status)` when the upgrade is refused.
-async fn try_ws(url: &str, forwarded_for: Option<&str>) -> Result<Ws, u16> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = url.into_client_request().unwrap();
-    if let Some(ip) = forwarded_for {
-        req.headers_mut()
-            .insert("x-forwarded-for", ip.parse().unwrap());
-    }
-    match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
-        Err(e) => panic!("{url}: {e}"),
-    }
-}
-
-/// Waits until the node closes `ws` (a close frame or the end of the stream).
-async fn closed_by_node(ws: &mut Ws) -> bool {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
-                Some(Ok(_)) => {}
             }
         }
     })
@@ -775,7 +752,34 @@ async fn a_pinned_client_refuses_forged_moved_and_welcome_and_follows_signed_one
     let join = c3.rx.recv().await.unwrap();
     assert_eq!(join, json!({"op":"join","room":"r","since":0}));
     client.close().await;
+}
 
+/// Opens a WebSocket to `url`; `Err(status)` when the upgrade is refused.
+async fn try_ws(url: &str, forwarded_for: Option<&str>) -> Result<Ws, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    if let Some(ip) = forwarded_for {
+        req.headers_mut()
+            .insert("x-forwarded-for", ip.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+/// Waits until the node closes `ws` (a close frame or the end of the stream).
+async fn closed_by_node(ws: &mut Ws) -> bool {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
     .unwrap_or(false)
 }
 
