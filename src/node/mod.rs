@@ -81,8 +81,9 @@ pub struct NodeArgs {
     /// a first-generation node so restarts keep it].
     #[arg(long, env = "OUROBOROS_PEER_ID")]
     pub peer_id: Option<String>,
-    /// Bytes of stored messages beyond which the oldest are evicted across rooms
-    /// (`512MiB`, `2GB`, …) [default: a quarter of RAM].
+    /// Bytes the relay may retain (`512MiB`, `2GB`, …): three quarters for stored messages
+    /// (beyond it the largest room's oldest are evicted), a quarter (at least 8 MiB) for the
+    /// clients' write queues [default: a quarter of RAM].
     #[arg(long, env = "OUROBOROS_MEMORY_BUDGET", value_parser = parse_size)]
     pub memory_budget: Option<u64>,
     /// Largest message body a client may publish, in bytes (`64KiB`).

@@ -71,7 +71,7 @@ impl Relay {
         // One delivery copy for every member: the encodings binary/msgpack members make are
         // shared among them and die with their queues, never with the stored message.
         let delivery = entry.msg.payload().delivery();
-        for m in &r.members {
+        for m in r.members.difference(&r.catching_up) {
             if let Some(c) = self.conns.get(m) {
                 let message = match c.proto {
                     Proto::Text => Outgoing::Text(entry.msg.payload().json_arc()),

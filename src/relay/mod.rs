@@ -82,7 +82,7 @@ pub struct RelayConfig {
     /// Enforced limits (sent in `welcome`).
     pub limits: Limits,
     /// Bytes of stored messages (serialised size + [`ENTRY_OVERHEAD`] each) beyond which
-    /// the oldest messages of all rooms are evicted.
+    /// the oldest messages of the largest rooms are evicted (`budget.rs`).
     pub memory_budget: usize,
     /// The room that backs the legacy (seed) protocol.
     pub legacy_room: String,

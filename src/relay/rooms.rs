@@ -116,6 +116,10 @@ impl Relay {
                 ),
             );
         }
+        let (page_max, page_bytes) = (
+            self.config.limits.history_limit_max,
+            self.config.limits.history_max_bytes,
+        );
         let r = self.room_or_create(room)?;
         let name = r.name.clone();
         let mut announce = None;
@@ -128,21 +132,23 @@ impl Relay {
                 announce = Some(presence_payload(room, std::slice::from_ref(&identity), &[]));
             }
         }
+        let (replay, replay_to) = match since {
+            None => (Vec::new(), None),
+            Some(s) => replay_page(r, s, page_max as usize, page_bytes),
+        };
+        if replay_to.is_some() {
+            r.catching_up.insert(conn);
+        } else {
+            r.catching_up.remove(&conn);
+        }
         let joined = Payload::of(&ServerMessage::Joined {
             room: room.to_owned(),
             head: r.head,
+            replay_to,
         });
         let mut present: Vec<Arc<str>> = r.presence.keys().cloned().collect();
         present.sort();
         let members: Vec<ConnId> = r.members.iter().copied().filter(|m| *m != conn).collect();
-        let replay: Vec<Arc<Payload>> = match since {
-            None => Vec::new(),
-            Some(s) => r
-                .log
-                .range(r.index_after(s)..)
-                .map(|e| e.msg.payload().delivery())
-                .collect(),
-        };
         if !already && let Some(c) = self.conns.get_mut(&conn) {
             c.rooms.push(name);
         }
@@ -179,6 +185,7 @@ impl Relay {
             return;
         };
         r.members.remove(&conn);
+        r.catching_up.remove(&conn);
         let gone = match r.presence.get_mut(identity) {
             Some(n) if *n > 1 => {
                 *n -= 1;
@@ -256,6 +263,31 @@ impl Relay {
         self.send_to(conn, &Payload::new(s));
         Ok(())
     }
+}
+
+/// One page of a `join` replay: the stored messages with `seq > since`, oldest first, at most
+/// `max` of them (`history_limit_max`) and `max_bytes` of JSON (`history_max_bytes`; at least
+/// one message), each as a delivery copy; and the seq it stops at when more is stored after.
+fn replay_page(
+    r: &Room,
+    since: u64,
+    max: usize,
+    max_bytes: usize,
+) -> (Vec<Arc<Payload>>, Option<u64>) {
+    let start = r.index_after(since);
+    let mut page = Vec::new();
+    let mut bytes = 0;
+    for e in r.log.range(start..) {
+        let len = e.msg.payload().json().len();
+        let full = page.len() == max || (!page.is_empty() && bytes + len > max_bytes);
+        if full {
+            let last = r.log[start + page.len() - 1].msg.seq();
+            return (page, Some(last));
+        }
+        bytes += len;
+        page.push(e.msg.payload().delivery());
+    }
+    (page, None)
 }
 
 /// `{"op":"presence","room","joined","left"}`, written by hand (one per join and leave, sent

@@ -353,6 +353,9 @@ pub(crate) struct Room {
     pub log: VecDeque<Entry>,
     /// Connections subscribed.
     pub members: BTreeSet<ConnId>,
+    /// Members still paging through a `since` replay: live messages skip them (the pages
+    /// bring those messages later, in order).
+    pub catching_up: BTreeSet<ConnId>,
     /// Identity → number of member connections with it (presence is per identity).
     pub presence: HashMap<Arc<str>, u32>,
     /// Publisher identity → message id → seq, for every stored message with an id.
@@ -373,6 +376,7 @@ impl Room {
             evicted_before: floor + 1,
             log: VecDeque::new(),
             members: BTreeSet::new(),
+            catching_up: BTreeSet::new(),
             presence: HashMap::new(),
             dedup: HashMap::new(),
             bytes: 0,

@@ -345,3 +345,64 @@ fn idle_empty_rooms_are_freed_so_the_room_cap_is_not_permanent() {
     }
     assert!(h.relay.room_stats().contains_key("new"));
 }
+
+#[test]
+fn a_since_replay_comes_in_pages_and_nothing_is_missed() {
+    let mut c = config();
+    c.limits.history_limit_max = 100;
+    c.limits.rate_burst = 100_000.0;
+    let mut h = Harness::new(c);
+    h.open_relay(1, "writer", Value::Null);
+    for i in 1..=250u64 {
+        h.publish(1, "big", &format!("m{i}"), json!(i));
+    }
+    h.open_relay(2, "reader", Value::Null);
+    let seqs = |out: &[Seen], to: u64| -> Vec<u64> {
+        out.iter()
+            .filter(|(c, v)| *c == to && v["op"] == "msg")
+            .map(|(_, v)| v["seq"].as_u64().unwrap())
+            .collect()
+    };
+    // The first page: 100 messages, and where it stops.
+    let out = h.send(2, json!({"op":"join","room":"big","since":0}));
+    assert_eq!(
+        out[0].1,
+        json!({"op":"joined","room":"big","head":250,"replay_to":100})
+    );
+    assert_eq!(seqs(&out, 2), (1..=100).collect::<Vec<_>>());
+    // A live message while the reader pages is not sent to it: a later page brings it.
+    let out = h.send(
+        1,
+        json!({"op":"publish","room":"big","id":"live1","body":0}),
+    );
+    assert!(seqs(&out, 2).is_empty(), "{out:?}");
+    let out = h.send(2, json!({"op":"join","room":"big","since":100}));
+    assert_eq!(out[0].1["replay_to"], 200);
+    assert_eq!(seqs(&out, 2), (101..=200).collect::<Vec<_>>());
+    // The last page has no `replay_to`; from then on live messages flow.
+    let out = h.send(2, json!({"op":"join","room":"big","since":200}));
+    assert_eq!(out[0], joined(2, "big", 251));
+    assert_eq!(seqs(&out, 2), (201..=251).collect::<Vec<_>>());
+    let out = h.send(
+        1,
+        json!({"op":"publish","room":"big","id":"live2","body":0}),
+    );
+    assert_eq!(seqs(&out, 2), vec![252]);
+    // A replay flood: every `join` with since=0 answers one page at most.
+    h.open_relay(3, "flooder", Value::Null);
+    for _ in 0..200 {
+        let out = h.send(3, json!({"op":"join","room":"big","since":0}));
+        let to_flooder = out.iter().filter(|(c, _)| *c == 3).count();
+        assert!(to_flooder <= 102, "{to_flooder}");
+    }
+    // Pages also stop at `history_max_bytes` (at least one message each).
+    let mut c = config();
+    c.limits.history_max_bytes = 1;
+    let mut h = Harness::new(c);
+    h.open_relay(1, "w", Value::Null);
+    h.publish(1, "r", "a", json!(1));
+    h.publish(1, "r", "b", json!(2));
+    let out = h.send(1, json!({"op":"join","room":"r","since":0}));
+    assert_eq!(out[0].1["replay_to"], 1);
+    assert_eq!(seqs(&out, 1), vec![1]);
+}
