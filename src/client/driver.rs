@@ -64,6 +64,9 @@ const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(50);
 struct RoomState {
     /// Highest sequence number seen (or the `since`/head the room was joined at).
     last_seq: Option<u64>,
+    /// The seq the current `since` replay page stops at (`joined.replay_to`): once it is
+    /// delivered, the next page is asked for with `join` since it.
+    replay_to: Option<u64>,
 }
 
 struct PendingPublish {
@@ -694,10 +697,10 @@ impl Driver {
         match c {
             Command::Close => return false,
             Command::Join { room, since, reply } => {
-                let st = self
-                    .rooms
-                    .entry(room.clone())
-                    .or_insert(RoomState { last_seq: since });
+                let st = self.rooms.entry(room.clone()).or_insert(RoomState {
+                    last_seq: since,
+                    replay_to: None,
+                });
                 if since.is_some() {
                     st.last_seq = since;
                 }
@@ -833,11 +836,16 @@ impl Driver {
                     return Next::Welcomed;
                 }
             }
-            ServerMessage::Joined { room, head } => {
-                if let Some(st) = self.rooms.get_mut(&room)
-                    && st.last_seq.is_none()
-                {
-                    st.last_seq = Some(head);
+            ServerMessage::Joined {
+                room,
+                head,
+                replay_to,
+            } => {
+                if let Some(st) = self.rooms.get_mut(&room) {
+                    if st.last_seq.is_none() {
+                        st.last_seq = Some(head);
+                    }
+                    st.replay_to = replay_to;
                 }
                 let (done, rest): (VecDeque<_>, VecDeque<_>) =
                     self.joins.drain(..).partition(|(r, _)| *r == room);
@@ -848,13 +856,28 @@ impl Driver {
             }
             ServerMessage::Msg(record) => {
                 let msg = Message::from(record);
+                let mut next_page = None;
                 if let Some(st) = self.rooms.get_mut(&msg.room) {
+                    if st.replay_to.is_some_and(|t| msg.seq >= t) {
+                        // The replay page is complete: ask for the next one.
+                        st.replay_to = None;
+                        next_page = Some(ClientMessage::Join {
+                            room: msg.room.clone(),
+                            since: Some(msg.seq),
+                        });
+                    }
                     if st.last_seq.is_some_and(|l| msg.seq <= l) {
+                        if let Some(j) = next_page {
+                            let _ = self.send(&j).await;
+                        }
                         return Next::Stay; // already seen (replay overlap)
                     }
                     st.last_seq = Some(msg.seq);
                 }
                 self.emit(Event::Message(msg));
+                if let Some(j) = next_page {
+                    let _ = self.send(&j).await;
+                }
             }
             ServerMessage::Ack { id, seq, .. } => {
                 if let Some(p) = self.pending.remove(&id) {

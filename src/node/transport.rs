@@ -162,11 +162,15 @@ impl FrameSink for DataChannelSink {
                     .map_err(|e| e.to_string())?;
                 self.frames.clear();
             }
-            let v = match &msg {
-                Outgoing::Object(p) => p.codec_value().clone(),
-                Outgoing::Text(s) => Value::Str(s.to_string()),
-            };
-            self.sender.send(&v).await.map_err(|e| e.to_string())?;
+            match &msg {
+                // Encoded once per delivery copy, shared by its recipients (no value tree kept).
+                Outgoing::Object(p) => {
+                    let pre = p.encoded(ser).map_err(|e| e.to_string())?;
+                    self.sender.send_pre(&pre).await
+                }
+                Outgoing::Text(s) => self.sender.send(&Value::Str(s.to_string())).await,
+            }
+            .map_err(|e| e.to_string())?;
         }
         if !self.frames.is_empty() {
             let r = self.sender.send_frames(&self.frames).await;

@@ -131,6 +131,10 @@ pub struct PeerConfig {
     /// Incoming OFFERs from one remote peer id being negotiated at once
     /// ([`DEFAULT_MAX_INBOUND_NEGOTIATIONS_PER_PEER`]).
     pub max_inbound_negotiations_per_peer: usize,
+    /// Limits of every DataConnection's decoder (largest message, chunk reassembly, values,
+    /// nesting). The default is the codec's ([`codec::DecoderLimits::default`], 64 MiB); a
+    /// service sets its own (the node derives them from its relay limits).
+    pub decoder_limits: codec::DecoderLimits,
 }
 
 /// Default [`PeerConfig::max_inbound_negotiations`].
@@ -165,6 +169,7 @@ impl PeerConfig {
             reactor_threads: 0,
             max_inbound_negotiations: DEFAULT_MAX_INBOUND_NEGOTIATIONS,
             max_inbound_negotiations_per_peer: DEFAULT_MAX_INBOUND_NEGOTIATIONS_PER_PEER,
+            decoder_limits: codec::DecoderLimits::default(),
         }
     }
 

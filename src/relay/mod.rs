@@ -53,7 +53,7 @@ mod tests;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -73,6 +73,9 @@ use wire::{ErrorCode, Limits, ServerMessage, SignalingEndpoint};
 
 pub use crate::ids::ConnId;
 
+/// Default [`RelayConfig::room_idle`]: ten minutes.
+pub const DEFAULT_ROOM_IDLE: Duration = Duration::from_secs(600);
+
 /// Relay settings (one struct; the node maps its flags onto it).
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -83,7 +86,7 @@ pub struct RelayConfig {
     /// Enforced limits (sent in `welcome`).
     pub limits: Limits,
     /// Bytes of stored messages (serialised size + [`ENTRY_OVERHEAD`] each) beyond which
-    /// the oldest messages of all rooms are evicted.
+    /// the oldest messages of the largest rooms are evicted (`budget.rs`).
     pub memory_budget: usize,
     /// The room that backs the legacy (seed) protocol.
     pub legacy_room: String,
@@ -92,6 +95,9 @@ pub struct RelayConfig {
     /// and `moved`; without them (the default of [`RelayConfig::new`]) a client is whatever
     /// name it declares and nothing is signed. `ouroboros node` always has them.
     pub keys: Option<Arc<RingKeys>>,
+    /// How long a room must have been empty (no members, no stored messages) before it may
+    /// be freed to make room for a new one (see `rooms.rs`).
+    pub room_idle: Duration,
 }
 
 impl RelayConfig {
@@ -104,7 +110,33 @@ impl RelayConfig {
             memory_budget: 256 * 1024 * 1024,
             legacy_room: "global".into(),
             keys: None,
+            room_idle: DEFAULT_ROOM_IDLE,
         }
+    }
+}
+
+/// Largest inbound message of a relay connection, in bytes, on any transport: room for a
+/// `max_message_bytes` body and its envelope even when escaped or re-encoded (a float is 9
+/// BinaryPack bytes for 4 JSON ones), so the relay itself answers `too_large`; at least 1 MiB.
+pub fn max_frame_bytes(max_message_bytes: usize) -> usize {
+    max_message_bytes
+        .saturating_mul(2)
+        .saturating_add(64 * 1024)
+        .max(1 << 20)
+}
+
+/// Decoder limits for relay DataConnections, derived from the relay's [`Limits`] (never the
+/// codec's 64 MiB defaults): one message at most [`max_frame_bytes`], at most two chunked
+/// messages in progress holding at most that many retained bytes together, and no more
+/// values than a `max_message_bytes` JSON body can hold (`[0,0,…]`: one per 2 bytes).
+pub fn decoder_limits(limits: &Limits) -> crate::peer::codec::DecoderLimits {
+    let frame = max_frame_bytes(limits.max_message_bytes);
+    crate::peer::codec::DecoderLimits {
+        max_message_size: frame,
+        max_partial_messages: 2,
+        max_partial_bytes: frame,
+        max_values: limits.max_message_bytes / 2 + 1024,
+        ..crate::peer::codec::DecoderLimits::default()
     }
 }
 
@@ -122,7 +154,7 @@ pub struct ConnInfo {
 #[derive(Debug, Clone)]
 pub enum Outgoing {
     /// A relay-protocol object. Send it as the object `payload.json()` describes: its
-    /// text as is for `json` (and `raw`) serialization, `payload.value()` encoded for
+    /// text as is for `json` (and `raw`) serialization, `payload.encoded(…)` for
     /// `binary`/`msgpack`.
     Object(Arc<Payload>),
     /// A string value (legacy clients, and relay clients that send their requests as
@@ -233,9 +265,12 @@ pub struct Relay {
     mode: Mode,
     conns: HashMap<ConnId, Conn>,
     rooms: HashMap<Arc<str>, Room>,
-    /// Global store order (room, seq), oldest first; entries whose message is already
-    /// gone (evicted by replication) are skipped when they reach the front.
+    /// Global store order (room, seq), oldest first (the order of a snapshot's messages);
+    /// slots whose message is gone are skipped and swept (`compact_order`).
     order: VecDeque<(Arc<str>, u64)>,
+    /// Rooms holding stored messages, by bytes charged (smallest first): eviction takes
+    /// from the last.
+    by_size: BTreeSet<(usize, Arc<str>)>,
     /// Peer id and identity → relay-protocol connections, for `direct`.
     by_name: HashMap<Arc<str>, Vec<ConnId>>,
     /// Identity → number of rooms where it has deduplication entries (stored messages with
@@ -251,8 +286,13 @@ pub struct Relay {
     moved: Option<Arc<Payload>>,
     bytes: usize,
     messages: usize,
-    /// The head a new room starts from (raised by [`Relay::open_gap`]; 0 normally).
+    /// The head a new room starts from (raised by [`Relay::open_gap`] and by freeing a
+    /// room: never below the head of a room that was forgotten; 0 normally).
     seq_floor: u64,
+    /// The latest `now` an input brought (the relay's only clock).
+    now: Instant,
+    /// When idle rooms were last looked for (at most once a second).
+    last_sweep: Option<Instant>,
     m: Metrics,
     errors: [u64; ErrorCode::ALL.len()],
 }
@@ -266,7 +306,7 @@ fn refuse<T>(code: ErrorCode, message: impl Into<String>) -> Result<T, Refusal> 
 
 impl Relay {
     /// An empty relay in [`Mode::Primary`].
-    pub fn new(config: RelayConfig, _now: Instant) -> Relay {
+    pub fn new(config: RelayConfig, now: Instant) -> Relay {
         let legacy_room: Arc<str> = config.legacy_room.as_str().into();
         Relay {
             gap: None,
@@ -276,6 +316,7 @@ impl Relay {
             conns: HashMap::new(),
             rooms: HashMap::new(),
             order: VecDeque::new(),
+            by_size: BTreeSet::new(),
             by_name: HashMap::new(),
             publishers: HashMap::new(),
             legacy_conns: BTreeSet::new(),
@@ -286,6 +327,8 @@ impl Relay {
             bytes: 0,
             messages: 0,
             seq_floor: 0,
+            now,
+            last_sweep: None,
             m: Metrics::default(),
             errors: [0; ErrorCode::ALL.len()],
         }
@@ -312,6 +355,7 @@ impl Relay {
     /// A DataConnection opened. Declared relay clients are greeted now; a connection
     /// beyond `max_clients` is closed (`Output::Close`).
     pub fn connect(&mut self, now: Instant, conn: ConnId, info: ConnInfo) {
+        self.tick(now);
         let declared =
             info.metadata.get("protocol").and_then(Value::as_str) == Some(wire::PROTOCOL);
         if self.conns.len() >= self.config.limits.max_clients {
@@ -370,7 +414,8 @@ impl Relay {
     }
 
     /// A DataConnection closed (idempotent; unknown ids are ignored).
-    pub fn disconnect(&mut self, _now: Instant, conn: ConnId) {
+    pub fn disconnect(&mut self, now: Instant, conn: ConnId) {
+        self.tick(now);
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
@@ -391,6 +436,7 @@ impl Relay {
     /// One decoded message from `conn`. `wall_ms` (ms since the Unix epoch) stamps
     /// stored messages; `now` drives rate limits.
     pub fn handle_message(&mut self, now: Instant, wall_ms: u64, conn: ConnId, msg: Value) {
+        self.tick(now);
         let Some(c) = self.conns.get(&conn) else {
             tracing::debug!(conn = conn.0, "message for an unknown connection");
             return;
@@ -422,6 +468,11 @@ impl Relay {
         } else {
             self.relay_message(now, wall_ms, conn, msg);
         }
+    }
+
+    /// Advances the relay's clock (never backwards).
+    fn tick(&mut self, now: Instant) {
+        self.now = self.now.max(now);
     }
 
     /// The next thing to do, in order.

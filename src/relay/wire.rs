@@ -185,6 +185,12 @@ pub enum ServerMessage {
         room: String,
         /// Newest sequence number.
         head: u64,
+        /// Set when the `since` replay is one page that stops at this seq (more is stored
+        /// after it): once the `msg` with this seq arrives, `join` again with
+        /// `since` = this seq for the next page. Until the last page the connection gets no
+        /// live messages of the room (they come in the later pages), so nothing is missed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replay_to: Option<u64>,
     },
     /// A stored message, replayed or live.
     Msg(MsgRecord),

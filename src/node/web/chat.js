@@ -306,6 +306,8 @@ function onMessage(m) {
         if (fresh && m.room === state.room) requestHistory(m.room);
       }
       if (Array.isArray(m.members)) { r.members = new Set(m.members); renderPresence(); }
+      // A `since` replay that is one page: the rest is asked for once its last msg is here.
+      r.replayTo = typeof m.replay_to === 'number' ? m.replay_to : null;
       break;
     }
     case 'msg': {
@@ -314,6 +316,10 @@ function onMessage(m) {
       if (r.lastSeq == null || m.seq > r.lastSeq) r.lastSeq = m.seq;
       if (r.oldestSeq == null || m.seq < r.oldestSeq) r.oldestSeq = m.seq;
       if (insertMessage(m.room, m) && stick) scrollToBottom();
+      if (r.replayTo != null && m.seq >= r.replayTo) {
+        r.replayTo = null;
+        send({ op: 'join', room: m.room, since: m.seq });
+      }
       break;
     }
     case 'ack': {
