@@ -274,9 +274,8 @@ pub(crate) async fn serve(
         };
         // `Extension` as a tower layer wraps the router once (an `Arc` clone and the address);
         // `Router::layer` would rebuild every route per connection.
-        let service = TowerToHyperService::new(
-            axum::Extension(ConnectInfo(remote)).layer(router.clone()),
-        );
+        let service =
+            TowerToHyperService::new(axum::Extension(ConnectInfo(remote)).layer(router.clone()));
         let conn = http
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
