@@ -143,6 +143,8 @@ pub struct LocalLauncher {
     launched: Mutex<Vec<u32>>,
     /// The children that may still run (reaped ones are dropped at the next launch).
     children: Mutex<Vec<tokio::process::Child>>,
+    /// Test-only fault injection ([`super::Faults`], `OUROBOROS_FAULTS`).
+    faults: super::Faults,
 }
 
 impl LocalLauncher {
@@ -161,6 +163,7 @@ impl LocalLauncher {
             secret,
             launched: Mutex::new(Vec::new()),
             children: Mutex::new(Vec::new()),
+            faults: super::Faults::from_env(),
         }
     }
 
@@ -267,10 +270,47 @@ impl LocalLauncher {
     }
 }
 
+/// Fault injection: `kill -9 pid` unless the discovery record at `record` already shows
+/// `generation` (the successor may be serving: killing it would lose acknowledged messages).
+fn kill_unless_published(pid: u32, generation: u64, record: &std::path::Path) {
+    let published = std::fs::read(record)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["generation"].as_u64())
+        .is_some_and(|g| g >= generation);
+    if published {
+        return;
+    }
+    tracing::warn!(
+        pid,
+        generation,
+        "fault injection: kill -9 of a starting successor"
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
+}
+
 #[async_trait::async_trait]
 impl Launcher for LocalLauncher {
     async fn launch(&self, request: &SuccessorRequest) -> Result<(), LaunchError> {
-        self.spawn(request)?;
+        let delay = self.faults.launch_delay();
+        if !delay.is_zero() {
+            tracing::warn!(?delay, "fault injection: launch delayed");
+            tokio::time::sleep(delay).await;
+        }
+        let copies = if self.faults.duplicate() { 2 } else { 1 };
+        for _ in 0..copies {
+            let pid = self.spawn(request)?;
+            if let Some(after) = self.faults.kill_after() {
+                let record = self.data_dir.join("ouroboros.json");
+                let generation = request.generation;
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    kill_unless_published(pid, generation, &record);
+                });
+            }
+        }
         Ok(())
     }
     fn name(&self) -> &'static str {

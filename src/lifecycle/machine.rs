@@ -13,9 +13,23 @@
 //!                                                                            ▼
 //!  Exited ◄──drain_until── Draining ◄──ClientsMoved── HandingOff (──CutOver──► cut_over)
 //!                                                       │ HandoffAborted → AwaitingSuccessor
+//!  Joining ──Superseded──► Exited (another successor of this generation is primary)
 //! ```
 //! From any state: `Shutdown` → Exited; the hard deadline (start + lifetime) → Exited; the
 //! deadline margin passes without a handoff under way → Exited (no successor).
+//!
+//! # Liveness rules (`protocol/handoff.md`, "Liveness")
+//! 1. A node exits without a successor only when told to stop (`Shutdown`) or when its host
+//!    is about to end (the deadline margin, the hard deadline, `HostEnding`); the driver then
+//!    stops writes, leaves a final backup and a discovery record that says so.
+//! 2. A successor that joins late (its predecessor gone, state recovered) plans its own
+//!    successor from its own remaining time: it launches at once if the launch time has
+//!    passed, and never gives up before one expected start plus one successor timeout
+//!    after joining (only the hard deadline can end it sooner).
+//! 3. Of two successors for one generation exactly one becomes primary; the other is told
+//!    `Superseded` and exits cleanly, launching nothing.
+//! 4. Waits scale with the lifetime and the launcher's expected start
+//!    ([`LifecyclePlan::expected_start`]): a relaunch never comes before a start could finish.
 
 use super::LifecyclePlan;
 use serde::Serialize;
@@ -80,8 +94,11 @@ pub enum ExitReason {
     HandedOff,
     /// The deadline margin passed without a successor (the state is in the backup store).
     NoSuccessor,
-    /// The hard deadline came (a handoff did not finish in time).
+    /// The hard deadline came (a handoff did not finish in time), or the host is ending.
     HardDeadline,
+    /// Another successor of this generation became primary first; this node never served
+    /// and stops cleanly (liveness rule 3).
+    Superseded,
 }
 
 /// What happened, fed to [`Lifecycle::handle`].
@@ -103,6 +120,11 @@ pub enum LifecycleInput {
     ClientsMoved,
     /// Operator asked to stop.
     Shutdown,
+    /// (Successor) another successor of this generation is already primary.
+    Superseded,
+    /// The host is about to end (e.g. the run is being cancelled): stop as at the hard
+    /// deadline, leaving a final backup.
+    HostEnding,
 }
 
 /// What the driver must do.
@@ -341,7 +363,18 @@ impl Lifecycle {
         }
         match (self.state, input) {
             (_, LifecycleInput::Shutdown) => self.exit(ExitReason::Shutdown),
-            (Joining, LifecycleInput::Joined) => self.state = Serving,
+            (_, LifecycleInput::HostEnding) => self.exit(ExitReason::HardDeadline),
+            (Joining, LifecycleInput::Superseded) => self.exit(ExitReason::Superseded),
+            (Joining, LifecycleInput::Joined) => {
+                self.state = Serving;
+                // Rule 2: a late join never makes the node give up at once; the launch
+                // (already due, if so) gets one start and one successor timeout.
+                if let Some(g) = self.give_up_at {
+                    let floor = now + self.plan.expected_start + self.plan.successor_timeout;
+                    let floor = self.deadline.map_or(floor, |d| floor.min(d));
+                    self.give_up_at = Some(g.max(floor));
+                }
+            }
             (Launching { attempt }, LifecycleInput::LaunchSucceeded) => {
                 self.state = AwaitingSuccessor { attempt };
                 self.timer = Some(now + self.relaunch_wait(false));
@@ -396,6 +429,7 @@ mod tests {
             handoff_lead: Duration::from_secs(lifetime_s / 4),
             deadline_margin: Duration::from_secs(lifetime_s / 10),
             successor_timeout: Duration::from_secs(lifetime_s / 8),
+            expected_start: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(1),
             launches,
         }
@@ -558,5 +592,115 @@ mod tests {
         assert_eq!(json["reason"], "shutdown");
         assert_eq!(json["generation"], 2);
         assert!(json["expires_at"].is_null());
+    }
+
+    /// Drives a machine to its first `Launch` (reporting `LaunchSucceeded`); returns when.
+    fn launch_once(l: &mut Lifecycle) -> Instant {
+        loop {
+            let t = l.poll_timeout().expect("a timer");
+            l.handle_timeout(t);
+            if let Some(a) = l.poll_action() {
+                assert!(matches!(a, Launch { .. }), "{a:?}");
+                l.handle(t, LifecycleInput::LaunchSucceeded);
+                return t;
+            }
+        }
+    }
+
+    #[test]
+    fn two_successors_for_one_generation_one_primary_the_other_stops_cleanly() {
+        let t0 = Instant::now();
+        // The predecessor launched twice (the first was slow); both successors started.
+        let mut p = Lifecycle::new(plan(40, true), 6, false, t0, SystemTime::now());
+        let t = launch_once(&mut p);
+        let relaunch = p.poll_timeout().unwrap();
+        p.handle_timeout(relaunch);
+        assert_eq!(p.poll_action(), Some(Launch { attempt: 2 }));
+        p.handle(relaunch, LifecycleInput::LaunchSucceeded);
+        // Both connect: one handoff; the second connection changes nothing.
+        p.handle(relaunch, LifecycleInput::SuccessorConnected);
+        p.handle(relaunch, LifecycleInput::SuccessorConnected);
+        assert_eq!(
+            p.state(),
+            LifecycleState::HandingOff {
+                attempt: 2,
+                cut_over: false
+            }
+        );
+        assert!(t < relaunch);
+        let (mut a, mut b) = (
+            Lifecycle::new(plan(40, true), 7, true, t, SystemTime::now()),
+            Lifecycle::new(plan(40, true), 7, true, relaunch, SystemTime::now()),
+        );
+        a.handle(relaunch, LifecycleInput::Joined);
+        b.handle(relaunch, LifecycleInput::Superseded);
+        assert_eq!(a.state(), LifecycleState::Serving);
+        assert_eq!(b.poll_action(), Some(Exit(ExitReason::Superseded)));
+        assert_eq!(b.poll_action(), None, "the other launches nothing");
+        assert_eq!(b.poll_timeout(), None);
+        // Superseded is only for a node that never served.
+        a.handle(relaunch, LifecycleInput::Superseded);
+        assert_eq!(a.state(), LifecycleState::Serving);
+    }
+
+    #[test]
+    fn predecessor_gone_before_the_handoff_successor_serves_and_plans_its_own_successor() {
+        let t0 = Instant::now();
+        // lifetime 40: launch at 30, give up at 36. The successor waited for its gone
+        // predecessor, recovered, and joined 2 s after its start.
+        let mut s = Lifecycle::new(plan(40, true), 9, true, t0, SystemTime::now());
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(40)));
+        s.handle(t0 + Duration::from_secs(2), LifecycleInput::Joined);
+        assert_eq!(s.state(), LifecycleState::Serving);
+        // Its own plan, from its own start: not an exit, a launch at 30.
+        let acts = run_until(&mut s, t0 + Duration::from_secs(31));
+        assert_eq!(acts, vec![(Duration::from_secs(30), Launch { attempt: 1 })]);
+    }
+
+    #[test]
+    fn late_successor_launches_at_once_and_never_exits_at_once() {
+        let t0 = Instant::now();
+        // Joined at 37 s of a 40 s life: past the launch time (30) and the give-up (36).
+        let mut s = Lifecycle::new(plan(40, true), 9, true, t0, SystemTime::now());
+        let joined = t0 + Duration::from_secs(37);
+        s.handle(joined, LifecycleInput::Joined);
+        let acts = run_until(&mut s, joined);
+        assert_eq!(acts, vec![(Duration::from_secs(37), Launch { attempt: 1 })]);
+        s.handle(joined, LifecycleInput::LaunchSucceeded);
+        // Not NoSuccessor at once: it waits one start + one successor timeout (1 + 5 s),
+        // cut to the hard deadline (40).
+        let acts = run_until(&mut s, t0 + Duration::from_secs(100));
+        assert_eq!(
+            acts,
+            vec![(Duration::from_secs(40), Exit(ExitReason::HardDeadline))]
+        );
+        // Joined early enough, the floor is one start + one timeout after the join.
+        let mut s = Lifecycle::new(plan(80, true), 9, true, t0, SystemTime::now());
+        s.handle(t0 + Duration::from_secs(70), LifecycleInput::Joined);
+        let t = launch_once(&mut s);
+        assert_eq!(t, t0 + Duration::from_secs(70));
+        let acts = run_until(&mut s, t0 + Duration::from_secs(100));
+        // The give-up moved from 72 to 80 (70 + 1 + 10 = 81, cut to the hard deadline): no
+        // NoSuccessor exit at 72, two seconds after joining.
+        assert!(
+            !acts
+                .iter()
+                .any(|(_, a)| *a == Exit(ExitReason::NoSuccessor)),
+            "{acts:?}"
+        );
+        assert_eq!(
+            acts.last(),
+            Some(&(Duration::from_secs(80), Exit(ExitReason::HardDeadline)))
+        );
+    }
+
+    #[test]
+    fn the_host_ending_stops_the_node_like_the_hard_deadline() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(plan(40, true), 1, false, t0, SystemTime::now());
+        let t = launch_once(&mut l);
+        l.handle(t, LifecycleInput::SuccessorConnected);
+        l.handle(t, LifecycleInput::HostEnding);
+        assert_eq!(l.poll_action(), Some(Exit(ExitReason::HardDeadline)));
     }
 }

@@ -648,6 +648,9 @@ pub async fn run(
     args: NodeArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Refuse bad lifecycle settings (e.g. a lifetime too short for the launcher) before
+    // anything starts.
+    args.lifecycle.plan()?;
     let tunnel = args.tunnel.build();
     let publishes = !args.lifecycle.is_successor();
     let ring_args = args.clone();
