@@ -664,8 +664,11 @@ mod tests {
         let mut s = Lifecycle::new(plan(40, true), 9, true, t0, SystemTime::now());
         let joined = t0 + Duration::from_secs(37);
         s.handle(joined, LifecycleInput::Joined);
-        let acts = run_until(&mut s, joined);
-        assert_eq!(acts, vec![(Duration::from_secs(37), Launch { attempt: 1 })]);
+        // The launch time has passed: the timer is due at once.
+        assert!(s.poll_timeout().unwrap() <= joined);
+        s.handle_timeout(joined);
+        assert_eq!(s.poll_action(), Some(Launch { attempt: 1 }));
+        assert_eq!(s.poll_action(), None);
         s.handle(joined, LifecycleInput::LaunchSucceeded);
         // Not NoSuccessor at once: it waits one start + one successor timeout (1 + 5 s),
         // cut to the hard deadline (40).
@@ -676,9 +679,11 @@ mod tests {
         );
         // Joined early enough, the floor is one start + one timeout after the join.
         let mut s = Lifecycle::new(plan(80, true), 9, true, t0, SystemTime::now());
-        s.handle(t0 + Duration::from_secs(70), LifecycleInput::Joined);
-        let t = launch_once(&mut s);
-        assert_eq!(t, t0 + Duration::from_secs(70));
+        let joined = t0 + Duration::from_secs(70);
+        s.handle(joined, LifecycleInput::Joined);
+        s.handle_timeout(joined);
+        assert_eq!(s.poll_action(), Some(Launch { attempt: 1 }));
+        s.handle(joined, LifecycleInput::LaunchSucceeded);
         let acts = run_until(&mut s, t0 + Duration::from_secs(100));
         // The give-up moved from 72 to 80 (70 + 1 + 10 = 81, cut to the hard deadline): no
         // NoSuccessor exit at 72, two seconds after joining.
