@@ -267,11 +267,16 @@ pub async fn run(
                     });
                 }
                 LifecycleAction::Exit(reason) => {
+                    // Liveness rule 1: leaving without a successor, stop writes and leave a
+                    // final backup (a successor recovering from it opens no gap).
                     if reason != ExitReason::HandedOff
                         && let Some(store) = &backups
                     {
-                        let _ = crate::handoff::recovery::backup_once(
-                            &*host, &**store, generation, &peer_id, &mut None,
+                        if let Some(t) = &backup_task {
+                            t.abort();
+                        }
+                        let _ = crate::handoff::recovery::final_backup(
+                            &*host, &**store, generation, &peer_id,
                         )
                         .await;
                     }
@@ -610,7 +615,18 @@ async fn join(
             reason: GiveUpReason::PredecessorUnreachable,
             transferred,
         } => {
-            let rec = recover(&*host, backups.as_deref(), transferred, DEFAULT_GAP_MARGIN).await?;
+            let predecessor = la
+                .generation
+                .checked_sub(1)
+                .map(|g| (g, la.predecessor_peer_id.as_deref().unwrap_or_default()));
+            let rec = recover(
+                &*host,
+                backups.as_deref(),
+                transferred,
+                DEFAULT_GAP_MARGIN,
+                predecessor,
+            )
+            .await?;
             match publisher.publish(&node.record()).await {
                 Err(e) if e.is_stale() => {
                     tracing::info!(error = %e, "not serving: another node took over first");
