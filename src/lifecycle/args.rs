@@ -119,7 +119,7 @@ pub struct LifecycleArgs {
     pub handoff_window: Option<u32>,
     /// How long the predecessor keeps an interrupted handoff session for its successor
     /// to resume before it aborts it (and the lifecycle launches another successor)
-    /// [default: 10s].
+    /// [default: 10s, at most the successor timeout when the node launches successors].
     #[arg(long, env = "OUROBOROS_HANDOFF_RESUME_TIMEOUT", value_parser = parse_duration)]
     pub handoff_resume_timeout: Option<Duration>,
     /// How long a successor keeps trying to reach a silent predecessor before it recovers
@@ -177,6 +177,10 @@ pub struct LifecyclePlan {
     /// How long a successor of this launcher takes to start
     /// ([`LauncherKind::expected_start`]).
     pub expected_start: Duration,
+    /// Whether the host ends with the lifetime (GitHub Actions: the job's time limit) and the
+    /// node must exit by then, with or without a successor. A local process's host does not
+    /// end: its node keeps relaunching until a successor takes over (liveness rule 1).
+    pub host_ends: bool,
     /// Drain time after the clients were moved.
     pub drain_timeout: Duration,
     /// Whether a successor is launched at all.
@@ -254,6 +258,7 @@ impl LifecycleArgs {
             deadline_margin,
             successor_timeout,
             expected_start: start,
+            host_ends: self.launcher != LauncherKind::Local,
             drain_timeout: self.drain_timeout,
             launches: lifetime.is_some() && self.launcher != LauncherKind::None,
         })
@@ -274,8 +279,14 @@ impl LifecycleArgs {
         if let Some(window) = self.handoff_window {
             c.window = window;
         }
-        if let Some(t) = self.handoff_resume_timeout {
-            c.resume_timeout = t;
+        match (self.handoff_resume_timeout, self.plan()) {
+            (Some(t), _) => c.resume_timeout = t,
+            // Scaled: an interrupted session is given one successor timeout to resume, so
+            // that a dead successor is replaced within the lead.
+            (None, Ok(p)) if p.launches => {
+                c.resume_timeout = c.resume_timeout.min(p.successor_timeout)
+            }
+            _ => {}
         }
         c
     }

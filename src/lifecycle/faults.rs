@@ -4,7 +4,9 @@
 //! normal case) every knob is off. Never set it in production.
 //!
 //! Format: comma-separated `key=value`:
-//! - `launch_delay=2s`: each local launch waits a random time in `0..=2s` first;
+//! - `launch_delay=2s`: each locally launched successor waits a random time in `0..=2s`
+//!   before it starts (like a queued run; passed to it in `OUROBOROS_FAULT_START_DELAY`, in
+//!   milliseconds, so the wait goes on even if its predecessor exits meanwhile);
 //! - `duplicate=0.2`: with this probability a launch starts two successors;
 //! - `kill=0.1`, `kill_within=3s`: with this probability a launched successor gets `kill -9`
 //!   at a random moment in `0..=kill_within` (default 3 s), unless its generation has been
@@ -18,6 +20,19 @@ use std::time::Duration;
 
 /// Environment variable holding the fault settings.
 pub const FAULTS_ENV: &str = "OUROBOROS_FAULTS";
+
+/// Environment variable (milliseconds) making a launched node wait before it starts.
+pub const START_DELAY_ENV: &str = "OUROBOROS_FAULT_START_DELAY";
+
+/// Test-only: the start delay a fault-injecting launcher gave this process, if any.
+pub fn start_delay() -> Option<Duration> {
+    std::env::var(START_DELAY_ENV)
+        .ok()?
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_millis)
+        .filter(|d| !d.is_zero())
+}
 
 /// Fault settings (all off by default).
 #[derive(Debug, Clone, Default, PartialEq)]

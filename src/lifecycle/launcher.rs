@@ -5,6 +5,7 @@ use crate::handoff::{SECRET_ENV, Secret};
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::Duration;
 
 /// What a successor needs to find and take over from its predecessor. Public by design: a
 /// launcher may put it into workflow inputs. Never holds secrets.
@@ -212,7 +213,9 @@ impl LocalLauncher {
             .clone()
     }
 
-    fn spawn(&self, request: &SuccessorRequest) -> std::io::Result<u32> {
+    /// Starts the successor; `start_delay` (fault injection only, normally zero) makes it
+    /// wait that long before it starts, like a queued run.
+    fn spawn(&self, request: &SuccessorRequest, start_delay: Duration) -> std::io::Result<u32> {
         let log_path = self.log_path(request.generation);
         std::fs::create_dir_all(log_path.parent().expect("log path has a parent"))?;
         let log = std::fs::OpenOptions::new()
@@ -229,6 +232,14 @@ impl LocalLauncher {
             .process_group(0);
         for var in ENV_NOT_INHERITED {
             cmd.env_remove(var);
+        }
+        cmd.env_remove(super::faults::START_DELAY_ENV);
+        if !start_delay.is_zero() {
+            tracing::warn!(delay = ?start_delay, "fault injection: launch delayed");
+            cmd.env(
+                super::faults::START_DELAY_ENV,
+                start_delay.as_millis().to_string(),
+            );
         }
         let child = cmd.spawn()?;
         // The handle is kept (for `abandon`) until the child has exited; dropping it leaves
@@ -294,14 +305,9 @@ fn kill_unless_published(pid: u32, generation: u64, record: &std::path::Path) {
 #[async_trait::async_trait]
 impl Launcher for LocalLauncher {
     async fn launch(&self, request: &SuccessorRequest) -> Result<(), LaunchError> {
-        let delay = self.faults.launch_delay();
-        if !delay.is_zero() {
-            tracing::warn!(?delay, "fault injection: launch delayed");
-            tokio::time::sleep(delay).await;
-        }
         let copies = if self.faults.duplicate() { 2 } else { 1 };
         for _ in 0..copies {
-            let pid = self.spawn(request)?;
+            let pid = self.spawn(request, self.faults.launch_delay())?;
             if let Some(after) = self.faults.kill_after() {
                 let record = self.data_dir.join("ouroboros.json");
                 let generation = request.generation;

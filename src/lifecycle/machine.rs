@@ -21,7 +21,10 @@
 //! # Liveness rules (`protocol/handoff.md`, "Liveness")
 //! 1. A node exits without a successor only when told to stop (`Shutdown`) or when its host
 //!    is about to end (the deadline margin, the hard deadline, `HostEnding`); the driver then
-//!    stops writes, leaves a final backup and a discovery record that says so.
+//!    stops writes and leaves a final backup. A host that does not end with the lifetime (a
+//!    local process, [`LifecyclePlan::host_ends`] false) has no hard deadline: the node keeps
+//!    serving and relaunching (backoff up to 4 successor timeouts) until a successor takes
+//!    over.
 //! 2. A successor that joins late (its predecessor gone, state recovered) plans its own
 //!    successor from its own remaining time: it launches at once if the launch time has
 //!    passed, and never gives up before one expected start plus one successor timeout
@@ -174,8 +177,12 @@ pub struct Lifecycle {
     #[cfg_attr(not(test), allow(dead_code))]
     started: Instant,
     started_wall: SystemTime,
-    /// Hard deadline: start + lifetime.
+    /// End of the lifetime: start + lifetime (for status and the launch time).
     deadline: Option<Instant>,
+    /// The hard deadline the node exits at: the end of the lifetime when the host ends
+    /// then (`LifecyclePlan::host_ends`); `None` for a local ring, whose host does not end:
+    /// there the node keeps serving and relaunching until a successor takes over (rule 1).
+    hard_deadline: Option<Instant>,
     /// When the successor is launched.
     launch_at: Option<Instant>,
     /// Without a handoff under way by then, exit.
@@ -203,13 +210,15 @@ impl Lifecycle {
         let launch_at = deadline
             .filter(|_| plan.launches)
             .map(|d| d - plan.handoff_lead);
-        let give_up_at = deadline.map(|d| d - plan.deadline_margin);
+        let hard_deadline = deadline.filter(|_| plan.host_ends || !plan.launches);
+        let give_up_at = hard_deadline.map(|d| d - plan.deadline_margin);
         Lifecycle {
             plan,
             generation,
             started: now,
             started_wall: now_wall,
             deadline,
+            hard_deadline,
             launch_at,
             give_up_at,
             timer: None,
@@ -267,7 +276,7 @@ impl Lifecycle {
     /// Next instant at which [`Lifecycle::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         use LifecycleState::*;
-        let mut t = self.deadline;
+        let mut t = self.hard_deadline;
         let mut consider = |x: Option<Instant>| {
             if let Some(x) = x {
                 t = Some(t.map_or(x, |t| t.min(x)));
@@ -326,7 +335,7 @@ impl Lifecycle {
         if self.is_exited() {
             return;
         }
-        if self.deadline.is_some_and(|d| now >= d) {
+        if self.hard_deadline.is_some_and(|d| now >= d) {
             let reason = if self.state == Draining {
                 ExitReason::HandedOff
             } else {
@@ -371,7 +380,7 @@ impl Lifecycle {
                 // (already due, if so) gets one start and one successor timeout.
                 if let Some(g) = self.give_up_at {
                     let floor = now + self.plan.expected_start + self.plan.successor_timeout;
-                    let floor = self.deadline.map_or(floor, |d| floor.min(d));
+                    let floor = self.hard_deadline.map_or(floor, |d| floor.min(d));
                     self.give_up_at = Some(g.max(floor));
                 }
             }
@@ -409,7 +418,7 @@ impl Lifecycle {
             (HandingOff { .. } | AwaitingSuccessor { .. }, LifecycleInput::ClientsMoved) => {
                 self.state = Draining;
                 let until = now + self.plan.drain_timeout;
-                self.timer = Some(self.deadline.map_or(until, |d| until.min(d)));
+                self.timer = Some(self.hard_deadline.map_or(until, |d| until.min(d)));
             }
             (state, input) => {
                 tracing::debug!(?state, ?input, "lifecycle: input ignored in this state");
@@ -430,6 +439,7 @@ mod tests {
             deadline_margin: Duration::from_secs(lifetime_s / 10),
             successor_timeout: Duration::from_secs(lifetime_s / 8),
             expected_start: Duration::from_secs(1),
+            host_ends: true,
             drain_timeout: Duration::from_secs(1),
             launches,
         }
@@ -707,5 +717,52 @@ mod tests {
         l.handle(t, LifecycleInput::SuccessorConnected);
         l.handle(t, LifecycleInput::HostEnding);
         assert_eq!(l.poll_action(), Some(Exit(ExitReason::HardDeadline)));
+    }
+
+    #[test]
+    fn a_local_node_never_exits_without_a_successor() {
+        let t0 = Instant::now();
+        let mut p = plan(40, true);
+        p.host_ends = false;
+        let mut l = Lifecycle::new(p, 3, false, t0, SystemTime::now());
+        let mut launches = Vec::new();
+        // Every successor fails to show up for 10 minutes.
+        while let Some(t) = l.poll_timeout() {
+            if t > t0 + Duration::from_secs(600) {
+                break;
+            }
+            l.handle_timeout(t);
+            while let Some(a) = l.poll_action() {
+                match a {
+                    Launch { attempt } => {
+                        launches.push(((t - t0).as_secs(), attempt));
+                        l.handle(t, LifecycleInput::LaunchSucceeded);
+                    }
+                    Exit(r) => panic!("exited ({r:?}) without a successor"),
+                }
+            }
+        }
+        // 30, then +5, +10, +20, +20, ... past the lifetime, never giving up.
+        assert_eq!(
+            &launches[..5],
+            &[(30, 1), (35, 2), (45, 3), (65, 4), (85, 5)]
+        );
+        assert!(launches.len() > 25, "{launches:?}");
+        assert!(!l.is_exited());
+        // A successor finally takes over: the normal end.
+        let t = t0 + Duration::from_secs(601);
+        l.handle(t, LifecycleInput::SuccessorConnected);
+        l.handle(t, LifecycleInput::ClientsMoved);
+        let acts = run_until(&mut l, t0 + Duration::from_secs(700));
+        assert_eq!(
+            acts,
+            vec![(Duration::from_secs(602), Exit(ExitReason::HandedOff))]
+        );
+        // Told to stop, it stops.
+        let mut p = plan(40, true);
+        p.host_ends = false;
+        let mut l = Lifecycle::new(p, 3, false, t0, SystemTime::now());
+        l.handle(t0, LifecycleInput::Shutdown);
+        assert_eq!(l.poll_action(), Some(Exit(ExitReason::Shutdown)));
     }
 }

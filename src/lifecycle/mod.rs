@@ -19,7 +19,7 @@ pub use args::{
     EndpointList, LauncherKind, LifecycleArgs, LifecyclePlan, PlanError, min_lifetime,
     parse_duration,
 };
-pub use faults::{FAULTS_ENV, Faults};
+pub use faults::{FAULTS_ENV, Faults, START_DELAY_ENV, start_delay};
 pub use launcher::{
     LaunchError, Launcher, LocalLauncher, NoLauncher, SuccessorRequest, successor_base_args,
 };
