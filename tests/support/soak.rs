@@ -434,13 +434,13 @@ pub async fn run(cfg: SoakConfig) -> Verdict {
 /// Ctrl-C to the newest node (it stops the successors still starting), then `kill -9` of
 /// whatever of this ring still runs.
 async fn stop_ring(data: &Path, first: &mut tokio::process::Child) {
-    if let Ok(pid) = std::fs::read_to_string(data.join("ouroboros.pid")) {
-        if let Ok(pid) = pid.trim().parse::<i32>() {
-            kill(pid, "-INT");
-            let gone = Instant::now() + Duration::from_secs(10);
-            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < gone {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+    if let Ok(pid) = std::fs::read_to_string(data.join("ouroboros.pid"))
+        && let Ok(pid) = pid.trim().parse::<i32>()
+    {
+        kill(pid, "-INT");
+        let gone = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < gone {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
     let _ = first.start_kill();
