@@ -123,10 +123,9 @@ pub struct LifecycleArgs {
     #[arg(long, env = "OUROBOROS_HANDOFF_RESUME_TIMEOUT", value_parser = parse_duration)]
     pub handoff_resume_timeout: Option<Duration>,
     /// How long a successor keeps trying to reach a silent predecessor before it recovers
-    /// from the newest backup [default: the handoff lead, at most 10s: a successor is launched
-    /// a lead before its predecessor's hard deadline, which the predecessor never passes, so
-    /// up to 40 s lifetimes the wait outlasts the predecessor and it never ends up with two
-    /// primaries; the wait is always a fraction of the lifetime, never longer than it].
+    /// from the newest backup [default: 10s; where the predecessor's host ends with its
+    /// lifetime (not `--launcher local`), at most the handoff lead: a successor is launched a
+    /// lead before that end, so a lead of silence outlasts the predecessor].
     #[arg(long, env = "OUROBOROS_HANDOFF_GIVE_UP_AFTER", value_parser = parse_duration)]
     pub handoff_give_up_after: Option<Duration>,
     /// How a successor reaches its predecessor: `webrtc` (a DataConnection through its
@@ -297,11 +296,17 @@ impl LifecycleArgs {
         let mut c = crate::handoff::SuccessorConfig::default();
         match (self.handoff_give_up_after, self.lifetime) {
             (Some(t), _) => c.give_up_after = t,
-            (None, Some(l)) => {
+            // Only where the predecessor's host ends with its lifetime is a shorter wait
+            // safe: a successor started a lead before that end and silent for a lead
+            // outlasts it. A local predecessor may serve past its lifetime (liveness rule 1):
+            // giving up on it sooner than the fixed default while it still serves made two
+            // primaries in the soak (a successor restoring a large snapshot for 3.9 s gave up
+            // on a 3 s wait), so there the default stays.
+            (None, Some(l)) if self.launcher != LauncherKind::Local => {
                 let lead = self.handoff_lead.unwrap_or_else(|| default_lead(l));
                 c.give_up_after = c.give_up_after.min(lead);
             }
-            (None, None) => {}
+            _ => {}
         }
         c
     }
@@ -400,11 +405,15 @@ mod tests {
 
     #[test]
     fn waits_scale_with_the_lifetime_and_the_launcher() {
-        // The successor's wait for a silent predecessor: the lead (a fraction of the
-        // lifetime), never the fixed 10 s that outlasted a 6 s lifetime.
-        let a = parse(&["--lifetime", "8s", "--launcher", "local"]).unwrap();
+        // The successor's wait for a silent predecessor whose host ends with its lifetime:
+        // the lead (a fraction of the lifetime), at most 10 s.
+        let a = parse(&["--lifetime", "8s"]).unwrap();
         assert_eq!(a.successor_config().give_up_after, Duration::from_secs(2));
-        let a = parse(&["--lifetime", "2h", "--launcher", "local"]).unwrap();
+        let a = parse(&["--lifetime", "2h", "--launcher", "github"]).unwrap();
+        assert_eq!(a.successor_config().give_up_after, Duration::from_secs(10));
+        // A local predecessor may outlive its lifetime: the fixed wait (no hard deadline
+        // ends the successor meanwhile, so it no longer outlasts anything).
+        let a = parse(&["--lifetime", "8s", "--launcher", "local"]).unwrap();
         assert_eq!(a.successor_config().give_up_after, Duration::from_secs(10));
         let a = parse(&["--lifetime", "8s", "--handoff-give-up-after", "3s"]).unwrap();
         assert_eq!(a.successor_config().give_up_after, Duration::from_secs(3));

@@ -636,7 +636,14 @@ async fn join(
                 Ok(()) => {}
             }
             host.set_mode(Mode::Primary).await;
-            tracing::warn!(?rec, "serving after recovering without the predecessor");
+            if rec.margin > 0 {
+                tracing::warn!(?rec, "serving after a crash recovery (gap announced)");
+            } else {
+                tracing::info!(
+                    ?rec,
+                    "serving after recovering from the predecessor's final backup (no gap)"
+                );
+            }
             Ok(Joined::Primary)
         }
         SuccessorOutcome::GaveUp {
