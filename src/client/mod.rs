@@ -154,7 +154,10 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Upper bound of the reconnect backoff.
     pub max_backoff: Duration,
-    /// Give up after this long without a connection (`None`: never).
+    /// Give up after this long without a connection. `None` (the default): keep
+    /// reconnecting (jittered, capped backoff, re-reading discovery) until the client is
+    /// closed, so a ring that comes back minutes later (a queued successor run) finds its
+    /// clients still there. A limit is an option for programs that prefer to fail.
     pub give_up_after: Option<Duration>,
     /// Where to re-read the discovery record when the node is gone without `moved`.
     pub discovery_source: Option<String>,
@@ -180,7 +183,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(15),
             request_timeout: Duration::from_secs(15),
             max_backoff: Duration::from_secs(5),
-            give_up_after: Some(Duration::from_secs(120)),
+            give_up_after: None,
             discovery_source: None,
             endpoint_index: 0,
             ring_key: None,

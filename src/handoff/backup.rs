@@ -19,6 +19,9 @@ pub struct Backup {
     pub high_water: HighWater,
     /// The encoded relay snapshot (`Relay::export_snapshot`).
     pub snapshot: Vec<u8>,
+    /// The node stopped accepting writes before taking it and exited after: nothing was
+    /// acknowledged after this state, so recovering from it needs no gap.
+    pub is_final: bool,
 }
 
 /// Sum of all rooms' heads: a state with a larger total holds more messages (heads only
@@ -70,6 +73,9 @@ struct Header {
     high_water: HighWater,
     size: u64,
     sha256: String,
+    /// [`Backup::is_final`]; absent (false) in older backups.
+    #[serde(default, rename = "final", skip_serializing_if = "std::ops::Not::not")]
+    is_final: bool,
 }
 
 /// The key that encrypts and authenticates backups: derived from the ring secret
@@ -217,6 +223,7 @@ impl DirBackupStore {
             high_water: b.high_water.clone(),
             size: b.snapshot.len() as u64,
             sha256: sha256_hex(&b.snapshot),
+            is_final: b.is_final,
         };
         let mut bytes = serde_json::to_vec(&header).expect("headers serialize");
         bytes.push(b'\n');
@@ -278,6 +285,7 @@ fn read_backup(path: &std::path::Path, key: Option<&BackupKey>) -> Result<Backup
         taken_at: header.taken_at,
         high_water: header.high_water,
         snapshot,
+        is_final: header.is_final,
     })
 }
 
@@ -315,6 +323,7 @@ mod tests {
             taken_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs),
             high_water: [("r".to_string(), secs)].into(),
             snapshot: body.to_vec(),
+            is_final: secs == 6,
         }
     }
 
@@ -392,6 +401,7 @@ mod tests {
             (latest.generation, latest.snapshot.as_slice()),
             (2, &b"state 2 6"[..])
         );
+        assert!(latest.is_final, "the final mark survives the round trip");
         // Corrupt the newest: the one before is used.
         let newest = store.list().unwrap().pop().unwrap();
         let mut bytes = std::fs::read(&newest).unwrap();
@@ -399,6 +409,7 @@ mod tests {
         std::fs::write(&newest, bytes).unwrap();
         let latest = store.latest().await.unwrap().unwrap();
         assert_eq!(latest.snapshot, b"state 2 5");
+        assert!(!latest.is_final);
         assert_eq!(total_head(&latest.high_water), 5);
     }
 }

@@ -744,6 +744,14 @@ pub async fn run(
     args: NodeArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Refuse bad lifecycle settings (e.g. a lifetime too short for the launcher) before
+    // anything starts.
+    args.lifecycle.plan()?;
+    // Test-only fault injection (`OUROBOROS_FAULTS`): a launched node starting late.
+    if let Some(d) = crate::lifecycle::start_delay() {
+        tracing::warn!(delay = ?d, "fault injection: starting late");
+        tokio::time::sleep(d).await;
+    }
     let tunnel = args.tunnel.build();
     let publishes = !args.lifecycle.is_successor();
     let ring_args = args.clone();

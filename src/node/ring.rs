@@ -8,7 +8,7 @@
 
 use super::{LifecycleView, Node, NodeArgs};
 use crate::client::Transport;
-use crate::discovery::{DiscoveryError, LocalPublisher, Publisher, SignalingEndpoint};
+use crate::discovery::{LocalPublisher, Publisher, SignalingEndpoint};
 use crate::handoff::{
     BackupError, BackupKey, BackupStore, ConnectError, DEFAULT_GAP_MARGIN, DirBackupStore,
     GiveUpReason, HANDOFF_LABEL, HandoffConn, HandoffHost, HostOps, Predecessor, PredecessorEvent,
@@ -123,9 +123,6 @@ pub enum RingError {
     /// The predecessor was lost and recovery failed (this node must not serve).
     #[error("handoff failed: recovery: {0}")]
     Recovery(#[from] BackupError),
-    /// The predecessor was lost and another node published a newer record first.
-    #[error("handoff failed: another node took over: {0}")]
-    Superseded(#[source] DiscoveryError),
     /// The successor gave up for a reason that forbids serving (see `protocol/handoff.md`).
     #[error("handoff failed: {0:?}")]
     GaveUp(GiveUpReason),
@@ -210,11 +207,26 @@ pub async fn run(
             publisher.clone(),
             backups.clone(),
         );
-        tokio::select! {
+        let joined = tokio::select! {
             r = join => r?,
             _ = &mut shutdown => return Ok(ExitReason::Shutdown),
+        };
+        lifecycle.handle(
+            Instant::now(),
+            match joined {
+                Joined::Primary => LifecycleInput::Joined,
+                Joined::Superseded => LifecycleInput::Superseded,
+            },
+        );
+        if let LifecycleState::Exited { reason } = lifecycle.state() {
+            // Another successor of our generation is primary: we never served; stop cleanly.
+            tracing::info!(
+                generation,
+                "another successor of this generation took over; stopping"
+            );
+            node.set_lifecycle(view(&lifecycle));
+            return Ok(reason);
         }
-        lifecycle.handle(Instant::now(), LifecycleInput::Joined);
     }
     write_pid(&la.data_dir);
     node.set_lifecycle(view(&lifecycle));
@@ -244,6 +256,7 @@ pub async fn run(
             peer_id.clone(),
         )
     });
+    let faults = crate::lifecycle::Faults::from_env();
     let (launch_tx, mut launch_rx) = mpsc::unbounded_channel::<Result<(), String>>();
     // Whether a successor took over (then it, not us, is the ring's newest generation).
     let mut successor_live = false;
@@ -265,11 +278,16 @@ pub async fn run(
                     });
                 }
                 LifecycleAction::Exit(reason) => {
+                    // Liveness rule 1: leaving without a successor, stop writes and leave a
+                    // final backup (a successor recovering from it opens no gap).
                     if reason != ExitReason::HandedOff
                         && let Some(store) = &backups
                     {
-                        let _ = crate::handoff::recovery::backup_once(
-                            &*host, &**store, generation, &peer_id, &mut None,
+                        if let Some(t) = &backup_task {
+                            t.abort();
+                        }
+                        let _ = crate::handoff::recovery::final_backup(
+                            &*host, &**store, generation, &peer_id,
                         )
                         .await;
                     }
@@ -290,6 +308,11 @@ pub async fn run(
             }),
             Some(ev) = handle.events.recv() => {
                 let input = match ev {
+                    // Test-only fault (`OUROBOROS_FAULTS`): the host ends mid-transfer.
+                    PredecessorEvent::Authenticated { .. } if faults.vanish_mid_transfer() => {
+                        tracing::warn!("fault injection: the host ends mid-transfer");
+                        Some(LifecycleInput::HostEnding)
+                    }
                     PredecessorEvent::Authenticated { .. } => Some(LifecycleInput::SuccessorConnected),
                     PredecessorEvent::CutOver => Some(LifecycleInput::CutOver),
                     PredecessorEvent::SuccessorLive { .. } => {
@@ -531,6 +554,14 @@ async fn connect_ws(
     Err(ConnectError::WebSocket(errors))
 }
 
+/// How a successor's start ended.
+enum Joined {
+    /// It is the primary (took over, or recovered without the predecessor).
+    Primary,
+    /// Another successor of its generation is primary (liveness rule 3).
+    Superseded,
+}
+
 /// The successor's start: take over from the predecessor, or recover without it.
 async fn join(
     node: &Node,
@@ -539,7 +570,7 @@ async fn join(
     host: Arc<dyn HandoffHost>,
     publisher: Arc<dyn Publisher>,
     backups: Option<Arc<dyn BackupStore>>,
-) -> Result<(), RingError> {
+) -> Result<Joined, RingError> {
     let la = &args.lifecycle;
     let pred_id = la
         .predecessor_peer_id
@@ -589,7 +620,7 @@ async fn join(
     match outcome {
         SuccessorOutcome::Live => {
             tracing::info!(elapsed = ?started.elapsed(), generation = la.generation, "took over from the predecessor");
-            Ok(())
+            Ok(Joined::Primary)
         }
         SuccessorOutcome::GaveUp {
             reason: reason @ (GiveUpReason::PredecessorUnreachable | GiveUpReason::Blocked),
@@ -606,25 +637,42 @@ async fn join(
                 "handoff: gave up on the predecessor; recovering from the newest backup"
             );
             node.shared().set_handoff_gave_up(cause);
+            let predecessor = la
+                .generation
+                .checked_sub(1)
+                .map(|g| (g, la.predecessor_peer_id.as_deref().unwrap_or_default()));
             let rec = recover(
                 &*host,
                 backups.as_deref(),
                 transferred,
                 DEFAULT_GAP_MARGIN,
                 cause,
+                predecessor,
             )
             .await?;
             match publisher.publish(&node.record()).await {
                 Err(e) if e.is_stale() => {
-                    return Err(RingError::Superseded(e));
+                    tracing::info!(error = %e, "not serving: another node took over first");
+                    return Ok(Joined::Superseded);
                 }
                 Err(e) => tracing::error!(error = %e, "discovery not published after recovery"),
                 Ok(()) => {}
             }
             host.set_mode(Mode::Primary).await;
-            tracing::warn!(?rec, "serving after a crash recovery (gap announced)");
-            Ok(())
+            if rec.margin > 0 {
+                tracing::warn!(?rec, "serving after a crash recovery (gap announced)");
+            } else {
+                tracing::info!(
+                    ?rec,
+                    "serving after recovering from the predecessor's final backup (no gap)"
+                );
+            }
+            Ok(Joined::Primary)
         }
+        SuccessorOutcome::GaveUp {
+            reason: GiveUpReason::Superseded,
+            ..
+        } => Ok(Joined::Superseded),
         SuccessorOutcome::GaveUp { reason, .. } => Err(RingError::GaveUp(reason)),
     }
 }

@@ -417,7 +417,10 @@ function teardown() {
 function scheduleRetry(reason) {
   teardown();
   if (state.retryTimer) return;
-  const wait = state.retryMs;
+  // Keeps trying until the page is closed (never gives up): the ceiling doubles up to
+  // 30 s, and each wait is drawn from its upper half so that the browsers of a node that
+  // just died come back at different moments.
+  const wait = Math.round(state.retryMs * (0.5 + Math.random() * 0.5));
   state.retryMs = Math.min(state.retryMs * 2, 30000);
   setConn('offline', `offline (${reason}); retrying in ${Math.round(wait / 1000)}s`);
   state.retryTimer = setTimeout(() => { state.retryTimer = null; start(); }, wait);
