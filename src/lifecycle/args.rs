@@ -60,7 +60,11 @@ fn default_lead(lifetime: Duration) -> Duration {
 /// (25%) must hold two expected starts (one to start, one for a relaunch), and the window
 /// from the launch to the give-up (lead − margin, 15%) one whole start.
 pub fn min_lifetime(launcher: LauncherKind) -> Duration {
-    let start = launcher.expected_start();
+    min_lifetime_for(launcher.expected_start())
+}
+
+/// [`min_lifetime`] for a successor that takes `start` to start.
+fn min_lifetime_for(start: Duration) -> Duration {
     (start * 8).max(start.mul_f64(1.0 / 0.15))
 }
 
@@ -90,6 +94,11 @@ pub struct LifecycleArgs {
     /// What starts the successor.
     #[arg(long, env = "OUROBOROS_LAUNCHER", value_enum, default_value_t = LauncherKind::None)]
     pub launcher: LauncherKind,
+    /// How long a launched successor takes to start, which every wait of the ring scales
+    /// with [default: the launcher's: `local` 1 s, `github` 2 min]. Lower it for a
+    /// self-hosted runner that starts at once (or a test of the workflow).
+    #[arg(long, env = "OUROBOROS_SUCCESSOR_START", value_parser = parse_duration)]
+    pub successor_start: Option<Duration>,
     /// This node's generation (0 for the first node; successors get predecessor + 1).
     #[arg(long, env = "OUROBOROS_GENERATION", default_value_t = 0)]
     pub generation: u64,
@@ -207,7 +216,9 @@ impl LifecycleArgs {
         let deadline_margin = self
             .deadline_margin
             .unwrap_or_else(|| (l / 10).min(Duration::from_secs(120)));
-        let start = self.launcher.expected_start();
+        let start = self
+            .successor_start
+            .unwrap_or_else(|| self.launcher.expected_start());
         let successor_timeout = self.successor_timeout.unwrap_or_else(|| {
             (handoff_lead / 2)
                 .max(Duration::from_millis(500))
@@ -223,7 +234,7 @@ impl LifecycleArgs {
                 let hint = if self.handoff_lead.is_none() && self.deadline_margin.is_none() {
                     format!(
                         "; the shortest --lifetime with the default lead and margin is {}",
-                        fmt(min_lifetime(self.launcher))
+                        fmt(min_lifetime_for(start))
                     )
                 } else {
                     String::new()

@@ -82,6 +82,8 @@ fn actions_env(
         // The job's env: block (shortened lifetime for the test; everything else as written).
         v("OUROBOROS_LIFETIME", "12s"),
         v("OUROBOROS_HANDOFF_LEAD", "6s"),
+        // The contract server's runs start at once (a hosted runner takes minutes).
+        v("OUROBOROS_SUCCESSOR_START", "1s"),
         v("OUROBOROS_PAGES_MODE", "dispatch"),
         v("OUROBOROS_PAGES_BRANCH", "gh-pages"),
         v(
