@@ -124,17 +124,7 @@ impl DirBackupStore {
     /// # Errors
     /// I/O failures.
     pub fn save_blocking(&self, b: &Backup) -> Result<(), BackupError> {
-        let header = Header {
-            generation: b.generation,
-            peer_id: b.peer_id.clone(),
-            taken_at: b.taken_at,
-            high_water: b.high_water.clone(),
-            size: b.snapshot.len() as u64,
-            sha256: sha256_hex(&b.snapshot),
-        };
-        let mut bytes = serde_json::to_vec(&header).expect("headers serialize");
-        bytes.push(b'\n');
-        bytes.extend_from_slice(&b.snapshot);
+        let bytes = b.to_file_bytes();
         // Backups hold every stored message: readable by the node's user only.
         crate::discovery::local::write_atomic_private(&self.dir.join(Self::file_name(b)), &bytes)?;
         let files = self.list()?;
@@ -170,22 +160,50 @@ impl DirBackupStore {
 
 fn read_backup(path: &std::path::Path) -> Result<Backup, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let nl = bytes
-        .iter()
-        .position(|&b| b == b'\n')
-        .ok_or("no header line")?;
-    let header: Header = serde_json::from_slice(&bytes[..nl]).map_err(|e| e.to_string())?;
-    let snapshot = bytes[nl + 1..].to_vec();
-    if snapshot.len() as u64 != header.size || sha256_hex(&snapshot) != header.sha256 {
-        return Err("size or checksum mismatch".into());
+    Backup::from_file_bytes(&bytes)
+}
+
+impl Backup {
+    /// The file form [`DirBackupStore`] writes: a JSON header line (generation, peer id,
+    /// time, heads, size, SHA-256), then the snapshot bytes.
+    pub fn to_file_bytes(&self) -> Vec<u8> {
+        let header = Header {
+            generation: self.generation,
+            peer_id: self.peer_id.clone(),
+            taken_at: self.taken_at,
+            high_water: self.high_water.clone(),
+            size: self.snapshot.len() as u64,
+            sha256: sha256_hex(&self.snapshot),
+        };
+        let mut bytes = serde_json::to_vec(&header).expect("headers serialize");
+        bytes.push(b'\n');
+        bytes.extend_from_slice(&self.snapshot);
+        bytes
     }
-    Ok(Backup {
-        generation: header.generation,
-        peer_id: header.peer_id,
-        taken_at: header.taken_at,
-        high_water: header.high_water,
-        snapshot,
-    })
+
+    /// Reads [`Backup::to_file_bytes`]'s form (what [`DirBackupStore`] reads back; also
+    /// the fuzz target's entry point).
+    ///
+    /// # Errors
+    /// What is wrong: no header line, a malformed header, a size or checksum mismatch.
+    pub fn from_file_bytes(bytes: &[u8]) -> Result<Backup, String> {
+        let nl = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("no header line")?;
+        let header: Header = serde_json::from_slice(&bytes[..nl]).map_err(|e| e.to_string())?;
+        let snapshot = bytes[nl + 1..].to_vec();
+        if snapshot.len() as u64 != header.size || sha256_hex(&snapshot) != header.sha256 {
+            return Err("size or checksum mismatch".into());
+        }
+        Ok(Backup {
+            generation: header.generation,
+            peer_id: header.peer_id,
+            taken_at: header.taken_at,
+            high_water: header.high_water,
+            snapshot,
+        })
+    }
 }
 
 #[async_trait::async_trait]
