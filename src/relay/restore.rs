@@ -18,7 +18,8 @@ impl Relay {
     /// # Errors
     /// [`RelayError::Snapshot`] if a room's messages do not increase, exceed its head,
     /// precede its eviction mark, or skip seqs (allowed only once a crash-restore gap
-    /// was opened in the ring, `seq_floor > 0`), or a message names an unlisted room.
+    /// was opened in the ring, `seq_floor > 0`), a message names an unlisted room or a room
+    /// whose head is not above the seq floor, or a head is above [`MAX_HEAD`].
     pub fn restore(
         config: RelayConfig,
         snapshot: Snapshot,
@@ -58,6 +59,11 @@ impl Relay {
     }
 }
 
+/// Largest room head (and seq floor) a snapshot may carry: far beyond what one seq per
+/// message can reach, and leaving room for the next seq and for crash-restore gaps without
+/// overflow.
+pub const MAX_HEAD: u64 = 1 << 62;
+
 /// [`Relay::restore`] step by step: the header first, then the messages in snapshot
 /// order, then [`finish`](Restorer::finish). Each message is checked as it comes.
 #[derive(Debug)]
@@ -71,8 +77,8 @@ impl Restorer {
     /// Starts a relay with `header`'s rooms (no messages yet).
     ///
     /// # Errors
-    /// [`RelayError::Snapshot`] for an unknown version or an eviction mark outside the
-    /// room's range.
+    /// [`RelayError::Snapshot`] for an unknown version, an eviction mark outside the
+    /// room's range, or a head or seq floor above [`MAX_HEAD`].
     pub fn new(
         config: RelayConfig,
         header: SnapshotHeader,
@@ -83,9 +89,18 @@ impl Restorer {
         if header.version != SNAPSHOT_VERSION {
             return bad(format!("unknown version {}", header.version));
         }
+        if header.seq_floor > MAX_HEAD {
+            return bad(format!("seq_floor {} above {MAX_HEAD}", header.seq_floor));
+        }
         r.seq_floor = header.seq_floor;
         let mut heads: HashMap<String, u64> = HashMap::new();
         for rs in header.rooms {
+            if rs.head > MAX_HEAD {
+                return bad(format!(
+                    "room {}: head {} above {MAX_HEAD}",
+                    rs.name, rs.head
+                ));
+            }
             if rs.evicted_before == 0 || rs.evicted_before > rs.head.saturating_add(1) {
                 return bad(format!(
                     "room {}: evicted_before {} outside 1..={}",
@@ -111,8 +126,9 @@ impl Restorer {
     /// Adds the next message.
     ///
     /// # Errors
-    /// [`RelayError::Snapshot`] if it names an unlisted room or its seq does not follow
-    /// the room's previous one (or exceeds the room's head).
+    /// [`RelayError::Snapshot`] if it names an unlisted room, its seq does not follow
+    /// the room's previous one (or exceeds the room's head), or its room's head is not above
+    /// the seq floor.
     pub fn push(&mut self, m: StoredMessage) -> Result<(), RelayError> {
         let Some(room) = self.relay.rooms.get(m.room()) else {
             return Err(RelayError::Snapshot(format!(
@@ -121,6 +137,15 @@ impl Restorer {
             )));
         };
         let head = self.heads.get(m.room()).copied().unwrap_or(0);
+        if head <= self.relay.seq_floor {
+            // Such a room is left out of every later snapshot (only rooms above the floor
+            // are listed), its messages would not be: that snapshot would not restore.
+            return Err(RelayError::Snapshot(format!(
+                "room {}: messages but head {head} not above the seq floor {}",
+                m.room(),
+                self.relay.seq_floor
+            )));
+        }
         let next_ok = if self.holes_allowed {
             m.seq() > room.head
         } else {
