@@ -5,15 +5,23 @@ use super::*;
 
 /// Restores `json` at once and piece by piece; both must agree.
 fn restore_both(json: &str) -> Result<Relay, RelayError> {
-    let at_once = Snapshot::from_json(json.as_bytes())
-        .and_then(|s| Relay::restore(config(), s, Instant::now()));
+    restore_bytes(json.as_bytes())
+}
+
+fn restore_bytes(json: &[u8]) -> Result<Relay, RelayError> {
+    let at_once =
+        Snapshot::from_json(json).and_then(|s| Relay::restore(config(), s, Instant::now()));
     let mut streaming = StreamingRestore::new(config(), Instant::now());
     let streamed = json
-        .as_bytes()
         .chunks(5)
         .try_for_each(|p| streaming.feed(p))
         .and_then(|()| streaming.finish());
-    assert_eq!(at_once.is_ok(), streamed.is_ok(), "{json}");
+    assert_eq!(
+        at_once.is_ok(),
+        streamed.is_ok(),
+        "{}",
+        String::from_utf8_lossy(json)
+    );
     at_once
 }
 
@@ -69,4 +77,18 @@ fn heads_and_floors_above_the_limit_are_refused() {
     let mut r = restore_both(&at_limit).unwrap();
     r.open_gap(10_000);
     assert_eq!(r.high_water()["r"], MAX_HEAD + 10_000);
+}
+
+/// `snapshot_restore`: a byte that is not UTF-8 inside a message body in the canonical form
+/// (`to_json`'s) panicked the decoder ("checked piece by piece"): the fast path does not
+/// check the body's strings.
+#[test]
+fn a_message_that_is_not_utf8_is_refused() {
+    let mut bytes = br#"{"version":1,"node":"n","generation":2,"seq_floor":0,"rooms":[{"name":"lobby","head":2,"evicted_before":2}],"messages":[{"room":"lobby","seq":2,"from":"alice","ts":1,"id":"m2","body":{"text":"?i"}}]}"#.to_vec();
+    let at = bytes.iter().position(|&b| b == b'?').unwrap();
+    bytes[at] = 0x94;
+    let e = restore_bytes(&bytes).unwrap_err().to_string();
+    assert!(e.contains("not UTF-8"), "{e}");
+    bytes[at] = b'x';
+    restore_bytes(&bytes).unwrap();
 }
