@@ -297,6 +297,8 @@ async fn run(mb: usize) {
     let dir = tempfile::tempdir().unwrap();
     let publisher = LocalPublisher::new(dir.path());
     let record = DiscoveryRecord {
+        ring_key: None,
+        sig: None,
         version: RECORD_VERSION,
         peer_id: succ_id.clone(),
         generation: 1,

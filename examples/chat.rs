@@ -140,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
                 Some(Event::State(ConnectionState::Offline { reason, retry_in })) => {
                     eprintln!("* offline ({reason}); retrying in {retry_in:?}");
                 }
+                Some(Event::Untrusted { reason }) => eprintln!("! refused: {reason}"),
                 Some(Event::State(ConnectionState::Closed)) | None => break,
                 Some(_) => {}
             },

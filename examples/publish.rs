@@ -23,6 +23,12 @@
 //! {"event":"refused","line":8,"id":"<message id>","error":"node error too_large: ..."}
 //! ```
 //!
+//! The client never gives up on the ring: while no node is reachable (a rotation, a successor
+//! run still queued) it keeps reconnecting and re-reading discovery, and the lines read from
+//! stdin wait in a queue of at most `--queue-lines`. When the queue is full the program says
+//! so on stderr and stops reading stdin until the node acknowledges again (the writer then
+//! blocks on the pipe); no line is dropped or refused for being offline.
+//!
 //! Message ids are `<name>-<run>-<line>` (`run`: random per start), so a restarted program
 //! never collides with an earlier run. Progress and connection changes also go to stderr.
 
@@ -54,6 +60,10 @@ struct Args {
     /// Parse each line as a JSON value instead of sending it as a string.
     #[arg(long)]
     json: bool,
+    /// Lines read ahead of the acknowledgements (kept while no node is reachable); when
+    /// full, stdin is not read until the node acknowledges again.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    queue_lines: u64,
     /// ICE servers (`--ice-servers JSON`; default: the discovery record's) and
     /// `--loopback-candidates`.
     #[command(flatten)]
@@ -75,6 +85,43 @@ fn client_config(args: &Args) -> anyhow::Result<ClientConfig> {
     cfg.transport = args.transport;
     cfg.fallback_after = args.fallback_after;
     Ok(cfg)
+}
+
+/// Reads stdin into a queue of at most `bound` lines. When the queue is full (the node has
+/// not acknowledged for a while), says so once on stderr and waits for room: stdin is not
+/// read meanwhile, nothing is dropped.
+fn read_stdin(bound: usize) -> tokio::sync::mpsc::Receiver<std::io::Result<String>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(bound);
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        loop {
+            let item = match lines.next_line().await {
+                Ok(Some(line)) => Ok(line),
+                Ok(None) => return,
+                Err(e) => Err(e),
+            };
+            let stop = item.is_err();
+            let item = match tx.try_send(item) {
+                Ok(()) => None,
+                Err(tokio::sync::mpsc::error::TrySendError::Full(item)) => Some(item),
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+            };
+            if let Some(item) = item {
+                eprintln!(
+                    "! {bound} lines are waiting for the node (queue full, --queue-lines); \
+                     not reading stdin until it acknowledges again"
+                );
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+                eprintln!("* queue has room again; reading stdin");
+            }
+            if stop {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 #[tokio::main]
@@ -120,9 +167,10 @@ async fn main() -> anyhow::Result<()> {
     });
 
     let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut queue = read_stdin(args.queue_lines as usize);
     let (mut n, mut refused) = (0u64, 0u64);
-    while let Some(line) = lines.next_line().await.context("reading stdin")? {
+    while let Some(line) = queue.recv().await {
+        let line = line.context("reading stdin")?;
         n += 1;
         if line.trim().is_empty() {
             continue;

@@ -29,7 +29,7 @@
 //!
 //! # Cargo features
 //!
-//! - `server`: [`signaling`] (axum, hyper-util, tokio-rustls).
+//! - `server`: [`signaling`] (axum, hyper-util).
 //! - `tunnel`: [`tunnel`] (ngrok).
 //! - `node` (default; implies both): [`node`], [`handoff`], [`lifecycle`], [`github`] and the
 //!   `ouroboros` binary.

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Fetch, start_node};
+use support::{Fetch, start_node, start_node_in_ring};
 
 use ouroboros::client::{Client, ClientConfig, ClientError, Event, Target, Transport};
 use ouroboros::handoff::HostOps;
@@ -391,8 +391,15 @@ async fn websocket_client_follows_moved_rejoins_with_since_and_resends_unacked()
 }
 
 async fn follows_moved_on(transport: Transport) {
-    let (a, _da) = start_node(&["--peer-id", "node-gen-a"]).await;
-    let (b, _db) = start_node(&["--peer-id", "node-gen-b", "--generation", "1"]).await;
+    // Two nodes of one ring: the same secret, so the same ring key signs a's `moved` and b's
+    // `welcome` (the client pinned it from a's record).
+    let secret: &[u8] = b"the secret of the moved test's ring";
+    let (a, _da) = start_node_in_ring(&["--peer-id", "node-gen-a"], Some(secret)).await;
+    let (b, _db) = start_node_in_ring(
+        &["--peer-id", "node-gen-b", "--generation", "1"],
+        Some(secret),
+    )
+    .await;
     let (c, mut ev) = client_on(&a, "mover", Serialization::Json, transport).await;
     c.join("r", None).await.unwrap();
     assert_eq!(c.publish("r", json!("on a")).await.unwrap().seq, 1);

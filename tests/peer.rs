@@ -532,7 +532,7 @@ async fn secure_signaling_with_a_private_ca() {
 /// default-size chunk goes as one message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handoff_raw_frames_cross_a_real_channel() {
-    use ouroboros::handoff::{Defragmenter, HandoffConfig, Message, sha256_hex, to_values};
+    use ouroboros::handoff::{Defragmenter, HandoffConfig, Message, Sealed, sha256_hex, to_values};
     let srv = start_server().await;
     let echo = Peer::open(config(srv.port, Some("raw-echo")))
         .await
@@ -546,12 +546,12 @@ async fn handoff_raw_frames_cross_a_real_channel() {
     let mut conn = client.connect("raw-echo", opts).await.unwrap();
     for len in [HandoffConfig::default().chunk_size, 700 * 1024] {
         let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
-        let m = Message::Chunk {
+        let m = Sealed::from(Message::Chunk {
             session: 1,
             index: 0,
             sha256: sha256_hex(&data),
             data,
-        };
+        });
         let frames = to_values(Serialization::Raw, &m);
         assert_eq!(frames.len(), if len > 300 * 1024 { 3 } else { 1 });
         for f in &frames {

@@ -142,6 +142,99 @@ async fn raw_frames_on_the_relay_websocket() {
     node.shutdown().await;
 }
 
+/// Frames on `ws` up to its next `pong` (send a `ping` first).
+async fn until_pong(ws: &mut Ws) -> Vec<Value> {
+    send(ws, json!({"op":"ping"})).await;
+    let mut got = Vec::new();
+    loop {
+        let v = next_json(ws).await;
+        if v["op"] == "pong" {
+            return got;
+        }
+        got.push(v);
+    }
+}
+
+/// Issue 14, point 6: Mallory declares Alice's name. She gets `name_taken` and another
+/// identity: Alice's direct messages stay Alice's, Mallory's messages are not from "alice",
+/// and a message id Mallory uses first does not swallow Alice's publish with that id. Alice's
+/// `name_token` takes her name on another connection. (On the code before name binding,
+/// Mallory simply was "alice".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_take_another_clients_name() {
+    let (node, _dir) = start_node(&[]).await;
+    let url = node.record().relay_ws.unwrap();
+    let open = |q: String| {
+        let url = format!("{url}?{q}");
+        async move { tokio_tungstenite::connect_async(url).await.unwrap().0 }
+    };
+    let mut alice = open("client=alice".into()).await;
+    let w = next_json(&mut alice).await;
+    assert_eq!(w["client"], "alice");
+    let token = w["name_token"].as_str().expect("a name token").to_owned();
+    send(&mut alice, json!({"op":"join","room":"r"})).await;
+    next_json(&mut alice).await; // joined
+    next_json(&mut alice).await; // presence
+
+    let mut mallory = open("client=alice".into()).await;
+    let w = next_json(&mut mallory).await;
+    assert_ne!(w["client"], "alice", "{w}");
+    let before_pong = until_pong(&mut mallory).await;
+    assert_eq!(before_pong.len(), 1, "{before_pong:?}");
+    assert_eq!(before_pong[0]["code"], "name_taken");
+
+    // A direct message to alice reaches alice, not mallory.
+    let mut carol = open("client=carol".into()).await;
+    next_json(&mut carol).await;
+    send(
+        &mut carol,
+        json!({"op":"direct","to":"alice","body":"for alice only"}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut alice).await,
+        json!({"op":"direct","from":"carol","body":"for alice only"})
+    );
+    assert!(
+        until_pong(&mut mallory).await.is_empty(),
+        "mallory got a direct"
+    );
+
+    // Mallory's publish is not from alice, and does not claim alice's next message id.
+    send(
+        &mut mallory,
+        json!({"op":"publish","room":"r","id":"a-1","body":"fake"}),
+    )
+    .await;
+    let ack = next_json(&mut mallory).await;
+    let m = next_json(&mut alice).await;
+    assert_eq!(m["op"], "msg");
+    assert_ne!(m["from"], "alice", "{m}");
+    send(
+        &mut alice,
+        json!({"op":"publish","room":"r","id":"a-1","body":"real"}),
+    )
+    .await;
+    let mut got = [next_json(&mut alice).await, next_json(&mut alice).await];
+    got.sort_by_key(|v| v["op"].as_str().unwrap_or("").to_owned());
+    assert_eq!(got[0]["op"], "ack");
+    assert_ne!(
+        got[0]["seq"], ack["seq"],
+        "alice's publish was taken for mallory's"
+    );
+    assert_eq!(
+        (got[1]["from"].as_str(), got[1]["body"].as_str()),
+        (Some("alice"), Some("real"))
+    );
+
+    // Alice's token takes her name on a second connection.
+    let mut again = open(format!("client=alice&token={token}")).await;
+    let w = next_json(&mut again).await;
+    assert_eq!(w["client"], "alice");
+    assert!(until_pong(&mut again).await.is_empty());
+    node.shutdown().await;
+}
+
 /// A raw HTTP/1.1 GET (no upgrade), returning the status line and headers.
 async fn reqwest_get(url: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -475,4 +568,281 @@ async fn reqwest_json(url: &str) -> Value {
     let res = reqwest_get(url).await;
     let body = res.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{url}: {e}: {res}"))
+}
+
+/// A stand-in for a node (or an impostor) on a relay WebSocket: each accepted connection
+/// hands the test its query (`client`, `nonce`, `token`), a sender for frames to the client
+/// and a receiver of the client's frames.
+struct FakeConn {
+    query: std::collections::HashMap<String, String>,
+    tx: tokio::sync::mpsc::UnboundedSender<Value>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Value>,
+}
+
+// The handshake callback's `Result` type (and its large error) is tungstenite's.
+#[allow(clippy::result_large_err)]
+async fn fake_node() -> (String, tokio::sync::mpsc::UnboundedReceiver<FakeConn>) {
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/relay", listener.local_addr().unwrap());
+    let (conns_tx, conns) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let mut query = std::collections::HashMap::new();
+            let Ok(mut ws) =
+                tokio_tungstenite::accept_hdr_async(tcp, |r: &Request, resp: Response| {
+                    let u = url::Url::parse(&format!("ws://x{}", r.uri())).unwrap();
+                    query = u.query_pairs().into_owned().collect();
+                    Ok(resp)
+                })
+                .await
+            else {
+                continue;
+            };
+            let (tx, mut out) = tokio::sync::mpsc::unbounded_channel::<Value>();
+            let (in_tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let _ = conns_tx.send(FakeConn { query, tx, rx });
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        v = out.recv() => match v {
+                            Some(v) => { let _ = ws.send(Message::text(v.to_string())).await; }
+                            None => { let _ = ws.close(None).await; break; }
+                        },
+                        m = ws.next() => match m {
+                            Some(Ok(Message::Text(t))) => { let _ = in_tx.send(serde_json::from_str(t.as_str()).unwrap()); }
+                            Some(Ok(_)) => {}
+                            _ => break,
+                        },
+                    }
+                }
+            });
+        }
+    });
+    (url, conns)
+}
+
+/// A signed welcome for `conn` (its nonce echoed) from `node`, signed with `keys`.
+fn welcome_for(
+    conn: &FakeConn,
+    keys: &ouroboros::discovery::RingKeys,
+    node: &str,
+    generation: u64,
+) -> Value {
+    let limits = serde_json::to_value(ouroboros::relay::wire::Limits::default()).unwrap();
+    let mut w = json!({"op":"welcome","node":node,"generation":generation,"limits":limits,
+        "client":conn.query["client"],"name_token":"tok","nonce":conn.query["nonce"]});
+    keys.sign_in_place(ouroboros::discovery::SignedKind::Welcome, &mut w);
+    w
+}
+
+async fn next_event<T>(
+    ev: &mut tokio::sync::mpsc::UnboundedReceiver<ouroboros::client::Event>,
+    mut f: impl FnMut(&ouroboros::client::Event) -> Option<T>,
+) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let e = ev.recv().await.expect("client alive");
+            if let Some(t) = f(&e) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("the event in time")
+}
+
+/// Issue 14, point 6: a client that knows the ring's key (pinned from the record) refuses a
+/// tampered `moved` and one signed by another key (it stays connected), refuses an impostor's
+/// `welcome` without sending it anything, and follows a correctly signed `moved`, presenting
+/// its name token there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_client_refuses_forged_moved_and_welcome_and_follows_signed_ones() {
+    use ouroboros::client::{Event, Target};
+    use ouroboros::discovery::{RingKeys, SignedKind};
+    let keys = RingKeys::from_secret(b"the ring of the trust test");
+    let other = RingKeys::from_secret(b"an impostor's own secret");
+    let (url, mut conns) = fake_node().await;
+    let target = Target {
+        peer_id: "node-1".into(),
+        generation: 1,
+        signaling: vec![],
+        relay_ws: vec![url.clone()],
+        ring_key: Some(keys.public_key().to_owned()),
+    };
+    let mut cfg = ClientConfig::new("alice");
+    cfg.transport = Transport::Ws;
+    let connecting = tokio::spawn(Client::connect(target, cfg));
+    let mut c1 = conns.recv().await.unwrap();
+    assert!(
+        c1.query["nonce"].len() >= 16,
+        "a fresh nonce: {:?}",
+        c1.query
+    );
+    c1.tx.send(welcome_for(&c1, &keys, "node-1", 1)).unwrap();
+    let (client, mut ev) = connecting.await.unwrap().unwrap();
+    next_event(&mut ev, |e| {
+        matches!(e, Event::Welcome { .. }).then_some(())
+    })
+    .await;
+    let joining = {
+        let client = client.clone();
+        tokio::spawn(async move { client.join("r", None).await })
+    };
+    assert_eq!(c1.rx.recv().await.unwrap()["op"], "join");
+    c1.tx
+        .send(json!({"op":"joined","room":"r","head":0}))
+        .unwrap();
+    joining.await.unwrap().unwrap();
+
+    // A tampered moved and one signed by another ring: refused, the client stays.
+    let mut moved =
+        json!({"op":"moved","peer_id":"node-2","signaling":[],"generation":2,"relay_ws":url});
+    keys.sign_in_place(SignedKind::Moved, &mut moved);
+    let mut tampered = moved.clone();
+    tampered["peer_id"] = json!("evil");
+    c1.tx.send(tampered).unwrap();
+    let why = next_event(&mut ev, |e| match e {
+        Event::Untrusted { reason } => Some(reason.clone()),
+        Event::Moved { .. } => panic!("followed a tampered moved"),
+        _ => None,
+    })
+    .await;
+    assert!(why.contains("moved"), "{why}");
+    let mut foreign =
+        json!({"op":"moved","peer_id":"evil","signaling":[],"generation":2,"relay_ws":url});
+    other.sign_in_place(SignedKind::Moved, &mut foreign);
+    c1.tx.send(foreign).unwrap();
+    next_event(&mut ev, |e| match e {
+        Event::Untrusted { .. } => Some(()),
+        Event::Moved { .. } => panic!("followed a foreign moved"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(client.transport(), Some(Transport::Ws), "still connected");
+
+    // The signed moved is followed; an impostor answering there gets nothing and is left.
+    c1.tx.send(moved).unwrap();
+    next_event(&mut ev, |e| {
+        matches!(e, Event::Moved { generation: 2, .. }).then_some(())
+    })
+    .await;
+    let mut c2 = conns.recv().await.unwrap();
+    assert_eq!(
+        c2.query.get("token").map(String::as_str),
+        Some("tok"),
+        "the name token is presented"
+    );
+    c2.tx.send(welcome_for(&c2, &other, "node-2", 2)).unwrap();
+    next_event(&mut ev, |e| {
+        matches!(e, Event::Untrusted { .. }).then_some(())
+    })
+    .await;
+    // The impostor's connection is closed with nothing sent on it (no join, no publish).
+    assert!(
+        tokio::time::timeout(WAIT, c2.rx.recv())
+            .await
+            .unwrap()
+            .is_none(),
+        "the client sent something to an impostor"
+    );
+    // The real successor: welcomed, the client re-joins with `since`.
+    let mut c3 = conns.recv().await.unwrap();
+    c3.tx.send(welcome_for(&c3, &keys, "node-2", 2)).unwrap();
+    let join = c3.rx.recv().await.unwrap();
+    assert_eq!(join, json!({"op":"join","room":"r","since":0}));
+    client.close().await;
+}
+
+/// Opens a WebSocket to `url`; `Err(status)` when the upgrade is refused.
+async fn try_ws(url: &str, forwarded_for: Option<&str>) -> Result<Ws, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    if let Some(ip) = forwarded_for {
+        req.headers_mut()
+            .insert("x-forwarded-for", ip.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+/// Waits until the node closes `ws` (a close frame or the end of the stream).
+async fn closed_by_node(ws: &mut Ws) -> bool {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_and_handoff_websockets_are_limited_per_client_address() {
+    // Issue 14, point 5: `/relay` and `/handoff` had no per-address limits at all (only
+    // signaling had them): one address could open sockets and send messages without bound.
+    // Loopback is a trusted proxy here, so each test client names its own address.
+    let (node, _dir) = start_node(&[
+        "--max-connections-per-address",
+        "2",
+        "--address-rate-limit",
+        "5",
+        "--address-rate-burst",
+        "10",
+        "--proxied",
+    ])
+    .await;
+    // Handoff connections are held here (as a predecessor driver would hold them).
+    let (held_tx, mut held) = tokio::sync::mpsc::channel(64);
+    node.shared().handoff.set(held_tx);
+    tokio::spawn(async move {
+        let mut keep = Vec::new();
+        while let Some(c) = held.recv().await {
+            keep.push(c);
+        }
+    });
+    let port = node.local_addr().port();
+    for path in ["relay?client=a", "handoff?peer=ouroboros-mallory"] {
+        let url = format!("ws://127.0.0.1:{port}/{path}");
+        let mut a1 = try_ws(&url, Some("198.51.100.7")).await.unwrap();
+        let _a2 = try_ws(&url, Some("198.51.100.7")).await.unwrap();
+        assert_eq!(
+            try_ws(&url, Some("198.51.100.7")).await.err(),
+            Some(429),
+            "{path}: a third socket from one address"
+        );
+        // Another address is not affected, and a closed socket frees its place.
+        let _b = try_ws(&url, Some("203.0.113.9")).await.unwrap();
+        drop(a1.close(None).await);
+        let mut freed = None;
+        for _ in 0..100 {
+            if let Ok(ws) = try_ws(&url, Some("198.51.100.7")).await {
+                freed = Some(ws);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut a3 = freed.unwrap_or_else(|| panic!("{path}: the closed socket's place"));
+        // More messages than the address's burst: the node closes the socket.
+        for i in 0..40 {
+            let frame = if path.starts_with("relay") {
+                Message::text(json!({"op":"join","room":format!("r{i}")}).to_string())
+            } else {
+                Message::binary(b"not a handoff message".to_vec())
+            };
+            if a3.send(frame).await.is_err() {
+                break;
+            }
+        }
+        assert!(
+            closed_by_node(&mut a3).await,
+            "{path}: closed over the rate"
+        );
+    }
 }

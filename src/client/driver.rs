@@ -1,7 +1,7 @@
 //! The client's driver task: owns the connection to the node, matches answers to
 //! requests, and follows the node across rotations and reconnects.
 //!
-//! Size: the one task that owns the connection (~870 lines: both transports, requests,
+//! Size: the one task that owns the connection (~990 lines: both transports, requests,
 //! reconnect and rotation following) stays in one file, because its state is shared by every
 //! branch of its `select!` loop.
 
@@ -64,6 +64,9 @@ const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(50);
 struct RoomState {
     /// Highest sequence number seen (or the `since`/head the room was joined at).
     last_seq: Option<u64>,
+    /// The seq the current `since` replay page stops at (`joined.replay_to`): once it is
+    /// delivered, the next page is asked for with `join` since it.
+    replay_to: Option<u64>,
 }
 
 struct PendingPublish {
@@ -160,12 +163,15 @@ impl Link {
     }
 }
 
-/// Opens the relay WebSocket at `url`, declaring `name`.
-async fn open_ws(url: &str, name: &str) -> Result<WsStream, String> {
+/// Opens the relay WebSocket at `url` with `declaration` (`client`, `nonce`, `token`) in
+/// its query.
+async fn open_ws(url: &str, declaration: &[(&str, String)]) -> Result<WsStream, String> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     crate::install_crypto_provider();
     let mut u = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
-    u.query_pairs_mut().append_pair("client", name);
+    for (k, v) in declaration {
+        u.query_pairs_mut().append_pair(k, v);
+    }
     let mut req = u
         .as_str()
         .into_client_request()
@@ -200,6 +206,23 @@ struct Driver {
     deferred: VecDeque<Command>,
     /// With [`Transport::Auto`]: the WebSocket was needed once, so it is tried first.
     prefer_ws: bool,
+    /// The pinned ring key, this connection's nonce, the name token.
+    trust: super::trust::Trust,
+    /// With a pinned key: since when the current connection waits for a verified `welcome`
+    /// (nothing is sent on it before).
+    unverified_since: Option<Instant>,
+}
+
+/// What the driver does after a message from the node.
+enum Next {
+    /// Nothing more.
+    Stay,
+    /// Follow `moved` to the new target.
+    Follow,
+    /// The node failed the ring key check: drop the connection (and reconnect).
+    Drop,
+    /// A verified `welcome` on a connection that waited for it: resume now.
+    Welcomed,
 }
 
 /// Opens the first connection and spawns the driver.
@@ -210,7 +233,11 @@ pub(super) async fn start(
     events: mpsc::UnboundedSender<Event>,
 ) -> Result<watch::Receiver<ConnectionState>, ClientError> {
     let (state, state_rx) = watch::channel(ConnectionState::Connecting);
+    let trust = super::trust::Trust::new(cfg.ring_key.as_deref(), target.ring_key.as_deref())
+        .map_err(ClientError::Connect)?;
     let mut d = Driver {
+        trust,
+        unverified_since: None,
         cfg,
         target,
         events,
@@ -227,6 +254,7 @@ pub(super) async fn start(
         prefer_ws: false,
     };
     d.establish().await?;
+    d.await_welcome();
     tokio::spawn(d.run(cmds));
     Ok(state_rx)
 }
@@ -278,6 +306,7 @@ impl Driver {
         let mut errors = Vec::new();
         for (i, t) in order.iter().enumerate() {
             let started = Instant::now();
+            self.trust.renew_nonce();
             let attempt = match t {
                 Transport::Ws => self.open_ws_link().await,
                 _ => {
@@ -341,11 +370,15 @@ impl Driver {
             let pc = endpoint_config(e, &self.cfg);
             let attempt = async {
                 let peer = Peer::open(pc).await.map_err(|e| e.to_string())?;
+                let mut metadata = json!({ "protocol": PROTOCOL });
+                for (k, v) in self.trust.declaration(&self.cfg.name) {
+                    metadata[k] = Json::String(v);
+                }
                 let opts = ConnectOptions {
                     label: Some("ouroboros".into()),
                     serialization: self.cfg.serialization,
                     reliable: true,
-                    metadata: Some(json!({"client": self.cfg.name, "protocol": PROTOCOL})),
+                    metadata: Some(metadata),
                 };
                 match peer.connect(&self.target.peer_id, opts).await {
                     Ok(conn) => Ok((peer, conn)),
@@ -377,9 +410,9 @@ impl Driver {
             return Err("no relay WebSocket URL".into());
         }
         let mut errors = Vec::new();
+        let declaration = self.trust.declaration(&self.cfg.name);
         for url in &self.target.relay_ws {
-            match tokio::time::timeout(self.cfg.connect_timeout, open_ws(url, &self.cfg.name)).await
-            {
+            match tokio::time::timeout(self.cfg.connect_timeout, open_ws(url, &declaration)).await {
                 Ok(Ok(ws)) => return Ok(Link::Ws(Box::new(ws))),
                 Ok(Err(e)) => errors.push(e),
                 Err(_) => errors.push(format!("{url}: timed out")),
@@ -477,12 +510,9 @@ impl Driver {
                     break;
                 }
                 moving = false;
-                self.resume().await;
-                while let Some(c) = self.deferred.pop_front() {
-                    if !self.command(c).await {
-                        self.shutdown().await;
-                        return;
-                    }
+                self.await_welcome();
+                if self.unverified_since.is_none() && !self.resume_all().await {
+                    return;
                 }
                 continue;
             }
@@ -496,17 +526,30 @@ impl Driver {
             };
             match wake {
                 Wake::Cmd(None) => break,
+                Wake::Cmd(Some(c)) if self.unverified_since.is_some() => {
+                    if matches!(c, Command::Close) {
+                        break;
+                    }
+                    self.deferred.push_back(c);
+                }
                 Wake::Cmd(Some(c)) => {
                     if !self.command(c).await {
                         break;
                     }
                 }
-                Wake::Msg(Some(Ok(v))) => {
-                    if self.incoming(v).await {
+                Wake::Msg(Some(Ok(v))) => match self.incoming(v).await {
+                    Next::Stay => {}
+                    Next::Follow => {
                         moving = true;
                         self.drop_link().await;
                     }
-                }
+                    Next::Drop => self.drop_link().await,
+                    Next::Welcomed => {
+                        if !self.resume_all().await {
+                            return;
+                        }
+                    }
+                },
                 Wake::Msg(Some(Err(e))) => {
                     tracing::debug!(error = %e, "undecodable message from node");
                 }
@@ -514,10 +557,44 @@ impl Driver {
                     tracing::debug!("connection to node closed");
                     self.drop_link().await;
                 }
-                Wake::Tick => self.expire(),
+                Wake::Tick => {
+                    self.expire();
+                    if self
+                        .unverified_since
+                        .is_some_and(|t| t.elapsed() > self.cfg.connect_timeout)
+                    {
+                        self.untrusted("no welcome signed with the ring key in time".into());
+                        self.drop_link().await;
+                    }
+                }
             }
         }
         self.shutdown().await;
+    }
+
+    /// With a pinned ring key, nothing is sent on a new connection before its verified
+    /// `welcome`.
+    fn await_welcome(&mut self) {
+        self.unverified_since = self.trust.pinned().map(|_| Instant::now());
+    }
+
+    /// Resumes on a connection (re-joins, re-sends) and runs the deferred commands; false
+    /// if one of them closed the client (then it is shut down).
+    async fn resume_all(&mut self) -> bool {
+        self.resume().await;
+        while let Some(c) = self.deferred.pop_front() {
+            if !self.command(c).await {
+                self.shutdown().await;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Reports a refused `welcome`, `moved` or record.
+    fn untrusted(&self, reason: String) {
+        tracing::warn!(%reason, node = %self.target.peer_id, "refused: not signed by the ring's key");
+        self.emit(Event::Untrusted { reason });
     }
 
     async fn shutdown(&mut self) {
@@ -574,7 +651,10 @@ impl Driver {
                 && let Ok(r) = super::discover(&src).await
                 && r.generation >= self.target.generation
             {
-                self.target = r.into();
+                match self.trust.check_record(&r) {
+                    Ok(()) => self.target = r.into(),
+                    Err(reason) => self.untrusted(reason),
+                }
             }
             let delay = delays.next_delay().unwrap_or(self.cfg.max_backoff);
             self.set_state(ConnectionState::Offline {
@@ -617,10 +697,10 @@ impl Driver {
         match c {
             Command::Close => return false,
             Command::Join { room, since, reply } => {
-                let st = self
-                    .rooms
-                    .entry(room.clone())
-                    .or_insert(RoomState { last_seq: since });
+                let st = self.rooms.entry(room.clone()).or_insert(RoomState {
+                    last_seq: since,
+                    replay_to: None,
+                });
                 if since.is_some() {
                     st.last_seq = since;
                 }
@@ -699,19 +779,44 @@ impl Driver {
     /// Handles one message from the node; true means "moved: reconnect to the new target".
     /// Messages are read with the relay's own wire types ([`ServerMessage`]); anything they
     /// cannot read (an unknown `op`, a missing field) is passed on as [`Event::Other`].
-    async fn incoming(&mut self, m: Json) -> bool {
+    async fn incoming(&mut self, m: Json) -> Next {
         let msg = match ServerMessage::deserialize(&m) {
             Ok(msg) => msg,
             Err(e) => {
                 tracing::debug!(error = %e, "node message not understood");
                 self.emit(Event::Other(m));
-                return false;
+                return Next::Stay;
             }
         };
+        if self.unverified_since.is_some() && !matches!(msg, ServerMessage::Welcome { .. }) {
+            // Before a verified welcome nothing was asked on this connection: an error (e.g.
+            // `server_full`, sent instead of a welcome) is only reported, the rest ignored.
+            if let ServerMessage::Error {
+                message, reference, ..
+            } = msg
+            {
+                let code = m.get("code").and_then(Json::as_str).unwrap_or("unknown");
+                self.emit(Event::Error {
+                    code: code.to_owned(),
+                    message,
+                    reference,
+                });
+            } else {
+                tracing::debug!("message before a verified welcome: ignored");
+            }
+            return Next::Stay;
+        }
         match msg {
             ServerMessage::Welcome {
                 node, generation, ..
             } => {
+                if let Err(reason) =
+                    self.trust
+                        .check_welcome(&m, &self.target.peer_id, &self.cfg.name)
+                {
+                    self.untrusted(reason);
+                    return Next::Drop;
+                }
                 self.target.generation = generation;
                 let transport = self
                     .link
@@ -727,12 +832,20 @@ impl Driver {
                     generation,
                     raw: m,
                 });
+                if self.unverified_since.take().is_some() {
+                    return Next::Welcomed;
+                }
             }
-            ServerMessage::Joined { room, head } => {
-                if let Some(st) = self.rooms.get_mut(&room)
-                    && st.last_seq.is_none()
-                {
-                    st.last_seq = Some(head);
+            ServerMessage::Joined {
+                room,
+                head,
+                replay_to,
+            } => {
+                if let Some(st) = self.rooms.get_mut(&room) {
+                    if st.last_seq.is_none() {
+                        st.last_seq = Some(head);
+                    }
+                    st.replay_to = replay_to;
                 }
                 let (done, rest): (VecDeque<_>, VecDeque<_>) =
                     self.joins.drain(..).partition(|(r, _)| *r == room);
@@ -743,13 +856,28 @@ impl Driver {
             }
             ServerMessage::Msg(record) => {
                 let msg = Message::from(record);
+                let mut next_page = None;
                 if let Some(st) = self.rooms.get_mut(&msg.room) {
+                    if st.replay_to.is_some_and(|t| msg.seq >= t) {
+                        // The replay page is complete: ask for the next one.
+                        st.replay_to = None;
+                        next_page = Some(ClientMessage::Join {
+                            room: msg.room.clone(),
+                            since: Some(msg.seq),
+                        });
+                    }
                     if st.last_seq.is_some_and(|l| msg.seq <= l) {
-                        return false; // already seen (replay overlap)
+                        if let Some(j) = next_page {
+                            let _ = self.send(&j).await;
+                        }
+                        return Next::Stay; // already seen (replay overlap)
                     }
                     st.last_seq = Some(msg.seq);
                 }
                 self.emit(Event::Message(msg));
+                if let Some(j) = next_page {
+                    let _ = self.send(&j).await;
+                }
             }
             ServerMessage::Ack { id, seq, .. } => {
                 if let Some(p) = self.pending.remove(&id) {
@@ -804,10 +932,10 @@ impl Driver {
                         for tx in p.replies {
                             let _ = tx.send(Err(err.clone()));
                         }
-                        return false;
+                        return Next::Stay;
                     }
                     if self.pending.contains_key(r) {
-                        return false; // stays pending; re-sent after the move
+                        return Next::Stay; // stays pending; re-sent after the move
                     }
                     // Requests without an id are referred to by their op, oldest first.
                     if r == "join"
@@ -815,13 +943,13 @@ impl Driver {
                     {
                         self.rooms.remove(&room);
                         let _ = tx.send(Err(err));
-                        return false;
+                        return Next::Stay;
                     }
                     if r == "history"
                         && let Some((_, (tx, _))) = self.histories.pop_front()
                     {
                         let _ = tx.send(Err(err));
-                        return false;
+                        return Next::Stay;
                     }
                 }
                 self.emit(Event::Error {
@@ -834,9 +962,14 @@ impl Driver {
                 peer_id,
                 signaling,
                 generation,
+                ..
             } => {
                 if peer_id.is_empty() {
-                    return false;
+                    return Next::Stay;
+                }
+                if let Err(reason) = self.trust.check_moved(&m, self.target.generation) {
+                    self.untrusted(reason);
+                    return Next::Stay;
                 }
                 let signaling = if signaling.is_empty() {
                     self.target.signaling.clone()
@@ -850,15 +983,16 @@ impl Driver {
                     generation,
                     signaling,
                     relay_ws,
+                    ring_key: self.target.ring_key.take(),
                 };
                 self.emit(Event::Moved {
                     peer_id,
                     generation,
                 });
-                return true;
+                return Next::Follow;
             }
         }
-        false
+        Next::Stay
     }
 }
 

@@ -33,6 +33,7 @@
 //! ```
 
 mod driver;
+mod trust;
 
 use std::time::Duration;
 
@@ -153,12 +154,19 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Upper bound of the reconnect backoff.
     pub max_backoff: Duration,
-    /// Give up after this long without a connection (`None`: never).
+    /// Give up after this long without a connection. `None` (the default): keep
+    /// reconnecting (jittered, capped backoff, re-reading discovery) until the client is
+    /// closed, so a ring that comes back minutes later (a queued successor run) finds its
+    /// clients still there. A limit is an option for programs that prefer to fail.
     pub give_up_after: Option<Duration>,
     /// Where to re-read the discovery record when the node is gone without `moved`.
     pub discovery_source: Option<String>,
     /// Prefer this signaling endpoint index of the record (0 = the node's own server).
     pub endpoint_index: usize,
+    /// The ring's public key (the record's `ring_key`, base64url), pinned: records, `welcome`
+    /// and `moved` not signed with it are refused. `None`: the key of the first signed record
+    /// the client reads (the target's), if any; with no key at all nothing is checked.
+    pub ring_key: Option<String>,
 }
 
 impl ClientConfig {
@@ -175,9 +183,10 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(15),
             request_timeout: Duration::from_secs(15),
             max_backoff: Duration::from_secs(5),
-            give_up_after: Some(Duration::from_secs(120)),
+            give_up_after: None,
             discovery_source: None,
             endpoint_index: 0,
+            ring_key: None,
         }
     }
 }
@@ -263,6 +272,13 @@ pub enum Event {
     },
     /// The connection state changed.
     State(ConnectionState),
+    /// A `welcome`, `moved` or discovery record failed the check against the ring's key and
+    /// was not acted on (a refused welcome drops that connection; a refused `moved` leaves
+    /// the client where it is).
+    Untrusted {
+        /// What was refused and why.
+        reason: String,
+    },
     /// Anything else the node sent (forward compatibility).
     Other(Json),
 }
@@ -365,6 +381,9 @@ pub struct Target {
     pub signaling: Vec<SignalingEndpoint>,
     /// Relay WebSocket URLs, preferred first (see [`Target::relay_ws_urls`]).
     pub relay_ws: Vec<String>,
+    /// The ring's public key, from a record whose signature holds with it (pinned by the
+    /// client unless [`ClientConfig::ring_key`] is set).
+    pub ring_key: Option<String>,
 }
 
 impl Target {
@@ -381,6 +400,7 @@ impl Target {
             generation,
             signaling,
             relay_ws,
+            ring_key: None,
         }
     }
 
@@ -402,7 +422,15 @@ impl Target {
 impl From<DiscoveryRecord> for Target {
     fn from(r: DiscoveryRecord) -> Self {
         let relay_ws = Target::relay_ws_urls(r.relay_ws.as_deref(), &r.signaling);
+        let ring_key = match r.verify(None) {
+            Ok(key) => key.map(|k| k.encoded()),
+            Err(e) => {
+                tracing::warn!(error = %e, "discovery record: its signature does not hold; its key is not pinned");
+                None
+            }
+        };
         Target {
+            ring_key,
             peer_id: r.peer_id,
             generation: r.generation,
             signaling: r.signaling,
@@ -438,6 +466,13 @@ impl Client {
         mut config: ClientConfig,
     ) -> Result<(Client, mpsc::UnboundedReceiver<Event>), ClientError> {
         let record = discover(source).await?;
+        if let Some(key) = &config.ring_key {
+            let pinned = crate::discovery::RingPublicKey::parse(key)
+                .map_err(|e| ClientError::Discovery(format!("ring_key: {e}")))?;
+            record
+                .verify(Some(&pinned))
+                .map_err(|e| ClientError::Discovery(format!("{source}: {e}")))?;
+        }
         config
             .discovery_source
             .get_or_insert_with(|| source.to_string());

@@ -10,8 +10,10 @@
 //! overwrites a newer generation's record.
 
 pub mod local;
+pub mod signing;
 
 pub use local::LocalPublisher;
+pub use signing::{RingKeys, RingPublicKey, SignatureError, SignedKind};
 
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
@@ -112,6 +114,13 @@ pub struct DiscoveryRecord {
     /// The node this one replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<PreviousNode>,
+    /// The ring's public key (Ed25519, base64url): what `sig` here, and `welcome` and
+    /// `moved` on the relay, are signed with ([`signing`]). Clients pin it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_key: Option<String>,
+    /// Signature of every other field with `ring_key` ([`DiscoveryRecord::sign`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
 }
 
 impl DiscoveryRecord {
@@ -130,6 +139,41 @@ impl DiscoveryRecord {
             serde_json::from_slice(text).map_err(|e| DiscoveryError::Invalid(e.to_string()))?;
         record.validate()?;
         Ok(record)
+    }
+
+    /// Sets `ring_key` and signs the record with `keys` (call after the last change: any
+    /// change afterwards breaks the signature).
+    pub fn sign(&mut self, keys: &RingKeys) {
+        self.ring_key = Some(keys.public_key().to_owned());
+        self.sig = None;
+        let value = serde_json::to_value(&*self).expect("a record always serializes");
+        self.sig = Some(keys.sign(SignedKind::Record, &value));
+    }
+
+    /// Checks the record's signature: with `pinned`, the record must name that key and be
+    /// signed with it; without, a record that names a key must be signed with it, and an
+    /// unsigned record (no `ring_key`) passes. Returns the key that signed it, if any.
+    ///
+    /// # Errors
+    /// [`SignatureError`]: not signed although a key is pinned, another key, a bad signature.
+    pub fn verify(
+        &self,
+        pinned: Option<&RingPublicKey>,
+    ) -> Result<Option<RingPublicKey>, SignatureError> {
+        let key = match (&self.ring_key, pinned) {
+            (None, None) => return Ok(None),
+            (None, Some(_)) => return Err(SignatureError::Missing),
+            (Some(k), pinned) => {
+                let key = RingPublicKey::parse(k)?;
+                if pinned.is_some_and(|p| *p != key) {
+                    return Err(SignatureError::OtherKey);
+                }
+                key
+            }
+        };
+        let value = serde_json::to_value(self).expect("a record always serializes");
+        key.verify(SignedKind::Record, &value)?;
+        Ok(Some(key))
     }
 
     /// Checks what the schema cannot express by types alone.

@@ -17,6 +17,8 @@ fn endpoint(port: u16) -> SignalingEndpoint {
 fn record(peer: &str, generation: u64) -> DiscoveryRecord {
     let start = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
     DiscoveryRecord {
+        ring_key: None,
+        sig: None,
         version: RECORD_VERSION,
         peer_id: peer.into(),
         generation,
@@ -183,4 +185,32 @@ async fn racing_publishers_of_one_generation_one_wins() {
         }
     }
     assert_eq!(ok, 1);
+}
+
+#[test]
+fn a_signed_record_verifies_and_a_tampered_one_does_not() {
+    let keys = RingKeys::from_secret(b"the ring secret of the record test");
+    let pinned = RingPublicKey::parse(keys.public_key()).unwrap();
+    let mut r = record("ouroboros-a", 3);
+    r.ice_servers = Some(vec![]);
+    r.relay_ws = Some("ws://127.0.0.1:9000/relay".into());
+    r.sign(&keys);
+    assert!(violations(&serde_json::to_value(&r).unwrap()).is_empty());
+    // What a publisher writes and a client reads back still verifies.
+    let read = DiscoveryRecord::from_json(r.to_json_pretty().as_bytes()).unwrap();
+    assert_eq!(read.verify(Some(&pinned)), Ok(Some(pinned.clone())));
+    assert_eq!(read.verify(None), Ok(Some(pinned.clone())));
+    // Tampered: refused, pinned or not.
+    let mut t = read.clone();
+    t.peer_id = "ouroboros-impostor".into();
+    assert_eq!(t.verify(Some(&pinned)), Err(SignatureError::Invalid));
+    assert_eq!(t.verify(None), Err(SignatureError::Invalid));
+    // Re-signed by another ring: not the pinned key.
+    let other = RingKeys::from_secret(b"an impostor's ring secret");
+    t.sign(&other);
+    assert_eq!(t.verify(Some(&pinned)), Err(SignatureError::OtherKey));
+    // Unsigned: fine without a pin, refused with one.
+    let plain = record("ouroboros-a", 3);
+    assert_eq!(plain.verify(None), Ok(None));
+    assert_eq!(plain.verify(Some(&pinned)), Err(SignatureError::Missing));
 }

@@ -12,6 +12,7 @@ mod client;
 mod error;
 mod launcher;
 mod pages;
+mod run_cache;
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ pub use pages::{
     CONTENTS_ATTEMPTS, MAX_RECORD_BYTES, PagesMode, PagesPublisher, PublishOutcome,
     default_record_url, record_generation,
 };
+pub use run_cache::{CachedRunVerifier, RunCacheConfig, RunVerdict};
 
 /// How `--publisher pages` gets the record onto Pages.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,6 +1,7 @@
 //! The mutual HMAC-SHA256 proofs of the handoff (`protocol/handoff.md`, "MAC").
 
 use super::Secret;
+use super::message::{Message, Sealed};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -33,13 +34,23 @@ pub struct Binding<'a> {
     pub predecessor_nonce: &'a [u8],
 }
 
+impl Role {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Role::Predecessor => b"predecessor",
+            Role::Successor => b"successor",
+        }
+    }
+}
+
 fn mac_for(secret: &Secret, role: Role, b: &Binding<'_>) -> HmacSha256 {
+    labelled_mac(secret, role.label(), b)
+}
+
+/// HMAC-SHA256 keyed by the secret over the label, then every field of the binding.
+fn labelled_mac(secret: &Secret, role: &[u8], b: &Binding<'_>) -> HmacSha256 {
     let mut mac =
         HmacSha256::new_from_slice(secret.expose()).expect("HMAC accepts keys of any length");
-    let role: &[u8] = match role {
-        Role::Predecessor => b"predecessor",
-        Role::Successor => b"successor",
-    };
     let generation = b.generation.to_be_bytes();
     for field in [
         LABEL,
@@ -67,6 +78,106 @@ pub fn verify(secret: &Secret, role: Role, binding: &Binding<'_>, proof_hex: &st
         return false;
     };
     mac_for(secret, role, binding).verify_slice(&proof).is_ok()
+}
+
+/// The `auth` of a `hello`: `HMAC(secret, "hello", …)` over the binding with an empty
+/// predecessor nonce. It tells the predecessor, before any challenge, that the sender knows
+/// the secret (such a connection is never evicted for a newer one); a replayed `hello` is
+/// refused by its nonce, and the challenge and proof still follow.
+pub fn hello_auth(secret: &Secret, binding: &Binding<'_>) -> String {
+    hex::encode(
+        labelled_mac(secret, b"hello", binding)
+            .finalize()
+            .into_bytes(),
+    )
+}
+
+/// Checks a `hello`'s `auth` in constant time.
+pub fn verify_hello_auth(secret: &Secret, binding: &Binding<'_>, auth_hex: &str) -> bool {
+    let Ok(tag) = hex::decode(auth_hex) else {
+        return false;
+    };
+    labelled_mac(secret, b"hello", binding)
+        .verify_slice(&tag)
+        .is_ok()
+}
+
+/// The keys of one authenticated connection: the session key (derived from the secret and
+/// the binding: both nonces, both peer ids, the generation) and a counter of the messages
+/// each way. Every message after the `hello` (but `challenge` and `proof`) carries
+/// `auth = HMAC(session key, sender's role, counter (u64 BE), message header)`: a message
+/// from anyone without the secret, replayed, reordered or reflected does not verify.
+#[derive(Clone)]
+pub struct SessionKeys {
+    key: [u8; 32],
+    me: Role,
+    sent: u64,
+    received: u64,
+}
+
+impl std::fmt::Debug for SessionKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionKeys")
+            .field("me", &self.me)
+            .field("sent", &self.sent)
+            .field("received", &self.received)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionKeys {
+    /// The keys of `me` for the connection `binding` describes.
+    pub fn derive(secret: &Secret, me: Role, binding: &Binding<'_>) -> Self {
+        let key = labelled_mac(secret, b"session", binding)
+            .finalize()
+            .into_bytes()
+            .into();
+        SessionKeys {
+            key,
+            me,
+            sent: 0,
+            received: 0,
+        }
+    }
+
+    fn tag(&self, from: Role, counter: u64, msg: &Message) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC accepts any key");
+        let label = from.label();
+        mac.update(&(label.len() as u32).to_be_bytes());
+        mac.update(label);
+        mac.update(&counter.to_be_bytes());
+        mac.update(&msg.auth_bytes());
+        mac
+    }
+
+    /// `msg` with its tag, as the next message sent.
+    pub fn seal(&mut self, msg: Message) -> Sealed {
+        let tag = hex::encode(self.tag(self.me, self.sent, &msg).finalize().into_bytes());
+        self.sent += 1;
+        Sealed {
+            msg,
+            auth: Some(tag),
+        }
+    }
+
+    /// Whether `sealed` is the next message from the other side (then it counts).
+    pub fn open(&mut self, sealed: &Sealed) -> bool {
+        let other = match self.me {
+            Role::Predecessor => Role::Successor,
+            Role::Successor => Role::Predecessor,
+        };
+        let Some(tag) = sealed.auth.as_deref().and_then(|a| hex::decode(a).ok()) else {
+            return false;
+        };
+        let ok = self
+            .tag(other, self.received, &sealed.msg)
+            .verify_slice(&tag)
+            .is_ok();
+        if ok {
+            self.received += 1;
+        }
+        ok
+    }
 }
 
 /// Length of a nonce in bytes.
@@ -148,5 +259,55 @@ mod tests {
         );
         assert!(!verify(&secret, Role::Successor, &b, "zz"));
         assert!(!verify(&secret, Role::Successor, &b, ""));
+    }
+
+    #[test]
+    fn sealed_messages_verify_once_in_order_and_one_way() {
+        let secret = Secret::new(b"the ring secret!!".to_vec()).unwrap();
+        let b = Binding {
+            predecessor_peer_id: "p",
+            successor_peer_id: "s",
+            generation: 3,
+            successor_nonce: &[1; 32],
+            predecessor_nonce: &[2; 32],
+        };
+        let mut p = SessionKeys::derive(&secret, Role::Predecessor, &b);
+        let mut s = SessionKeys::derive(&secret, Role::Successor, &b);
+        let m1 = p.seal(Message::Live { session: 1 });
+        let m2 = p.seal(Message::Live { session: 2 });
+        assert!(!s.open(&m2), "out of order");
+        assert!(s.open(&m1));
+        assert!(!s.open(&m1), "replayed");
+        let mut forged = m2.clone();
+        forged.msg = Message::Live { session: 3 };
+        assert!(!s.open(&forged), "changed");
+        assert!(
+            !s.open(&Sealed::from(Message::Live { session: 2 })),
+            "no tag"
+        );
+        assert!(s.open(&m2));
+        // A successor's message does not verify as the predecessor's (no reflection).
+        let mine = s.seal(Message::Live { session: 9 });
+        assert!(!SessionKeys::derive(&secret, Role::Successor, &b).open(&mine));
+        assert!(p.open(&mine));
+        // Another secret, another key.
+        let other = Secret::new(b"another secret!!!".to_vec()).unwrap();
+        let mut o = SessionKeys::derive(&other, Role::Successor, &b);
+        assert!(!o.open(
+            &SessionKeys::derive(&secret, Role::Predecessor, &b).seal(Message::Live { session: 1 })
+        ));
+        // The hello's auth binds the secret and the binding.
+        let h = hello_auth(&secret, &b);
+        assert!(verify_hello_auth(&secret, &b, &h));
+        assert!(!verify_hello_auth(&other, &b, &h));
+        assert!(!verify_hello_auth(
+            &secret,
+            &Binding {
+                generation: 4,
+                ..b.clone()
+            },
+            &h
+        ));
+        assert_ne!(h, prove(&secret, Role::Successor, &b));
     }
 }

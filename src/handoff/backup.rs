@@ -19,6 +19,9 @@ pub struct Backup {
     pub high_water: HighWater,
     /// The encoded relay snapshot (`Relay::export_snapshot`).
     pub snapshot: Vec<u8>,
+    /// The node stopped accepting writes before taking it and exited after: nothing was
+    /// acknowledged after this state, so recovering from it needs no gap.
+    pub is_final: bool,
 }
 
 /// Sum of all rooms' heads: a state with a larger total holds more messages (heads only
@@ -71,18 +74,100 @@ struct Header {
     high_water: HighWater,
     size: u64,
     sha256: String,
+    /// [`Backup::is_final`]; absent (false) in older backups.
+    #[serde(default, rename = "final", skip_serializing_if = "std::ops::Not::not")]
+    is_final: bool,
+}
+
+/// The key that encrypts and authenticates backups: derived from the ring secret
+/// (`HMAC-SHA256(secret, "ouroboros-backup-key/1")`), so any node of the ring reads what
+/// another wrote, and nobody else can read or forge one (a backup may sit where others
+/// can read it, e.g. the Actions cache of a public repository).
+#[derive(Clone)]
+pub struct BackupKey([u8; 32]);
+
+impl std::fmt::Debug for BackupKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackupKey(<redacted>)")
+    }
+}
+
+/// Prefix of an encrypted backup file.
+const SEALED_MAGIC: &[u8; 4] = b"OBK1";
+/// Authenticated with every encrypted backup (domain separation).
+const SEALED_AAD: &[u8] = b"ouroboros-backup/1";
+
+impl BackupKey {
+    /// The backup key of the ring whose secret is `secret`.
+    pub fn derive(secret: &super::Secret) -> Self {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.expose())
+            .expect("HMAC accepts keys of any length");
+        mac.update(b"ouroboros-backup-key/1");
+        BackupKey(mac.finalize().into_bytes().into())
+    }
+
+    fn aead(&self) -> ring::aead::LessSafeKey {
+        ring::aead::LessSafeKey::new(
+            ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &self.0)
+                .expect("a 32-byte ChaCha20-Poly1305 key"),
+        )
+    }
+
+    /// `"OBK1"` ‖ 12-byte random nonce ‖ ChaCha20-Poly1305 of `plain` (with its tag).
+    pub fn seal(&self, plain: &[u8]) -> Vec<u8> {
+        let nonce: [u8; 12] = rand::random();
+        let mut out = Vec::with_capacity(4 + 12 + plain.len() + 16);
+        out.extend_from_slice(SEALED_MAGIC);
+        out.extend_from_slice(&nonce);
+        let mut body = plain.to_vec();
+        self.aead()
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(SEALED_AAD),
+                &mut body,
+            )
+            .expect("backups are far below ChaCha20-Poly1305's size limit");
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// The plain bytes of a sealed backup.
+    ///
+    /// # Errors
+    /// Not a sealed backup, or it does not authenticate (another ring's, or changed).
+    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, String> {
+        if sealed.len() < 4 + 12 + 16 || &sealed[..4] != SEALED_MAGIC {
+            return Err("not an encrypted backup".into());
+        }
+        let nonce: [u8; 12] = sealed[4..16].try_into().expect("12 bytes");
+        let mut body = sealed[16..].to_vec();
+        let plain = self
+            .aead()
+            .open_in_place(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(SEALED_AAD),
+                &mut body,
+            )
+            .map_err(|_| "the backup does not authenticate (another ring's secret, or altered)")?;
+        Ok(plain.to_vec())
+    }
 }
 
 /// Backups as files `snapshot-g<generation>-<millis>.bin` in a folder: a JSON header line
-/// (generation, peer id, time, heads, size, SHA-256) then the snapshot bytes. Written
-/// atomically (temp + fsync + rename); the newest `keep` are kept. Names sort by generation,
-/// then time, so the newest is last.
+/// (generation, peer id, time, heads, size, SHA-256) then the snapshot bytes; with a
+/// [`BackupKey`] ([`DirBackupStore::with_key`]) the whole file is encrypted and
+/// authenticated (`OBK1` ‖ nonce ‖ ChaCha20-Poly1305), and unencrypted files are refused.
+/// Written atomically (temp + fsync + rename); the newest `keep` are kept. Names sort by
+/// generation, then time, so the newest is last.
 #[derive(Debug, Clone)]
 pub struct DirBackupStore {
     /// The folder.
     dir: PathBuf,
     /// How many backups to keep.
     keep: usize,
+    /// Encrypts what is written and authenticates what is read.
+    key: Option<BackupKey>,
 }
 
 impl DirBackupStore {
@@ -91,7 +176,14 @@ impl DirBackupStore {
         DirBackupStore {
             dir: dir.into(),
             keep: keep.max(1),
+            key: None,
         }
+    }
+
+    /// Encrypts every backup written with `key`, and reads only backups it authenticates.
+    pub fn with_key(mut self, key: BackupKey) -> Self {
+        self.key = Some(key);
+        self
     }
 
     fn file_name(b: &Backup) -> String {
@@ -125,7 +217,10 @@ impl DirBackupStore {
     /// # Errors
     /// I/O failures.
     pub fn save_blocking(&self, b: &Backup) -> Result<(), BackupError> {
-        let bytes = b.to_file_bytes();
+        let mut bytes = b.to_file_bytes();
+        if let Some(key) = &self.key {
+            bytes = key.seal(&bytes);
+        }
         // Backups hold every stored message: readable by the node's user only.
         crate::discovery::local::write_atomic_private(&self.dir.join(Self::file_name(b)), &bytes)?;
         let files = self.list()?;
@@ -148,7 +243,7 @@ impl DirBackupStore {
     /// I/O failures listing the folder.
     pub fn latest_blocking(&self) -> Result<Option<Backup>, BackupError> {
         for path in self.list()?.into_iter().rev() {
-            match read_backup(&path) {
+            match read_backup(&path, self.key.as_ref()) {
                 Ok(b) => return Ok(Some(b)),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "skipping unusable backup")
@@ -159,8 +254,12 @@ impl DirBackupStore {
     }
 }
 
-fn read_backup(path: &std::path::Path) -> Result<Backup, String> {
+fn read_backup(path: &std::path::Path, key: Option<&BackupKey>) -> Result<Backup, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let bytes = match key {
+        Some(k) => k.open(&bytes)?,
+        None => bytes,
+    };
     Backup::from_file_bytes(&bytes)
 }
 
@@ -175,6 +274,7 @@ impl Backup {
             high_water: self.high_water.clone(),
             size: self.snapshot.len() as u64,
             sha256: sha256_hex(&self.snapshot),
+            is_final: self.is_final,
         };
         let mut bytes = serde_json::to_vec(&header).expect("headers serialize");
         bytes.push(b'\n');
@@ -203,6 +303,7 @@ impl Backup {
             taken_at: header.taken_at,
             high_water: header.high_water,
             snapshot,
+            is_final: header.is_final,
         })
     }
 }
@@ -241,6 +342,7 @@ mod tests {
             taken_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs),
             high_water: [("r".to_string(), secs)].into(),
             snapshot: body.to_vec(),
+            is_final: secs == 6,
         }
     }
 
@@ -281,6 +383,43 @@ mod tests {
         assert_eq!(mode(&files[0]), 0o600, "{}", files[0].display());
     }
 
+    #[test]
+    fn encrypted_backups_round_trip_and_refuse_tampering_other_keys_and_plain_files() {
+        let root = tempfile::tempdir().unwrap();
+        let secret = crate::handoff::Secret::new(b"the ring secret, 16+".to_vec()).unwrap();
+        let key = BackupKey::derive(&secret);
+        let store = DirBackupStore::new(root.path(), 5).with_key(key.clone());
+        let b = backup(3, 10, b"every message of the ring");
+        store.save_blocking(&b).unwrap();
+        assert_eq!(store.latest_blocking().unwrap(), Some(b.clone()));
+        // On disk: no plaintext (neither the messages nor the header).
+        let file = store.list().unwrap().pop().unwrap();
+        let on_disk = std::fs::read(&file).unwrap();
+        assert!(on_disk.starts_with(b"OBK1"));
+        let text = String::from_utf8_lossy(&on_disk);
+        assert!(!text.contains("every message") && !text.contains("peer_id"));
+        // Another ring's key reads nothing.
+        let other = crate::handoff::Secret::new(b"another ring secret!".to_vec()).unwrap();
+        let foreign = DirBackupStore::new(root.path(), 5).with_key(BackupKey::derive(&other));
+        assert_eq!(foreign.latest_blocking().unwrap(), None);
+        // One flipped bit anywhere: refused (the older intact backup is used instead).
+        let older = backup(3, 5, b"older state");
+        store.save_blocking(&older).unwrap();
+        let mut tampered = on_disk.clone();
+        let mid = tampered.len() / 2;
+        tampered[mid] ^= 1;
+        std::fs::write(&file, &tampered).unwrap();
+        assert_eq!(store.latest_blocking().unwrap(), Some(older));
+        // A planted plaintext backup (valid checksum) is refused when a key is set.
+        let plain = DirBackupStore::new(root.path(), 5);
+        plain
+            .save_blocking(&backup(9, 99, b"forged history"))
+            .unwrap();
+        assert_eq!(store.latest_blocking().unwrap().unwrap().generation, 3);
+        assert!(key.open(b"OBK1short").is_err());
+        assert!(format!("{key:?}").contains("redacted"));
+    }
+
     #[tokio::test]
     async fn keeps_the_newest_and_skips_corrupt_ones() {
         let dir = tempfile::tempdir().unwrap();
@@ -298,6 +437,7 @@ mod tests {
             (latest.generation, latest.snapshot.as_slice()),
             (2, &b"state 2 6"[..])
         );
+        assert!(latest.is_final, "the final mark survives the round trip");
         // Corrupt the newest: the one before is used.
         let newest = store.list().unwrap().pop().unwrap();
         let mut bytes = std::fs::read(&newest).unwrap();
@@ -305,6 +445,7 @@ mod tests {
         std::fs::write(&newest, bytes).unwrap();
         let latest = store.latest().await.unwrap().unwrap();
         assert_eq!(latest.snapshot, b"state 2 5");
+        assert!(!latest.is_final);
         assert_eq!(total_head(&latest.high_water), 5);
     }
 }

@@ -8,7 +8,7 @@
 //!   function, transfers, publishes discovery through `publish`, and returns the outcome.
 
 use super::host::{HandoffHost, HostOps};
-use super::message::Message;
+use super::message::Sealed;
 use super::restore::RestoreWorker;
 use super::transport::{HandoffConn, Inbound, attach};
 use super::{
@@ -69,7 +69,7 @@ pub fn spawn_predecessor(mut pred: Predecessor, host: Arc<dyn HandoffHost>) -> P
     let (phase_tx, phase_rx) = watch::channel(pred.phase());
     tokio::spawn(async move {
         let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Inbound>();
-        let mut writers: HashMap<ConnId, mpsc::UnboundedSender<Message>> = HashMap::new();
+        let mut writers: HashMap<ConnId, mpsc::UnboundedSender<Sealed>> = HashMap::new();
         let mut next_id: ConnId = 1;
         // Woken when the relay queued replication events: the tail is pushed as it is
         // written, with no polling.
@@ -153,9 +153,10 @@ pub fn spawn_predecessor(mut pred: Predecessor, host: Arc<dyn HandoffHost>) -> P
                         let id = next_id;
                         next_id += 1;
                         let remote = c.peer().to_string();
-                        tracing::info!(peer = %remote, transport = c.transport(), "handoff: successor connection");
+                        let origin = c.origin();
+                        tracing::debug!(peer = %remote, %origin, transport = c.transport(), "handoff: successor connection");
                         writers.insert(id, attach(id, c, inbox_tx.clone()));
-                        pred.handle_open(Instant::now(), id, &remote);
+                        pred.handle_open_from(Instant::now(), id, &remote, &origin);
                     }
                     None => break,
                 },
@@ -219,7 +220,7 @@ where
 {
     let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Inbound>();
     let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<Result<HandoffConn, ConnectError>>();
-    let mut writer: Option<(ConnId, mpsc::UnboundedSender<Message>)> = None;
+    let mut writer: Option<(ConnId, mpsc::UnboundedSender<Sealed>)> = None;
     let mut next_id: ConnId = 1;
     let mut outcome: Option<SuccessorOutcome> = None;
     // The restore in progress (started by the first snapshot piece of a session).
@@ -390,7 +391,7 @@ fn spawn_connect<CF, T>(
 #[allow(clippy::too_many_arguments)]
 async fn finish_live<C, CF, T>(
     mut succ: Successor,
-    mut writer: Option<(ConnId, mpsc::UnboundedSender<Message>)>,
+    mut writer: Option<(ConnId, mpsc::UnboundedSender<Sealed>)>,
     mut inbox: mpsc::UnboundedReceiver<Inbound>,
     mut conn_rx: mpsc::UnboundedReceiver<Result<HandoffConn, ConnectError>>,
     conn_tx: mpsc::UnboundedSender<Result<HandoffConn, ConnectError>>,

@@ -106,6 +106,11 @@ pub enum Message {
         code: RefuseCode,
         /// Human-readable detail.
         message: String,
+        /// P's fresh nonce, hex, when the refusal answers a `hello` (no `challenge` was
+        /// sent): with it the successor derives the session key that authenticates this
+        /// refusal (`auth`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<String>,
     },
     /// P → S: authenticated; the transfer starts or resumes.
     Accepted {
@@ -248,7 +253,20 @@ impl Message {
     /// The `binary` encoding: `"OHB1"`, u32 BE header length, JSON header without `data`,
     /// then the raw chunk bytes.
     pub fn to_binary(&self) -> Vec<u8> {
-        let (header, data): (String, &[u8]) = match self {
+        let (header, data) = self.binary_parts();
+        encode_binary(&header, data)
+    }
+
+    /// What the session key authenticates: the JSON header of the binary encoding (a
+    /// chunk's `data` is left out: its `sha256`, in the header, covers it, and the
+    /// successor checks it).
+    pub fn auth_bytes(&self) -> Vec<u8> {
+        self.binary_parts().0.into_bytes()
+    }
+
+    /// The binary encoding's JSON header (without `data`) and the raw bytes after it.
+    fn binary_parts(&self) -> (String, &[u8]) {
+        match self {
             Message::Chunk {
                 session,
                 index,
@@ -265,13 +283,7 @@ impl Message {
                 data,
             ),
             other => (other.to_json(), &[]),
-        };
-        let mut out = Vec::with_capacity(8 + header.len() + data.len());
-        out.extend_from_slice(BINARY_MAGIC);
-        out.extend_from_slice(&(header.len() as u32).to_be_bytes());
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(data);
-        out
+        }
     }
 
     /// Decodes the `binary` encoding.
@@ -299,6 +311,122 @@ impl Message {
             _ => {}
         }
         Ok(msg)
+    }
+}
+
+/// A handoff message as it travels, with its authentication tag: `auth` (hex) on the wire,
+/// a field of the message's JSON object (`json`) or of its `OHB1` header (`binary`, `raw`).
+///
+/// Every message after the `hello` carries one made with the session key (see
+/// `protocol/handoff.md`, "Authenticated messages"), except `challenge` and `proof`, which
+/// carry their own proofs; a `hello` may carry one made with the ring secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// The message.
+    pub msg: Message,
+    /// Its tag, hex; `None` when unauthenticated.
+    pub auth: Option<String>,
+}
+
+impl From<Message> for Sealed {
+    fn from(msg: Message) -> Self {
+        Sealed { msg, auth: None }
+    }
+}
+
+/// `"OHB1"` ‖ u32 BE header length ‖ header ‖ data.
+fn encode_binary(header: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + header.len() + data.len());
+    out.extend_from_slice(BINARY_MAGIC);
+    out.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// Only the `auth` field of a message, read beside the message itself.
+#[derive(Deserialize)]
+struct AuthField {
+    #[serde(default)]
+    auth: Option<String>,
+}
+
+/// `{"auth":"…",` + the rest of `json` (a JSON object), when there is a tag.
+fn with_auth(json: String, auth: Option<&str>) -> String {
+    match auth {
+        Some(a) if json.starts_with('{') => {
+            // The tag is hex (checked by whoever made it): no escaping needed.
+            let mut out = String::with_capacity(json.len() + a.len() + 10);
+            out.push_str("{\"auth\":");
+            crate::json::push_json_str(&mut out, a);
+            if json.len() > 2 {
+                out.push(',');
+            }
+            out.push_str(&json[1..]);
+            out
+        }
+        _ => json,
+    }
+}
+
+impl Sealed {
+    /// The `json` encoding (the message's object with `auth` added).
+    pub fn to_json(&self) -> String {
+        with_auth(self.msg.to_json(), self.auth.as_deref())
+    }
+
+    /// Decodes the `json` encoding.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for oversized or malformed input.
+    pub fn from_json(text: &str) -> Result<Self, DecodeError> {
+        let msg = Message::from_json(text)?;
+        let auth = serde_json::from_str::<AuthField>(text)
+            .map_err(|e| DecodeError::Malformed(e.to_string()))?
+            .auth;
+        Ok(Sealed { msg, auth })
+    }
+
+    /// The message as a JSON value (the `json` serialization of a DataConnection).
+    pub fn to_value(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.msg).expect("handoff messages always serialize");
+        if let (Some(a), Some(o)) = (&self.auth, v.as_object_mut()) {
+            o.insert("auth".into(), serde_json::Value::String(a.clone()));
+        }
+        v
+    }
+
+    /// Reads a JSON value (the `json` serialization of a DataConnection).
+    ///
+    /// # Errors
+    /// [`DecodeError::Malformed`] if it is not a handoff message.
+    pub fn from_value(mut v: serde_json::Value) -> Result<Self, DecodeError> {
+        let auth = match v.as_object_mut().and_then(|o| o.remove("auth")) {
+            Some(serde_json::Value::String(a)) => Some(a),
+            _ => None,
+        };
+        let msg = serde_json::from_value(v).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        Ok(Sealed { msg, auth })
+    }
+
+    /// The `binary` encoding: as [`Message::to_binary`], `auth` in the header.
+    pub fn to_binary(&self) -> Vec<u8> {
+        let (header, data) = self.msg.binary_parts();
+        encode_binary(&with_auth(header, self.auth.as_deref()), data)
+    }
+
+    /// Decodes the `binary` encoding.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for oversized or malformed input.
+    pub fn from_binary(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let msg = Message::from_binary(bytes)?;
+        // `from_binary` checked the prefix and the header's bounds.
+        let len = u32::from_be_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
+        let auth = serde_json::from_slice::<AuthField>(&bytes[8..8 + len])
+            .map_err(|e| DecodeError::Malformed(e.to_string()))?
+            .auth;
+        Ok(Sealed { msg, auth })
     }
 }
 
@@ -381,6 +509,7 @@ mod tests {
             Message::Refused {
                 code: RefuseCode::Replay,
                 message: "x".into(),
+                nonce: None,
             },
         ];
         for m in msgs {

@@ -29,13 +29,13 @@ mod snapshot;
 mod successor;
 mod transport;
 
-pub use backup::{Backup, BackupError, BackupStore, DirBackupStore};
+pub use backup::{Backup, BackupError, BackupKey, BackupStore, DirBackupStore};
 pub use driver::{
     ConnectError, HandoffInbox, PredecessorHandle, SuccessorOutcome, run_successor,
     spawn_predecessor,
 };
 pub use host::{HandoffHost, HostError, HostOps, RelayFn, RelayStopped, SharedRelay};
-pub use message::{HANDOFF_LABEL, HighWater, Message, RefuseCode};
+pub use message::{HANDOFF_LABEL, HighWater, Message, RefuseCode, Sealed};
 pub use predecessor::{ConnId, Predecessor, PredecessorEvent, PredecessorPhase, Transmit};
 pub use recovery::{DEFAULT_GAP_MARGIN, Recovery, RecoverySource, recover, spawn_backups};
 pub use restore::{RestoreError, RestoreWorker};
@@ -58,10 +58,19 @@ pub struct HandoffConfig {
     /// Unacknowledged chunks in flight (default 32, 8 MiB: measured on loopback, 8 chunks
     /// in flight left the channel idle between acknowledgements).
     pub window: u32,
-    /// Authentication attempts admitted in a burst.
+    /// Authentication attempts (`hello`s) admitted in a burst from one remote (a peer id
+    /// on a DataConnection, a client address on the WebSocket path).
     pub auth_burst: f64,
-    /// Sustained authentication attempts per second.
+    /// Sustained authentication attempts per second from one remote.
     pub auth_per_second: f64,
+    /// Remotes whose attempt buckets are remembered (the least recently used is forgotten
+    /// beyond this: memory stays bounded whatever the number of remotes).
+    pub max_remotes: usize,
+    /// Connections not yet authenticated, in all. Over it, the oldest one that did not show
+    /// an authenticated `hello` is closed (a flood evicts itself, never a real successor).
+    pub max_pending: usize,
+    /// Connections not yet authenticated from one remote; more are closed at once.
+    pub max_pending_per_remote: usize,
     /// A connection must authenticate within this time.
     pub auth_timeout: Duration,
     /// How long an interrupted session waits for its successor to resume.
@@ -85,6 +94,9 @@ impl Default for HandoffConfig {
             window: 32,
             auth_burst: 5.0,
             auth_per_second: 0.5,
+            max_remotes: 1024,
+            max_pending: 32,
+            max_pending_per_remote: 4,
             auth_timeout: Duration::from_secs(5),
             resume_timeout: Duration::from_secs(10),
             max_tail_bytes: 256 << 20,

@@ -42,7 +42,8 @@ pub struct Recovery {
     /// Where the state came from.
     #[serde(flatten)]
     pub source: RecoverySource,
-    /// Heads moved forward by this much.
+    /// Heads moved forward by this much (0: the predecessor's final backup was complete,
+    /// no gap was opened).
     pub margin: u64,
     /// Per room: the skipped sequence range `[first, last]`.
     pub skipped: BTreeMap<String, (u64, u64)>,
@@ -51,8 +52,12 @@ pub struct Recovery {
 /// The successor's fallback after [`super::SuccessorOutcome::GaveUp`] with
 /// `PredecessorUnreachable`: keeps what the handoff transferred if it is at least as new
 /// as the newest backup, else restores that backup; then opens the gap (`margin`) and
-/// announces it in `welcome.gap`. The caller then makes the relay primary and publishes
-/// discovery (a refusal by the guard means another node took over: exit).
+/// announces it in `welcome.gap` (with `cause`: why the handoff was given up, e.g.
+/// `unreachable` or `blocked`) — unless the newest backup is the final one of
+/// `predecessor` (generation, peer id): that node stopped writes before taking it, so
+/// nothing acknowledged is missing, no gap is opened and seqs continue at the next one.
+/// The caller then makes the relay primary and publishes discovery (a refusal by the
+/// guard means another node took over: exit).
 ///
 /// # Errors
 /// Backup store failures, or an unrestorable backup.
@@ -61,6 +66,8 @@ pub async fn recover(
     store: Option<&dyn BackupStore>,
     transferred: Transferred,
     margin: u64,
+    cause: &str,
+    predecessor: Option<(u64, &str)>,
 ) -> Result<Recovery, BackupError> {
     let ours = if transferred != Transferred::Nothing {
         Some(host.high_water().await)
@@ -71,6 +78,9 @@ pub async fn recover(
         Some(s) => s.latest().await?,
         None => None,
     };
+    let complete = backup.as_ref().is_some_and(|b| {
+        b.is_final && predecessor.is_some_and(|(g, p)| b.generation == g && b.peer_id == p)
+    });
     let source = match (ours, backup) {
         (Some(hw), Some(b)) if total_head(&hw) >= total_head(&b.high_water) => {
             RecoverySource::Handoff { transferred }
@@ -88,8 +98,20 @@ pub async fn recover(
             RecoverySource::Empty
         }
     };
+    if complete {
+        tracing::info!(
+            ?source,
+            "recovered from the predecessor's final backup: nothing missing, no gap"
+        );
+        return Ok(Recovery {
+            source,
+            margin: 0,
+            skipped: BTreeMap::new(),
+        });
+    }
     let notice = serde_json::json!({
         "reason": "predecessor_lost",
+        "cause": cause,
         "recovery": serde_json::to_value(&source).expect("serializes"),
         "margin": margin,
     });
@@ -127,6 +149,24 @@ pub fn spawn_backups(
     })
 }
 
+/// The node's last backup before it exits without a successor: stops writes first (the
+/// relay refuses publishes from here on), then stores a backup marked final, so a
+/// successor recovering from it opens no gap.
+///
+/// # Errors
+/// Store failures (logged too).
+pub async fn final_backup(
+    host: &dyn HandoffHost,
+    store: &dyn BackupStore,
+    generation: u64,
+    peer_id: &str,
+) -> Result<(), BackupError> {
+    host.set_mode(crate::relay::Mode::Draining).await;
+    write_backup(host, store, generation, peer_id, true)
+        .await
+        .map(|_| ())
+}
+
 /// Writes one backup unless the heads equal `last`; updates `last`.
 ///
 /// # Errors
@@ -138,22 +178,34 @@ pub async fn backup_once(
     peer_id: &str,
     last: &mut Option<HighWater>,
 ) -> Result<bool, BackupError> {
-    let (snapshot, high_water) = host.backup_snapshot().await;
-    if last.as_ref() == Some(&high_water) {
+    if let Some(last) = last
+        && *last == host.high_water().await
+    {
         return Ok(false);
     }
+    *last = Some(write_backup(host, store, generation, peer_id, false).await?);
+    Ok(true)
+}
+
+/// Takes and stores one backup; returns its heads.
+async fn write_backup(
+    host: &dyn HandoffHost,
+    store: &dyn BackupStore,
+    generation: u64,
+    peer_id: &str,
+    is_final: bool,
+) -> Result<HighWater, BackupError> {
+    let (snapshot, high_water) = host.backup_snapshot().await;
     let backup = Backup {
         generation,
         peer_id: peer_id.to_string(),
         taken_at: SystemTime::now(),
         high_water: high_water.clone(),
         snapshot,
+        is_final,
     };
     match store.save(&backup).await {
-        Ok(()) => {
-            *last = Some(high_water);
-            Ok(true)
-        }
+        Ok(()) => Ok(high_water),
         Err(e) => {
             tracing::warn!(error = %e, store = store.name(), "backup failed");
             Err(e)
@@ -244,9 +296,16 @@ mod tests {
         publish(&old, 1, "r", "m5"); // acknowledged after the backup, then the node dies
 
         let new = shared("new");
-        let rec = recover(&new, Some(&store), Transferred::Nothing, 100)
-            .await
-            .unwrap();
+        let rec = recover(
+            &new,
+            Some(&store),
+            Transferred::Nothing,
+            100,
+            "unreachable",
+            Some((1, "old")),
+        )
+        .await
+        .unwrap();
         new.set_mode(crate::relay::Mode::Primary).await;
         assert!(matches!(
             rec.source,
@@ -255,6 +314,7 @@ mod tests {
         assert_eq!(rec.skipped.get("r"), Some(&(6, 105)));
         let welcome = open(&new, 7);
         assert_eq!(welcome["gap"]["reason"], "predecessor_lost");
+        assert_eq!(welcome["gap"]["cause"], "unreachable");
         assert_eq!(welcome["gap"]["recovery"]["source"], "backup");
         assert_eq!(welcome["gap"]["skipped"]["r"], json!([6, 105]));
         // No seq the lost node may have handed out is reused; new rooms start past it too.
@@ -277,19 +337,97 @@ mod tests {
         let new = shared("new");
         let (bytes, _) = old.backup_snapshot().await;
         new.restore(bytes).await.unwrap();
-        let rec = recover(&new, Some(&store), Transferred::Snapshot, 10)
-            .await
-            .unwrap();
+        let rec = recover(
+            &new,
+            Some(&store),
+            Transferred::Snapshot,
+            10,
+            "unreachable",
+            None,
+        )
+        .await
+        .unwrap();
         assert!(matches!(rec.source, RecoverySource::Handoff { .. }));
         assert_eq!(rec.skipped.get("r"), Some(&(3, 12)));
         // Without any backup or transfer the node starts empty, still with a gap.
         let empty = shared("empty");
-        let rec = recover(&empty, None, Transferred::Nothing, 10)
+        let rec = recover(&empty, None, Transferred::Nothing, 10, "blocked", None)
             .await
             .unwrap();
         empty.set_mode(crate::relay::Mode::Primary).await;
         assert_eq!(rec.source, RecoverySource::Empty);
         open(&empty, 2);
         assert_eq!(publish(&empty, 2, "r", "z"), 11);
+    }
+
+    #[tokio::test]
+    async fn a_final_backup_of_the_predecessor_recovers_without_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirBackupStore::new(dir.path(), 3);
+        let old = shared("old");
+        open(&old, 1);
+        for i in 0..5 {
+            publish(&old, 1, "r", &format!("m{i}"));
+        }
+        backup_once(&old, &store, 1, "old", &mut None)
+            .await
+            .unwrap();
+        publish(&old, 1, "r", "m5");
+        // The predecessor gives up: writes stop, then the final backup.
+        final_backup(&old, &store, 1, "old").await.unwrap();
+        let refused = old.lock_with(|relay| {
+            relay.handle_message(
+                Instant::now(),
+                0,
+                ConnId(1),
+                json!({"op":"publish","room":"r","id":"late","body":"b"}),
+            );
+            std::iter::from_fn(|| relay.poll_output())
+                .filter_map(|o| match o {
+                    Output::Send { message, .. } => {
+                        serde_json::from_str::<Value>(message.text()).ok()
+                    }
+                    _ => None,
+                })
+                .any(|v| v["op"] != "ack")
+        });
+        assert!(refused, "no write is acknowledged after the final backup");
+        assert!(store.latest().await.unwrap().unwrap().is_final);
+
+        // Another node's final backup (not our predecessor's) still opens the gap.
+        let other = shared("other");
+        let rec = recover(
+            &other,
+            Some(&store),
+            Transferred::Nothing,
+            100,
+            "unreachable",
+            Some((1, "someone-else")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(rec.margin, 100);
+
+        let new = shared("new");
+        let rec = recover(
+            &new,
+            Some(&store),
+            Transferred::Nothing,
+            100,
+            "unreachable",
+            Some((1, "old")),
+        )
+        .await
+        .unwrap();
+        new.set_mode(crate::relay::Mode::Primary).await;
+        assert!(matches!(
+            rec.source,
+            RecoverySource::Backup { generation: 1, .. }
+        ));
+        assert_eq!((rec.margin, rec.skipped.len()), (0, 0));
+        let welcome = open(&new, 7);
+        assert!(welcome.get("gap").is_none_or(Value::is_null), "{welcome}");
+        // Seqs continue at the next one: 1..=6 were used.
+        assert_eq!(publish(&new, 7, "r", "x"), 7);
     }
 }

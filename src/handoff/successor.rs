@@ -17,8 +17,8 @@
 //!   `Primary`) or, if the guard refused, [`Successor::publish_refused`].
 //! - `GiveUp` → fall back (backup store) or exit, see `protocol/handoff.md`.
 
-use super::auth::{self, Binding, Role};
-use super::message::{HighWater, Message, PROTOCOL_VERSION, RefuseCode, Resume};
+use super::auth::{self, Binding, Role, SessionKeys};
+use super::message::{HighWater, Message, PROTOCOL_VERSION, RefuseCode, Resume, Sealed};
 use super::{Secret, sha256_hex};
 use crate::discovery::SignalingEndpoint;
 use rand::rngs::StdRng;
@@ -35,6 +35,10 @@ pub struct SuccessorConfig {
     pub reconnect_max: Duration,
     /// Give up after this long without hearing from the predecessor.
     pub give_up_after: Duration,
+    /// Give up after this long without progress (no `accepted`, chunk or tail), even
+    /// while the predecessor answers: refusals (`rate_limited`, `busy`) or a flood of other
+    /// connections must not hold a successor forever.
+    pub max_wait: Duration,
     /// Largest snapshot accepted.
     pub max_snapshot_bytes: u64,
     /// Largest number of out-of-order tail events held back.
@@ -47,6 +51,7 @@ impl Default for SuccessorConfig {
             reconnect_initial: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(2),
             give_up_after: Duration::from_secs(10),
+            max_wait: Duration::from_secs(120),
             max_snapshot_bytes: 16 << 30,
             max_pending_tail: 1 << 20,
         }
@@ -58,6 +63,10 @@ impl Default for SuccessorConfig {
 pub enum GiveUpReason {
     /// No word from the predecessor for `give_up_after` (it is probably dead).
     PredecessorUnreachable,
+    /// The predecessor answered but no transfer progressed for `max_wait` (it kept
+    /// refusing us, e.g. rate limited or busy under a flood): treated like an unreachable
+    /// predecessor.
+    Blocked,
     /// The predecessor could not prove it knows the secret (three times).
     PredecessorNotAuthentic,
     /// The predecessor refused us for good (wrong secret, wrong generation, ...).
@@ -187,9 +196,16 @@ pub struct Successor {
     stage: Stage,
     session: Option<Session>,
     last_heard: Instant,
+    /// When the transfer last progressed (an authenticated message after the proof).
+    last_progress: Instant,
     backoff: Duration,
     bad_predecessor_proofs: u32,
+    /// Messages to send, sealed when popped ([`Successor::poll_transmit`]).
     out: VecDeque<Message>,
+    /// The current connection's session keys (from the verified challenge on).
+    keys: Option<SessionKeys>,
+    /// The `auth` of the `hello` waiting in `out`.
+    hello_auth: Option<String>,
     events: VecDeque<SuccessorEvent>,
     /// Where nonces come from (injected: a seeded one in tests).
     rng: StdRng,
@@ -221,8 +237,11 @@ impl Successor {
             stage: Stage::Disconnected { retry_at: None },
             session: None,
             last_heard: now,
+            last_progress: now,
             bad_predecessor_proofs: 0,
             out: VecDeque::new(),
+            keys: None,
+            hello_auth: None,
             events: VecDeque::from([SuccessorEvent::Connect]),
             rng,
         }
@@ -265,6 +284,19 @@ impl Successor {
             next_chunk: s.next_chunk,
             tail_next: s.tail_next,
         });
+        // A new connection: nothing queued for the old one goes out on it.
+        self.out.clear();
+        self.keys = None;
+        self.hello_auth = Some(auth::hello_auth(
+            &self.secret,
+            &Binding {
+                predecessor_peer_id: &self.predecessor_peer_id,
+                successor_peer_id: &self.peer_id,
+                generation: self.generation,
+                successor_nonce: &nonce,
+                predecessor_nonce: &[],
+            },
+        ));
         self.out.push_back(Message::Hello {
             v: PROTOCOL_VERSION,
             successor_peer_id: self.peer_id.clone(),
@@ -339,6 +371,9 @@ impl Successor {
         if now >= self.last_heard + self.cfg.give_up_after {
             return self.give_up(GiveUpReason::PredecessorUnreachable);
         }
+        if now >= self.last_progress + self.cfg.max_wait {
+            return self.give_up(GiveUpReason::Blocked);
+        }
         if let Stage::Disconnected { retry_at: Some(t) } = self.stage
             && now >= t
         {
@@ -352,16 +387,26 @@ impl Successor {
         if self.finished() {
             return None;
         }
-        let give_up = self.last_heard + self.cfg.give_up_after;
+        let give_up =
+            (self.last_heard + self.cfg.give_up_after).min(self.last_progress + self.cfg.max_wait);
         match self.stage {
             Stage::Disconnected { retry_at: Some(t) } => Some(t.min(give_up)),
             _ => Some(give_up),
         }
     }
 
-    /// Next message for the predecessor.
-    pub fn poll_transmit(&mut self) -> Option<Message> {
-        self.out.pop_front()
+    /// Next message for the predecessor: the `hello` with its `auth`, the `proof` as it
+    /// is, everything else sealed with the session key.
+    pub fn poll_transmit(&mut self) -> Option<Sealed> {
+        let msg = self.out.pop_front()?;
+        Some(match (&msg, &mut self.keys) {
+            (Message::Hello { .. }, _) => Sealed {
+                msg,
+                auth: self.hello_auth.take(),
+            },
+            (Message::Proof { .. }, _) | (_, None) => msg.into(),
+            (_, Some(k)) => k.seal(msg),
+        })
     }
 
     /// Next event.
@@ -369,13 +414,47 @@ impl Successor {
         self.events.pop_front()
     }
 
-    /// A message from the predecessor.
-    pub fn handle_message(&mut self, now: Instant, msg: Message) {
+    /// A message from the predecessor. Only authenticated messages count (and prove the
+    /// predecessor alive): the challenge by its proof, a refusal of our `hello` by the
+    /// session key its nonce gives, everything later by the session key. Anything else
+    /// is ignored (logged): a stranger on the path cannot stop us.
+    pub fn handle_message(&mut self, now: Instant, msg: impl Into<Sealed>) {
+        let sealed = msg.into();
         if matches!(self.stage, Stage::GaveUp) {
             return;
         }
-        self.last_heard = now;
-        if let Message::Refused { code, message } = &msg {
+        let authentic = match (&self.stage, &sealed.msg) {
+            (Stage::AwaitChallenge { .. }, Message::Challenge { .. }) => true, // checked below
+            (Stage::AwaitChallenge { nonce }, Message::Refused { nonce: Some(p), .. }) => {
+                match auth::parse_nonce(p) {
+                    Some(p_nonce) => SessionKeys::derive(
+                        &self.secret,
+                        Role::Successor,
+                        &Binding {
+                            predecessor_peer_id: &self.predecessor_peer_id,
+                            successor_peer_id: &self.peer_id,
+                            generation: self.generation,
+                            successor_nonce: nonce,
+                            predecessor_nonce: &p_nonce,
+                        },
+                    )
+                    .open(&sealed),
+                    None => false,
+                }
+            }
+            (Stage::AwaitChallenge { .. }, _) => false,
+            _ => self.keys.as_mut().is_some_and(|k| k.open(&sealed)),
+        };
+        if !authentic {
+            tracing::warn!(
+                kind = sealed.msg.kind(),
+                "handoff: unauthenticated message from the predecessor's side ignored"
+            );
+            return;
+        }
+        let msg = sealed.msg;
+        if let Message::Refused { code, message, .. } = &msg {
+            self.last_heard = now;
             tracing::warn!(?code, message, "handoff: predecessor refused us");
             return match code {
                 c if c.is_retryable() => self.retry(now),
@@ -391,8 +470,9 @@ impl Successor {
         match std::mem::replace(&mut self.stage, Stage::AwaitAccepted) {
             Stage::AwaitChallenge { nonce } => {
                 let Message::Challenge { nonce: p_hex, mac } = msg else {
-                    tracing::warn!(kind = msg.kind(), "handoff: expected challenge");
-                    return self.retry(now);
+                    // Only a challenge (or a refusal, handled above) gets here.
+                    self.stage = Stage::AwaitChallenge { nonce };
+                    return;
                 };
                 let p_nonce = auth::parse_nonce(&p_hex).unwrap_or_default();
                 let binding = Binding {
@@ -412,15 +492,21 @@ impl Successor {
                     }
                     return self.retry(now);
                 }
+                self.last_heard = now;
                 let mac = auth::prove(&self.secret, Role::Successor, &binding);
+                self.keys = Some(SessionKeys::derive(&self.secret, Role::Successor, &binding));
                 self.out.push_back(Message::Proof { mac });
                 self.stage = Stage::AwaitAccepted;
             }
             Stage::AwaitAccepted | Stage::Active => {
+                self.last_heard = now;
+                self.last_progress = now;
                 self.stage = Stage::Active;
                 self.on_active(msg);
             }
             Stage::Done => {
+                self.last_heard = now;
+                self.last_progress = now;
                 self.stage = Stage::Done;
                 // Already primary: if the predecessor (re)sends its cut-over, answer `live`.
                 if let (Message::CutOver { session, .. }, Some(s)) = (&msg, &self.session)

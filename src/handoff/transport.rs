@@ -3,7 +3,7 @@
 //! and the reader/writer tasks of one connection.
 
 use super::ConnId;
-use super::message::{DecodeError, Message};
+use super::message::{DecodeError, Sealed};
 use crate::peer::codec::{Serialization, Value};
 use crate::peer::{ConnectionError, DataConnection};
 use tokio::sync::mpsc;
@@ -40,11 +40,9 @@ const FRAGMENT_HEADER: usize = 5;
 /// Encodes a handoff message for a connection's serialization: `binary`/`msgpack` get the
 /// binary frame, `json` the JSON object, `raw` the binary frame as is (split into `OHBF`
 /// fragments above [`RAW_FRAME_MAX`]).
-pub fn to_values(serialization: Serialization, m: &Message) -> Vec<Value> {
+pub fn to_values(serialization: Serialization, m: &Sealed) -> Vec<Value> {
     match serialization {
-        Serialization::Json => vec![Value::from_json(
-            serde_json::to_value(m).expect("serializes"),
-        )],
+        Serialization::Json => vec![Value::from_json(m.to_value())],
         Serialization::Raw => {
             let bytes = m.to_binary();
             if bytes.len() <= RAW_FRAME_MAX {
@@ -70,12 +68,11 @@ pub fn to_values(serialization: Serialization, m: &Message) -> Vec<Value> {
 
 /// Decodes one whole handoff message from either encoding (fragments go through
 /// [`Defragmenter`]).
-fn from_value(v: &Value) -> Result<Message, FrameError> {
+fn from_value(v: &Value) -> Result<Sealed, FrameError> {
     match v {
-        Value::Bin(b) => Ok(Message::from_binary(b)?),
-        Value::Str(s) => Ok(Message::from_json(s)?),
-        Value::Map(_) => serde_json::from_value(v.to_json())
-            .map_err(|e| FrameError::Decode(DecodeError::Malformed(e.to_string()))),
+        Value::Bin(b) => Ok(Sealed::from_binary(b)?),
+        Value::Str(s) => Ok(Sealed::from_json(s)?),
+        Value::Map(_) => Ok(Sealed::from_value(v.to_json())?),
         _ => Err(FrameError::NotHandoff),
     }
 }
@@ -93,7 +90,7 @@ impl Defragmenter {
     /// # Errors
     /// An undecodable message, or fragments adding up to more than the handoff message
     /// limit (the rest of that message is then skipped).
-    pub fn push(&mut self, v: Value) -> Result<Option<Message>, FrameError> {
+    pub fn push(&mut self, v: Value) -> Result<Option<Sealed>, FrameError> {
         let Value::Bin(b) = &v else {
             return from_value(&v).map(Some);
         };
@@ -124,13 +121,13 @@ impl Defragmenter {
             return Err(FrameError::TooLarge);
         }
         let whole = std::mem::take(&mut self.partial);
-        Ok(Some(Message::from_binary(&whole)?))
+        Ok(Some(Sealed::from_binary(&whole)?))
     }
 }
 
 /// What a connection's reader task reports to its driver.
 pub(super) enum Inbound {
-    Msg(ConnId, Message),
+    Msg(ConnId, Sealed),
     Closed(ConnId),
 }
 
@@ -143,6 +140,9 @@ pub struct FrameLink {
     pub peer: String,
     /// Metadata the remote declared (e.g. `github_run_id`), `Null` if none.
     pub metadata: serde_json::Value,
+    /// The client's address (the TCP peer's, or the forwarded one from a trusted proxy),
+    /// if known: the predecessor counts this connection's attempts against it.
+    pub client_addr: Option<std::net::IpAddr>,
     /// Messages to the remote.
     pub tx: mpsc::Sender<Vec<u8>>,
     /// Messages from the remote; `None` once closed.
@@ -170,6 +170,19 @@ impl HandoffConn {
         match self {
             HandoffConn::DataChannel(c) => c.peer(),
             HandoffConn::WebSocket(l) => &l.peer,
+        }
+    }
+
+    /// Whom this connection's handoff attempts count against: the peer id the signaling
+    /// server stamped on a DataConnection; the client address of a WebSocket (its peer id
+    /// is only declared), or its declared peer id when the address is unknown.
+    pub fn origin(&self) -> String {
+        match self {
+            HandoffConn::DataChannel(c) => c.peer().to_string(),
+            HandoffConn::WebSocket(l) => match l.client_addr {
+                Some(ip) => format!("ws:{ip}"),
+                None => format!("ws-peer:{}", l.peer),
+            },
         }
     }
 
@@ -203,11 +216,11 @@ fn attach_frames(
     id: ConnId,
     link: FrameLink,
     inbox: mpsc::UnboundedSender<Inbound>,
-) -> mpsc::UnboundedSender<Message> {
+) -> mpsc::UnboundedSender<Sealed> {
     let FrameLink {
         tx: out, mut rx, ..
     } = link;
-    let (tx, mut msgs) = mpsc::unbounded_channel::<Message>();
+    let (tx, mut msgs) = mpsc::unbounded_channel::<Sealed>();
     tokio::spawn(async move {
         while let Some(m) = msgs.recv().await {
             if out.send(m.to_binary()).await.is_err() {
@@ -217,7 +230,7 @@ fn attach_frames(
     });
     tokio::spawn(async move {
         while let Some(bytes) = rx.recv().await {
-            match Message::from_binary(&bytes) {
+            match Sealed::from_binary(&bytes) {
                 Ok(m) => {
                     if inbox.send(Inbound::Msg(id, m)).is_err() {
                         break;
@@ -236,14 +249,14 @@ pub(super) fn attach(
     id: ConnId,
     conn: HandoffConn,
     inbox: mpsc::UnboundedSender<Inbound>,
-) -> mpsc::UnboundedSender<Message> {
+) -> mpsc::UnboundedSender<Sealed> {
     let conn = match conn {
         HandoffConn::DataChannel(c) => c,
         HandoffConn::WebSocket(l) => return attach_frames(id, l, inbox),
     };
     let serialization = conn.serialization();
     let (sender, mut receiver) = conn.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Sealed>();
     tokio::spawn(async move {
         'send: while let Some(m) = rx.recv().await {
             for v in to_values(serialization, &m) {

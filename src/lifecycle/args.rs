@@ -37,6 +37,33 @@ pub enum LauncherKind {
     Github,
 }
 
+impl LauncherKind {
+    /// How long a successor this launcher starts usually takes from the launch request to
+    /// its first handoff message: what every wait of the ring is scaled by. `local`: a
+    /// process on this machine (start, bind, register, open a DataConnection; under 1 s
+    /// even on a loaded two-core machine); `github`: a queued Actions run (minutes).
+    pub fn expected_start(self) -> Duration {
+        match self {
+            LauncherKind::None => Duration::ZERO,
+            LauncherKind::Local => Duration::from_secs(1),
+            LauncherKind::Github => Duration::from_secs(2 * 60),
+        }
+    }
+}
+
+/// The default `--handoff-lead` for a lifetime: 25%, at most 15 min.
+fn default_lead(lifetime: Duration) -> Duration {
+    (lifetime / 4).min(Duration::from_secs(15 * 60))
+}
+
+/// The shortest `--lifetime` for `launcher` with the default lead and margin: the lead
+/// (25%) must hold two expected starts (one to start, one for a relaunch), and the window
+/// from the launch to the give-up (lead − margin, 15%) one whole start.
+pub fn min_lifetime(launcher: LauncherKind) -> Duration {
+    let start = launcher.expected_start();
+    (start * 8).max(start.mul_f64(1.0 / 0.15))
+}
+
 /// Lifecycle flags of `ouroboros node` (flattened into the node's flags).
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct LifecycleArgs {
@@ -53,7 +80,8 @@ pub struct LifecycleArgs {
     #[arg(long, env = "OUROBOROS_DEADLINE_MARGIN", value_parser = parse_duration)]
     pub deadline_margin: Option<Duration>,
     /// How long to wait for a launched successor to connect before launching again (the
-    /// wait doubles with each attempt, up to 4×) [default: half the handoff lead].
+    /// wait doubles with each attempt, up to 4×) [default: half the handoff lead, at least
+    /// the launcher's expected start time (`local`: 1 s, `github`: 2 min)].
     #[arg(long, env = "OUROBOROS_SUCCESSOR_TIMEOUT", value_parser = parse_duration)]
     pub successor_timeout: Option<Duration>,
     /// How long the old node keeps serving `moved` after the cut-over before it exits.
@@ -91,13 +119,21 @@ pub struct LifecycleArgs {
     pub handoff_window: Option<u32>,
     /// How long the predecessor keeps an interrupted handoff session for its successor
     /// to resume before it aborts it (and the lifecycle launches another successor)
-    /// [default: 10s].
+    /// [default: 10s, at most the successor timeout when the node launches successors].
     #[arg(long, env = "OUROBOROS_HANDOFF_RESUME_TIMEOUT", value_parser = parse_duration)]
     pub handoff_resume_timeout: Option<Duration>,
     /// How long a successor keeps trying to reach a silent predecessor before it recovers
-    /// from the newest backup and announces the gap [default: 10s].
+    /// from the newest backup [default: 10s; where the predecessor's host ends with its
+    /// lifetime (not `--launcher local`), at most the handoff lead: a successor is launched a
+    /// lead before that end, so a lead of silence outlasts the predecessor].
     #[arg(long, env = "OUROBOROS_HANDOFF_GIVE_UP_AFTER", value_parser = parse_duration)]
     pub handoff_give_up_after: Option<Duration>,
+    /// How long a successor waits for its transfer to start or go on while the predecessor
+    /// answers but does not admit it (refusals such as `rate_limited` or `busy`, e.g. under
+    /// a flood of other connections) before it gives up and recovers from the newest
+    /// backup [default: 1/40 of the lifetime, between 30s and 10min; 2min without one].
+    #[arg(long, env = "OUROBOROS_HANDOFF_MAX_WAIT", value_parser = parse_duration)]
+    pub handoff_max_wait: Option<Duration>,
     /// How a successor reaches its predecessor: `webrtc` (a DataConnection through its
     /// signaling), `ws` (a WebSocket to `/handoff` on its HTTP port, e.g. through its tunnel:
     /// no UDP needed) or `auto` (WebRTC; the WebSocket when no DataChannel opens within
@@ -143,6 +179,13 @@ pub struct LifecyclePlan {
     pub deadline_margin: Duration,
     /// First wait for a launched successor; doubles per attempt up to 4×.
     pub successor_timeout: Duration,
+    /// How long a successor of this launcher takes to start
+    /// ([`LauncherKind::expected_start`]).
+    pub expected_start: Duration,
+    /// Whether the host ends with the lifetime (GitHub Actions: the job's time limit) and the
+    /// node must exit by then, with or without a successor. A local process's host does not
+    /// end: its node keeps relaunching until a successor takes over (liveness rule 1).
+    pub host_ends: bool,
     /// Drain time after the clients were moved.
     pub drain_timeout: Duration,
     /// Whether a successor is launched at all.
@@ -160,15 +203,44 @@ impl LifecycleArgs {
         if lifetime == Some(Duration::ZERO) {
             return Err(PlanError::Invalid("--lifetime must be positive".into()));
         }
-        let handoff_lead = self
-            .handoff_lead
-            .unwrap_or_else(|| (l / 4).min(Duration::from_secs(15 * 60)));
+        let handoff_lead = self.handoff_lead.unwrap_or_else(|| default_lead(l));
         let deadline_margin = self
             .deadline_margin
             .unwrap_or_else(|| (l / 10).min(Duration::from_secs(120)));
-        let successor_timeout = self
-            .successor_timeout
-            .unwrap_or_else(|| (handoff_lead / 2).max(Duration::from_millis(500)));
+        let start = self.launcher.expected_start();
+        let successor_timeout = self.successor_timeout.unwrap_or_else(|| {
+            (handoff_lead / 2)
+                .max(Duration::from_millis(500))
+                .max(start)
+        });
+        if lifetime.is_some() && self.launcher != LauncherKind::None {
+            // Waits scale with the launcher's start time: a lead that cannot hold a start
+            // makes every rotation a race the predecessor loses (it gives up as the
+            // successor arrives). Refuse it at startup, naming the minimum.
+            let fmt = |d: Duration| humantime::format_duration(d).to_string();
+            let launcher = format!("{:?}", self.launcher).to_lowercase();
+            if handoff_lead < start * 2 || handoff_lead.saturating_sub(deadline_margin) < start {
+                let hint = if self.handoff_lead.is_none() && self.deadline_margin.is_none() {
+                    format!(
+                        "; the shortest --lifetime with the default lead and margin is {}",
+                        fmt(min_lifetime(self.launcher))
+                    )
+                } else {
+                    String::new()
+                };
+                return Err(PlanError::Invalid(format!(
+                    "--lifetime {} is too short for --launcher {launcher}: a successor takes \
+                     about {} to start, so --handoff-lead ({}) must be at least {} and \
+                     --handoff-lead minus --deadline-margin ({}) at least {}{hint}",
+                    fmt(l),
+                    fmt(start),
+                    fmt(handoff_lead),
+                    fmt(start * 2),
+                    fmt(deadline_margin),
+                    fmt(start),
+                )));
+            }
+        }
         if lifetime.is_some() {
             if handoff_lead >= l {
                 return Err(PlanError::Invalid(format!(
@@ -190,6 +262,8 @@ impl LifecycleArgs {
             handoff_lead,
             deadline_margin,
             successor_timeout,
+            expected_start: start,
+            host_ends: self.launcher != LauncherKind::Local,
             drain_timeout: self.drain_timeout,
             launches: lifetime.is_some() && self.launcher != LauncherKind::None,
         })
@@ -210,18 +284,41 @@ impl LifecycleArgs {
         if let Some(window) = self.handoff_window {
             c.window = window;
         }
-        if let Some(t) = self.handoff_resume_timeout {
-            c.resume_timeout = t;
+        match (self.handoff_resume_timeout, self.plan()) {
+            (Some(t), _) => c.resume_timeout = t,
+            // Scaled: an interrupted session is given one successor timeout to resume, so
+            // that a dead successor is replaced within the lead.
+            (None, Ok(p)) if p.launches => {
+                c.resume_timeout = c.resume_timeout.min(p.successor_timeout)
+            }
+            _ => {}
         }
         c
     }
 
-    /// The successor side's handoff settings: defaults with `--handoff-give-up-after`.
+    /// The successor side's handoff settings: defaults with `--handoff-give-up-after` (whose
+    /// default scales with the lifetime where the host ends with it: the handoff lead, at most
+    /// the fixed default) and `--handoff-max-wait` (scaled to the lifetime when unset).
     pub fn successor_config(&self) -> crate::handoff::SuccessorConfig {
         let mut c = crate::handoff::SuccessorConfig::default();
-        if let Some(t) = self.handoff_give_up_after {
-            c.give_up_after = t;
+        match (self.handoff_give_up_after, self.lifetime) {
+            (Some(t), _) => c.give_up_after = t,
+            // Only where the predecessor's host ends with its lifetime is a shorter wait
+            // safe: a successor started a lead before that end and silent for a lead
+            // outlasts it. A local predecessor may serve past its lifetime (liveness rule 1):
+            // giving up on it sooner than the fixed default while it still serves made two
+            // primaries in the soak (a successor restoring a large snapshot for 3.9 s gave up
+            // on a 3 s wait), so there the default stays.
+            (None, Some(l)) if self.launcher != LauncherKind::Local => {
+                let lead = self.handoff_lead.unwrap_or_else(|| default_lead(l));
+                c.give_up_after = c.give_up_after.min(lead);
+            }
+            _ => {}
         }
+        c.max_wait = self.handoff_max_wait.unwrap_or(match self.lifetime {
+            Some(l) => (l / 40).clamp(Duration::from_secs(30), Duration::from_secs(600)),
+            None => Duration::from_secs(120),
+        });
         c
     }
 }
@@ -248,6 +345,7 @@ mod tests {
         assert_eq!(p.handoff_lead, Duration::from_secs(5));
         assert_eq!(p.deadline_margin, Duration::from_secs(2));
         assert_eq!(p.successor_timeout, Duration::from_millis(2500));
+        assert_eq!(p.expected_start, Duration::from_secs(1));
         assert!(p.launches);
         let p = parse(&["--lifetime", "2h"]).unwrap().plan().unwrap();
         assert_eq!(p.handoff_lead, Duration::from_secs(15 * 60));
@@ -314,6 +412,79 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn waits_scale_with_the_lifetime_and_the_launcher() {
+        // The successor's wait for a silent predecessor whose host ends with its lifetime:
+        // the lead (a fraction of the lifetime), at most 10 s.
+        let a = parse(&["--lifetime", "8s"]).unwrap();
+        assert_eq!(a.successor_config().give_up_after, Duration::from_secs(2));
+        let a = parse(&["--lifetime", "2h", "--launcher", "github"]).unwrap();
+        assert_eq!(a.successor_config().give_up_after, Duration::from_secs(10));
+        // A local predecessor may outlive its lifetime: the fixed wait (no hard deadline
+        // ends the successor meanwhile, so it no longer outlasts anything).
+        let a = parse(&["--lifetime", "8s", "--launcher", "local"]).unwrap();
+        assert_eq!(a.successor_config().give_up_after, Duration::from_secs(10));
+        let a = parse(&["--lifetime", "8s", "--handoff-give-up-after", "3s"]).unwrap();
+        assert_eq!(a.successor_config().give_up_after, Duration::from_secs(3));
+        // A relaunch never comes before a successor could have started.
+        let p = parse(&["--lifetime", "8s", "--launcher", "local"])
+            .unwrap()
+            .plan()
+            .unwrap();
+        assert_eq!(p.successor_timeout, Duration::from_secs(1));
+        let p = parse(&["--lifetime", "6h", "--launcher", "github"])
+            .unwrap()
+            .plan()
+            .unwrap();
+        assert_eq!(p.successor_timeout, Duration::from_secs(7 * 60 + 30));
+        assert_eq!(p.expected_start, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn a_lifetime_too_short_for_the_launcher_is_refused_naming_the_minimum() {
+        assert_eq!(min_lifetime(LauncherKind::Local), Duration::from_secs(8));
+        let e = parse(&["--lifetime", "6s", "--launcher", "local"])
+            .unwrap()
+            .plan()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("too short for --launcher local"), "{e}");
+        assert!(
+            e.contains("the shortest --lifetime with the default lead and margin is 8s"),
+            "{e}"
+        );
+        assert!(
+            parse(&["--lifetime", "8s", "--launcher", "local"])
+                .unwrap()
+                .plan()
+                .is_ok()
+        );
+        // With a lead that holds the start, 6 s runs.
+        let a = parse(&[
+            "--lifetime",
+            "6s",
+            "--launcher",
+            "local",
+            "--handoff-lead",
+            "2s",
+            "--deadline-margin",
+            "500ms",
+        ])
+        .unwrap();
+        assert!(a.plan().is_ok());
+        // Without a launcher nothing is launched: no minimum.
+        assert!(parse(&["--lifetime", "2s"]).unwrap().plan().is_ok());
+        let e = parse(&["--lifetime", "20m", "--launcher", "github"])
+            .unwrap()
+            .plan();
+        assert!(e.is_ok(), "{e:?}");
+        let e = parse(&["--lifetime", "10m", "--launcher", "github"])
+            .unwrap()
+            .plan()
+            .unwrap_err();
+        assert!(e.to_string().contains("16m"), "{e}");
     }
 
     #[test]

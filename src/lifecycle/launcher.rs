@@ -5,6 +5,7 @@ use crate::handoff::{SECRET_ENV, Secret};
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::Duration;
 
 /// What a successor needs to find and take over from its predecessor. Public by design: a
 /// launcher may put it into workflow inputs. Never holds secrets.
@@ -143,6 +144,8 @@ pub struct LocalLauncher {
     launched: Mutex<Vec<u32>>,
     /// The children that may still run (reaped ones are dropped at the next launch).
     children: Mutex<Vec<tokio::process::Child>>,
+    /// Test-only fault injection ([`super::Faults`], `OUROBOROS_FAULTS`).
+    faults: super::Faults,
 }
 
 impl LocalLauncher {
@@ -161,6 +164,7 @@ impl LocalLauncher {
             secret,
             launched: Mutex::new(Vec::new()),
             children: Mutex::new(Vec::new()),
+            faults: super::Faults::from_env(),
         }
     }
 
@@ -209,7 +213,9 @@ impl LocalLauncher {
             .clone()
     }
 
-    fn spawn(&self, request: &SuccessorRequest) -> std::io::Result<u32> {
+    /// Starts the successor; `start_delay` (fault injection only, normally zero) makes it
+    /// wait that long before it starts, like a queued run.
+    fn spawn(&self, request: &SuccessorRequest, start_delay: Duration) -> std::io::Result<u32> {
         let log_path = self.log_path(request.generation);
         std::fs::create_dir_all(log_path.parent().expect("log path has a parent"))?;
         let log = std::fs::OpenOptions::new()
@@ -226,6 +232,14 @@ impl LocalLauncher {
             .process_group(0);
         for var in ENV_NOT_INHERITED {
             cmd.env_remove(var);
+        }
+        cmd.env_remove(super::faults::START_DELAY_ENV);
+        if !start_delay.is_zero() {
+            tracing::warn!(delay = ?start_delay, "fault injection: launch delayed");
+            cmd.env(
+                super::faults::START_DELAY_ENV,
+                start_delay.as_millis().to_string(),
+            );
         }
         let child = cmd.spawn()?;
         // The handle is kept (for `abandon`) until the child has exited; dropping it leaves
@@ -267,10 +281,42 @@ impl LocalLauncher {
     }
 }
 
+/// Fault injection: `kill -9 pid` unless the discovery record at `record` already shows
+/// `generation` (the successor may be serving: killing it would lose acknowledged messages).
+fn kill_unless_published(pid: u32, generation: u64, record: &std::path::Path) {
+    let published = std::fs::read(record)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["generation"].as_u64())
+        .is_some_and(|g| g >= generation);
+    if published {
+        return;
+    }
+    tracing::warn!(
+        pid,
+        generation,
+        "fault injection: kill -9 of a starting successor"
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
+}
+
 #[async_trait::async_trait]
 impl Launcher for LocalLauncher {
     async fn launch(&self, request: &SuccessorRequest) -> Result<(), LaunchError> {
-        self.spawn(request)?;
+        let copies = if self.faults.duplicate() { 2 } else { 1 };
+        for _ in 0..copies {
+            let pid = self.spawn(request, self.faults.launch_delay())?;
+            if let Some(after) = self.faults.kill_after() {
+                let record = self.data_dir.join("ouroboros.json");
+                let generation = request.generation;
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    kill_unless_published(pid, generation, &record);
+                });
+            }
+        }
         Ok(())
     }
     fn name(&self) -> &'static str {

@@ -13,9 +13,26 @@
 //!                                                                            ▼
 //!  Exited ◄──drain_until── Draining ◄──ClientsMoved── HandingOff (──CutOver──► cut_over)
 //!                                                       │ HandoffAborted → AwaitingSuccessor
+//!  Joining ──Superseded──► Exited (another successor of this generation is primary)
 //! ```
 //! From any state: `Shutdown` → Exited; the hard deadline (start + lifetime) → Exited; the
 //! deadline margin passes without a handoff under way → Exited (no successor).
+//!
+//! # Liveness rules (`protocol/handoff.md`, "Liveness")
+//! 1. A node exits without a successor only when told to stop (`Shutdown`) or when its host
+//!    is about to end (the deadline margin, the hard deadline, `HostEnding`); the driver then
+//!    stops writes and leaves a final backup. A host that does not end with the lifetime (a
+//!    local process, [`LifecyclePlan::host_ends`] false) has no hard deadline: the node keeps
+//!    serving and relaunching (backoff up to 4 successor timeouts) until a successor takes
+//!    over.
+//! 2. A successor that joins late (its predecessor gone, state recovered) plans its own
+//!    successor from its own remaining time: it launches at once if the launch time has
+//!    passed, and never gives up before one expected start plus one successor timeout
+//!    after joining (only the hard deadline can end it sooner).
+//! 3. Of two successors for one generation exactly one becomes primary; the other is told
+//!    `Superseded` and exits cleanly, launching nothing.
+//! 4. Waits scale with the lifetime and the launcher's expected start
+//!    ([`LifecyclePlan::expected_start`]): a relaunch never comes before a start could finish.
 
 use super::LifecyclePlan;
 use serde::Serialize;
@@ -80,8 +97,11 @@ pub enum ExitReason {
     HandedOff,
     /// The deadline margin passed without a successor (the state is in the backup store).
     NoSuccessor,
-    /// The hard deadline came (a handoff did not finish in time).
+    /// The hard deadline came (a handoff did not finish in time), or the host is ending.
     HardDeadline,
+    /// Another successor of this generation became primary first; this node never served
+    /// and stops cleanly (liveness rule 3).
+    Superseded,
 }
 
 /// What happened, fed to [`Lifecycle::handle`].
@@ -103,6 +123,11 @@ pub enum LifecycleInput {
     ClientsMoved,
     /// Operator asked to stop.
     Shutdown,
+    /// (Successor) another successor of this generation is already primary.
+    Superseded,
+    /// The host is about to end (e.g. the run is being cancelled): stop as at the hard
+    /// deadline, leaving a final backup.
+    HostEnding,
 }
 
 /// What the driver must do.
@@ -152,8 +177,12 @@ pub struct Lifecycle {
     #[cfg_attr(not(test), allow(dead_code))]
     started: Instant,
     started_wall: SystemTime,
-    /// Hard deadline: start + lifetime.
+    /// End of the lifetime: start + lifetime (for status and the launch time).
     deadline: Option<Instant>,
+    /// The hard deadline the node exits at: the end of the lifetime when the host ends
+    /// then (`LifecyclePlan::host_ends`); `None` for a local ring, whose host does not end:
+    /// there the node keeps serving and relaunching until a successor takes over (rule 1).
+    hard_deadline: Option<Instant>,
     /// When the successor is launched.
     launch_at: Option<Instant>,
     /// Without a handoff under way by then, exit.
@@ -181,13 +210,15 @@ impl Lifecycle {
         let launch_at = deadline
             .filter(|_| plan.launches)
             .map(|d| d - plan.handoff_lead);
-        let give_up_at = deadline.map(|d| d - plan.deadline_margin);
+        let hard_deadline = deadline.filter(|_| plan.host_ends || !plan.launches);
+        let give_up_at = hard_deadline.map(|d| d - plan.deadline_margin);
         Lifecycle {
             plan,
             generation,
             started: now,
             started_wall: now_wall,
             deadline,
+            hard_deadline,
             launch_at,
             give_up_at,
             timer: None,
@@ -245,7 +276,7 @@ impl Lifecycle {
     /// Next instant at which [`Lifecycle::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         use LifecycleState::*;
-        let mut t = self.deadline;
+        let mut t = self.hard_deadline;
         let mut consider = |x: Option<Instant>| {
             if let Some(x) = x {
                 t = Some(t.map_or(x, |t| t.min(x)));
@@ -304,7 +335,7 @@ impl Lifecycle {
         if self.is_exited() {
             return;
         }
-        if self.deadline.is_some_and(|d| now >= d) {
+        if self.hard_deadline.is_some_and(|d| now >= d) {
             let reason = if self.state == Draining {
                 ExitReason::HandedOff
             } else {
@@ -341,7 +372,18 @@ impl Lifecycle {
         }
         match (self.state, input) {
             (_, LifecycleInput::Shutdown) => self.exit(ExitReason::Shutdown),
-            (Joining, LifecycleInput::Joined) => self.state = Serving,
+            (_, LifecycleInput::HostEnding) => self.exit(ExitReason::HardDeadline),
+            (Joining, LifecycleInput::Superseded) => self.exit(ExitReason::Superseded),
+            (Joining, LifecycleInput::Joined) => {
+                self.state = Serving;
+                // Rule 2: a late join never makes the node give up at once; the launch
+                // (already due, if so) gets one start and one successor timeout.
+                if let Some(g) = self.give_up_at {
+                    let floor = now + self.plan.expected_start + self.plan.successor_timeout;
+                    let floor = self.hard_deadline.map_or(floor, |d| floor.min(d));
+                    self.give_up_at = Some(g.max(floor));
+                }
+            }
             (Launching { attempt }, LifecycleInput::LaunchSucceeded) => {
                 self.state = AwaitingSuccessor { attempt };
                 self.timer = Some(now + self.relaunch_wait(false));
@@ -376,7 +418,7 @@ impl Lifecycle {
             (HandingOff { .. } | AwaitingSuccessor { .. }, LifecycleInput::ClientsMoved) => {
                 self.state = Draining;
                 let until = now + self.plan.drain_timeout;
-                self.timer = Some(self.deadline.map_or(until, |d| until.min(d)));
+                self.timer = Some(self.hard_deadline.map_or(until, |d| until.min(d)));
             }
             (state, input) => {
                 tracing::debug!(?state, ?input, "lifecycle: input ignored in this state");
@@ -396,6 +438,8 @@ mod tests {
             handoff_lead: Duration::from_secs(lifetime_s / 4),
             deadline_margin: Duration::from_secs(lifetime_s / 10),
             successor_timeout: Duration::from_secs(lifetime_s / 8),
+            expected_start: Duration::from_secs(1),
+            host_ends: true,
             drain_timeout: Duration::from_secs(1),
             launches,
         }
@@ -558,5 +602,167 @@ mod tests {
         assert_eq!(json["reason"], "shutdown");
         assert_eq!(json["generation"], 2);
         assert!(json["expires_at"].is_null());
+    }
+
+    /// Drives a machine to its first `Launch` (reporting `LaunchSucceeded`); returns when.
+    fn launch_once(l: &mut Lifecycle) -> Instant {
+        loop {
+            let t = l.poll_timeout().expect("a timer");
+            l.handle_timeout(t);
+            if let Some(a) = l.poll_action() {
+                assert!(matches!(a, Launch { .. }), "{a:?}");
+                l.handle(t, LifecycleInput::LaunchSucceeded);
+                return t;
+            }
+        }
+    }
+
+    #[test]
+    fn two_successors_for_one_generation_one_primary_the_other_stops_cleanly() {
+        let t0 = Instant::now();
+        // The predecessor launched twice (the first was slow); both successors started.
+        let mut p = Lifecycle::new(plan(40, true), 6, false, t0, SystemTime::now());
+        let t = launch_once(&mut p);
+        let relaunch = p.poll_timeout().unwrap();
+        p.handle_timeout(relaunch);
+        assert_eq!(p.poll_action(), Some(Launch { attempt: 2 }));
+        p.handle(relaunch, LifecycleInput::LaunchSucceeded);
+        // Both connect: one handoff; the second connection changes nothing.
+        p.handle(relaunch, LifecycleInput::SuccessorConnected);
+        p.handle(relaunch, LifecycleInput::SuccessorConnected);
+        assert_eq!(
+            p.state(),
+            LifecycleState::HandingOff {
+                attempt: 2,
+                cut_over: false
+            }
+        );
+        assert!(t < relaunch);
+        let (mut a, mut b) = (
+            Lifecycle::new(plan(40, true), 7, true, t, SystemTime::now()),
+            Lifecycle::new(plan(40, true), 7, true, relaunch, SystemTime::now()),
+        );
+        a.handle(relaunch, LifecycleInput::Joined);
+        b.handle(relaunch, LifecycleInput::Superseded);
+        assert_eq!(a.state(), LifecycleState::Serving);
+        assert_eq!(b.poll_action(), Some(Exit(ExitReason::Superseded)));
+        assert_eq!(b.poll_action(), None, "the other launches nothing");
+        assert_eq!(b.poll_timeout(), None);
+        // Superseded is only for a node that never served.
+        a.handle(relaunch, LifecycleInput::Superseded);
+        assert_eq!(a.state(), LifecycleState::Serving);
+    }
+
+    #[test]
+    fn predecessor_gone_before_the_handoff_successor_serves_and_plans_its_own_successor() {
+        let t0 = Instant::now();
+        // lifetime 40: launch at 30, give up at 36. The successor waited for its gone
+        // predecessor, recovered, and joined 2 s after its start.
+        let mut s = Lifecycle::new(plan(40, true), 9, true, t0, SystemTime::now());
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(40)));
+        s.handle(t0 + Duration::from_secs(2), LifecycleInput::Joined);
+        assert_eq!(s.state(), LifecycleState::Serving);
+        // Its own plan, from its own start: not an exit, a launch at 30.
+        let acts = run_until(&mut s, t0 + Duration::from_secs(31));
+        assert_eq!(acts, vec![(Duration::from_secs(30), Launch { attempt: 1 })]);
+    }
+
+    #[test]
+    fn late_successor_launches_at_once_and_never_exits_at_once() {
+        let t0 = Instant::now();
+        // Joined at 37 s of a 40 s life: past the launch time (30) and the give-up (36).
+        let mut s = Lifecycle::new(plan(40, true), 9, true, t0, SystemTime::now());
+        let joined = t0 + Duration::from_secs(37);
+        s.handle(joined, LifecycleInput::Joined);
+        // The launch time has passed: the timer is due at once.
+        assert!(s.poll_timeout().unwrap() <= joined);
+        s.handle_timeout(joined);
+        assert_eq!(s.poll_action(), Some(Launch { attempt: 1 }));
+        assert_eq!(s.poll_action(), None);
+        s.handle(joined, LifecycleInput::LaunchSucceeded);
+        // Not NoSuccessor at once: it waits one start + one successor timeout (1 + 5 s),
+        // cut to the hard deadline (40).
+        let acts = run_until(&mut s, t0 + Duration::from_secs(100));
+        assert_eq!(
+            acts,
+            vec![(Duration::from_secs(40), Exit(ExitReason::HardDeadline))]
+        );
+        // Joined early enough, the floor is one start + one timeout after the join.
+        let mut s = Lifecycle::new(plan(80, true), 9, true, t0, SystemTime::now());
+        let joined = t0 + Duration::from_secs(70);
+        s.handle(joined, LifecycleInput::Joined);
+        s.handle_timeout(joined);
+        assert_eq!(s.poll_action(), Some(Launch { attempt: 1 }));
+        s.handle(joined, LifecycleInput::LaunchSucceeded);
+        let acts = run_until(&mut s, t0 + Duration::from_secs(100));
+        // The give-up moved from 72 to 80 (70 + 1 + 10 = 81, cut to the hard deadline): no
+        // NoSuccessor exit at 72, two seconds after joining.
+        assert!(
+            !acts
+                .iter()
+                .any(|(_, a)| *a == Exit(ExitReason::NoSuccessor)),
+            "{acts:?}"
+        );
+        assert_eq!(
+            acts.last(),
+            Some(&(Duration::from_secs(80), Exit(ExitReason::HardDeadline)))
+        );
+    }
+
+    #[test]
+    fn the_host_ending_stops_the_node_like_the_hard_deadline() {
+        let t0 = Instant::now();
+        let mut l = Lifecycle::new(plan(40, true), 1, false, t0, SystemTime::now());
+        let t = launch_once(&mut l);
+        l.handle(t, LifecycleInput::SuccessorConnected);
+        l.handle(t, LifecycleInput::HostEnding);
+        assert_eq!(l.poll_action(), Some(Exit(ExitReason::HardDeadline)));
+    }
+
+    #[test]
+    fn a_local_node_never_exits_without_a_successor() {
+        let t0 = Instant::now();
+        let mut p = plan(40, true);
+        p.host_ends = false;
+        let mut l = Lifecycle::new(p, 3, false, t0, SystemTime::now());
+        let mut launches = Vec::new();
+        // Every successor fails to show up for 10 minutes.
+        while let Some(t) = l.poll_timeout() {
+            if t > t0 + Duration::from_secs(600) {
+                break;
+            }
+            l.handle_timeout(t);
+            while let Some(a) = l.poll_action() {
+                match a {
+                    Launch { attempt } => {
+                        launches.push(((t - t0).as_secs(), attempt));
+                        l.handle(t, LifecycleInput::LaunchSucceeded);
+                    }
+                    Exit(r) => panic!("exited ({r:?}) without a successor"),
+                }
+            }
+        }
+        // 30, then +5, +10, +20, +20, ... past the lifetime, never giving up.
+        assert_eq!(
+            &launches[..5],
+            &[(30, 1), (35, 2), (45, 3), (65, 4), (85, 5)]
+        );
+        assert!(launches.len() > 25, "{launches:?}");
+        assert!(!l.is_exited());
+        // A successor finally takes over: the normal end.
+        let t = t0 + Duration::from_secs(601);
+        l.handle(t, LifecycleInput::SuccessorConnected);
+        l.handle(t, LifecycleInput::ClientsMoved);
+        let acts = run_until(&mut l, t0 + Duration::from_secs(700));
+        assert_eq!(
+            acts,
+            vec![(Duration::from_secs(602), Exit(ExitReason::HandedOff))]
+        );
+        // Told to stop, it stops.
+        let mut p = plan(40, true);
+        p.host_ends = false;
+        let mut l = Lifecycle::new(p, 3, false, t0, SystemTime::now());
+        l.handle(t0, LifecycleInput::Shutdown);
+        assert_eq!(l.poll_action(), Some(Exit(ExitReason::Shutdown)));
     }
 }

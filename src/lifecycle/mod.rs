@@ -11,12 +11,15 @@
 //! `node::ring`; this module stays a pure state machine plus the [`Launcher`] trait.
 
 mod args;
+mod faults;
 mod launcher;
 mod machine;
 
 pub use args::{
-    EndpointList, LauncherKind, LifecycleArgs, LifecyclePlan, PlanError, parse_duration,
+    EndpointList, LauncherKind, LifecycleArgs, LifecyclePlan, PlanError, min_lifetime,
+    parse_duration,
 };
+pub use faults::{FAULTS_ENV, Faults, START_DELAY_ENV, start_delay};
 pub use launcher::{
     LaunchError, Launcher, LocalLauncher, NoLauncher, SuccessorRequest, successor_base_args,
 };

@@ -5,10 +5,19 @@
 //! own bounded queue. The relay task hands outputs to writers with `try_send`, so a slow
 //! client never blocks the relay or the other clients: a client whose queue is full is
 //! disconnected (logged with the reason, counted in `slow_disconnects`).
+//!
+//! # Write-queue memory
+//! Every queued message is charged its JSON length (four times that on `binary`/`msgpack`
+//! connections, whose writers share an encoding of up to about three times the JSON: see
+//! `relay::Payload`) until its writer has handed it to the connection. One connection may
+//! hold [`QueueLimits::per_connection`] bytes; all of them together
+//! [`QueueLimits::total`]. A message that would pass the total first disconnects the
+//! connections with the largest queues (the slowest readers) until it fits; a disconnected
+//! writer stops at once and drops what it held.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value as Json;
@@ -19,11 +28,41 @@ use super::transport::{
     DataChannelSink, DataChannelSource, FrameSink, FrameSource, Inbound, KEEPALIVE, Transport,
 };
 use crate::handoff::{HandoffHost, RelayFn, RelayStopped};
-use crate::peer::DataConnection;
+use crate::peer::{DataConnection, Serialization};
 use crate::relay::{CloseReason, ConnId, ConnInfo, Outgoing, Output, Relay};
 
 /// Messages queued for one connection before it counts as too slow and is dropped.
 pub const WRITE_QUEUE: usize = 8192;
+/// Default [`QueueLimits::per_connection`].
+pub const WRITE_QUEUE_BYTES: usize = 8 << 20;
+
+/// Byte limits of the write queues (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Bytes one connection's queue may hold before it counts as too slow.
+    pub per_connection: usize,
+    /// Bytes all queues may hold together.
+    pub total: usize,
+}
+
+impl QueueLimits {
+    /// The share of a memory budget the queues get: a quarter, at least 8 MiB (the rest,
+    /// `budget - budget / 4`, is the store's); one connection at most [`WRITE_QUEUE_BYTES`].
+    pub fn for_budget(budget: usize) -> QueueLimits {
+        let total = (budget / 4).max(8 << 20);
+        QueueLimits {
+            per_connection: WRITE_QUEUE_BYTES.min(total),
+            total,
+        }
+    }
+}
+
+/// What a queued message is charged: its JSON text, plus room for a shared BinaryPack or
+/// msgpack encoding (at most about three times the JSON) on connections that need one.
+fn charge_of(message: &Outgoing, encoded: bool) -> usize {
+    let len = message.text().len() + 64;
+    if encoded { len * 4 } else { len }
+}
 /// Inputs queued from all readers to the relay task.
 pub const INPUT_QUEUE: usize = 8192;
 /// Rooms listed on the status page.
@@ -40,7 +79,7 @@ pub(crate) enum Input {
         conn: ConnId,
         info: ConnInfo,
         transport: Transport,
-        writer: mpsc::Sender<WriteItem>,
+        writer: Writer,
     },
     Message {
         conn: ConnId,
@@ -55,9 +94,45 @@ pub(crate) enum Input {
 
 /// What a writer task is fed.
 pub(crate) enum WriteItem {
-    Send(Outgoing),
+    /// A message and the bytes it was charged.
+    Send(Outgoing, usize),
     /// Send what is queued, then close.
     Close,
+}
+
+/// The relay task's end of one writer: its queue and what it holds.
+pub(crate) struct Writer {
+    tx: mpsc::Sender<WriteItem>,
+    /// Stops the writer at once (a slow client): it drops what it holds.
+    kill: tokio_util::sync::CancellationToken,
+    /// Bytes charged to this queue so far (by the relay task).
+    charged: usize,
+    /// Bytes the writer has released so far (sent or dropped).
+    released: Arc<AtomicUsize>,
+    /// Whether messages are charged for an encoding (`binary`, `msgpack`).
+    encoded: bool,
+}
+
+impl Writer {
+    fn queued(&self) -> usize {
+        self.charged
+            .saturating_sub(self.released.load(Ordering::Relaxed))
+    }
+}
+
+/// Bytes released by the writers, counted for one writer and for all.
+struct Release {
+    own: Arc<AtomicUsize>,
+    all: Arc<AtomicUsize>,
+}
+
+impl Release {
+    fn add(&self, n: usize) {
+        if n > 0 {
+            self.own.fetch_add(n, Ordering::Relaxed);
+            self.all.fetch_add(n, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Counters the driver keeps beside the relay's own metrics.
@@ -66,6 +141,8 @@ struct Counters {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     slow_disconnects: AtomicU64,
+    /// Bytes released by every writer (queued = charged by the relay task − this).
+    released: Arc<AtomicUsize>,
 }
 
 /// A handle to the relay task: hand it connections, read its figures, run code on it.
@@ -92,12 +169,25 @@ fn wall_ms() -> u64 {
 }
 
 impl RelayHandle {
-    /// Starts the relay task.
+    /// Starts the relay task, its write queues bounded by
+    /// [`QueueLimits::for_budget`] of the relay's memory budget.
     pub fn spawn(relay: Relay) -> RelayHandle {
+        let limits = QueueLimits::for_budget(relay.config().memory_budget);
+        RelayHandle::spawn_with(relay, limits)
+    }
+
+    /// Starts the relay task with explicit write-queue limits.
+    pub fn spawn_with(relay: Relay, queues: QueueLimits) -> RelayHandle {
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
         let counters = Arc::new(Counters::default());
         let replication = Arc::new(Notify::new());
-        tokio::spawn(relay_task(relay, rx, counters.clone(), replication.clone()));
+        tokio::spawn(relay_task(
+            relay,
+            rx,
+            counters.clone(),
+            replication.clone(),
+            queues,
+        ));
         RelayHandle {
             tx,
             next_conn: Arc::new(AtomicU64::new(1)),
@@ -114,9 +204,14 @@ impl RelayHandle {
             metadata: conn.metadata().cloned().unwrap_or(Json::Null),
         };
         tracing::debug!(peer = %info.peer_id, serialization = ?conn.serialization(), label = %conn.label(), "relay connection open");
+        let encoded = matches!(
+            conn.serialization(),
+            Serialization::Binary | Serialization::BinaryUtf8 | Serialization::MsgPack
+        );
         let (sender, receiver) = conn.split();
         self.serve_link(
             Transport::Webrtc,
+            encoded,
             info,
             DataChannelSource(receiver),
             DataChannelSink::new(sender),
@@ -125,31 +220,40 @@ impl RelayHandle {
 
     /// Serves one upgraded relay WebSocket (`GET /relay`). It is a declared relay-protocol
     /// connection (welcomed at once) under a fresh `ws-…` peer id; `client` is its declared
-    /// name, as `metadata.client` on a DataConnection.
+    /// name, `token` and `nonce` as in a DataConnection's metadata.
     pub(crate) fn serve_ws(
         &self,
         ws: axum::extract::ws::WebSocket,
-        client: Option<String>,
+        query: super::http::RelayQuery,
         stop: tokio_util::sync::CancellationToken,
+        permit: Option<super::address_gate::AddressPermit>,
     ) {
         let suffix = &super::random_peer_id()["ouroboros-".len()..];
         let mut metadata = serde_json::json!({ "protocol": crate::relay::wire::PROTOCOL });
-        if let Some(c) = client {
-            metadata["client"] = Json::String(c);
+        for (key, value) in [
+            ("client", query.client),
+            ("token", query.token),
+            ("nonce", query.nonce),
+        ] {
+            if let Some(v) = value {
+                metadata[key] = Json::String(v);
+            }
         }
         let info = ConnInfo {
             peer_id: format!("ws-{suffix}"),
             metadata,
         };
-        let (source, sink) = super::transport::websocket(ws, stop);
-        self.serve_link(Transport::Ws, info, source, sink);
+        let (source, sink) = super::transport::websocket(ws, stop, permit);
+        self.serve_link(Transport::Ws, false, info, source, sink);
     }
 
     /// Serves one client connection over any transport: registers it with the relay and
     /// spawns its reader (`source` → relay task) and writer (relay task → `sink`) tasks.
+    /// `encoded`: the sink sends BinaryPack or msgpack (queued messages are charged for it).
     pub(crate) fn serve_link(
         &self,
         transport: Transport,
+        encoded: bool,
         info: ConnInfo,
         mut source: impl FrameSource,
         sink: impl FrameSink,
@@ -157,16 +261,29 @@ impl RelayHandle {
         let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
         tracing::debug!(conn = id.0, peer = %info.peer_id, transport = transport.as_str(), "relay client connected");
         let (wtx, wrx) = mpsc::channel(WRITE_QUEUE);
+        let kill = tokio_util::sync::CancellationToken::new();
+        let released = Arc::new(AtomicUsize::new(0));
+        let writer = Writer {
+            tx: wtx,
+            kill: kill.clone(),
+            charged: 0,
+            released: released.clone(),
+            encoded,
+        };
+        let release = Release {
+            own: released,
+            all: self.counters.released.clone(),
+        };
         let tx = self.tx.clone();
         let counters = self.counters.clone();
-        tokio::spawn(writer_task(sink, wrx));
+        tokio::spawn(writer_task(sink, wrx, kill, release));
         tokio::spawn(async move {
             if tx
                 .send(Input::Open {
                     conn: id,
                     info,
                     transport,
-                    writer: wtx,
+                    writer,
                 })
                 .await
                 .is_err()
@@ -260,8 +377,11 @@ async fn relay_task(
     mut rx: mpsc::Receiver<Input>,
     counters: Arc<Counters>,
     replication: Arc<Notify>,
+    queues: QueueLimits,
 ) {
-    let mut writers: HashMap<ConnId, mpsc::Sender<WriteItem>> = HashMap::new();
+    let mut writers: HashMap<ConnId, Writer> = HashMap::new();
+    // Bytes charged to every queue so far (queued = this − `counters.released`).
+    let mut charged_total: usize = 0;
     // Who each connection is and which path it uses (for `/status.json` and `/metrics`).
     let mut clients: HashMap<ConnId, ClientStatus> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -322,7 +442,12 @@ async fn relay_task(
             }
             Input::Run(f) => f(&mut relay),
         }
-        dispatch(&mut relay, &mut writers, &counters, now);
+        let mut q = Queues {
+            writers: &mut writers,
+            charged: &mut charged_total,
+            limits: queues,
+        };
+        dispatch(&mut relay, &mut q, &counters, now);
         if relay.replication_backlog() > 0 {
             replication.notify_one();
         }
@@ -381,101 +506,185 @@ fn figures(
     (f, rooms, list)
 }
 
-fn dispatch(
-    relay: &mut Relay,
-    writers: &mut HashMap<ConnId, mpsc::Sender<WriteItem>>,
-    counters: &Counters,
-    now: Instant,
-) {
+/// The write queues as the relay task sees them.
+struct Queues<'a> {
+    writers: &'a mut HashMap<ConnId, Writer>,
+    /// Bytes charged to all queues so far.
+    charged: &'a mut usize,
+    limits: QueueLimits,
+}
+
+impl Queues<'_> {
+    /// Bytes all queues hold now.
+    fn total(&self, released: &AtomicUsize) -> usize {
+        self.charged
+            .saturating_sub(released.load(Ordering::Relaxed))
+    }
+
+    /// Marks the connections with the largest queues (not yet in `slow`) as slow until
+    /// `need` more bytes fit under the total; `doomed` counts what they hold.
+    fn make_room(
+        &self,
+        need: usize,
+        released: &AtomicUsize,
+        slow: &mut Vec<ConnId>,
+        doomed: &mut usize,
+    ) {
+        while self.total(released).saturating_sub(*doomed) + need > self.limits.total {
+            let largest = self
+                .writers
+                .iter()
+                .filter(|(c, _)| !slow.contains(c))
+                .map(|(c, w)| (w.queued(), *c))
+                .filter(|(q, _)| *q > 0)
+                .max();
+            let Some((held, conn)) = largest else {
+                return;
+            };
+            *doomed += held;
+            slow.push(conn);
+        }
+    }
+}
+
+fn dispatch(relay: &mut Relay, q: &mut Queues<'_>, counters: &Counters, now: Instant) {
     let mut slow: Vec<ConnId> = Vec::new();
+    // Bytes held by the queues already marked slow (freed once their writers stop).
+    let mut doomed = 0;
     while let Some(out) = relay.poll_output() {
         match out {
             Output::Send { conn, message } => {
-                let Some(w) = writers.get(&conn) else {
+                if slow.contains(&conn) {
+                    continue;
+                }
+                let Some(w) = q.writers.get(&conn) else {
+                    continue;
+                };
+                let charge = charge_of(&message, w.encoded);
+                if w.queued() + charge > q.limits.per_connection {
+                    doomed += w.queued();
+                    slow.push(conn);
+                    continue;
+                }
+                q.make_room(charge, &counters.released, &mut slow, &mut doomed);
+                if slow.contains(&conn) {
+                    continue;
+                }
+                let Some(w) = q.writers.get_mut(&conn) else {
                     continue;
                 };
                 let len = message.text().len() as u64;
-                match w.try_send(WriteItem::Send(message)) {
+                match w.tx.try_send(WriteItem::Send(message, charge)) {
                     Ok(()) => {
+                        w.charged += charge;
+                        *q.charged += charge;
                         counters.bytes_out.fetch_add(len, Ordering::Relaxed);
                     }
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        if !slow.contains(&conn) {
-                            slow.push(conn);
-                        }
+                        doomed += w.queued();
+                        slow.push(conn);
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
             }
             Output::Close { conn, reason } => {
-                if let Some(w) = writers.remove(&conn) {
+                if let Some(w) = q.writers.remove(&conn) {
                     let why = match reason {
                         CloseReason::ServerFull => "server full",
                     };
                     tracing::info!(conn = conn.0, reason = why, "relay closes connection");
                     // Queued messages (e.g. the `server_full` error) go first.
-                    let _ = w.try_send(WriteItem::Close);
+                    let _ = w.tx.try_send(WriteItem::Close);
                 }
             }
         }
     }
     for conn in slow {
-        if let Some(w) = writers.remove(&conn) {
+        if let Some(w) = q.writers.remove(&conn) {
             counters.slow_disconnects.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 conn = conn.0,
-                queue = WRITE_QUEUE,
+                queued_bytes = w.queued(),
                 "disconnecting slow client: send queue full"
             );
-            drop(w); // the writer closes the connection once its queue is gone
+            // The writer stops at once, drops what it holds and closes the connection.
+            w.kill.cancel();
             relay.disconnect(now, conn);
             // Messages the relay queued for others because of this disconnect (presence).
-            dispatch(relay, writers, counters, now);
+            dispatch(relay, q, counters, now);
         }
     }
 }
 
 /// Writes what the relay queues for one connection, in batches, until the relay drops it
-/// (slow client, shutdown), asks it to close, or the remote side closes.
-async fn writer_task(mut sink: impl FrameSink, mut rx: mpsc::Receiver<WriteItem>) {
+/// (slow client: `kill`; shutdown), asks it to close, or the remote side closes. Every
+/// message's charge is released once it is handed to the connection or dropped.
+async fn writer_task(
+    mut sink: impl FrameSink,
+    mut rx: mpsc::Receiver<WriteItem>,
+    kill: tokio_util::sync::CancellationToken,
+    release: Release,
+) {
     let mut items: Vec<WriteItem> = Vec::with_capacity(64);
     let mut batch: Vec<Outgoing> = Vec::with_capacity(64);
-    loop {
+    let flush = loop {
         let n = tokio::select! {
             n = rx.recv_many(&mut items, 64) => n,
-            _ = sink.closed() => return,
+            _ = sink.closed() => break None,
+            _ = kill.cancelled() => break Some(false),
             _ = tokio::time::sleep(KEEPALIVE) => {
                 if sink.keepalive().await.is_err() {
-                    return;
+                    break None;
                 }
                 continue;
             }
         };
         if n == 0 {
-            // The relay dropped us (slow client or shutdown).
-            sink.close(false).await;
-            return;
+            // The relay dropped us (shutdown).
+            break Some(false);
         }
         let mut close = false;
+        let mut held = 0;
         for item in items.drain(..) {
             match item {
                 WriteItem::Close => {
                     close = true;
                     break;
                 }
-                WriteItem::Send(msg) => batch.push(msg),
+                WriteItem::Send(msg, charge) => {
+                    held += charge;
+                    batch.push(msg);
+                }
             }
         }
-        if !batch.is_empty()
-            && let Err(e) = sink.send_batch(&mut batch).await
-        {
-            tracing::debug!(error = %e, "send to client failed");
-            return;
-        }
+        let sent = if batch.is_empty() {
+            Ok(())
+        } else {
+            tokio::select! {
+                r = sink.send_batch(&mut batch) => r,
+                _ = kill.cancelled() => Err("disconnected as too slow".to_owned()),
+            }
+        };
         batch.clear();
-        if close {
-            sink.close(true).await;
-            return;
+        release.add(held);
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "send to client failed");
+            break kill.is_cancelled().then_some(false);
         }
+        if close {
+            break Some(true);
+        }
+    };
+    // Drop (and release) whatever is still queued: nothing more goes out.
+    rx.close();
+    let mut rest = 0;
+    while let Ok(item) = rx.try_recv() {
+        if let WriteItem::Send(_, charge) = item {
+            rest += charge;
+        }
+    }
+    release.add(rest);
+    if let Some(flush) = flush {
+        sink.close(flush).await;
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 
+use super::address_gate::AddressPermit;
 use crate::discovery::SignalingEndpoint;
 use crate::handoff::FrameLink;
 
@@ -35,10 +36,13 @@ enum Frame {
 }
 
 /// Moves whole messages between `ws` and a [`FrameLink`]'s channels until either side ends.
+#[allow(clippy::too_many_arguments)]
 fn pump<S, M, E>(
     ws: S,
     peer: String,
     metadata: serde_json::Value,
+    client_addr: Option<std::net::IpAddr>,
+    permit: Option<AddressPermit>,
     to_ws: fn(Vec<u8>) -> M,
     from_ws: fn(M) -> Frame,
     close: M,
@@ -51,8 +55,17 @@ where
     let (mut sink, mut stream) = ws.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
     let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+    // Cancelled when the reader ends (the remote closed, or its address went over its
+    // message rate): the writer then closes the socket.
+    let reader_done = tokio_util::sync::CancellationToken::new();
+    let done = reader_done.clone();
     tokio::spawn(async move {
-        while let Some(bytes) = out_rx.recv().await {
+        loop {
+            let bytes = tokio::select! {
+                b = out_rx.recv() => b,
+                _ = done.cancelled() => None,
+            };
+            let Some(bytes) = bytes else { break };
             if sink.send(to_ws(bytes)).await.is_err() {
                 return;
             }
@@ -64,8 +77,16 @@ where
         .await;
     });
     tokio::spawn(async move {
+        let _done = reader_done.drop_guard();
         while let Some(m) = stream.next().await {
             match m.map(from_ws) {
+                Ok(Frame::Data(_))
+                    if permit
+                        .as_ref()
+                        .is_some_and(|p| !p.take_message(std::time::Instant::now())) =>
+                {
+                    return;
+                }
                 Ok(Frame::Data(b)) => {
                     if in_tx.send(b).await.is_err() {
                         return;
@@ -83,22 +104,29 @@ where
     FrameLink {
         peer,
         metadata,
+        client_addr,
         tx: out_tx,
         rx: in_rx,
     }
 }
 
-/// The predecessor's side: an upgraded `GET /handoff?peer=ID` socket as a [`FrameLink`].
+/// The predecessor's side: an upgraded `GET /handoff?peer=ID` socket from `client_addr`
+/// as a [`FrameLink`]; `permit` is its place under the per-address limits (the socket
+/// closes when its address goes over its message rate).
 pub fn server_link(
     ws: axum::extract::ws::WebSocket,
     peer: String,
     metadata: serde_json::Value,
+    client_addr: Option<std::net::IpAddr>,
+    permit: Option<AddressPermit>,
 ) -> FrameLink {
     use axum::extract::ws::Message;
     pump(
         ws,
         peer,
         metadata,
+        client_addr,
+        permit,
         |b| Message::Binary(b.into()),
         |m| match m {
             Message::Binary(b) => Frame::Data(b.to_vec()),
@@ -145,6 +173,8 @@ pub async fn connect(url: &str, peer: &str, run_id: Option<&str>) -> Result<Fram
         ws,
         String::new(),
         serde_json::Value::Null,
+        None,
+        None,
         |b| Message::Binary(b.into()),
         |m| match m {
             Message::Binary(b) => Frame::Data(b.to_vec()),

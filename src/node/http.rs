@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::{
     Router,
     extract::{
-        Query, State,
+        ConnectInfo, Query, State,
         ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
     },
     http::{HeaderMap, HeaderValue, StatusCode, header},
@@ -16,6 +16,7 @@ use axum::{
 
 use super::NodeShared;
 use super::status::render_html;
+use crate::signaling::RemoteAddr;
 
 const CHAT_HTML: &str = include_str!("web/chat.html");
 const CHAT_JS: &str = include_str!("web/chat.js");
@@ -144,6 +145,7 @@ async fn discovery(State(s): State<Arc<NodeShared>>) -> Response {
     let mut record = s.record.read().expect("record lock poisoned").clone();
     if s.ice.has_turn_secret() {
         record.ice_servers = Some(s.ice.for_client(std::time::SystemTime::now()));
+        record.sign(s.ring_keys());
     }
     cors(
         (
@@ -155,10 +157,13 @@ async fn discovery(State(s): State<Arc<NodeShared>>) -> Response {
 }
 
 /// The relay WebSocket's query: `?client=NAME` declares the client's name (its identity, as
-/// `metadata.client` does on a DataConnection).
+/// `metadata.client` does on a DataConnection), `?token=` proves it, `?nonce=` is echoed in
+/// the signed `welcome`.
 #[derive(Debug, serde::Deserialize)]
-struct RelayQuery {
-    client: Option<String>,
+pub(crate) struct RelayQuery {
+    pub client: Option<String>,
+    pub token: Option<String>,
+    pub nonce: Option<String>,
 }
 
 /// `GET /relay`: the relay protocol over a WebSocket (`protocol/relay.md`).
@@ -166,6 +171,8 @@ async fn relay_ws(
     State(s): State<Arc<NodeShared>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     Query(q): Query<RelayQuery>,
+    remote: Option<axum::Extension<ConnectInfo<RemoteAddr>>>,
+    headers: HeaderMap,
 ) -> Response {
     let Ok(upgrade) = upgrade else {
         return cors(
@@ -177,13 +184,29 @@ async fn relay_ws(
                 .into_response(),
         );
     };
+    let addr = s.client_addr(remote, &headers);
+    let Some(permit) = s.relay_gate.admit(addr, std::time::Instant::now()) else {
+        return too_many_from_your_address();
+    };
     let max = s.relay_ws_max_message;
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |ws| async move {
-            s.relay.serve_ws(ws, q.client, s.stop.clone());
+            s.relay.serve_ws(ws, q, s.stop.clone(), Some(permit));
         })
+}
+
+/// `429`: the client's address holds `--max-connections-per-address` sockets of this
+/// endpoint already.
+fn too_many_from_your_address() -> Response {
+    cors(
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many connections from your address\n",
+        )
+            .into_response(),
+    )
 }
 
 /// The handoff WebSocket's query: the successor's peer id (and GitHub run id, if any).
@@ -199,7 +222,10 @@ async fn handoff_ws(
     State(s): State<Arc<NodeShared>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     Query(q): Query<HandoffQuery>,
+    remote: Option<axum::Extension<ConnectInfo<RemoteAddr>>>,
+    headers: HeaderMap,
 ) -> Response {
+    let addr = s.client_addr(remote, &headers);
     let Ok(upgrade) = upgrade else {
         return (
             StatusCode::UPGRADE_REQUIRED,
@@ -215,6 +241,9 @@ async fn handoff_ws(
         )
             .into_response();
     };
+    let Some(permit) = s.handoff_gate.admit(addr, std::time::Instant::now()) else {
+        return too_many_from_your_address();
+    };
     let metadata = match q.github_run_id {
         Some(run) => serde_json::json!({ super::ring::RUN_ID_METADATA: run }),
         None => serde_json::Value::Null,
@@ -225,7 +254,7 @@ async fn handoff_ws(
         .max_frame_size(max)
         .on_upgrade(move |ws| async move {
             tracing::info!(%peer, "handoff: a successor connected over the WebSocket");
-            let link = super::handoff_ws::server_link(ws, peer, metadata);
+            let link = super::handoff_ws::server_link(ws, peer, metadata, addr, Some(permit));
             s.handoff
                 .route(crate::handoff::HandoffConn::WebSocket(link));
         })

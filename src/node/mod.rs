@@ -13,6 +13,7 @@
 //! - [`status`]: the status snapshot and its HTML / Prometheus renderings.
 //! - `web/`: the chat page (HTML, CSS, module script), embedded with `include_str!`.
 
+pub mod address_gate;
 mod args;
 mod driver;
 pub mod handoff_ws;
@@ -40,7 +41,7 @@ use crate::signaling::{SignalArgs, SignalConfig, Signaling};
 use crate::tunnel::TunnelArgs;
 
 pub use args::{default_memory_budget, parse_size, random_peer_id};
-pub use driver::RelayHandle;
+pub use driver::{QueueLimits, RelayHandle};
 pub use http::{PEERJS_BUNDLE, PEERJS_INTEGRITY, PEERJS_SHA256, prefers_html};
 use registration::{Registration, display_url, keep_registered};
 use status::NodeStatus;
@@ -81,8 +82,9 @@ pub struct NodeArgs {
     /// a first-generation node so restarts keep it].
     #[arg(long, env = "OUROBOROS_PEER_ID")]
     pub peer_id: Option<String>,
-    /// Bytes of stored messages beyond which the oldest are evicted across rooms
-    /// (`512MiB`, `2GB`, …) [default: a quarter of RAM].
+    /// Bytes the relay may retain (`512MiB`, `2GB`, …): three quarters for stored messages
+    /// (beyond it the largest room's oldest are evicted), a quarter (at least 8 MiB) for the
+    /// clients' write queues [default: a quarter of RAM].
     #[arg(long, env = "OUROBOROS_MEMORY_BUDGET", value_parser = parse_size)]
     pub memory_budget: Option<u64>,
     /// Largest message body a client may publish, in bytes (`64KiB`).
@@ -183,13 +185,55 @@ pub struct NodeShared {
     stop: CancellationToken,
     /// The path of this node's latest handoff connection (`webrtc` or `ws`), for `/status`.
     handoff_transport: RwLock<Option<&'static str>>,
+    /// Why the successor gave up on its predecessor (`unreachable`, `blocked`), for `/status`.
+    handoff_gave_up: RwLock<Option<&'static str>>,
     /// Largest frame the relay WebSocket reads.
     relay_ws_max_message: usize,
+    /// Per-address limits of `GET /relay` (signaling's per-address flags).
+    relay_gate: Arc<address_gate::AddressGate>,
+    /// Per-address limits of `GET /handoff` (signaling's per-address flags).
+    handoff_gate: Arc<address_gate::AddressGate>,
     /// The ICE servers: the node's own, the published ones, fresh TURN credentials.
     pub ice: ice::NodeIce,
+    /// The ring's shared secret (`OUROBOROS_SECRET`, or generated for a ring of local nodes).
+    secret: crate::handoff::Secret,
+    /// The ring's keys, derived from `secret`: they sign the record, `welcome` and `moved`.
+    keys: Arc<crate::discovery::RingKeys>,
 }
 
 impl NodeShared {
+    /// The ring's shared secret.
+    pub fn secret(&self) -> &crate::handoff::Secret {
+        &self.secret
+    }
+
+    /// The ring's keys (derived from the secret).
+    pub fn ring_keys(&self) -> &Arc<crate::discovery::RingKeys> {
+        &self.keys
+    }
+
+    /// The address of the client behind a request to the node's HTTP port: the TCP peer's,
+    /// or the one a trusted proxy forwarded (`--trusted-proxy`, as signaling counts it).
+    pub fn client_addr(
+        &self,
+        remote: Option<axum::Extension<axum::extract::ConnectInfo<crate::signaling::RemoteAddr>>>,
+        headers: &axum::http::HeaderMap,
+    ) -> Option<std::net::IpAddr> {
+        crate::signaling::client_ip(
+            &self.signaling.config().trusted_proxies,
+            remote.map(|r| r.0.0.0.ip()),
+            headers,
+        )
+    }
+
+    /// Records why the successor gave up on its predecessor (shown on `/status.json`).
+    pub fn set_handoff_gave_up(&self, cause: &'static str) {
+        *self
+            .handoff_gave_up
+            .write()
+            .expect("handoff outcome lock poisoned") = Some(cause);
+    }
+
     /// Records the path of a handoff connection (shown on `/status.json`).
     pub fn set_handoff_transport(&self, transport: &'static str) {
         *self
@@ -234,6 +278,10 @@ impl NodeShared {
                 .handoff_transport
                 .read()
                 .expect("handoff transport lock poisoned"),
+            handoff_gave_up: *self
+                .handoff_gave_up
+                .read()
+                .expect("handoff outcome lock poisoned"),
             tunnel: self.tunnel.read().expect("tunnel lock poisoned").clone(),
             listen_url: self.listen_url.clone(),
             endpoints: self.registrations.iter().map(|r| r.status()).collect(),
@@ -282,13 +330,23 @@ fn signaling_figures(s: &crate::signaling::Stats) -> Vec<(String, u64)> {
 
 pub use crate::discovery::RELAY_WS_PATH;
 
-/// Largest relay WebSocket frame: room for a `max_message_size` body and its envelope (even
-/// when escaped), so the relay can answer `too_large` itself; at least 1 MiB.
+/// Largest relay WebSocket frame: the relay's [`crate::relay::max_frame_bytes`].
 fn relay_ws_max_message(max_message_size: u64) -> usize {
-    let body = usize::try_from(max_message_size).unwrap_or(usize::MAX / 4);
-    body.saturating_mul(2)
-        .saturating_add(64 * 1024)
-        .max(1 << 20)
+    crate::relay::max_frame_bytes(usize::try_from(max_message_size).unwrap_or(usize::MAX / 4))
+}
+
+/// Makes glibc's allocator serve every block of 128 KiB or more with its own mapping, returned
+/// to the system when freed (`mallopt(M_MMAP_THRESHOLD)`, which also stops glibc raising that
+/// threshold as such blocks are freed). Without it, the node's large transient buffers
+/// (decoded messages, encodings, frames) land in the heap between long-lived stored messages
+/// and the freed space stays resident: 400 fanned-out 60 KB messages left ~390 MiB of RSS for
+/// 24 MiB of live data (`tests/memory.rs`). Process-wide; other allocators ignore it.
+fn return_large_frees_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it takes no pointers.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
 
 /// The endpoint an `--also-register` URL stands for.
@@ -339,7 +397,25 @@ impl Node {
     /// [`NodeError`] if a flag is invalid, the port cannot be bound, or the node's peer
     /// cannot register on its own server.
     pub async fn start(args: NodeArgs) -> Result<Node, NodeError> {
+        // The ring's secret (a generated one is inherited by local successors).
+        let secret = crate::handoff::Secret::from_env_or_generate()
+            .map_err(|e| NodeError::Config(e.to_string()))?;
+        Node::start_in_ring(args, secret).await
+    }
+
+    /// [`Node::start`] for a node of the ring whose shared secret is `secret` (the binary
+    /// reads it from `OUROBOROS_SECRET`; tests run two nodes of one ring in one process).
+    ///
+    /// # Errors
+    /// As [`Node::start`].
+    pub async fn start_in_ring(
+        args: NodeArgs,
+        secret: crate::handoff::Secret,
+    ) -> Result<Node, NodeError> {
+        return_large_frees_to_the_system();
         let peer_id = choose_peer_id(&args)?;
+        // The keys every node of the ring derives from its secret.
+        let keys = Arc::new(crate::discovery::RingKeys::from_secret(secret.expose()));
         let turn_secret = ice::NodeIce::secret_from_env();
         let ice_servers = args
             .ice
@@ -365,7 +441,12 @@ impl Node {
 
         // The relay.
         let mut rc = RelayConfig::new(peer_id.clone(), generation);
-        rc.memory_budget = usize::try_from(memory_budget).unwrap_or(usize::MAX);
+        // One budget for everything the relay retains: a quarter (at least 8 MiB) for the
+        // write queues, the rest for stored messages.
+        let budget = usize::try_from(memory_budget).unwrap_or(usize::MAX);
+        rc.memory_budget = budget - budget / 4;
+        let queues = driver::QueueLimits::for_budget(budget);
+        rc.keys = Some(keys.clone());
         rc.limits = Limits {
             max_message_bytes: usize::try_from(args.max_message_size).unwrap_or(usize::MAX),
             rate_per_sec: args.client_rate,
@@ -375,7 +456,8 @@ impl Node {
             max_clients: args.max_clients,
             ..Limits::default()
         };
-        let relay = RelayHandle::spawn(Relay::new(rc, Instant::now()));
+        let decoder_limits = crate::relay::decoder_limits(&rc.limits);
+        let relay = RelayHandle::spawn_with(Relay::new(rc, Instant::now()), queues);
 
         // The signaling server, with the node's routes beside it.
         let stop = CancellationToken::new();
@@ -414,6 +496,9 @@ impl Node {
         own_cfg.reconnect = true;
         own_cfg.max_inbound_negotiations = args.max_inbound_negotiations;
         own_cfg.max_inbound_negotiations_per_peer = args.max_inbound_negotiations_per_peer;
+        // Every DataConnection to the node decodes within the relay's limits (the handoff's
+        // 256 KiB raw frames fit too), not the codec's 64 MiB defaults.
+        own_cfg.decoder_limits = decoder_limits;
         // The node's id is reserved on its own server for this token: nobody can take it or
         // displace the node, and the node's connection is exempt from the client limits.
         let own_token = args::random_token();
@@ -430,7 +515,9 @@ impl Node {
             endpoints.push(endpoint_of(cfg));
         }
         let relay_ws = endpoints[0].relay_ws_url();
-        let record = DiscoveryRecord {
+        let mut record = DiscoveryRecord {
+            ring_key: None,
+            sig: None,
             version: RECORD_VERSION,
             peer_id: peer_id.clone(),
             generation,
@@ -452,6 +539,7 @@ impl Node {
                 }
             }),
         };
+        record.sign(&keys);
         let listen_url = listener.url(&path);
         let shared = Arc::new(NodeShared {
             record: RwLock::new(record),
@@ -470,8 +558,13 @@ impl Node {
             handoff: crate::handoff::HandoffInbox::default(),
             stop: stop.clone(),
             handoff_transport: RwLock::new(None),
+            handoff_gave_up: RwLock::new(None),
             relay_ws_max_message: relay_ws_max_message(args.max_message_size),
+            relay_gate: address_gate::AddressGate::new("relay", sconfig.per_address),
+            handoff_gate: address_gate::AddressGate::new("handoff", sconfig.per_address),
             ice: node_ice.clone(),
+            secret,
+            keys,
         });
         let root = signaling.with_cors(
             axum::Router::new()
@@ -532,6 +625,7 @@ impl Node {
             cfg.reconnect = true;
             cfg.max_inbound_negotiations = args.max_inbound_negotiations;
             cfg.max_inbound_negotiations_per_peer = args.max_inbound_negotiations_per_peer;
+            cfg.decoder_limits = decoder_limits;
             node_ice.apply(&mut cfg, SystemTime::now());
             let relay = relay.clone();
             // A successor may reach this node through any of its registrations (on GitHub
@@ -595,8 +689,10 @@ impl Node {
             .clone()
     }
 
-    /// Replaces the served discovery record (lifecycle, tunnel).
+    /// Replaces the served discovery record (lifecycle, tunnel), signed with the ring key.
     pub fn set_record(&self, record: DiscoveryRecord) {
+        let mut record = record;
+        record.sign(&self.shared.keys);
         *self.shared.record.write().expect("record lock poisoned") = record;
     }
 
@@ -648,6 +744,14 @@ pub async fn run(
     args: NodeArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Refuse bad lifecycle settings (e.g. a lifetime too short for the launcher) before
+    // anything starts.
+    args.lifecycle.plan()?;
+    // Test-only fault injection (`OUROBOROS_FAULTS`): a launched node starting late.
+    if let Some(d) = crate::lifecycle::start_delay() {
+        tracing::warn!(delay = ?d, "fault injection: starting late");
+        tokio::time::sleep(d).await;
+    }
     let tunnel = args.tunnel.build();
     let publishes = !args.lifecycle.is_successor();
     let ring_args = args.clone();

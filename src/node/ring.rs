@@ -8,11 +8,11 @@
 
 use super::{LifecycleView, Node, NodeArgs};
 use crate::client::Transport;
-use crate::discovery::{DiscoveryError, LocalPublisher, Publisher, SignalingEndpoint};
+use crate::discovery::{LocalPublisher, Publisher, SignalingEndpoint};
 use crate::handoff::{
-    BackupError, BackupStore, ConnectError, DEFAULT_GAP_MARGIN, DirBackupStore, GiveUpReason,
-    HANDOFF_LABEL, HandoffConn, HandoffHost, HostOps, Predecessor, PredecessorEvent, Secret,
-    SecretError, Successor, SuccessorOutcome, recover, run_successor, spawn_backups,
+    BackupError, BackupKey, BackupStore, ConnectError, DEFAULT_GAP_MARGIN, DirBackupStore,
+    GiveUpReason, HANDOFF_LABEL, HandoffConn, HandoffHost, HostOps, Predecessor, PredecessorEvent,
+    Secret, SecretError, Successor, SuccessorOutcome, recover, run_successor, spawn_backups,
     spawn_predecessor,
 };
 use crate::lifecycle::{
@@ -51,11 +51,17 @@ pub struct RingOptions {
 pub const RUN_ID_METADATA: &str = "github_run_id";
 
 /// Forwards handoff connections to `to` only when their claimed run id passes `verifier`;
-/// the others are logged and closed.
+/// the others are logged and closed. Verdicts are cached and API calls rate limited
+/// ([`crate::github::CachedRunVerifier`]): a flood of connections costs O(1) calls.
 fn verified_handoff_inbox(
     verifier: crate::github::RunVerifier,
     to: tokio::sync::mpsc::Sender<HandoffConn>,
 ) -> tokio::sync::mpsc::Sender<HandoffConn> {
+    let verifier = crate::github::CachedRunVerifier::new(
+        verifier,
+        crate::github::RunCacheConfig::default(),
+        Instant::now(),
+    );
     let (tx, mut rx) = tokio::sync::mpsc::channel::<HandoffConn>(4);
     tokio::spawn(async move {
         while let Some(conn) = rx.recv().await {
@@ -65,7 +71,7 @@ fn verified_handoff_inbox(
                 .and_then(|v| v.as_str())
                 .map(str::to_owned);
             let verdict = match claimed {
-                Some(id) => verifier.verify(&id).await.map_err(|e| e.to_string()),
+                Some(id) => verifier.verify(Instant::now(), &id).await,
                 None => Err("no GITHUB_RUN_ID in the handoff connection".to_string()),
             };
             match verdict {
@@ -76,7 +82,7 @@ fn verified_handoff_inbox(
                     }
                 }
                 Err(reason) => {
-                    tracing::warn!(peer = conn.peer(), %reason, "handoff refused: run check failed");
+                    tracing::info!(peer = conn.peer(), %reason, "handoff refused: run check failed");
                     conn.close(false).await;
                 }
             }
@@ -117,9 +123,6 @@ pub enum RingError {
     /// The predecessor was lost and recovery failed (this node must not serve).
     #[error("handoff failed: recovery: {0}")]
     Recovery(#[from] BackupError),
-    /// The predecessor was lost and another node published a newer record first.
-    #[error("handoff failed: another node took over: {0}")]
-    Superseded(#[source] DiscoveryError),
     /// The successor gave up for a reason that forbids serving (see `protocol/handoff.md`).
     #[error("handoff failed: {0:?}")]
     GaveUp(GiveUpReason),
@@ -148,7 +151,7 @@ pub async fn run(
 ) -> Result<ExitReason, RingError> {
     let la = &args.lifecycle;
     let plan = la.plan()?;
-    let secret = Secret::from_env_or_generate()?;
+    let secret = node.shared().secret().clone();
     let host: Arc<dyn HandoffHost> = Arc::new(node.relay().clone());
     let publisher: Arc<dyn Publisher> = opts
         .publisher
@@ -156,7 +159,12 @@ pub async fn run(
     let backups: Option<Arc<dyn BackupStore>> = opts.backups.or_else(|| {
         la.backup_dir
             .clone()
-            .map(|d| Arc::new(DirBackupStore::new(d, 5)) as Arc<dyn BackupStore>)
+            // Encrypted with the ring's key: the folder may be carried off the machine
+            // (the workflow keeps it in the Actions cache).
+            .map(|d| {
+                Arc::new(DirBackupStore::new(d, 5).with_key(BackupKey::derive(&secret)))
+                    as Arc<dyn BackupStore>
+            })
     });
     let launcher: Arc<dyn Launcher> = match opts.launcher {
         Some(l) => l,
@@ -199,11 +207,26 @@ pub async fn run(
             publisher.clone(),
             backups.clone(),
         );
-        tokio::select! {
+        let joined = tokio::select! {
             r = join => r?,
             _ = &mut shutdown => return Ok(ExitReason::Shutdown),
+        };
+        lifecycle.handle(
+            Instant::now(),
+            match joined {
+                Joined::Primary => LifecycleInput::Joined,
+                Joined::Superseded => LifecycleInput::Superseded,
+            },
+        );
+        if let LifecycleState::Exited { reason } = lifecycle.state() {
+            // Another successor of our generation is primary: we never served; stop cleanly.
+            tracing::info!(
+                generation,
+                "another successor of this generation took over; stopping"
+            );
+            node.set_lifecycle(view(&lifecycle));
+            return Ok(reason);
         }
-        lifecycle.handle(Instant::now(), LifecycleInput::Joined);
     }
     write_pid(&la.data_dir);
     node.set_lifecycle(view(&lifecycle));
@@ -233,6 +256,7 @@ pub async fn run(
             peer_id.clone(),
         )
     });
+    let faults = crate::lifecycle::Faults::from_env();
     let (launch_tx, mut launch_rx) = mpsc::unbounded_channel::<Result<(), String>>();
     // Whether a successor took over (then it, not us, is the ring's newest generation).
     let mut successor_live = false;
@@ -254,11 +278,16 @@ pub async fn run(
                     });
                 }
                 LifecycleAction::Exit(reason) => {
+                    // Liveness rule 1: leaving without a successor, stop writes and leave a
+                    // final backup (a successor recovering from it opens no gap).
                     if reason != ExitReason::HandedOff
                         && let Some(store) = &backups
                     {
-                        let _ = crate::handoff::recovery::backup_once(
-                            &*host, &**store, generation, &peer_id, &mut None,
+                        if let Some(t) = &backup_task {
+                            t.abort();
+                        }
+                        let _ = crate::handoff::recovery::final_backup(
+                            &*host, &**store, generation, &peer_id,
                         )
                         .await;
                     }
@@ -279,6 +308,11 @@ pub async fn run(
             }),
             Some(ev) = handle.events.recv() => {
                 let input = match ev {
+                    // Test-only fault (`OUROBOROS_FAULTS`): the host ends mid-transfer.
+                    PredecessorEvent::Authenticated { .. } if faults.vanish_mid_transfer() => {
+                        tracing::warn!("fault injection: the host ends mid-transfer");
+                        Some(LifecycleInput::HostEnding)
+                    }
                     PredecessorEvent::Authenticated { .. } => Some(LifecycleInput::SuccessorConnected),
                     PredecessorEvent::CutOver => Some(LifecycleInput::CutOver),
                     PredecessorEvent::SuccessorLive { .. } => {
@@ -520,6 +554,14 @@ async fn connect_ws(
     Err(ConnectError::WebSocket(errors))
 }
 
+/// How a successor's start ended.
+enum Joined {
+    /// It is the primary (took over, or recovered without the predecessor).
+    Primary,
+    /// Another successor of its generation is primary (liveness rule 3).
+    Superseded,
+}
+
 /// The successor's start: take over from the predecessor, or recover without it.
 async fn join(
     node: &Node,
@@ -528,7 +570,7 @@ async fn join(
     host: Arc<dyn HandoffHost>,
     publisher: Arc<dyn Publisher>,
     backups: Option<Arc<dyn BackupStore>>,
-) -> Result<(), RingError> {
+) -> Result<Joined, RingError> {
     let la = &args.lifecycle;
     let pred_id = la
         .predecessor_peer_id
@@ -578,24 +620,59 @@ async fn join(
     match outcome {
         SuccessorOutcome::Live => {
             tracing::info!(elapsed = ?started.elapsed(), generation = la.generation, "took over from the predecessor");
-            Ok(())
+            Ok(Joined::Primary)
         }
         SuccessorOutcome::GaveUp {
-            reason: GiveUpReason::PredecessorUnreachable,
+            reason: reason @ (GiveUpReason::PredecessorUnreachable | GiveUpReason::Blocked),
             transferred,
         } => {
-            let rec = recover(&*host, backups.as_deref(), transferred, DEFAULT_GAP_MARGIN).await?;
+            let cause = match reason {
+                GiveUpReason::Blocked => "blocked",
+                _ => "unreachable",
+            };
+            tracing::error!(
+                cause,
+                elapsed = ?started.elapsed(),
+                ?transferred,
+                "handoff: gave up on the predecessor; recovering from the newest backup"
+            );
+            node.shared().set_handoff_gave_up(cause);
+            let predecessor = la
+                .generation
+                .checked_sub(1)
+                .map(|g| (g, la.predecessor_peer_id.as_deref().unwrap_or_default()));
+            let rec = recover(
+                &*host,
+                backups.as_deref(),
+                transferred,
+                DEFAULT_GAP_MARGIN,
+                cause,
+                predecessor,
+            )
+            .await?;
             match publisher.publish(&node.record()).await {
                 Err(e) if e.is_stale() => {
-                    return Err(RingError::Superseded(e));
+                    tracing::info!(error = %e, "not serving: another node took over first");
+                    return Ok(Joined::Superseded);
                 }
                 Err(e) => tracing::error!(error = %e, "discovery not published after recovery"),
                 Ok(()) => {}
             }
             host.set_mode(Mode::Primary).await;
-            tracing::warn!(?rec, "serving after a crash recovery (gap announced)");
-            Ok(())
+            if rec.margin > 0 {
+                tracing::warn!(?rec, "serving after a crash recovery (gap announced)");
+            } else {
+                tracing::info!(
+                    ?rec,
+                    "serving after recovering from the predecessor's final backup (no gap)"
+                );
+            }
+            Ok(Joined::Primary)
         }
+        SuccessorOutcome::GaveUp {
+            reason: GiveUpReason::Superseded,
+            ..
+        } => Ok(Joined::Superseded),
         SuccessorOutcome::GaveUp { reason, .. } => Err(RingError::GaveUp(reason)),
     }
 }

@@ -112,6 +112,10 @@ pub struct NodeStatus {
     /// The path of the node's latest handoff connection, as predecessor or successor:
     /// `webrtc` (a DataConnection) or `ws` (the `/handoff` WebSocket); `null` before any.
     pub handoff_transport: Option<&'static str>,
+    /// Why this node, as a successor, gave up on its predecessor and recovered from a
+    /// backup: `unreachable` (silent) or `blocked` (it answered but admitted no transfer
+    /// within `--handoff-max-wait`); `null` when it took over (or was the first node).
+    pub handoff_gave_up: Option<&'static str>,
     /// Tunnel status (`none`, or the public URL / error).
     pub tunnel: String,
     /// Where the node listens (`http://127.0.0.1:9000/`).
@@ -618,6 +622,7 @@ mod tests {
             lifecycle: "serving".into(),
             gap: None,
             handoff_transport: None,
+            handoff_gave_up: None,
             tunnel: "none".into(),
             listen_url: "http://127.0.0.1:9000/".into(),
             endpoints: vec![EndpointStatus {

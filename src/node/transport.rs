@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 use crate::peer::{ConnectionReceiver, ConnectionSender, Frame, Serialization, Value};
 use crate::relay::Outgoing;
 
+use super::address_gate::AddressPermit;
+
 /// Which path a relay client uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -160,11 +162,15 @@ impl FrameSink for DataChannelSink {
                     .map_err(|e| e.to_string())?;
                 self.frames.clear();
             }
-            let v = match &msg {
-                Outgoing::Object(p) => p.codec_value().clone(),
-                Outgoing::Text(s) => Value::Str(s.to_string()),
-            };
-            self.sender.send(&v).await.map_err(|e| e.to_string())?;
+            match &msg {
+                // Encoded once per delivery copy, shared by its recipients (no value tree kept).
+                Outgoing::Object(p) => {
+                    let pre = p.encoded(ser).map_err(|e| e.to_string())?;
+                    self.sender.send_pre(&pre).await
+                }
+                Outgoing::Text(s) => self.sender.send(&Value::Str(s.to_string())).await,
+            }
+            .map_err(|e| e.to_string())?;
         }
         if !self.frames.is_empty() {
             let r = self.sender.send_frames(&self.frames).await;
@@ -191,6 +197,9 @@ impl FrameSink for DataChannelSink {
 pub struct WsSource {
     stream: SplitStream<WebSocket>,
     stop: CancellationToken,
+    /// The socket's place under the per-address limits; every message counts against its
+    /// address's rate.
+    permit: Option<AddressPermit>,
 }
 
 /// Sends every message as one text frame holding its JSON.
@@ -199,10 +208,22 @@ pub struct WsSink {
 }
 
 /// Splits an upgraded relay WebSocket into its two halves; `stop` ends the reader (node
-/// shutdown).
-pub fn websocket(ws: WebSocket, stop: CancellationToken) -> (WsSource, WsSink) {
+/// shutdown); `permit` is the socket's place under the per-address limits (the reader ends
+/// when its address goes over its message rate).
+pub fn websocket(
+    ws: WebSocket,
+    stop: CancellationToken,
+    permit: Option<AddressPermit>,
+) -> (WsSource, WsSink) {
     let (sink, stream) = ws.split();
-    (WsSource { stream, stop }, WsSink { sink })
+    (
+        WsSource {
+            stream,
+            stop,
+            permit,
+        },
+        WsSink { sink },
+    )
 }
 
 fn decode_text(text: &str) -> Inbound {
@@ -220,7 +241,14 @@ impl FrameSource for WsSource {
                 m = self.stream.next() => m,
                 _ = self.stop.cancelled() => return None,
             };
-            match next? {
+            let next = next?;
+            if matches!(next, Ok(Message::Text(_) | Message::Binary(_)))
+                && let Some(p) = &self.permit
+                && !p.take_message(std::time::Instant::now())
+            {
+                return None;
+            }
+            match next {
                 Ok(Message::Text(t)) => return Some(decode_text(t.as_str())),
                 Ok(Message::Binary(b)) => {
                     return Some(match std::str::from_utf8(&b) {

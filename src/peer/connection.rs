@@ -22,7 +22,7 @@ use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::PeerConnection;
 
 use super::codec::{
-    CodecError, Decoded, Decoder, Encoder, Frame, PreEncoded, Serialization, Value,
+    CodecError, Decoded, Decoder, DecoderLimits, Encoder, Frame, PreEncoded, Serialization, Value,
 };
 use super::{PeerError, SEND_HIGH_WATER};
 
@@ -129,6 +129,7 @@ impl DataConnection {
         early: Vec<DataChannelEvent>,
         remote_ouroboros: bool,
         window: Option<usize>,
+        limits: DecoderLimits,
     ) -> (DataConnection, Arc<ConnCore>) {
         let serialization = meta.serialization;
         if let Some(w) = window {
@@ -151,7 +152,7 @@ impl DataConnection {
         let (tx, rx) = mpsc::channel(RECV_QUEUE);
         tokio::spawn(read_loop(
             core.clone(),
-            Decoder::new(serialization),
+            Decoder::with_limits(serialization, limits),
             tx,
             early,
         ));

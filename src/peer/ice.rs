@@ -216,8 +216,8 @@ impl IceUrl {
         })
     }
 
-    /// Whether the Rust peer (webrtc 0.21) can use this URL itself: `stun:` and UDP `turn:`.
-    /// `stuns:`, `turns:` and `turn:…?transport=tcp` are for browsers.
+    /// Whether webrtc 0.21 can use this URL itself: `stun:` and UDP `turn:`. The peer bridges
+    /// `turns:` and `turn:…?transport=tcp` for it (`turn_bridge`); `stuns:` is for browsers.
     pub fn native_supported(&self) -> bool {
         matches!(
             (self.scheme, self.transport),
@@ -386,10 +386,10 @@ impl IceArgs {
         }
         for s in &servers {
             for u in &s.urls {
-                if IceUrl::parse(u).is_ok_and(|u| !u.native_supported()) {
+                if IceUrl::parse(u).is_ok_and(|u| u.scheme == IceScheme::Stuns) {
                     tracing::warn!(
                         url = %u,
-                        "--ice-servers: this Rust peer uses only stun: and UDP turn: URLs (webrtc 0.21); {u} is passed on to browsers only"
+                        "--ice-servers: this Rust peer does not use stuns: URLs; {u} is passed on to browsers only"
                     );
                 }
             }

@@ -32,6 +32,7 @@ pub mod connection;
 pub mod ice;
 mod negotiation;
 mod signaling_client;
+mod turn_bridge;
 mod udp;
 mod webrtc_setup;
 
@@ -130,6 +131,10 @@ pub struct PeerConfig {
     /// Incoming OFFERs from one remote peer id being negotiated at once
     /// ([`DEFAULT_MAX_INBOUND_NEGOTIATIONS_PER_PEER`]).
     pub max_inbound_negotiations_per_peer: usize,
+    /// Limits of every DataConnection's decoder (largest message, chunk reassembly, values,
+    /// nesting). The default is the codec's ([`codec::DecoderLimits::default`], 64 MiB); a
+    /// service sets its own (the node derives them from its relay limits).
+    pub decoder_limits: codec::DecoderLimits,
 }
 
 /// Default [`PeerConfig::max_inbound_negotiations`].
@@ -164,6 +169,7 @@ impl PeerConfig {
             reactor_threads: 0,
             max_inbound_negotiations: DEFAULT_MAX_INBOUND_NEGOTIATIONS,
             max_inbound_negotiations_per_peer: DEFAULT_MAX_INBOUND_NEGOTIATIONS_PER_PEER,
+            decoder_limits: codec::DecoderLimits::default(),
         }
     }
 
@@ -321,6 +327,9 @@ pub(crate) struct Shared {
     pub(crate) runtime: Arc<BufferedUdpRuntime>,
     /// Incoming negotiations in progress (bounded by the config's caps).
     pub(crate) inbound: Mutex<negotiation::InboundCount>,
+    /// The ICE servers as webrtc gets them: TCP and TLS TURN URLs replaced by the loopback
+    /// bridges of [`turn_bridge`], which run until `closed`.
+    pub(crate) native_ice_servers: Vec<IceServer>,
 }
 
 impl Shared {
@@ -386,6 +395,13 @@ impl Peer {
         let (outbound, outbound_rx) = mpsc::channel(signaling_client::OUTBOUND_QUEUE);
         let (events, _) = broadcast::channel(256);
         let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
+        let closed = CancellationToken::new();
+        let native_ice_servers = turn_bridge::native_ice_servers(
+            &config.ice_servers,
+            config.tls_root_pem.as_deref(),
+            &closed,
+        )
+        .await?;
         let shared = Arc::new(Shared {
             id: id.clone(),
             token,
@@ -396,9 +412,10 @@ impl Peer {
             conns: Mutex::new(HashMap::new()),
             incoming_tx,
             incoming_rx: tokio::sync::Mutex::new(incoming_rx),
-            closed: CancellationToken::new(),
+            closed,
             runtime: Arc::new(BufferedUdpRuntime::new(UDP_SOCKET_BUFFER)),
             inbound: Mutex::new(negotiation::InboundCount::default()),
+            native_ice_servers,
         });
         shared.emit(PeerEvent::Open(id));
         tokio::spawn(signaling_client::run(shared.clone(), ws, outbound_rx));

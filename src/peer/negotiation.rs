@@ -578,6 +578,7 @@ async fn drive(
         early,
         remote_ouroboros,
         window,
+        shared.config.decoder_limits,
     )
     .await;
     tracing::debug!(connection_id = %meta.connection_id, "data connection open");

@@ -88,7 +88,8 @@ pub(crate) async fn wake_driver(pc: &Arc<dyn PeerConnection>) {
 }
 
 /// The ICE servers in webrtc's form, keeping only the URLs webrtc 0.21 can use itself
-/// (`stun:` and UDP `turn:`; it would skip the others with a warning per connection).
+/// (`stun:` and UDP `turn:`; it would skip the others with a warning per connection). TCP and
+/// TLS TURN URLs reach here already bridged ([`super::turn_bridge`]).
 fn native_ice_servers(servers: &[IceServer]) -> Vec<RTCIceServer> {
     servers
         .iter()
@@ -186,7 +187,7 @@ pub(crate) async fn build_peer_connection(
         .with_relay_acceptance_min_wait(Some(ICE_RELAY_MIN_WAIT))
         .build();
     let configuration = RTCConfigurationBuilder::new()
-        .with_ice_servers(native_ice_servers(&shared.config.ice_servers))
+        .with_ice_servers(native_ice_servers(&shared.native_ice_servers))
         .build();
     let mut builder = PeerConnectionBuilder::new();
     if shared.config.reactor_threads > 0 {

@@ -76,6 +76,8 @@ pub struct Metrics {
     pub direct: u64,
     /// Connections refused or closed for `max_clients`.
     pub refused: u64,
+    /// Rooms freed after they stayed empty for `room_idle` (see `rooms.rs`).
+    pub rooms_freed: u64,
     /// Errors by code (sent to relay clients, or silently counted for legacy clients).
     pub errors: BTreeMap<&'static str, u64>,
     /// Whether the node accepts writes.

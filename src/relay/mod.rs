@@ -25,8 +25,10 @@
 //! (`protocol/relay.md`), and the connection then only ever receives strings of the seed's shapes.
 //!
 //! A client's identity (the `from` of its messages, its presence name, the key of its
-//! publish deduplication) is the `client` string in its metadata or in its first
-//! message, else its peer id.
+//! publish deduplication and of `direct`) is the `client` string in its metadata or in its
+//! first message, else its peer id. With the ring's keys ([`RelayConfig::keys`]) the relay
+//! binds it to the connection (`identity.rs`): a name held by another connection, or with
+//! stored messages, is only granted with its name token; `welcome` (and `moved`) are signed.
 //!
 //! # Handoff
 //!
@@ -36,6 +38,7 @@
 
 mod budget;
 mod decode;
+mod identity;
 mod legacy;
 mod metrics;
 mod replication;
@@ -50,10 +53,11 @@ mod tests;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::discovery::RingKeys;
 use crate::rate::TokenBucket;
 
 pub use decode::{SnapshotDecoder, StreamingRestore};
@@ -69,6 +73,9 @@ use wire::{ErrorCode, Limits, ServerMessage, SignalingEndpoint};
 
 pub use crate::ids::ConnId;
 
+/// Default [`RelayConfig::room_idle`]: ten minutes.
+pub const DEFAULT_ROOM_IDLE: Duration = Duration::from_secs(600);
+
 /// Relay settings (one struct; the node maps its flags onto it).
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -79,10 +86,18 @@ pub struct RelayConfig {
     /// Enforced limits (sent in `welcome`).
     pub limits: Limits,
     /// Bytes of stored messages (serialised size + [`ENTRY_OVERHEAD`] each) beyond which
-    /// the oldest messages of all rooms are evicted.
+    /// the oldest messages of the largest rooms are evicted (`budget.rs`).
     pub memory_budget: usize,
     /// The room that backs the legacy (seed) protocol.
     pub legacy_room: String,
+    /// The ring's keys (derived from its secret, the same on every node of the ring). With
+    /// them the relay binds client names to connections (name tokens) and signs `welcome`
+    /// and `moved`; without them (the default of [`RelayConfig::new`]) a client is whatever
+    /// name it declares and nothing is signed. `ouroboros node` always has them.
+    pub keys: Option<Arc<RingKeys>>,
+    /// How long a room must have been empty (no members, no stored messages) before it may
+    /// be freed to make room for a new one (see `rooms.rs`).
+    pub room_idle: Duration,
 }
 
 impl RelayConfig {
@@ -94,7 +109,34 @@ impl RelayConfig {
             limits: Limits::default(),
             memory_budget: 256 * 1024 * 1024,
             legacy_room: "global".into(),
+            keys: None,
+            room_idle: DEFAULT_ROOM_IDLE,
         }
+    }
+}
+
+/// Largest inbound message of a relay connection, in bytes, on any transport: room for a
+/// `max_message_bytes` body and its envelope even when escaped or re-encoded (a float is 9
+/// BinaryPack bytes for 4 JSON ones), so the relay itself answers `too_large`; at least 1 MiB.
+pub fn max_frame_bytes(max_message_bytes: usize) -> usize {
+    max_message_bytes
+        .saturating_mul(2)
+        .saturating_add(64 * 1024)
+        .max(1 << 20)
+}
+
+/// Decoder limits for relay DataConnections, derived from the relay's [`Limits`] (never the
+/// codec's 64 MiB defaults): one message at most [`max_frame_bytes`], at most two chunked
+/// messages in progress holding at most that many retained bytes together, and no more
+/// values than a `max_message_bytes` JSON body can hold (`[0,0,…]`: one per 2 bytes).
+pub fn decoder_limits(limits: &Limits) -> crate::peer::codec::DecoderLimits {
+    let frame = max_frame_bytes(limits.max_message_bytes);
+    crate::peer::codec::DecoderLimits {
+        max_message_size: frame,
+        max_partial_messages: 2,
+        max_partial_bytes: frame,
+        max_values: limits.max_message_bytes / 2 + 1024,
+        ..crate::peer::codec::DecoderLimits::default()
     }
 }
 
@@ -112,7 +154,7 @@ pub struct ConnInfo {
 #[derive(Debug, Clone)]
 pub enum Outgoing {
     /// A relay-protocol object. Send it as the object `payload.json()` describes: its
-    /// text as is for `json` (and `raw`) serialization, `payload.value()` encoded for
+    /// text as is for `json` (and `raw`) serialization, `payload.encoded(…)` for
     /// `binary`/`msgpack`.
     Object(Arc<Payload>),
     /// A string value (legacy clients, and relay clients that send their requests as
@@ -205,6 +247,12 @@ struct Conn {
     named: bool,
     /// Whether a message was handled (identity is fixed after the first).
     seen: bool,
+    /// Whether `direct` to the peer id reaches this connection (not when the peer id was a
+    /// name in use by another connection when this one was welcomed).
+    peer_indexed: bool,
+    /// What the metadata declared (`client`, `token`, `nonce`), until the welcome settles
+    /// the identity.
+    declared: Option<Box<identity::Declaration>>,
     proto: Proto,
     rooms: Vec<Arc<str>>,
     bucket: TokenBucket,
@@ -217,24 +265,34 @@ pub struct Relay {
     mode: Mode,
     conns: HashMap<ConnId, Conn>,
     rooms: HashMap<Arc<str>, Room>,
-    /// Global store order (room, seq), oldest first; entries whose message is already
-    /// gone (evicted by replication) are skipped when they reach the front.
+    /// Global store order (room, seq), oldest first (the order of a snapshot's messages);
+    /// slots whose message is gone are skipped and swept (`compact_order`).
     order: VecDeque<(Arc<str>, u64)>,
+    /// Rooms holding stored messages, by bytes charged (smallest first): eviction takes
+    /// from the last.
+    by_size: BTreeSet<(usize, Arc<str>)>,
     /// Peer id and identity → relay-protocol connections, for `direct`.
     by_name: HashMap<Arc<str>, Vec<ConnId>>,
+    /// Identity → number of rooms where it has deduplication entries (stored messages with
+    /// an id): such a name is in use even while nobody holds it.
+    publishers: HashMap<Arc<str>, usize>,
     legacy_conns: BTreeSet<ConnId>,
     legacy_room: Arc<str>,
     out: VecDeque<Output>,
     replication: Option<VecDeque<ReplicationEvent>>,
-    welcome: Arc<Payload>,
     /// The `gap` notice carried by `welcome` (see [`Relay::set_gap`]).
     gap: Option<Value>,
     pong: Arc<Payload>,
     moved: Option<Arc<Payload>>,
     bytes: usize,
     messages: usize,
-    /// The head a new room starts from (raised by [`Relay::open_gap`]; 0 normally).
+    /// The head a new room starts from (raised by [`Relay::open_gap`] and by freeing a
+    /// room: never below the head of a room that was forgotten; 0 normally).
     seq_floor: u64,
+    /// The latest `now` an input brought (the relay's only clock).
+    now: Instant,
+    /// When idle rooms were last looked for (at most once a second).
+    last_sweep: Option<Instant>,
     m: Metrics,
     errors: [u64; ErrorCode::ALL.len()],
 }
@@ -248,10 +306,9 @@ fn refuse<T>(code: ErrorCode, message: impl Into<String>) -> Result<T, Refusal> 
 
 impl Relay {
     /// An empty relay in [`Mode::Primary`].
-    pub fn new(config: RelayConfig, _now: Instant) -> Relay {
+    pub fn new(config: RelayConfig, now: Instant) -> Relay {
         let legacy_room: Arc<str> = config.legacy_room.as_str().into();
-        let mut r = Relay {
-            welcome: Payload::new(String::new()),
+        Relay {
             gap: None,
             pong: Payload::of(&ServerMessage::Pong),
             config,
@@ -259,7 +316,9 @@ impl Relay {
             conns: HashMap::new(),
             rooms: HashMap::new(),
             order: VecDeque::new(),
+            by_size: BTreeSet::new(),
             by_name: HashMap::new(),
+            publishers: HashMap::new(),
             legacy_conns: BTreeSet::new(),
             legacy_room,
             out: VecDeque::new(),
@@ -268,11 +327,11 @@ impl Relay {
             bytes: 0,
             messages: 0,
             seq_floor: 0,
+            now,
+            last_sweep: None,
             m: Metrics::default(),
             errors: [0; ErrorCode::ALL.len()],
-        };
-        r.set_gap(None);
-        r
+        }
     }
 
     /// The configuration.
@@ -283,12 +342,6 @@ impl Relay {
     /// Sets (or clears) the `gap` notice carried by every later `welcome` (after a
     /// crash restore: what may be missing).
     pub fn set_gap(&mut self, gap: Option<Value>) {
-        self.welcome = Payload::of(&ServerMessage::Welcome {
-            node: self.config.node.clone(),
-            generation: self.config.generation,
-            limits: self.config.limits.clone(),
-            gap: gap.clone(),
-        });
         self.gap = gap;
     }
 
@@ -302,6 +355,7 @@ impl Relay {
     /// A DataConnection opened. Declared relay clients are greeted now; a connection
     /// beyond `max_clients` is closed (`Output::Close`).
     pub fn connect(&mut self, now: Instant, conn: ConnId, info: ConnInfo) {
+        self.tick(now);
         let declared =
             info.metadata.get("protocol").and_then(Value::as_str) == Some(wire::PROTOCOL);
         if self.conns.len() >= self.config.limits.max_clients {
@@ -332,9 +386,12 @@ impl Relay {
             self.disconnect(now, old);
         }
         let peer_id: Arc<str> = info.peer_id.as_str().into();
-        let declared_name = info
-            .metadata
-            .get("client")
+        let declaration = identity::Declaration::from_metadata(&info.metadata);
+        // Provisional (what a legacy connection keeps); a relay connection's identity is
+        // settled when it is welcomed.
+        let declared_name = declaration
+            .client
+            .as_ref()
             .and_then(Value::as_str)
             .filter(|n| self.valid_name(n));
         let identity: Arc<str> = declared_name.map_or_else(|| peer_id.clone(), Into::into);
@@ -344,27 +401,21 @@ impl Relay {
             identity,
             named: declared_name.is_some(),
             seen: false,
+            peer_indexed: true,
+            declared: Some(Box::new(declaration)),
             proto: Proto::Undetermined,
             rooms: Vec::new(),
             bucket: TokenBucket::new(limits.rate_burst, limits.rate_per_sec, now),
         };
         self.conns.insert(conn, c);
         if declared {
-            self.become_relay(conn, Proto::Object);
-            let bad_name = info.metadata.get("client").is_some() && declared_name.is_none();
-            if bad_name {
-                self.send_error(
-                    conn,
-                    ErrorCode::BadRequest,
-                    "metadata.client must be a non-empty printable string; using the peer id",
-                    None,
-                );
-            }
+            self.become_relay(conn, Proto::Object, None);
         }
     }
 
     /// A DataConnection closed (idempotent; unknown ids are ignored).
-    pub fn disconnect(&mut self, _now: Instant, conn: ConnId) {
+    pub fn disconnect(&mut self, now: Instant, conn: ConnId) {
+        self.tick(now);
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
@@ -373,7 +424,9 @@ impl Relay {
         }
         self.legacy_conns.remove(&conn);
         if matches!(c.proto, Proto::Object | Proto::Text) {
-            self.unindex(&c.peer_id, conn);
+            if c.peer_indexed {
+                self.unindex(&c.peer_id, conn);
+            }
             if c.identity != c.peer_id {
                 self.unindex(&c.identity, conn);
             }
@@ -383,6 +436,7 @@ impl Relay {
     /// One decoded message from `conn`. `wall_ms` (ms since the Unix epoch) stamps
     /// stored messages; `now` drives rate limits.
     pub fn handle_message(&mut self, now: Instant, wall_ms: u64, conn: ConnId, msg: Value) {
+        self.tick(now);
         let Some(c) = self.conns.get(&conn) else {
             tracing::debug!(conn = conn.0, "message for an unknown connection");
             return;
@@ -393,16 +447,17 @@ impl Relay {
                 Value::String(s) => match parse_op_object(s) {
                     Some(v) => {
                         msg = v;
-                        self.become_relay(conn, Proto::Text);
+                        self.become_relay(conn, Proto::Text, Some(&mut msg));
                     }
                     None => {
                         if let Some(c) = self.conns.get_mut(&conn) {
                             c.proto = Proto::Legacy;
+                            c.declared = None;
                         }
                         self.legacy_conns.insert(conn);
                     }
                 },
-                _ => self.become_relay(conn, Proto::Object),
+                _ => self.become_relay(conn, Proto::Object, Some(&mut msg)),
             }
         }
         let Some(c) = self.conns.get(&conn) else {
@@ -415,6 +470,11 @@ impl Relay {
         }
     }
 
+    /// Advances the relay's clock (never backwards).
+    fn tick(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+    }
+
     /// The next thing to do, in order.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
@@ -422,18 +482,37 @@ impl Relay {
 
     // ----- relay protocol --------------------------------------------------------------
 
-    fn become_relay(&mut self, conn: ConnId, proto: Proto) {
+    /// Makes `conn` a relay-protocol connection: settles its identity (from its metadata
+    /// and the `client`, `token` and `nonce` of `first`, its first message, which loses
+    /// them), indexes it for `direct`, sends `welcome` (then any identity error, then
+    /// `moved` if the node has moved).
+    fn become_relay(&mut self, conn: ConnId, proto: Proto, first: Option<&mut Value>) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         c.proto = proto;
-        let (peer, ident) = (c.peer_id.clone(), c.identity.clone());
-        self.index(&peer, conn);
+        let mut declaration = c.declared.take().map(|d| *d).unwrap_or_default();
+        if let Some(Value::Object(map)) = first {
+            declaration.take_from(map);
+            if declaration.client.is_some() {
+                c.seen = true;
+            }
+        }
+        let (welcome, errors) = self.settle_identity(conn, declaration);
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let (peer, ident, peer_indexed) = (c.peer_id.clone(), c.identity.clone(), c.peer_indexed);
+        if peer_indexed {
+            self.index(&peer, conn);
+        }
         if ident != peer {
             self.index(&ident, conn);
         }
-        let w = self.welcome.clone();
-        self.send(conn, proto, &w);
+        self.send(conn, proto, &welcome);
+        for (code, message) in errors {
+            self.send_error(conn, code, &message, None);
+        }
         if let Some(m) = self.moved.clone() {
             self.send(conn, proto, &m);
         }
@@ -510,10 +589,11 @@ impl Relay {
         signaling: &[SignalingEndpoint],
         generation: u64,
     ) {
-        let p = Payload::of(&ServerMessage::Moved {
+        let p = self.signed_payload(ServerMessage::Moved {
             peer_id: peer_id.to_owned(),
             signaling: signaling.to_vec(),
             generation,
+            sig: None,
         });
         let targets: Vec<ConnId> = self
             .conns

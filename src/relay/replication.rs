@@ -301,7 +301,7 @@ impl Relay {
     pub fn high_water(&self) -> BTreeMap<String, u64> {
         self.rooms
             .values()
-            .filter(|r| r.head > self.seq_floor)
+            .filter(|r| r.head > self.seq_floor || !r.log.is_empty())
             .map(|r| (r.name.to_string(), r.head))
             .collect()
     }
@@ -311,7 +311,9 @@ impl Relay {
         let mut rooms: Vec<RoomState> = self
             .rooms
             .values()
-            .filter(|r| r.head > self.seq_floor)
+            // Rooms at or below the floor with nothing stored need no listing: a room made
+            // again starts above the floor (freed rooms raised it to their heads).
+            .filter(|r| r.head > self.seq_floor || !r.log.is_empty())
             .map(|r| RoomState {
                 name: r.name.to_string(),
                 head: r.head,
@@ -398,12 +400,26 @@ impl Relay {
                 let mut n = 0;
                 while r.first_seq().is_some_and(|s| s < before) {
                     let e = r.log.pop_front().expect("first_seq is Some");
-                    r.dedup_remove(&e.msg);
+                    if r.dedup_remove(&e.msg) {
+                        super::identity::count_publisher(
+                            &mut self.publishers,
+                            e.msg.publisher_arc(),
+                            false,
+                        );
+                    }
                     freed += e.cost();
                     n += 1;
                 }
                 r.evicted_before = before;
                 r.head = r.head.max(before - 1);
+                if r.is_empty() {
+                    r.idle_since = Some(self.now);
+                }
+                let old = r.bytes;
+                r.bytes -= freed;
+                let new = r.bytes;
+                let name = r.name.clone();
+                super::budget::resize(&mut self.by_size, &name, old, new);
                 self.bytes -= freed;
                 self.messages -= n;
                 self.m.evicted_messages += n as u64;
@@ -411,14 +427,9 @@ impl Relay {
                 if let Some(q) = &mut self.replication {
                     q.push_back(ReplicationEvent::Evicted { room, before });
                 }
-                // The primary evicts globally oldest first, so what it evicted sits at
-                // the front of the store order here too: drop those slots.
-                while let Some((room, seq)) = self.order.front() {
-                    if self.rooms.get(room).and_then(|r| r.get(*seq)).is_some() {
-                        break;
-                    }
-                    self.order.pop_front();
-                }
+                // The primary evicts fairly across rooms, not in store order: sweep the
+                // store-order slots of what went.
+                self.compact_order();
                 Ok(Applied::Applied)
             }
         }

@@ -1,4 +1,4 @@
-//! Relay-protocol requests: parsing a request, identity, publish and direct.
+//! Relay-protocol requests: parsing a request, publish and direct.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -48,7 +48,8 @@ impl Relay {
         if !c.seen {
             c.seen = true;
             if let Some(name) = map.remove("client") {
-                self.declare_identity(conn, name, reference.as_deref());
+                let token = map.remove("token");
+                self.declare_identity(conn, name, token, reference.as_deref());
             }
         }
         let op_known = matches!(
@@ -97,45 +98,6 @@ impl Relay {
         if let Err((code, message)) = result {
             self.send_error(conn, code, &message, reference.as_deref());
         }
-    }
-
-    pub(super) fn declare_identity(&mut self, conn: ConnId, name: Value, reference: Option<&str>) {
-        let Some(c) = self.conns.get(&conn) else {
-            return;
-        };
-        if c.named {
-            return;
-        }
-        let ok = name
-            .as_str()
-            .filter(|n| self.valid_name(n))
-            .map(Arc::<str>::from);
-        let Some(name) = ok else {
-            return self.send_error(
-                conn,
-                ErrorCode::BadRequest,
-                "client must be a non-empty printable string; using the peer id",
-                reference,
-            );
-        };
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        let old = std::mem::replace(&mut c.identity, name.clone());
-        c.named = true;
-        let peer = c.peer_id.clone();
-        if old != peer {
-            self.unindex(&old, conn);
-        }
-        if name != peer {
-            self.index(&name, conn);
-        }
-    }
-
-    pub(super) fn valid_name(&self, n: &str) -> bool {
-        !n.is_empty()
-            && n.len() <= self.config.limits.max_name_bytes
-            && !n.chars().any(char::is_control)
     }
 
     pub(super) fn publish(

@@ -1,10 +1,22 @@
-//! Rooms: joining, leaving, presence and history paging.
+//! Rooms: joining, leaving, presence and history paging, and freeing idle rooms.
+//!
+//! # Freeing rooms
+//! `max_rooms` caps the rooms the node holds. A room is forgotten when it has had no members
+//! and no stored messages for `room_idle` (ten minutes by default) and a new room needs its
+//! place: the relay then looks for such rooms (at most once a second) and frees them. A room
+//! with stored messages is never freed (history does not vanish because a room went quiet);
+//! eviction under the memory budget removes messages first, then the room may go. Sequence
+//! numbers are never reused: a freed room's head raises the floor every new room starts
+//! from, so a room created again continues above it. Only a primary frees rooms (a successor
+//! mirrors its predecessor; the floor travels in snapshots, and the replication tail marks a
+//! new room's start with an `Evicted` event before its first message).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::store::Room;
 use super::wire::{ErrorCode, ServerMessage};
-use super::{ConnId, Payload, Refusal, Relay, refuse};
+use super::{ConnId, Mode, Payload, Refusal, Relay, refuse};
 use crate::json::push_json_str;
 
 impl Relay {
@@ -28,9 +40,12 @@ impl Relay {
         }
     }
 
-    /// The room, created if the room limit allows.
+    /// The room, created if the room limit allows (after freeing idle rooms if needed).
     pub(super) fn room_or_create(&mut self, room: &str) -> Result<&mut Room, Refusal> {
         if !self.rooms.contains_key(room) {
+            if self.rooms.len() >= self.config.limits.max_rooms {
+                self.free_idle_rooms();
+            }
             if self.rooms.len() >= self.config.limits.max_rooms {
                 return refuse(
                     ErrorCode::RoomLimit,
@@ -42,6 +57,42 @@ impl Relay {
                 .insert(name.clone(), Room::new(name, self.seq_floor));
         }
         Ok(self.rooms.get_mut(room).expect("inserted above"))
+    }
+
+    /// Forgets every room that has been empty (no members, no stored messages) for
+    /// `room_idle`, raising the seq floor to their heads. Runs at most once a second, and
+    /// only on a primary.
+    pub(super) fn free_idle_rooms(&mut self) {
+        let now = self.now;
+        if self.mode != Mode::Primary
+            || self
+                .last_sweep
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_sweep = Some(now);
+        let idle = self.config.room_idle;
+        let mut floor = self.seq_floor;
+        let before = self.rooms.len();
+        self.rooms.retain(|_, r| {
+            if !r.is_empty() {
+                r.idle_since = None;
+                return true;
+            }
+            let since = *r.idle_since.get_or_insert(now);
+            if now.duration_since(since) < idle {
+                return true;
+            }
+            floor = floor.max(r.head);
+            false
+        });
+        self.seq_floor = floor;
+        let freed = before - self.rooms.len();
+        self.m.rooms_freed += freed as u64;
+        if freed > 0 {
+            tracing::debug!(freed, seq_floor = floor, "idle rooms freed");
+        }
     }
 
     pub(super) fn join(
@@ -65,32 +116,39 @@ impl Relay {
                 ),
             );
         }
+        let (page_max, page_bytes) = (
+            self.config.limits.history_limit_max,
+            self.config.limits.history_max_bytes,
+        );
         let r = self.room_or_create(room)?;
         let name = r.name.clone();
         let mut announce = None;
         if !already {
             r.members.insert(conn);
+            r.idle_since = None;
             let n = r.presence.entry(identity.clone()).or_insert(0);
             *n += 1;
             if *n == 1 {
                 announce = Some(presence_payload(room, std::slice::from_ref(&identity), &[]));
             }
         }
+        let (replay, replay_to) = match since {
+            None => (Vec::new(), None),
+            Some(s) => replay_page(r, s, page_max as usize, page_bytes),
+        };
+        if replay_to.is_some() {
+            r.catching_up.insert(conn);
+        } else {
+            r.catching_up.remove(&conn);
+        }
         let joined = Payload::of(&ServerMessage::Joined {
             room: room.to_owned(),
             head: r.head,
+            replay_to,
         });
         let mut present: Vec<Arc<str>> = r.presence.keys().cloned().collect();
         present.sort();
         let members: Vec<ConnId> = r.members.iter().copied().filter(|m| *m != conn).collect();
-        let replay: Vec<Arc<Payload>> = match since {
-            None => Vec::new(),
-            Some(s) => r
-                .log
-                .range(r.index_after(s)..)
-                .map(|e| e.msg.payload().clone())
-                .collect(),
-        };
         if !already && let Some(c) = self.conns.get_mut(&conn) {
             c.rooms.push(name);
         }
@@ -127,6 +185,7 @@ impl Relay {
             return;
         };
         r.members.remove(&conn);
+        r.catching_up.remove(&conn);
         let gone = match r.presence.get_mut(identity) {
             Some(n) if *n > 1 => {
                 *n -= 1;
@@ -139,10 +198,14 @@ impl Relay {
             None => false,
         };
         let members: Vec<ConnId> = r.members.iter().copied().collect();
-        if r.head == self.seq_floor && r.log.is_empty() && r.members.is_empty() {
-            // Never-used rooms cost nothing to forget; rooms with a head stay forever
-            // (recreating one would reuse sequence numbers).
-            self.rooms.remove(room);
+        if r.is_empty() {
+            if r.head <= self.seq_floor {
+                // Never used (or below the floor): forgetting it costs nothing, a room
+                // created again starts above its head anyway.
+                self.rooms.remove(room);
+            } else {
+                r.idle_since = Some(self.now);
+            }
         }
         if gone {
             let p = presence_payload(room, &[], std::slice::from_ref(identity));
@@ -200,6 +263,31 @@ impl Relay {
         self.send_to(conn, &Payload::new(s));
         Ok(())
     }
+}
+
+/// One page of a `join` replay: the stored messages with `seq > since`, oldest first, at most
+/// `max` of them (`history_limit_max`) and `max_bytes` of JSON (`history_max_bytes`; at least
+/// one message), each as a delivery copy; and the seq it stops at when more is stored after.
+fn replay_page(
+    r: &Room,
+    since: u64,
+    max: usize,
+    max_bytes: usize,
+) -> (Vec<Arc<Payload>>, Option<u64>) {
+    let start = r.index_after(since);
+    let mut page = Vec::new();
+    let mut bytes = 0;
+    for e in r.log.range(start..) {
+        let len = e.msg.payload().json().len();
+        let full = page.len() == max || (!page.is_empty() && bytes + len > max_bytes);
+        if full {
+            let last = r.log[start + page.len() - 1].msg.seq();
+            return (page, Some(last));
+        }
+        bytes += len;
+        page.push(e.msg.payload().delivery());
+    }
+    (page, None)
 }
 
 /// `{"op":"presence","room","joined","left"}`, written by hand (one per join and leave, sent

@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 
 use super::ConnId;
 use crate::json::push_json_str;
+use crate::peer::codec::{CodecError, PreEncoded, Serialization};
 
 /// Bytes charged per stored message on top of its serialised size: the entry, its
 /// log slot, its global-order slot and its deduplication entry.
@@ -16,23 +17,35 @@ pub const ENTRY_OVERHEAD: usize = 160;
 /// A message serialised once and shared by every recipient.
 ///
 /// `json()` is the exact JSON text of the message object (send it as is to `json` and
-/// `raw` connections); `codec_value()` parses it once, keeping key order, for
-/// serializations that need a value tree (BinaryPack, msgpack), and every later
-/// recipient shares that tree.
+/// `raw` connections). [`Payload::encoded`] makes its BinaryPack or msgpack encoding once,
+/// on first use, and every later recipient of the same `Payload` shares it.
+///
+/// # What it keeps alive
+/// The encodings are caches: they live as long as the `Payload`. A stored message's own
+/// payload (in the room's log, charged to the memory budget by its JSON length) is never
+/// encoded: what is sent is a [`Payload::delivery`] copy (the same shared text, its own empty
+/// caches), so an encoding lives only while a recipient's queue holds that copy — and the
+/// node's write queues charge for it (`node::driver`). No decoded value tree is ever kept.
 #[derive(Debug)]
 pub struct Payload {
     json: Arc<str>,
-    value: OnceLock<serde_json::Value>,
-    codec: OnceLock<crate::peer::codec::Value>,
+    /// BinaryPack encoding (`binary`, `binary-utf8`); `None` inside if it cannot be encoded.
+    binarypack: OnceLock<Option<PreEncoded>>,
+    /// MessagePack encoding (`msgpack`); `None` inside if it cannot be encoded.
+    msgpack: OnceLock<Option<PreEncoded>>,
 }
 
 impl Payload {
     /// Wraps JSON text the relay produced. Callers guarantee it is a valid JSON object.
     pub(crate) fn new(json: String) -> Arc<Payload> {
+        Payload::shared(json.into())
+    }
+
+    fn shared(json: Arc<str>) -> Arc<Payload> {
         Arc::new(Payload {
-            json: json.into(),
-            value: OnceLock::new(),
-            codec: OnceLock::new(),
+            json,
+            binarypack: OnceLock::new(),
+            msgpack: OnceLock::new(),
         })
     }
 
@@ -41,6 +54,12 @@ impl Payload {
         // Serialising a wire type to a String cannot fail: no maps with non-string keys,
         // no failing Serialize impls.
         Payload::new(serde_json::to_string(msg).expect("wire types always serialise"))
+    }
+
+    /// A copy to send: the same text (shared, not copied) with empty encoding caches, so
+    /// the encodings its recipients make die with the copy, not with the stored message.
+    pub(crate) fn delivery(&self) -> Arc<Payload> {
+        Payload::shared(self.json.clone())
     }
 
     /// The JSON text of the message object.
@@ -53,19 +72,34 @@ impl Payload {
         self.json.clone()
     }
 
-    /// The message as a `serde_json` tree (keys sorted), parsed on first use and cached.
-    pub fn value(&self) -> &serde_json::Value {
-        self.value.get_or_init(|| {
-            serde_json::from_str(&self.json).expect("the relay only builds valid JSON")
-        })
+    /// The message parsed as a `serde_json` tree (keys sorted). Parsed on every call, never
+    /// cached (tests and diagnostics).
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.json).expect("the relay only builds valid JSON")
     }
 
-    /// The message as a PeerJS codec value (keys in wire order), parsed on first use and
-    /// cached: encode this for `binary`/`msgpack` connections.
-    pub fn codec_value(&self) -> &crate::peer::codec::Value {
-        self.codec.get_or_init(|| {
-            serde_json::from_str(&self.json).expect("the relay only builds valid JSON")
-        })
+    /// The message encoded for `serialization` (keys in wire order). BinaryPack and msgpack
+    /// encodings are made once and shared by every caller of this `Payload`; `json` and
+    /// `raw` are encoded on each call (send [`Payload::json`] to those instead).
+    ///
+    /// # Errors
+    /// The serialization cannot carry the message (e.g. BinaryPack and an integer above
+    /// 2⁶⁴).
+    pub fn encoded(&self, serialization: Serialization) -> Result<PreEncoded, CodecError> {
+        let cell = match serialization {
+            Serialization::Binary | Serialization::BinaryUtf8 => &self.binarypack,
+            Serialization::MsgPack => &self.msgpack,
+            Serialization::Json | Serialization::Raw => {
+                return PreEncoded::from_json(serialization, self.json.as_bytes());
+            }
+        };
+        let made =
+            cell.get_or_init(|| PreEncoded::from_json(serialization, self.json.as_bytes()).ok());
+        match made {
+            Some(pre) => Ok(pre.clone()),
+            // Not encodable: encode again for the error (rare, and never cached).
+            None => PreEncoded::from_json(serialization, self.json.as_bytes()),
+        }
     }
 }
 
@@ -319,10 +353,18 @@ pub(crate) struct Room {
     pub log: VecDeque<Entry>,
     /// Connections subscribed.
     pub members: BTreeSet<ConnId>,
+    /// Members still paging through a `since` replay: live messages skip them (the pages
+    /// bring those messages later, in order).
+    pub catching_up: BTreeSet<ConnId>,
     /// Identity → number of member connections with it (presence is per identity).
     pub presence: HashMap<Arc<str>, u32>,
     /// Publisher identity → message id → seq, for every stored message with an id.
     pub dedup: HashMap<Arc<str>, HashMap<Arc<str>, u64>>,
+    /// Bytes its stored messages are charged ([`Entry::cost`] summed): the eviction order.
+    pub bytes: usize,
+    /// Since when it has had no members and no stored messages (`None`: not empty, or not
+    /// known since when).
+    pub idle_since: Option<std::time::Instant>,
 }
 
 impl Room {
@@ -334,9 +376,17 @@ impl Room {
             evicted_before: floor + 1,
             log: VecDeque::new(),
             members: BTreeSet::new(),
+            catching_up: BTreeSet::new(),
             presence: HashMap::new(),
             dedup: HashMap::new(),
+            bytes: 0,
+            idle_since: None,
         }
+    }
+
+    /// No members and no stored messages.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.log.is_empty()
     }
 
     /// Seq of the oldest stored message, if any.
@@ -361,16 +411,19 @@ impl Room {
         self.dedup.get(from).and_then(|m| m.get(id)).copied()
     }
 
-    pub fn dedup_insert(&mut self, msg: &StoredMessage) {
-        if let Some(id) = msg.id_arc() {
-            self.dedup
-                .entry(msg.publisher_arc().clone())
-                .or_default()
-                .insert(id.clone(), msg.seq);
-        }
+    /// Records `msg`'s id; true if its publisher had no entry in this room before.
+    pub fn dedup_insert(&mut self, msg: &StoredMessage) -> bool {
+        let Some(id) = msg.id_arc() else {
+            return false;
+        };
+        let m = self.dedup.entry(msg.publisher_arc().clone()).or_default();
+        let first = m.is_empty();
+        m.insert(id.clone(), msg.seq);
+        first
     }
 
-    pub fn dedup_remove(&mut self, msg: &StoredMessage) {
+    /// Forgets `msg`'s id; true if that was its publisher's last entry in this room.
+    pub fn dedup_remove(&mut self, msg: &StoredMessage) -> bool {
         if let Some(id) = msg.id()
             && let Some(m) = self.dedup.get_mut(msg.from())
         {
@@ -379,8 +432,10 @@ impl Room {
             }
             if m.is_empty() {
                 self.dedup.remove(msg.from());
+                return true;
             }
         }
+        false
     }
 }
 
@@ -431,8 +486,15 @@ mod tests {
         let back: StoredMessage = serde_json::from_str(&enc).unwrap();
         assert_eq!(back, m);
         assert_eq!(m.payload().value()["body"]["a"][1], 2);
-        let cv = m.payload().codec_value();
+        let pre = m.payload().encoded(Serialization::Binary).unwrap();
+        let mut dec = crate::peer::codec::Decoder::new(Serialization::Binary);
+        let mut enc = crate::peer::codec::Encoder::new(Serialization::Binary);
+        let frames = enc.encode_pre(&pre).unwrap();
+        let got = dec.decode(frames[0].clone()).unwrap();
+        let crate::peer::codec::Decoded::Message(cv) = &got[0] else {
+            panic!("a message");
+        };
         assert_eq!(cv.get("op").and_then(|v| v.as_str()), Some("msg"));
-        assert_eq!(&cv.to_json(), m.payload().value());
+        assert_eq!(cv.to_json(), m.payload().value());
     }
 }

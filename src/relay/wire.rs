@@ -164,6 +164,20 @@ pub enum ServerMessage {
         /// Set after a crash restore: what may be missing (see `protocol/handoff.md`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         gap: Option<Value>,
+        /// The identity the node serves this connection under, when it declared a name (the
+        /// name, or what it got instead with `name_taken`) or the node binds names.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+        /// The token that proves `client` on a later connection to any node of the ring
+        /// (`metadata.token`, `?token=`, or `token` in the first message).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name_token: Option<String>,
+        /// The client's `nonce`, echoed (covered by `sig`: this welcome is fresh).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<String>,
+        /// The ring's signature (`discovery::signing`; absent from nodes without ring keys).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sig: Option<String>,
     },
     /// Answer to `join`: the room's newest sequence number (0 if empty).
     Joined {
@@ -171,6 +185,12 @@ pub enum ServerMessage {
         room: String,
         /// Newest sequence number.
         head: u64,
+        /// Set when the `since` replay is one page that stops at this seq (more is stored
+        /// after it): once the `msg` with this seq arrives, `join` again with
+        /// `since` = this seq for the next page. Until the last page the connection gets no
+        /// live messages of the room (they come in the later pages), so nothing is missed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replay_to: Option<u64>,
     },
     /// A stored message, replayed or live.
     Msg(MsgRecord),
@@ -229,6 +249,9 @@ pub enum ServerMessage {
         signaling: Vec<SignalingEndpoint>,
         /// The successor's generation.
         generation: u64,
+        /// The ring's signature (`discovery::signing`; absent from nodes without ring keys).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sig: Option<String>,
     },
 }
 
@@ -260,13 +283,17 @@ pub enum ErrorCode {
     UnknownPeer,
     /// The node is handing over and accepts no writes (retryable; expect `moved`).
     ReadOnly,
+    /// The declared client name (or the peer id) is held by another connection, or has
+    /// stored messages, and no valid `token` for it came along: the connection is served
+    /// under another identity (`welcome.client`).
+    NameTaken,
     /// A code this client does not know (never sent by the node).
     Unknown,
 }
 
 impl ErrorCode {
     /// Every code the node sends, in documentation order.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownOp,
         ErrorCode::BadRoom,
@@ -279,6 +306,7 @@ impl ErrorCode {
         ErrorCode::NotJoined,
         ErrorCode::UnknownPeer,
         ErrorCode::ReadOnly,
+        ErrorCode::NameTaken,
     ];
 
     /// The wire name.
@@ -296,6 +324,7 @@ impl ErrorCode {
             ErrorCode::NotJoined => "not_joined",
             ErrorCode::UnknownPeer => "unknown_peer",
             ErrorCode::ReadOnly => "read_only",
+            ErrorCode::NameTaken => "name_taken",
             ErrorCode::Unknown => "unknown",
         }
     }

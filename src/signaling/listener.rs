@@ -27,6 +27,7 @@ use tokio::{
     sync::mpsc,
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tower_layer::Layer;
 use tracing::{debug, info, warn};
 
 use super::{
@@ -271,8 +272,10 @@ pub(crate) async fn serve(
             conn = listener.accept() => conn,
             _ = &mut shutdown => break,
         };
+        // `Extension` as a tower layer wraps the router once (an `Arc` clone and the address);
+        // `Router::layer` would rebuild every route per connection.
         let service =
-            TowerToHyperService::new(router.clone().layer(axum::Extension(ConnectInfo(remote))));
+            TowerToHyperService::new(axum::Extension(ConnectInfo(remote)).layer(router.clone()));
         let conn = http
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();

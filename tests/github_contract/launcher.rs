@@ -120,3 +120,51 @@ async fn run_verifier_checks_repository_workflow_and_status() {
         run.workflow_run_id
     );
 }
+
+#[tokio::test]
+async fn a_flood_of_run_checks_makes_a_bounded_number_of_api_calls() {
+    // Issue 14, point 2: every handoff connection made its own runs API call, so a hello
+    // flood was also a flood of GitHub API calls (and of the token's rate limit).
+    let s = Server::start().await;
+    s.g().runs.insert(
+        1,
+        json!({"id": 1, "path": ".github/workflows/ouroboros.yml", "status": "in_progress",
+               "repository": {"full_name": REPO}}),
+    );
+    let calls = |s: &Server| {
+        s.g()
+            .seen
+            .iter()
+            .filter(|r| r.path.contains("/actions/runs/"))
+            .count()
+    };
+    let t0 = std::time::Instant::now();
+    let cfg = ouroboros::github::RunCacheConfig::default();
+    let v = ouroboros::github::CachedRunVerifier::new(
+        RunVerifier::new(s.client(), "ouroboros.yml"),
+        cfg,
+        t0,
+    );
+    // 200 connections claiming the real run, 200 claiming a run that does not exist.
+    for _ in 0..200 {
+        assert_eq!(v.verify(t0, "1").await, Ok(1));
+        assert!(v.verify(t0, "6").await.is_err());
+    }
+    assert_eq!(calls(&s), 2, "one call per claimed run");
+    // 100 distinct bogus claims: the lookup budget bounds the calls; the real run stays
+    // cached (and is checked again after the TTL).
+    for i in 0..100 {
+        assert!(v.verify(t0, &format!("{}", 1000 + i)).await.is_err());
+    }
+    let after_flood = calls(&s);
+    assert!(
+        after_flood <= 2 + cfg.lookup_burst as usize,
+        "{after_flood} calls"
+    );
+    assert_eq!(v.verify(t0, "1").await, Ok(1));
+    assert_eq!(calls(&s), after_flood);
+    let later = t0 + cfg.ttl + std::time::Duration::from_secs(10);
+    assert_eq!(v.verify(later, "1").await, Ok(1));
+    assert_eq!(calls(&s), after_flood + 1, "verdicts expire after the TTL");
+    assert!(v.cached() <= cfg.max_entries);
+}

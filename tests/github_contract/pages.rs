@@ -4,6 +4,8 @@ use super::*;
 
 fn record(peer: &str, generation: u64) -> DiscoveryRecord {
     DiscoveryRecord {
+        ring_key: None,
+        sig: None,
         version: 1,
         peer_id: peer.into(),
         generation,

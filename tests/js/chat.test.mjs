@@ -252,6 +252,14 @@ test('a local ring rotates twice while both keep sending: every message once, in
     assert.equal(await b.evaluate(() => document.body.dataset.transport), 'ws', 'ben is still on the WebSocket');
     assert.equal(await a.evaluate(() => document.body.dataset.transport), 'webrtc', 'ann is still on WebRTC');
     assert.deepEqual(sa.map((m) => m.seq), sent.map((_, k) => k + 1), 'dense sequence numbers across generations');
+    // Issue 14, point 6: both pinned the ring key from the signed record and followed only
+    // signed moves (a refused welcome or moved would have stopped them above); each keeps
+    // its name's token for the next connection.
+    for (const p of [a, b]) {
+      const t = await p.evaluate(() => ({ key: window.ouroboros.trust.keyText, token: localStorage.getItem('ouroboros.token.' + window.ouroboros.name) }));
+      assert.match(t.key ?? '', /^[A-Za-z0-9_-]{43}$/, 'the ring key is pinned (WebCrypto Ed25519)');
+      assert.match(t.token ?? '', /^[A-Za-z0-9_-]{43}$/, 'the name token is kept');
+    }
     // The uptime shown is the current node's (read from the successor's own record), not the
     // first generation's: generation 2 started at least one lifetime after the ring did.
     const seconds = (t) => t.split(' ').reduce((acc, part) => {

@@ -239,6 +239,58 @@ test('examples/send on a symmetric NAT reaches the node via TURN (a relay candid
   await node.stop();
 });
 
+test('a node on a runner NAT without UDP gets a relay candidate over TURN/TCP; examples/send on a home NAT reaches it', opts(120000), async (t) => {
+  // webrtc 0.21 has no TURN over TCP; the peer bridges it (src/peer/turn_bridge.rs).
+  const node = await lab.startNode('runnerC', {
+    ice: [{ urls: lab.stunUrl }, { urls: lab.turnTcpUrl }],
+    env: { OUROBOROS_TURN_SECRET: lab.turnSecret },
+  });
+  t.after(() => node.stop());
+  const t0 = Date.now();
+  const send = lab.spawn('home', path.join(examplesDir(), 'send'), [
+    '--host', lab.wan('runnerC'), '--port', '9000', '--to', node.peerId, '--serialization', 'json',
+    '--message', '{"op":"ping"}', '--count', '1', '--timeout', '20', '--ice-servers', JSON.stringify([{ urls: lab.stunUrl }]),
+  ], { RUST_BACKTRACE: '0', RUST_LOG: 'info' });
+  await send.waitFor(/"op":"welcome"/, 30000);
+  const sendMs = Date.now() - t0;
+  assert.equal((await send.exited).code, 0, send.stderr());
+  // The node can only be reached through its relay candidate (its NAT drops every UDP packet).
+  const np = await nodePair(node);
+  assert.equal(np.local.type, 'relay', JSON.stringify(np));
+  assert.equal(np.local.addr.split(':')[0], lab.env.NATLAB_PUB_IP, JSON.stringify(np));
+  assert.equal(np.remote.addr.split(':')[0], lab.wan('home'), JSON.stringify(np));
+  console.log(`# home NAT -> runner NAT without UDP (node relay over TURN/TCP): examples/send first reply ${sendMs} ms`);
+  assert.ok(sendMs < 3000, `first reply through TURN/TCP took ${sendMs} ms`);
+  assert.doesNotMatch(node.stderr(), /Skipping unsupported/);
+  await node.stop();
+});
+
+test('examples/send with all UDP blocked reaches the node through TURN over TLS (turns:)', opts(120000), async (t) => {
+  const tlsEnv = { SSL_CERT_FILE: lab.env.NATLAB_TURN_CA };
+  const node = await lab.startNode('runnerA', {
+    ice: [{ urls: lab.stunUrl }, { urls: lab.turnsUrl }],
+    env: { OUROBOROS_TURN_SECRET: lab.turnSecret, ...tlsEnv },
+  });
+  t.after(() => node.stop());
+  const ice = JSON.parse(lab.curl('udpblocked', `${node.url}/ice`));
+  assert.ok(ice.some((s) => s.urls.includes(lab.turnsUrl) && s.credential), JSON.stringify(ice));
+  const t0 = Date.now();
+  const send = lab.spawn('udpblocked', path.join(examplesDir(), 'send'), [
+    '--host', lab.wan('runnerA'), '--port', '9000', '--to', node.peerId, '--serialization', 'json',
+    '--message', '{"op":"ping"}', '--count', '1', '--timeout', '20', '--ice-servers', JSON.stringify(ice),
+  ], { RUST_BACKTRACE: '0', RUST_LOG: 'info', ...tlsEnv });
+  await send.waitFor(/"op":"welcome"/, 30000);
+  const sendMs = Date.now() - t0;
+  assert.equal((await send.exited).code, 0, send.stderr());
+  const [p] = pairsFromLog(send.stderr());
+  assert.ok(p, send.stderr());
+  assert.equal(p.local.type, 'relay', JSON.stringify(p));
+  assert.equal(p.local.addr.split(':')[0], lab.env.NATLAB_PUB_IP, JSON.stringify(p));
+  console.log(`# UDP blocked -> runner NAT (client relay over TURN/TLS): examples/send first reply ${sendMs} ms`);
+  assert.ok(sendMs < 3000, `first reply through TURN/TLS took ${sendMs} ms`);
+  await node.stop();
+});
+
 test('rotation from runner NAT A to runner NAT B via STUN under client load: nothing acknowledged is lost', opts(180000), async (t) => {
   const ice = [{ urls: lab.stunUrl }];
   const pred = await lab.startNode('runnerA', { ice });

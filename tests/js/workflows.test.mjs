@@ -3,7 +3,8 @@
 // shellcheck) and keep the project's own rules:
 //   - no `${{ }}` expression inside a `run:` script (inputs and secrets go through `env:`);
 //   - ouroboros.yml: the three string inputs, exactly the two permissions it uses, timeout-minutes, the binary
-//     cached by Cargo.lock hash, and no concurrency group (node and successor must overlap);
+//     cached by Cargo.lock hash, and no concurrency group (node and successor must overlap); the backup
+//     folder restored from and saved to the Actions cache around the node (run-unique key, prefix restore);
 //   - static.yml / staticRestore.yml: the official Pages actions in concurrency group "pages";
 //   - ci.yml runs ./scripts/test on push and pull_request, with a bounded build cache, and
 //     `cargo deny check advisories`.
@@ -128,6 +129,29 @@ test('ouroboros.yml: inputs, permissions, timeout, cached binary, no concurrency
   for (const flag of ['node', '--launcher github', '--publisher pages', '--tunnel', '--lifetime']) {
     assert.ok(run.includes(flag), `the node runs with ${flag}`);
   }
+});
+
+test('ouroboros.yml: encrypted backups kept in the Actions cache, restored by the next run', () => {
+  const t = read('ouroboros.yml');
+  const steps = t.split(/\n(?= {6}- name: )/);
+  const index = (re) => steps.findIndex((s) => re.test(s));
+  const restore = index(/uses: actions\/cache\/restore@v\d+/);
+  const node = index(/ouroboros node/);
+  const save = index(/uses: actions\/cache\/save@v\d+/);
+  assert.ok(restore > 0 && restore < node && node < save, `restore, run, save in order (${restore}, ${node}, ${save})`);
+  const dir = '\\$\\{\\{ runner\\.temp \\}\\}/ouroboros-backups';
+  for (const i of [restore, save]) {
+    assert.match(steps[i], new RegExp(`path: ${dir}$`, 'm'), 'the backup folder is cached');
+    // A key of its own per run (caches are immutable), found again by its prefix.
+    assert.match(steps[i], /key: ouroboros-backup-\$\{\{ github\.run_id \}\}-\$\{\{ github\.run_attempt \}\}$/m);
+  }
+  assert.match(steps[restore], /restore-keys: ouroboros-backup-$/m);
+  assert.match(steps[save], /if: always\(\)$/m, 'saved after a failure, a cancellation or the timeout too');
+  // The node writes its (encrypted) backups there, and has the ring secret to encrypt them.
+  assert.match(steps[node], new RegExp(`OUROBOROS_BACKUP_DIR: ${dir}$`, 'm'));
+  assert.match(steps[node], /OUROBOROS_SECRET: \$\{\{ secrets\.OUROBOROS_SECRET \}\}/);
+  // The binary cache and the backup cache never share keys.
+  assert.doesNotMatch(t, /key: ouroboros-bin-.*\n.*restore-keys: ouroboros-backup/);
 });
 
 test('static.yml and staticRestore.yml deploy with the Pages actions in group "pages"', () => {

@@ -453,7 +453,11 @@ async fn killed_predecessor_successor_recovers_from_backup_with_a_gap() {
     }
     // Wait for a backup that holds every acknowledged message (its high-water mark for the
     // room reaches the last acked seq), then kill -9.
-    let store = ouroboros::handoff::DirBackupStore::new(&backups, 3);
+    // The node encrypts its backups with the ring's key.
+    let key = ouroboros::handoff::BackupKey::derive(
+        &ouroboros::handoff::Secret::new(b"a ring secret for the crash test".to_vec()).unwrap(),
+    );
+    let store = ouroboros::handoff::DirBackupStore::new(&backups, 3).with_key(key);
     let wait = Instant::now() + Duration::from_secs(30);
     loop {
         let covered = store

@@ -115,6 +115,15 @@ struct NodeCli {
 
 /// Starts a node on 127.0.0.1:0 with a temporary data dir and extra flags.
 pub async fn start_node(extra: &[&str]) -> (ouroboros::node::Node, tempfile::TempDir) {
+    start_node_in_ring(extra, None).await
+}
+
+/// [`start_node`] for a node of the ring with `secret` (two nodes of one ring; `None`: a
+/// ring of its own).
+pub async fn start_node_in_ring(
+    extra: &[&str],
+    secret: Option<&[u8]>,
+) -> (ouroboros::node::Node, tempfile::TempDir) {
     ouroboros::install_crypto_provider();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut argv = vec![
@@ -128,8 +137,13 @@ pub async fn start_node(extra: &[&str]) -> (ouroboros::node::Node, tempfile::Tem
     ];
     argv.extend_from_slice(extra);
     let cli = <NodeCli as clap::Parser>::try_parse_from(argv).expect("flags parse");
-    let node = ouroboros::node::Node::start(cli.node)
-        .await
-        .expect("node starts");
+    let node = match secret {
+        Some(s) => {
+            let secret = ouroboros::handoff::Secret::new(s.to_vec()).expect("a valid secret");
+            ouroboros::node::Node::start_in_ring(cli.node, secret).await
+        }
+        None => ouroboros::node::Node::start(cli.node).await,
+    }
+    .expect("node starts");
     (node, dir)
 }

@@ -86,6 +86,8 @@ pub fn record(
     previous: Option<(&str, u16)>,
 ) -> DiscoveryRecord {
     DiscoveryRecord {
+        ring_key: None,
+        sig: None,
         version: RECORD_VERSION,
         peer_id: peer.into(),
         generation,
@@ -556,7 +558,11 @@ impl CrashRing {
 
     /// Waits for a backup whose high-water marks reach `heads`.
     pub async fn wait_backup(&self, heads: &BTreeMap<String, u64>) {
-        let store = ouroboros::handoff::DirBackupStore::new(&self.backups, 5);
+        // The nodes encrypt their backups with the ring's key.
+        let key = ouroboros::handoff::BackupKey::derive(
+            &Secret::new(self.secret.as_bytes().to_vec()).unwrap(),
+        );
+        let store = ouroboros::handoff::DirBackupStore::new(&self.backups, 5).with_key(key);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let covered = store.latest_blocking().ok().flatten().is_some_and(|b| {

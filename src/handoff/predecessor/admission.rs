@@ -6,13 +6,26 @@ use super::{
     Transmit,
 };
 use crate::discovery::SignalingEndpoint;
-use crate::handoff::auth::{self, Binding, Role};
-use crate::handoff::message::{Message, PROTOCOL_VERSION, RefuseCode, Resume};
+use crate::handoff::auth::{self, Binding, Role, SessionKeys};
+use crate::handoff::message::{Message, PROTOCOL_VERSION, RefuseCode, Resume, Sealed};
 use std::collections::VecDeque;
 use std::time::Instant;
 
 impl Predecessor {
+    /// Refuses the attempt on `conn` and closes it. The refusal is sealed with the
+    /// connection's session key when it has one (always once its `hello` had a valid
+    /// nonce), and carries our nonce so that a successor refused before any challenge can
+    /// check it too.
     pub(super) fn refuse(&mut self, conn: ConnId, code: RefuseCode, message: &str) {
+        let nonce = self.conns.get(&conn).and_then(|c| c.nonce.clone());
+        let refused = self.seal(
+            conn,
+            Message::Refused {
+                code,
+                message: message.to_string(),
+                nonce,
+            },
+        );
         let remote = self
             .conns
             .remove(&conn)
@@ -22,17 +35,15 @@ impl Predecessor {
             RefuseCode::AuthFailed | RefuseCode::Replay | RefuseCode::WrongPeer => {
                 tracing::warn!(remote_peer_id = %remote, ?code, message, "handoff attempt refused")
             }
+            // A flood's refusals: not worth a log line each.
+            RefuseCode::RateLimited | RefuseCode::Busy => {
+                tracing::debug!(remote_peer_id = %remote, ?code, message, "handoff attempt refused")
+            }
             _ => {
                 tracing::info!(remote_peer_id = %remote, ?code, message, "handoff attempt refused")
             }
         }
-        self.transmits.push_back(Transmit::Send(
-            conn,
-            Message::Refused {
-                code,
-                message: message.to_string(),
-            },
-        ));
+        self.transmits.push_back(Transmit::Send(conn, refused));
         self.transmits.push_back(Transmit::Close(conn));
         self.events.push_back(PredecessorEvent::Refused {
             remote_peer_id: remote,
@@ -40,7 +51,7 @@ impl Predecessor {
         });
     }
 
-    pub(super) fn on_hello(&mut self, now: Instant, conn: ConnId, msg: Message) {
+    pub(super) fn on_hello(&mut self, now: Instant, conn: ConnId, sealed: Sealed) {
         let Message::Hello {
             v,
             successor_peer_id,
@@ -49,11 +60,39 @@ impl Predecessor {
             nonce,
             endpoints,
             resume,
-        } = msg
+        } = sealed.msg
         else {
             return self.refuse(conn, RefuseCode::BadMessage, "expected hello");
         };
-        if !self.attempts.try_take(now, 1.0) {
+        let successor_nonce = auth::parse_nonce(&nonce);
+        let (predecessor_nonce, p_hex) = auth::fresh_nonce(&mut self.rng);
+        let mut vouched = false;
+        if let Some(s_nonce) = &successor_nonce {
+            // From here on every refusal is sealed: the successor can tell ours from a
+            // stranger's.
+            let mut binding = Binding {
+                predecessor_peer_id: &self.peer_id,
+                successor_peer_id: &successor_peer_id,
+                generation,
+                successor_nonce: s_nonce,
+                predecessor_nonce: &[],
+            };
+            vouched = sealed
+                .auth
+                .as_deref()
+                .is_some_and(|a| auth::verify_hello_auth(&self.secret, &binding, a));
+            binding.predecessor_nonce = &predecessor_nonce;
+            let keys = SessionKeys::derive(&self.secret, Role::Predecessor, &binding);
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.keys = Some(keys);
+                c.nonce = Some(p_hex.clone());
+                c.vouched = vouched;
+            }
+        }
+        // A hello that proves the secret is not rate limited: a flood cannot spend the
+        // real successor's attempts (replays are refused by their nonce below).
+        let origin = self.conns[&conn].origin.clone();
+        if !vouched && !self.take_attempt(now, &origin) {
             return self.refuse(conn, RefuseCode::RateLimited, "too many handoff attempts");
         }
         if v != PROTOCOL_VERSION {
@@ -73,7 +112,7 @@ impl Predecessor {
                 &format!("expected generation {}", self.generation + 1),
             );
         }
-        let Some(successor_nonce) = auth::parse_nonce(&nonce) else {
+        let Some(successor_nonce) = successor_nonce else {
             return self.refuse(conn, RefuseCode::BadMessage, "nonce must be 32 bytes hex");
         };
         if endpoints.len() > MAX_ENDPOINTS {
@@ -105,7 +144,6 @@ impl Predecessor {
         {
             self.seen.remove(&old);
         }
-        let (predecessor_nonce, p_hex) = auth::fresh_nonce(&mut self.rng);
         let binding = Binding {
             predecessor_peer_id: &self.peer_id,
             successor_peer_id: &remote,
@@ -114,11 +152,13 @@ impl Predecessor {
             predecessor_nonce: &predecessor_nonce,
         };
         let mac = auth::prove(&self.secret, Role::Predecessor, &binding);
+        // The challenge carries its own proof; it is not sealed.
         self.transmits.push_back(Transmit::Send(
             conn,
-            Message::Challenge { nonce: p_hex, mac },
+            Message::Challenge { nonce: p_hex, mac }.into(),
         ));
         if let Some(c) = self.conns.get_mut(&conn) {
+            c.nonce = None;
             c.stage = Stage::AwaitProof {
                 successor_nonce,
                 predecessor_nonce,
@@ -179,7 +219,7 @@ impl Predecessor {
                 tail = s.tail_send,
                 "handoff: session resumed"
             );
-            self.transmits.push_back(Transmit::Send(conn, accepted));
+            self.send(conn, accepted);
             self.events.push_back(PredecessorEvent::Authenticated {
                 successor_peer_id: remote,
                 resumed: true,

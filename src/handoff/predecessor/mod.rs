@@ -21,8 +21,8 @@
 mod admission;
 mod transfer;
 
-use super::auth::{self, Binding, Role};
-use super::message::{HighWater, Message, RefuseCode, Resume};
+use super::auth::{self, Binding, Role, SessionKeys};
+use super::message::{HighWater, Message, RefuseCode, Resume, Sealed};
 use super::snapshot::Snapshot;
 use super::{HandoffConfig, Secret};
 use crate::discovery::SignalingEndpoint;
@@ -46,8 +46,8 @@ const MAX_PEER_ID: usize = 256;
 /// What the predecessor's driver must do on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transmit {
-    /// Send a message on a connection.
-    Send(ConnId, Message),
+    /// Send a message on a connection (with its `auth` once the connection has keys).
+    Send(ConnId, Sealed),
     /// Close a connection.
     Close(ConnId),
 }
@@ -131,8 +131,27 @@ enum Stage {
 #[derive(Debug)]
 struct Conn {
     remote_peer_id: String,
+    /// Who the attempt is counted against: the peer id on a DataConnection (stamped by the
+    /// signaling server), the client address on the WebSocket path (where the peer id is
+    /// only declared).
+    origin: String,
     stage: Stage,
     opened: Instant,
+    /// The `hello` carried a valid `auth` (its sender knows the secret): never evicted
+    /// for a newer connection.
+    vouched: bool,
+    /// This connection's session keys, from its `hello` on: every message sent after the
+    /// challenge is sealed, every message received after the proof must open.
+    keys: Option<SessionKeys>,
+    /// Our nonce for this connection (hex), sent in a refusal of its `hello`.
+    nonce: Option<String>,
+}
+
+/// One remote's attempt budget.
+#[derive(Debug)]
+struct Attempts {
+    bucket: TokenBucket,
+    last_used: Instant,
 }
 
 #[derive(Debug)]
@@ -174,7 +193,8 @@ pub struct Predecessor {
     secret: Secret,
     cfg: HandoffConfig,
     conns: HashMap<ConnId, Conn>,
-    attempts: TokenBucket,
+    /// Attempt buckets per remote ([`Conn::origin`]), at most `cfg.max_remotes`.
+    attempts: HashMap<String, Attempts>,
     seen: HashSet<[u8; auth::NONCE_LEN]>,
     seen_order: VecDeque<[u8; auth::NONCE_LEN]>,
     session: Option<Session>,
@@ -201,11 +221,15 @@ impl Predecessor {
     ) -> Self {
         cfg.chunk_size = cfg.chunk_size.max(1);
         cfg.window = cfg.window.max(1);
+        cfg.max_remotes = cfg.max_remotes.max(1);
+        cfg.max_pending = cfg.max_pending.max(1);
+        cfg.max_pending_per_remote = cfg.max_pending_per_remote.max(1);
+        let _ = now;
         Predecessor {
             peer_id: peer_id.into(),
             generation,
             secret,
-            attempts: TokenBucket::new(cfg.auth_burst, cfg.auth_per_second, now),
+            attempts: HashMap::new(),
             cfg,
             conns: HashMap::new(),
             seen: HashSet::new(),
@@ -243,16 +267,124 @@ impl Predecessor {
     }
 
     /// A DataConnection labelled `ouroboros-handoff` opened; `remote_peer_id` is the peer
-    /// id the signaling server stamped on it.
+    /// id the signaling server stamped on it (and the remote its attempts count against).
     pub fn handle_open(&mut self, now: Instant, conn: ConnId, remote_peer_id: &str) {
+        self.handle_open_from(now, conn, remote_peer_id, remote_peer_id);
+    }
+
+    /// A handoff connection opened from `origin` (whom its attempts count against: the
+    /// client address of a WebSocket, whose `remote_peer_id` is only declared).
+    ///
+    /// At most `max_pending_per_remote` connections of one origin and `max_pending` in all
+    /// wait for authentication: a connection over the first limit is closed at once; over the
+    /// second, the oldest waiting connection without an authenticated `hello` is closed.
+    pub fn handle_open_from(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        remote_peer_id: &str,
+        origin: &str,
+    ) {
+        let pending = |c: &Conn| !matches!(c.stage, Stage::Active);
+        let from_origin = self
+            .conns
+            .values()
+            .filter(|c| pending(c) && c.origin == origin)
+            .count();
+        if from_origin >= self.cfg.max_pending_per_remote {
+            tracing::debug!(
+                conn,
+                origin,
+                "handoff: too many pending connections from one remote"
+            );
+            self.transmits.push_back(Transmit::Close(conn));
+            return;
+        }
+        if self.conns.values().filter(|c| pending(c)).count() >= self.cfg.max_pending {
+            let oldest = self
+                .conns
+                .iter()
+                .filter(|(_, c)| pending(c) && !c.vouched)
+                .min_by_key(|(id, c)| (c.opened, **id))
+                .map(|(id, _)| *id);
+            match oldest {
+                Some(old) => {
+                    tracing::debug!(
+                        conn = old,
+                        "handoff: pending connection evicted for a newer one"
+                    );
+                    self.conns.remove(&old);
+                    self.transmits.push_back(Transmit::Close(old));
+                }
+                None => {
+                    self.transmits.push_back(Transmit::Close(conn));
+                    return;
+                }
+            }
+        }
         self.conns.insert(
             conn,
             Conn {
                 remote_peer_id: remote_peer_id.to_string(),
+                origin: origin.to_string(),
                 stage: Stage::AwaitHello,
                 opened: now,
+                vouched: false,
+                keys: None,
+                nonce: None,
             },
         );
+    }
+
+    /// `msg` for `conn`, sealed with its session key if it has one.
+    fn seal(&mut self, conn: ConnId, msg: Message) -> Sealed {
+        match self.conns.get_mut(&conn).and_then(|c| c.keys.as_mut()) {
+            Some(k) => k.seal(msg),
+            None => msg.into(),
+        }
+    }
+
+    /// `msg` sealed for `conn` as the next message this side sends (tests inject
+    /// messages the core would not make by itself).
+    #[cfg(test)]
+    pub(crate) fn seal_for_tests(&mut self, conn: ConnId, msg: Message) -> Sealed {
+        self.seal(conn, msg)
+    }
+
+    /// Queues `msg` for `conn` (sealed, see [`Predecessor::seal`]).
+    fn send(&mut self, conn: ConnId, msg: Message) {
+        let sealed = self.seal(conn, msg);
+        self.transmits.push_back(Transmit::Send(conn, sealed));
+    }
+
+    /// How many remotes' attempt buckets are remembered (at most `max_remotes`).
+    pub fn remembered_remotes(&self) -> usize {
+        self.attempts.len()
+    }
+
+    /// Takes one attempt from `origin`'s bucket (created full; the least recently used
+    /// bucket is forgotten when `max_remotes` are remembered).
+    fn take_attempt(&mut self, now: Instant, origin: &str) -> bool {
+        if !self.attempts.contains_key(origin) && self.attempts.len() >= self.cfg.max_remotes {
+            let lru = self
+                .attempts
+                .iter()
+                .min_by_key(|(_, a)| a.last_used)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = lru {
+                self.attempts.remove(&k);
+            }
+        }
+        let (burst, rate) = (self.cfg.auth_burst, self.cfg.auth_per_second);
+        let a = self
+            .attempts
+            .entry(origin.to_string())
+            .or_insert_with(|| Attempts {
+                bucket: TokenBucket::new(burst, rate, now),
+                last_used: now,
+            });
+        a.last_used = now;
+        a.bucket.try_take(now, 1.0)
     }
 
     /// A connection closed (either side).
@@ -273,20 +405,22 @@ impl Predecessor {
         }
     }
 
-    /// A message arrived on `conn`.
-    pub fn handle_message(&mut self, now: Instant, conn: ConnId, msg: Message) {
+    /// A message arrived on `conn`. After the proof, a message whose `auth` does not open
+    /// with the connection's session key is ignored (logged).
+    pub fn handle_message(&mut self, now: Instant, conn: ConnId, msg: impl Into<Sealed>) {
+        let sealed = msg.into();
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         match std::mem::replace(&mut c.stage, Stage::AwaitHello) {
-            Stage::AwaitHello => self.on_hello(now, conn, msg),
+            Stage::AwaitHello => self.on_hello(now, conn, sealed),
             Stage::AwaitProof {
                 successor_nonce,
                 predecessor_nonce,
                 endpoints,
                 resume,
             } => {
-                let Message::Proof { mac } = msg else {
+                let Message::Proof { mac } = sealed.msg else {
                     return self.refuse(conn, RefuseCode::BadMessage, "expected proof");
                 };
                 let remote = c.remote_peer_id.clone();
@@ -306,7 +440,15 @@ impl Predecessor {
             }
             Stage::Active => {
                 c.stage = Stage::Active;
-                self.on_active(now, conn, msg);
+                if !c.keys.as_mut().is_some_and(|k| k.open(&sealed)) {
+                    tracing::warn!(
+                        conn,
+                        kind = sealed.msg.kind(),
+                        "handoff: unauthenticated message ignored"
+                    );
+                    return;
+                }
+                self.on_active(now, conn, sealed.msg);
             }
         }
     }

@@ -40,9 +40,8 @@ impl Predecessor {
             chunks,
             "handoff: snapshot exported"
         );
-        if let Some(conn) = s.conn {
-            s.accepted_sent = true;
-            self.transmits.push_back(Transmit::Send(
+        let accepted = s.conn.map(|conn| {
+            (
                 conn,
                 Message::Accepted {
                     session: s.id,
@@ -53,9 +52,13 @@ impl Predecessor {
                     resume_chunk: 0,
                     resume_tail: 0,
                 },
-            ));
-        }
+            )
+        });
+        s.accepted_sent = accepted.is_some();
         s.snapshot = Some(snap);
+        if let Some((conn, m)) = accepted {
+            self.send(conn, m);
+        }
         self.check_ready();
     }
 
@@ -218,11 +221,18 @@ impl Predecessor {
         self.start_session(conn, s.successor_peer_id, s.endpoints, s.restarts + 1);
     }
 
-    /// Next thing to put on the wire (generated on demand: chunks respect the window).
+    /// Next thing to put on the wire (generated on demand: chunks respect the window),
+    /// sealed with its connection's session key.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         if let Some(t) = self.transmits.pop_front() {
             return Some(t);
         }
+        let (conn, msg) = self.next_transfer()?;
+        Some(Transmit::Send(conn, self.seal(conn, msg)))
+    }
+
+    /// The next chunk, tail batch or cut-over of the session, if one may go now.
+    fn next_transfer(&mut self) -> Option<(ConnId, Message)> {
         let s = self.session.as_mut()?;
         let conn = s.conn?;
         if !s.accepted_sent {
@@ -244,7 +254,7 @@ impl Predecessor {
             }
             let first = s.tail_send;
             s.tail_send += events.len() as u64;
-            return Some(Transmit::Send(
+            return Some((
                 conn,
                 Message::Tail {
                     session: s.id,
@@ -262,7 +272,7 @@ impl Predecessor {
                 .get(index as usize)
                 .cloned()
                 .unwrap_or_else(|| sha256_hex(&data));
-            return Some(Transmit::Send(
+            return Some((
                 conn,
                 Message::Chunk {
                     session: s.id,
@@ -277,7 +287,7 @@ impl Predecessor {
             && s.tail_send >= *tail_end
         {
             s.cut_over_sent = true;
-            return Some(Transmit::Send(
+            return Some((
                 conn,
                 Message::CutOver {
                     session: s.id,

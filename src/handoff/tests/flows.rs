@@ -217,10 +217,15 @@ fn duplicate_and_out_of_order_tail_events() {
         first,
         events: evs.iter().map(|e| e.as_bytes().to_vec()).collect(),
     };
-    s.handle_message(now, tail(0, &["e0", "e1"]));
-    s.handle_message(now, tail(3, &["e3"])); // ahead: held back
-    s.handle_message(now, tail(1, &["e1", "e2"])); // e1 duplicate, e2 fills the gap
-    s.handle_message(now, tail(0, &["e0"])); // old duplicate
+    // Sent as the predecessor would: sealed with its session key, in this order.
+    for m in [
+        tail(0, &["e0", "e1"]),
+        tail(3, &["e3"]),       // ahead: held back
+        tail(1, &["e1", "e2"]), // e1 duplicate, e2 fills the gap
+        tail(0, &["e0"]),       // old duplicate
+    ] {
+        s.handle_message(now, p.seal_for_tests(1, m));
+    }
     let applied: Vec<String> = std::iter::from_fn(|| s.poll_event())
         .filter_map(|e| match e {
             SuccessorEvent::ApplyTail(v) => Some(v),
@@ -231,7 +236,7 @@ fn duplicate_and_out_of_order_tail_events() {
         .collect();
     assert_eq!(applied, ["e0", "e1", "e2", "e3"]);
     let acks: Vec<u64> = std::iter::from_fn(|| s.poll_transmit())
-        .filter_map(|m| match m {
+        .filter_map(|m| match m.msg {
             Message::TailAck { next, .. } => Some(next),
             _ => None,
         })

@@ -128,6 +128,8 @@ fn endpoint(port: u16) -> SignalingEndpoint {
 
 fn record(peer: &str, generation: u64) -> DiscoveryRecord {
     DiscoveryRecord {
+        ring_key: None,
+        sig: None,
         version: RECORD_VERSION,
         peer_id: peer.into(),
         generation,
@@ -157,8 +159,8 @@ struct Pair {
     discovery: Option<DiscoveryRecord>,
     conn: Option<ConnId>,
     next_conn: ConnId,
-    to_s: VecDeque<Message>,
-    to_p: VecDeque<Message>,
+    to_s: VecDeque<Sealed>,
+    to_p: VecDeque<Sealed>,
     hook: Hook,
     /// Drop this many tail events on the successor side (bug injection).
     skip_apply: usize,
@@ -173,6 +175,13 @@ struct Pair {
     s_events: Vec<SuccessorEvent>,
     moved: bool,
     live: bool,
+    /// Outsiders opening a connection and sending a `hello` each per step, from as many
+    /// remotes, until the clients moved (a hello flood); time moves 1 ms per flood step.
+    flood: usize,
+    /// Hellos the flood sent so far.
+    flood_sent: u64,
+    /// Whether the successor went live while the flood was still running.
+    live_during_flood: bool,
 }
 
 fn cfg() -> HandoffConfig {
@@ -234,13 +243,47 @@ impl Pair {
             s_events: Vec::new(),
             moved: false,
             live: false,
+            flood: 0,
+            flood_sent: 0,
+            live_during_flood: false,
         }
     }
 
-    fn transcode(&self, m: Message) -> Message {
+    /// One step of the hello flood: `flood` new connections from fresh remotes (and as
+    /// many again from one remote), each sending a well-formed `hello` with a fresh nonce
+    /// for generation 5, never a proof.
+    fn flood_step(&mut self) {
+        self.now += Duration::from_millis(1);
+        self.p.handle_timeout(self.now);
+        self.s.handle_timeout(self.now);
+        for i in 0..self.flood {
+            let n = self.flood_sent;
+            self.flood_sent += 1;
+            for (k, remote) in [format!("mallory-{n}"), "mallory".to_string()]
+                .into_iter()
+                .enumerate()
+            {
+                let c = 1_000_000 + 2 * n + k as u64;
+                self.p.handle_open(self.now, c, &remote);
+                let hello = Message::Hello {
+                    v: 1,
+                    successor_peer_id: remote.clone(),
+                    predecessor_peer_id: "pred".into(),
+                    generation: 5,
+                    nonce: auth::fresh_nonce(&mut seeded(n * 2 + k as u64 + 7)).1,
+                    endpoints: vec![],
+                    resume: None,
+                };
+                self.p.handle_message(self.now, c, hello);
+            }
+            let _ = i;
+        }
+    }
+
+    fn transcode(&self, m: Sealed) -> Sealed {
         match self.wire {
-            Wire::Json => Message::from_json(&m.to_json()).unwrap(),
-            Wire::Binary => Message::from_binary(&m.to_binary()).unwrap(),
+            Wire::Json => Sealed::from_json(&m.to_json()).unwrap(),
+            Wire::Binary => Sealed::from_binary(&m.to_binary()).unwrap(),
         }
     }
 
@@ -258,6 +301,10 @@ impl Pair {
     /// One round of everything; returns whether anything happened.
     fn step(&mut self) -> bool {
         let mut progress = false;
+        if self.flood > 0 && !self.moved && !self.predecessor_dead {
+            self.flood_step();
+            progress = true;
+        }
         // Clients publish while the predecessor takes writes.
         if !self.predecessor_dead && !self.moved {
             for _ in 0..self.publish_rate {
@@ -367,7 +414,10 @@ impl Pair {
                         self.s.publish_refused(self.now);
                     }
                 }
-                SuccessorEvent::Done => self.live = true,
+                SuccessorEvent::Done => {
+                    self.live = true;
+                    self.live_during_flood = self.flood > 0;
+                }
                 _ => {}
             }
             self.s_events.push(ev);
@@ -381,7 +431,7 @@ impl Pair {
         // Deliver.
         while let Some(mut m) = self.to_s.pop_front() {
             progress = true;
-            match (self.hook)(Dir::ToSuccessor, &mut m) {
+            match (self.hook)(Dir::ToSuccessor, &mut m.msg) {
                 Verdict::Deliver => self.s.handle_message(self.now, m),
                 Verdict::Break => {
                     self.break_connection();
@@ -399,7 +449,7 @@ impl Pair {
         }
         while let Some(mut m) = self.to_p.pop_front() {
             progress = true;
-            match (self.hook)(Dir::ToPredecessor, &mut m) {
+            match (self.hook)(Dir::ToPredecessor, &mut m.msg) {
                 Verdict::Deliver => {
                     if let (Some(c), false) = (self.conn, self.predecessor_dead) {
                         self.p.handle_message(self.now, c, m);

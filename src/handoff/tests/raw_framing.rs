@@ -1,6 +1,7 @@
 //! `OHBF` fragments on `raw` connections.
 
 use crate::handoff::Message;
+use crate::handoff::Sealed;
 use crate::handoff::transport::{Defragmenter, RAW_FRAME_MAX, to_values};
 use crate::peer::codec::{Serialization, Value};
 
@@ -23,7 +24,7 @@ fn frame_len(v: &Value) -> usize {
 
 #[test]
 fn a_default_chunk_is_one_raw_frame() {
-    let m = chunk(crate::handoff::HandoffConfig::default().chunk_size);
+    let m = Sealed::from(chunk(crate::handoff::HandoffConfig::default().chunk_size));
     let frames = to_values(Serialization::Raw, &m);
     assert_eq!(frames.len(), 1);
     assert!(frame_len(&frames[0]) <= RAW_FRAME_MAX);
@@ -33,7 +34,10 @@ fn a_default_chunk_is_one_raw_frame() {
 
 #[test]
 fn big_messages_are_fragmented_and_reassembled() {
-    let m = chunk(700 * 1024);
+    let m = Sealed {
+        msg: chunk(700 * 1024),
+        auth: Some("ab".repeat(32)),
+    };
     let frames = to_values(Serialization::Raw, &m);
     assert_eq!(frames.len(), 3);
     assert!(frames.iter().all(|f| frame_len(f) <= RAW_FRAME_MAX));
@@ -42,7 +46,7 @@ fn big_messages_are_fragmented_and_reassembled() {
     assert_eq!(d.push(frames[1].clone()).unwrap(), None);
     assert_eq!(d.push(frames[2].clone()).unwrap(), Some(m.clone()));
     // The defragmenter is ready for the next message.
-    let small = Message::Live { session: 7 };
+    let small = Sealed::from(Message::Live { session: 7 });
     let f = to_values(Serialization::Raw, &small);
     assert_eq!(d.push(f[0].clone()).unwrap(), Some(small));
     // Binary connections never fragment (BinaryPack chunks them instead).
@@ -51,7 +55,7 @@ fn big_messages_are_fragmented_and_reassembled() {
 
 #[test]
 fn fragments_beyond_the_message_limit_are_refused_and_skipped() {
-    let m = chunk(super::super::message::MAX_MESSAGE_BYTES + 1);
+    let m = Sealed::from(chunk(super::super::message::MAX_MESSAGE_BYTES + 1));
     let frames = to_values(Serialization::Raw, &m);
     let mut d = Defragmenter::default();
     let last = frames.len() - 1;
@@ -61,10 +65,10 @@ fn fragments_beyond_the_message_limit_are_refused_and_skipped() {
     let err = d.push(frames[last].clone()).unwrap_err();
     assert!(matches!(err, crate::handoff::FrameError::TooLarge), "{err}");
     // A truncated fragment sequence followed by a whole message: the whole one decodes.
-    let m2 = chunk(600 * 1024);
+    let m2 = Sealed::from(chunk(600 * 1024));
     let frames = to_values(Serialization::Raw, &m2);
     assert_eq!(d.push(frames[0].clone()).unwrap(), None);
-    let live = Message::Live { session: 1 };
+    let live = Sealed::from(Message::Live { session: 1 });
     let f = to_values(Serialization::Raw, &live);
     assert_eq!(d.push(f[0].clone()).unwrap(), Some(live));
     // Garbage is an error, not a panic.

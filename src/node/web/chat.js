@@ -6,6 +6,11 @@
 // ?fallback=MS (default 2500) or PeerJS is unavailable; once the WebSocket was needed it is
 // tried first on later reconnects. The path in use shows in the status line and in
 // document.body.dataset.transport.
+// Identity: the node's `welcome` hands out a name token for our name, kept in localStorage
+// and presented on every later connection (`token`), so nobody else can take the name. The
+// ring's key (the record's `ring_key`) is pinned from the first record whose signature holds;
+// then `welcome` (with our fresh `nonce`) and `moved` must be signed with it (WebCrypto
+// Ed25519; a browser without it only warns). protocol/discovery.md.
 // No framework, no build step. Every piece of remote text goes through textContent.
 
 const $ = (id) => document.getElementById(id);
@@ -30,7 +35,56 @@ const state = {
   fallbackMs: Number(params.get('fallback')) > 0 ? Number(params.get('fallback')) : 2500,
   transport: null,       // 'webrtc' or 'ws' while connected
   preferWs: false,       // auto: the WebSocket was needed once
+  trust: { key: null, keyText: null, nonce: null }, // pinned ring key; this connection's nonce
 };
+
+// ---- ring identity: name token, ring key ------------------------------------------
+
+const tokenSlot = () => 'ouroboros.token.' + state.name;
+function nameToken() { try { return localStorage.getItem(tokenSlot()); } catch { return null; } }
+
+// What a connection declares: our name, a fresh nonce, the name's token once we have one.
+function declaration() {
+  state.trust.nonce = Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, '0')).join('');
+  const d = { client: state.name, nonce: state.trust.nonce };
+  const t = nameToken();
+  if (t) d.token = t;
+  return d;
+}
+
+const fromB64u = (s) => Uint8Array.from(atob(s.replace(/-/g, '+').replace(/_/g, '/')), (c) => c.charCodeAt(0));
+// Compact JSON with sorted keys: the bytes the ring signs (after "ouroboros/1 KIND\n").
+function canonical(v) {
+  if (Array.isArray(v)) return '[' + v.map(canonical).join(',') + ']';
+  if (v && typeof v === 'object') return '{' + Object.keys(v).sort().map((k) => JSON.stringify(k) + ':' + canonical(v[k])).join(',') + '}';
+  return JSON.stringify(v);
+}
+async function signedByRing(kind, obj, key = state.trust.key) {
+  if (!key || typeof obj.sig !== 'string') return false;
+  const skip = kind === 'welcome' ? ['sig', 'limits', 'gap'] : ['sig'];
+  const rest = Object.fromEntries(Object.entries(obj).filter(([k]) => !skip.includes(k)));
+  const bytes = new TextEncoder().encode(`ouroboros/1 ${kind}\n` + canonical(rest));
+  try { return await crypto.subtle.verify('Ed25519', key, fromB64u(obj.sig), bytes); } catch { return false; }
+}
+// A record: pins its key if none is pinned and its signature holds; with a key pinned, true
+// only if it is signed with that key.
+async function trustRecord(record) {
+  const t = state.trust;
+  if (t.keyText) return record.ring_key === t.keyText && signedByRing('record', record);
+  if (typeof record.ring_key !== 'string') return true;
+  let key;
+  try { key = await crypto.subtle.importKey('raw', fromB64u(record.ring_key), { name: 'Ed25519' }, false, ['verify']); } catch (e) {
+    console.warn('ouroboros: this browser cannot verify Ed25519; the ring key is not checked', e);
+    return true;
+  }
+  if (!(await signedByRing('record', record, key))) return false;
+  t.key = key; t.keyText = record.ring_key;
+  return true;
+}
+function refused(what) {
+  console.warn(`ouroboros: refused ${what}: not signed with the ring's key`);
+  showError(`refused ${what}: not signed with the ring's key`);
+}
 
 // ---- rendering helpers ----------------------------------------------------------
 
@@ -214,16 +268,33 @@ function resendPending() {
   for (const [id, p] of state.pending) send({ op: 'publish', room: p.room, id, body: p.body });
 }
 
+// A welcome we trust: remember the name token, (re)join, resend what is not acknowledged.
+function welcomed(m) {
+  if (typeof m.generation === 'number') $('generation').textContent = String(m.generation);
+  if (m.client === state.name && typeof m.name_token === 'string') {
+    try { localStorage.setItem(tokenSlot(), m.name_token); } catch { /* private mode: no token kept */ }
+  }
+  state.moving = null;
+  setConn('live', state.transport === 'ws' ? 'live · WebSocket' : 'live · WebRTC');
+  state.retryMs = 1000;
+  for (const room of state.rooms.keys()) join(room);
+  resendPending();
+}
+
 function onMessage(m) {
   if (!m || typeof m !== 'object') return;
   switch (m.op) {
     case 'welcome': {
-      if (typeof m.generation === 'number') $('generation').textContent = String(m.generation);
-      state.moving = null;
-      setConn('live', state.transport === 'ws' ? 'live · WebSocket' : 'live · WebRTC');
-      state.retryMs = 1000;
-      for (const room of state.rooms.keys()) join(room);
-      resendPending();
+      if (state.trust.key) {
+        const gen = state.connGen, node = state.record && state.record.peer_id;
+        signedByRing('welcome', m).then((ok) => {
+          if (gen !== state.connGen) return;
+          if (ok && m.nonce === state.trust.nonce && m.node === node) return welcomed(m);
+          refused('a welcome');
+          teardown();
+          scheduleRetry('the node is not the ring');
+        });
+      } else welcomed(m);
       break;
     }
     case 'joined': {
@@ -235,6 +306,8 @@ function onMessage(m) {
         if (fresh && m.room === state.room) requestHistory(m.room);
       }
       if (Array.isArray(m.members)) { r.members = new Set(m.members); renderPresence(); }
+      // A `since` replay that is one page: the rest is asked for once its last msg is here.
+      r.replayTo = typeof m.replay_to === 'number' ? m.replay_to : null;
       break;
     }
     case 'msg': {
@@ -243,6 +316,10 @@ function onMessage(m) {
       if (r.lastSeq == null || m.seq > r.lastSeq) r.lastSeq = m.seq;
       if (r.oldestSeq == null || m.seq < r.oldestSeq) r.oldestSeq = m.seq;
       if (insertMessage(m.room, m) && stick) scrollToBottom();
+      if (r.replayTo != null && m.seq >= r.replayTo) {
+        r.replayTo = null;
+        send({ op: 'join', room: m.room, since: m.seq });
+      }
       break;
     }
     case 'ack': {
@@ -301,7 +378,12 @@ function onMessage(m) {
       break;
     }
     case 'moved': {
-      moveTo(m);
+      if (!state.trust.key) { moveTo(m); break; }
+      const gen = state.connGen, current = Number($('generation').textContent) || 0;
+      signedByRing('moved', m).then((ok) => {
+        if (gen !== state.connGen) return;
+        if (ok && m.generation > current) moveTo(m); else refused('a moved');
+      });
       break;
     }
     case 'pong':
@@ -335,7 +417,10 @@ function teardown() {
 function scheduleRetry(reason) {
   teardown();
   if (state.retryTimer) return;
-  const wait = state.retryMs;
+  // Keeps trying until the page is closed (never gives up): the ceiling doubles up to
+  // 30 s, and each wait is drawn from its upper half so that the browsers of a node that
+  // just died come back at different moments.
+  const wait = Math.round(state.retryMs * (0.5 + Math.random() * 0.5));
   state.retryMs = Math.min(state.retryMs * 2, 30000);
   setConn('offline', `offline (${reason}); retrying in ${Math.round(wait / 1000)}s`);
   state.retryTimer = setTimeout(() => { state.retryTimer = null; start(); }, wait);
@@ -360,7 +445,7 @@ function useTransport(kind) {
 function connectWs(endpoint) {
   const gen = ++state.connGen;
   const url = relayWsUrl(endpoint);
-  const ws = new WebSocket(`${url}?client=${encodeURIComponent(state.name)}`);
+  const ws = new WebSocket(`${url}?${new URLSearchParams(declaration())}`);
   state.peer = null;
   state.conn = { send: (m) => ws.send(JSON.stringify(m)), close: () => ws.close() };
   ws.onopen = () => {
@@ -422,7 +507,7 @@ function connectRtc(peerId, endpoint) {
     const conn = peer.connect(peerId, {
       reliable: true,
       serialization: params.get('serialization') || 'json',
-      metadata: { client: state.name, protocol: 'ouroboros/1' },
+      metadata: { ...declaration(), protocol: 'ouroboros/1' },
     });
     state.conn = conn;
     conn.on('open', () => {
@@ -504,6 +589,7 @@ async function start() {
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     record = await res.json();
     if (!record || typeof record.peer_id !== 'string') throw new Error('no peer_id in the discovery record');
+    if (!(await trustRecord(record))) { refused('the discovery record'); throw new Error('the record is not signed with the ring key'); }
   } catch (e) {
     scheduleRetry('discovery: ' + e.message);
     return;

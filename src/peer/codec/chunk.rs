@@ -14,6 +14,13 @@
 //! `n < total`, the same `total` on every chunk, no duplicate `n`, at most
 //! `max_partial_messages` ids in progress, at most `max_message_size` bytes per message and
 //! `max_partial_bytes` across all of them. Memory grows only with data actually received.
+//!
+//! # Retained bytes
+//! A chunk's `data` is a zero-copy slice of the frame it came in, and a slice keeps its whole
+//! frame alive: a 1-byte chunk padded to a 256 KiB frame (BinaryPack ignores trailing bytes)
+//! would pin 256 KiB while counting 1. So a slice smaller than half its frame is copied out
+//! (it then retains its own length), and a larger one is kept and charged its frame's length.
+//! `max_partial_bytes` bounds these charged (retained) bytes, never just the data lengths.
 
 use super::binarypack::{pack_bin, pack_i64, pack_str, unpack};
 use super::{CHUNKED_MTU, CodecError, Decoded, DecoderLimits, Frame, Value, is_close, peer_data};
@@ -50,8 +57,10 @@ struct Partial {
     total: u32,
     /// Chunks received so far, by index (grows only with received data).
     chunks: BTreeMap<u32, Bytes>,
-    /// Bytes in `chunks`.
+    /// Bytes of data in `chunks` (the message's size so far).
     bytes: usize,
+    /// Bytes `chunks` keep alive (see "Retained bytes" in the module docs).
+    retained: usize,
     /// When the message started (eviction order: oldest first).
     seq: u64,
 }
@@ -61,7 +70,7 @@ struct Partial {
 pub(crate) struct Reassembler {
     /// Partial messages by `__peerData` id.
     partials: HashMap<i64, Partial>,
-    /// Bytes across all partial messages.
+    /// Bytes retained across all partial messages.
     bytes: usize,
     /// Sequence number for the next new partial message.
     next_seq: u64,
@@ -79,7 +88,7 @@ impl Reassembler {
         self.evicted
     }
 
-    /// Bytes held in partial messages.
+    /// Bytes retained by partial messages.
     #[cfg(test)]
     pub(crate) fn buffered_bytes(&self) -> usize {
         self.bytes
@@ -101,17 +110,20 @@ impl Reassembler {
             if is_close(pd) {
                 return Ok(Some(Decoded::Close));
             }
-            match self.add_chunk(&value, limits)? {
+            let frame_len = packed.len();
+            match self.add_chunk(&value, frame_len, limits)? {
                 Some(whole) => packed = whole,
                 None => return Ok(None),
             }
         }
     }
 
-    /// Stores one chunk; returns the concatenated message when it was the last one.
+    /// Stores one chunk that came in a frame of `frame_len` bytes; returns the concatenated
+    /// message when it was the last one.
     fn add_chunk(
         &mut self,
         chunk: &Value,
+        frame_len: usize,
         limits: &DecoderLimits,
     ) -> Result<Option<Bytes>, CodecError> {
         let id = chunk
@@ -166,8 +178,19 @@ impl Reassembler {
                 return Err(e);
             }
         }
-        let own = self.partials.get(&id).map_or(0, |p| p.bytes);
-        if own + data.len() > limits.max_message_size || own + data.len() > limits.max_partial_bytes
+        // A small slice is copied out; a large one keeps its frame and is charged for it.
+        let (data, retained) = if data.len().saturating_mul(2) < frame_len {
+            let len = data.len();
+            (Bytes::copy_from_slice(&data), len)
+        } else {
+            (data, frame_len)
+        };
+        let (own, own_retained) = self
+            .partials
+            .get(&id)
+            .map_or((0, 0), |p| (p.bytes, p.retained));
+        if own + data.len() > limits.max_message_size
+            || own_retained + retained > limits.max_partial_bytes
         {
             self.drop_partial(id);
             return Err(CodecError::MessageTooBig {
@@ -179,7 +202,7 @@ impl Reassembler {
         // lost (or a peer that never finishes) cannot block the connection for good.
         while (!self.partials.contains_key(&id)
             && self.partials.len() >= limits.max_partial_messages)
-            || self.bytes + data.len() > limits.max_partial_bytes
+            || self.bytes + retained > limits.max_partial_bytes
         {
             let Some(oldest) = self
                 .partials
@@ -210,10 +233,12 @@ impl Reassembler {
             total,
             chunks: BTreeMap::new(),
             bytes: 0,
+            retained: 0,
             seq,
         });
         partial.bytes += data.len();
-        self.bytes += data.len();
+        partial.retained += retained;
+        self.bytes += retained;
         partial.chunks.insert(n, data);
         if partial.chunks.len() < partial.total as usize {
             return Ok(None);
@@ -222,7 +247,7 @@ impl Reassembler {
             .partials
             .remove(&id)
             .expect("the partial message was just updated");
-        self.bytes -= partial.bytes;
+        self.bytes -= partial.retained;
         let mut whole = BytesMut::with_capacity(partial.bytes);
         for data in partial.chunks.values() {
             whole.extend_from_slice(data);
@@ -232,7 +257,7 @@ impl Reassembler {
 
     fn drop_partial(&mut self, id: i64) {
         if let Some(p) = self.partials.remove(&id) {
-            self.bytes -= p.bytes;
+            self.bytes -= p.retained;
         }
     }
 }

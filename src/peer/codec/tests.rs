@@ -301,6 +301,45 @@ fn bad_chunks_are_rejected_and_dropped() {
     assert_eq!(dec.partial_messages(), 0);
 }
 
+/// A chunk frame with `pad` trailing bytes (BinaryPack ignores them, like peerjs).
+fn padded(frame: Frame, pad: usize) -> Frame {
+    let mut b = bin(&frame).to_vec();
+    b.resize(b.len() + pad, 0);
+    Frame::Binary(b.into())
+}
+
+#[test]
+fn a_chunk_slice_is_charged_what_it_keeps_alive() {
+    // The attack: 1-byte chunks, each padded to 256 KiB. Charged 1 byte each before, they
+    // pinned 256 KiB each (≈16 GiB across 16 partial messages of 4117 chunks).
+    let one = || Value::Bin(Bytes::from_static(b"\x01"));
+    let mut dec = Decoder::new(Serialization::Binary);
+    for n in 0..64 {
+        let f = padded(chunk(1.into(), n.into(), one(), 4000.into()), 256 * 1024);
+        assert_eq!(dec.decode(f).unwrap(), vec![]);
+    }
+    // Small slices were copied out: 64 bytes retained, no frame kept alive.
+    assert_eq!(dec.chunks.buffered_bytes(), 64);
+    // A slice that is most of its frame is kept and charged the whole frame.
+    let big = Value::Bin(vec![7u8; 1000].into());
+    let f = padded(chunk(2.into(), 0.into(), big, 2.into()), 100);
+    let frame_len = f.len();
+    dec.decode(f).unwrap();
+    assert_eq!(dec.chunks.buffered_bytes(), 64 + frame_len);
+    // The budget counts retained bytes: padded chunks cannot pin more than it.
+    let limits = DecoderLimits {
+        max_partial_bytes: 1 << 20,
+        ..DecoderLimits::default()
+    };
+    let mut dec = Decoder::with_limits(Serialization::Binary, limits);
+    let half = || Value::Bin(vec![1u8; 128 * 1024].into());
+    for n in 0..64 {
+        let f = padded(chunk(3.into(), n.into(), half(), 4000.into()), 100 * 1024);
+        let _ = dec.decode(f);
+        assert!(dec.chunks.buffered_bytes() <= 1 << 20);
+    }
+}
+
 #[test]
 fn message_size_limit_applies_to_reassembly() {
     let limits = DecoderLimits {

@@ -333,8 +333,10 @@ fn replication_is_idempotent_and_converges() {
             p.relay.export_snapshot().messages
         );
         assert_eq!(s.room_stats(), p.relay.room_stats());
-        // No stale store-order slots pile up on the replica.
-        assert_eq!(s.order.len(), s.metrics().messages);
+        // Stale store-order slots stay bounded on both (swept past twice the messages).
+        for r in [&s, &p.relay] {
+            assert!(r.order.len() <= 2 * r.metrics().messages + 1024);
+        }
         let applied_again = events
             .iter()
             .map(|e| s.apply_replication(e.clone()).unwrap())

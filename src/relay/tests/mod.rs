@@ -10,6 +10,7 @@ use super::*;
 
 mod fuzz;
 mod handoff;
+mod identity;
 mod legacy;
 mod limits;
 mod properties;
@@ -134,7 +135,7 @@ impl Harness {
                     message: Outgoing::Object(p),
                 } => {
                     let parsed: Value = serde_json::from_str(p.json()).expect("valid JSON");
-                    assert_eq!(&parsed, p.value());
+                    assert_eq!(parsed, p.value());
                     (conn.0, parsed)
                 }
                 Output::Send {

@@ -23,7 +23,9 @@ fn welcome_and_protocol_detection() {
     let out = h.send(3, json!(r#"{"op":"ping"}"#));
     assert_eq!(out.len(), 2);
     let greeting: Value = serde_json::from_str(out[0].1["text"].as_str().unwrap()).unwrap();
-    assert_eq!(greeting, welcome);
+    let mut named_welcome = welcome.clone();
+    named_welcome["client"] = json!("x"); // a declared name is told back
+    assert_eq!(greeting, named_welcome);
     assert_eq!(out[1], text(3, r#"{"op":"pong"}"#));
     // Any other string: legacy, answered in the seed's strings only.
     assert_eq!(h.open(4, "p4", Value::Null), vec![]);

@@ -134,6 +134,8 @@ export async function labUp() {
     stunUrl: stun,
     turnUrl: `turn:${env.NATLAB_PUB_IP}:3478?transport=udp`,
     turnTcpUrl: `turn:${env.NATLAB_PUB_IP}:3478?transport=tcp`,
+    /** TURN over TLS; trust its certificate with `SSL_CERT_FILE: lab.env.NATLAB_TURN_CA`. */
+    turnsUrl: `turns:${env.NATLAB_PUB_IP}:5349`,
     /** The public (WAN) address of a NATed host. */
     wan: (host) => env[`NATLAB_WAN_${TAG[host]}`],
     spawn: spawnIn,
