@@ -18,8 +18,8 @@ impl Relay {
     /// # Errors
     /// [`RelayError::Snapshot`] if a room's messages do not increase, exceed its head,
     /// precede its eviction mark, or skip seqs (allowed only once a crash-restore gap
-    /// was opened in the ring, `seq_floor > 0`), a message names an unlisted room or a room
-    /// whose head is not above the seq floor, or a head is above [`MAX_HEAD`].
+    /// was opened in the ring, `seq_floor > 0`), a message names an unlisted room, or a head
+    /// is above [`MAX_HEAD`].
     pub fn restore(
         config: RelayConfig,
         snapshot: Snapshot,
@@ -126,9 +126,8 @@ impl Restorer {
     /// Adds the next message.
     ///
     /// # Errors
-    /// [`RelayError::Snapshot`] if it names an unlisted room, its seq does not follow
-    /// the room's previous one (or exceeds the room's head), or its room's head is not above
-    /// the seq floor.
+    /// [`RelayError::Snapshot`] if it names an unlisted room or its seq does not follow
+    /// the room's previous one (or exceeds the room's head).
     pub fn push(&mut self, m: StoredMessage) -> Result<(), RelayError> {
         let Some(room) = self.relay.rooms.get(m.room()) else {
             return Err(RelayError::Snapshot(format!(
@@ -137,15 +136,6 @@ impl Restorer {
             )));
         };
         let head = self.heads.get(m.room()).copied().unwrap_or(0);
-        if head <= self.relay.seq_floor {
-            // Such a room is left out of every later snapshot (only rooms above the floor
-            // are listed), its messages would not be: that snapshot would not restore.
-            return Err(RelayError::Snapshot(format!(
-                "room {}: messages but head {head} not above the seq floor {}",
-                m.room(),
-                self.relay.seq_floor
-            )));
-        }
         let next_ok = if self.holes_allowed {
             m.seq() > room.head
         } else {
