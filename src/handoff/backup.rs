@@ -25,9 +25,10 @@ pub struct Backup {
 }
 
 /// Sum of all rooms' heads: a state with a larger total holds more messages (heads only
-/// grow), so of two states of one ring the one with the larger total is newer.
+/// grow), so of two states of one ring the one with the larger total is newer. Saturates
+/// (a backup's heads are read from its file).
 pub fn total_head(high_water: &HighWater) -> u64 {
-    high_water.values().sum()
+    high_water.values().fold(0, |sum, h| sum.saturating_add(*h))
 }
 
 /// Backup store failures.
@@ -216,18 +217,7 @@ impl DirBackupStore {
     /// # Errors
     /// I/O failures.
     pub fn save_blocking(&self, b: &Backup) -> Result<(), BackupError> {
-        let header = Header {
-            generation: b.generation,
-            peer_id: b.peer_id.clone(),
-            taken_at: b.taken_at,
-            high_water: b.high_water.clone(),
-            size: b.snapshot.len() as u64,
-            sha256: sha256_hex(&b.snapshot),
-            is_final: b.is_final,
-        };
-        let mut bytes = serde_json::to_vec(&header).expect("headers serialize");
-        bytes.push(b'\n');
-        bytes.extend_from_slice(&b.snapshot);
+        let mut bytes = b.to_file_bytes();
         if let Some(key) = &self.key {
             bytes = key.seal(&bytes);
         }
@@ -270,23 +260,52 @@ fn read_backup(path: &std::path::Path, key: Option<&BackupKey>) -> Result<Backup
         Some(k) => k.open(&bytes)?,
         None => bytes,
     };
-    let nl = bytes
-        .iter()
-        .position(|&b| b == b'\n')
-        .ok_or("no header line")?;
-    let header: Header = serde_json::from_slice(&bytes[..nl]).map_err(|e| e.to_string())?;
-    let snapshot = bytes[nl + 1..].to_vec();
-    if snapshot.len() as u64 != header.size || sha256_hex(&snapshot) != header.sha256 {
-        return Err("size or checksum mismatch".into());
+    Backup::from_file_bytes(&bytes)
+}
+
+impl Backup {
+    /// The file form [`DirBackupStore`] writes: a JSON header line (generation, peer id,
+    /// time, heads, size, SHA-256), then the snapshot bytes.
+    pub fn to_file_bytes(&self) -> Vec<u8> {
+        let header = Header {
+            generation: self.generation,
+            peer_id: self.peer_id.clone(),
+            taken_at: self.taken_at,
+            high_water: self.high_water.clone(),
+            size: self.snapshot.len() as u64,
+            sha256: sha256_hex(&self.snapshot),
+            is_final: self.is_final,
+        };
+        let mut bytes = serde_json::to_vec(&header).expect("headers serialize");
+        bytes.push(b'\n');
+        bytes.extend_from_slice(&self.snapshot);
+        bytes
     }
-    Ok(Backup {
-        generation: header.generation,
-        peer_id: header.peer_id,
-        taken_at: header.taken_at,
-        high_water: header.high_water,
-        snapshot,
-        is_final: header.is_final,
-    })
+
+    /// Reads [`Backup::to_file_bytes`]'s form (what [`DirBackupStore`] reads back; also
+    /// the fuzz target's entry point).
+    ///
+    /// # Errors
+    /// What is wrong: no header line, a malformed header, a size or checksum mismatch.
+    pub fn from_file_bytes(bytes: &[u8]) -> Result<Backup, String> {
+        let nl = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("no header line")?;
+        let header: Header = serde_json::from_slice(&bytes[..nl]).map_err(|e| e.to_string())?;
+        let snapshot = bytes[nl + 1..].to_vec();
+        if snapshot.len() as u64 != header.size || sha256_hex(&snapshot) != header.sha256 {
+            return Err("size or checksum mismatch".into());
+        }
+        Ok(Backup {
+            generation: header.generation,
+            peer_id: header.peer_id,
+            taken_at: header.taken_at,
+            high_water: header.high_water,
+            snapshot,
+            is_final: header.is_final,
+        })
+    }
 }
 
 #[async_trait::async_trait]
@@ -325,6 +344,23 @@ mod tests {
             snapshot: body.to_vec(),
             is_final: secs == 6,
         }
+    }
+
+    /// Found by the `backup_file` fuzz target: heads read from a backup file summed with
+    /// overflow (a panic in debug builds, a wrong "newest" in release builds).
+    #[test]
+    fn total_head_saturates_and_files_read_back() {
+        let mut b = backup(1, 10, b"snapshot");
+        b.high_water = [("a".to_string(), u64::MAX), ("b".to_string(), 1)].into();
+        assert_eq!(total_head(&b.high_water), u64::MAX);
+        let back = Backup::from_file_bytes(&b.to_file_bytes()).unwrap();
+        assert_eq!(back, b);
+        let mut bytes = b.to_file_bytes();
+        bytes.push(b'!');
+        assert_eq!(
+            Backup::from_file_bytes(&bytes).unwrap_err(),
+            "size or checksum mismatch"
+        );
     }
 
     #[test]

@@ -484,7 +484,14 @@ impl SnapshotDecoder {
         let (msg, n) = match canonical(&input[pos..]) {
             Canonical::Message(m) => {
                 let text = &input[pos..pos + m.len];
-                let text = std::str::from_utf8(text).expect("checked piece by piece");
+                // The body's strings are not checked by the canonical scan: a byte that is
+                // not UTF-8 is refused here (found by the `snapshot_restore` fuzz target).
+                let text = std::str::from_utf8(text).map_err(|e| {
+                    RelayError::Snapshot(format!(
+                        "byte {}: a message that is not UTF-8",
+                        at + e.valid_up_to() as u64
+                    ))
+                })?;
                 let msg = StoredMessage::from_serde_form(
                     intern(m.room),
                     m.seq,

@@ -66,7 +66,7 @@ pub use replication::{
     Applied, JsonCursor, ReplicationEvent, RoomState, SNAPSHOT_VERSION, Snapshot, SnapshotHeader,
     SnapshotJson,
 };
-pub use restore::Restorer;
+pub use restore::{MAX_HEAD, Restorer};
 use store::Room;
 pub use store::{ENTRY_OVERHEAD, Payload, StoredMessage};
 use wire::{ErrorCode, Limits, ServerMessage, SignalingEndpoint};

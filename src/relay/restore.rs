@@ -18,7 +18,8 @@ impl Relay {
     /// # Errors
     /// [`RelayError::Snapshot`] if a room's messages do not increase, exceed its head,
     /// precede its eviction mark, or skip seqs (allowed only once a crash-restore gap
-    /// was opened in the ring, `seq_floor > 0`), or a message names an unlisted room.
+    /// was opened in the ring, `seq_floor > 0`), a message names an unlisted room, or a head
+    /// is above [`MAX_HEAD`].
     pub fn restore(
         config: RelayConfig,
         snapshot: Snapshot,
@@ -58,6 +59,11 @@ impl Relay {
     }
 }
 
+/// Largest room head (and seq floor) a snapshot may carry: far beyond what one seq per
+/// message can reach, and leaving room for the next seq and for crash-restore gaps without
+/// overflow.
+pub const MAX_HEAD: u64 = 1 << 62;
+
 /// [`Relay::restore`] step by step: the header first, then the messages in snapshot
 /// order, then [`finish`](Restorer::finish). Each message is checked as it comes.
 #[derive(Debug)]
@@ -71,8 +77,8 @@ impl Restorer {
     /// Starts a relay with `header`'s rooms (no messages yet).
     ///
     /// # Errors
-    /// [`RelayError::Snapshot`] for an unknown version or an eviction mark outside the
-    /// room's range.
+    /// [`RelayError::Snapshot`] for an unknown version, an eviction mark outside the
+    /// room's range, or a head or seq floor above [`MAX_HEAD`].
     pub fn new(
         config: RelayConfig,
         header: SnapshotHeader,
@@ -83,9 +89,18 @@ impl Restorer {
         if header.version != SNAPSHOT_VERSION {
             return bad(format!("unknown version {}", header.version));
         }
+        if header.seq_floor > MAX_HEAD {
+            return bad(format!("seq_floor {} above {MAX_HEAD}", header.seq_floor));
+        }
         r.seq_floor = header.seq_floor;
         let mut heads: HashMap<String, u64> = HashMap::new();
         for rs in header.rooms {
+            if rs.head > MAX_HEAD {
+                return bad(format!(
+                    "room {}: head {} above {MAX_HEAD}",
+                    rs.name, rs.head
+                ));
+            }
             if rs.evicted_before == 0 || rs.evicted_before > rs.head.saturating_add(1) {
                 return bad(format!(
                     "room {}: evicted_before {} outside 1..={}",

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use super::wire::{ErrorCode, SignalingEndpoint};
 use super::*;
 
+mod fuzz;
 mod handoff;
 mod identity;
 mod legacy;
