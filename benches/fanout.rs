@@ -150,6 +150,7 @@ async fn start_node() -> NodeProc {
                 path: "/".into(),
                 key: "peerjs".into(),
                 secure: false,
+                peer_id: None,
             }],
         ),
         _dir: dir,

@@ -90,6 +90,7 @@ fn endpoint(port: u16) -> SignalingEndpoint {
         path: "/".into(),
         key: "peerjs".into(),
         secure: false,
+        peer_id: None,
     }
 }
 
@@ -309,6 +310,7 @@ async fn run(mb: usize) {
         started_at: SystemTime::now(),
         expires_at: None,
         previous: None,
+        ended: None,
     };
     let succ = Successor::new(
         succ_id.clone(),

@@ -514,6 +514,86 @@ async fn dual_registration_on_the_reference_server() {
     let _ = reference.kill().await;
 }
 
+/// Issue 14: someone holds the node's id on a public server it also registers on (the PeerJS
+/// cloud runs this reference server). The node moves to a fresh id there, its record names
+/// that id for that endpoint (signed), and a client of that server alone reaches the node.
+/// Without the move the registration stays in "retrying" with "ID is taken" and the client
+/// reaches the squatter's socket, or nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_squatted_id_on_another_server_moves_the_node_to_a_fresh_id_there() {
+    use futures::StreamExt;
+    let Some((mut reference, port)) = start_reference_server().await else {
+        return;
+    };
+    let id = "ouroboros-squatted1";
+    // The squatter registers the node's id on the public server first.
+    let (mut squatter, _) = tokio_tungstenite::connect_async(format!(
+        "ws://127.0.0.1:{port}/peerjs?key=peerjs&id={id}&token=squatter&version=1.5.5"
+    ))
+    .await
+    .expect("squatter connects");
+    let open = tokio::time::timeout(WAIT, squatter.next())
+        .await
+        .expect("OPEN in time")
+        .expect("a frame")
+        .expect("a frame");
+    assert!(
+        open.to_string().contains("OPEN"),
+        "squatter registered: {open}"
+    );
+
+    let url = format!("ws://127.0.0.1:{port}/?key=peerjs");
+    let (node, _dir) = start_node(&["--peer-id", id, "--also-register", &url]).await;
+    let mut moves = node.shared().endpoint_moves();
+    tokio::time::timeout(WAIT, moves.wait_for(|n| *n > 0))
+        .await
+        .expect("the node moves to a fresh id on the squatted server in time")
+        .expect("node alive");
+    let record = node.record();
+    assert_eq!(
+        record.peer_id, id,
+        "the node keeps its id on its own server"
+    );
+    assert_eq!(record.signaling[0].peer_id, None);
+    let fresh = record.signaling[1]
+        .peer_id
+        .clone()
+        .expect("the squatted endpoint names the node's fresh id");
+    assert_ne!(fresh, id);
+    assert!(ouroboros::ids::is_peerjs_id(&fresh), "{fresh}");
+    record.verify(None).expect("the moved record is signed");
+    assert!(
+        record.verify(None).unwrap().is_some(),
+        "signed with the ring key"
+    );
+    let served = reqwest::Client::new()
+        .get(format!("http://{}/ouroboros.json", node.local_addr()))
+        .json_ok()
+        .await;
+    assert_eq!(served["signaling"][1]["peer_id"], json!(fresh));
+
+    // A client of the public server alone reaches the node under the fresh id.
+    let mut cfg = ClientConfig::new("cloud-user");
+    cfg.endpoint_index = 1;
+    let target = Target::new(record.peer_id.clone(), 0, vec![record.signaling[1].clone()]);
+    let (cloud, _cev) = Client::connect(target, cfg)
+        .await
+        .expect("client reaches the node");
+    let (local, mut lev) = client(&node, "local-user", Serialization::Json).await;
+    local.join("both", None).await.unwrap();
+    cloud.join("both", None).await.unwrap();
+    cloud
+        .publish("both", json!("past the squatter"))
+        .await
+        .unwrap();
+    assert_eq!(next_msg(&mut lev).await.body, json!("past the squatter"));
+    cloud.close().await;
+    local.close().await;
+    node.shutdown().await;
+    drop(squatter);
+    let _ = reference.kill().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_clients() {
     const N: usize = 200;

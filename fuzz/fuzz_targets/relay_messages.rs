@@ -294,6 +294,7 @@ impl Driver {
                     path: "/".into(),
                     key: "peerjs".into(),
                     secure: true,
+                    peer_id: None,
                 };
                 self.relay
                     .announce_moved("next", &[ep], u64::from(generation));

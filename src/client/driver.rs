@@ -380,7 +380,8 @@ impl Driver {
                     reliable: true,
                     metadata: Some(metadata),
                 };
-                match peer.connect(&self.target.peer_id, opts).await {
+                // The node's id on this server (it may have moved there: `protocol/discovery.md`).
+                match peer.connect(e.peer_id_or(&self.target.peer_id), opts).await {
                     Ok(conn) => Ok((peer, conn)),
                     Err(err) => {
                         peer.close().await;

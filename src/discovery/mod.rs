@@ -38,12 +38,33 @@ pub struct SignalingEndpoint {
     pub key: String,
     /// Whether to use `https`/`wss`.
     pub secure: bool,
+    /// The node's peer id on this server when it is not the record's `peer_id`: the node
+    /// moved to a fresh id there because another party held its id (a public server such as
+    /// the PeerJS cloud lets anyone register any free id). Absent: the record's `peer_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_id: Option<String>,
 }
 
 /// Path of the relay WebSocket on a node's HTTP server (`protocol/relay.md`).
 pub const RELAY_WS_PATH: &str = "/relay";
 
 impl SignalingEndpoint {
+    /// The id to dial on this server: its own [`SignalingEndpoint::peer_id`], else `node`
+    /// (the record's `peer_id`).
+    pub fn peer_id_or<'a>(&'a self, node: &'a str) -> &'a str {
+        self.peer_id.as_deref().unwrap_or(node)
+    }
+
+    /// Whether `other` names the same server (host, port, path, key and scheme), whatever
+    /// id the node has there.
+    pub fn same_server(&self, other: &SignalingEndpoint) -> bool {
+        self.host == other.host
+            && self.port == other.port
+            && self.path == other.path
+            && self.key == other.key
+            && self.secure == other.secure
+    }
+
     /// The relay WebSocket of the Ouroboros node whose HTTP server this endpoint is (its own
     /// signaling endpoint, or its tunnel's): `ws[s]://HOST:PORT/relay`. Other PeerJS servers
     /// have none (a client trying it gets an HTTP error).
@@ -114,6 +135,10 @@ pub struct DiscoveryRecord {
     /// The node this one replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<PreviousNode>,
+    /// Set when the node left without a successor (liveness rule 1, `protocol/handoff.md`):
+    /// it stopped writes and left its state in a final backup; the next node recovers from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<Ended>,
     /// The ring's public key (Ed25519, base64url): what `sig` here, and `welcome` and
     /// `moved` on the relay, are signed with ([`signing`]). Clients pin it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,6 +146,20 @@ pub struct DiscoveryRecord {
     /// Signature of every other field with `ring_key` ([`DiscoveryRecord::sign`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sig: Option<String>,
+}
+
+/// How a node left without a successor ([`DiscoveryRecord::ended`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ended {
+    /// When it stopped serving.
+    #[serde(with = "rfc3339")]
+    pub at: SystemTime,
+    /// Why: `shutdown` (told to stop), `no_successor` (no successor came in time) or
+    /// `host_ending` (its runner's time was up, or the host went away).
+    pub reason: String,
+    /// Whether a final backup holds everything it acknowledged (a node recovering from it
+    /// opens no gap).
+    pub final_backup: bool,
 }
 
 impl DiscoveryRecord {
@@ -201,6 +240,14 @@ impl DiscoveryRecord {
             if e.host.is_empty() || e.port == 0 || e.key.is_empty() || !e.path.starts_with('/') {
                 return Err(DiscoveryError::Invalid(
                     "signaling endpoint needs host, port, key and a path starting with /".into(),
+                ));
+            }
+            if e.peer_id
+                .as_deref()
+                .is_some_and(|id| !crate::ids::is_peerjs_id(id) || id.len() > 256)
+            {
+                return Err(DiscoveryError::Invalid(
+                    "a signaling endpoint's peer_id must be a valid PeerJS id".into(),
                 ));
             }
         }

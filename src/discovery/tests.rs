@@ -11,6 +11,7 @@ fn endpoint(port: u16) -> SignalingEndpoint {
         path: "/".into(),
         key: "peerjs".into(),
         secure: false,
+        peer_id: None,
     }
 }
 
@@ -29,6 +30,7 @@ fn record(peer: &str, generation: u64) -> DiscoveryRecord {
         started_at: start,
         expires_at: Some(start + Duration::from_secs(7200)),
         previous: None,
+        ended: None,
     }
 }
 
@@ -57,6 +59,7 @@ fn produced_records_match_the_schema() {
         path: "/".into(),
         key: "peerjs".into(),
         secure: true,
+        peer_id: Some("ouroboros-moved1".into()),
     });
     full.previous = Some(PreviousNode {
         peer_id: "ouroboros-a".into(),

@@ -231,6 +231,7 @@ mod tests {
             path: "/".into(),
             key: "peerjs".into(),
             secure: true,
+            peer_id: None,
         }
     }
 

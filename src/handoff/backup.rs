@@ -43,6 +43,10 @@ pub enum BackupError {
     /// The backup could not be restored into the relay.
     #[error("backup not restored: {0}")]
     Restore(#[from] super::host::HostError),
+    /// A backup file that is not one: no header, a bad header, a size or checksum mismatch,
+    /// or a sealed file that does not open with the ring's key.
+    #[error("backup file unusable: {0}")]
+    Invalid(String),
 }
 
 /// Where snapshots are kept. Implementations: [`DirBackupStore`] (`--backup-dir`).
@@ -136,9 +140,9 @@ impl BackupKey {
     ///
     /// # Errors
     /// Not a sealed backup, or it does not authenticate (another ring's, or changed).
-    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, String> {
+    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, BackupError> {
         if sealed.len() < 4 + 12 + 16 || &sealed[..4] != SEALED_MAGIC {
-            return Err("not an encrypted backup".into());
+            return Err(BackupError::Invalid("not an encrypted backup".into()));
         }
         let nonce: [u8; 12] = sealed[4..16].try_into().expect("12 bytes");
         let mut body = sealed[16..].to_vec();
@@ -149,7 +153,11 @@ impl BackupKey {
                 ring::aead::Aad::from(SEALED_AAD),
                 &mut body,
             )
-            .map_err(|_| "the backup does not authenticate (another ring's secret, or altered)")?;
+            .map_err(|_| {
+                BackupError::Invalid(
+                    "the backup does not authenticate (another ring's secret, or altered)".into(),
+                )
+            })?;
         Ok(plain.to_vec())
     }
 }
@@ -254,8 +262,8 @@ impl DirBackupStore {
     }
 }
 
-fn read_backup(path: &std::path::Path, key: Option<&BackupKey>) -> Result<Backup, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+fn read_backup(path: &std::path::Path, key: Option<&BackupKey>) -> Result<Backup, BackupError> {
+    let bytes = std::fs::read(path)?;
     let bytes = match key {
         Some(k) => k.open(&bytes)?,
         None => bytes,
@@ -287,15 +295,17 @@ impl Backup {
     ///
     /// # Errors
     /// What is wrong: no header line, a malformed header, a size or checksum mismatch.
-    pub fn from_file_bytes(bytes: &[u8]) -> Result<Backup, String> {
+    pub fn from_file_bytes(bytes: &[u8]) -> Result<Backup, BackupError> {
+        let invalid = |m: String| BackupError::Invalid(m);
         let nl = bytes
             .iter()
             .position(|&b| b == b'\n')
-            .ok_or("no header line")?;
-        let header: Header = serde_json::from_slice(&bytes[..nl]).map_err(|e| e.to_string())?;
+            .ok_or_else(|| invalid("no header line".into()))?;
+        let header: Header =
+            serde_json::from_slice(&bytes[..nl]).map_err(|e| invalid(e.to_string()))?;
         let snapshot = bytes[nl + 1..].to_vec();
         if snapshot.len() as u64 != header.size || sha256_hex(&snapshot) != header.sha256 {
-            return Err("size or checksum mismatch".into());
+            return Err(invalid("size or checksum mismatch".into()));
         }
         Ok(Backup {
             generation: header.generation,
@@ -358,8 +368,8 @@ mod tests {
         let mut bytes = b.to_file_bytes();
         bytes.push(b'!');
         assert_eq!(
-            Backup::from_file_bytes(&bytes).unwrap_err(),
-            "size or checksum mismatch"
+            Backup::from_file_bytes(&bytes).unwrap_err().to_string(),
+            "backup file unusable: size or checksum mismatch"
         );
     }
 

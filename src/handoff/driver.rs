@@ -70,7 +70,7 @@ pub fn spawn_predecessor(mut pred: Predecessor, host: Arc<dyn HandoffHost>) -> P
     tokio::spawn(async move {
         let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Inbound>();
         let mut writers: HashMap<ConnId, mpsc::UnboundedSender<Sealed>> = HashMap::new();
-        let mut next_id: ConnId = 1;
+        let mut next_id = ConnId(1);
         // Woken when the relay queued replication events: the tail is pushed as it is
         // written, with no polling.
         let replication = host.replication_queued();
@@ -151,7 +151,7 @@ pub fn spawn_predecessor(mut pred: Predecessor, host: Arc<dyn HandoffHost>) -> P
                 c = conn_rx.recv() => match c {
                     Some(c) => {
                         let id = next_id;
-                        next_id += 1;
+                        next_id.0 += 1;
                         let remote = c.peer().to_string();
                         let origin = c.origin();
                         tracing::debug!(peer = %remote, %origin, transport = c.transport(), "handoff: successor connection");
@@ -197,6 +197,25 @@ pub enum SuccessorOutcome {
     },
 }
 
+/// A message or close from the predecessor's connection; anything from an older connection
+/// than the current `writer`'s is ignored.
+fn on_inbound(
+    succ: &mut Successor,
+    writer: &mut Option<(ConnId, mpsc::UnboundedSender<Sealed>)>,
+    m: Inbound,
+) {
+    match m {
+        Inbound::Msg(c, m) if writer.as_ref().is_some_and(|w| w.0 == c) => {
+            succ.handle_message(Instant::now(), m)
+        }
+        Inbound::Closed(c) if writer.as_ref().is_some_and(|w| w.0 == c) => {
+            *writer = None;
+            succ.handle_disconnected(Instant::now());
+        }
+        _ => {}
+    }
+}
+
 /// Runs the successor side to its end. `connect` opens an `ouroboros-handoff`
 /// DataConnection to the predecessor (the successor's peer must be registered on the
 /// predecessor's signaling server under the successor's peer id); `publish` publishes the
@@ -221,7 +240,7 @@ where
     let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Inbound>();
     let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<Result<HandoffConn, ConnectError>>();
     let mut writer: Option<(ConnId, mpsc::UnboundedSender<Sealed>)> = None;
-    let mut next_id: ConnId = 1;
+    let mut next_id = ConnId(1);
     let mut outcome: Option<SuccessorOutcome> = None;
     // The restore in progress (started by the first snapshot piece of a session).
     let mut restoring: Option<std::io::Result<RestoreWorker>> = None;
@@ -344,7 +363,7 @@ where
             Some(c) = conn_rx.recv() => match c {
                 Ok(c) => {
                     let id = next_id;
-                    next_id += 1;
+                    next_id.0 += 1;
                     writer = Some((id, attach(id, c, inbox_tx.clone())));
                     succ.handle_connected(Instant::now());
                 }
@@ -353,16 +372,7 @@ where
                     succ.handle_disconnected(Instant::now());
                 }
             },
-            Some(m) = inbox.recv() => match m {
-                Inbound::Msg(c, m) if writer.as_ref().is_some_and(|w| w.0 == c) => {
-                    succ.handle_message(Instant::now(), m)
-                }
-                Inbound::Closed(c) if writer.as_ref().is_some_and(|w| w.0 == c) => {
-                    writer = None;
-                    succ.handle_disconnected(Instant::now());
-                }
-                _ => {}
-            },
+            Some(m) = inbox.recv() => on_inbound(&mut succ, &mut writer, m),
             _ = async {
                 match timeout {
                     Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -424,22 +434,13 @@ async fn finish_live<C, CF, T>(
             Some(c) = conn_rx.recv() => match c {
                 Ok(c) => {
                     let id = next_id;
-                    next_id += 1;
+                    next_id.0 += 1;
                     writer = Some((id, attach(id, c, inbox_tx.clone())));
                     succ.handle_connected(Instant::now());
                 }
                 Err(_) => succ.handle_disconnected(Instant::now()),
             },
-            Some(m) = inbox.recv() => match m {
-                Inbound::Msg(c, m) if writer.as_ref().is_some_and(|w| w.0 == c) => {
-                    succ.handle_message(Instant::now(), m)
-                }
-                Inbound::Closed(c) if writer.as_ref().is_some_and(|w| w.0 == c) => {
-                    writer = None;
-                    succ.handle_disconnected(Instant::now());
-                }
-                _ => {}
-            },
+            Some(m) = inbox.recv() => on_inbound(&mut succ, &mut writer, m),
             _ = tokio::time::sleep_until(timeout.into()) => succ.handle_timeout(Instant::now()),
         }
     }

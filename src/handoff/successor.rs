@@ -16,6 +16,9 @@
 //! - `Publish` → publish the discovery record; then [`Successor::went_live`] (relay
 //!   `Primary`) or, if the guard refused, [`Successor::publish_refused`].
 //! - `GiveUp` → fall back (backup store) or exit, see `protocol/handoff.md`.
+//!
+//! Size: ~800 lines, one state machine whose phases (connect, authenticate, transfer, tail,
+//! confirm, publish) share its session state; its tests are in `handoff/tests/`.
 
 use super::auth::{self, Binding, Role, SessionKeys};
 use super::message::{HighWater, Message, PROTOCOL_VERSION, RefuseCode, Resume, Sealed};

@@ -199,6 +199,10 @@ pub struct LifecyclePlan {
     pub drain_timeout: Duration,
     /// Whether a successor is launched at all.
     pub launches: bool,
+    /// How often a serving node reads the published record to see whether another node
+    /// published a newer generation (liveness rule 5): the launcher's expected start, within
+    /// 1–30 s (local: 1 s; GitHub Pages: 30 s, a few hundred API reads an hour).
+    pub fence_interval: Duration,
 }
 
 impl LifecycleArgs {
@@ -277,6 +281,7 @@ impl LifecycleArgs {
             host_ends: self.launcher != LauncherKind::Local,
             drain_timeout: self.drain_timeout,
             launches: lifetime.is_some() && self.launcher != LauncherKind::None,
+            fence_interval: start.clamp(Duration::from_secs(1), Duration::from_secs(30)),
         })
     }
 

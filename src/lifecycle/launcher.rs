@@ -341,6 +341,7 @@ mod tests {
                 path: "/".into(),
                 key: "peerjs".into(),
                 secure: false,
+                peer_id: None,
             }],
             attempt: 1,
         }

@@ -33,6 +33,10 @@
 //!    `Superseded` and exits cleanly, launching nothing.
 //! 4. Waits scale with the lifetime and the launcher's expected start
 //!    ([`LifecyclePlan::expected_start`]): a relaunch never comes before a start could finish.
+//! 5. A serving node that sees a newer generation published while no handoff of its own is
+//!    under way steps down (`NewerGenerationPublished` → `Fenced`): a successor gave up on it
+//!    and recovered; two primaries must not both acknowledge writes. The driver checks the
+//!    published record every [`LifecyclePlan::fence_interval`].
 
 use super::LifecyclePlan;
 use serde::Serialize;
@@ -102,6 +106,10 @@ pub enum ExitReason {
     /// Another successor of this generation became primary first; this node never served
     /// and stops cleanly (liveness rule 3).
     Superseded,
+    /// A newer generation was published by a node that did not take over from this one (it
+    /// gave up on it and recovered from a backup): this node stepped down, sending its
+    /// clients there (liveness rule 5, the split-brain fence).
+    Fenced,
 }
 
 /// What happened, fed to [`Lifecycle::handle`].
@@ -128,6 +136,9 @@ pub enum LifecycleInput {
     /// The host is about to end (e.g. the run is being cancelled): stop as at the hard
     /// deadline, leaving a final backup.
     HostEnding,
+    /// A newer generation is published while this node serves and no handoff is under way:
+    /// another node is primary (rule 5); step down.
+    NewerGenerationPublished,
 }
 
 /// What the driver must do.
@@ -374,6 +385,10 @@ impl Lifecycle {
             (_, LifecycleInput::Shutdown) => self.exit(ExitReason::Shutdown),
             (_, LifecycleInput::HostEnding) => self.exit(ExitReason::HardDeadline),
             (Joining, LifecycleInput::Superseded) => self.exit(ExitReason::Superseded),
+            (
+                Serving | Launching { .. } | AwaitingSuccessor { .. },
+                LifecycleInput::NewerGenerationPublished,
+            ) => self.exit(ExitReason::Fenced),
             (Joining, LifecycleInput::Joined) => {
                 self.state = Serving;
                 // Rule 2: a late join never makes the node give up at once; the launch
@@ -442,6 +457,7 @@ mod tests {
             host_ends: true,
             drain_timeout: Duration::from_secs(1),
             launches,
+            fence_interval: Duration::from_secs(1),
         }
     }
 
@@ -651,6 +667,32 @@ mod tests {
         // Superseded is only for a node that never served.
         a.handle(relaunch, LifecycleInput::Superseded);
         assert_eq!(a.state(), LifecycleState::Serving);
+    }
+
+    #[test]
+    fn a_newer_generation_published_by_another_node_fences_a_serving_node_only() {
+        let t0 = Instant::now();
+        // Serving, or waiting for a successor that never connected: step down.
+        let mut serving = Lifecycle::new(plan(40, true), 3, false, t0, SystemTime::now());
+        serving.handle(t0, LifecycleInput::NewerGenerationPublished);
+        assert_eq!(serving.poll_action(), Some(Exit(ExitReason::Fenced)));
+        let mut waiting = Lifecycle::new(plan(40, true), 3, false, t0, SystemTime::now());
+        let t = launch_once(&mut waiting);
+        waiting.handle(t, LifecycleInput::NewerGenerationPublished);
+        assert_eq!(waiting.poll_action(), Some(Exit(ExitReason::Fenced)));
+        // Handing off: the newer generation is our own successor's; carry on.
+        let mut handing = Lifecycle::new(plan(40, true), 3, false, t0, SystemTime::now());
+        let t = launch_once(&mut handing);
+        handing.handle(t, LifecycleInput::SuccessorConnected);
+        handing.handle(t, LifecycleInput::NewerGenerationPublished);
+        assert!(matches!(handing.state(), LifecycleState::HandingOff { .. }));
+        handing.handle(t, LifecycleInput::ClientsMoved);
+        handing.handle(t, LifecycleInput::NewerGenerationPublished);
+        assert_eq!(handing.state(), LifecycleState::Draining);
+        // A joining successor is never fenced (rule 3 decides between successors).
+        let mut joining = Lifecycle::new(plan(40, true), 4, true, t0, SystemTime::now());
+        joining.handle(t0, LifecycleInput::NewerGenerationPublished);
+        assert_eq!(joining.state(), LifecycleState::Joining);
     }
 
     #[test]

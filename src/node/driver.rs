@@ -25,7 +25,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::status::{ClientStatus, RelayFigures, RoomStatus};
 use super::transport::{
-    DataChannelSink, DataChannelSource, FrameSink, FrameSource, Inbound, KEEPALIVE, Transport,
+    DataChannelSink, DataChannelSource, FrameSink, FrameSource, Inbound, KEEPALIVE, SinkError,
+    Transport,
 };
 use crate::handoff::{HandoffHost, RelayFn, RelayStopped};
 use crate::peer::{DataConnection, Serialization};
@@ -662,7 +663,7 @@ async fn writer_task(
         } else {
             tokio::select! {
                 r = sink.send_batch(&mut batch) => r,
-                _ = kill.cancelled() => Err("disconnected as too slow".to_owned()),
+                _ = kill.cancelled() => Err(SinkError::new("disconnected as too slow")),
             }
         };
         batch.clear();

@@ -137,15 +137,45 @@ pub fn server_link(
     )
 }
 
+/// Why [`connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffWsError {
+    /// The handoff URL is not a WebSocket URL.
+    #[error("{url}: {reason}")]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The connection, TLS or the WebSocket handshake failed.
+    #[error("{url}: {source}")]
+    Connect {
+        /// The URL given.
+        url: String,
+        /// The failure.
+        #[source]
+        source: crate::tls::WebSocketConnectError,
+    },
+}
+
 /// The successor's side: opens `url` (`…/handoff`) declaring `peer` (and the GitHub run id,
 /// if any) and returns it as a [`FrameLink`].
 ///
 /// # Errors
 /// The WebSocket cannot be opened.
-pub async fn connect(url: &str, peer: &str, run_id: Option<&str>) -> Result<FrameLink, String> {
+pub async fn connect(
+    url: &str,
+    peer: &str,
+    run_id: Option<&str>,
+) -> Result<FrameLink, HandoffWsError> {
     use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
     crate::install_crypto_provider();
-    let mut u = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+    let bad_url = |reason: String| HandoffWsError::BadUrl {
+        url: url.to_string(),
+        reason,
+    };
+    let mut u = url::Url::parse(url).map_err(|e| bad_url(e.to_string()))?;
     u.query_pairs_mut().append_pair("peer", peer);
     if let Some(run) = run_id {
         u.query_pairs_mut()
@@ -154,7 +184,7 @@ pub async fn connect(url: &str, peer: &str, run_id: Option<&str>) -> Result<Fram
     let mut req = u
         .as_str()
         .into_client_request()
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|e| bad_url(e.to_string()))?;
     for (k, v) in crate::tunnel::node_http_headers() {
         if let (Ok(k), Ok(v)) = (
             tokio_tungstenite::tungstenite::http::HeaderName::try_from(k.as_str()),
@@ -168,7 +198,10 @@ pub async fn connect(url: &str, peer: &str, run_id: Option<&str>) -> Result<Fram
         .max_frame_size(Some(HANDOFF_WS_MAX_MESSAGE));
     let ws = crate::tls::connect_websocket(req, Some(config), None)
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|source| HandoffWsError::Connect {
+            url: url.to_string(),
+            source,
+        })?;
     Ok(pump(
         ws,
         String::new(),

@@ -320,16 +320,21 @@ async fn chat(State(s): State<Arc<NodeShared>>) -> Response {
     secured(res, &chat_csp(&s.peerjs_url))
 }
 
-async fn chat_js() -> Response {
+/// One of the chat's static assets: revalidated on every load, under [`ASSET_CSP`].
+fn chat_asset(content_type: &'static str, body: &'static str) -> Response {
     let res = (
         [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        CHAT_JS,
+        body,
     )
         .into_response();
     secured(res, ASSET_CSP)
+}
+
+async fn chat_js() -> Response {
+    chat_asset("text/javascript; charset=utf-8", CHAT_JS)
 }
 
 async fn peerjs_bundle() -> Response {
@@ -343,15 +348,7 @@ async fn peerjs_bundle() -> Response {
 }
 
 async fn chat_css() -> Response {
-    let res = (
-        [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        CHAT_CSS,
-    )
-        .into_response();
-    secured(res, ASSET_CSP)
+    chat_asset("text/css; charset=utf-8", CHAT_CSS)
 }
 
 /// Quality of `media` in an Accept header (0 if absent; wildcards count).

@@ -199,9 +199,41 @@ pub struct NodeShared {
     secret: crate::handoff::Secret,
     /// The ring's keys, derived from `secret`: they sign the record, `welcome` and `moved`.
     keys: Arc<crate::discovery::RingKeys>,
+    /// Counts the node's moves to a fresh id on a server where its id was taken
+    /// ([`NodeShared::move_endpoint`]); the ring republishes the record on each.
+    endpoint_moves: tokio::sync::watch::Sender<u64>,
 }
 
 impl NodeShared {
+    /// Records that the node's peer now has the id `id` on the signaling server `server`
+    /// (its id was taken there): the endpoint in the record gains `peer_id`, the record is
+    /// re-signed, and watchers of [`NodeShared::endpoint_moves`] are told.
+    pub fn move_endpoint(&self, server: &SignalingEndpoint, id: &str) {
+        {
+            let mut record = self.record.write().expect("record lock poisoned");
+            let node_id = record.peer_id.clone();
+            let mut changed = false;
+            for ep in record
+                .signaling
+                .iter_mut()
+                .filter(|e| e.same_server(server))
+            {
+                ep.peer_id = (id != node_id).then(|| id.to_string());
+                changed = true;
+            }
+            if !changed {
+                return;
+            }
+            record.sign(&self.keys);
+        }
+        self.endpoint_moves.send_modify(|n| *n += 1);
+    }
+
+    /// Changes whenever the node moved to a fresh id on one of its servers.
+    pub fn endpoint_moves(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.endpoint_moves.subscribe()
+    }
+
     /// The ring's shared secret.
     pub fn secret(&self) -> &crate::handoff::Secret {
         &self.secret
@@ -357,6 +389,7 @@ fn endpoint_of(cfg: &PeerConfig) -> SignalingEndpoint {
         path: cfg.normalized_path(),
         key: cfg.key.clone(),
         secure: cfg.secure,
+        peer_id: None,
     }
 }
 
@@ -487,6 +520,7 @@ impl Node {
             path: path.clone(),
             key: sconfig.key.clone(),
             secure: args.public_secure,
+            peer_id: None,
         };
         let mut own_cfg = PeerConfig::new(own_host.clone(), addr.port());
         own_cfg.path = path.clone();
@@ -538,6 +572,7 @@ impl Node {
                         .unwrap_or_default(),
                 }
             }),
+            ended: None,
         };
         record.sign(&keys);
         let listen_url = listener.url(&path);
@@ -565,6 +600,7 @@ impl Node {
             ice: node_ice.clone(),
             secret,
             keys,
+            endpoint_moves: tokio::sync::watch::Sender::new(0),
         });
         let root = signaling.with_cors(
             axum::Router::new()
@@ -603,6 +639,7 @@ impl Node {
                     }
                 },
                 Some(opened_tx),
+                None, // the id is reserved on the node's own server
                 stop.clone(),
             ));
         }
@@ -631,6 +668,12 @@ impl Node {
             // A successor may reach this node through any of its registrations (on GitHub
             // Actions: the PeerJS cloud), so handoff connections are routed here too.
             let handoff = shared.handoff.clone();
+            // Anyone may hold the node's id on a server the node does not run (the PeerJS
+            // cloud): there the node moves to a fresh id and republishes its record.
+            let server = endpoint_of(&cfg);
+            let moves = shared.clone();
+            let on_moved: registration::OnMoved =
+                Box::new(move |id| moves.move_endpoint(&server, id));
             tokio::spawn(keep_registered(
                 cfg,
                 reg.clone(),
@@ -642,6 +685,7 @@ impl Node {
                     }
                 },
                 None,
+                Some(on_moved),
                 stop.clone(),
             ));
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::status::EndpointStatus;
-use crate::peer::{DataConnection, Peer, PeerConfig, PeerEvent};
+use crate::peer::{DataConnection, Peer, PeerConfig, PeerError, PeerEvent};
 use crate::retry::Backoff;
 
 /// Shown on `/status` and `/metrics` for one registration.
@@ -72,16 +72,29 @@ pub fn display_url(cfg: &PeerConfig) -> String {
     )
 }
 
+/// Called with the node's fresh id on a server where its id was taken, once the fresh id is
+/// registered there.
+pub type OnMoved = Box<dyn Fn(&str) + Send + Sync>;
+
 /// Keeps the node's peer registered on one server until `stop` is cancelled, passing each
 /// incoming connection to `on_conn`. The first successful open is reported on `opened`.
+///
+/// With `on_moved` (servers the node does not control, such as the PeerJS cloud, where anyone
+/// may register any free id): when the server answers `ID-TAKEN`, another party holds the
+/// node's id there, so the node moves to a fresh random id on that server at once and reports
+/// it through `on_moved` after it registered (the node republishes its record). Without it
+/// (the node's own server, where its id is reserved), `ID-TAKEN` is retried with backoff.
 pub async fn keep_registered(
     cfg: PeerConfig,
     reg: Arc<Registration>,
     on_conn: impl Fn(DataConnection) + Send + Sync + 'static,
     opened: Option<tokio::sync::oneshot::Sender<Result<Peer, String>>>,
+    on_moved: Option<OnMoved>,
     stop: CancellationToken,
 ) {
+    let mut cfg = cfg;
     let mut opened = opened;
+    let mut moved_to: Option<String> = None;
     const FIRST_DELAY: Duration = Duration::from_millis(200);
     const MAX_DELAY: Duration = Duration::from_secs(30);
     let mut delays = Backoff::new(FIRST_DELAY, MAX_DELAY).delays();
@@ -95,6 +108,9 @@ pub async fn keep_registered(
             Ok(peer) => {
                 reg.set("registered", true, None);
                 tracing::info!(server = %reg.url, id = %peer.id(), "node peer registered");
+                if let (Some(id), Some(f)) = (moved_to.take(), on_moved.as_ref()) {
+                    f(&id);
+                }
                 if let Some(tx) = opened.take() {
                     let _ = tx.send(Ok(peer.clone()));
                 }
@@ -126,6 +142,26 @@ pub async fn keep_registered(
                 }
                 peer.close().await;
                 reg.set("retrying", false, Some("peer closed".into()));
+            }
+            Err(PeerError::IdTaken) if on_moved.is_some() => {
+                let fresh = super::args::random_peer_id();
+                tracing::warn!(
+                    server = %reg.url,
+                    taken = cfg.id.as_deref().unwrap_or_default(),
+                    fresh = %fresh,
+                    "another party holds the node's id on this server; moving to a fresh id there"
+                );
+                reg.set(
+                    "moving",
+                    false,
+                    Some("ID-TAKEN: moved to a fresh id".into()),
+                );
+                cfg.id = Some(fresh.clone());
+                // At once the first time (a fresh random id is free with overwhelming
+                // probability); a server that refuses fresh ids too is retried with backoff.
+                if moved_to.replace(fresh).is_none() {
+                    continue;
+                }
             }
             Err(e) => {
                 tracing::warn!(server = %reg.url, error = %e, "node peer registration failed; retrying");

@@ -184,6 +184,8 @@ pub async fn run(
     };
     let peer_id = node.peer_id();
     let generation = la.generation;
+    let fence_interval = plan.fence_interval;
+    let drain_timeout = plan.drain_timeout;
     let mut lifecycle = Lifecycle::new(
         plan,
         generation,
@@ -260,6 +262,15 @@ pub async fn run(
     let (launch_tx, mut launch_rx) = mpsc::unbounded_channel::<Result<(), String>>();
     // Whether a successor took over (then it, not us, is the ring's newest generation).
     let mut successor_live = false;
+    // Liveness rule 5: a serving node reads the published record now and then; a newer
+    // generation it did not hand over to means a successor gave up on it and recovered.
+    let mut fence = tokio::time::interval(fence_interval);
+    fence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut moves = node.shared().endpoint_moves();
+    if *moves.borrow() > 0 {
+        // Moved before the ring started: publish that record too.
+        moves.mark_changed();
+    }
     let reason = loop {
         while let Some(action) = lifecycle.poll_action() {
             match action {
@@ -280,16 +291,38 @@ pub async fn run(
                 LifecycleAction::Exit(reason) => {
                     // Liveness rule 1: leaving without a successor, stop writes and leave a
                     // final backup (a successor recovering from it opens no gap).
-                    if reason != ExitReason::HandedOff
+                    let mut final_backup = false;
+                    // (Not when fenced: this node's state diverged from the primary's, and
+                    // a final backup of it must not be what the next recovery picks.)
+                    if !matches!(reason, ExitReason::HandedOff | ExitReason::Fenced)
                         && let Some(store) = &backups
                     {
                         if let Some(t) = &backup_task {
                             t.abort();
                         }
-                        let _ = crate::handoff::recovery::final_backup(
+                        final_backup = crate::handoff::recovery::final_backup(
                             &*host, &**store, generation, &peer_id,
                         )
-                        .await;
+                        .await
+                        .is_ok();
+                    }
+                    // ...and a discovery record that says so.
+                    if let Some(why) = ended_reason(reason) {
+                        let mut record = node.record();
+                        record.ended = Some(crate::discovery::Ended {
+                            at: SystemTime::now(),
+                            reason: why.into(),
+                            final_backup,
+                        });
+                        node.set_record(record);
+                        match publisher.publish(&node.record()).await {
+                            Ok(()) => tracing::info!(
+                                reason = why,
+                                final_backup,
+                                "record says the node ended"
+                            ),
+                            Err(e) => tracing::warn!(error = %e, "final record not published"),
+                        }
                     }
                     break;
                 }
@@ -302,6 +335,34 @@ pub async fn run(
         let timeout = lifecycle.poll_timeout();
         tokio::select! {
             _ = &mut shutdown => lifecycle.handle(Instant::now(), LifecycleInput::Shutdown),
+            _ = fence.tick(), if fenceable(&lifecycle) => {
+                if let Ok(Some(r)) = publisher.current().await
+                    && r.generation > generation
+                    && r.peer_id != peer_id
+                {
+                    tracing::error!(
+                        generation,
+                        published = r.generation,
+                        by = %r.peer_id,
+                        "a newer generation was published by a node that did not take over from \
+                         this one (it gave up on it: split brain); stepping down and sending the \
+                         clients there"
+                    );
+                    host.set_mode(Mode::Draining).await;
+                    host.announce_moved(&r.peer_id, &r.signaling, r.generation).await;
+                    // Let `moved` reach the clients before the node stops.
+                    tokio::time::sleep(drain_timeout.min(Duration::from_secs(2))).await;
+                    lifecycle.handle(Instant::now(), LifecycleInput::NewerGenerationPublished);
+                }
+            }
+            Ok(()) = moves.changed() => {
+                // The node moved to a fresh id on a server where its id was taken: the
+                // record names it; publish it (a newer generation's record is never
+                // overwritten, so this is harmless once a successor took over).
+                if let Err(e) = publisher.publish(&node.record()).await {
+                    tracing::warn!(error = %e, "record with the moved id not published");
+                }
+            }
             Some(r) = launch_rx.recv() => lifecycle.handle(Instant::now(), match r {
                 Ok(()) => LifecycleInput::LaunchSucceeded,
                 Err(e) => LifecycleInput::LaunchFailed(e),
@@ -345,6 +406,28 @@ pub async fn run(
     node.set_lifecycle(view(&lifecycle));
     remove_pid(&la.data_dir);
     Ok(reason)
+}
+
+/// Whether the node may be fenced now (rule 5): it serves and no successor of its own is
+/// taking over (that one publishes the next generation legitimately).
+fn fenceable(l: &Lifecycle) -> bool {
+    matches!(
+        l.state(),
+        LifecycleState::Serving
+            | LifecycleState::Launching { .. }
+            | LifecycleState::AwaitingSuccessor { .. }
+    )
+}
+
+/// The record's `ended.reason` for a node leaving with `reason` without a successor; `None`
+/// when it handed off (its successor's record replaces it) or never served (superseded).
+fn ended_reason(reason: ExitReason) -> Option<&'static str> {
+    match reason {
+        ExitReason::Shutdown => Some("shutdown"),
+        ExitReason::NoSuccessor => Some("no_successor"),
+        ExitReason::HardDeadline => Some("host_ending"),
+        ExitReason::HandedOff | ExitReason::Superseded | ExitReason::Fenced => None,
+    }
 }
 
 fn write_pid(dir: &std::path::Path) {
@@ -424,7 +507,7 @@ pub fn predecessor_connector(
                 };
                 match p
                     .connect(
-                        &pred_id,
+                        ep.peer_id_or(&pred_id),
                         ConnectOptions {
                             label: Some(HANDOFF_LABEL.into()),
                             // Whole handoff messages per DataConnection message
@@ -547,7 +630,7 @@ async fn connect_ws(
         .await
         {
             Ok(Ok(link)) => return Ok(HandoffConn::WebSocket(link)),
-            Ok(Err(e)) => errors.push((url, e)),
+            Ok(Err(e)) => errors.push((url, e.to_string())),
             Err(_) => errors.push((url, "timed out".to_string())),
         }
     }

@@ -59,6 +59,19 @@ pub trait FrameSource: Send + 'static {
     fn recv(&mut self) -> impl Future<Output = Option<Inbound>> + Send;
 }
 
+/// Why a [`FrameSink`] could not send: the connection is gone or broken (the message says
+/// how; safe to log).
+#[derive(Debug, thiserror::Error)]
+#[error("connection lost: {0}")]
+pub struct SinkError(String);
+
+impl SinkError {
+    /// An error saying `e`.
+    pub fn new(e: impl std::fmt::Display) -> Self {
+        SinkError(e.to_string())
+    }
+}
+
 /// The sending half of a client connection.
 pub trait FrameSink: Send + 'static {
     /// Sends `batch` in order (and leaves it empty).
@@ -68,14 +81,14 @@ pub trait FrameSink: Send + 'static {
     fn send_batch(
         &mut self,
         batch: &mut Vec<Outgoing>,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
     /// Closes the connection; with `flush`, after what was sent has gone out.
     fn close(self, flush: bool) -> impl Future<Output = ()> + Send;
     /// Resolves once the remote side has closed (the writer stops early).
     fn closed(&self) -> impl Future<Output = ()> + Send;
     /// Called after [`KEEPALIVE`] without anything to send (a WebSocket sends a ping so
     /// proxies and tunnels keep an idle connection open).
-    fn keepalive(&mut self) -> impl Future<Output = Result<(), String>> + Send {
+    fn keepalive(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send {
         async { Ok(()) }
     }
 }
@@ -148,7 +161,7 @@ fn shared_frame(ser: Serialization, msg: &Outgoing) -> Option<Frame> {
 }
 
 impl FrameSink for DataChannelSink {
-    async fn send_batch(&mut self, batch: &mut Vec<Outgoing>) -> Result<(), String> {
+    async fn send_batch(&mut self, batch: &mut Vec<Outgoing>) -> Result<(), SinkError> {
         let ser = self.sender.serialization();
         for msg in batch.drain(..) {
             if let Some(f) = shared_frame(ser, &msg) {
@@ -159,23 +172,23 @@ impl FrameSink for DataChannelSink {
                 self.sender
                     .send_frames(&self.frames)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(SinkError::new)?;
                 self.frames.clear();
             }
             match &msg {
                 // Encoded once per delivery copy, shared by its recipients (no value tree kept).
                 Outgoing::Object(p) => {
-                    let pre = p.encoded(ser).map_err(|e| e.to_string())?;
+                    let pre = p.encoded(ser).map_err(SinkError::new)?;
                     self.sender.send_pre(&pre).await
                 }
                 Outgoing::Text(s) => self.sender.send(&Value::Str(s.to_string())).await,
             }
-            .map_err(|e| e.to_string())?;
+            .map_err(SinkError::new)?;
         }
         if !self.frames.is_empty() {
             let r = self.sender.send_frames(&self.frames).await;
             self.frames.clear();
-            r.map_err(|e| e.to_string())?;
+            r.map_err(SinkError::new)?;
         }
         Ok(())
     }
@@ -275,14 +288,14 @@ fn text_of(msg: &Outgoing) -> String {
 }
 
 impl FrameSink for WsSink {
-    async fn send_batch(&mut self, batch: &mut Vec<Outgoing>) -> Result<(), String> {
+    async fn send_batch(&mut self, batch: &mut Vec<Outgoing>) -> Result<(), SinkError> {
         for msg in batch.drain(..) {
             self.sink
                 .feed(Message::Text(text_of(&msg).into()))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(SinkError::new)?;
         }
-        self.sink.flush().await.map_err(|e| e.to_string())
+        self.sink.flush().await.map_err(SinkError::new)
     }
 
     async fn close(mut self, flush: bool) {
@@ -310,10 +323,10 @@ impl FrameSink for WsSink {
         std::future::pending::<()>().await
     }
 
-    async fn keepalive(&mut self) -> Result<(), String> {
+    async fn keepalive(&mut self) -> Result<(), SinkError> {
         self.sink
             .send(Message::Ping(Bytes::new()))
             .await
-            .map_err(|e| e.to_string())
+            .map_err(SinkError::new)
     }
 }

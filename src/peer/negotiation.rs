@@ -615,13 +615,7 @@ async fn drive(
             _ = relay_flush.tick(), if relayed => webrtc_setup::wake_driver(&pc).await,
             s = signals.recv() => match s {
                 Some(Signal::Candidate(c)) => {
-                    if remote_set {
-                        if let Err(e) = pc.add_ice_candidate(c).await {
-                            tracing::debug!(error = %e, "remote candidate rejected");
-                        }
-                    } else if pending.len() < MAX_PENDING_CANDIDATES {
-                        pending.push(c);
-                    }
+                    on_remote_candidate(&pc, remote_set, &mut pending, c).await
                 }
                 Some(Signal::Answer(_)) => { remote_set = true; }
                 Some(Signal::Expire) => {}
@@ -711,6 +705,23 @@ async fn dc_poll(dc: &Option<Arc<dyn DataChannel>>) -> Option<DataChannelEvent> 
     match dc {
         Some(dc) => dc.poll().await,
         None => std::future::pending().await,
+    }
+}
+
+/// A remote candidate: added at once once the remote description is set, else buffered (at
+/// most [`MAX_PENDING_CANDIDATES`]; more are dropped).
+async fn on_remote_candidate(
+    pc: &Arc<dyn PeerConnection>,
+    remote_set: bool,
+    pending: &mut Vec<RTCIceCandidateInit>,
+    c: RTCIceCandidateInit,
+) {
+    if remote_set {
+        if let Err(e) = pc.add_ice_candidate(c).await {
+            tracing::debug!(error = %e, "remote candidate rejected");
+        }
+    } else if pending.len() < MAX_PENDING_CANDIDATES {
+        pending.push(c);
     }
 }
 
@@ -808,13 +819,7 @@ async fn negotiate(
                     }
                 }
                 Some(Signal::Candidate(c)) => {
-                    if remote_set {
-                        if let Err(e) = pc.add_ice_candidate(c).await {
-                            tracing::debug!(error = %e, "remote candidate rejected");
-                        }
-                    } else if pending.len() < MAX_PENDING_CANDIDATES {
-                        pending.push(c);
-                    }
+                    on_remote_candidate(pc, remote_set, &mut pending, c).await
                 }
                 Some(Signal::Expire) => return Err(PeerError::PeerUnavailable(meta.peer.clone())),
                 Some(Signal::Leave) => return Err(PeerError::ConnectionClosed(format!("{} left", meta.peer))),

@@ -145,6 +145,7 @@ impl TunnelStatus {
             path: path.to_string(),
             key: key.to_string(),
             secure,
+            peer_id: None,
         })
     }
 }

@@ -509,6 +509,7 @@ fn endpoint(host: &str) -> SignalingEndpoint {
         path: "/".into(),
         key: "peerjs".into(),
         secure: true,
+        peer_id: None,
     }
 }
 

@@ -16,6 +16,7 @@ fn record(peer: &str, generation: u64) -> DiscoveryRecord {
         started_at: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
         expires_at: Some(UNIX_EPOCH + Duration::from_secs(1_800_007_200)),
         previous: None,
+        ended: None,
     }
 }
 

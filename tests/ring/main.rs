@@ -874,3 +874,151 @@ async fn predecessor_killed_after_live_nothing_is_lost() {
     filler.close().await;
     eprintln!("after-live scenario took {:?}", started.elapsed());
 }
+
+/// Issue 19, liveness rule 1: a node told to stop with no successor stops writes, leaves a
+/// final backup holding everything it acknowledged, and publishes a record that says it ended
+/// (`ended`: reason, time, final backup). Without it the record still names a live-looking node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_without_a_successor_publishes_that_it_ended() {
+    init();
+    let ring = CrashRing::new("a ring secret for the ended test");
+    let mut solo = ring
+        .start("solo", &["--launcher".into(), "none".into()])
+        .await;
+    let record = ring.wait_record(0, Duration::from_secs(20)).await;
+    assert_eq!(record.ended, None, "a serving node's record has no `ended`");
+    let (client, _ev) = ring_client(&ring.source(), "alice").await;
+    client.join("r", None).await.unwrap();
+    let mut last = 0;
+    for i in 0..5 {
+        last = client
+            .publish_with_id("r", &format!("m{i}"), json!(i))
+            .await
+            .unwrap()
+            .seq;
+    }
+    client.close().await;
+    let pid = solo.child.id().expect("running") as i32;
+    // SAFETY: sends SIGTERM to the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(30), solo.child.wait())
+        .await
+        .expect("the node stops in time")
+        .unwrap();
+    assert!(status.success(), "stopped cleanly: {status}");
+    let record = ring.record().expect("the record is still there");
+    assert_eq!(record.peer_id, solo.peer_id);
+    let ended = record
+        .ended
+        .clone()
+        .expect("the record says the node ended");
+    assert_eq!(ended.reason, "shutdown");
+    assert!(ended.final_backup, "{ended:?}");
+    record.verify(None).expect("signed");
+    let key = ouroboros::handoff::BackupKey::derive(
+        &ouroboros::handoff::Secret::new(b"a ring secret for the ended test".to_vec()).unwrap(),
+    );
+    let backup = ouroboros::handoff::DirBackupStore::new(&ring.backups, 5)
+        .with_key(key)
+        .latest_blocking()
+        .unwrap()
+        .expect("a final backup");
+    assert!(backup.is_final);
+    assert_eq!(backup.high_water.get("r").copied(), Some(last));
+}
+
+/// Issue 14's split brain, fenced (liveness rule 5): a successor that cannot reach its
+/// predecessor (here: it was given an address where nothing listens) gives up, recovers from
+/// the backup and publishes the next generation while the predecessor still serves. The
+/// predecessor sees the newer generation in the published record, stops writes, sends its
+/// clients `moved` to the new primary and exits cleanly, leaving no final backup of its
+/// diverged state. Without the fence both serve and a client stays on the old node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_predecessor_that_was_given_up_on_steps_down_when_the_next_generation_is_published() {
+    init();
+    let ring = CrashRing::new("a ring secret for the fence test");
+    let mut pred = ring
+        .start("pred", &["--launcher".into(), "none".into()])
+        .await;
+    ring.wait_record(0, Duration::from_secs(20)).await;
+    let (client, _ev) = ring_client(&ring.source(), "alice").await;
+    client.join("r", None).await.unwrap();
+    let mut heads = BTreeMap::new();
+    for i in 0..5 {
+        let seq = client
+            .publish_with_id("r", &format!("m{i}"), json!(i))
+            .await
+            .unwrap()
+            .seq;
+        heads.insert("r".to_string(), seq);
+    }
+    ring.wait_backup(&heads).await;
+    // The successor is pointed at a port where nothing listens: it never reaches `pred`.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let succ = ring
+        .start(
+            "succ",
+            &[
+                "--generation".into(),
+                "1".into(),
+                "--predecessor-peer-id".into(),
+                pred.peer_id.clone(),
+                "--predecessor-endpoints".into(),
+                serde_json::to_string(&[endpoint(dead_port)]).unwrap(),
+                "--launcher".into(),
+                "none".into(),
+            ],
+        )
+        .await;
+    let record = ring.wait_record(1, Duration::from_secs(60)).await;
+    assert_eq!(
+        record.peer_id, succ.peer_id,
+        "the successor recovered and published"
+    );
+    // The predecessor steps down by itself and exits cleanly.
+    let status = tokio::time::timeout(Duration::from_secs(30), pred.child.wait())
+        .await
+        .expect("the fenced predecessor exits")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        pred.log.has("a newer generation was published by a node that did not take over from this one (it gave up on it: split brain); stepping down and sending the clients there"),
+        "the predecessor says why it stepped down"
+    );
+    // The client followed `moved` to the new primary, and its writes land there.
+    let live = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.wait_state(|s| {
+            matches!(
+                s,
+                ouroboros::client::ConnectionState::Live { generation: 1, .. }
+            )
+        }),
+    )
+    .await
+    .expect("the client follows to generation 1")
+    .unwrap();
+    assert!(
+        matches!(&live, ouroboros::client::ConnectionState::Live { node, .. } if *node == succ.peer_id),
+        "{live:?}"
+    );
+    let after = client
+        .publish_with_id("r", "after-fence", json!("after"))
+        .await
+        .unwrap()
+        .seq;
+    assert!(
+        after > heads["r"],
+        "written on the new primary after the recovered ones"
+    );
+    let stored = stored(&client, "r").await;
+    for i in 0..5 {
+        assert!(
+            stored.iter().any(|(_, id)| id == &format!("m{i}")),
+            "m{i} recovered: {stored:?}"
+        );
+    }
+    client.close().await;
+}

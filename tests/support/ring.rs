@@ -69,6 +69,7 @@ pub fn endpoint(port: u16) -> SignalingEndpoint {
         path: "/".into(),
         key: "peerjs".into(),
         secure: false,
+        peer_id: None,
     }
 }
 
@@ -101,6 +102,7 @@ pub fn record(
             peer_id: p.into(),
             signaling: vec![endpoint(port)],
         }),
+        ended: None,
     }
 }
 

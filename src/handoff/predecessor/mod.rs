@@ -31,8 +31,7 @@ use rand::rngs::StdRng;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
-/// Identifies one DataConnection (assigned by the driver).
-pub type ConnId = u64;
+pub use crate::ids::ConnId;
 
 /// How many used nonces are remembered for replay detection.
 const SEEN_NONCES: usize = 4096;
@@ -293,7 +292,7 @@ impl Predecessor {
             .count();
         if from_origin >= self.cfg.max_pending_per_remote {
             tracing::debug!(
-                conn,
+                conn = conn.0,
                 origin,
                 "handoff: too many pending connections from one remote"
             );
@@ -310,7 +309,7 @@ impl Predecessor {
             match oldest {
                 Some(old) => {
                     tracing::debug!(
-                        conn = old,
+                        conn = %old,
                         "handoff: pending connection evicted for a newer one"
                     );
                     self.conns.remove(&old);
@@ -442,7 +441,7 @@ impl Predecessor {
                 c.stage = Stage::Active;
                 if !c.keys.as_mut().is_some_and(|k| k.open(&sealed)) {
                     tracing::warn!(
-                        conn,
+                        conn = conn.0,
                         kind = sealed.msg.kind(),
                         "handoff: unauthenticated message ignored"
                     );
@@ -466,7 +465,7 @@ impl Predecessor {
             .collect();
         for id in late {
             tracing::info!(
-                conn = id,
+                conn = id.0,
                 "handoff: connection did not authenticate in time"
             );
             self.conns.remove(&id);

@@ -34,12 +34,12 @@ fn wrong_secret_is_refused_both_ways() {
         now,
         seeded(1),
     );
-    p.handle_open(now, 1, "succ");
-    p.handle_message(now, 1, hello("succ", 5, None));
+    p.handle_open(now, ConnId(1), "succ");
+    p.handle_message(now, ConnId(1), hello("succ", 5, None));
     assert!(matches!(
         p.poll_transmit(),
         Some(Transmit::Send(
-            1,
+            ConnId(1),
             Sealed {
                 msg: Message::Challenge { .. },
                 ..
@@ -48,12 +48,12 @@ fn wrong_secret_is_refused_both_ways() {
     ));
     p.handle_message(
         now,
-        1,
+        ConnId(1),
         Message::Proof {
             mac: "00".repeat(32),
         },
     );
-    assert_refused(&mut p, 1, RefuseCode::AuthFailed);
+    assert_refused(&mut p, ConnId(1), RefuseCode::AuthFailed);
 }
 
 fn hello(successor: &str, generation: u64, nonce: Option<String>) -> Message {
@@ -97,10 +97,10 @@ fn replayed_hello_and_proof_are_refused() {
     // A genuine exchange, recorded by an eavesdropper.
     let (s_nonce, s_hex) = auth::fresh_nonce(&mut seeded(3));
     let hello1 = hello("succ", 5, Some(s_hex));
-    p.handle_open(now, 1, "succ");
-    p.handle_message(now, 1, hello1.clone());
+    p.handle_open(now, ConnId(1), "succ");
+    p.handle_message(now, ConnId(1), hello1.clone());
     let Some(Transmit::Send(
-        1,
+        ConnId(1),
         Sealed {
             msg: Message::Challenge { nonce, .. },
             ..
@@ -122,26 +122,26 @@ fn replayed_hello_and_proof_are_refused() {
         },
     );
     // Replay the same hello: the nonce was seen.
-    p.handle_open(now, 2, "succ");
-    p.handle_message(now, 2, hello1);
-    assert_refused(&mut p, 2, RefuseCode::Replay);
+    p.handle_open(now, ConnId(2), "succ");
+    p.handle_message(now, ConnId(2), hello1);
+    assert_refused(&mut p, ConnId(2), RefuseCode::Replay);
     // Replay the proof against a fresh challenge: it is bound to the old nonces.
-    p.handle_open(now, 3, "succ");
-    p.handle_message(now, 3, hello("succ", 5, None));
+    p.handle_open(now, ConnId(3), "succ");
+    p.handle_message(now, ConnId(3), hello("succ", 5, None));
     assert!(matches!(
         p.poll_transmit(),
         Some(Transmit::Send(
-            3,
+            ConnId(3),
             Sealed {
                 msg: Message::Challenge { .. },
                 ..
             }
         ))
     ));
-    p.handle_message(now, 3, Message::Proof { mac: proof.clone() });
-    assert_refused(&mut p, 3, RefuseCode::AuthFailed);
+    p.handle_message(now, ConnId(3), Message::Proof { mac: proof.clone() });
+    assert_refused(&mut p, ConnId(3), RefuseCode::AuthFailed);
     // The genuine proof on the genuine connection still works.
-    p.handle_message(now, 1, Message::Proof { mac: proof });
+    p.handle_message(now, ConnId(1), Message::Proof { mac: proof });
     assert!(matches!(
         p.poll_event(),
         Some(PredecessorEvent::Authenticated { resumed: false, .. })
@@ -171,35 +171,35 @@ fn hello_checks_and_rate_limit() {
         ("succ", Message::Live { session: 1 }, RefuseCode::BadMessage),
     ];
     for (i, (remote, msg, code)) in cases.into_iter().enumerate() {
-        let c = i as ConnId + 1;
+        let c = ConnId(i as u64 + 1);
         p.handle_open(now, c, remote);
         p.handle_message(now, c, msg);
         assert_refused(&mut p, c, code);
     }
     // The bad message did not take a token (it is not a hello); 4 were taken: one left.
-    p.handle_open(now, 10, "succ");
-    p.handle_message(now, 10, hello("succ", 5, None));
+    p.handle_open(now, ConnId(10), "succ");
+    p.handle_message(now, ConnId(10), hello("succ", 5, None));
     assert!(matches!(
         p.poll_transmit(),
         Some(Transmit::Send(
-            10,
+            ConnId(10),
             Sealed {
                 msg: Message::Challenge { .. },
                 ..
             }
         ))
     ));
-    p.handle_open(now, 11, "succ");
-    p.handle_message(now, 11, hello("succ", 5, None));
-    assert_refused(&mut p, 11, RefuseCode::RateLimited);
+    p.handle_open(now, ConnId(11), "succ");
+    p.handle_message(now, ConnId(11), hello("succ", 5, None));
+    assert_refused(&mut p, ConnId(11), RefuseCode::RateLimited);
     // Tokens come back with time.
     let later = now + Duration::from_secs(2);
-    p.handle_open(later, 12, "succ");
-    p.handle_message(later, 12, hello("succ", 5, None));
+    p.handle_open(later, ConnId(12), "succ");
+    p.handle_message(later, ConnId(12), hello("succ", 5, None));
     assert!(matches!(
         p.poll_transmit(),
         Some(Transmit::Send(
-            12,
+            ConnId(12),
             Sealed {
                 msg: Message::Challenge { .. },
                 ..
@@ -209,7 +209,10 @@ fn hello_checks_and_rate_limit() {
     // Connections that never authenticate are closed after auth_timeout.
     p.handle_timeout(later + Duration::from_secs(5));
     let closed: Vec<_> = std::iter::from_fn(|| p.poll_transmit()).collect();
-    assert!(closed.contains(&Transmit::Close(10)) && closed.contains(&Transmit::Close(12)));
+    assert!(
+        closed.contains(&Transmit::Close(ConnId(10)))
+            && closed.contains(&Transmit::Close(ConnId(12)))
+    );
 }
 
 #[test]
@@ -235,10 +238,10 @@ fn second_successor_is_busy_and_loses_the_discovery_guard() {
     );
     s1.poll_event();
     s1.handle_connected(now);
-    p.handle_open(now, 1, "succ");
+    p.handle_open(now, ConnId(1), "succ");
     for _ in 0..2 {
         while let Some(m) = s1.poll_transmit() {
-            p.handle_message(now, 1, m);
+            p.handle_message(now, ConnId(1), m);
         }
         while let Some(Transmit::Send(_, m)) = p.poll_transmit() {
             s1.handle_message(now, m);
@@ -249,9 +252,9 @@ fn second_successor_is_busy_and_loses_the_discovery_guard() {
         Some(PredecessorEvent::Authenticated { .. })
     ));
     // Another successor of the same generation (a relaunch) is told to wait.
-    p.handle_open(now, 2, "succ-b");
-    p.handle_message(now, 2, hello("succ-b", 5, None));
-    assert_refused(&mut p, 2, RefuseCode::Busy);
+    p.handle_open(now, ConnId(2), "succ-b");
+    p.handle_message(now, ConnId(2), hello("succ-b", 5, None));
+    assert_refused(&mut p, ConnId(2), RefuseCode::Busy);
     assert!(RefuseCode::Busy.is_retryable());
     // And if it ever reaches the publish step, the guard makes it give up.
     let mut s2 = Successor::new(
@@ -322,35 +325,35 @@ fn pending_connections_and_remote_buckets_are_bounded() {
         seeded(1),
     );
     // One remote may hold two pending connections; the third is closed at once.
-    p.handle_open(now, 1, "m");
-    p.handle_open(now, 2, "m");
-    p.handle_open(now, 3, "m");
-    assert_eq!(p.poll_transmit(), Some(Transmit::Close(3)));
+    p.handle_open(now, ConnId(1), "m");
+    p.handle_open(now, ConnId(2), "m");
+    p.handle_open(now, ConnId(3), "m");
+    assert_eq!(p.poll_transmit(), Some(Transmit::Close(ConnId(3))));
     // Four pending in all: a fifth evicts the oldest.
     let t1 = now + Duration::from_millis(1);
-    p.handle_open(t1, 4, "n");
-    p.handle_open(t1, 5, "o");
+    p.handle_open(t1, ConnId(4), "n");
+    p.handle_open(t1, ConnId(5), "o");
     assert_eq!(p.poll_transmit(), None);
-    p.handle_open(t1, 6, "q");
-    assert_eq!(p.poll_transmit(), Some(Transmit::Close(1)));
+    p.handle_open(t1, ConnId(6), "q");
+    assert_eq!(p.poll_transmit(), Some(Transmit::Close(ConnId(1))));
     assert_eq!(p.poll_transmit(), None);
     // Each remote has its own bucket: "m" spends its 5 attempts, "succ" still gets in.
     for i in 0..5 {
-        let c = 100 + i;
+        let c = ConnId(100 + i);
         p.handle_open(t1, c, "m");
         p.handle_message(t1, c, hello("m", 5, None));
         let _: Vec<_> = std::iter::from_fn(|| p.poll_transmit()).collect();
         p.handle_close(t1, c);
     }
-    p.handle_open(t1, 200, "m");
-    p.handle_message(t1, 200, hello("m", 5, None));
-    assert_refused(&mut p, 200, RefuseCode::RateLimited);
-    p.handle_open(t1, 201, "succ");
-    p.handle_message(t1, 201, hello("succ", 5, None));
+    p.handle_open(t1, ConnId(200), "m");
+    p.handle_message(t1, ConnId(200), hello("m", 5, None));
+    assert_refused(&mut p, ConnId(200), RefuseCode::RateLimited);
+    p.handle_open(t1, ConnId(201), "succ");
+    p.handle_message(t1, ConnId(201), hello("succ", 5, None));
     assert!(matches!(
         p.poll_transmit(),
         Some(Transmit::Send(
-            201,
+            ConnId(201),
             Sealed {
                 msg: Message::Challenge { .. },
                 ..
@@ -359,7 +362,7 @@ fn pending_connections_and_remote_buckets_are_bounded() {
     ));
     // At most `max_remotes` buckets are remembered.
     for i in 0..20 {
-        let c = 300 + i;
+        let c = ConnId(300 + i);
         let r = format!("r{i}");
         p.handle_open(t1, c, &r);
         p.handle_message(t1, c, hello(&r, 5, None));
@@ -375,10 +378,10 @@ fn exchange(s: &mut Successor, p: &mut Predecessor, now: Instant) {
         let mut progress = false;
         while let Some(m) = s.poll_transmit() {
             progress = true;
-            p.handle_message(now, 1, m);
+            p.handle_message(now, ConnId(1), m);
         }
         while let Some(t) = p.poll_transmit() {
-            if let Transmit::Send(1, m) = t {
+            if let Transmit::Send(ConnId(1), m) = t {
                 progress = true;
                 s.handle_message(now, m);
             }
@@ -415,10 +418,10 @@ fn an_unauthenticated_refusal_is_ignored_and_the_successor_keeps_going() {
     );
     assert_eq!(s.poll_event(), Some(SuccessorEvent::Connect));
     s.handle_connected(now);
-    p.handle_open(now, 1, "succ");
+    p.handle_open(now, ConnId(1), "succ");
     let hello = s.poll_transmit().unwrap();
     assert!(hello.auth.is_some(), "the hello proves the secret");
-    p.handle_message(now, 1, hello);
+    p.handle_message(now, ConnId(1), hello);
     // Before the challenge arrives, strangers send refusals: plain, and with a made-up
     // nonce and tag.
     let forged = |code, nonce: Option<String>, auth: Option<String>| Sealed {
@@ -451,7 +454,7 @@ fn an_unauthenticated_refusal_is_ignored_and_the_successor_keeps_going() {
     assert_eq!(gave_up(&mut s), None);
     // … a sealed one from the predecessor counts.
     let real = p.seal_for_tests(
-        1,
+        ConnId(1),
         Message::Refused {
             code: RefuseCode::Aborted,
             message: "aborted".into(),
@@ -482,7 +485,7 @@ fn a_refusal_of_the_hello_is_authenticated_by_the_nonce_it_carries() {
     );
     s.poll_event();
     s.handle_connected(now);
-    p.handle_open(now, 1, "succ");
+    p.handle_open(now, ConnId(1), "succ");
     exchange(&mut s, &mut p, now);
     // Generation 5 is not 6 + 1: the predecessor's refusal is sealed and believed.
     assert_eq!(
@@ -504,8 +507,8 @@ fn a_successor_kept_out_gives_up_after_max_wait_and_reports_blocked() {
     };
     let mut p = Predecessor::new("pred", 4, secret.clone(), pcfg, t0, seeded(1));
     // Another connection of the same remote spent the only attempt (no `auth`: counted).
-    p.handle_open(t0, 99, "succ");
-    p.handle_message(t0, 99, hello("succ", 5, None));
+    p.handle_open(t0, ConnId(99), "succ");
+    p.handle_message(t0, ConnId(99), hello("succ", 5, None));
     let _: Vec<_> = std::iter::from_fn(|| p.poll_transmit()).collect();
     let scfg = SuccessorConfig {
         max_wait: Duration::from_secs(30),
@@ -514,13 +517,13 @@ fn a_successor_kept_out_gives_up_after_max_wait_and_reports_blocked() {
     let mut s = Successor::new("succ", "pred", 5, secret, vec![], scfg, t0, seeded(2));
     let mut now = t0;
     let mut refusals = 0;
-    let mut conn = 1;
+    let mut conn = ConnId(1);
     let reason = loop {
         let mut reason = None;
         while let Some(e) = s.poll_event() {
             match e {
                 SuccessorEvent::Connect => {
-                    conn += 1;
+                    conn.0 += 1;
                     p.handle_open(now, conn, "succ");
                     s.handle_connected(now);
                     // The successor's hello has no `auth` here: strip it, so the

@@ -188,10 +188,10 @@ fn duplicate_and_out_of_order_tail_events() {
         now,
         seeded(1),
     );
-    p.handle_open(now, 1, "succ");
+    p.handle_open(now, ConnId(1), "succ");
     for _ in 0..2 {
         while let Some(m) = s.poll_transmit() {
-            p.handle_message(now, 1, m);
+            p.handle_message(now, ConnId(1), m);
         }
         while let Some(Transmit::Send(_, m)) = p.poll_transmit() {
             s.handle_message(now, m);
@@ -224,7 +224,7 @@ fn duplicate_and_out_of_order_tail_events() {
         tail(1, &["e1", "e2"]), // e1 duplicate, e2 fills the gap
         tail(0, &["e0"]),       // old duplicate
     ] {
-        s.handle_message(now, p.seal_for_tests(1, m));
+        s.handle_message(now, p.seal_for_tests(ConnId(1), m));
     }
     let applied: Vec<String> = std::iter::from_fn(|| s.poll_event())
         .filter_map(|e| match e {

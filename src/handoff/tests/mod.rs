@@ -123,6 +123,7 @@ fn endpoint(port: u16) -> SignalingEndpoint {
         path: "/".into(),
         key: "peerjs".into(),
         secure: false,
+        peer_id: None,
     }
 }
 
@@ -143,6 +144,7 @@ fn record(peer: &str, generation: u64) -> DiscoveryRecord {
             peer_id: "pred".into(),
             signaling: vec![endpoint(9000)],
         }),
+        ended: None,
     }
 }
 
@@ -229,7 +231,7 @@ impl Pair {
             s_pieces: Vec::new(),
             discovery: Some(record("pred", 4)),
             conn: None,
-            next_conn: 1,
+            next_conn: ConnId(1),
             to_s: VecDeque::new(),
             to_p: VecDeque::new(),
             hook: Box::new(|_, _| Verdict::Deliver),
@@ -263,7 +265,7 @@ impl Pair {
                 .into_iter()
                 .enumerate()
             {
-                let c = 1_000_000 + 2 * n + k as u64;
+                let c = ConnId(1_000_000 + 2 * n + k as u64);
                 self.p.handle_open(self.now, c, &remote);
                 let hello = Message::Hello {
                     v: 1,
@@ -369,7 +371,7 @@ impl Pair {
                         self.s.handle_disconnected(self.now);
                     } else {
                         let c = self.next_conn;
-                        self.next_conn += 1;
+                        self.next_conn.0 += 1;
                         self.conn = Some(c);
                         self.p.handle_open(self.now, c, "succ");
                         self.s.handle_connected(self.now);

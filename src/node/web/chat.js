@@ -504,7 +504,10 @@ function connectRtc(peerId, endpoint) {
   state.peer = peer;
   peer.on('open', () => {
     if (gen !== state.connGen) return;
-    const conn = peer.connect(peerId, {
+    // The node's id on this server: an endpoint's own peer_id when the node moved to a
+    // fresh id there (another party held its id), else the record's.
+    const dial = typeof endpoint.peer_id === 'string' && endpoint.peer_id ? endpoint.peer_id : peerId;
+    const conn = peer.connect(dial, {
       reliable: true,
       serialization: params.get('serialization') || 'json',
       metadata: { ...declaration(), protocol: 'ouroboros/1' },

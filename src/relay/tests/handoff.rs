@@ -401,6 +401,7 @@ fn draining_and_moved() {
         path: "/".into(),
         key: "peerjs".into(),
         secure: false,
+        peer_id: None,
     };
     h.relay
         .announce_moved("node-2", std::slice::from_ref(&ep), 8);

@@ -186,6 +186,7 @@ fn welcome_and_moved_are_signed_with_the_ring_key() {
         path: "/".into(),
         key: "peerjs".into(),
         secure: false,
+        peer_id: None,
     };
     h.relay.announce_moved("node-2", &[ep], 8);
     let out = h.drain();
