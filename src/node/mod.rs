@@ -12,6 +12,10 @@
 //!   launches it on time, writes backups (the lifecycle and handoff cores, wired).
 //! - [`status`]: the status snapshot and its HTML / Prometheus renderings.
 //! - `web/`: the chat page (HTML, CSS, module script), embedded with `include_str!`.
+//!
+//! Size: ~850 lines, most of them [`Node::start`], which wires every part in the order they
+//! depend on each other (relay, signaling, the node's peer, extra registrations, record);
+//! read top to bottom it is the node's start-up sequence, so it stays in one place.
 
 pub mod address_gate;
 mod args;
