@@ -35,23 +35,52 @@ enum Frame {
     Closed,
 }
 
+/// The two WebSocket libraries' message types as the pump sees them (the server side is
+/// axum's, the client side tungstenite's): binary frames carry handoff messages, a close
+/// ends the link, anything else is skipped.
+trait WsMessage: Send + Sized + 'static {
+    fn binary(bytes: Vec<u8>) -> Self;
+    fn frame(self) -> Frame;
+    fn close() -> Self;
+}
+
+/// Both message types name their variants alike (`Binary(Bytes)`, `Close(Option<_>)`).
+macro_rules! ws_message {
+    ($t:ty) => {
+        impl WsMessage for $t {
+            fn binary(bytes: Vec<u8>) -> Self {
+                Self::Binary(bytes.into())
+            }
+            fn frame(self) -> Frame {
+                match self {
+                    Self::Binary(b) => Frame::Data(b.to_vec()),
+                    Self::Close(_) => Frame::Closed,
+                    _ => Frame::Skip,
+                }
+            }
+            fn close() -> Self {
+                Self::Close(None)
+            }
+        }
+    };
+}
+ws_message!(axum::extract::ws::Message);
+ws_message!(tokio_tungstenite::tungstenite::Message);
+
 /// Moves whole messages between `ws` and a [`FrameLink`]'s channels until either side ends.
-#[allow(clippy::too_many_arguments)]
 fn pump<S, M, E>(
     ws: S,
     peer: String,
     metadata: serde_json::Value,
     client_addr: Option<std::net::IpAddr>,
     permit: Option<AddressPermit>,
-    to_ws: fn(Vec<u8>) -> M,
-    from_ws: fn(M) -> Frame,
-    close: M,
 ) -> FrameLink
 where
     S: Sink<M> + Stream<Item = Result<M, E>> + Send + 'static,
-    M: Send + 'static,
+    M: WsMessage,
     E: std::fmt::Display + Send + 'static,
 {
+    let (to_ws, from_ws, close) = (M::binary, M::frame, M::close());
     let (mut sink, mut stream) = ws.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
     let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
@@ -120,21 +149,7 @@ pub fn server_link(
     client_addr: Option<std::net::IpAddr>,
     permit: Option<AddressPermit>,
 ) -> FrameLink {
-    use axum::extract::ws::Message;
-    pump(
-        ws,
-        peer,
-        metadata,
-        client_addr,
-        permit,
-        |b| Message::Binary(b.into()),
-        |m| match m {
-            Message::Binary(b) => Frame::Data(b.to_vec()),
-            Message::Close(_) => Frame::Closed,
-            _ => Frame::Skip,
-        },
-        Message::Close(None),
-    )
+    pump(ws, peer, metadata, client_addr, permit)
 }
 
 /// Why [`connect`] failed.
@@ -169,7 +184,7 @@ pub async fn connect(
     peer: &str,
     run_id: Option<&str>,
 ) -> Result<FrameLink, HandoffWsError> {
-    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     crate::install_crypto_provider();
     let bad_url = |reason: String| HandoffWsError::BadUrl {
         url: url.to_string(),
@@ -202,18 +217,5 @@ pub async fn connect(
             url: url.to_string(),
             source,
         })?;
-    Ok(pump(
-        ws,
-        String::new(),
-        serde_json::Value::Null,
-        None,
-        None,
-        |b| Message::Binary(b.into()),
-        |m| match m {
-            Message::Binary(b) => Frame::Data(b.to_vec()),
-            Message::Close(_) => Frame::Closed,
-            _ => Frame::Skip,
-        },
-        Message::Close(None),
-    ))
+    Ok(pump(ws, String::new(), serde_json::Value::Null, None, None))
 }
