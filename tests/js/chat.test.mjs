@@ -205,7 +205,19 @@ test('a local ring rotates twice while both keep sending: every message once, in
     // The newest generation's pid is in the data dir; SIGINT stops the ring cleanly.
     try {
       const pid = Number((await readFile(path.join(ring.dataDir, 'ouroboros.pid'), 'utf8')).trim());
-      if (pid && pid !== ring.pid) process.kill(pid, 'SIGINT');
+      if (pid && pid !== ring.pid) {
+        process.kill(pid, 'SIGINT');
+        // A node told to stop writes its last record (`ended`) into the data dir: wait for it
+        // to exit before the dir is removed (bounded: 10 s).
+        for (let i = 0; i < 200; i++) {
+          try {
+            process.kill(pid, 0);
+          } catch {
+            break; // gone
+          }
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+      }
     } catch {
       // no ring left
     }
