@@ -459,6 +459,47 @@ async fn follows_moved_on(transport: Transport) {
     b.shutdown().await;
 }
 
+/// A publish refused as `read_only` by a node that then accepts writes without any `moved`
+/// (a successor that published its record a moment before going writable) is re-sent on the
+/// same connection and acknowledged. Before, it stayed pending for a `moved` that never came:
+/// the client hung (seen as a hanging ring test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_refused_as_read_only_is_resent_when_the_node_accepts_writes() {
+    let (node, _dir) = start_node(&[]).await;
+    let (c, _ev) = client(&node, "writer", Serialization::Json).await;
+    c.join("r", None).await.unwrap();
+    node.relay()
+        .with_relay(|r| r.set_mode(ouroboros::relay::Mode::Draining))
+        .await
+        .unwrap();
+    let pending = {
+        let c = c.clone();
+        tokio::spawn(async move { c.publish_with_id("r", "early", json!("early")).await })
+    };
+    // Wait until the node refused it (its own error counter; polling the node's report).
+    let deadline = std::time::Instant::now() + WAIT;
+    while node.status().await.relay.errors == 0 {
+        assert!(std::time::Instant::now() < deadline, "never refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !pending.is_finished(),
+        "refused as read_only: still pending"
+    );
+    node.relay()
+        .with_relay(|r| r.set_mode(ouroboros::relay::Mode::Primary))
+        .await
+        .unwrap();
+    let ack = tokio::time::timeout(WAIT, pending)
+        .await
+        .expect("re-sent and acknowledged without a move")
+        .unwrap()
+        .unwrap();
+    assert_eq!(ack.seq, 1);
+    c.close().await;
+    node.shutdown().await;
+}
+
 /// Starts the reference `peer` server (tests/js/node_modules) on an ephemeral port.
 async fn start_reference_server() -> Option<(tokio::process::Child, u16)> {
     if !support::reference_installed() {

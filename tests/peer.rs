@@ -457,6 +457,57 @@ async fn a_slow_receiver_bounds_the_sender() {
     sink.close().await;
 }
 
+/// `PeerConfig::send_high_water` bounds what a connection queues towards a receiver that does
+/// not read: once `try_send` stays `Full`, the sender holds at most the high-water mark plus
+/// what SCTP has in flight (the native window). With peerjs's default it held ~8 MiB; the node
+/// sets 1 MiB (issue 14, point 3: memory outside the budget).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lower_send_high_water_bounds_what_the_sender_queues() {
+    let srv = start_server().await;
+    let sink = Peer::open(config(srv.port, Some("slowsink2")))
+        .await
+        .unwrap();
+    let mut cfg = config(srv.port, None);
+    cfg.send_high_water = ouroboros::peer::NODE_SEND_HIGH_WATER;
+    let client = Peer::open(cfg).await.unwrap();
+    let opts = ConnectOptions {
+        serialization: Serialization::Raw,
+        reliable: true,
+        ..Default::default()
+    };
+    let (conn, accepted) = tokio::join!(client.connect("slowsink2", opts), sink.accept());
+    let conn = conn.unwrap();
+    let _accepted = accepted.unwrap(); // never read
+    let msg = Value::Bin(pattern(64 * 1024));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut max_buffered = 0;
+    loop {
+        match conn.sender().try_send(&msg) {
+            Ok(()) => {}
+            Err(ConnectionError::Full) => {
+                max_buffered = max_buffered.max(conn.sender().buffered_amount().await);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if conn.sender().try_send(&msg) == Err(ConnectionError::Full) {
+                    break;
+                }
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "never full");
+    }
+    let buffered = conn.sender().buffered_amount().await.max(max_buffered);
+    // The high-water mark, one message over it, and SCTP's in-flight window (256 KiB towards
+    // another Ouroboros peer) with room for its own accounting.
+    let bound = ouroboros::peer::NODE_SEND_HIGH_WATER + 64 * 1024 + 512 * 1024;
+    assert!(
+        buffered <= bound,
+        "the sender holds {buffered} bytes, more than {bound}"
+    );
+    assert!(buffered >= 512 * 1024, "full too early: {buffered}");
+    client.close().await;
+    sink.close().await;
+}
+
 /// `secure: true` end to end: id fetched over HTTPS, signaling over WSS (a server with a
 /// private CA, trusted through `tls_root_pem`), a DataConnection through it. Without the
 /// CA the certificate is refused, so the check is real.

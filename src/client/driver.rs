@@ -58,6 +58,10 @@ pub enum ConnectionState {
 
 /// Error codes after which a publish stays pending and is re-sent to the successor.
 const RETRYABLE: &[&str] = &["read_only"];
+/// A publish refused as `read_only` is re-sent after this long on the same connection too: a
+/// node that had just published its record may not yet accept writes, and one that is
+/// handing over sends `moved` first (the re-send is then answered from the successor).
+const READ_ONLY_RETRY: Duration = Duration::from_secs(1);
 /// Ceiling of the first reconnect delay (doubling up to `ClientConfig::max_backoff`).
 const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(50);
 
@@ -211,6 +215,8 @@ struct Driver {
     /// With a pinned key: since when the current connection waits for a verified `welcome`
     /// (nothing is sent on it before).
     unverified_since: Option<Instant>,
+    /// When pending publishes refused as `read_only` are re-sent ([`READ_ONLY_RETRY`]).
+    read_only_retry: Option<Instant>,
 }
 
 /// What the driver does after a message from the node.
@@ -238,6 +244,7 @@ pub(super) async fn start(
     let mut d = Driver {
         trust,
         unverified_since: None,
+        read_only_retry: None,
         cfg,
         target,
         events,
@@ -436,6 +443,13 @@ impl Driver {
         for j in joins {
             let _ = self.send(&j).await;
         }
+        self.resend_pending().await;
+    }
+
+    /// Re-sends every unacknowledged publish in its original order (the node deduplicates
+    /// by id, so one it already stored is only acknowledged again).
+    async fn resend_pending(&mut self) {
+        self.read_only_retry = None;
         let resend: Vec<(String, ClientMessage)> = self
             .order
             .values()
@@ -560,6 +574,11 @@ impl Driver {
                 }
                 Wake::Tick => {
                     self.expire();
+                    if self.unverified_since.is_none()
+                        && self.read_only_retry.is_some_and(|t| t <= Instant::now())
+                    {
+                        self.resend_pending().await;
+                    }
                     if self
                         .unverified_since
                         .is_some_and(|t| t.elapsed() > self.cfg.connect_timeout)
@@ -936,7 +955,10 @@ impl Driver {
                         return Next::Stay;
                     }
                     if self.pending.contains_key(r) {
-                        return Next::Stay; // stays pending; re-sent after the move
+                        // Stays pending: re-sent after the move, or after READ_ONLY_RETRY.
+                        self.read_only_retry
+                            .get_or_insert_with(|| Instant::now() + READ_ONLY_RETRY);
+                        return Next::Stay;
                     }
                     // Requests without an id are referred to by their op, oldest first.
                     if r == "join"

@@ -306,23 +306,26 @@ where
                         let hw = host.high_water().await;
                         succ.confirm_high_water(now, &hw);
                     }
-                    SuccessorEvent::Publish => match publish().await {
-                        Ok(()) => {
-                            host.set_mode(Mode::Primary).await;
-                            succ.went_live(now);
+                    SuccessorEvent::Publish => {
+                        // Writable before the record names this node (the predecessor already
+                        // refuses writes): a client that reads the record and connects at
+                        // once is not refused as `read_only`.
+                        host.set_mode(Mode::Primary).await;
+                        match publish().await {
+                            Ok(()) => succ.went_live(now),
+                            Err(e) if e.is_stale() => {
+                                host.set_mode(Mode::Draining).await;
+                                tracing::warn!(error = %e, "handoff: another node owns this generation");
+                                succ.publish_refused(now);
+                            }
+                            Err(e) => {
+                                // The state is confirmed and the predecessor refuses writes:
+                                // serving matters more than the record (retried by the node).
+                                tracing::error!(error = %e, "handoff: publishing discovery failed; going live anyway");
+                                succ.went_live(now);
+                            }
                         }
-                        Err(e) if e.is_stale() => {
-                            tracing::warn!(error = %e, "handoff: another node owns this generation");
-                            succ.publish_refused(now);
-                        }
-                        Err(e) => {
-                            // The state is confirmed and the predecessor refuses writes:
-                            // serving matters more than the record (retried by the node).
-                            tracing::error!(error = %e, "handoff: publishing discovery failed; going live anyway");
-                            host.set_mode(Mode::Primary).await;
-                            succ.went_live(now);
-                        }
-                    },
+                    }
                     SuccessorEvent::Done => outcome = Some(SuccessorOutcome::Live),
                     SuccessorEvent::GiveUp {
                         reason,

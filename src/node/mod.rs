@@ -537,6 +537,9 @@ impl Node {
         // Every DataConnection to the node decodes within the relay's limits (the handoff's
         // 256 KiB raw frames fit too), not the codec's 64 MiB defaults.
         own_cfg.decoder_limits = decoder_limits;
+        // The relay's writers stay charged to the budget until a send returns: what a
+        // DataConnection queues beyond that is this much, not peerjs's 8 MiB.
+        own_cfg.send_high_water = crate::peer::NODE_SEND_HIGH_WATER;
         // The node's id is reserved on its own server for this token: nobody can take it or
         // displace the node, and the node's connection is exempt from the client limits.
         let own_token = args::random_token();
@@ -667,6 +670,7 @@ impl Node {
             cfg.max_inbound_negotiations = args.max_inbound_negotiations;
             cfg.max_inbound_negotiations_per_peer = args.max_inbound_negotiations_per_peer;
             cfg.decoder_limits = decoder_limits;
+            cfg.send_high_water = crate::peer::NODE_SEND_HIGH_WATER;
             node_ice.apply(&mut cfg, SystemTime::now());
             let relay = relay.clone();
             // A successor may reach this node through any of its registrations (on GitHub

@@ -733,15 +733,18 @@ async fn join(
                 predecessor,
             )
             .await?;
+            // Writable before the record names this node: a client that reads the record and
+            // connects at once must not be refused as `read_only`.
+            host.set_mode(Mode::Primary).await;
             match publisher.publish(&node.record()).await {
                 Err(e) if e.is_stale() => {
+                    host.set_mode(Mode::Draining).await;
                     tracing::info!(error = %e, "not serving: another node took over first");
                     return Ok(Joined::Superseded);
                 }
                 Err(e) => tracing::error!(error = %e, "discovery not published after recovery"),
                 Ok(()) => {}
             }
-            host.set_mode(Mode::Primary).await;
             if rec.margin > 0 {
                 tracing::warn!(?rec, "serving after a crash recovery (gap announced)");
             } else {

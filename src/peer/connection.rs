@@ -2,7 +2,8 @@
 //!
 //! - [`ConnectionSender`] encodes [`Value`]s with the connection's serialization and sends
 //!   the frames in order. The channel's send buffer is bounded at
-//!   [`SEND_HIGH_WATER`](super::SEND_HIGH_WATER) (peerjs's 8 MiB): `send` waits while it is
+//!   [`PeerConfig::send_high_water`](super::PeerConfig::send_high_water) (by default
+//!   [`SEND_HIGH_WATER`](super::SEND_HIGH_WATER), peerjs's 8 MiB): `send` waits while it is
 //!   full, `try_send` returns [`ConnectionError::Full`] instead.
 //! - [`ConnectionReceiver`] yields decoded values. A reader task drains the channel and
 //!   decodes, so the in-band close control `{__peerData:{type:"close"}}` is honoured even
@@ -21,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::PeerConnection;
 
+use super::PeerError;
 use super::codec::{
     CodecError, Decoded, Decoder, DecoderLimits, Encoder, Frame, PreEncoded, Serialization, Value,
 };
-use super::{PeerError, SEND_HIGH_WATER};
 
 /// Decoded messages queued for the receiver.
 const RECV_QUEUE: usize = 32;
@@ -130,7 +131,10 @@ impl DataConnection {
         remote_ouroboros: bool,
         window: Option<usize>,
         limits: DecoderLimits,
+        high_water: usize,
     ) -> (DataConnection, Arc<ConnCore>) {
+        // At least one 64 KiB frame; semaphore acquisitions are u32-sized.
+        let high_water = high_water.clamp(64 * 1024, u32::MAX as usize);
         let serialization = meta.serialization;
         if let Some(w) = window {
             let threshold = u32::try_from(w / 2).unwrap_or(u32::MAX);
@@ -163,7 +167,8 @@ impl DataConnection {
                 core: core.clone(),
                 encoder: Arc::new(tokio::sync::Mutex::new(Encoder::new(serialization))),
                 queue,
-                budget: Arc::new(Semaphore::new(SEND_HIGH_WATER)),
+                budget: Arc::new(Semaphore::new(high_water)),
+                high_water,
             },
             receiver: ConnectionReceiver {
                 core: core.clone(),
@@ -249,9 +254,12 @@ pub struct ConnectionSender {
     encoder: Arc<tokio::sync::Mutex<Encoder>>,
     /// Encoded frames for the pump task, in order.
     queue: mpsc::UnboundedSender<Queued>,
-    /// Bytes allowed in the queue: [`SEND_HIGH_WATER`] permits (each frame costs its length
-    /// plus [`FRAME_OVERHEAD`]); a permit is released when its frame was handed to SCTP.
+    /// Bytes allowed in the queue: `high_water` permits (each frame costs its length plus
+    /// [`FRAME_OVERHEAD`]); a permit is released when its frame was handed to SCTP.
     budget: Arc<Semaphore>,
+    /// [`PeerConfig::send_high_water`](super::PeerConfig::send_high_water) (default
+    /// [`SEND_HIGH_WATER`]).
+    high_water: usize,
 }
 
 /// Accounting overhead per queued frame, so tiny frames cannot pile up unboundedly.
@@ -329,10 +337,10 @@ async fn pump(core: Arc<ConnCore>, mut rx: mpsc::UnboundedReceiver<Queued>) {
     }
 }
 
-fn frames_cost(frames: &[Frame]) -> u32 {
+fn frames_cost(frames: &[Frame], high_water: usize) -> u32 {
     let total: usize = frames.iter().map(|f| f.len() + FRAME_OVERHEAD).sum();
     // A message bigger than the whole budget waits for an empty queue, then goes alone.
-    total.min(SEND_HIGH_WATER) as u32
+    total.min(high_water) as u32
 }
 
 impl ConnectionSender {
@@ -379,7 +387,7 @@ impl ConnectionSender {
         if frames.is_empty() {
             return Ok(());
         }
-        let cost = frames_cost(&frames);
+        let cost = frames_cost(&frames, self.high_water);
         let permit = tokio::select! {
             p = self.budget.clone().acquire_many_owned(cost) => p.map_err(|_| ConnectionError::Closed)?,
             _ = self.core.closed.cancelled() => return Err(ConnectionError::Closed),
@@ -387,8 +395,8 @@ impl ConnectionSender {
         self.enqueue(frames, permit)
     }
 
-    /// Encodes and queues one value, waiting while more than [`SEND_HIGH_WATER`] bytes
-    /// (peerjs's 8 MiB) are queued. Frames then leave at the pace the remote acknowledges
+    /// Encodes and queues one value, waiting while more than the high-water mark's bytes
+    /// (peerjs's 8 MiB unless configured) are queued. Frames then leave at the pace the remote acknowledges
     /// them (at most the send window in flight), in order.
     ///
     /// # Errors
@@ -426,7 +434,7 @@ impl ConnectionSender {
         let permit = self
             .budget
             .clone()
-            .try_acquire_many_owned(frames_cost(&frames))
+            .try_acquire_many_owned(frames_cost(&frames, self.high_water))
             .map_err(|e| match e {
                 TryAcquireError::Closed => ConnectionError::Closed,
                 TryAcquireError::NoPermits => ConnectionError::Full,
@@ -482,7 +490,9 @@ impl ConnectionSender {
 
     /// Bytes queued or in flight (not yet acknowledged by the remote), approximately.
     pub async fn buffered_amount(&self) -> usize {
-        let queued = SEND_HIGH_WATER.saturating_sub(self.budget.available_permits());
+        let queued = self
+            .high_water
+            .saturating_sub(self.budget.available_permits());
         queued + self.core.dc.outstanding_bytes().await.unwrap_or(0)
     }
 
@@ -492,7 +502,7 @@ impl ConnectionSender {
             if self.core.closed.is_cancelled() {
                 return;
             }
-            if self.budget.available_permits() >= SEND_HIGH_WATER
+            if self.budget.available_permits() >= self.high_water
                 && self.core.dc.outstanding_bytes().await.unwrap_or(0) == 0
             {
                 return;

@@ -48,6 +48,11 @@ pub use connection::{ConnectionError, ConnectionReceiver, ConnectionSender, Data
 pub use ice::{IceConfigError, IceServer, parse_ice_servers};
 pub use udp::BufferedUdpRuntime;
 
+/// The node's [`PeerConfig::send_high_water`]: its relay writers are charged to the memory
+/// budget until `send` returns, so this is what a connection holds outside the budget (plus
+/// SCTP's window); four of the handoff's 255 KiB chunks still fit.
+pub const NODE_SEND_HIGH_WATER: usize = 1 << 20;
+
 /// The peerjs client version we announce in `version=` query parameters.
 pub const PEERJS_VERSION: &str = "1.5.5";
 
@@ -135,6 +140,11 @@ pub struct PeerConfig {
     /// nesting). The default is the codec's ([`codec::DecoderLimits::default`], 64 MiB); a
     /// service sets its own (the node derives them from its relay limits).
     pub decoder_limits: codec::DecoderLimits,
+    /// Bytes a DataConnection queues for sending before `send` waits (and `try_send` fails):
+    /// peerjs's [`SEND_HIGH_WATER`] (8 MiB) by default. A service holding many connections
+    /// lowers it so that what each connection buffers beyond its own accounting stays small
+    /// (the node: [`NODE_SEND_HIGH_WATER`]). At least one 64 KiB frame always fits.
+    pub send_high_water: usize,
 }
 
 /// Default [`PeerConfig::max_inbound_negotiations`].
@@ -170,6 +180,7 @@ impl PeerConfig {
             max_inbound_negotiations: DEFAULT_MAX_INBOUND_NEGOTIATIONS,
             max_inbound_negotiations_per_peer: DEFAULT_MAX_INBOUND_NEGOTIATIONS_PER_PEER,
             decoder_limits: codec::DecoderLimits::default(),
+            send_high_water: SEND_HIGH_WATER,
         }
     }
 

@@ -579,6 +579,7 @@ async fn drive(
         remote_ouroboros,
         window,
         shared.config.decoder_limits,
+        shared.config.send_high_water,
     )
     .await;
     tracing::debug!(connection_id = %meta.connection_id, "data connection open");

@@ -20,6 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The soak ring's shared secret (its backups are audited with it).
+const SECRET: &str = "a ring secret for the soak";
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct SoakConfig {
@@ -193,7 +196,7 @@ pub async fn run(cfg: SoakConfig) -> Verdict {
         .arg("--backup-dir")
         .arg(data.join("backups"))
         .args(["--backup-interval", "1s"])
-        .env("OUROBOROS_SECRET", "a ring secret for the soak")
+        .env("OUROBOROS_SECRET", SECRET)
         .env("OUROBOROS_FAULTS", &cfg.faults)
         .env(
             "RUST_LOG",
@@ -363,19 +366,34 @@ pub async fn run(cfg: SoakConfig) -> Verdict {
         reader_missing += missed.len();
     }
 
-    // The newest node's whole history.
+    // The newest node's whole history (a page that times out on the loaded machine is asked
+    // for again; if the history still cannot be read whole, the newest node's final backup,
+    // written when the ring is stopped below, is audited instead).
     let mut stored: Vec<(u64, String)> = Vec::new();
-    match Client::connect_discovered(&source, ClientConfig::new("auditor")).await {
+    let mut history_complete = false;
+    let mut auditor_cfg = ClientConfig::new("auditor");
+    auditor_cfg.request_timeout = Duration::from_secs(60);
+    match Client::connect_discovered(&source, auditor_cfg).await {
         Ok((auditor, _ev)) => {
             let mut before = None;
+            let mut failures = 0;
             loop {
                 let page = match auditor.history(ROOM, before, Some(500)).await {
                     Ok(p) => p,
+                    Err(e) if failures < 5 => {
+                        failures += 1;
+                        eprintln!("soak: history: {e}; asking again");
+                        continue;
+                    }
                     Err(e) => {
-                        eprintln!("soak: history: {e}");
+                        eprintln!("soak: history: {e}; giving up on the live history");
                         break;
                     }
                 };
+                if page.messages.is_empty() {
+                    history_complete = true;
+                    break;
+                }
                 if page.messages.is_empty() {
                     break;
                 }
@@ -389,6 +407,23 @@ pub async fn run(cfg: SoakConfig) -> Verdict {
             auditor.close().await;
         }
         Err(e) => eprintln!("soak: the auditor could not connect: {e}"),
+    }
+    for c in &all {
+        c.close().await;
+    }
+    let faults = scan_logs(&data);
+    stop_ring(&data, &mut first).await;
+    if !history_complete {
+        match final_backup_history(&data).await {
+            Some(h) => {
+                eprintln!(
+                    "soak: auditing the newest node's final backup instead ({} messages)",
+                    h.len()
+                );
+                stored = h;
+            }
+            None => eprintln!("soak: no final backup to audit either"),
+        }
     }
     stored.sort();
     let by_seq: HashMap<u64, &String> = stored.iter().map(|(s, id)| (*s, id)).collect();
@@ -412,11 +447,6 @@ pub async fn run(cfg: SoakConfig) -> Verdict {
     let skipped_seqs = stored.windows(2).map(|w| w[1].0 - w[0].0 - 1).sum::<u64>()
         + stored.first().map_or(0, |f| f.0 - 1);
 
-    for c in &all {
-        c.close().await;
-    }
-    let faults = scan_logs(&data);
-    stop_ring(&data, &mut first).await;
     Verdict {
         rotations: newest,
         acked: acks.len(),
@@ -430,6 +460,32 @@ pub async fn run(cfg: SoakConfig) -> Verdict {
         elapsed: started.elapsed(),
         faults,
     }
+}
+
+/// The room's messages in the newest backup of the ring (the newest node writes a final one
+/// when it is stopped), decrypted with the soak's ring secret.
+async fn final_backup_history(data: &Path) -> Option<Vec<(u64, String)>> {
+    use ouroboros::handoff::{BackupKey, DirBackupStore, HostOps, Secret, SharedRelay};
+    use ouroboros::relay::{Relay, RelayConfig};
+    let key = BackupKey::derive(&Secret::new(SECRET.as_bytes().to_vec()).ok()?);
+    let backup = DirBackupStore::new(data.join("backups"), 5)
+        .with_key(key)
+        .latest_blocking()
+        .ok()??;
+    let relay = SharedRelay::new(Relay::new(
+        RelayConfig::new("auditor", backup.generation),
+        std::time::Instant::now(),
+    ));
+    relay.restore(backup.snapshot).await.ok()?;
+    let snapshot = relay.lock_with(|r| r.export_snapshot());
+    Some(
+        snapshot
+            .messages
+            .into_iter()
+            .filter(|m| m.room() == ROOM)
+            .map(|m| (m.seq(), m.id().unwrap_or_default().to_string()))
+            .collect(),
+    )
 }
 
 /// Ctrl-C to the newest node (it stops the successors still starting), then `kill -9` of
