@@ -122,7 +122,8 @@ impl std::fmt::Debug for DataConnection {
 
 impl DataConnection {
     /// Wraps an open channel: spawns the reader task and the send pump, which holds the
-    /// channel to `window` bytes in flight when given.
+    /// channel to `window` bytes in flight when given; the decoder's limits and the send
+    /// queue's high-water mark come from the peer's configuration.
     pub(crate) async fn start(
         meta: ConnMeta,
         dc: Arc<dyn DataChannel>,
@@ -130,8 +131,7 @@ impl DataConnection {
         early: Vec<DataChannelEvent>,
         remote_ouroboros: bool,
         window: Option<usize>,
-        limits: DecoderLimits,
-        high_water: usize,
+        (limits, high_water): (DecoderLimits, usize),
     ) -> (DataConnection, Arc<ConnCore>) {
         // At least one 64 KiB frame; semaphore acquisitions are u32-sized.
         let high_water = high_water.clamp(64 * 1024, u32::MAX as usize);

@@ -578,8 +578,7 @@ async fn drive(
         early,
         remote_ouroboros,
         window,
-        shared.config.decoder_limits,
-        shared.config.send_high_water,
+        (shared.config.decoder_limits, shared.config.send_high_water),
     )
     .await;
     tracing::debug!(connection_id = %meta.connection_id, "data connection open");
