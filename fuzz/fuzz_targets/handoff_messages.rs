@@ -1,12 +1,13 @@
-//! Handoff messages from arbitrary bytes: the `binary` (`OHB1`) and `json` decoders, and
-//! the `OHBF` defragmenter fed a sequence of fuzzed values (fragments, whole messages,
-//! strings, maps). Never a panic; every message that decodes encodes and decodes to
-//! itself in both encodings, and, cut into fragments anywhere, reassembles to itself.
+//! Handoff messages from arbitrary bytes: the `binary` (`OHB1`) and `json` decoders of a
+//! message with its authentication tag (`Sealed`, what a connection reads), and the `OHBF`
+//! defragmenter fed a sequence of fuzzed values (fragments, whole messages, strings,
+//! maps). Never a panic; every message that decodes encodes and decodes to itself (tag
+//! included) in both encodings, and, cut into fragments anywhere, reassembles to itself.
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use ouroboros::handoff::{Defragmenter, Message, to_values};
+use ouroboros::handoff::{Defragmenter, Sealed, to_values};
 use ouroboros::peer::codec::{Serialization, Value};
 
 /// One value a handoff connection may receive.
@@ -47,10 +48,10 @@ impl Received {
 }
 
 /// Every encoding of `m` decodes to `m`; its binary form cut at `cuts` reassembles to `m`.
-fn check(m: &Message, cuts: &[u8]) {
-    assert_eq!(&Message::from_json(&m.to_json()).expect("own json"), m);
+fn check(m: &Sealed, cuts: &[u8]) {
+    assert_eq!(&Sealed::from_json(&m.to_json()).expect("own json"), m);
     let bin = m.to_binary();
-    assert_eq!(&Message::from_binary(&bin).expect("own binary"), m);
+    assert_eq!(&Sealed::from_binary(&bin).expect("own binary"), m);
     for ser in [
         Serialization::Json,
         Serialization::Raw,
@@ -95,12 +96,12 @@ fuzz_target!(|data: &[u8]| {
     };
     match mode % 3 {
         0 => {
-            if let Ok(m) = Message::from_binary(body) {
+            if let Ok(m) = Sealed::from_binary(body) {
                 check(&m, body);
             }
         }
         1 => {
-            if let Ok(m) = Message::from_json(&String::from_utf8_lossy(body)) {
+            if let Ok(m) = Sealed::from_json(&String::from_utf8_lossy(body)) {
                 check(&m, body);
             }
         }

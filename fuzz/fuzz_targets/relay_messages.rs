@@ -323,7 +323,7 @@ impl Driver {
                     if let Outgoing::Object(p) = &message {
                         let v: Value = serde_json::from_str(p.json()).expect("objects are JSON");
                         assert!(v["op"].is_string(), "object without op: {}", p.json());
-                        assert_eq!(&v, p.value());
+                        assert_eq!(v, p.value());
                     }
                 }
                 Output::Close { conn, .. } => {

@@ -282,14 +282,28 @@ fn is_ws(b: u8) -> bool {
 /// complete yet. A value must be followed by at least one byte (in a snapshot every value
 /// is followed by `,`, `]` or `}`), so a number cut by the end of a piece is not taken
 /// for a shorter one.
+///
+/// An error found at the very end of `bytes` means "not complete yet" too: serde_json
+/// reports a number cut after its `-`, `.`, `e`, `e+` or `e-` as an invalid number, not as
+/// the end of the input, when it skips the value (`IgnoredAny`, `RawValue`: message bodies
+/// and unknown fields). A value that is really invalid there is refused once more bytes
+/// follow it (its error is then before the end), or by `finish` as cut short.
 fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<Option<(T, usize)>, serde_json::Error> {
     let mut it = serde_json::Deserializer::from_slice(bytes).into_iter::<T>();
     match it.next() {
         Some(Ok(v)) if it.byte_offset() < bytes.len() => Ok(Some((v, it.byte_offset()))),
         Some(Ok(_)) | None => Ok(None),
-        Some(Err(e)) if e.is_eof() => Ok(None),
+        Some(Err(e)) if e.is_eof() || error_at_end(bytes, &e) => Ok(None),
         Some(Err(e)) => Err(e),
     }
+}
+
+/// `e` was found at the end of `bytes` (serde_json gives a line, from 1, and a byte column
+/// within it, from 0; the end of the input is the column after its last byte).
+fn error_at_end(bytes: &[u8], e: &serde_json::Error) -> bool {
+    let line_start = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let lines = 1 + bytes.iter().filter(|&&b| b == b'\n').count();
+    e.line() == lines && e.column() == bytes.len() - line_start
 }
 
 impl SnapshotDecoder {

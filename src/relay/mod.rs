@@ -66,6 +66,7 @@ pub use replication::{
     Applied, JsonCursor, ReplicationEvent, RoomState, SNAPSHOT_VERSION, Snapshot, SnapshotHeader,
     SnapshotJson,
 };
+pub use requests::MAX_BODY_DEPTH;
 pub use restore::{MAX_HEAD, Restorer};
 use store::Room;
 pub use store::{ENTRY_OVERHEAD, Payload, StoredMessage};

@@ -9,6 +9,23 @@ use super::wire::{ClientMessage, ErrorCode};
 use super::{ConnId, Mode, Payload, Refusal, Relay, StoredMessage, refuse};
 use crate::json::push_json_str;
 
+/// Deepest nesting of arrays and objects a message body may have (`too_large` beyond).
+/// A body travels inside other JSON — a `msg`, a `history` page (three levels more), a
+/// snapshot, replication — and serde_json, which the Rust client and a successor's snapshot
+/// decoder read it with, refuses text nested more than 128 deep, while the binary codecs
+/// accept 256: a deeper body was stored, and its `history` page or the snapshot holding it
+/// could not be read (found by the `relay_messages` fuzz target).
+pub const MAX_BODY_DEPTH: usize = 64;
+
+/// `v` nests arrays and objects more than `depth` deep (looks no deeper than that).
+fn deeper_than(v: &Value, depth: usize) -> bool {
+    match v {
+        Value::Array(a) => depth == 0 || a.iter().any(|v| deeper_than(v, depth - 1)),
+        Value::Object(o) => depth == 0 || o.values().any(|v| deeper_than(v, depth - 1)),
+        _ => false,
+    }
+}
+
 impl Relay {
     pub(super) fn relay_message(&mut self, now: Instant, wall_ms: u64, conn: ConnId, msg: Value) {
         let msg = match msg {
@@ -141,8 +158,15 @@ impl Relay {
         Ok(())
     }
 
-    /// `body` as JSON text, refused with `too_large` above `max_message_bytes`.
+    /// `body` as JSON text, refused with `too_large` above `max_message_bytes` or nested
+    /// deeper than [`MAX_BODY_DEPTH`].
     fn body_json(&self, body: &Value) -> Result<String, Refusal> {
+        if deeper_than(body, MAX_BODY_DEPTH) {
+            return refuse(
+                ErrorCode::TooLarge,
+                format!("body nests arrays and objects more than {MAX_BODY_DEPTH} deep"),
+            );
+        }
         let body = serde_json::to_string(body).expect("a JSON value always serialises");
         let max = self.config.limits.max_message_bytes;
         if body.len() > max {

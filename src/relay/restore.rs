@@ -149,7 +149,18 @@ impl Restorer {
                 room.head
             )));
         }
+        // `insert` raises the eviction mark of a room with an empty log to its first
+        // message's seq; a snapshot carries its own mark, and a restore keeps it. Across a
+        // crash-restore gap the two differ: a room whose oldest messages were evicted has
+        // the mark after the last evicted seq (3), below its first stored message (5), and
+        // restoring it with the mark raised to 5 made a relay whose snapshot differs from
+        // the one it came from (found by the `snapshot_restore` fuzz target).
+        let name = m.room_arc().clone();
+        let evicted_before = room.evicted_before;
         self.relay.insert(m);
+        if let Some(room) = self.relay.rooms.get_mut(&*name) {
+            room.evicted_before = evicted_before;
+        }
         Ok(())
     }
 
