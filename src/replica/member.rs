@@ -36,6 +36,10 @@ pub struct ReplicaConfig {
     pub keep_after_snapshot: u64,
     /// A snapshot travels in chunks of at most this many bytes.
     pub snapshot_chunk_bytes: u64,
+    /// How long [`Replica::publish`] and the membership calls wait for a commit. A leader cut
+    /// off from the majority cannot commit and is not told so until it hears a newer term:
+    /// without this bound its callers would wait for the partition to heal.
+    pub write_timeout: Duration,
 }
 
 impl Default for ReplicaConfig {
@@ -48,6 +52,7 @@ impl Default for ReplicaConfig {
             snapshot_every: 10_000,
             keep_after_snapshot: 1_000,
             snapshot_chunk_bytes: 1 << 20,
+            write_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -94,6 +99,8 @@ pub struct Replica {
     raft: Raft<TypeConfig>,
     /// The state machine openraft applies to, shared so histories can be read.
     state: StateMachine,
+    /// [`ReplicaConfig::write_timeout`].
+    write_timeout: Duration,
 }
 
 impl std::fmt::Debug for Replica {
@@ -157,11 +164,11 @@ impl Replica {
         config: &ReplicaConfig,
         transport: Arc<T>,
     ) -> Result<Self, ReplicaError> {
-        let config = Arc::new(config.to_openraft()?);
+        let raft_config = Arc::new(config.to_openraft()?);
         let state = StateMachine::new();
         let raft = Raft::new(
             id,
-            config,
+            raft_config,
             Network::new(id, transport),
             LogStore::new(),
             state.clone(),
@@ -169,7 +176,12 @@ impl Replica {
         .await
         .map_err(|e| ReplicaError::Stopped(e.to_string()))?;
         tracing::info!(member = id, "replica: started");
-        Ok(Self { id, raft, state })
+        Ok(Self {
+            id,
+            raft,
+            state,
+            write_timeout: config.write_timeout,
+        })
     }
 
     /// This member's id.
@@ -209,6 +221,8 @@ impl Replica {
     ///   bytes, or one holds a control character. Nothing is proposed.
     /// - [`ReplicaError::ForwardToLeader`]: this member is not the leader (or stopped being
     ///   it before the entry committed: it may still commit, so retry with the same `id`).
+    /// - [`ReplicaError::NotCommitted`]: not committed within `write_timeout` (this member
+    ///   leads but cannot reach a majority); it may still commit: retry with the same `id`.
     /// - [`ReplicaError::Stopped`]: this member is shut down.
     pub async fn publish(
         &self,
@@ -227,7 +241,10 @@ impl Replica {
             ts: now_ms(),
             body,
         };
-        let resp = self.raft.client_write(command).await.map_err(write_error)?;
+        let resp = self
+            .bounded(self.raft.client_write(command))
+            .await?
+            .map_err(write_error)?;
         match resp.data {
             Reply::Published { seq, duplicate } => {
                 tracing::debug!(member = self.id, room, seq, duplicate, log = %resp.log_id, "replica: published");
@@ -249,9 +266,8 @@ impl Replica {
         addr: NodeAddr,
         blocking: bool,
     ) -> Result<(), ReplicaError> {
-        self.raft
-            .add_learner(id, addr, blocking)
-            .await
+        self.bounded(self.raft.add_learner(id, addr, blocking))
+            .await?
             .map_err(write_error)?;
         tracing::info!(member = self.id, learner = id, "replica: learner added");
         Ok(())
@@ -269,12 +285,23 @@ impl Replica {
             ChangeMembers::Promote(ids) => (openraft::ChangeMembers::AddVoterIds(ids), true),
             ChangeMembers::Remove(ids) => (openraft::ChangeMembers::RemoveVoters(ids), false),
         };
-        self.raft
-            .change_membership(changes, retain)
-            .await
+        self.bounded(self.raft.change_membership(changes, retain))
+            .await?
             .map_err(write_error)?;
         tracing::info!(member = self.id, ?change, "replica: membership changed");
         Ok(())
+    }
+
+    /// Runs a write, at most `write_timeout`.
+    async fn bounded<T>(&self, write: impl Future<Output = T>) -> Result<T, ReplicaError> {
+        tokio::time::timeout(self.write_timeout, write)
+            .await
+            .map_err(|_| {
+                ReplicaError::NotCommitted(format!(
+                    "not committed within {:?} (no quorum reachable?)",
+                    self.write_timeout
+                ))
+            })
     }
 
     /// A room's messages as applied on this member, oldest first (empty for an unknown

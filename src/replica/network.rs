@@ -199,13 +199,9 @@ impl InProcessTransport {
     }
 
     /// The receiver's Raft, if `from` may reach `to` now.
-    fn route<E: std::error::Error>(
-        &self,
-        from: NodeId,
-        to: NodeId,
-    ) -> Result<Raft<TypeConfig>, RpcError<E>> {
+    fn route(&self, from: NodeId, to: NodeId) -> Result<Raft<TypeConfig>, LinkDown> {
         let r = self.router();
-        let down = |why| RPCError::Unreachable(Unreachable::new(&LinkDown { from, to, why }));
+        let down = |why| LinkDown { from, to, why };
         if r.isolated.contains(&from) || r.isolated.contains(&to) {
             return Err(down("cut off"));
         }
@@ -217,16 +213,11 @@ impl InProcessTransport {
             .cloned()
             .ok_or_else(|| down("not registered or killed"))
     }
+}
 
-    /// Whether the route still holds after the call (a member cut off while the call was in
-    /// flight must not get its answer either).
-    fn still_routed<E: std::error::Error>(
-        &self,
-        from: NodeId,
-        to: NodeId,
-    ) -> Result<(), RpcError<E>> {
-        self.route::<E>(from, to).map(|_| ())
-    }
+/// A link that is down, as an RPC error (openraft backs off and retries).
+fn unreachable<E: std::error::Error>(down: LinkDown) -> RpcError<E> {
+    RPCError::Unreachable(Unreachable::new(&down))
 }
 
 /// A remote Raft's refusal, as an RPC error.
@@ -246,9 +237,10 @@ impl Transport for InProcessTransport {
         to: NodeId,
         rpc: AppendEntriesRequest<TypeConfig>,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
-        let raft = self.route(from, to)?;
+        let raft = self.route(from, to).map_err(unreachable)?;
         let resp = raft.append_entries(rpc).await.map_err(|e| remote(to, e))?;
-        self.still_routed(from, to)?;
+        // A member cut off while the call was in flight does not get the answer either.
+        self.route(from, to).map_err(unreachable)?;
         Ok(resp)
     }
 
@@ -258,12 +250,13 @@ impl Transport for InProcessTransport {
         to: NodeId,
         rpc: InstallSnapshotRequest<TypeConfig>,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
-        let raft = self.route(from, to)?;
+        let raft = self.route(from, to).map_err(unreachable)?;
         let resp = raft
             .install_snapshot(rpc)
             .await
             .map_err(|e| remote(to, e))?;
-        self.still_routed(from, to)?;
+        // A member cut off while the call was in flight does not get the answer either.
+        self.route(from, to).map_err(unreachable)?;
         Ok(resp)
     }
 
@@ -273,9 +266,10 @@ impl Transport for InProcessTransport {
         to: NodeId,
         rpc: VoteRequest<NodeId>,
     ) -> Result<VoteResponse<NodeId>, RpcError> {
-        let raft = self.route(from, to)?;
+        let raft = self.route(from, to).map_err(unreachable)?;
         let resp = raft.vote(rpc).await.map_err(|e| remote(to, e))?;
-        self.still_routed(from, to)?;
+        // A member cut off while the call was in flight does not get the answer either.
+        self.route(from, to).map_err(unreachable)?;
         Ok(resp)
     }
 }

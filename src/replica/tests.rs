@@ -29,6 +29,7 @@ fn config() -> ReplicaConfig {
         keep_after_snapshot: 0,
         // Small chunks: a snapshot travels in several install_snapshot RPCs.
         snapshot_chunk_bytes: 1024,
+        write_timeout: Duration::from_secs(1),
     }
 }
 
@@ -100,39 +101,37 @@ impl Cluster {
 
     /// The leader: a live member that says it leads (waits for an election if needed).
     async fn leader(&self) -> NodeId {
-        let live: BTreeSet<NodeId> = self.live().map(Replica::id).collect();
+        self.leader_avoiding(&BTreeSet::new()).await
+    }
+
+    /// The leader among the live members not in `avoid`: of those that say they lead, the
+    /// one with the highest term (a leader cut off from the others still says it leads, with
+    /// an older term). Waits on the members' metrics while there is none.
+    async fn leader_avoiding(&self, avoid: &BTreeSet<NodeId>) -> NodeId {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            for r in self.live() {
-                if r.metrics().state == ServerState::Leader {
-                    return r.id();
-                }
+            let eligible: Vec<&Replica> =
+                self.live().filter(|r| !avoid.contains(&r.id())).collect();
+            let best = eligible
+                .iter()
+                .map(|r| r.metrics())
+                .filter(|m| m.state == ServerState::Leader)
+                .max_by_key(|m| m.current_term);
+            if let Some(m) = best {
+                return m.id;
             }
-            // Wait for any live member to name a live leader other than a stale one.
-            let first = self.live().next().expect("a live member");
-            let live2 = live.clone();
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            assert!(!left.is_zero(), "no leader among {live:?} within {WAIT:?}");
-            let m = first
-                .wait_for(left, "a live leader", move |m| {
-                    m.state == ServerState::Leader
-                        || m.current_leader.is_some_and(|l| live2.contains(&l))
-                })
-                .await
-                .expect("a leader is elected");
-            if let Some(l) = m.current_leader
-                && let Some(r) = self.members.get(&l)
-            {
-                // Confirm it from the leader's own metrics.
-                if r.wait_for(left, "leader confirms", |m| {
-                    m.state == ServerState::Leader || m.current_leader != Some(l)
-                })
-                .await
-                .is_ok_and(|m| m.state == ServerState::Leader)
-                {
-                    return l;
-                }
-            }
+            assert!(!left.is_zero(), "no leader within {WAIT:?}");
+            // Wake on the next change of any eligible member's role, term or leader.
+            let waits = eligible.iter().map(|r| {
+                let seen = r.metrics();
+                Box::pin(r.wait_for(left, "a change", move |m| {
+                    m.state != seen.state
+                        || m.current_term != seen.current_term
+                        || m.current_leader != seen.current_leader
+                }))
+            });
+            let _ = futures::future::select_all(waits).await;
         }
     }
 
@@ -145,7 +144,7 @@ impl Cluster {
         loop {
             let to = match target.take() {
                 Some(t) => t,
-                None => self.leader().await,
+                None => self.leader_avoiding(avoid).await,
             };
             let Some(r) = self.members.get(&to).filter(|_| !avoid.contains(&to)) else {
                 continue;
@@ -391,6 +390,70 @@ async fn replica_partitioned_follower_acks_nothing_and_catches_up() {
                 .iter()
                 .all(|m| m.id != "minority"),
             "the minority's publish was stored"
+        );
+    })
+    .await;
+}
+
+/// The leader cut off from the others: its publish is never acknowledged (it cannot commit),
+/// the majority elects a new leader and goes on; when healed, the old leader's uncommitted
+/// entry is dropped and it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_partitioned_leader_acks_nothing() {
+    bounded(async {
+        let c = Cluster::voters(&[1, 2, 3]).await;
+        let mut acks = Vec::new();
+        for n in 0..10 {
+            acks.push(
+                c.publish(&BTreeSet::new(), "room", "alice", &format!("before-{n}"))
+                    .await,
+            );
+        }
+        let old = c.leader().await;
+        c.transport.isolate(old);
+        let refused = c.members[&old]
+            .publish("room", "mallory", "minority", json!("x"))
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Err(ReplicaError::NotCommitted(_) | ReplicaError::ForwardToLeader { .. })
+            ),
+            "the cut-off leader acknowledged a publish: {refused:?}"
+        );
+        let majority: BTreeSet<NodeId> =
+            ids(&[1, 2, 3]).into_iter().filter(|&i| i != old).collect();
+        let other = *majority.iter().next().expect("a member");
+        c.members[&other]
+            .wait_for(WAIT, "a new leader", move |m| {
+                m.current_leader.is_some_and(|l| l != old)
+            })
+            .await
+            .expect("the majority elects a new leader");
+        let old_set = ids(&[old]);
+        for n in 0..10 {
+            acks.push(
+                c.publish(&old_set, "room", "alice", &format!("during-{n}"))
+                    .await,
+            );
+        }
+        c.transport.heal(old);
+        for n in 0..5 {
+            acks.push(
+                c.publish(&BTreeSet::new(), "room", "alice", &format!("after-{n}"))
+                    .await,
+            );
+        }
+        let all = ids(&[1, 2, 3]);
+        c.converge(&all).await;
+        c.check(&all, &["room"], &acks);
+        assert_eq!(c.members[&old].history("room").len(), 25);
+        assert!(
+            c.members[&old]
+                .history("room")
+                .iter()
+                .all(|m| m.id != "minority"),
+            "the cut-off leader's uncommitted publish was applied"
         );
     })
     .await;
