@@ -274,8 +274,9 @@ impl Replica {
     }
 
     /// Changes the voters (joint consensus: returns once the final membership is committed).
-    /// Call on the leader. Removing the leader itself works, but moving leadership away
-    /// first ([`Replica::trigger_election`] on another voter) avoids a pause.
+    /// Call on the leader. Removing the leader itself works (it steps down once the
+    /// change is committed), but [`Replica::step_aside`] first keeps the change itself off
+    /// the leaving member.
     ///
     /// # Errors
     /// As [`Replica::publish`], plus [`ReplicaError::Membership`] when the change is refused
@@ -344,17 +345,41 @@ impl Replica {
             .map_err(|e| ReplicaError::Wait(format!("member {}: {e}", self.id)))
     }
 
-    /// Makes this member campaign now (with a higher term). A voter whose log is up to date
-    /// wins: this is how leadership moves to it before the old leader leaves.
+    /// Hands leadership over before this member leaves: it stops sending heartbeats and
+    /// will not campaign again, so the other voters' election timers fire and one of them
+    /// (one with an up-to-date log) is elected; returns the new leader, as this member
+    /// learns it. Costs about one election timeout of unavailability. openraft 0.9 has no
+    /// transfer call, and a voter asked to campaign while the others still hear from the
+    /// leader is refused (leader lease), hence this way round.
+    ///
+    /// Works on a follower too (it only stops campaigning). Call it just before the member
+    /// is removed: it never campaigns again.
     ///
     /// # Errors
-    /// [`ReplicaError::Stopped`] after shutdown.
-    pub async fn trigger_election(&self) -> Result<(), ReplicaError> {
-        self.raft
-            .trigger()
-            .elect()
-            .await
-            .map_err(|e| ReplicaError::Stopped(e.to_string()))
+    /// [`ReplicaError::Wait`] when no other leader shows up within `timeout` (this member then
+    /// sends heartbeats and campaigns again).
+    pub async fn step_aside(&self, timeout: Duration) -> Result<NodeId, ReplicaError> {
+        let me = self.id;
+        self.raft.runtime_config().elect(false);
+        self.raft.runtime_config().heartbeat(false);
+        let waited = self
+            .wait_for(timeout, "another leader", move |m| {
+                m.current_leader.is_some_and(|l| l != me)
+            })
+            .await;
+        // As a follower, heartbeats are not sent anyway; if this failed it leads again.
+        self.raft.runtime_config().heartbeat(true);
+        match waited {
+            Ok(m) => {
+                let leader = m.current_leader.unwrap_or(me);
+                tracing::info!(member = me, leader, "replica: leadership handed over");
+                Ok(leader)
+            }
+            Err(e) => {
+                self.raft.runtime_config().elect(true);
+                Err(e)
+            }
+        }
     }
 
     /// Builds a snapshot of everything applied so far, waits for it (at most `timeout`) and

@@ -17,7 +17,7 @@
 //!   network on top of any `Transport`) and [`InProcessTransport`], the in-memory one the tests
 //!   use, with `kill`, `isolate` and `heal`.
 //! - `member.rs`: [`Replica`], the API the rest of the crate uses: start, `initialize`,
-//!   `publish`, `add_learner`, `change_membership`, `history`, `metrics`.
+//!   `publish`, `add_learner`, `change_membership`, `step_aside`, `history`, `metrics`.
 //!
 //! # Design
 //!
@@ -41,8 +41,10 @@
 //!   the log before it was purged.
 //! - **Rotation is a membership change**: a successor joins as a learner, catches up, is
 //!   promoted to voter; leadership moves away from the oldest member, which is then removed.
-//!   openraft 0.9 has no leader transfer call: [`Replica::trigger_election`] on the member that
-//!   should lead makes it campaign with a higher term, which it wins when its log is up to date.
+//!   openraft 0.9 has no leader transfer call, and a voter asked to campaign while the others
+//!   still hear from the leader is refused (leader lease): [`Replica::step_aside`] makes the
+//!   leaving leader stop its heartbeats and never campaign again, so the others elect one of
+//!   themselves after one election timeout.
 //!
 //! # Why openraft 0.9
 //!
