@@ -48,12 +48,15 @@
 //!
 //! # Why openraft 0.9
 //!
-//! `cargo info openraft` lists 0.9.25 as the newest stable release and 0.10.0-alpha.37 as the
-//! newest pre-release. The 0.9 line is what openraft's own documentation calls stable, and
-//! everything this module needs is in it (storage v2 with the `storage-v2` feature, learners,
-//! joint-consensus membership changes, chunked snapshots, metrics with `wait()`). 0.10 would
-//! bring a leader-transfer API and streaming snapshots, but an alpha's API changes between
-//! releases; moving to 0.10 once it is stable touches `store.rs` and `network.rs` only.
+//! `cargo info openraft` (December 2026) lists 0.9.25 as the newest release and
+//! 0.10.0-alpha.37 as the newest pre-release: 0.10 has no stable release yet, and an alpha's
+//! API changes between releases. Everything this module needs is in 0.9: storage v2 (the
+//! `storage-v2` feature unseals `RaftLogStorage`/`RaftStateMachine`), learners,
+//! joint-consensus membership changes, chunked snapshots, metrics with `wait()`. What 0.10
+//! adds that we would use: `trigger().transfer_leader(to)` (here: [`Replica::step_aside`], at
+//! the cost of one election timeout) and pre-vote (here a member that was cut off may disrupt the
+//! leader once when it comes back, with its higher term). Moving to 0.10 once it is stable
+//! touches `store.rs`, `network.rs` and `member.rs`; `state.rs` and the entry format stay.
 //!
 //! # Not built yet
 //!
