@@ -65,6 +65,8 @@
 //! for the RPC types), forwarding and client failover, and the kill -9 soak. See
 //! `protocol/replication.md`.
 
+#![warn(missing_docs)]
+
 mod member;
 mod network;
 mod state;
