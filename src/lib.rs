@@ -17,6 +17,8 @@
 //! - [`discovery`]: the [`discovery::DiscoveryRecord`] and the publishers that make it public.
 //! - [`tunnel`]: optional public reachability (ngrok).
 //! - [`github`]: a small GitHub REST client (dispatch, contents, runs).
+//! - [`replica`]: the replicated ring's foundation: the relay log replicated with Raft
+//!   (openraft), with an in-process network for tests; not wired into the node yet.
 //! - [`rate`]: the token bucket shared by every rate limit.
 //! - [`retry`]: the one retry policy (exponential, capped, full jitter) of every reconnect and
 //!   retry loop.
@@ -33,6 +35,7 @@
 //! - `tunnel`: [`tunnel`] (ngrok).
 //! - `node` (default; implies both): [`node`], [`handoff`], [`lifecycle`], [`github`] and the
 //!   `ouroboros` binary.
+//! - `replicas` (default): [`replica`] (openraft).
 //!
 //! With `default-features = false` the crate is the peer, the relay client, the relay core
 //! and discovery: no server, no tunnel, no GitHub client.
@@ -61,6 +64,8 @@ pub mod node;
 pub mod peer;
 pub mod rate;
 pub mod relay;
+#[cfg(feature = "replicas")]
+pub mod replica;
 pub mod retry;
 #[cfg(feature = "server")]
 pub mod signaling;

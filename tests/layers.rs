@@ -24,6 +24,8 @@ const LAYERS: &[(&str, u32)] = &[
     // The handoff (on the relay) and the client (of the relay).
     ("handoff", 4),
     ("client", 4),
+    // The replicated relay log (imports nothing from the crate yet; later the relay's types).
+    ("replica", 4),
     // The lifecycle (uses handoff's configs and secret).
     ("lifecycle", 5),
     // Cloud parts: GitHub's launcher and publisher.

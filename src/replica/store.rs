@@ -1,0 +1,302 @@
+//! openraft's storage, in memory: [`LogStore`] (the log, the vote, the committed index) and
+//! [`StateMachine`] ([`RoomLogs`] plus the last applied log id, the membership and the
+//! current snapshot).
+//!
+//! Members are ephemeral runners: durability is the majority, not a disk, so nothing here is
+//! written to a file. A member that restarts comes back as a new member (a learner that
+//! catches up), never with its old log.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    Entry, EntryPayload, LogId, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
+    Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+
+use super::{Message, NodeAddr, NodeId, Reply, RoomLogs, TypeConfig};
+
+/// Locks a mutex; a poisoned one (a panic elsewhere while holding it) is still read, since
+/// every update below leaves the data consistent before anything that could panic.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The log's contents.
+#[derive(Debug, Default)]
+struct LogData {
+    /// The last purged log id (entries up to it are gone: a snapshot covers them).
+    last_purged: Option<LogId<NodeId>>,
+    /// The entries by index.
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    /// The vote this member granted or holds.
+    vote: Option<Vote<NodeId>>,
+    /// The last committed log id this member knows of.
+    committed: Option<LogId<NodeId>>,
+}
+
+/// The Raft log in memory. Cheap to clone: clones share the log (openraft's log reader is
+/// one).
+#[derive(Debug, Clone, Default)]
+pub struct LogStore {
+    /// Shared with the log readers openraft's replication tasks hold.
+    inner: Arc<Mutex<LogData>>,
+}
+
+impl LogStore {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let log = lock(&self.inner);
+        Ok(log.entries.range(range).map(|(_, e)| e.clone()).collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let log = lock(&self.inner);
+        let last = log
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(log.last_purged);
+        Ok(LogState {
+            last_purged_log_id: log.last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        lock(&self.inner).vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        Ok(lock(&self.inner).vote)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        lock(&self.inner).committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(lock(&self.inner).committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        {
+            let mut log = lock(&self.inner);
+            for e in entries {
+                log.entries.insert(e.log_id.index, e);
+            }
+        }
+        // In memory, appended is flushed.
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut log = lock(&self.inner);
+        let _removed = log.entries.split_off(&log_id.index);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut log = lock(&self.inner);
+        log.last_purged = Some(log_id);
+        log.entries = log.entries.split_off(&(log_id.index + 1));
+        Ok(())
+    }
+}
+
+/// A built snapshot: its metadata and the bytes of [`RoomLogs::to_snapshot`].
+#[derive(Debug, Clone)]
+struct StoredSnapshot {
+    /// Which log prefix it covers, with which membership.
+    meta: SnapshotMeta<NodeId, NodeAddr>,
+    /// The serialised [`RoomLogs`].
+    data: Vec<u8>,
+}
+
+/// The state machine's contents.
+#[derive(Debug, Default)]
+struct MachineData {
+    /// Every room's history.
+    rooms: RoomLogs,
+    /// The last entry applied.
+    last_applied: Option<LogId<NodeId>>,
+    /// The membership of the last membership entry applied.
+    membership: StoredMembership<NodeId, NodeAddr>,
+    /// The last snapshot built or installed (sent to members that need it).
+    snapshot: Option<StoredSnapshot>,
+    /// Snapshots built so far, to give each a distinct id.
+    snapshots_built: u64,
+}
+
+/// The replicated state machine: [`RoomLogs`] under openraft. Cheap to clone: clones share
+/// the state (the [`Replica`](super::Replica) reads histories through one).
+#[derive(Debug, Clone, Default)]
+pub struct StateMachine {
+    /// Shared with the snapshot builders and the replica's readers.
+    inner: Arc<Mutex<MachineData>>,
+}
+
+impl StateMachine {
+    /// An empty state machine.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A room's messages, oldest first (empty for an unknown room).
+    pub fn history(&self, room: &str) -> Vec<Message> {
+        lock(&self.inner).rooms.history(room)
+    }
+
+    /// The names of the rooms, sorted.
+    pub fn rooms(&self) -> Vec<String> {
+        lock(&self.inner).rooms.rooms()
+    }
+
+    /// The last log id applied.
+    pub fn last_applied(&self) -> Option<LogId<NodeId>> {
+        lock(&self.inner).last_applied
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let mut m = lock(&self.inner);
+        let data = m
+            .rooms
+            .to_snapshot()
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        m.snapshots_built += 1;
+        let snapshot_id = match m.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, m.snapshots_built),
+            None => format!("none-{}", m.snapshots_built),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: m.last_applied,
+            last_membership: m.membership.clone(),
+            snapshot_id,
+        };
+        tracing::debug!(snapshot = %meta.snapshot_id, bytes = data.len(), "replica: snapshot built");
+        m.snapshot = Some(StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        });
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeAddr>), StorageError<NodeId>>
+    {
+        let m = lock(&self.inner);
+        Ok((m.last_applied, m.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut m = lock(&self.inner);
+        let mut replies = Vec::new();
+        for entry in entries {
+            m.last_applied = Some(entry.log_id);
+            let reply = match &entry.payload {
+                EntryPayload::Blank => Reply::Internal,
+                EntryPayload::Normal(command) => m.rooms.apply(command),
+                EntryPayload::Membership(membership) => {
+                    m.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+                    Reply::Internal
+                }
+            };
+            replies.push(reply);
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, NodeAddr>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let data = snapshot.into_inner();
+        let rooms = RoomLogs::from_snapshot(&data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes = data.len(),
+            "replica: snapshot installed"
+        );
+        let mut m = lock(&self.inner);
+        m.rooms = rooms;
+        m.last_applied = meta.last_log_id;
+        m.membership = meta.last_membership.clone();
+        m.snapshot = Some(StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let m = lock(&self.inner);
+        Ok(m.snapshot.as_ref().map(|s| Snapshot {
+            meta: s.meta.clone(),
+            snapshot: Box::new(Cursor::new(s.data.clone())),
+        }))
+    }
+}
