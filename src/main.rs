@@ -29,6 +29,10 @@ enum Command {
     Signal(ouroboros::signaling::SignalArgs),
     /// Run the full node: signaling, relay peer, lifecycle and discovery.
     Node(ouroboros::node::NodeArgs),
+    /// Run one member of a replicated relay log (issue 16; the relay's clients do not reach it
+    /// yet).
+    #[cfg(feature = "replicas")]
+    Replica(ouroboros::node::replica::ReplicaArgs),
 }
 
 fn init_logs(format: LogFormat) {
@@ -56,6 +60,10 @@ async fn main() -> anyhow::Result<()> {
             ouroboros::signaling::run(args, ouroboros::shutdown_signal()).await?
         }
         Command::Node(args) => ouroboros::node::run(args, ouroboros::shutdown_signal()).await?,
+        #[cfg(feature = "replicas")]
+        Command::Replica(args) => {
+            ouroboros::node::replica::run(args, ouroboros::shutdown_signal()).await?
+        }
     }
     Ok(())
 }

@@ -24,6 +24,8 @@ pub mod handoff_ws;
 mod http;
 pub mod ice;
 mod registration;
+#[cfg(feature = "replicas")]
+pub mod replica;
 pub mod ring;
 pub mod status;
 pub mod transport;

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -101,6 +102,9 @@ pub struct Replica {
     state: StateMachine,
     /// [`ReplicaConfig::write_timeout`].
     write_timeout: Duration,
+    /// Set by [`Replica::step_aside`]: this member refuses writes, so that no new entry it
+    /// replicates keeps the followers from electing another leader.
+    leaving: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -181,6 +185,7 @@ impl Replica {
             raft,
             state,
             write_timeout: config.write_timeout,
+            leaving: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -293,8 +298,14 @@ impl Replica {
         Ok(())
     }
 
-    /// Runs a write, at most `write_timeout`.
+    /// Runs a write, at most `write_timeout`; refused at once while this member steps aside.
     async fn bounded<T>(&self, write: impl Future<Output = T>) -> Result<T, ReplicaError> {
+        if self.leaving.load(Ordering::SeqCst) {
+            return Err(ReplicaError::ForwardToLeader {
+                leader: None,
+                addr: None,
+            });
+        }
         tokio::time::timeout(self.write_timeout, write)
             .await
             .map_err(|_| {
@@ -353,13 +364,17 @@ impl Replica {
     /// leader is refused (leader lease), hence this way round.
     ///
     /// Works on a follower too (it only stops campaigning). Call it just before the member
-    /// is removed: it never campaigns again.
+    /// is removed: it never campaigns again, and refuses writes (`ForwardToLeader` with no
+    /// leader) from now on, since entries it replicated would keep the followers from
+    /// electing another leader.
     ///
     /// # Errors
     /// [`ReplicaError::Wait`] when no other leader shows up within `timeout` (this member then
     /// sends heartbeats and campaigns again).
     pub async fn step_aside(&self, timeout: Duration) -> Result<NodeId, ReplicaError> {
         let me = self.id;
+        // New entries would reach the followers as heartbeats do: refuse writes first.
+        self.leaving.store(true, Ordering::SeqCst);
         self.raft.runtime_config().elect(false);
         self.raft.runtime_config().heartbeat(false);
         let waited = self
@@ -377,6 +392,7 @@ impl Replica {
             }
             Err(e) => {
                 self.raft.runtime_config().elect(true);
+                self.leaving.store(false, Ordering::SeqCst);
                 Err(e)
             }
         }

@@ -67,6 +67,7 @@
 
 #![warn(missing_docs)]
 
+mod http;
 mod member;
 mod network;
 mod state;
@@ -78,6 +79,11 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+pub use http::{
+    Answer, Call, CallError, CallFailure, HistoryRequest, HttpTransport, JoinRequest,
+    MAX_BODY_BYTES, MAX_CLOCK_SKEW, OPERATOR, Outcome, PATH_PREFIX, PublishRequest, RemoveRequest,
+    ReplicaService, RpcKey, Status, status, system_now_ms,
+};
 pub use member::{ChangeMembers, MAX_ID_BYTES, MAX_ROOM_BYTES, Replica, ReplicaConfig};
 pub use network::{InProcessTransport, Network, NetworkLink, RpcError, Transport};
 pub use state::{Message, RoomLogs, SnapshotError};

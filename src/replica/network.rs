@@ -35,6 +35,10 @@ const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(100);
 /// [`RPCError::RemoteError`] when `to`'s Raft refused.
 #[async_trait::async_trait]
 pub trait Transport: Send + Sync + 'static {
+    /// Learns where member `to` lives (openraft hands the member's address over whenever it
+    /// opens a link to it). Transports that route by id alone ignore it.
+    fn learn(&self, _to: NodeId, _node: &NodeAddr) {}
+
     /// Log replication and heartbeats.
     async fn append_entries(
         &self,
@@ -80,7 +84,8 @@ impl<T: Transport> Network<T> {
 impl<T: Transport> RaftNetworkFactory<TypeConfig> for Network<T> {
     type Network = NetworkLink<T>;
 
-    async fn new_client(&mut self, target: NodeId, _node: &NodeAddr) -> Self::Network {
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Self::Network {
+        self.transport.learn(target, node);
         NetworkLink {
             from: self.from,
             to: target,
@@ -221,7 +226,7 @@ fn unreachable<E: std::error::Error>(down: LinkDown) -> RpcError<E> {
 }
 
 /// A remote Raft's refusal, as an RPC error.
-fn remote<E: std::error::Error>(to: NodeId, e: RaftError<NodeId, E>) -> RpcError<E> {
+pub(super) fn remote<E: std::error::Error>(to: NodeId, e: RaftError<NodeId, E>) -> RpcError<E> {
     match e {
         // The receiver is shutting down: to the sender it is as good as unreachable.
         RaftError::Fatal(f) => RPCError::Network(NetworkError::new(&f)),

@@ -1,0 +1,804 @@
+//! The replicated log between processes: Raft's three RPCs and the members' own calls
+//! (publish, history, status, join, remove) as HTTP `POST`s with JSON bodies, each
+//! authenticated with an HMAC of the ring's shared secret (`protocol/replication.md`,
+//! "Transport between processes").
+//!
+//! - [`HttpTransport`] is the sending side: a [`Transport`] for openraft plus
+//!   [`HttpTransport::call`] for the members' calls. It learns where each member lives from the
+//!   membership (openraft hands the member's [`NodeAddr`] to the network factory).
+//! - [`ReplicaService`] is the receiving side, free of any web framework: it takes the call's
+//!   name, its headers and its body, and returns a status and a JSON body. The node mounts it
+//!   under [`PATH_PREFIX`] on its HTTP server (`node::replica`).
+//!
+//! The MAC covers the call, the sender, the receiver, a timestamp and the body, so a request
+//! cannot be redirected to another member, another call, or replayed after
+//! [`MAX_CLOCK_SKEW`]. A replay inside that window repeats an idempotent request: Raft's RPCs
+//! carry terms and log ids, and a publish is deduplicated by `(room, from, id)`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use ring::{hkdf, hmac};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::network::{RpcError, Transport, remote};
+use super::{ChangeMembers, Message, NodeAddr, NodeId, Replica, ReplicaError, Seq, TypeConfig};
+
+/// Every call's path starts with this; the call's name follows (`/replica/v1/append`).
+pub const PATH_PREFIX: &str = "/replica/v1/";
+/// The largest request body a member accepts (a batch of log entries or a snapshot chunk).
+pub const MAX_BODY_BYTES: usize = 32 << 20;
+/// How far a request's timestamp may be from the receiver's clock.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// The sender id of a caller that is not a member (an operator's tool holding the secret).
+pub const OPERATOR: NodeId = 0;
+
+/// Header: the sender's member id ([`OPERATOR`] for a tool).
+pub const HEADER_FROM: &str = "x-replica-from";
+/// Header: the receiver's member id.
+pub const HEADER_TO: &str = "x-replica-to";
+/// Header: the sender's clock, ms since the Unix epoch.
+pub const HEADER_TS: &str = "x-replica-ts";
+/// Header: base64url (no padding) of the HMAC-SHA256 of [`RpcKey::mac`]'s input.
+pub const HEADER_MAC: &str = "x-replica-mac";
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// The calls a member answers, by the last part of their path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// Raft: log replication and heartbeats.
+    Append,
+    /// Raft: one chunk of a snapshot.
+    Snapshot,
+    /// Raft: a vote request.
+    Vote,
+    /// Publish a message ([`PublishRequest`]); a follower forwards it to the leader.
+    Publish,
+    /// A room's history as applied on this member ([`HistoryRequest`]).
+    History,
+    /// This member's role, leader, log and membership ([`Status`]).
+    Status,
+    /// Add a member: learner, catch up, voter ([`JoinRequest`]); forwarded to the leader.
+    Join,
+    /// Remove a voter ([`RemoveRequest`]); forwarded to the leader, which steps aside first
+    /// when it is the one removed.
+    Remove,
+}
+
+impl Call {
+    /// Every call.
+    pub const ALL: [Call; 8] = [
+        Call::Append,
+        Call::Snapshot,
+        Call::Vote,
+        Call::Publish,
+        Call::History,
+        Call::Status,
+        Call::Join,
+        Call::Remove,
+    ];
+
+    /// The call's name in its path.
+    pub fn name(self) -> &'static str {
+        match self {
+            Call::Append => "append",
+            Call::Snapshot => "snapshot",
+            Call::Vote => "vote",
+            Call::Publish => "publish",
+            Call::History => "history",
+            Call::Status => "status",
+            Call::Join => "join",
+            Call::Remove => "remove",
+        }
+    }
+
+    /// The call named `name`, if any.
+    pub fn from_name(name: &str) -> Option<Call> {
+        Call::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+/// The key that authenticates calls between the members of one ring, derived from the ring's
+/// shared secret (HKDF-SHA256, salt `ouroboros replica rpc v1`, info `mac`).
+pub struct RpcKey {
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for RpcKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RpcKey(..)")
+    }
+}
+
+/// HKDF output length (ring's `KeyType`).
+struct Len32;
+
+impl hkdf::KeyType for Len32 {
+    fn len(&self) -> usize {
+        32
+    }
+}
+
+impl RpcKey {
+    /// The key of the ring whose shared secret is `secret`.
+    pub fn from_secret(secret: &[u8]) -> RpcKey {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"ouroboros replica rpc v1").extract(secret);
+        let mut out = [0u8; 32];
+        prk.expand(&[b"mac"], Len32)
+            .and_then(|okm| okm.fill(&mut out))
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        RpcKey {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &out),
+        }
+    }
+
+    /// The MAC input: `ouroboros-replica-v1\n{call}\n{from}\n{to}\n{ts}\n` followed by the body.
+    fn input(call: Call, from: NodeId, to: NodeId, ts: u64, body: &[u8]) -> Vec<u8> {
+        let mut data = format!(
+            "ouroboros-replica-v1\n{}\n{from}\n{to}\n{ts}\n",
+            call.name()
+        )
+        .into_bytes();
+        data.extend_from_slice(body);
+        data
+    }
+
+    /// The MAC of a request (base64url, no padding).
+    pub fn mac(&self, call: Call, from: NodeId, to: NodeId, ts: u64, body: &[u8]) -> String {
+        B64.encode(hmac::sign(&self.key, &Self::input(call, from, to, ts, body)).as_ref())
+    }
+
+    /// Whether `mac` is the request's MAC (constant time).
+    pub fn verify(
+        &self,
+        call: Call,
+        from: NodeId,
+        to: NodeId,
+        ts: u64,
+        body: &[u8],
+        mac: &str,
+    ) -> bool {
+        B64.decode(mac).is_ok_and(|m| {
+            hmac::verify(&self.key, &Self::input(call, from, to, ts, body), &m).is_ok()
+        })
+    }
+}
+
+/// The milliseconds since the Unix epoch (0 for a clock before 1970).
+pub fn system_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `POST publish`: a message to append to a room.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublishRequest {
+    /// The room.
+    pub room: String,
+    /// The publisher's identity.
+    pub from: String,
+    /// The publisher's message id (a retry repeats it).
+    pub id: String,
+    /// The body.
+    pub body: serde_json::Value,
+}
+
+/// `POST history`: which room.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryRequest {
+    /// The room.
+    pub room: String,
+}
+
+/// `POST join`: the member to add.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// Its member id (never 0, never reused).
+    pub id: NodeId,
+    /// Its base URL (`http://127.0.0.1:8080`).
+    pub addr: String,
+}
+
+/// `POST remove`: the voter to remove.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveRequest {
+    /// Its member id.
+    pub id: NodeId,
+}
+
+/// `POST status`'s answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// This member.
+    pub id: NodeId,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// Its current term.
+    pub term: u64,
+    /// The index of its last log entry (0: none).
+    pub last_log: u64,
+    /// The index of the last entry it applied (0: none).
+    pub applied: u64,
+    /// The voters, by id, with their addresses.
+    pub voters: Vec<(NodeId, String)>,
+    /// The learners, by id, with their addresses.
+    pub learners: Vec<(NodeId, String)>,
+}
+
+/// A member call's outcome in its body: `{"ok": …}` or `{"err": …}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome<T> {
+    /// It worked.
+    Ok(T),
+    /// It did not.
+    Err(CallFailure),
+}
+
+/// Why a member call did not work, as it travels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CallFailure {
+    /// No leader could take it (an election is under way, or the leader was unreachable):
+    /// retry, with the same message id for a publish.
+    NoLeader {
+        /// The leader the member knows of.
+        leader: Option<NodeId>,
+    },
+    /// Not committed in time (a leader cut off from the majority): retry with the same id.
+    NotCommitted {
+        /// Detail.
+        detail: String,
+    },
+    /// A field breaks a rule; do not retry.
+    BadRequest {
+        /// The field.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A membership change was refused (another one is under way, …).
+    Refused {
+        /// Detail.
+        detail: String,
+    },
+    /// The member is shutting down.
+    Stopped,
+}
+
+impl CallFailure {
+    /// Whether the same call (same message id) may work later or elsewhere.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, CallFailure::BadRequest { .. })
+    }
+}
+
+impl From<ReplicaError> for CallFailure {
+    fn from(e: ReplicaError) -> Self {
+        match e {
+            ReplicaError::ForwardToLeader { leader, .. } => CallFailure::NoLeader { leader },
+            ReplicaError::NotCommitted(detail) => CallFailure::NotCommitted { detail },
+            ReplicaError::BadRequest { field, reason } => CallFailure::BadRequest {
+                field: field.to_owned(),
+                reason: reason.to_owned(),
+            },
+            ReplicaError::Stopped(_) => CallFailure::Stopped,
+            e @ (ReplicaError::Membership(_)
+            | ReplicaError::Initialize(_)
+            | ReplicaError::Config(_)
+            | ReplicaError::Wait(_)
+            | ReplicaError::UnexpectedReply(_)) => CallFailure::Refused {
+                detail: e.to_string(),
+            },
+        }
+    }
+}
+
+/// Why an HTTP call to a member did not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The member could not be reached (connection refused, timeout, reset).
+    #[error("member {to} at {addr}: unreachable: {detail}")]
+    Unreachable {
+        /// The member.
+        to: NodeId,
+        /// Where it was called.
+        addr: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The member answered with an HTTP error (401: the MAC or the clock; 404: no such call).
+    #[error("member {to}: HTTP {status}: {body}")]
+    Status {
+        /// The member.
+        to: NodeId,
+        /// The status.
+        status: u16,
+        /// The start of the body.
+        body: String,
+    },
+    /// The member's answer is not the JSON expected.
+    #[error("member {to}: bad answer: {detail}")]
+    Decode {
+        /// The member.
+        to: NodeId,
+        /// What is wrong.
+        detail: String,
+    },
+    /// No address is known for the member.
+    #[error("no address known for member {0}")]
+    NoAddress(NodeId),
+}
+
+/// The sending side: calls to other members over HTTP.
+pub struct HttpTransport {
+    /// This sender's id ([`OPERATOR`] for a tool).
+    from: NodeId,
+    http: reqwest::Client,
+    key: Arc<RpcKey>,
+    /// Where each member lives (learned from the membership, or set).
+    book: Mutex<HashMap<NodeId, String>>,
+    /// How long one call may take.
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for HttpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTransport")
+            .field("from", &self.from)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpTransport {
+    /// A transport for member `from` (or [`OPERATOR`]) over `http`, signing with `key`; each
+    /// call is bounded by `timeout`.
+    pub fn new(from: NodeId, http: reqwest::Client, key: Arc<RpcKey>, timeout: Duration) -> Self {
+        Self {
+            from,
+            http,
+            key,
+            book: Mutex::new(HashMap::new()),
+            timeout,
+        }
+    }
+
+    /// Records that member `id` lives at `addr` (a base URL).
+    pub fn set_addr(&self, id: NodeId, addr: &str) {
+        self.book
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, addr.trim_end_matches('/').to_owned());
+    }
+
+    /// Where member `id` lives, if known.
+    pub fn addr(&self, id: NodeId) -> Option<String> {
+        self.book
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Sends `call` with `req` to member `to` and decodes its answer.
+    ///
+    /// # Errors
+    /// [`CallError`]: unreachable, an HTTP error status, an answer that does not decode, or no
+    /// address for `to`.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        to: NodeId,
+        call: Call,
+        req: &Req,
+    ) -> Result<Resp, CallError> {
+        let addr = self.addr(to).ok_or(CallError::NoAddress(to))?;
+        let body = serde_json::to_vec(req).map_err(|e| CallError::Decode {
+            to,
+            detail: format!("request: {e}"),
+        })?;
+        let ts = system_now_ms();
+        let mac = self.key.mac(call, self.from, to, ts, &body);
+        let unreachable = |e: reqwest::Error| CallError::Unreachable {
+            to,
+            addr: addr.clone(),
+            detail: e.to_string(),
+        };
+        let resp = self
+            .http
+            .post(format!("{addr}{PATH_PREFIX}{}", call.name()))
+            .timeout(self.timeout)
+            .header(HEADER_FROM, self.from.to_string())
+            .header(HEADER_TO, to.to_string())
+            .header(HEADER_TS, ts.to_string())
+            .header(HEADER_MAC, mac)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(unreachable)?;
+        if status != 200 {
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
+            return Err(CallError::Status {
+                to,
+                status,
+                body: text,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| CallError::Decode {
+            to,
+            detail: e.to_string(),
+        })
+    }
+
+    /// A Raft RPC: the remote Raft's own result, or an error openraft understands.
+    async fn raft_call<Req: Serialize, Resp: DeserializeOwned, E>(
+        &self,
+        to: NodeId,
+        call: Call,
+        req: &Req,
+    ) -> Result<Resp, RpcError<E>>
+    where
+        E: std::error::Error + DeserializeOwned,
+    {
+        let answer: Result<Resp, RaftError<NodeId, E>> = self
+            .call(to, call, req)
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        answer.map_err(|e| remote(to, e))
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for HttpTransport {
+    fn learn(&self, to: NodeId, node: &NodeAddr) {
+        self.set_addr(to, &node.addr);
+    }
+
+    async fn append_entries(
+        &self,
+        _from: NodeId,
+        to: NodeId,
+        rpc: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
+        self.raft_call(to, Call::Append, &rpc).await
+    }
+
+    async fn install_snapshot(
+        &self,
+        _from: NodeId,
+        to: NodeId,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
+        self.raft_call(to, Call::Snapshot, &rpc).await
+    }
+
+    async fn vote(
+        &self,
+        _from: NodeId,
+        to: NodeId,
+        rpc: VoteRequest<NodeId>,
+    ) -> Result<VoteResponse<NodeId>, RpcError> {
+        self.raft_call(to, Call::Vote, &rpc).await
+    }
+}
+
+/// An answer of [`ReplicaService::handle`]: an HTTP status and a JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The JSON body.
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    fn json<T: Serialize>(value: &T) -> Answer {
+        match serde_json::to_vec(value) {
+            Ok(body) => Answer { status: 200, body },
+            Err(e) => Answer::error(500, &format!("cannot encode the answer: {e}")),
+        }
+    }
+
+    fn error(status: u16, message: &str) -> Answer {
+        Answer {
+            status,
+            body: serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default(),
+        }
+    }
+}
+
+/// The receiving side: authenticates a call and runs it on this member.
+#[derive(Clone)]
+pub struct ReplicaService {
+    replica: Replica,
+    key: Arc<RpcKey>,
+    /// Calls to other members (forwarding to the leader).
+    transport: Arc<HttpTransport>,
+    /// The clock the timestamp is checked against.
+    now_ms: fn() -> u64,
+}
+
+impl std::fmt::Debug for ReplicaService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaService")
+            .field("member", &self.replica.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplicaService {
+    /// The service of `replica`, checking calls with `key` and forwarding through
+    /// `transport` (the same one the member's Raft sends through).
+    pub fn new(replica: Replica, key: Arc<RpcKey>, transport: Arc<HttpTransport>) -> Self {
+        Self {
+            replica,
+            key,
+            transport,
+            now_ms: system_now_ms,
+        }
+    }
+
+    /// The same service with another clock (tests of the timestamp check).
+    pub fn with_clock(mut self, now_ms: fn() -> u64) -> Self {
+        self.now_ms = now_ms;
+        self
+    }
+
+    /// The member this service runs on.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// Handles the call named `name` with the request's `header` values and `body`.
+    pub async fn handle(
+        &self,
+        name: &str,
+        header: impl Fn(&str) -> Option<String>,
+        body: &[u8],
+    ) -> Answer {
+        let Some(call) = Call::from_name(name) else {
+            return Answer::error(404, "no such call");
+        };
+        if body.len() > MAX_BODY_BYTES {
+            return Answer::error(413, "body too large");
+        }
+        let num = |h: &str| header(h).and_then(|v| v.trim().parse::<u64>().ok());
+        let (Some(from), Some(to), Some(ts), Some(mac)) = (
+            num(HEADER_FROM),
+            num(HEADER_TO),
+            num(HEADER_TS),
+            header(HEADER_MAC),
+        ) else {
+            return Answer::error(401, "missing or malformed authentication headers");
+        };
+        if !self.key.verify(call, from, to, ts, body, &mac) {
+            return Answer::error(401, "bad MAC");
+        }
+        let skew = u64::try_from(MAX_CLOCK_SKEW.as_millis()).unwrap_or(u64::MAX);
+        if (self.now_ms)().abs_diff(ts) > skew {
+            return Answer::error(401, "timestamp too far from this member's clock");
+        }
+        if to != self.replica.id() {
+            return Answer::error(421, "this request is for another member");
+        }
+        // A call a member forwarded is not forwarded again (one hop at most); an operator's,
+        // or a joining member's, is.
+        let may_forward = !self.is_member(from);
+        match call {
+            Call::Append => {
+                self.raft(body, |r: AppendEntriesRequest<TypeConfig>| async move {
+                    self.replica.raft().append_entries(r).await
+                })
+                .await
+            }
+            Call::Snapshot => {
+                self.raft(body, |r: InstallSnapshotRequest<TypeConfig>| async move {
+                    self.replica.raft().install_snapshot(r).await
+                })
+                .await
+            }
+            Call::Vote => {
+                self.raft(body, |r: VoteRequest<NodeId>| async move {
+                    self.replica.raft().vote(r).await
+                })
+                .await
+            }
+            Call::Publish => match decode::<PublishRequest>(body) {
+                Ok(r) => Answer::json(&self.publish(r, may_forward).await),
+                Err(a) => a,
+            },
+            Call::History => match decode::<HistoryRequest>(body) {
+                Ok(r) => Answer::json(&Outcome::<Vec<Message>>::Ok(self.replica.history(&r.room))),
+                Err(a) => a,
+            },
+            Call::Status => Answer::json(&Outcome::Ok(status(&self.replica))),
+            Call::Join => match decode::<JoinRequest>(body) {
+                Ok(r) => Answer::json(&self.join(r, may_forward).await),
+                Err(a) => a,
+            },
+            Call::Remove => match decode::<RemoveRequest>(body) {
+                Ok(r) => Answer::json(&self.remove(r, may_forward).await),
+                Err(a) => a,
+            },
+        }
+    }
+
+    /// Whether `id` is a voter or learner of this member's membership.
+    fn is_member(&self, id: NodeId) -> bool {
+        id != OPERATOR
+            && self
+                .replica
+                .metrics()
+                .membership_config
+                .membership()
+                .nodes()
+                .any(|(n, _)| *n == id)
+    }
+
+    /// Runs a Raft RPC and answers with its `Result`, as openraft serialises it.
+    async fn raft<Req, Resp, E, F, Fut>(&self, body: &[u8], run: F) -> Answer
+    where
+        Req: DeserializeOwned,
+        Resp: Serialize,
+        E: std::error::Error + Serialize,
+        F: FnOnce(Req) -> Fut,
+        Fut: Future<Output = Result<Resp, RaftError<NodeId, E>>>,
+    {
+        match decode::<Req>(body) {
+            Ok(req) => Answer::json(&run(req).await),
+            Err(a) => a,
+        }
+    }
+
+    /// The leader to forward to, when this member is not it and `may_forward` (a call from a
+    /// member is never forwarded again: one hop at most).
+    fn forward_target(&self, e: &ReplicaError, may_forward: bool) -> Option<NodeId> {
+        match e {
+            ReplicaError::ForwardToLeader {
+                leader: Some(leader),
+                addr,
+            } if may_forward && *leader != self.replica.id() => {
+                if let Some(addr) = addr {
+                    self.transport.set_addr(*leader, addr);
+                }
+                Some(*leader)
+            }
+            _ => None,
+        }
+    }
+
+    /// A publish here, or at the leader.
+    async fn publish(&self, r: PublishRequest, may_forward: bool) -> Outcome<Seq> {
+        match self
+            .replica
+            .publish(&r.room, &r.from, &r.id, r.body.clone())
+            .await
+        {
+            Ok(seq) => Outcome::Ok(seq),
+            Err(e) => match self.forward_target(&e, may_forward) {
+                Some(leader) => self.forwarded(leader, Call::Publish, &r).await,
+                None => Outcome::Err(e.into()),
+            },
+        }
+    }
+
+    /// Adds a learner, waits for it to catch up, makes it a voter; or forwards to the leader.
+    async fn join(&self, r: JoinRequest, may_forward: bool) -> Outcome<()> {
+        if r.id == OPERATOR {
+            return Outcome::Err(CallFailure::BadRequest {
+                field: "id".into(),
+                reason: "member id 0 is reserved".into(),
+            });
+        }
+        let added = self
+            .replica
+            .add_learner(
+                r.id,
+                NodeAddr {
+                    addr: r.addr.clone(),
+                },
+                true,
+            )
+            .await;
+        let done = match added {
+            Ok(()) => {
+                self.replica
+                    .change_membership(ChangeMembers::Promote([r.id].into()))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(()) => Outcome::Ok(()),
+            Err(e) => match self.forward_target(&e, may_forward) {
+                Some(leader) => self.forwarded(leader, Call::Join, &r).await,
+                None => Outcome::Err(e.into()),
+            },
+        }
+    }
+
+    /// Removes a voter; the leader removing itself first hands leadership over and forwards.
+    async fn remove(&self, r: RemoveRequest, may_forward: bool) -> Outcome<()> {
+        let me = self.replica.id();
+        if r.id == me && self.replica.current_leader() == Some(me) {
+            return match self.replica.step_aside(Duration::from_secs(10)).await {
+                Ok(leader) => self.forwarded(leader, Call::Remove, &r).await,
+                Err(e) => Outcome::Err(e.into()),
+            };
+        }
+        match self
+            .replica
+            .change_membership(ChangeMembers::Remove([r.id].into()))
+            .await
+        {
+            Ok(()) => Outcome::Ok(()),
+            Err(e) => match self.forward_target(&e, may_forward) {
+                Some(leader) => self.forwarded(leader, Call::Remove, &r).await,
+                None => Outcome::Err(e.into()),
+            },
+        }
+    }
+
+    /// Forwards a call to `leader`; a failure to reach it is a [`CallFailure::NoLeader`].
+    async fn forwarded<Req: Serialize, T: DeserializeOwned>(
+        &self,
+        leader: NodeId,
+        call: Call,
+        req: &Req,
+    ) -> Outcome<T> {
+        match self.transport.call(leader, call, req).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::debug!(member = self.replica.id(), leader, error = %e, "replica: forward failed");
+                Outcome::Err(CallFailure::NoLeader {
+                    leader: Some(leader),
+                })
+            }
+        }
+    }
+}
+
+/// Decodes a request body, or the 400 answer.
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Answer> {
+    serde_json::from_slice(body).map_err(|e| Answer::error(400, &format!("bad request: {e}")))
+}
+
+/// A member's [`Status`] from its metrics.
+pub fn status(replica: &Replica) -> Status {
+    let m = replica.metrics();
+    let membership = m.membership_config.membership();
+    let voter_ids: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+    let mut voters = Vec::new();
+    let mut learners = Vec::new();
+    for (id, node) in membership.nodes() {
+        if voter_ids.contains(id) {
+            voters.push((*id, node.addr.clone()));
+        } else {
+            learners.push((*id, node.addr.clone()));
+        }
+    }
+    Status {
+        id: replica.id(),
+        role: format!("{:?}", m.state).to_lowercase(),
+        leader: m.current_leader,
+        term: m.current_term,
+        last_log: m.last_log_index.unwrap_or(0),
+        applied: m.last_applied.map_or(0, |l| l.index),
+        voters,
+        learners,
+    }
+}

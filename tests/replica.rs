@@ -1,0 +1,513 @@
+//! The replicated log across real processes (issue 16): `ouroboros replica` members on
+//! loopback, talking HTTP with the ring's secret, killed with SIGKILL, stopped with SIGSTOP,
+//! replaced through membership changes, while clients publish without pause. What is checked
+//! is the promise of `protocol/replication.md`: every acknowledged message is in every
+//! surviving member's log exactly once, at the `seq` it was acknowledged with, and the members
+//! agree on every `seq`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ouroboros::replica::{
+    Call, CallFailure, HistoryRequest, HttpTransport, Message, NodeId, OPERATOR, Outcome,
+    PublishRequest, RemoveRequest, RpcKey, Status,
+};
+use rand::Rng;
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+
+const SECRET: &str = "replica-test-secret-0123456789";
+const ROOMS: [&str; 2] = ["lobby", "ops"];
+
+/// One `ouroboros replica` process.
+struct Member {
+    id: NodeId,
+    url: String,
+    child: Child,
+    /// Its stdout lines (the `listening`, `bootstrapped` and `joined` lines).
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl Member {
+    /// Starts member `id`: `--bootstrap` when `contacts` is empty, else `--join` each of them.
+    /// Returns once it listens (not yet joined: see [`Member::wait_line`]).
+    async fn start(id: NodeId, contacts: &[(NodeId, String)], logs: &std::path::Path) -> Member {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ouroboros"));
+        cmd.args([
+            "replica",
+            "--id",
+            &id.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--heartbeat", "300ms", "--election-timeout", "1200ms"])
+        .args(["--write-timeout", "3s", "--join-timeout", "90s"]);
+        if contacts.is_empty() {
+            cmd.arg("--bootstrap");
+        }
+        for (cid, url) in contacts {
+            cmd.arg("--join").arg(format!("{cid}={url}"));
+        }
+        let log = std::fs::File::create(logs.join(format!("member-{id}.log"))).unwrap();
+        cmd.env("OUROBOROS_SECRET", SECRET)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn ouroboros replica");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut m = Member {
+            id,
+            url: String::new(),
+            child,
+            lines,
+        };
+        let line = m.wait_line("listening on", Duration::from_secs(30)).await;
+        m.url = line.rsplit(' ').next().unwrap().to_owned();
+        m
+    }
+
+    /// Waits for a stdout line containing `needle`.
+    async fn wait_line(&mut self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match timeout(left, self.lines.recv()).await {
+                Ok(Some(line)) if line.contains(needle) => return line,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("member {} exited before printing {needle:?}", self.id),
+                Err(_) => panic!("member {}: no {needle:?} line within {within:?}", self.id),
+            }
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id().expect("member still running") as i32
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    async fn kill9(mut self) {
+        self.child.start_kill().unwrap();
+        let _ = self.child.wait().await;
+    }
+
+    /// SIGTERM (graceful), and waits for the exit.
+    async fn stop(mut self) {
+        self.signal(SIGTERM);
+        timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("member stops on SIGTERM")
+            .unwrap();
+    }
+}
+
+use libc::{SIGCONT, SIGSTOP, SIGTERM};
+
+/// The members' log folder: removed after a passing test, kept (and named) after a failure.
+struct Logs(Option<tempfile::TempDir>);
+
+impl Logs {
+    fn new() -> Logs {
+        Logs(Some(
+            tempfile::Builder::new()
+                .prefix("replica-test-")
+                .tempdir()
+                .unwrap(),
+        ))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.0.as_ref().unwrap().path()
+    }
+}
+
+impl Drop for Logs {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(dir) = self.0.take()
+        {
+            eprintln!("members' logs kept in {}", dir.keep().display());
+        }
+    }
+}
+
+/// The live members' addresses, shared with the publishers.
+type Book = Arc<Mutex<Vec<(NodeId, String)>>>;
+
+/// An operator's client (member id 0) over the ring's key; a call may take 5 s.
+fn operator() -> Arc<HttpTransport> {
+    operator_with_timeout(Duration::from_secs(5))
+}
+
+/// An operator's client whose calls may take `limit`.
+fn operator_with_timeout(limit: Duration) -> Arc<HttpTransport> {
+    ouroboros::install_crypto_provider();
+    Arc::new(HttpTransport::new(
+        OPERATOR,
+        reqwest::Client::new(),
+        Arc::new(RpcKey::from_secret(SECRET.as_bytes())),
+        limit,
+    ))
+}
+
+/// What the publishers got acknowledged: (room, from, id) → seq.
+type Acks = Arc<Mutex<HashMap<(String, String, String), u64>>>;
+
+/// A publisher: publishes `p{n}-{k}` without pause to a random live member, retrying a
+/// message (same id) until it is acknowledged; stops when `stop` is set. A message that no
+/// member acknowledges within 60 s fails the test.
+async fn publisher(n: usize, book: Book, acks: Acks, stop: Arc<AtomicBool>) -> usize {
+    let op = operator();
+    let from = format!("p{n}");
+    let mut k = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let room = ROOMS[k % ROOMS.len()].to_owned();
+        let req = PublishRequest {
+            room: room.clone(),
+            from: from.clone(),
+            id: format!("{from}-{k}"),
+            body: serde_json::json!({ "n": n, "k": k }),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let seq = loop {
+            assert!(
+                Instant::now() < deadline,
+                "{} was not acknowledged within 60 s",
+                req.id
+            );
+            let (id, url) = {
+                let b = book.lock().unwrap();
+                b[rand::rng().random_range(0..b.len())].clone()
+            };
+            op.set_addr(id, &url);
+            match op.call::<_, Outcome<u64>>(id, Call::Publish, &req).await {
+                Ok(Outcome::Ok(seq)) => break seq,
+                Ok(Outcome::Err(f)) => assert!(f.is_retryable(), "{} refused: {f:?}", req.id),
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        acks.lock()
+            .unwrap()
+            .insert((room, from.clone(), req.id), seq);
+        k += 1;
+    }
+    k
+}
+
+/// Calls `call` on live members in turn until one answers `Ok` (60 s at most).
+async fn until_ok<Req: serde::Serialize, T: serde::de::DeserializeOwned>(
+    op: &HttpTransport,
+    book: &Book,
+    call: Call,
+    req: &Req,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let members = book.lock().unwrap().clone();
+        for (id, url) in members {
+            op.set_addr(id, &url);
+            match op.call::<_, Outcome<T>>(id, call, req).await {
+                Ok(Outcome::Ok(v)) => return v,
+                Ok(Outcome::Err(f @ CallFailure::BadRequest { .. })) => panic!("{call:?}: {f:?}"),
+                Ok(Outcome::Err(f)) => last = format!("member {id}: {f:?}"),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{call:?} did not succeed within 60 s: {last}");
+}
+
+async fn status_of(op: &HttpTransport, m: &Member) -> Option<Status> {
+    op.set_addr(m.id, &m.url);
+    match op.call::<_, Outcome<Status>>(m.id, Call::Status, &()).await {
+        Ok(Outcome::Ok(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// Starts member `id` joining through every member of `book` and waits until it is a voter.
+async fn join_new(id: NodeId, book: &Book, logs: &std::path::Path) -> Member {
+    let contacts = book.lock().unwrap().clone();
+    let mut m = Member::start(id, &contacts, logs).await;
+    m.wait_line("joined as a voter", Duration::from_secs(90))
+        .await;
+    m
+}
+
+/// Waits until every member has applied everything its leader has, then returns each
+/// member's history of every room, and checks they are the same.
+async fn settled_histories(
+    op: &HttpTransport,
+    members: &[Member],
+) -> BTreeMap<String, Vec<Message>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut statuses = Vec::new();
+        for m in members {
+            statuses.push(status_of(op, m).await);
+        }
+        let all: Option<Vec<Status>> = statuses.into_iter().collect();
+        if let Some(all) = all {
+            let leader = all.iter().find(|s| s.role == "leader");
+            if let Some(l) = leader
+                && all
+                    .iter()
+                    .all(|s| s.applied == l.last_log && s.leader == Some(l.id))
+            {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members did not settle within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut first: Option<BTreeMap<String, Vec<Message>>> = None;
+    for m in members {
+        op.set_addr(m.id, &m.url);
+        let mut rooms = BTreeMap::new();
+        for room in ROOMS {
+            let req = HistoryRequest { room: room.into() };
+            let Outcome::Ok(h) = op
+                .call::<_, Outcome<Vec<Message>>>(m.id, Call::History, &req)
+                .await
+                .unwrap()
+            else {
+                panic!("history refused by member {}", m.id);
+            };
+            rooms.insert(room.to_owned(), h);
+        }
+        match &first {
+            None => first = Some(rooms),
+            Some(f) => assert!(
+                *f == rooms,
+                "member {} holds another history than member {}",
+                m.id,
+                members[0].id
+            ),
+        }
+    }
+    first.unwrap()
+}
+
+/// Every room numbered 1, 2, 3, … with no `(from, id)` twice, and every acknowledged message
+/// in it exactly once at its acknowledged seq. Returns (acknowledged, stored).
+fn audit(history: &BTreeMap<String, Vec<Message>>, acks: &Acks) -> (usize, usize) {
+    let mut at: HashMap<(String, String, String), u64> = HashMap::new();
+    let mut stored = 0;
+    for (room, messages) in history {
+        for (i, m) in messages.iter().enumerate() {
+            assert_eq!(m.seq, i as u64 + 1, "room {room}: seqs are not dense");
+            let key = (room.clone(), m.from.clone(), m.id.clone());
+            assert!(
+                at.insert(key, m.seq).is_none(),
+                "room {room}: {} stored twice",
+                m.id
+            );
+            stored += 1;
+        }
+    }
+    let acks = acks.lock().unwrap();
+    for (key, seq) in acks.iter() {
+        assert_eq!(
+            at.get(key),
+            Some(seq),
+            "acknowledged {key:?} at seq {seq} is not there in the surviving members' log"
+        );
+    }
+    (acks.len(), stored)
+}
+
+fn book_of(members: &[Member]) -> Vec<(NodeId, String)> {
+    members.iter().map(|m| (m.id, m.url.clone())).collect()
+}
+
+/// Three members, four publishers without pause; 20 times a random member (leader or
+/// follower) is killed with SIGKILL and replaced (a new member joins, the dead one is
+/// removed), and every third round the oldest member is also rotated out gracefully.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_messages_survive_twenty_kill_9s_with_rotations() {
+    let logs = Logs::new();
+    let op = operator();
+    let mut members = vec![Member::start(1, &[], logs.path()).await];
+    members[0]
+        .wait_line("bootstrapped", Duration::from_secs(30))
+        .await;
+    let book: Book = Arc::new(Mutex::new(book_of(&members)));
+    let mut next_id = 2;
+    while members.len() < 3 {
+        members.push(join_new(next_id, &book, logs.path()).await);
+        next_id += 1;
+        *book.lock().unwrap() = book_of(&members);
+    }
+
+    let acks: Acks = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishers: Vec<_> = (0..4)
+        .map(|n| tokio::spawn(publisher(n, book.clone(), acks.clone(), stop.clone())))
+        .collect();
+
+    let mut kills = 0;
+    let mut killed_leaders = 0;
+    let mut rotations = 0;
+    for round in 0..20 {
+        // Let some messages through between faults.
+        let before = acks.lock().unwrap().len();
+        let wait_until = Instant::now() + Duration::from_secs(10);
+        while acks.lock().unwrap().len() < before + 20 {
+            assert!(
+                Instant::now() < wait_until,
+                "no progress before round {round}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let victim = rand::rng().random_range(0..members.len());
+        let was_leader = status_of(&op, &members[victim])
+            .await
+            .is_some_and(|s| s.role == "leader");
+        let dead = members.remove(victim);
+        let dead_id = dead.id;
+        *book.lock().unwrap() = book_of(&members);
+        dead.kill9().await;
+        kills += 1;
+        killed_leaders += usize::from(was_leader);
+        // The replacement joins; then the dead member is removed.
+        let new = join_new(next_id, &book, logs.path()).await;
+        next_id += 1;
+        members.push(new);
+        *book.lock().unwrap() = book_of(&members);
+        until_ok::<_, ()>(&op, &book, Call::Remove, &RemoveRequest { id: dead_id }).await;
+
+        if round % 3 == 2 {
+            // A planned rotation: a successor joins, the oldest member leaves (stepping aside
+            // first when it leads), then stops.
+            let new = join_new(next_id, &book, logs.path()).await;
+            next_id += 1;
+            members.push(new);
+            *book.lock().unwrap() = book_of(&members);
+            let oldest = members.remove(0);
+            *book.lock().unwrap() = book_of(&members);
+            until_ok::<_, ()>(&op, &book, Call::Remove, &RemoveRequest { id: oldest.id }).await;
+            oldest.stop().await;
+            rotations += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut published = 0;
+    for p in publishers {
+        published += p.await.unwrap();
+    }
+    let history = settled_histories(&op, &members).await;
+    let (acked, stored) = audit(&history, &acks);
+    eprintln!(
+        "replica soak: {kills} kill -9 ({killed_leaders} of a leader), {rotations} rotations, \
+         {published} published, {acked} acknowledged, {stored} stored, 0 lost"
+    );
+    assert_eq!(kills, 20);
+    assert!(acked > 200, "too few messages went through: {acked}");
+}
+
+/// A leader stopped with SIGSTOP (it neither sends nor answers, as if cut off) is replaced by
+/// an election among the other two; a publish sent to the stopped leader waits in its socket.
+/// When it resumes, it learns the newer term and acknowledges nothing the majority did not
+/// commit: the publish it held is either refused or committed through the new leader, at one
+/// seq every member agrees on; and it catches up with what was published meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_and_resumed_acknowledges_nothing_the_majority_did_not_commit() {
+    let logs = Logs::new();
+    let op = operator();
+    let mut members = vec![Member::start(1, &[], logs.path()).await];
+    members[0]
+        .wait_line("bootstrapped", Duration::from_secs(30))
+        .await;
+    let book: Book = Arc::new(Mutex::new(book_of(&members)));
+    for id in 2..=3 {
+        members.push(join_new(id, &book, logs.path()).await);
+        *book.lock().unwrap() = book_of(&members);
+    }
+    let acks: Acks = Arc::default();
+    let publish = |i: usize| PublishRequest {
+        room: "lobby".into(),
+        from: "op".into(),
+        id: format!("m-{i}"),
+        body: serde_json::json!(i),
+    };
+    for i in 0..10 {
+        let seq: u64 = until_ok(&op, &book, Call::Publish, &publish(i)).await;
+        acks.lock()
+            .unwrap()
+            .insert(("lobby".into(), "op".into(), format!("m-{i}")), seq);
+    }
+    let leader_id = status_of(&op, &members[0]).await.unwrap().leader.unwrap();
+    let leader = members.iter().position(|m| m.id == leader_id).unwrap();
+    members[leader].signal(SIGSTOP);
+    let others: Vec<(NodeId, String)> = members
+        .iter()
+        .filter(|m| m.id != leader_id)
+        .map(|m| (m.id, m.url.clone()))
+        .collect();
+    let majority: Book = Arc::new(Mutex::new(others));
+    // A publish straight to the stopped leader: it waits in its socket.
+    let held = {
+        let op = operator_with_timeout(Duration::from_secs(60));
+        op.set_addr(leader_id, &members[leader].url);
+        let req = publish(100);
+        tokio::spawn(async move {
+            op.call::<_, Outcome<u64>>(leader_id, Call::Publish, &req)
+                .await
+        })
+    };
+    // The other two elect a leader and go on.
+    for i in 10..30 {
+        let seq: u64 = until_ok(&op, &majority, Call::Publish, &publish(i)).await;
+        acks.lock()
+            .unwrap()
+            .insert(("lobby".into(), "op".into(), format!("m-{i}")), seq);
+    }
+    members[leader].signal(SIGCONT);
+    let held = timeout(Duration::from_secs(30), held)
+        .await
+        .expect("the held publish gets an answer once the member resumes")
+        .unwrap();
+    let history = settled_histories(&op, &members).await;
+    let held_stored = history["lobby"].iter().find(|m| m.id == "m-100");
+    match held {
+        Ok(Outcome::Ok(seq)) => assert_eq!(
+            held_stored.map(|m| m.seq),
+            Some(seq),
+            "the resumed leader acknowledged m-100 at {seq}, which the majority does not hold"
+        ),
+        other => eprintln!("held publish: {other:?} (stored: {held_stored:?})"),
+    }
+    let (acked, stored) = audit(&history, &acks);
+    assert!(acked >= 30 && stored >= 30);
+    for m in members {
+        m.stop().await;
+    }
+}
