@@ -5,8 +5,10 @@
 //! surviving member's log exactly once, at the `seq` it was acknowledged with, and the members
 //! agree on every `seq`.
 
+#[path = "support/replica.rs"]
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,161 +18,12 @@ use ouroboros::replica::{
     PublishRequest, RemoveRequest, RpcKey, Status,
 };
 use rand::Rng;
-use tokio::io::AsyncBufReadExt;
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use libc::{SIGCONT, SIGSTOP};
+use support::{
+    Book, Logs, Member, book_of, join_new, operator, operator_with_timeout, status_of, until_ok,
+};
 use tokio::time::{Instant, timeout};
-
-const SECRET: &str = "replica-test-secret-0123456789";
 const ROOMS: [&str; 2] = ["lobby", "ops"];
-
-/// One `ouroboros replica` process.
-struct Member {
-    id: NodeId,
-    url: String,
-    child: Child,
-    /// Its stdout lines (the `listening`, `bootstrapped` and `joined` lines).
-    lines: mpsc::UnboundedReceiver<String>,
-}
-
-impl Member {
-    /// Starts member `id`: `--bootstrap` when `contacts` is empty, else `--join` each of them.
-    /// Returns once it listens (not yet joined: see [`Member::wait_line`]).
-    async fn start(id: NodeId, contacts: &[(NodeId, String)], logs: &std::path::Path) -> Member {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ouroboros"));
-        cmd.args([
-            "replica",
-            "--id",
-            &id.to_string(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--heartbeat", "300ms", "--election-timeout", "1200ms"])
-        .args(["--write-timeout", "3s", "--join-timeout", "90s"]);
-        if contacts.is_empty() {
-            cmd.arg("--bootstrap");
-        }
-        for (cid, url) in contacts {
-            cmd.arg("--join").arg(format!("{cid}={url}"));
-        }
-        let log = std::fs::File::create(logs.join(format!("member-{id}.log"))).unwrap();
-        cmd.env("OUROBOROS_SECRET", SECRET)
-            .env("RUST_LOG", "info,openraft=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("spawn ouroboros replica");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut reader = tokio::io::BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut m = Member {
-            id,
-            url: String::new(),
-            child,
-            lines,
-        };
-        let line = m.wait_line("listening on", Duration::from_secs(30)).await;
-        m.url = line.rsplit(' ').next().unwrap().to_owned();
-        m
-    }
-
-    /// Waits for a stdout line containing `needle`.
-    async fn wait_line(&mut self, needle: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match timeout(left, self.lines.recv()).await {
-                Ok(Some(line)) if line.contains(needle) => return line,
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("member {} exited before printing {needle:?}", self.id),
-                Err(_) => panic!("member {}: no {needle:?} line within {within:?}", self.id),
-            }
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id().expect("member still running") as i32
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-        unsafe {
-            libc::kill(self.pid(), sig);
-        }
-    }
-
-    /// SIGKILL, and waits for the process to be gone.
-    async fn kill9(mut self) {
-        self.child.start_kill().unwrap();
-        let _ = self.child.wait().await;
-    }
-
-    /// SIGTERM (graceful), and waits for the exit.
-    async fn stop(mut self) {
-        self.signal(SIGTERM);
-        timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .expect("member stops on SIGTERM")
-            .unwrap();
-    }
-}
-
-use libc::{SIGCONT, SIGSTOP, SIGTERM};
-
-/// The members' log folder: removed after a passing test, kept (and named) after a failure.
-struct Logs(Option<tempfile::TempDir>);
-
-impl Logs {
-    fn new() -> Logs {
-        Logs(Some(
-            tempfile::Builder::new()
-                .prefix("replica-test-")
-                .tempdir()
-                .unwrap(),
-        ))
-    }
-
-    fn path(&self) -> &std::path::Path {
-        self.0.as_ref().unwrap().path()
-    }
-}
-
-impl Drop for Logs {
-    fn drop(&mut self) {
-        if std::thread::panicking()
-            && let Some(dir) = self.0.take()
-        {
-            eprintln!("members' logs kept in {}", dir.keep().display());
-        }
-    }
-}
-
-/// The live members' addresses, shared with the publishers.
-type Book = Arc<Mutex<Vec<(NodeId, String)>>>;
-
-/// An operator's client (member id 0) over the ring's key; a call may take 5 s.
-fn operator() -> Arc<HttpTransport> {
-    operator_with_timeout(Duration::from_secs(5))
-}
-
-/// An operator's client whose calls may take `limit`.
-fn operator_with_timeout(limit: Duration) -> Arc<HttpTransport> {
-    ouroboros::install_crypto_provider();
-    Arc::new(HttpTransport::new(
-        OPERATOR,
-        reqwest::Client::new(),
-        Arc::new(RpcKey::from_secret(SECRET.as_bytes())),
-        limit,
-    ))
-}
 
 /// What the publishers got acknowledged: (room, from, id) → seq.
 type Acks = Arc<Mutex<HashMap<(String, String, String), u64>>>;
@@ -215,48 +68,6 @@ async fn publisher(n: usize, book: Book, acks: Acks, stop: Arc<AtomicBool>) -> u
         k += 1;
     }
     k
-}
-
-/// Calls `call` on live members in turn until one answers `Ok` (60 s at most).
-async fn until_ok<Req: serde::Serialize, T: serde::de::DeserializeOwned>(
-    op: &HttpTransport,
-    book: &Book,
-    call: Call,
-    req: &Req,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        let members = book.lock().unwrap().clone();
-        for (id, url) in members {
-            op.set_addr(id, &url);
-            match op.call::<_, Outcome<T>>(id, call, req).await {
-                Ok(Outcome::Ok(v)) => return v,
-                Ok(Outcome::Err(f @ CallFailure::BadRequest { .. })) => panic!("{call:?}: {f:?}"),
-                Ok(Outcome::Err(f)) => last = format!("member {id}: {f:?}"),
-                Err(e) => last = e.to_string(),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{call:?} did not succeed within 60 s: {last}");
-}
-
-async fn status_of(op: &HttpTransport, m: &Member) -> Option<Status> {
-    op.set_addr(m.id, &m.url);
-    match op.call::<_, Outcome<Status>>(m.id, Call::Status, &()).await {
-        Ok(Outcome::Ok(s)) => Some(s),
-        _ => None,
-    }
-}
-
-/// Starts member `id` joining through every member of `book` and waits until it is a voter.
-async fn join_new(id: NodeId, book: &Book, logs: &std::path::Path) -> Member {
-    let contacts = book.lock().unwrap().clone();
-    let mut m = Member::start(id, &contacts, logs).await;
-    m.wait_line("joined as a voter", Duration::from_secs(90))
-        .await;
-    m
 }
 
 /// Waits until every member has applied everything its leader has, then returns each
@@ -342,10 +153,6 @@ fn audit(history: &BTreeMap<String, Vec<Message>>, acks: &Acks) -> (usize, usize
         );
     }
     (acks.len(), stored)
-}
-
-fn book_of(members: &[Member]) -> Vec<(NodeId, String)> {
-    members.iter().map(|m| (m.id, m.url.clone())).collect()
 }
 
 /// Three members, four publishers without pause; 20 times a random member (leader or

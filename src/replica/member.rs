@@ -47,9 +47,9 @@ impl Default for ReplicaConfig {
     fn default() -> Self {
         Self {
             cluster: "ouroboros".to_owned(),
-            heartbeat: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(500),
-            election_timeout_max: Duration::from_millis(1000),
+            heartbeat: Duration::from_millis(250),
+            election_timeout_min: Duration::from_millis(1000),
+            election_timeout_max: Duration::from_millis(2000),
             snapshot_every: 10_000,
             keep_after_snapshot: 1_000,
             snapshot_chunk_bytes: 1 << 20,
