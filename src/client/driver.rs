@@ -13,13 +13,18 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::trust::TrustError;
 use super::{
     Ack, ClientConfig, ClientError, Command, Event, HistoryPage, Message, Target, Transport,
 };
 use crate::discovery::SignalingEndpoint;
-use crate::peer::{ConnectOptions, ConnectionReceiver, ConnectionSender, Peer, PeerConfig, Value};
+use crate::peer::{
+    ConnectOptions, ConnectionError, ConnectionReceiver, ConnectionSender, Peer, PeerConfig,
+    PeerError, Value,
+};
 use crate::relay::wire::{ClientMessage, MsgRecord, PROTOCOL, ServerMessage};
 use crate::retry::Backoff;
+use crate::tls::WebSocketConnectError;
 
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -100,6 +105,70 @@ enum Link {
     Ws(Box<WsStream>),
 }
 
+/// Why a link to the node could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    /// The target lists no signaling endpoint.
+    #[error("no signaling endpoint")]
+    NoSignalingEndpoint,
+    /// The target lists no relay WebSocket URL.
+    #[error("no relay WebSocket URL")]
+    NoRelayWs,
+    /// The WebRTC path opened no DataChannel within this (every endpoint together).
+    #[error("no DataChannel opened within {0:?}")]
+    NoDataChannel(Duration),
+    /// A signaling endpoint (`host:port`) or relay WebSocket URL did not answer in time.
+    #[error("{0}: timed out")]
+    TimedOut(String),
+    /// The peer or its DataConnection could not be opened on a signaling endpoint
+    /// (`host:port`).
+    #[error("{at}: {error}")]
+    Peer {
+        /// The endpoint.
+        at: String,
+        /// Why.
+        error: PeerError,
+    },
+    /// A relay WebSocket URL is not one.
+    #[error("{url}: {error}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        error: url::ParseError,
+    },
+    /// No WebSocket request can be made for a relay WebSocket URL.
+    #[error("{url}: {error}")]
+    Request {
+        /// The URL.
+        url: String,
+        /// Why.
+        error: tokio_tungstenite::tungstenite::Error,
+    },
+    /// The relay WebSocket at a URL could not be opened.
+    #[error("{url}: {error}")]
+    WebSocket {
+        /// The URL.
+        url: String,
+        /// Why.
+        error: WebSocketConnectError,
+    },
+    /// Every relay WebSocket URL failed: why, in the order tried.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    AllRelayWs(Vec<LinkError>),
+}
+
+/// Why a message from the node could not be read.
+#[derive(Debug, thiserror::Error)]
+enum RecvError {
+    /// The DataConnection could not decode it.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// A WebSocket frame is not JSON.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
 /// Why a send failed.
 enum SendError {
     /// The connection cannot carry this message (it stays up).
@@ -131,22 +200,22 @@ impl Link {
     }
 
     /// The next message from the node; `None` once the connection is closed.
-    async fn recv(&mut self) -> Option<Result<Json, String>> {
+    async fn recv(&mut self) -> Option<Result<Json, RecvError>> {
         match self {
             Link::Rtc { receiver, .. } => Some(
                 receiver
                     .recv()
                     .await?
                     .map(|v| v.to_json())
-                    .map_err(|e| e.to_string()),
+                    .map_err(RecvError::from),
             ),
             Link::Ws(ws) => loop {
                 match ws.next().await? {
                     Ok(WsMessage::Text(t)) => {
-                        return Some(serde_json::from_str(t.as_str()).map_err(|e| e.to_string()));
+                        return Some(serde_json::from_str(t.as_str()).map_err(RecvError::from));
                     }
                     Ok(WsMessage::Binary(b)) => {
-                        return Some(serde_json::from_slice(&b).map_err(|e| e.to_string()));
+                        return Some(serde_json::from_slice(&b).map_err(RecvError::from));
                     }
                     Ok(WsMessage::Close(_)) | Err(_) => return None,
                     Ok(_) => {} // ping/pong
@@ -169,17 +238,23 @@ impl Link {
 
 /// Opens the relay WebSocket at `url` with `declaration` (`client`, `nonce`, `token`) in
 /// its query.
-async fn open_ws(url: &str, declaration: &[(&str, String)]) -> Result<WsStream, String> {
+async fn open_ws(url: &str, declaration: &[(&str, String)]) -> Result<WsStream, LinkError> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     crate::install_crypto_provider();
-    let mut u = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+    let mut u = url::Url::parse(url).map_err(|error| LinkError::BadUrl {
+        url: url.to_owned(),
+        error,
+    })?;
     for (k, v) in declaration {
         u.query_pairs_mut().append_pair(k, v);
     }
     let mut req = u
         .as_str()
         .into_client_request()
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|error| LinkError::Request {
+            url: url.to_owned(),
+            error,
+        })?;
     // Through an ngrok tunnel: skip its browser warning page.
     req.headers_mut().insert(
         "ngrok-skip-browser-warning",
@@ -187,7 +262,10 @@ async fn open_ws(url: &str, declaration: &[(&str, String)]) -> Result<WsStream, 
     );
     crate::tls::connect_websocket(req, None, None)
         .await
-        .map_err(|e| format!("{url}: {e}"))
+        .map_err(|error| LinkError::WebSocket {
+            url: url.to_owned(),
+            error,
+        })
 }
 
 struct Driver {
@@ -240,7 +318,7 @@ pub(super) async fn start(
 ) -> Result<watch::Receiver<ConnectionState>, ClientError> {
     let (state, state_rx) = watch::channel(ConnectionState::Connecting);
     let trust = super::trust::Trust::new(cfg.ring_key.as_deref(), target.ring_key.as_deref())
-        .map_err(ClientError::Connect)?;
+        .map_err(|e| ClientError::Connect(e.to_string()))?;
     let mut d = Driver {
         trust,
         unverified_since: None,
@@ -285,7 +363,7 @@ fn endpoint_config(e: &SignalingEndpoint, cfg: &ClientConfig) -> PeerConfig {
 
 enum Wake {
     Cmd(Option<Command>),
-    Msg(Option<Result<Json, String>>),
+    Msg(Option<Result<Json, RecvError>>),
     Tick,
 }
 
@@ -324,7 +402,7 @@ impl Driver {
                     };
                     match tokio::time::timeout(limit, self.open_rtc_link()).await {
                         Ok(r) => r,
-                        Err(_) => Err(format!("no DataChannel opened within {limit:?}")),
+                        Err(_) => Err(LinkError::NoDataChannel(limit)),
                     }
                 }
             };
@@ -366,17 +444,14 @@ impl Driver {
     }
 
     /// A DataConnection to the target's peer id through its signaling endpoints.
-    async fn open_rtc_link(&self) -> Result<Link, String> {
+    async fn open_rtc_link(&self) -> Result<Link, LinkError> {
         let n = self.target.signaling.len();
-        if n == 0 {
-            return Err("no signaling endpoint".into());
-        }
-        let mut last_err = String::new();
+        let mut last_err = LinkError::NoSignalingEndpoint;
         for i in 0..n {
             let e = &self.target.signaling[(self.cfg.endpoint_index + i) % n];
             let pc = endpoint_config(e, &self.cfg);
             let attempt = async {
-                let peer = Peer::open(pc).await.map_err(|e| e.to_string())?;
+                let peer = Peer::open(pc).await?;
                 let mut metadata = json!({ "protocol": PROTOCOL });
                 for (k, v) in self.trust.declaration(&self.cfg.name) {
                     metadata[k] = Json::String(v);
@@ -392,7 +467,7 @@ impl Driver {
                     Ok(conn) => Ok((peer, conn)),
                     Err(err) => {
                         peer.close().await;
-                        Err(err.to_string())
+                        Err(err)
                     }
                 }
             };
@@ -405,17 +480,22 @@ impl Driver {
                         receiver,
                     });
                 }
-                Ok(Err(err)) => last_err = format!("{}:{}: {err}", e.host, e.port),
-                Err(_) => last_err = format!("{}:{}: timed out", e.host, e.port),
+                Ok(Err(error)) => {
+                    last_err = LinkError::Peer {
+                        at: format!("{}:{}", e.host, e.port),
+                        error,
+                    }
+                }
+                Err(_) => last_err = LinkError::TimedOut(format!("{}:{}", e.host, e.port)),
             }
         }
         Err(last_err)
     }
 
     /// The target's relay WebSocket, trying its URLs in order.
-    async fn open_ws_link(&self) -> Result<Link, String> {
+    async fn open_ws_link(&self) -> Result<Link, LinkError> {
         if self.target.relay_ws.is_empty() {
-            return Err("no relay WebSocket URL".into());
+            return Err(LinkError::NoRelayWs);
         }
         let mut errors = Vec::new();
         let declaration = self.trust.declaration(&self.cfg.name);
@@ -423,10 +503,10 @@ impl Driver {
             match tokio::time::timeout(self.cfg.connect_timeout, open_ws(url, &declaration)).await {
                 Ok(Ok(ws)) => return Ok(Link::Ws(Box::new(ws))),
                 Ok(Err(e)) => errors.push(e),
-                Err(_) => errors.push(format!("{url}: timed out")),
+                Err(_) => errors.push(LinkError::TimedOut(url.clone())),
             }
         }
-        Err(errors.join("; "))
+        Err(LinkError::AllRelayWs(errors))
     }
 
     /// After (re)connecting: re-join rooms from the last seen sequence number, re-send
@@ -583,7 +663,7 @@ impl Driver {
                         .unverified_since
                         .is_some_and(|t| t.elapsed() > self.cfg.connect_timeout)
                     {
-                        self.untrusted("no welcome signed with the ring key in time".into());
+                        self.untrusted(TrustError::NoWelcome);
                         self.drop_link().await;
                     }
                 }
@@ -612,9 +692,11 @@ impl Driver {
     }
 
     /// Reports a refused `welcome`, `moved` or record.
-    fn untrusted(&self, reason: String) {
+    fn untrusted(&self, reason: TrustError) {
         tracing::warn!(%reason, node = %self.target.peer_id, "refused: not signed by the ring's key");
-        self.emit(Event::Untrusted { reason });
+        self.emit(Event::Untrusted {
+            reason: reason.to_string(),
+        });
     }
 
     async fn shutdown(&mut self) {

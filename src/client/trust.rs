@@ -16,7 +16,47 @@
 
 use serde_json::Value as Json;
 
-use crate::discovery::{DiscoveryRecord, RingPublicKey, SignedKind};
+use crate::discovery::{DiscoveryRecord, RingPublicKey, SignatureError, SignedKind};
+
+/// Why a ring key, `welcome`, `moved` or record is refused (the text of
+/// [`Event::Untrusted`](super::Event::Untrusted)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum TrustError {
+    /// The configured or recorded ring key is not one.
+    #[error("ring key {key:?}: {error}")]
+    BadKey {
+        /// The key as given.
+        key: String,
+        /// Why it is not one.
+        error: SignatureError,
+    },
+    /// The `welcome` is not signed with the pinned key.
+    #[error("welcome: {0}")]
+    WelcomeSignature(SignatureError),
+    /// The `welcome` does not echo this connection's nonce (a replay).
+    #[error("welcome: not an answer to this connection's nonce")]
+    WelcomeNonce,
+    /// The `welcome` names another node than the one the client meant to reach.
+    #[error("welcome: from another node than {0}")]
+    WelcomeNode(String),
+    /// No verified `welcome` arrived in time on a connection with a pinned key.
+    #[error("no welcome signed with the ring key in time")]
+    NoWelcome,
+    /// The `moved` is not signed with the pinned key.
+    #[error("moved: {0}")]
+    MovedSignature(SignatureError),
+    /// The `moved` names no newer generation than the node's.
+    #[error("moved: generation {generation} is not newer than the node's ({current})")]
+    MovedNotNewer {
+        /// The generation it names.
+        generation: u64,
+        /// The node's.
+        current: u64,
+    },
+    /// The discovery record is not the ring's.
+    #[error("discovery record: {0}")]
+    Record(SignatureError),
+}
 
 /// The client's trust state (see the module docs).
 #[derive(Debug)]
@@ -30,10 +70,13 @@ impl Trust {
     /// Pins `configured` (base64url), else `from_record` (a record's verified key), if any.
     ///
     /// # Errors
-    /// A message if `configured` is not a ring key.
-    pub fn new(configured: Option<&str>, from_record: Option<&str>) -> Result<Trust, String> {
+    /// [`TrustError::BadKey`] if the key is not a ring key.
+    pub fn new(configured: Option<&str>, from_record: Option<&str>) -> Result<Trust, TrustError> {
         let pinned = match configured.or(from_record) {
-            Some(k) => Some(RingPublicKey::parse(k).map_err(|e| format!("ring key {k:?}: {e}"))?),
+            Some(k) => Some(RingPublicKey::parse(k).map_err(|error| TrustError::BadKey {
+                key: k.to_owned(),
+                error,
+            })?),
             None => None,
         };
         Ok(Trust {
@@ -68,15 +111,15 @@ impl Trust {
     ///
     /// # Errors
     /// Why the welcome is not the ring's.
-    pub fn check_welcome(&mut self, m: &Json, node: &str, name: &str) -> Result<(), String> {
+    pub fn check_welcome(&mut self, m: &Json, node: &str, name: &str) -> Result<(), TrustError> {
         if let Some(key) = &self.pinned {
             key.verify(SignedKind::Welcome, m)
-                .map_err(|e| format!("welcome: {e}"))?;
+                .map_err(TrustError::WelcomeSignature)?;
             if m.get("nonce").and_then(Json::as_str) != Some(self.nonce.as_str()) {
-                return Err("welcome: not an answer to this connection's nonce".into());
+                return Err(TrustError::WelcomeNonce);
             }
             if m.get("node").and_then(Json::as_str) != Some(node) {
-                return Err(format!("welcome: from another node than {node}"));
+                return Err(TrustError::WelcomeNode(node.to_owned()));
             }
         }
         if m.get("client").and_then(Json::as_str) == Some(name)
@@ -91,17 +134,18 @@ impl Trust {
     ///
     /// # Errors
     /// Why it is not to be followed.
-    pub fn check_moved(&self, m: &Json, current: u64) -> Result<(), String> {
+    pub fn check_moved(&self, m: &Json, current: u64) -> Result<(), TrustError> {
         let Some(key) = &self.pinned else {
             return Ok(());
         };
         key.verify(SignedKind::Moved, m)
-            .map_err(|e| format!("moved: {e}"))?;
+            .map_err(TrustError::MovedSignature)?;
         let generation = m.get("generation").and_then(Json::as_u64).unwrap_or(0);
         if generation <= current {
-            return Err(format!(
-                "moved: generation {generation} is not newer than the node's ({current})"
-            ));
+            return Err(TrustError::MovedNotNewer {
+                generation,
+                current,
+            });
         }
         Ok(())
     }
@@ -110,14 +154,14 @@ impl Trust {
     ///
     /// # Errors
     /// Why the record is not the ring's.
-    pub fn check_record(&mut self, r: &DiscoveryRecord) -> Result<(), String> {
+    pub fn check_record(&mut self, r: &DiscoveryRecord) -> Result<(), TrustError> {
         match r.verify(self.pinned.as_ref()) {
             Ok(Some(key)) => {
                 self.pinned.get_or_insert(key);
                 Ok(())
             }
             Ok(None) => Ok(()),
-            Err(e) => Err(format!("discovery record: {e}")),
+            Err(e) => Err(TrustError::Record(e)),
         }
     }
 }
@@ -162,5 +206,45 @@ mod tests {
         let open = Trust::new(None, None).unwrap();
         assert_eq!(open.check_moved(&tampered, 2), Ok(()));
         assert!(Trust::new(Some("not a key"), None).is_err());
+    }
+
+    /// The reasons `Event::Untrusted` carries (and the logs show) read as they always did.
+    #[test]
+    fn refusal_texts() {
+        assert_eq!(
+            Trust::new(Some("nope"), None).unwrap_err().to_string(),
+            r#"ring key "nope": malformed ring key"#
+        );
+        for (e, text) in [
+            (
+                TrustError::WelcomeSignature(SignatureError::Missing),
+                format!("welcome: {}", SignatureError::Missing),
+            ),
+            (
+                TrustError::WelcomeNonce,
+                "welcome: not an answer to this connection's nonce".into(),
+            ),
+            (
+                TrustError::WelcomeNode("n1".into()),
+                "welcome: from another node than n1".into(),
+            ),
+            (
+                TrustError::NoWelcome,
+                "no welcome signed with the ring key in time".into(),
+            ),
+            (
+                TrustError::MovedNotNewer {
+                    generation: 3,
+                    current: 3,
+                },
+                "moved: generation 3 is not newer than the node's (3)".into(),
+            ),
+            (
+                TrustError::Record(SignatureError::Invalid),
+                format!("discovery record: {}", SignatureError::Invalid),
+            ),
+        ] {
+            assert_eq!(e.to_string(), text);
+        }
     }
 }

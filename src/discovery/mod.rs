@@ -403,5 +403,48 @@ pub mod rfc3339_opt {
     }
 }
 
+/// Endpoints and records for the tests of this module and of `handoff`.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A `peerjs` server on the loopback at `port`, plain HTTP, no own peer id.
+    pub(crate) fn endpoint(port: u16) -> SignalingEndpoint {
+        SignalingEndpoint {
+            host: "127.0.0.1".into(),
+            port,
+            path: "/".into(),
+            key: "peerjs".into(),
+            secure: false,
+            peer_id: None,
+        }
+    }
+
+    /// The unsigned record of `peer` at `generation`, signaling on the loopback at `port`,
+    /// started at `started_at`, with no optional field set.
+    pub(crate) fn record(
+        peer: &str,
+        generation: u64,
+        port: u16,
+        started_at: SystemTime,
+    ) -> DiscoveryRecord {
+        DiscoveryRecord {
+            ring_key: None,
+            sig: None,
+            version: RECORD_VERSION,
+            peer_id: peer.into(),
+            generation,
+            signaling: vec![endpoint(port)],
+            ice_servers: None,
+            relay_ws: None,
+            tunnel_url: None,
+            started_at,
+            expires_at: None,
+            previous: None,
+            ended: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -4,33 +4,13 @@ use std::time::{Duration, UNIX_EPOCH};
 
 const SCHEMA: &str = include_str!("../../protocol/discovery.schema.json");
 
-fn endpoint(port: u16) -> SignalingEndpoint {
-    SignalingEndpoint {
-        host: "127.0.0.1".into(),
-        port,
-        path: "/".into(),
-        key: "peerjs".into(),
-        secure: false,
-        peer_id: None,
-    }
-}
+use fixtures::endpoint;
 
 fn record(peer: &str, generation: u64) -> DiscoveryRecord {
     let start = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
     DiscoveryRecord {
-        ring_key: None,
-        sig: None,
-        version: RECORD_VERSION,
-        peer_id: peer.into(),
-        generation,
-        signaling: vec![endpoint(9000)],
-        ice_servers: None,
-        tunnel_url: None,
-        relay_ws: None,
-        started_at: start,
         expires_at: Some(start + Duration::from_secs(7200)),
-        previous: None,
-        ended: None,
+        ..fixtures::record(peer, generation, 9000, start)
     }
 }
 

@@ -200,16 +200,24 @@ pub fn parse_nonce(hex_str: &str) -> Option<[u8; NONCE_LEN]> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn proofs_bind_every_field_and_role() {
-        let secret = Secret::new(b"the ring secret!!".to_vec()).unwrap();
-        let b = Binding {
+    fn secret() -> Secret {
+        Secret::new(b"the ring secret!!".to_vec()).unwrap()
+    }
+
+    /// `s` (generation 3) takes over from `p`; the nonces are all 1s and all 2s.
+    fn binding() -> Binding<'static> {
+        Binding {
             predecessor_peer_id: "p",
             successor_peer_id: "s",
             generation: 3,
             successor_nonce: &[1; 32],
             predecessor_nonce: &[2; 32],
-        };
+        }
+    }
+
+    #[test]
+    fn proofs_bind_every_field_and_role() {
+        let (secret, b) = (secret(), binding());
         let proof = prove(&secret, Role::Successor, &b);
         assert!(verify(&secret, Role::Successor, &b, &proof));
         assert!(
@@ -263,14 +271,7 @@ mod tests {
 
     #[test]
     fn sealed_messages_verify_once_in_order_and_one_way() {
-        let secret = Secret::new(b"the ring secret!!".to_vec()).unwrap();
-        let b = Binding {
-            predecessor_peer_id: "p",
-            successor_peer_id: "s",
-            generation: 3,
-            successor_nonce: &[1; 32],
-            predecessor_nonce: &[2; 32],
-        };
+        let (secret, b) = (secret(), binding());
         let mut p = SessionKeys::derive(&secret, Role::Predecessor, &b);
         let mut s = SessionKeys::derive(&secret, Role::Successor, &b);
         let m1 = p.seal(Message::Live { session: 1 });

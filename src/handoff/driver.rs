@@ -77,76 +77,64 @@ pub fn spawn_predecessor(mut pred: Predecessor, host: Arc<dyn HandoffHost>) -> P
         loop {
             let now = Instant::now();
             // Pump the machine.
-            loop {
-                let mut progress = false;
-                while let Some(ev) = pred.poll_event() {
-                    progress = true;
-                    match &ev {
-                        PredecessorEvent::SnapshotNeeded => {
-                            let started = Instant::now();
-                            let snap = host.export_snapshot().await;
-                            let chunk = pred.chunk_size();
-                            let prepared = tokio::task::spawn_blocking(move || {
-                                PreparedSnapshot::from_json(SnapshotJson::new(snap), chunk)
-                            })
+            while let Some(out) = next_output(
+                &mut pred,
+                Predecessor::poll_event,
+                Predecessor::poll_transmit,
+            ) {
+                let ev = match out {
+                    Output::Event(ev) => ev,
+                    Output::Transmit(Transmit::Send(c, m)) => {
+                        if let Some(w) = writers.get(&c) {
+                            let _ = w.send(m);
+                        }
+                        continue;
+                    }
+                    Output::Transmit(Transmit::Close(c)) => {
+                        writers.remove(&c);
+                        continue;
+                    }
+                };
+                match &ev {
+                    PredecessorEvent::SnapshotNeeded => {
+                        let started = Instant::now();
+                        let snap = host.export_snapshot().await;
+                        let chunk = pred.chunk_size();
+                        let prepared = tokio::task::spawn_blocking(move || {
+                            PreparedSnapshot::from_json(SnapshotJson::new(snap), chunk)
+                        })
+                        .await
+                        .expect("hashing does not panic");
+                        tracing::info!(
+                            bytes = prepared.len(),
+                            ms = started.elapsed().as_millis() as u64,
+                            "handoff: snapshot exported and hashed"
+                        );
+                        pred.provide_snapshot(now, prepared);
+                    }
+                    PredecessorEvent::ReadyForCutOver => {
+                        // The core decided; carry it out in one step on the relay.
+                        let (events, hw) = host.enter_draining().await;
+                        for e in events {
+                            pred.push_tail(e);
+                        }
+                        pred.cut_over(now, hw);
+                    }
+                    PredecessorEvent::SuccessorLive {
+                        successor_peer_id,
+                        endpoints,
+                        generation,
+                    } => {
+                        host.announce_moved(successor_peer_id, endpoints, *generation)
                             .await
-                            .expect("hashing does not panic");
-                            tracing::info!(
-                                bytes = prepared.len(),
-                                ms = started.elapsed().as_millis() as u64,
-                                "handoff: snapshot exported and hashed"
-                            );
-                            pred.provide_snapshot(now, prepared);
-                        }
-                        PredecessorEvent::ReadyForCutOver => {
-                            // The core decided; carry it out in one step on the relay.
-                            let (events, hw) = host.enter_draining().await;
-                            for e in events {
-                                pred.push_tail(e);
-                            }
-                            pred.cut_over(now, hw);
-                        }
-                        PredecessorEvent::SuccessorLive {
-                            successor_peer_id,
-                            endpoints,
-                            generation,
-                        } => {
-                            host.announce_moved(successor_peer_id, endpoints, *generation)
-                                .await
-                        }
-                        PredecessorEvent::Aborted { .. } => host.stop_replication().await,
-                        _ => {}
                     }
-                    let _ = ev_tx.send(ev);
+                    PredecessorEvent::Aborted { .. } => host.stop_replication().await,
+                    _ => {}
                 }
-                while let Some(t) = pred.poll_transmit() {
-                    progress = true;
-                    match t {
-                        Transmit::Send(c, m) => {
-                            if let Some(w) = writers.get(&c) {
-                                let _ = w.send(m);
-                            }
-                        }
-                        Transmit::Close(c) => {
-                            writers.remove(&c);
-                        }
-                    }
-                }
-                if !progress {
-                    break;
-                }
+                let _ = ev_tx.send(ev);
             }
-            phase_tx.send_if_modified(|p| {
-                let new = pred.phase();
-                (*p != new).then(|| *p = new).is_some()
-            });
-            let timeout = pred.poll_timeout();
-            let sleep = async {
-                match timeout {
-                    Some(t) => tokio::time::sleep_until(t.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            set_phase(&phase_tx, pred.phase());
+            let sleep = sleep_until(pred.poll_timeout());
             tokio::select! {
                 c = conn_rx.recv() => match c {
                     Some(c) => {
@@ -195,6 +183,64 @@ pub enum SuccessorOutcome {
         /// What the relay holds now.
         transferred: Transferred,
     },
+}
+
+/// One output of a core.
+enum Output<E, T> {
+    Event(E),
+    Transmit(T),
+}
+
+/// A sans-IO core's ([`Predecessor`]'s, [`Successor`]'s) next output, taken with its
+/// `poll_event` and `poll_transmit`: its events first (acting on one may queue more of
+/// both), then its transmits. A driver takes them until there is none: the core is quiet.
+fn next_output<C, E, T>(
+    core: &mut C,
+    poll_event: fn(&mut C) -> Option<E>,
+    poll_transmit: fn(&mut C) -> Option<T>,
+) -> Option<Output<E, T>> {
+    match poll_event(core) {
+        Some(ev) => Some(Output::Event(ev)),
+        None => poll_transmit(core).map(Output::Transmit),
+    }
+}
+
+/// Reports `new` on `phase` (watchers are woken only when it changed).
+fn set_phase<T: PartialEq>(phase: &watch::Sender<T>, new: T) {
+    phase.send_if_modified(|p| (*p != new).then(|| *p = new).is_some());
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The result of a connection attempt to the predecessor: a new connection (numbered from
+/// `next_id`, its messages to `inbox_tx`) becomes the current `writer`; a failure is
+/// reported to `succ` and returned.
+fn on_connect_result(
+    succ: &mut Successor,
+    writer: &mut Option<(ConnId, mpsc::UnboundedSender<Sealed>)>,
+    next_id: &mut ConnId,
+    inbox_tx: &mpsc::UnboundedSender<Inbound>,
+    result: Result<HandoffConn, ConnectError>,
+) -> Result<(), ConnectError> {
+    match result {
+        Ok(c) => {
+            let id = *next_id;
+            next_id.0 += 1;
+            *writer = Some((id, attach(id, c, inbox_tx.clone())));
+            succ.handle_connected(Instant::now());
+            Ok(())
+        }
+        Err(e) => {
+            succ.handle_disconnected(Instant::now());
+            Err(e)
+        }
+    }
 }
 
 /// A message or close from the predecessor's connection; anything from an older connection
@@ -246,113 +292,108 @@ where
     let mut restoring: Option<std::io::Result<RestoreWorker>> = None;
     loop {
         let now = Instant::now();
-        loop {
-            let mut progress = false;
-            while let Some(ev) = succ.poll_event() {
-                progress = true;
-                match ev {
-                    SuccessorEvent::Connect => spawn_connect(connect(), &conn_tx),
-                    SuccessorEvent::Close => writer = None,
-                    SuccessorEvent::Authenticated { session, resumed } => {
-                        tracing::info!(
-                            session,
-                            resumed,
-                            "handoff: authenticated to the predecessor"
-                        );
+        while let Some(out) =
+            next_output(&mut succ, Successor::poll_event, Successor::poll_transmit)
+        {
+            let ev = match out {
+                Output::Event(ev) => ev,
+                Output::Transmit(m) => {
+                    if let Some((_, w)) = &writer {
+                        let _ = w.send(m);
                     }
-                    SuccessorEvent::Reset => {
-                        restoring = None;
-                        host.reset().await;
+                    continue;
+                }
+            };
+            match ev {
+                SuccessorEvent::Connect => spawn_connect(connect(), &conn_tx),
+                SuccessorEvent::Close => writer = None,
+                SuccessorEvent::Authenticated { session, resumed } => {
+                    tracing::info!(
+                        session,
+                        resumed,
+                        "handoff: authenticated to the predecessor"
+                    );
+                }
+                SuccessorEvent::Reset => {
+                    restoring = None;
+                    host.reset().await;
+                }
+                SuccessorEvent::RestorePiece(piece) => {
+                    if restoring.is_none() {
+                        restoring = Some(RestoreWorker::start(host.relay_config().await));
                     }
-                    SuccessorEvent::RestorePiece(piece) => {
-                        if restoring.is_none() {
-                            restoring = Some(RestoreWorker::start(host.relay_config().await));
+                    if let Some(Ok(w)) = &restoring {
+                        w.feed(piece);
+                    }
+                }
+                SuccessorEvent::RestoreFinish => {
+                    let started = Instant::now();
+                    let worker = match restoring.take() {
+                        Some(w) => w,
+                        None => RestoreWorker::start(host.relay_config().await),
+                    };
+                    let restored = match worker {
+                        Ok(w) => w.finish().await,
+                        Err(e) => Err(e.into()),
+                    };
+                    match restored {
+                        Ok(relay) => {
+                            host.install(relay).await;
+                            tracing::info!(
+                                ms = started.elapsed().as_millis() as u64,
+                                "handoff: snapshot restored"
+                            );
                         }
-                        if let Some(Ok(w)) = &restoring {
-                            w.feed(piece);
-                        }
-                    }
-                    SuccessorEvent::RestoreFinish => {
-                        let started = Instant::now();
-                        let worker = match restoring.take() {
-                            Some(w) => w,
-                            None => RestoreWorker::start(host.relay_config().await),
-                        };
-                        let restored = match worker {
-                            Ok(w) => w.finish().await,
-                            Err(e) => Err(e.into()),
-                        };
-                        match restored {
-                            Ok(relay) => {
-                                host.install(relay).await;
-                                tracing::info!(
-                                    ms = started.elapsed().as_millis() as u64,
-                                    "handoff: snapshot restored"
-                                );
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %e, "handoff: snapshot cannot be restored")
-                            }
-                        }
-                        succ.restore_done(Instant::now());
-                    }
-                    SuccessorEvent::ApplyTail(events) => {
-                        if let Err(e) = host.apply(&events).await {
-                            // The heads check will catch it and restart the session.
-                            tracing::warn!(error = %e, "handoff: tail event not applied");
-                        }
-                    }
-                    SuccessorEvent::CheckHighWater { .. } => {
-                        let hw = host.high_water().await;
-                        succ.confirm_high_water(now, &hw);
-                    }
-                    SuccessorEvent::Publish => {
-                        // Writable before the record names this node (the predecessor already
-                        // refuses writes): a client that reads the record and connects at
-                        // once is not refused as `read_only`.
-                        host.set_mode(Mode::Primary).await;
-                        match publish().await {
-                            Ok(()) => succ.went_live(now),
-                            Err(e) if e.is_stale() => {
-                                host.set_mode(Mode::Draining).await;
-                                tracing::warn!(error = %e, "handoff: another node owns this generation");
-                                succ.publish_refused(now);
-                            }
-                            Err(e) => {
-                                // The state is confirmed and the predecessor refuses writes:
-                                // serving matters more than the record (retried by the node).
-                                tracing::error!(error = %e, "handoff: publishing discovery failed; going live anyway");
-                                succ.went_live(now);
-                            }
+                        Err(e) => {
+                            tracing::error!(error = %e, "handoff: snapshot cannot be restored")
                         }
                     }
-                    SuccessorEvent::Done => outcome = Some(SuccessorOutcome::Live),
-                    SuccessorEvent::GiveUp {
+                    succ.restore_done(Instant::now());
+                }
+                SuccessorEvent::ApplyTail(events) => {
+                    if let Err(e) = host.apply(&events).await {
+                        // The heads check will catch it and restart the session.
+                        tracing::warn!(error = %e, "handoff: tail event not applied");
+                    }
+                }
+                SuccessorEvent::CheckHighWater { .. } => {
+                    let hw = host.high_water().await;
+                    succ.confirm_high_water(now, &hw);
+                }
+                SuccessorEvent::Publish => {
+                    // Writable before the record names this node (the predecessor already
+                    // refuses writes): a client that reads the record and connects at
+                    // once is not refused as `read_only`.
+                    host.set_mode(Mode::Primary).await;
+                    match publish().await {
+                        Ok(()) => succ.went_live(now),
+                        Err(e) if e.is_stale() => {
+                            host.set_mode(Mode::Draining).await;
+                            tracing::warn!(error = %e, "handoff: another node owns this generation");
+                            succ.publish_refused(now);
+                        }
+                        Err(e) => {
+                            // The state is confirmed and the predecessor refuses writes:
+                            // serving matters more than the record (retried by the node).
+                            tracing::error!(error = %e, "handoff: publishing discovery failed; going live anyway");
+                            succ.went_live(now);
+                        }
+                    }
+                }
+                SuccessorEvent::Done => outcome = Some(SuccessorOutcome::Live),
+                SuccessorEvent::GiveUp {
+                    reason,
+                    transferred,
+                } => {
+                    return SuccessorOutcome::GaveUp {
                         reason,
                         transferred,
-                    } => {
-                        return SuccessorOutcome::GaveUp {
-                            reason,
-                            transferred,
-                        };
-                    }
+                    };
                 }
-            }
-            while let Some(m) = succ.poll_transmit() {
-                progress = true;
-                if let Some((_, w)) = &writer {
-                    let _ = w.send(m);
-                }
-            }
-            if !progress {
-                break;
             }
         }
         if let Some(p) = &phase {
-            p.send_if_modified(|x| {
-                let new = succ.phase();
-                (*x != new).then(|| *x = new).is_some()
-            });
+            set_phase(p, succ.phase());
         }
         if let Some(o) = outcome.take() {
             // Keep delivering `live` in the background until the predecessor has it.
@@ -361,27 +402,15 @@ where
             ));
             return o;
         }
-        let timeout = succ.poll_timeout();
+        let sleep = sleep_until(succ.poll_timeout());
         tokio::select! {
-            Some(c) = conn_rx.recv() => match c {
-                Ok(c) => {
-                    let id = next_id;
-                    next_id.0 += 1;
-                    writer = Some((id, attach(id, c, inbox_tx.clone())));
-                    succ.handle_connected(Instant::now());
-                }
-                Err(e) => {
+            Some(c) = conn_rx.recv() => {
+                if let Err(e) = on_connect_result(&mut succ, &mut writer, &mut next_id, &inbox_tx, c) {
                     tracing::info!(error = %e, "handoff: cannot reach the predecessor yet");
-                    succ.handle_disconnected(Instant::now());
                 }
-            },
+            }
             Some(m) = inbox.recv() => on_inbound(&mut succ, &mut writer, m),
-            _ = async {
-                match timeout {
-                    Some(t) => tokio::time::sleep_until(t.into()).await,
-                    None => std::future::pending().await,
-                }
-            } => succ.handle_timeout(Instant::now()),
+            _ = sleep => succ.handle_timeout(Instant::now()),
         }
     }
 }
@@ -417,16 +446,18 @@ async fn finish_live<C, CF, T>(
     T: Into<HandoffConn> + Send + 'static,
 {
     loop {
-        while let Some(ev) = succ.poll_event() {
-            match ev {
-                SuccessorEvent::Connect => spawn_connect(connect(), &conn_tx),
-                SuccessorEvent::Close => writer = None,
-                _ => {}
-            }
-        }
-        while let Some(m) = succ.poll_transmit() {
-            if let Some((_, w)) = &writer {
-                let _ = w.send(m);
+        while let Some(out) =
+            next_output(&mut succ, Successor::poll_event, Successor::poll_transmit)
+        {
+            match out {
+                Output::Event(SuccessorEvent::Connect) => spawn_connect(connect(), &conn_tx),
+                Output::Event(SuccessorEvent::Close) => writer = None,
+                Output::Event(_) => {}
+                Output::Transmit(m) => {
+                    if let Some((_, w)) = &writer {
+                        let _ = w.send(m);
+                    }
+                }
             }
         }
         let Some(timeout) = succ.poll_timeout() else {
@@ -434,15 +465,9 @@ async fn finish_live<C, CF, T>(
             return;
         };
         tokio::select! {
-            Some(c) = conn_rx.recv() => match c {
-                Ok(c) => {
-                    let id = next_id;
-                    next_id.0 += 1;
-                    writer = Some((id, attach(id, c, inbox_tx.clone())));
-                    succ.handle_connected(Instant::now());
-                }
-                Err(_) => succ.handle_disconnected(Instant::now()),
-            },
+            Some(c) = conn_rx.recv() => {
+                let _ = on_connect_result(&mut succ, &mut writer, &mut next_id, &inbox_tx, c);
+            }
             Some(m) = inbox.recv() => on_inbound(&mut succ, &mut writer, m),
             _ = tokio::time::sleep_until(timeout.into()) => succ.handle_timeout(Instant::now()),
         }

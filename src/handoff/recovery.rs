@@ -240,53 +240,89 @@ mod tests {
                 metadata: json!({"protocol": "ouroboros/1", "client": format!("c{conn}")}),
             },
         );
-        let out: Vec<Value> = std::iter::from_fn(|| relay.poll_output())
+        sent(relay)
+            .into_iter()
+            .find(|v| v["op"] == "welcome")
+            .expect("welcome")
+    }
+
+    /// The JSON messages `relay` sent since the last call.
+    fn sent(relay: &mut Relay) -> Vec<Value> {
+        std::iter::from_fn(|| relay.poll_output())
             .filter_map(|o| match o {
                 Output::Send { message, .. } => serde_json::from_str(message.text()).ok(),
                 _ => None,
             })
-            .collect();
-        out.into_iter()
-            .find(|v| v["op"] == "welcome")
-            .expect("welcome")
+            .collect()
     }
 
     fn publish(r: &SharedRelay, conn: u64, room: &str, id: &str) -> u64 {
         r.lock_with(|relay| publish_on(relay, conn, room, id))
     }
 
-    fn publish_on(relay: &mut Relay, conn: u64, room: &str, id: &str) -> u64 {
+    /// Client `conn` publishes `id` to `room`; returns what the relay sent.
+    fn send_publish(relay: &mut Relay, conn: u64, room: &str, id: &str) -> Vec<Value> {
         relay.handle_message(
             Instant::now(),
             0,
             ConnId(conn),
             json!({"op":"publish","room":room,"id":id,"body":"b"}),
         );
-        std::iter::from_fn(|| relay.poll_output())
-            .filter_map(|o| match o {
-                Output::Send { message, .. } => serde_json::from_str::<Value>(message.text()).ok(),
-                _ => None,
-            })
+        sent(relay)
+    }
+
+    fn publish_on(relay: &mut Relay, conn: u64, room: &str, id: &str) -> u64 {
+        send_publish(relay, conn, room, id)
+            .into_iter()
             .find(|v| v["op"] == "ack")
             .and_then(|v| v["seq"].as_u64())
             .expect("ack")
+    }
+
+    /// Node `old` (generation 1) with client 1 and `n` messages `m0`, `m1`, … in room
+    /// `r`, backed up once to `store` (`last`: see [`backup_once`]).
+    async fn backed_up_old(
+        store: &DirBackupStore,
+        n: usize,
+        last: &mut Option<HighWater>,
+    ) -> SharedRelay {
+        let old = shared("old");
+        open(&old, 1);
+        for i in 0..n {
+            publish(&old, 1, "r", &format!("m{i}"));
+        }
+        assert!(backup_once(&old, store, 1, "old", last).await.unwrap());
+        old
+    }
+
+    /// A fresh node `node` recovered from `store` after the predecessor `predecessor` of
+    /// generation 1 went away with nothing transferred (margin 100), then made primary.
+    async fn recover_fresh(
+        node: &str,
+        store: &DirBackupStore,
+        predecessor: &str,
+    ) -> (SharedRelay, Recovery) {
+        let new = shared(node);
+        let rec = recover(
+            &new,
+            Some(store),
+            Transferred::Nothing,
+            100,
+            "unreachable",
+            Some((1, predecessor)),
+        )
+        .await
+        .unwrap();
+        new.set_mode(crate::relay::Mode::Primary).await;
+        (new, rec)
     }
 
     #[tokio::test]
     async fn backups_then_recovery_from_the_newest_backup_opens_a_gap() {
         let dir = tempfile::tempdir().unwrap();
         let store = DirBackupStore::new(dir.path(), 3);
-        let old = shared("old");
-        open(&old, 1);
-        for i in 0..5 {
-            publish(&old, 1, "r", &format!("m{i}"));
-        }
         let mut last = None;
-        assert!(
-            backup_once(&old, &store, 1, "old", &mut last)
-                .await
-                .unwrap()
-        );
+        let old = backed_up_old(&store, 5, &mut last).await;
         assert!(
             !backup_once(&old, &store, 1, "old", &mut last)
                 .await
@@ -295,18 +331,7 @@ mod tests {
         );
         publish(&old, 1, "r", "m5"); // acknowledged after the backup, then the node dies
 
-        let new = shared("new");
-        let rec = recover(
-            &new,
-            Some(&store),
-            Transferred::Nothing,
-            100,
-            "unreachable",
-            Some((1, "old")),
-        )
-        .await
-        .unwrap();
-        new.set_mode(crate::relay::Mode::Primary).await;
+        let (new, rec) = recover_fresh("new", &store, "old").await;
         assert!(matches!(
             rec.source,
             RecoverySource::Backup { generation: 1, .. }
@@ -326,12 +351,7 @@ mod tests {
     async fn transferred_state_newer_than_the_backup_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store = DirBackupStore::new(dir.path(), 3);
-        let old = shared("old");
-        open(&old, 1);
-        publish(&old, 1, "r", "m0");
-        backup_once(&old, &store, 1, "old", &mut None)
-            .await
-            .unwrap();
+        let old = backed_up_old(&store, 1, &mut None).await;
         publish(&old, 1, "r", "m1");
         // The successor got a snapshot with both messages before the predecessor died.
         let new = shared("new");
@@ -364,62 +384,23 @@ mod tests {
     async fn a_final_backup_of_the_predecessor_recovers_without_a_gap() {
         let dir = tempfile::tempdir().unwrap();
         let store = DirBackupStore::new(dir.path(), 3);
-        let old = shared("old");
-        open(&old, 1);
-        for i in 0..5 {
-            publish(&old, 1, "r", &format!("m{i}"));
-        }
-        backup_once(&old, &store, 1, "old", &mut None)
-            .await
-            .unwrap();
+        let old = backed_up_old(&store, 5, &mut None).await;
         publish(&old, 1, "r", "m5");
         // The predecessor gives up: writes stop, then the final backup.
         final_backup(&old, &store, 1, "old").await.unwrap();
         let refused = old.lock_with(|relay| {
-            relay.handle_message(
-                Instant::now(),
-                0,
-                ConnId(1),
-                json!({"op":"publish","room":"r","id":"late","body":"b"}),
-            );
-            std::iter::from_fn(|| relay.poll_output())
-                .filter_map(|o| match o {
-                    Output::Send { message, .. } => {
-                        serde_json::from_str::<Value>(message.text()).ok()
-                    }
-                    _ => None,
-                })
+            send_publish(relay, 1, "r", "late")
+                .iter()
                 .any(|v| v["op"] != "ack")
         });
         assert!(refused, "no write is acknowledged after the final backup");
         assert!(store.latest().await.unwrap().unwrap().is_final);
 
         // Another node's final backup (not our predecessor's) still opens the gap.
-        let other = shared("other");
-        let rec = recover(
-            &other,
-            Some(&store),
-            Transferred::Nothing,
-            100,
-            "unreachable",
-            Some((1, "someone-else")),
-        )
-        .await
-        .unwrap();
+        let (_, rec) = recover_fresh("other", &store, "someone-else").await;
         assert_eq!(rec.margin, 100);
 
-        let new = shared("new");
-        let rec = recover(
-            &new,
-            Some(&store),
-            Transferred::Nothing,
-            100,
-            "unreachable",
-            Some((1, "old")),
-        )
-        .await
-        .unwrap();
-        new.set_mode(crate::relay::Mode::Primary).await;
+        let (new, rec) = recover_fresh("new", &store, "old").await;
         assert!(matches!(
             rec.source,
             RecoverySource::Backup { generation: 1, .. }

@@ -477,6 +477,48 @@ mod tests {
         out
     }
 
+    /// Runs the machine's timers until `until`, answering every launch with `report`;
+    /// returns the launches (milliseconds since the start, attempt), the exits and the
+    /// time of the last timer handled.
+    fn run_launching(
+        l: &mut Lifecycle,
+        until: Instant,
+        report: LifecycleInput,
+    ) -> (Vec<(u64, u32)>, Vec<ExitReason>, Instant) {
+        let t0 = l.started;
+        let (mut launches, mut exits, mut now) = (Vec::new(), Vec::new(), t0);
+        while let Some(t) = l.poll_timeout() {
+            if t > until {
+                break;
+            }
+            now = t;
+            l.handle_timeout(t);
+            while let Some(a) = l.poll_action() {
+                match a {
+                    Launch { attempt } => {
+                        launches.push(((t - t0).as_millis() as u64, attempt));
+                        l.handle(t, report.clone());
+                    }
+                    Exit(r) => exits.push(r),
+                }
+            }
+        }
+        (launches, exits, now)
+    }
+
+    /// Runs the machine's timers (up to 100 s after `at_s`) and asserts that the only
+    /// action left is `Exit(reason)`, `at_s` seconds after the start.
+    fn assert_exits_at(l: &mut Lifecycle, at_s: u64, reason: ExitReason) {
+        let acts = run_until(l, l.started + Duration::from_secs(at_s + 100));
+        assert_eq!(acts, vec![(Duration::from_secs(at_s), Exit(reason))]);
+    }
+
+    /// Reports the launch at `t` as succeeded and the successor as connected.
+    fn successor_connects(l: &mut Lifecycle, t: Instant) {
+        l.handle(t, LifecycleInput::LaunchSucceeded);
+        l.handle(t, LifecycleInput::SuccessorConnected);
+    }
+
     #[test]
     fn normal_rotation() {
         let t0 = Instant::now();
@@ -485,23 +527,18 @@ mod tests {
         assert_eq!(l.poll_timeout(), Some(t0 + Duration::from_secs(30)));
         let acts = run_until(&mut l, t0 + Duration::from_secs(31));
         assert_eq!(acts, vec![(Duration::from_secs(30), Launch { attempt: 1 })]);
-        let t = t0 + Duration::from_secs(31);
-        l.handle(t, LifecycleInput::LaunchSucceeded);
-        l.handle(t, LifecycleInput::SuccessorConnected);
+        successor_connects(&mut l, t0 + Duration::from_secs(31));
         assert_eq!(l.state().name(), "handing_off");
         assert_eq!(
             l.poll_timeout(),
             Some(t0 + Duration::from_secs(40)),
             "only the hard deadline"
         );
+        let t = t0 + Duration::from_secs(31);
         l.handle(t, LifecycleInput::CutOver);
         l.handle(t, LifecycleInput::ClientsMoved);
         assert_eq!(l.state(), LifecycleState::Draining);
-        let acts = run_until(&mut l, t0 + Duration::from_secs(100));
-        assert_eq!(
-            acts,
-            vec![(Duration::from_secs(32), Exit(ExitReason::HandedOff))]
-        );
+        assert_exits_at(&mut l, 32, ExitReason::HandedOff);
         assert!(l.is_exited());
         assert_eq!(l.poll_timeout(), None);
     }
@@ -511,23 +548,14 @@ mod tests {
         let t0 = Instant::now();
         // lifetime 80 s: launch at 60, successor timeout 10 s, give up at 72.
         let mut l = Lifecycle::new(plan(80, true), 0, false, t0, SystemTime::now());
-        let mut launches = Vec::new();
-        let mut now = t0;
-        while let Some(t) = l.poll_timeout() {
-            now = t;
-            l.handle_timeout(t);
-            while let Some(a) = l.poll_action() {
-                match a {
-                    Launch { attempt } => {
-                        launches.push(((t - t0).as_secs(), attempt));
-                        l.handle(t, LifecycleInput::LaunchSucceeded);
-                    }
-                    Exit(r) => assert_eq!(r, ExitReason::NoSuccessor),
-                }
-            }
-        }
+        let (launches, exits, now) = run_launching(
+            &mut l,
+            t0 + Duration::from_secs(1000),
+            LifecycleInput::LaunchSucceeded,
+        );
+        assert_eq!(exits, vec![ExitReason::NoSuccessor]);
         // 60 → wait 10 → 70 → wait 20 → give up at 72.
-        assert_eq!(launches, vec![(60, 1), (70, 2)]);
+        assert_eq!(launches, vec![(60_000, 1), (70_000, 2)]);
         assert_eq!(now - t0, Duration::from_secs(72));
         assert!(now < t0 + Duration::from_secs(80));
     }
@@ -536,17 +564,15 @@ mod tests {
     fn failed_launches_back_off_from_one_second() {
         let t0 = Instant::now();
         let mut l = Lifecycle::new(plan(80, true), 0, false, t0, SystemTime::now());
-        let mut launches = Vec::new();
-        while let Some(t) = l.poll_timeout() {
-            l.handle_timeout(t);
-            while let Some(a) = l.poll_action() {
-                if let Launch { .. } = a {
-                    launches.push((t - t0).as_millis() as u64);
-                    l.handle(t, LifecycleInput::LaunchFailed("boom".into()));
-                }
-            }
-        }
-        assert_eq!(&launches[..4], &[60_000, 61_000, 63_000, 67_000]);
+        let (launches, _, _) = run_launching(
+            &mut l,
+            t0 + Duration::from_secs(1000),
+            LifecycleInput::LaunchFailed("boom".into()),
+        );
+        assert_eq!(
+            &launches[..4],
+            &[(60_000, 1), (61_000, 2), (63_000, 3), (67_000, 4)]
+        );
         assert_eq!(
             l.state(),
             LifecycleState::Exited {
@@ -573,11 +599,7 @@ mod tests {
         // The margin passes while handing off: keep going...
         assert!(run_until(&mut l, t0 + Duration::from_secs(39)).is_empty());
         // ...but never past the hard deadline.
-        let acts = run_until(&mut l, t0 + Duration::from_secs(100));
-        assert_eq!(
-            acts,
-            vec![(Duration::from_secs(40), Exit(ExitReason::HardDeadline))]
-        );
+        assert_exits_at(&mut l, 40, ExitReason::HardDeadline);
     }
 
     #[test]
@@ -588,18 +610,13 @@ mod tests {
         let mut l = Lifecycle::new(p, 0, false, t0, SystemTime::now());
         run_until(&mut l, t0 + Duration::from_secs(30));
         let t = t0 + Duration::from_secs(31);
-        l.handle(t, LifecycleInput::LaunchSucceeded);
-        l.handle(t, LifecycleInput::SuccessorConnected);
+        successor_connects(&mut l, t);
         l.handle(t, LifecycleInput::HandoffAborted);
         assert_eq!(l.state(), LifecycleState::AwaitingSuccessor { attempt: 1 });
         assert_eq!(l.poll_timeout(), Some(t + Duration::from_secs(5)));
         l.handle(t, LifecycleInput::SuccessorConnected);
         l.handle(t, LifecycleInput::ClientsMoved);
-        let acts = run_until(&mut l, t0 + Duration::from_secs(100));
-        assert_eq!(
-            acts,
-            vec![(Duration::from_secs(40), Exit(ExitReason::HandedOff))]
-        );
+        assert_exits_at(&mut l, 40, ExitReason::HandedOff);
     }
 
     #[test]
@@ -713,29 +730,25 @@ mod tests {
     fn late_successor_launches_at_once_and_never_exits_at_once() {
         let t0 = Instant::now();
         // Joined at 37 s of a 40 s life: past the launch time (30) and the give-up (36).
-        let mut s = Lifecycle::new(plan(40, true), 9, true, t0, SystemTime::now());
-        let joined = t0 + Duration::from_secs(37);
-        s.handle(joined, LifecycleInput::Joined);
-        // The launch time has passed: the timer is due at once.
-        assert!(s.poll_timeout().unwrap() <= joined);
-        s.handle_timeout(joined);
-        assert_eq!(s.poll_action(), Some(Launch { attempt: 1 }));
-        assert_eq!(s.poll_action(), None);
-        s.handle(joined, LifecycleInput::LaunchSucceeded);
+        // The successor of a `lifetime_s` life joins `joined_s` into it, past the launch
+        // time: the timer is due at once and launches.
+        let join_late = |lifetime_s: u64, joined_s: u64| {
+            let mut s = Lifecycle::new(plan(lifetime_s, true), 9, true, t0, SystemTime::now());
+            let joined = t0 + Duration::from_secs(joined_s);
+            s.handle(joined, LifecycleInput::Joined);
+            assert!(s.poll_timeout().unwrap() <= joined);
+            s.handle_timeout(joined);
+            assert_eq!(s.poll_action(), Some(Launch { attempt: 1 }));
+            assert_eq!(s.poll_action(), None);
+            s.handle(joined, LifecycleInput::LaunchSucceeded);
+            s
+        };
+        let mut s = join_late(40, 37);
         // Not NoSuccessor at once: it waits one start + one successor timeout (1 + 5 s),
         // cut to the hard deadline (40).
-        let acts = run_until(&mut s, t0 + Duration::from_secs(100));
-        assert_eq!(
-            acts,
-            vec![(Duration::from_secs(40), Exit(ExitReason::HardDeadline))]
-        );
+        assert_exits_at(&mut s, 40, ExitReason::HardDeadline);
         // Joined early enough, the floor is one start + one timeout after the join.
-        let mut s = Lifecycle::new(plan(80, true), 9, true, t0, SystemTime::now());
-        let joined = t0 + Duration::from_secs(70);
-        s.handle(joined, LifecycleInput::Joined);
-        s.handle_timeout(joined);
-        assert_eq!(s.poll_action(), Some(Launch { attempt: 1 }));
-        s.handle(joined, LifecycleInput::LaunchSucceeded);
+        let mut s = join_late(80, 70);
         let acts = run_until(&mut s, t0 + Duration::from_secs(100));
         // The give-up moved from 72 to 80 (70 + 1 + 10 = 81, cut to the hard deadline): no
         // NoSuccessor exit at 72, two seconds after joining.
@@ -767,27 +780,23 @@ mod tests {
         let mut p = plan(40, true);
         p.host_ends = false;
         let mut l = Lifecycle::new(p, 3, false, t0, SystemTime::now());
-        let mut launches = Vec::new();
         // Every successor fails to show up for 10 minutes.
-        while let Some(t) = l.poll_timeout() {
-            if t > t0 + Duration::from_secs(600) {
-                break;
-            }
-            l.handle_timeout(t);
-            while let Some(a) = l.poll_action() {
-                match a {
-                    Launch { attempt } => {
-                        launches.push(((t - t0).as_secs(), attempt));
-                        l.handle(t, LifecycleInput::LaunchSucceeded);
-                    }
-                    Exit(r) => panic!("exited ({r:?}) without a successor"),
-                }
-            }
-        }
+        let (launches, exits, _) = run_launching(
+            &mut l,
+            t0 + Duration::from_secs(600),
+            LifecycleInput::LaunchSucceeded,
+        );
+        assert!(exits.is_empty(), "exited ({exits:?}) without a successor");
         // 30, then +5, +10, +20, +20, ... past the lifetime, never giving up.
         assert_eq!(
             &launches[..5],
-            &[(30, 1), (35, 2), (45, 3), (65, 4), (85, 5)]
+            &[
+                (30_000, 1),
+                (35_000, 2),
+                (45_000, 3),
+                (65_000, 4),
+                (85_000, 5)
+            ]
         );
         assert!(launches.len() > 25, "{launches:?}");
         assert!(!l.is_exited());
@@ -795,11 +804,7 @@ mod tests {
         let t = t0 + Duration::from_secs(601);
         l.handle(t, LifecycleInput::SuccessorConnected);
         l.handle(t, LifecycleInput::ClientsMoved);
-        let acts = run_until(&mut l, t0 + Duration::from_secs(700));
-        assert_eq!(
-            acts,
-            vec![(Duration::from_secs(602), Exit(ExitReason::HandedOff))]
-        );
+        assert_exits_at(&mut l, 602, ExitReason::HandedOff);
         // Told to stop, it stops.
         let mut p = plan(40, true);
         p.host_ends = false;

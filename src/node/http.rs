@@ -129,6 +129,11 @@ pub fn routes(shared: Arc<NodeShared>) -> Router {
         .with_state(shared)
 }
 
+/// `body` as `content_type`, [`cors`].
+fn cors_body(content_type: &'static str, body: impl IntoResponse) -> Response {
+    cors(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
 fn cors(mut res: Response) -> Response {
     let h = res.headers_mut();
     h.insert(
@@ -147,13 +152,7 @@ async fn discovery(State(s): State<Arc<NodeShared>>) -> Response {
         record.ice_servers = Some(s.ice.for_client(std::time::SystemTime::now()));
         record.sign(s.ring_keys());
     }
-    cors(
-        (
-            [(header::CONTENT_TYPE, "application/json")],
-            record.to_json_pretty(),
-        )
-            .into_response(),
-    )
+    cors_body("application/json", record.to_json_pretty())
 }
 
 /// The relay WebSocket's query: `?client=NAME` declares the client's name (its identity, as
@@ -264,37 +263,23 @@ async fn handoff_ws(
 /// `RTCIceServer`, for `new Peer({config: {iceServers}})`).
 async fn ice_servers(State(s): State<Arc<NodeShared>>) -> Response {
     let servers = s.ice.for_client(std::time::SystemTime::now());
-    cors(
-        (
-            [(header::CONTENT_TYPE, "application/json")],
-            serde_json::to_string(&servers).unwrap_or_else(|_| "[]".into()),
-        )
-            .into_response(),
+    cors_body(
+        "application/json",
+        serde_json::to_string(&servers).unwrap_or_else(|_| "[]".into()),
     )
 }
 
 async fn status_json(State(s): State<Arc<NodeShared>>) -> Response {
     let st = s.status().await;
-    cors(
-        (
-            [(header::CONTENT_TYPE, "application/json")],
-            serde_json::to_string_pretty(&st).unwrap_or_default(),
-        )
-            .into_response(),
+    cors_body(
+        "application/json",
+        serde_json::to_string_pretty(&st).unwrap_or_default(),
     )
 }
 
 async fn status_page(State(s): State<Arc<NodeShared>>) -> Response {
     let st = s.status().await;
-    let res = (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        render_html(&st),
-    )
-        .into_response();
-    secured(res, STATUS_CSP)
+    page(HTML, "no-store", render_html(&st), STATUS_CSP)
 }
 
 async fn metrics(State(s): State<Arc<NodeShared>>) -> Response {
@@ -308,29 +293,43 @@ async fn metrics(State(s): State<Arc<NodeShared>>) -> Response {
         .into_response()
 }
 
-async fn chat(State(s): State<Arc<NodeShared>>) -> Response {
-    let res = (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        chat_html(&s.peerjs_url),
-    )
-        .into_response();
-    secured(res, &chat_csp(&s.peerjs_url))
-}
+const HTML: &str = "text/html; charset=utf-8";
 
-/// One of the chat's static assets: revalidated on every load, under [`ASSET_CSP`].
-fn chat_asset(content_type: &'static str, body: &'static str) -> Response {
+/// `body` as `content_type` with `cache_control`, [`secured`] under `csp`.
+fn page(
+    content_type: &'static str,
+    cache_control: &'static str,
+    body: impl IntoResponse,
+    csp: &str,
+) -> Response {
     let res = (
         [
             (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "no-cache"),
+            (header::CACHE_CONTROL, cache_control),
         ],
         body,
     )
         .into_response();
-    secured(res, ASSET_CSP)
+    secured(res, csp)
+}
+
+/// The chat page: revalidated on every load, under its [`chat_csp`].
+fn chat_page(s: &NodeShared) -> Response {
+    page(
+        HTML,
+        "no-cache",
+        chat_html(&s.peerjs_url),
+        &chat_csp(&s.peerjs_url),
+    )
+}
+
+async fn chat(State(s): State<Arc<NodeShared>>) -> Response {
+    chat_page(&s)
+}
+
+/// One of the chat's static assets: revalidated on every load, under [`ASSET_CSP`].
+fn chat_asset(content_type: &'static str, body: &'static str) -> Response {
+    page(content_type, "no-cache", body, ASSET_CSP)
 }
 
 async fn chat_js() -> Response {
@@ -338,13 +337,7 @@ async fn chat_js() -> Response {
 }
 
 async fn peerjs_bundle() -> Response {
-    cors(
-        (
-            [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-            PEERJS_BUNDLE,
-        )
-            .into_response(),
-    )
+    cors_body("text/javascript; charset=utf-8", PEERJS_BUNDLE)
 }
 
 async fn chat_css() -> Response {
@@ -392,15 +385,7 @@ pub fn prefers_html(headers: &HeaderMap) -> bool {
 /// JSON for programs (the reference server's behaviour).
 pub async fn root(State(s): State<Arc<NodeShared>>, headers: HeaderMap) -> Response {
     let mut res = if prefers_html(&headers) {
-        let res = (
-            [
-                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-                (header::CACHE_CONTROL, "no-cache"),
-            ],
-            chat_html(&s.peerjs_url),
-        )
-            .into_response();
-        secured(res, &chat_csp(&s.peerjs_url))
+        chat_page(&s)
     } else {
         crate::signaling::info_response()
     };

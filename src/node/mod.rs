@@ -387,6 +387,27 @@ fn return_large_frees_to_the_system() {
     }
 }
 
+/// What every registration of the node's peer shares (on its own server and on every
+/// `--also-register` one): the node's id, reconnecting, the inbound negotiation limits, and
+/// what its DataConnections decode and queue.
+fn node_peer_config(
+    cfg: &mut PeerConfig,
+    peer_id: &str,
+    args: &NodeArgs,
+    decoder_limits: crate::peer::codec::DecoderLimits,
+) {
+    cfg.id = Some(peer_id.to_string());
+    cfg.reconnect = true;
+    cfg.max_inbound_negotiations = args.max_inbound_negotiations;
+    cfg.max_inbound_negotiations_per_peer = args.max_inbound_negotiations_per_peer;
+    // Every DataConnection to the node decodes within the relay's limits (the handoff's
+    // 256 KiB raw frames fit too), not the codec's 64 MiB defaults.
+    cfg.decoder_limits = decoder_limits;
+    // The relay's writers stay charged to the budget until a send returns: what a
+    // DataConnection queues beyond that is this much, not peerjs's 8 MiB.
+    cfg.send_high_water = crate::peer::NODE_SEND_HIGH_WATER;
+}
+
 /// The endpoint an `--also-register` URL stands for.
 fn endpoint_of(cfg: &PeerConfig) -> SignalingEndpoint {
     SignalingEndpoint {
@@ -532,16 +553,7 @@ impl Node {
         own_cfg.path = path.clone();
         own_cfg.key = sconfig.key.clone();
         own_cfg.secure = listener.is_tls();
-        own_cfg.id = Some(peer_id.clone());
-        own_cfg.reconnect = true;
-        own_cfg.max_inbound_negotiations = args.max_inbound_negotiations;
-        own_cfg.max_inbound_negotiations_per_peer = args.max_inbound_negotiations_per_peer;
-        // Every DataConnection to the node decodes within the relay's limits (the handoff's
-        // 256 KiB raw frames fit too), not the codec's 64 MiB defaults.
-        own_cfg.decoder_limits = decoder_limits;
-        // The relay's writers stay charged to the budget until a send returns: what a
-        // DataConnection queues beyond that is this much, not peerjs's 8 MiB.
-        own_cfg.send_high_water = crate::peer::NODE_SEND_HIGH_WATER;
+        node_peer_config(&mut own_cfg, &peer_id, &args, decoder_limits);
         // The node's id is reserved on its own server for this token: nobody can take it or
         // displace the node, and the node's connection is exempt from the client limits.
         let own_token = args::random_token();
@@ -667,12 +679,7 @@ impl Node {
 
         for (cfg, reg) in extra.into_iter().zip(registrations.iter().skip(1)) {
             let mut cfg = cfg;
-            cfg.id = Some(peer_id.clone());
-            cfg.reconnect = true;
-            cfg.max_inbound_negotiations = args.max_inbound_negotiations;
-            cfg.max_inbound_negotiations_per_peer = args.max_inbound_negotiations_per_peer;
-            cfg.decoder_limits = decoder_limits;
-            cfg.send_high_water = crate::peer::NODE_SEND_HIGH_WATER;
+            node_peer_config(&mut cfg, &peer_id, &args, decoder_limits);
             node_ice.apply(&mut cfg, SystemTime::now());
             let relay = relay.clone();
             // A successor may reach this node through any of its registrations (on GitHub

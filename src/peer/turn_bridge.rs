@@ -55,6 +55,35 @@ pub(crate) enum FramingError {
     BadStunLength(usize),
 }
 
+/// Why a stream to a TURN server ended (other than by either side closing it).
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    /// The TCP connection was not open within [`CONNECT_TIMEOUT`].
+    #[error("connect timed out")]
+    ConnectTimedOut,
+    /// The TCP connection could not be opened.
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    /// The TLS handshake did not finish within [`CONNECT_TIMEOUT`].
+    #[error("TLS handshake timed out")]
+    TlsTimedOut,
+    /// The TLS handshake failed.
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    /// Writing to the server failed.
+    #[error("write: {0}")]
+    Write(std::io::Error),
+    /// Reading from the server failed.
+    #[error("read: {0}")]
+    Read(std::io::Error),
+    /// The server's stream does not split into messages.
+    #[error("from the server: {0}")]
+    Framing(FramingError),
+    /// No traffic either way for [`IDLE_TIMEOUT`].
+    #[error("idle")]
+    Idle,
+}
+
 /// The next complete message at the front of `buf`: `Some((message_len, consumed))` where the
 /// first `message_len` bytes are the message as a datagram carries it and `consumed` includes
 /// the stream padding. `None` while the message is incomplete.
@@ -237,8 +266,8 @@ async fn run_session(
                 TcpStream::connect((target.host.as_str(), target.port)),
             )
             .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|_| StreamError::ConnectTimedOut)?
+            .map_err(StreamError::Connect)?;
             let _ = tcp.set_nodelay(true);
             match &target.tls {
                 None => pump(tcp, &socket, peer, rx).await,
@@ -248,8 +277,8 @@ async fn run_session(
                         tokio_rustls::TlsConnector::from(config.clone()).connect(name.clone(), tcp),
                     )
                     .await
-                    .map_err(|_| "TLS handshake timed out".to_string())?
-                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                    .map_err(|_| StreamError::TlsTimedOut)?
+                    .map_err(StreamError::Tls)?;
                     pump(tls, &socket, peer, rx).await
                 }
             }
@@ -268,7 +297,7 @@ async fn pump<S: AsyncRead + AsyncWrite>(
     socket: &UdpSocket,
     peer: SocketAddr,
     mut rx: mpsc::Receiver<Bytes>,
-) -> Result<(), String> {
+) -> Result<(), StreamError> {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut inbound = BytesMut::with_capacity(4096);
     const PAD: [u8; 3] = [0; 3];
@@ -277,18 +306,18 @@ async fn pump<S: AsyncRead + AsyncWrite>(
             datagram = rx.recv() => {
                 let Some(datagram) = datagram else { return Ok(()) };
                 let pad = stream_padding(&datagram);
-                writer.write_all(&datagram).await.map_err(|e| format!("write: {e}"))?;
+                writer.write_all(&datagram).await.map_err(StreamError::Write)?;
                 if pad > 0 {
-                    writer.write_all(&PAD[..pad]).await.map_err(|e| format!("write: {e}"))?;
+                    writer.write_all(&PAD[..pad]).await.map_err(StreamError::Write)?;
                 }
-                writer.flush().await.map_err(|e| format!("write: {e}"))?;
+                writer.flush().await.map_err(StreamError::Write)?;
             }
             read = reader.read_buf(&mut inbound) => {
-                if read.map_err(|e| format!("read: {e}"))? == 0 {
+                if read.map_err(StreamError::Read)? == 0 {
                     return Ok(());
                 }
                 while let Some((len, consumed)) =
-                    next_message(&inbound).map_err(|e| format!("from the server: {e}"))?
+                    next_message(&inbound).map_err(StreamError::Framing)?
                 {
                     // A loopback send only fails if webrtc's socket is gone: drop the message.
                     let _ = socket.send_to(&inbound[..len], peer).await;
@@ -296,7 +325,7 @@ async fn pump<S: AsyncRead + AsyncWrite>(
                 }
                 inbound.reserve(4096);
             }
-            _ = tokio::time::sleep(IDLE_TIMEOUT) => return Err("idle".into()),
+            _ = tokio::time::sleep(IDLE_TIMEOUT) => return Err(StreamError::Idle),
         }
     }
 }

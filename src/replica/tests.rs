@@ -181,6 +181,47 @@ impl Cluster {
         }
     }
 
+    /// Publishes `{prefix}-0`, `{prefix}-1`, … (`n` of them) to `room` from `alice` like
+    /// [`Cluster::publish`], one after the other, and records their acks in `acks`.
+    async fn publish_many(
+        &self,
+        avoid: &BTreeSet<NodeId>,
+        prefix: &str,
+        n: usize,
+        acks: &mut Vec<Ack>,
+    ) {
+        for i in 0..n {
+            acks.push(
+                self.publish(avoid, "room", "alice", &format!("{prefix}-{i}"))
+                    .await,
+            );
+        }
+    }
+
+    /// Waits until member `by` follows a leader other than `old`.
+    async fn wait_for_new_leader(&self, by: NodeId, old: NodeId) {
+        self.members[&by]
+            .wait_for(WAIT, "a new leader", move |m| {
+                m.current_leader.is_some_and(|l| l != old)
+            })
+            .await
+            .expect("a new leader is elected");
+    }
+
+    /// Heals `cut` (of voters 1, 2, 3), publishes 5 more (`after-…`), and asserts that all
+    /// three hold the same `room`, `len` messages long, without `cut`'s own `minority`
+    /// publish (`what` says why it must not be there).
+    async fn heal_and_check(&self, cut: NodeId, acks: &mut Vec<Ack>, len: usize, what: &str) {
+        self.transport.heal(cut);
+        self.publish_many(&BTreeSet::new(), "after", 5, acks).await;
+        let all = ids(&[1, 2, 3]);
+        self.converge(&all).await;
+        self.check(&all, &["room"], acks);
+        let history = self.members[&cut].history("room");
+        assert_eq!(history.len(), len);
+        assert!(history.iter().all(|m| m.id != "minority"), "{what}");
+    }
+
     /// Waits until every member in `ids` has applied everything the leader has in its log.
     async fn converge(&self, ids: &BTreeSet<NodeId>) {
         let leader = self.leader().await;
@@ -238,6 +279,11 @@ impl Cluster {
 
 fn ids(v: &[NodeId]) -> BTreeSet<NodeId> {
     v.iter().copied().collect()
+}
+
+/// Voters 1, 2 and 3 but `id`.
+fn all_but(id: NodeId) -> BTreeSet<NodeId> {
+    ids(&[1, 2, 3]).into_iter().filter(|&i| i != id).collect()
 }
 
 async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
@@ -298,31 +344,15 @@ async fn replica_leader_killed_new_leader_keeps_every_ack() {
         let mut c = Cluster::voters(&[1, 2, 3]).await;
         let none = BTreeSet::new();
         let mut acks = Vec::new();
-        for n in 0..20 {
-            acks.push(
-                c.publish(&none, "room", "alice", &format!("before-{n}"))
-                    .await,
-            );
-        }
+        c.publish_many(&none, "before", 20, &mut acks).await;
         let old = c.leader().await;
         c.kill(old).await;
-        let survivors: BTreeSet<NodeId> =
-            ids(&[1, 2, 3]).into_iter().filter(|&i| i != old).collect();
+        let survivors = all_but(old);
         let s = *survivors.iter().next().expect("a survivor");
-        c.members[&s]
-            .wait_for(WAIT, "a new leader", move |m| {
-                m.current_leader.is_some_and(|l| l != old)
-            })
-            .await
-            .expect("a new leader is elected");
+        c.wait_for_new_leader(s, old).await;
         let new = c.leader().await;
         assert_ne!(new, old);
-        for n in 0..20 {
-            acks.push(
-                c.publish(&none, "room", "alice", &format!("after-{n}"))
-                    .await,
-            );
-        }
+        c.publish_many(&none, "after", 20, &mut acks).await;
         c.converge(&survivors).await;
         c.check(&survivors, &["room"], &acks);
         assert_eq!(c.members[&new].history("room").len(), 40);
@@ -337,23 +367,14 @@ async fn replica_partitioned_follower_acks_nothing_and_catches_up() {
     bounded(async {
         let c = Cluster::voters(&[1, 2, 3]).await;
         let mut acks = Vec::new();
-        for n in 0..10 {
-            acks.push(
-                c.publish(&BTreeSet::new(), "room", "alice", &format!("before-{n}"))
-                    .await,
-            );
-        }
+        c.publish_many(&BTreeSet::new(), "before", 10, &mut acks)
+            .await;
         let leader = c.leader().await;
         let cut = if leader == 1 { 2 } else { 1 };
         c.converge(&ids(&[cut])).await;
         c.transport.isolate(cut);
         let cut_set = ids(&[cut]);
-        for n in 0..20 {
-            acks.push(
-                c.publish(&cut_set, "room", "alice", &format!("during-{n}"))
-                    .await,
-            );
-        }
+        c.publish_many(&cut_set, "during", 20, &mut acks).await;
         // The isolated member refuses (it is no leader and cannot become one), within a bound.
         let refused = tokio::time::timeout(
             Duration::from_secs(2),
@@ -369,28 +390,11 @@ async fn replica_partitioned_follower_acks_nothing_and_catches_up() {
             10,
             "nothing new reached it"
         );
-        let majority: BTreeSet<NodeId> =
-            ids(&[1, 2, 3]).into_iter().filter(|&i| i != cut).collect();
+        let majority = all_but(cut);
         c.converge(&majority).await;
         c.check(&majority, &["room"], &acks);
-        c.transport.heal(cut);
-        for n in 0..5 {
-            acks.push(
-                c.publish(&BTreeSet::new(), "room", "alice", &format!("after-{n}"))
-                    .await,
-            );
-        }
-        let all = ids(&[1, 2, 3]);
-        c.converge(&all).await;
-        c.check(&all, &["room"], &acks);
-        assert_eq!(c.members[&cut].history("room").len(), 35);
-        assert!(
-            c.members[&cut]
-                .history("room")
-                .iter()
-                .all(|m| m.id != "minority"),
-            "the minority's publish was stored"
-        );
+        c.heal_and_check(cut, &mut acks, 35, "the minority's publish was stored")
+            .await;
     })
     .await;
 }
@@ -403,12 +407,8 @@ async fn replica_partitioned_leader_acks_nothing() {
     bounded(async {
         let c = Cluster::voters(&[1, 2, 3]).await;
         let mut acks = Vec::new();
-        for n in 0..10 {
-            acks.push(
-                c.publish(&BTreeSet::new(), "room", "alice", &format!("before-{n}"))
-                    .await,
-            );
-        }
+        c.publish_many(&BTreeSet::new(), "before", 10, &mut acks)
+            .await;
         let old = c.leader().await;
         c.transport.isolate(old);
         let refused = c.members[&old]
@@ -421,40 +421,16 @@ async fn replica_partitioned_leader_acks_nothing() {
             ),
             "the cut-off leader acknowledged a publish: {refused:?}"
         );
-        let majority: BTreeSet<NodeId> =
-            ids(&[1, 2, 3]).into_iter().filter(|&i| i != old).collect();
-        let other = *majority.iter().next().expect("a member");
-        c.members[&other]
-            .wait_for(WAIT, "a new leader", move |m| {
-                m.current_leader.is_some_and(|l| l != old)
-            })
-            .await
-            .expect("the majority elects a new leader");
-        let old_set = ids(&[old]);
-        for n in 0..10 {
-            acks.push(
-                c.publish(&old_set, "room", "alice", &format!("during-{n}"))
-                    .await,
-            );
-        }
-        c.transport.heal(old);
-        for n in 0..5 {
-            acks.push(
-                c.publish(&BTreeSet::new(), "room", "alice", &format!("after-{n}"))
-                    .await,
-            );
-        }
-        let all = ids(&[1, 2, 3]);
-        c.converge(&all).await;
-        c.check(&all, &["room"], &acks);
-        assert_eq!(c.members[&old].history("room").len(), 25);
-        assert!(
-            c.members[&old]
-                .history("room")
-                .iter()
-                .all(|m| m.id != "minority"),
-            "the cut-off leader's uncommitted publish was applied"
-        );
+        let other = *all_but(old).iter().next().expect("a member");
+        c.wait_for_new_leader(other, old).await;
+        c.publish_many(&ids(&[old]), "during", 10, &mut acks).await;
+        c.heal_and_check(
+            old,
+            &mut acks,
+            25,
+            "the cut-off leader's uncommitted publish was applied",
+        )
+        .await;
     })
     .await;
 }
@@ -468,9 +444,7 @@ async fn replica_rotation_learner_snapshot_promote_remove_oldest() {
         let mut c = Cluster::voters(&[1, 2, 3]).await;
         let none = BTreeSet::new();
         let mut acks = Vec::new();
-        for n in 0..30 {
-            acks.push(c.publish(&none, "room", "alice", &format!("old-{n}")).await);
-        }
+        c.publish_many(&none, "old", 30, &mut acks).await;
         acks.push(c.publish(&none, "other", "bob", "b0").await);
         // Snapshot and purge on the leader: the newcomer cannot get the first entries from
         // the log any more.
@@ -510,9 +484,7 @@ async fn replica_rotation_learner_snapshot_promote_remove_oldest() {
             .change_membership(ChangeMembers::Promote(ids(&[4])))
             .await
             .expect("promote");
-        for n in 0..10 {
-            acks.push(c.publish(&none, "room", "alice", &format!("mid-{n}")).await);
-        }
+        c.publish_many(&none, "mid", 10, &mut acks).await;
 
         // Leadership leaves the oldest member before it goes.
         let oldest = 1;
@@ -543,9 +515,7 @@ async fn replica_rotation_learner_snapshot_promote_remove_oldest() {
         assert_eq!(voter_ids, ids(&[2, 3, 4]));
         c.kill(oldest).await;
 
-        for n in 0..10 {
-            acks.push(c.publish(&none, "room", "alice", &format!("new-{n}")).await);
-        }
+        c.publish_many(&none, "new", 10, &mut acks).await;
         let ring = ids(&[2, 3, 4]);
         c.converge(&ring).await;
         c.check(&ring, &["room", "other"], &acks);

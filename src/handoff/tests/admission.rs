@@ -26,26 +26,10 @@ fn wrong_secret_is_refused_both_ways() {
 
     // A client that answers the challenge with a wrong proof is refused and logged.
     let now = Instant::now();
-    let mut p = Predecessor::new(
-        "pred",
-        4,
-        Secret::new(SECRET.to_vec()).unwrap(),
-        cfg(),
-        now,
-        seeded(1),
-    );
+    let mut p = predecessor(4, cfg(), now);
     p.handle_open(now, ConnId(1), "succ");
     p.handle_message(now, ConnId(1), hello("succ", 5, None));
-    assert!(matches!(
-        p.poll_transmit(),
-        Some(Transmit::Send(
-            ConnId(1),
-            Sealed {
-                msg: Message::Challenge { .. },
-                ..
-            }
-        ))
-    ));
+    assert_challenged(&mut p, ConnId(1));
     p.handle_message(
         now,
         ConnId(1),
@@ -92,8 +76,7 @@ fn assert_refused(p: &mut Predecessor, conn: ConnId, code: RefuseCode) {
 #[test]
 fn replayed_hello_and_proof_are_refused() {
     let now = Instant::now();
-    let secret = Secret::new(SECRET.to_vec()).unwrap();
-    let mut p = Predecessor::new("pred", 4, secret.clone(), cfg(), now, seeded(1));
+    let mut p = predecessor(4, cfg(), now);
     // A genuine exchange, recorded by an eavesdropper.
     let (s_nonce, s_hex) = auth::fresh_nonce(&mut seeded(3));
     let hello1 = hello("succ", 5, Some(s_hex));
@@ -111,7 +94,7 @@ fn replayed_hello_and_proof_are_refused() {
     };
     let p_nonce = auth::parse_nonce(&nonce).unwrap();
     let proof = auth::prove(
-        &secret,
+        &Secret::new(SECRET.to_vec()).unwrap(),
         auth::Role::Successor,
         &auth::Binding {
             predecessor_peer_id: "pred",
@@ -128,16 +111,7 @@ fn replayed_hello_and_proof_are_refused() {
     // Replay the proof against a fresh challenge: it is bound to the old nonces.
     p.handle_open(now, ConnId(3), "succ");
     p.handle_message(now, ConnId(3), hello("succ", 5, None));
-    assert!(matches!(
-        p.poll_transmit(),
-        Some(Transmit::Send(
-            ConnId(3),
-            Sealed {
-                msg: Message::Challenge { .. },
-                ..
-            }
-        ))
-    ));
+    assert_challenged(&mut p, ConnId(3));
     p.handle_message(now, ConnId(3), Message::Proof { mac: proof.clone() });
     assert_refused(&mut p, ConnId(3), RefuseCode::AuthFailed);
     // The genuine proof on the genuine connection still works.
@@ -151,14 +125,7 @@ fn replayed_hello_and_proof_are_refused() {
 #[test]
 fn hello_checks_and_rate_limit() {
     let now = Instant::now();
-    let mut p = Predecessor::new(
-        "pred",
-        4,
-        Secret::new(SECRET.to_vec()).unwrap(),
-        cfg(),
-        now,
-        seeded(1),
-    );
+    let mut p = predecessor(4, cfg(), now);
     let cases = [
         ("succ", hello("mallory", 5, None), RefuseCode::WrongPeer),
         ("succ", hello("succ", 4, None), RefuseCode::WrongGeneration),
@@ -179,16 +146,7 @@ fn hello_checks_and_rate_limit() {
     // The bad message did not take a token (it is not a hello); 4 were taken: one left.
     p.handle_open(now, ConnId(10), "succ");
     p.handle_message(now, ConnId(10), hello("succ", 5, None));
-    assert!(matches!(
-        p.poll_transmit(),
-        Some(Transmit::Send(
-            ConnId(10),
-            Sealed {
-                msg: Message::Challenge { .. },
-                ..
-            }
-        ))
-    ));
+    assert_challenged(&mut p, ConnId(10));
     p.handle_open(now, ConnId(11), "succ");
     p.handle_message(now, ConnId(11), hello("succ", 5, None));
     assert_refused(&mut p, ConnId(11), RefuseCode::RateLimited);
@@ -196,16 +154,7 @@ fn hello_checks_and_rate_limit() {
     let later = now + Duration::from_secs(2);
     p.handle_open(later, ConnId(12), "succ");
     p.handle_message(later, ConnId(12), hello("succ", 5, None));
-    assert!(matches!(
-        p.poll_transmit(),
-        Some(Transmit::Send(
-            ConnId(12),
-            Sealed {
-                msg: Message::Challenge { .. },
-                ..
-            }
-        ))
-    ));
+    assert_challenged(&mut p, ConnId(12));
     // Connections that never authenticate are closed after auth_timeout.
     p.handle_timeout(later + Duration::from_secs(5));
     let closed: Vec<_> = std::iter::from_fn(|| p.poll_transmit()).collect();
@@ -218,35 +167,9 @@ fn hello_checks_and_rate_limit() {
 #[test]
 fn second_successor_is_busy_and_loses_the_discovery_guard() {
     let now = Instant::now();
-    let mut p = Predecessor::new(
-        "pred",
-        4,
-        Secret::new(SECRET.to_vec()).unwrap(),
-        cfg(),
-        now,
-        seeded(1),
-    );
-    let mut s1 = Successor::new(
-        "succ",
-        "pred",
-        5,
-        Secret::new(SECRET.to_vec()).unwrap(),
-        vec![],
-        SuccessorConfig::default(),
-        now,
-        seeded(2),
-    );
-    s1.poll_event();
-    s1.handle_connected(now);
-    p.handle_open(now, ConnId(1), "succ");
-    for _ in 0..2 {
-        while let Some(m) = s1.poll_transmit() {
-            p.handle_message(now, ConnId(1), m);
-        }
-        while let Some(Transmit::Send(_, m)) = p.poll_transmit() {
-            s1.handle_message(now, m);
-        }
-    }
+    let mut p = predecessor(4, cfg(), now);
+    let mut s1 = connected_successor(now);
+    authenticate(&mut s1, &mut p, now);
     assert!(matches!(
         p.poll_event(),
         Some(PredecessorEvent::Authenticated { .. })
@@ -257,16 +180,7 @@ fn second_successor_is_busy_and_loses_the_discovery_guard() {
     assert_refused(&mut p, ConnId(2), RefuseCode::Busy);
     assert!(RefuseCode::Busy.is_retryable());
     // And if it ever reaches the publish step, the guard makes it give up.
-    let mut s2 = Successor::new(
-        "succ-b",
-        "pred",
-        5,
-        Secret::new(SECRET.to_vec()).unwrap(),
-        vec![],
-        SuccessorConfig::default(),
-        now,
-        seeded(2),
-    );
+    let mut s2 = successor("succ-b", SuccessorConfig::default(), now);
     s2.publish_refused(now);
     let evs: Vec<_> = std::iter::from_fn(|| s2.poll_event()).collect();
     assert!(evs.iter().any(|e| matches!(
@@ -316,14 +230,7 @@ fn pending_connections_and_remote_buckets_are_bounded() {
         max_remotes: 8,
         ..cfg()
     };
-    let mut p = Predecessor::new(
-        "pred",
-        4,
-        Secret::new(SECRET.to_vec()).unwrap(),
-        cfg,
-        now,
-        seeded(1),
-    );
+    let mut p = predecessor(4, cfg, now);
     // One remote may hold two pending connections; the third is closed at once.
     p.handle_open(now, ConnId(1), "m");
     p.handle_open(now, ConnId(2), "m");
@@ -350,16 +257,7 @@ fn pending_connections_and_remote_buckets_are_bounded() {
     assert_refused(&mut p, ConnId(200), RefuseCode::RateLimited);
     p.handle_open(t1, ConnId(201), "succ");
     p.handle_message(t1, ConnId(201), hello("succ", 5, None));
-    assert!(matches!(
-        p.poll_transmit(),
-        Some(Transmit::Send(
-            ConnId(201),
-            Sealed {
-                msg: Message::Challenge { .. },
-                ..
-            }
-        ))
-    ));
+    assert_challenged(&mut p, ConnId(201));
     // At most `max_remotes` buckets are remembered.
     for i in 0..20 {
         let c = ConnId(300 + i);
@@ -404,20 +302,8 @@ fn an_unauthenticated_refusal_is_ignored_and_the_successor_keeps_going() {
     // Issue 14, point 2: a `refused` was believed from anyone on the path; `aborted` or
     // `wrong_generation` from a stranger made the successor give up for good.
     let now = Instant::now();
-    let secret = Secret::new(SECRET.to_vec()).unwrap();
-    let mut p = Predecessor::new("pred", 4, secret.clone(), cfg(), now, seeded(1));
-    let mut s = Successor::new(
-        "succ",
-        "pred",
-        5,
-        secret,
-        vec![],
-        SuccessorConfig::default(),
-        now,
-        seeded(2),
-    );
-    assert_eq!(s.poll_event(), Some(SuccessorEvent::Connect));
-    s.handle_connected(now);
+    let mut p = predecessor(4, cfg(), now);
+    let mut s = connected_successor(now);
     p.handle_open(now, ConnId(1), "succ");
     let hello = s.poll_transmit().unwrap();
     assert!(hello.auth.is_some(), "the hello proves the secret");
@@ -471,20 +357,8 @@ fn an_unauthenticated_refusal_is_ignored_and_the_successor_keeps_going() {
 #[test]
 fn a_refusal_of_the_hello_is_authenticated_by_the_nonce_it_carries() {
     let now = Instant::now();
-    let secret = Secret::new(SECRET.to_vec()).unwrap();
-    let mut p = Predecessor::new("pred", 6, secret.clone(), cfg(), now, seeded(1));
-    let mut s = Successor::new(
-        "succ",
-        "pred",
-        5,
-        secret,
-        vec![],
-        SuccessorConfig::default(),
-        now,
-        seeded(2),
-    );
-    s.poll_event();
-    s.handle_connected(now);
+    let mut p = predecessor(6, cfg(), now);
+    let mut s = connected_successor(now);
     p.handle_open(now, ConnId(1), "succ");
     exchange(&mut s, &mut p, now);
     // Generation 5 is not 6 + 1: the predecessor's refusal is sealed and believed.
@@ -499,13 +373,12 @@ fn a_successor_kept_out_gives_up_after_max_wait_and_reports_blocked() {
     // Issue 14, point 2: a successor refused with `rate_limited` (or `busy`) retried
     // forever — every refusal counted as a sign of life.
     let t0 = Instant::now();
-    let secret = Secret::new(SECRET.to_vec()).unwrap();
     let pcfg = HandoffConfig {
         auth_burst: 1.0,
         auth_per_second: 0.0,
         ..cfg()
     };
-    let mut p = Predecessor::new("pred", 4, secret.clone(), pcfg, t0, seeded(1));
+    let mut p = predecessor(4, pcfg, t0);
     // Another connection of the same remote spent the only attempt (no `auth`: counted).
     p.handle_open(t0, ConnId(99), "succ");
     p.handle_message(t0, ConnId(99), hello("succ", 5, None));
@@ -514,7 +387,7 @@ fn a_successor_kept_out_gives_up_after_max_wait_and_reports_blocked() {
         max_wait: Duration::from_secs(30),
         ..SuccessorConfig::default()
     };
-    let mut s = Successor::new("succ", "pred", 5, secret, vec![], scfg, t0, seeded(2));
+    let mut s = successor("succ", scfg, t0);
     let mut now = t0;
     let mut refusals = 0;
     let mut conn = ConnId(1);

@@ -166,37 +166,10 @@ fn resume_after_a_break_at_each_phase() {
 #[test]
 fn duplicate_and_out_of_order_tail_events() {
     let now = Instant::now();
-    let secret = Secret::new(SECRET.to_vec()).unwrap();
-    let mut s = Successor::new(
-        "succ",
-        "pred",
-        5,
-        secret,
-        vec![],
-        SuccessorConfig::default(),
-        now,
-        seeded(2),
-    );
-    assert_eq!(s.poll_event(), Some(SuccessorEvent::Connect));
-    s.handle_connected(now);
+    let mut s = connected_successor(now);
     // Skip authentication by driving a real predecessor for the first exchange.
-    let mut p = Predecessor::new(
-        "pred",
-        4,
-        Secret::new(SECRET.to_vec()).unwrap(),
-        cfg(),
-        now,
-        seeded(1),
-    );
-    p.handle_open(now, ConnId(1), "succ");
-    for _ in 0..2 {
-        while let Some(m) = s.poll_transmit() {
-            p.handle_message(now, ConnId(1), m);
-        }
-        while let Some(Transmit::Send(_, m)) = p.poll_transmit() {
-            s.handle_message(now, m);
-        }
-    }
+    let mut p = predecessor(4, cfg(), now);
+    authenticate(&mut s, &mut p, now);
     p.provide_snapshot(
         now,
         PreparedSnapshot::new(b"snapshot".to_vec(), p.chunk_size()),

@@ -12,9 +12,8 @@ mod flows;
 mod raw_framing;
 
 use super::*;
-use crate::discovery::{
-    DiscoveryRecord, PreviousNode, RECORD_VERSION, SignalingEndpoint, check_replace,
-};
+use crate::discovery::fixtures::{self, endpoint};
+use crate::discovery::{DiscoveryRecord, PreviousNode, check_replace};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
@@ -116,35 +115,13 @@ enum Verdict {
     KillPredecessor,
 }
 
-fn endpoint(port: u16) -> SignalingEndpoint {
-    SignalingEndpoint {
-        host: "127.0.0.1".into(),
-        port,
-        path: "/".into(),
-        key: "peerjs".into(),
-        secure: false,
-        peer_id: None,
-    }
-}
-
 fn record(peer: &str, generation: u64) -> DiscoveryRecord {
     DiscoveryRecord {
-        ring_key: None,
-        sig: None,
-        version: RECORD_VERSION,
-        peer_id: peer.into(),
-        generation,
-        signaling: vec![endpoint(9001)],
-        ice_servers: None,
-        relay_ws: None,
-        tunnel_url: None,
-        started_at: SystemTime::UNIX_EPOCH,
-        expires_at: None,
         previous: Some(PreviousNode {
             peer_id: "pred".into(),
             signaling: vec![endpoint(9000)],
         }),
-        ended: None,
+        ..fixtures::record(peer, generation, 9001, SystemTime::UNIX_EPOCH)
     }
 }
 
@@ -194,6 +171,73 @@ fn cfg() -> HandoffConfig {
     }
 }
 
+/// The predecessor `pred` of `generation`, with the ring secret and seed 1.
+fn predecessor(generation: u64, cfg: HandoffConfig, now: Instant) -> Predecessor {
+    Predecessor::new(
+        "pred",
+        generation,
+        Secret::new(SECRET.to_vec()).unwrap(),
+        cfg,
+        now,
+        seeded(1),
+    )
+}
+
+/// The successor `peer` of generation 5 to `pred`, with the ring secret, no endpoints and
+/// seed 2.
+fn successor(peer: &str, cfg: SuccessorConfig, now: Instant) -> Successor {
+    Successor::new(
+        peer,
+        "pred",
+        5,
+        Secret::new(SECRET.to_vec()).unwrap(),
+        vec![],
+        cfg,
+        now,
+        seeded(2),
+    )
+}
+
+/// [`successor`] `succ` with the default config, told it is connected.
+fn connected_successor(now: Instant) -> Successor {
+    let mut s = successor("succ", SuccessorConfig::default(), now);
+    assert_eq!(s.poll_event(), Some(SuccessorEvent::Connect));
+    s.handle_connected(now);
+    s
+}
+
+/// Asserts that `p`'s next transmit is a challenge on `conn`.
+fn assert_challenged(p: &mut Predecessor, conn: ConnId) {
+    let next = p.poll_transmit();
+    assert!(
+        matches!(
+            next,
+            Some(Transmit::Send(
+                c,
+                Sealed {
+                    msg: Message::Challenge { .. },
+                    ..
+                }
+            )) if c == conn
+        ),
+        "expected a challenge on {conn:?}, got {next:?}"
+    );
+}
+
+/// Runs the authentication of `s` (connected) with `p` on connection 1: two rounds of
+/// hello, challenge, proof and accepted.
+fn authenticate(s: &mut Successor, p: &mut Predecessor, now: Instant) {
+    p.handle_open(now, ConnId(1), "succ");
+    for _ in 0..2 {
+        while let Some(m) = s.poll_transmit() {
+            p.handle_message(now, ConnId(1), m);
+        }
+        while let Some(Transmit::Send(_, m)) = p.poll_transmit() {
+            s.handle_message(now, m);
+        }
+    }
+}
+
 impl Pair {
     fn new(wire: Wire) -> Self {
         Pair::with(wire, cfg(), SECRET)
@@ -208,14 +252,7 @@ impl Pair {
         Pair {
             now,
             wire,
-            p: Predecessor::new(
-                "pred",
-                4,
-                Secret::new(SECRET.to_vec()).unwrap(),
-                cfg,
-                now,
-                seeded(1),
-            ),
+            p: predecessor(4, cfg, now),
             s: Successor::new(
                 "succ",
                 "pred",
@@ -298,6 +335,18 @@ impl Pair {
             }
             self.s.handle_disconnected(self.now);
         }
+    }
+
+    /// Runs the hook on `m`, travelling `dir`: true to deliver it; false when the hook
+    /// broke the connection (or killed the predecessor) instead.
+    fn passes_hook(&mut self, dir: Dir, m: &mut Sealed) -> bool {
+        match (self.hook)(dir, &mut m.msg) {
+            Verdict::Deliver => return true,
+            Verdict::Break => {}
+            Verdict::KillPredecessor => self.predecessor_dead = true,
+        }
+        self.break_connection();
+        false
     }
 
     /// One round of everything; returns whether anything happened.
@@ -433,39 +482,21 @@ impl Pair {
         // Deliver.
         while let Some(mut m) = self.to_s.pop_front() {
             progress = true;
-            match (self.hook)(Dir::ToSuccessor, &mut m.msg) {
-                Verdict::Deliver => self.s.handle_message(self.now, m),
-                Verdict::Break => {
-                    self.break_connection();
-                    break;
-                }
-                Verdict::KillPredecessor => {
-                    self.predecessor_dead = true;
-                    self.break_connection();
-                    break;
-                }
+            if !self.passes_hook(Dir::ToSuccessor, &mut m) {
+                break;
             }
+            self.s.handle_message(self.now, m);
         }
         if closing {
             self.break_connection();
         }
         while let Some(mut m) = self.to_p.pop_front() {
             progress = true;
-            match (self.hook)(Dir::ToPredecessor, &mut m.msg) {
-                Verdict::Deliver => {
-                    if let (Some(c), false) = (self.conn, self.predecessor_dead) {
-                        self.p.handle_message(self.now, c, m);
-                    }
-                }
-                Verdict::Break => {
-                    self.break_connection();
-                    break;
-                }
-                Verdict::KillPredecessor => {
-                    self.predecessor_dead = true;
-                    self.break_connection();
-                    break;
-                }
+            if !self.passes_hook(Dir::ToPredecessor, &mut m) {
+                break;
+            }
+            if let (Some(c), false) = (self.conn, self.predecessor_dead) {
+                self.p.handle_message(self.now, c, m);
             }
         }
         progress

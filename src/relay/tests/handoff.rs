@@ -395,14 +395,7 @@ fn draining_and_moved() {
     h.check(2, json!("0"), &[text(2, "[]")]);
     let out = h.send(1, json!({"op":"history","room":"r"}));
     assert_eq!(out[0].1["messages"].as_array().unwrap().len(), 1);
-    let ep = SignalingEndpoint {
-        host: "127.0.0.1".into(),
-        port: 9001,
-        path: "/".into(),
-        key: "peerjs".into(),
-        secure: false,
-        peer_id: None,
-    };
+    let ep = crate::discovery::fixtures::endpoint(9001);
     h.relay
         .announce_moved("node-2", std::slice::from_ref(&ep), 8);
     let moved = json!({"op":"moved","peer_id":"node-2","signaling":[{"host":"127.0.0.1","port":9001,"path":"/","key":"peerjs","secure":false}],"generation":8});

@@ -180,14 +180,7 @@ fn welcome_and_moved_are_signed_with_the_ring_key() {
     let mut forged = w.clone();
     forged["node"] = json!("impostor");
     assert!(ring_key().verify(SignedKind::Welcome, &forged).is_err());
-    let ep = SignalingEndpoint {
-        host: "127.0.0.1".into(),
-        port: 9001,
-        path: "/".into(),
-        key: "peerjs".into(),
-        secure: false,
-        peer_id: None,
-    };
+    let ep = crate::discovery::fixtures::endpoint(9001);
     h.relay.announce_moved("node-2", &[ep], 8);
     let out = h.drain();
     let moved = &out[0].1;

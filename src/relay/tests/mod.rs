@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::wire::{ErrorCode, SignalingEndpoint};
+use super::wire::ErrorCode;
 use super::*;
 
 mod fuzz;

@@ -223,18 +223,14 @@ fn history_paging() {
         out[0].1["messages"][0],
         json!({"op":"msg","room":"r","seq":12,"from":"p1","ts":1012,"id":"m12","body":12})
     );
-    h.check_error(
-        1,
-        json!({"op":"history","room":"r","limit":0}),
-        "bad_limit",
-        json!("history"),
-    );
-    h.check_error(
-        1,
-        json!({"op":"history","room":"r","limit":501}),
-        "bad_limit",
-        json!("history"),
-    );
+    for limit in [0, 501] {
+        h.check_error(
+            1,
+            json!({"op":"history","room":"r","limit":limit}),
+            "bad_limit",
+            json!("history"),
+        );
+    }
 
     // Byte cap: pages stop growing past history_max_bytes, at least one message.
     let mut c = config();
@@ -338,26 +334,19 @@ fn direct_relay() {
         json!({"op":"direct","to":"p1","body":"yo"}),
         &[(1, json!({"op":"direct","from":"p2","body":"yo"}))],
     );
-    // Legacy and absent peers are unknown.
-    h.check_error(
-        1,
-        json!({"op":"direct","to":"legacy-peer","body":1}),
-        "unknown_peer",
-        json!("direct"),
-    );
-    h.check_error(
-        1,
-        json!({"op":"direct","to":"nobody","body":1}),
-        "unknown_peer",
-        json!("direct"),
-    );
+    // Legacy, absent and gone peers are unknown.
+    let unknown = |h: &mut Harness, to: &str| {
+        h.check_error(
+            1,
+            json!({"op":"direct","to":to,"body":1}),
+            "unknown_peer",
+            json!("direct"),
+        )
+    };
+    unknown(&mut h, "legacy-peer");
+    unknown(&mut h, "nobody");
     h.disconnect(2);
-    h.check_error(
-        1,
-        json!({"op":"direct","to":"p2","body":1}),
-        "unknown_peer",
-        json!("direct"),
-    );
+    unknown(&mut h, "p2");
     assert_eq!(h.relay.metrics().direct, 3);
 }
 

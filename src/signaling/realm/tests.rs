@@ -39,6 +39,17 @@ fn config() -> RealmConfig {
     }
 }
 
+/// A request for `id` with `token` and the right key, from no known address.
+fn request<'a>(id: &'a str, token: &'a str) -> ConnectRequest<'a> {
+    ConnectRequest {
+        key: Some("peerjs"),
+        id: Some(id),
+        token: Some(token),
+        local: false,
+        addr: None,
+    }
+}
+
 impl Harness {
     fn new(config: RealmConfig) -> Self {
         Harness {
@@ -61,6 +72,14 @@ impl Harness {
         }
         out
     }
+    /// Opens the next socket with `req` at `ms`; returns it, its admission and what it was
+    /// sent.
+    fn open(&mut self, ms: u64, req: &ConnectRequest) -> (H, Admission, Vec<Out>) {
+        self.next += 1;
+        let conn = self.next;
+        let a = self.realm.connect(self.at(ms), ConnId(conn), conn, req);
+        (conn, a, self.drain())
+    }
     /// Connects `id` with `token` from `addr` at `ms`.
     fn connect_from(
         &mut self,
@@ -69,31 +88,17 @@ impl Harness {
         token: &str,
         addr: &str,
     ) -> (H, Admission, Vec<Out>) {
-        self.next += 1;
-        let conn = self.next;
-        let req = ConnectRequest {
-            key: Some("peerjs"),
-            id: Some(id),
-            token: Some(token),
-            local: false,
-            addr: Some(addr.parse().expect("test address")),
-        };
-        let a = self.realm.connect(self.at(ms), ConnId(conn), conn, &req);
-        (conn, a, self.drain())
+        self.open(
+            ms,
+            &ConnectRequest {
+                addr: Some(addr.parse().expect("test address")),
+                ..request(id, token)
+            },
+        )
     }
     /// Connects `id` with `token` at `ms`; returns the socket and what it was sent.
     fn connect(&mut self, ms: u64, id: &str, token: &str) -> (H, Admission, Vec<Out>) {
-        self.next += 1;
-        let conn = self.next;
-        let req = ConnectRequest {
-            key: Some("peerjs"),
-            id: Some(id),
-            token: Some(token),
-            local: false,
-            addr: None,
-        };
-        let a = self.realm.connect(self.at(ms), ConnId(conn), conn, &req);
-        (conn, a, self.drain())
+        self.open(ms, &request(id, token))
     }
     fn send(&mut self, ms: u64, conn: H, id: &str, text: &str) -> Vec<Out> {
         let conn = ConnId(conn);
@@ -114,6 +119,19 @@ fn frame(conn: H, s: &str) -> Out {
     Out::Frame(conn, s.to_string())
 }
 
+/// PeerJS's `ERROR` frame with `msg` to `conn`.
+fn error_frame(conn: H, msg: &str) -> Out {
+    frame(
+        conn,
+        &format!(r#"{{"type":"ERROR","payload":{{"msg":"{msg}"}}}}"#),
+    )
+}
+
+/// What a refused or offending `conn` gets: the `ERROR` frame with `msg`, then a close.
+fn closed_with_error(conn: H, msg: &str, reason: CloseReason) -> Vec<Out> {
+    vec![error_frame(conn, msg), Out::Close(conn, reason)]
+}
+
 #[test]
 fn admission_order_and_texts() {
     let mut h = Harness::new(RealmConfig {
@@ -121,8 +139,6 @@ fn admission_order_and_texts() {
         ..config()
     });
     let mut go = |key: Option<&str>, id: Option<&str>, token: Option<&str>| {
-        h.next += 1;
-        let conn = h.next;
         let req = ConnectRequest {
             key,
             id,
@@ -130,30 +146,22 @@ fn admission_order_and_texts() {
             local: false,
             addr: None,
         };
-        let a = h.realm.connect(h.t0, ConnId(conn), conn, &req);
-        (a, h.drain())
+        let (_, a, out) = h.open(0, &req);
+        (a, out)
     };
     let (a, out) = go(Some("peerjs"), Some(""), Some("t"));
     assert_eq!(a, Admission::Rejected(Rejection::NoParams));
     assert_eq!(
         out,
-        vec![
-            frame(
-                1,
-                r#"{"type":"ERROR","payload":{"msg":"No id, token, or key supplied to websocket server"}}"#
-            ),
-            Out::Close(1, CloseReason::Normal)
-        ]
+        closed_with_error(
+            1,
+            "No id, token, or key supplied to websocket server",
+            CloseReason::Normal
+        )
     );
     let (a, out) = go(Some("nope"), Some("a"), Some("t"));
     assert_eq!(a, Admission::Rejected(Rejection::InvalidKey));
-    assert_eq!(
-        out[0],
-        frame(
-            2,
-            r#"{"type":"ERROR","payload":{"msg":"Invalid key provided"}}"#
-        )
-    );
+    assert_eq!(out[0], error_frame(2, "Invalid key provided"));
     let long = "x".repeat(257);
     let (a, out) = go(Some("peerjs"), Some(&long), Some("t"));
     assert_eq!(a, Admission::Rejected(Rejection::InvalidId));
@@ -176,10 +184,7 @@ fn admission_order_and_texts() {
     assert_eq!(a, Admission::Rejected(Rejection::Limit));
     assert_eq!(
         out[0],
-        frame(
-            7,
-            r#"{"type":"ERROR","payload":{"msg":"Server has reached its concurrent user limit"}}"#
-        )
+        error_frame(7, "Server has reached its concurrent user limit")
     );
     // Same id and token: replaces the socket even at the limit, OPEN again, old closed.
     let (a, out) = go(Some("peerjs"), Some("a"), Some("t"));
@@ -252,23 +257,15 @@ fn relays_with_src_stamped_and_drops_other_types() {
 fn queue_delivered_on_connect_in_order() {
     let mut h = Harness::new(config());
     let (a, ..) = h.connect(0, "a", "ta");
-    assert!(
-        h.send(10, a, "a", r#"{"type":"OFFER","dst":"b","payload":1}"#)
-            .is_empty()
-    );
-    assert!(
-        h.send(20, a, "a", r#"{"type":"CANDIDATE","dst":"b","payload":2}"#)
-            .is_empty()
-    );
     // LEAVE and EXPIRE to an absent peer are not queued.
-    assert!(
-        h.send(20, a, "a", r#"{"type":"LEAVE","dst":"b"}"#)
-            .is_empty()
-    );
-    assert!(
-        h.send(20, a, "a", r#"{"type":"EXPIRE","dst":"b"}"#)
-            .is_empty()
-    );
+    for (ms, text) in [
+        (10, r#"{"type":"OFFER","dst":"b","payload":1}"#),
+        (20, r#"{"type":"CANDIDATE","dst":"b","payload":2}"#),
+        (20, r#"{"type":"LEAVE","dst":"b"}"#),
+        (20, r#"{"type":"EXPIRE","dst":"b"}"#),
+    ] {
+        assert!(h.send(ms, a, "a", text).is_empty(), "{text}");
+    }
     assert_eq!(h.realm.stats().queued_messages, 2);
     let (b, _, out) = h.connect(100, "b", "tb");
     assert_eq!(
@@ -330,14 +327,12 @@ fn queues_are_bounded() {
         vec![frame(a, r#"{"type":"EXPIRE","src":"x","dst":"a"}"#)]
     );
     // Total bound (5).
-    assert!(
-        h.send(1, a, "a", r#"{"type":"OFFER","dst":"y"}"#)
-            .is_empty()
-    );
-    assert!(
-        h.send(1, a, "a", r#"{"type":"OFFER","dst":"y"}"#)
-            .is_empty()
-    );
+    for _ in 0..2 {
+        assert!(
+            h.send(1, a, "a", r#"{"type":"OFFER","dst":"y"}"#)
+                .is_empty()
+        );
+    }
     assert_eq!(h.send(1, a, "a", r#"{"type":"OFFER","dst":"z"}"#).len(), 1);
     let s = h.realm.stats();
     assert_eq!((s.queued_messages, s.queue_full), (5, 2));
@@ -436,13 +431,7 @@ fn rate_limit_and_malformed_burst() {
     }
     assert_eq!(
         h.send(0, a, "a", r#"{"type":"HEARTBEAT"}"#),
-        vec![
-            frame(
-                a,
-                r#"{"type":"ERROR","payload":{"msg":"Rate limit exceeded"}}"#
-            ),
-            Out::Close(a, CloseReason::Policy)
-        ]
+        closed_with_error(a, "Rate limit exceeded", CloseReason::Policy)
     );
     assert!(!h.realm.contains("a"));
     // Malformed: limit 2 → the burst allows 3 (limit + 1), the 4th closes.
@@ -454,13 +443,7 @@ fn rate_limit_and_malformed_burst() {
     assert!(h.send(1100, b, "b", "{oops").is_empty());
     assert_eq!(
         h.send(1100, b, "b", "{oops"),
-        vec![
-            frame(
-                b,
-                r#"{"type":"ERROR","payload":{"msg":"Too many malformed messages"}}"#
-            ),
-            Out::Close(b, CloseReason::Policy)
-        ]
+        closed_with_error(b, "Too many malformed messages", CloseReason::Policy)
     );
     let s = h.realm.stats();
     assert_eq!(
@@ -477,13 +460,7 @@ fn too_big_and_undeliverable() {
     h.realm.too_big(h.at(1), ConnId(a), "a");
     assert_eq!(
         h.drain(),
-        vec![
-            frame(
-                a,
-                r#"{"type":"ERROR","payload":{"msg":"Message too big (limit 1024 bytes)"}}"#
-            ),
-            Out::Close(a, CloseReason::TooBig)
-        ]
+        closed_with_error(a, "Message too big (limit 1024 bytes)", CloseReason::TooBig)
     );
     let (a, ..) = h.connect(2, "a", "ta");
     // b's socket could not take a frame from a: b is dropped, a gets LEAVE from b.
@@ -595,13 +572,11 @@ fn one_address_cannot_take_every_socket() {
     assert_eq!(a, Admission::Rejected(Rejection::AddressLimit));
     assert_eq!(
         out,
-        vec![
-            frame(
-                c,
-                r#"{"type":"ERROR","payload":{"msg":"Too many connections from your address"}}"#
-            ),
-            Out::Close(c, CloseReason::Normal)
-        ]
+        closed_with_error(
+            c,
+            "Too many connections from your address",
+            CloseReason::Normal
+        )
     );
     // Another address is served; a detached socket (LEAVE without dst) still counts.
     let (_, a, _) = h.connect_from(0, "b1", "t", "198.51.100.2");
@@ -644,10 +619,7 @@ fn a_leave_flood_from_one_address_is_rate_limited_across_its_sockets() {
                 &format!(r#"{{"type":"LEAVE","dst":"z{round}"}}"#),
             );
             if out.contains(&Out::Close(*s, CloseReason::Policy)) {
-                assert!(out.contains(&frame(
-                    *s,
-                    r#"{"type":"ERROR","payload":{"msg":"Rate limit exceeded"}}"#
-                )));
+                assert!(out.contains(&error_frame(*s, "Rate limit exceeded")));
                 closed.push(*s);
             }
         }
