@@ -81,7 +81,9 @@ async fn load(
                         body: body.clone(),
                     };
                     let t = Instant::now();
-                    if let Ok(Outcome::Ok(_)) = op.call::<_, Outcome<u64>>(id, Call::Publish, &req).await {
+                    if let Ok(Outcome::Ok(_)) =
+                        op.call::<_, Outcome<u64>>(id, Call::Publish, &req).await
+                    {
                         lat.push(t.elapsed());
                     }
                     k += 1;
@@ -129,7 +131,10 @@ async fn failover(members: &mut Vec<Member>) -> Duration {
             }
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert!(killed.elapsed() < Duration::from_secs(60), "no leader after 60 s");
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no leader after 60 s"
+        );
     }
 }
 
@@ -142,9 +147,7 @@ async fn main() {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--seconds" => seconds = args.next().and_then(|v| v.parse().ok()).unwrap_or(5),
-            "--history-mb" => {
-                history_mb = args.next().and_then(|v| v.parse().ok()).unwrap_or(100)
-            }
+            "--history-mb" => history_mb = args.next().and_then(|v| v.parse().ok()).unwrap_or(100),
             "--bench" => {}
             other => eprintln!("ignored argument {other}"),
         }
@@ -180,12 +183,22 @@ async fn main() {
         let l = leader(&op, &members).await;
         let dead: Vec<NodeId> = status_of(&op, &members[l])
             .await
-            .map(|s| s.voters.iter().map(|v| v.0).filter(|id| !members.iter().any(|m| m.id == *id)).collect())
+            .map(|s| {
+                s.voters
+                    .iter()
+                    .map(|v| v.0)
+                    .filter(|id| !members.iter().any(|m| m.id == *id))
+                    .collect()
+            })
             .unwrap_or_default();
         for id in dead {
             op.set_addr(members[l].id, &members[l].url);
             let _ = op
-                .call::<_, Outcome<()>>(members[l].id, Call::Remove, &ouroboros::replica::RemoveRequest { id })
+                .call::<_, Outcome<()>>(
+                    members[l].id,
+                    Call::Remove,
+                    &ouroboros::replica::RemoveRequest { id },
+                )
                 .await;
         }
     }

@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use libc::{SIGCONT, SIGSTOP};
 use ouroboros::replica::{
-    Call, CallFailure, HistoryRequest, HttpTransport, Message, NodeId, OPERATOR, Outcome,
-    PublishRequest, RemoveRequest, RpcKey, Status,
+    Call, HistoryRequest, HttpTransport, Message, NodeId, Outcome, PublishRequest, RemoveRequest,
+    Status,
 };
 use rand::Rng;
-use libc::{SIGCONT, SIGSTOP};
 use support::{
     Book, Logs, Member, book_of, join_new, operator, operator_with_timeout, status_of, until_ok,
 };

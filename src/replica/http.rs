@@ -802,3 +802,117 @@ pub fn status(replica: &Replica) -> Status {
         learners,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::InProcessTransport;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn clock() -> u64 {
+        NOW
+    }
+
+    async fn service() -> ReplicaService {
+        crate::install_crypto_provider();
+        let replica = Replica::start(
+            7,
+            &crate::replica::ReplicaConfig::default(),
+            Arc::new(InProcessTransport::new()),
+        )
+        .await
+        .unwrap();
+        let key = Arc::new(RpcKey::from_secret(b"the ring's shared secret"));
+        let transport = Arc::new(HttpTransport::new(
+            7,
+            reqwest::Client::new(),
+            Arc::clone(&key),
+            Duration::from_secs(1),
+        ));
+        ReplicaService::new(replica, key, transport).with_clock(clock)
+    }
+
+    /// The headers of a request signed with `secret`.
+    fn signed(
+        secret: &[u8],
+        call: Call,
+        to: NodeId,
+        ts: u64,
+        body: &[u8],
+    ) -> HashMap<&'static str, String> {
+        let mac = RpcKey::from_secret(secret).mac(call, OPERATOR, to, ts, body);
+        HashMap::from([
+            (HEADER_FROM, OPERATOR.to_string()),
+            (HEADER_TO, to.to_string()),
+            (HEADER_TS, ts.to_string()),
+            (HEADER_MAC, mac),
+        ])
+    }
+
+    async fn ask(
+        s: &ReplicaService,
+        name: &str,
+        headers: &HashMap<&'static str, String>,
+        body: &[u8],
+    ) -> u16 {
+        s.handle(name, |h| headers.get(h).cloned(), body)
+            .await
+            .status
+    }
+
+    #[tokio::test]
+    async fn a_call_is_answered_only_when_signed_for_this_member_this_call_and_this_body() {
+        let s = service().await;
+        let secret = b"the ring's shared secret".as_slice();
+        let ok = signed(secret, Call::Status, 7, NOW, b"null");
+        let answer = s.handle("status", |h| ok.get(h).cloned(), b"null").await;
+        assert_eq!(answer.status, 200);
+        let status: Outcome<Status> = serde_json::from_slice(&answer.body).unwrap();
+        assert!(matches!(status, Outcome::Ok(Status { id: 7, .. })));
+
+        // Another body, another call, another secret, no headers: 401.
+        assert_eq!(ask(&s, "status", &ok, b"{}").await, 401);
+        assert_eq!(ask(&s, "history", &ok, b"null").await, 401);
+        let other = signed(b"another ring's secret!!", Call::Status, 7, NOW, b"null");
+        assert_eq!(ask(&s, "status", &other, b"null").await, 401);
+        assert_eq!(ask(&s, "status", &HashMap::new(), b"null").await, 401);
+        // A timestamp further than MAX_CLOCK_SKEW from the member's clock: 401; within: 200.
+        let skew = u64::try_from(MAX_CLOCK_SKEW.as_millis()).unwrap();
+        let late = signed(secret, Call::Status, 7, NOW - skew - 1, b"null");
+        assert_eq!(ask(&s, "status", &late, b"null").await, 401);
+        let early = signed(secret, Call::Status, 7, NOW + skew + 1, b"null");
+        assert_eq!(ask(&s, "status", &early, b"null").await, 401);
+        let edge = signed(secret, Call::Status, 7, NOW - skew, b"null");
+        assert_eq!(ask(&s, "status", &edge, b"null").await, 200);
+        // Signed for member 8: 421.
+        let elsewhere = signed(secret, Call::Status, 8, NOW, b"null");
+        assert_eq!(ask(&s, "status", &elsewhere, b"null").await, 421);
+        // Unknown call: 404; a body that is not the call's request: 400.
+        assert_eq!(ask(&s, "nope", &ok, b"null").await, 404);
+        let bad = signed(secret, Call::Publish, 7, NOW, b"{\"room\":1}");
+        assert_eq!(ask(&s, "publish", &bad, b"{\"room\":1}").await, 400);
+        s.replica().shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_publish_to_a_member_outside_any_ring_is_refused_as_retryable() {
+        let s = service().await;
+        let body = serde_json::to_vec(&PublishRequest {
+            room: "lobby".into(),
+            from: "alice".into(),
+            id: "m-1".into(),
+            body: serde_json::json!("hi"),
+        })
+        .unwrap();
+        let h = signed(b"the ring's shared secret", Call::Publish, 7, NOW, &body);
+        let answer = s.handle("publish", |n| h.get(n).cloned(), &body).await;
+        assert_eq!(answer.status, 200);
+        let outcome: Outcome<Seq> = serde_json::from_slice(&answer.body).unwrap();
+        match outcome {
+            Outcome::Err(f) => assert!(f.is_retryable(), "{f:?}"),
+            Outcome::Ok(seq) => panic!("acknowledged at {seq} without a ring"),
+        }
+        s.replica().shutdown().await.unwrap();
+    }
+}

@@ -30,7 +30,11 @@ pub struct Member {
 impl Member {
     /// Starts member `id`: `--bootstrap` when `contacts` is empty, else `--join` each of them.
     /// Returns once it listens (not yet joined: see [`Member::wait_line`]).
-    pub async fn start(id: NodeId, contacts: &[(NodeId, String)], logs: &std::path::Path) -> Member {
+    pub async fn start(
+        id: NodeId,
+        contacts: &[(NodeId, String)],
+        logs: &std::path::Path,
+    ) -> Member {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ouroboros"));
         cmd.args([
             "replica",
@@ -211,4 +215,3 @@ pub async fn join_new(id: NodeId, book: &Book, logs: &std::path::Path) -> Member
 pub fn book_of(members: &[Member]) -> Vec<(NodeId, String)> {
     members.iter().map(|m| (m.id, m.url.clone())).collect()
 }
-
