@@ -117,6 +117,7 @@ async fn failover(members: &mut Vec<Member>) -> Duration {
     let killed = Instant::now();
     dead.kill9().await;
     let mut k = 0u64;
+    let mut last: Option<String> = None;
     loop {
         for (id, _) in &others {
             let req = PublishRequest {
@@ -126,8 +127,19 @@ async fn failover(members: &mut Vec<Member>) -> Duration {
                 body: serde_json::json!(k),
             };
             k += 1;
-            if let Ok(Outcome::Ok(_)) = op.call::<_, Outcome<u64>>(*id, Call::Publish, &req).await {
-                return killed.elapsed();
+            match op.call::<_, Outcome<u64>>(*id, Call::Publish, &req).await {
+                Ok(Outcome::Ok(_)) => return killed.elapsed(),
+                other => {
+                    let what = format!("{other:?}");
+                    let what = what.split(['{', '(']).take(3).collect::<Vec<_>>().join("");
+                    if last.as_deref() != Some(&what) {
+                        eprintln!(
+                            "  +{:>5} ms member {id}: {what}",
+                            killed.elapsed().as_millis()
+                        );
+                        last = Some(what);
+                    }
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -224,6 +236,7 @@ async fn main() {
                     let op = operator();
                     op.set_addr(id, &url);
                     let body = serde_json::Value::String("h".repeat(per - 64));
+                    let mut stored = 0usize;
                     for k in (w..count).step_by(8) {
                         let req = PublishRequest {
                             room: "history".into(),
@@ -232,19 +245,24 @@ async fn main() {
                             body: body.clone(),
                         };
                         for _ in 0..20 {
-                            if let Ok(Outcome::Ok(_)) =
-                                op.call::<_, Outcome<u64>>(id, Call::Publish, &req).await
-                            {
-                                break;
+                            match op.call::<_, Outcome<u64>>(id, Call::Publish, &req).await {
+                                Ok(Outcome::Ok(_)) => {
+                                    stored += 1;
+                                    break;
+                                }
+                                other => eprintln!("history publish {k}: {other:?}"),
                             }
                         }
                     }
+                    stored
                 })
             })
             .collect();
+        let mut stored = 0;
         for c in chunks {
-            c.await.unwrap();
+            stored += c.await.unwrap();
         }
+        assert_eq!(stored, count, "not every history message was acknowledged");
         t.elapsed()
     };
     let book = Arc::new(std::sync::Mutex::new(book_of(&members)));

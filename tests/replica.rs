@@ -22,6 +22,7 @@ use rand::Rng;
 use support::{
     Book, Logs, Member, book_of, join_new, operator, operator_with_timeout, status_of, until_ok,
 };
+use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 const ROOMS: [&str; 2] = ["lobby", "ops"];
 
@@ -31,7 +32,13 @@ type Acks = Arc<Mutex<HashMap<(String, String, String), u64>>>;
 /// A publisher: publishes `p{n}-{k}` without pause to a random live member, retrying a
 /// message (same id) until it is acknowledged; stops when `stop` is set. A message that no
 /// member acknowledges within 60 s fails the test.
-async fn publisher(n: usize, book: Book, acks: Acks, stop: Arc<AtomicBool>) -> usize {
+async fn publisher(
+    n: usize,
+    book: Book,
+    acks: Acks,
+    progress: Arc<watch::Sender<usize>>,
+    stop: Arc<AtomicBool>,
+) -> usize {
     let op = operator();
     let from = format!("p{n}");
     let mut k = 0usize;
@@ -65,6 +72,7 @@ async fn publisher(n: usize, book: Book, acks: Acks, stop: Arc<AtomicBool>) -> u
         acks.lock()
             .unwrap()
             .insert((room, from.clone(), req.id), seq);
+        progress.send_modify(|n| *n += 1);
         k += 1;
     }
     k
@@ -155,65 +163,90 @@ fn audit(history: &BTreeMap<String, Vec<Message>>, acks: &Acks) -> (usize, usize
     (acks.len(), stored)
 }
 
-/// Three members, four publishers without pause; 20 times a random member (leader or
-/// follower) is killed with SIGKILL and replaced (a new member joins, the dead one is
-/// removed), and every third round the oldest member is also rotated out gracefully.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn acknowledged_messages_survive_twenty_kill_9s_with_rotations() {
-    let logs = Logs::new();
-    let op = operator();
+/// Members 1 (bootstrapped), 2 and 3 (joined as voters), and the book of their addresses.
+async fn three_members(logs: &Logs) -> (Vec<Member>, Book) {
     let mut members = vec![Member::start(1, &[], logs.path()).await];
     members[0]
         .wait_line("bootstrapped", Duration::from_secs(30))
         .await;
     let book: Book = Arc::new(Mutex::new(book_of(&members)));
-    let mut next_id = 2;
-    while members.len() < 3 {
-        members.push(join_new(next_id, &book, logs.path()).await);
-        next_id += 1;
+    for id in 2..=3 {
+        members.push(join_new(id, &book, logs.path()).await);
         *book.lock().unwrap() = book_of(&members);
     }
+    (members, book)
+}
+
+/// What a churn run did.
+struct Churn {
+    kills: usize,
+    killed_leaders: usize,
+    rotations: usize,
+    published: usize,
+    acked: usize,
+    stored: usize,
+}
+
+/// Three members, four publishers without pause, `rounds` rounds; in each, when `kill`, a
+/// random member (leader or follower) is killed with SIGKILL and replaced (a new member joins,
+/// the dead one is removed), and every `rotate_every`-th round the oldest member is rotated out
+/// gracefully (a successor joins, the oldest is removed, stepping aside first when it leads,
+/// then stops). Ends with the audit of every member's log against every acknowledgement.
+async fn churn(rounds: usize, kill: bool, rotate_every: usize) -> Churn {
+    let logs = Logs::new();
+    let op = operator();
+    let (mut members, book) = three_members(&logs).await;
+    let mut next_id = 4;
 
     let acks: Acks = Arc::default();
+    let (progress, mut acked_so_far) = watch::channel(0usize);
+    let progress = Arc::new(progress);
     let stop = Arc::new(AtomicBool::new(false));
     let publishers: Vec<_> = (0..4)
-        .map(|n| tokio::spawn(publisher(n, book.clone(), acks.clone(), stop.clone())))
+        .map(|n| {
+            let (book, acks, stop, progress) =
+                (book.clone(), acks.clone(), stop.clone(), progress.clone());
+            tokio::spawn(publisher(n, book, acks, progress, stop))
+        })
         .collect();
 
-    let mut kills = 0;
-    let mut killed_leaders = 0;
-    let mut rotations = 0;
-    for round in 0..20 {
+    let mut c = Churn {
+        kills: 0,
+        killed_leaders: 0,
+        rotations: 0,
+        published: 0,
+        acked: 0,
+        stored: 0,
+    };
+    for round in 0..rounds {
         // Let some messages through between faults.
-        let before = acks.lock().unwrap().len();
-        let wait_until = Instant::now() + Duration::from_secs(10);
-        while acks.lock().unwrap().len() < before + 20 {
-            assert!(
-                Instant::now() < wait_until,
-                "no progress before round {round}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let before = *acked_so_far.borrow();
+        timeout(
+            Duration::from_secs(30),
+            acked_so_far.wait_for(|n| *n >= before + 20),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no progress before round {round}"))
+        .unwrap();
+        if kill {
+            let victim = rand::rng().random_range(0..members.len());
+            let was_leader = status_of(&op, &members[victim])
+                .await
+                .is_some_and(|s| s.role == "leader");
+            let dead = members.remove(victim);
+            let dead_id = dead.id;
+            *book.lock().unwrap() = book_of(&members);
+            dead.kill9().await;
+            c.kills += 1;
+            c.killed_leaders += usize::from(was_leader);
+            // The replacement joins; then the dead member is removed.
+            let new = join_new(next_id, &book, logs.path()).await;
+            next_id += 1;
+            members.push(new);
+            *book.lock().unwrap() = book_of(&members);
+            until_ok::<_, ()>(&op, &book, Call::Remove, &RemoveRequest { id: dead_id }).await;
         }
-        let victim = rand::rng().random_range(0..members.len());
-        let was_leader = status_of(&op, &members[victim])
-            .await
-            .is_some_and(|s| s.role == "leader");
-        let dead = members.remove(victim);
-        let dead_id = dead.id;
-        *book.lock().unwrap() = book_of(&members);
-        dead.kill9().await;
-        kills += 1;
-        killed_leaders += usize::from(was_leader);
-        // The replacement joins; then the dead member is removed.
-        let new = join_new(next_id, &book, logs.path()).await;
-        next_id += 1;
-        members.push(new);
-        *book.lock().unwrap() = book_of(&members);
-        until_ok::<_, ()>(&op, &book, Call::Remove, &RemoveRequest { id: dead_id }).await;
-
-        if round % 3 == 2 {
-            // A planned rotation: a successor joins, the oldest member leaves (stepping aside
-            // first when it leads), then stops.
+        if round % rotate_every == rotate_every - 1 {
             let new = join_new(next_id, &book, logs.path()).await;
             next_id += 1;
             members.push(new);
@@ -222,22 +255,42 @@ async fn acknowledged_messages_survive_twenty_kill_9s_with_rotations() {
             *book.lock().unwrap() = book_of(&members);
             until_ok::<_, ()>(&op, &book, Call::Remove, &RemoveRequest { id: oldest.id }).await;
             oldest.stop().await;
-            rotations += 1;
+            c.rotations += 1;
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let mut published = 0;
     for p in publishers {
-        published += p.await.unwrap();
+        c.published += p.await.unwrap();
     }
     let history = settled_histories(&op, &members).await;
-    let (acked, stored) = audit(&history, &acks);
+    (c.acked, c.stored) = audit(&history, &acks);
     eprintln!(
-        "replica soak: {kills} kill -9 ({killed_leaders} of a leader), {rotations} rotations, \
-         {published} published, {acked} acknowledged, {stored} stored, 0 lost"
+        "replica churn: {} kill -9 ({} of a leader), {} rotations, {} published, {} acknowledged, \
+         {} stored, 0 lost",
+        c.kills, c.killed_leaders, c.rotations, c.published, c.acked, c.stored
     );
-    assert_eq!(kills, 20);
-    assert!(acked > 200, "too few messages went through: {acked}");
+    for m in members {
+        m.stop().await;
+    }
+    c
+}
+
+/// 20 kill -9s of a random member (leader or follower), each replaced, with a planned rotation
+/// every third round, under four publishers: nothing acknowledged is lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_messages_survive_twenty_kill_9s_with_rotations() {
+    let c = churn(20, true, 3).await;
+    assert_eq!((c.kills, c.rotations), (20, 6));
+    assert!(c.acked > 200, "too few messages went through: {}", c.acked);
+}
+
+/// A three-member ring rotates 30 times (each time a successor joins and the oldest member
+/// leaves, stepping aside when it leads) under four publishers: 0 acknowledged messages lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_three_member_ring_rotates_thirty_times_without_losing_an_acknowledged_message() {
+    let c = churn(30, false, 1).await;
+    assert_eq!(c.rotations, 30);
+    assert!(c.acked > 300, "too few messages went through: {}", c.acked);
 }
 
 /// A leader stopped with SIGSTOP (it neither sends nor answers, as if cut off) is replaced by
@@ -249,15 +302,7 @@ async fn acknowledged_messages_survive_twenty_kill_9s_with_rotations() {
 async fn a_leader_cut_off_and_resumed_acknowledges_nothing_the_majority_did_not_commit() {
     let logs = Logs::new();
     let op = operator();
-    let mut members = vec![Member::start(1, &[], logs.path()).await];
-    members[0]
-        .wait_line("bootstrapped", Duration::from_secs(30))
-        .await;
-    let book: Book = Arc::new(Mutex::new(book_of(&members)));
-    for id in 2..=3 {
-        members.push(join_new(id, &book, logs.path()).await);
-        *book.lock().unwrap() = book_of(&members);
-    }
+    let (members, book) = three_members(&logs).await;
     let acks: Acks = Arc::default();
     let publish = |i: usize| PublishRequest {
         room: "lobby".into(),
@@ -314,6 +359,177 @@ async fn a_leader_cut_off_and_resumed_acknowledges_nothing_the_majority_did_not_
     }
     let (acked, stored) = audit(&history, &acks);
     assert!(acked >= 30 && stored >= 30);
+    for m in members {
+        m.stop().await;
+    }
+}
+
+/// Set in the copy of this test binary that runs inside a fresh network namespace.
+const NETNS_ENV: &str = "OUROBOROS_REPLICA_NETNS";
+
+/// Runs `cmd` with `args`, panicking with its stderr if it fails.
+fn run(cmd: &str, args: &[&str]) {
+    let out = std::process::Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A real network partition: the three members run in a network namespace this test creates
+/// (`unshare -n`, as root; removed with the process), each on its own loopback address, and an
+/// nftables rule in that namespace drops every packet between the leader's address and the
+/// others'. The cut-off leader keeps running and keeps taking publishes from a client that
+/// still reaches it: it must acknowledge none of them, while the other two elect a leader and
+/// acknowledge. Once the rule is gone the old leader catches up, and none of the publishes it
+/// took while cut off is in anyone's log.
+#[test]
+fn a_leader_cut_off_by_the_network_acknowledges_nothing_and_catches_up_when_healed() {
+    let name = "a_leader_cut_off_by_the_network_acknowledges_nothing_and_catches_up_when_healed";
+    if std::env::var_os(NETNS_ENV).is_some() {
+        return tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(partition_inside_namespace());
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let tools = ["unshare", "nft", "ip"].into_iter().all(|t| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !root || !tools {
+        eprintln!("SKIPPED: {name}: needs root, unshare, nft and ip (root={root}, tools={tools})");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("unshare")
+        .arg("-n")
+        .arg(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+        .env(NETNS_ENV, "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(
+        out.status.success(),
+        "the partition test failed in its namespace"
+    );
+    assert!(
+        text.contains("1 passed"),
+        "the test did not run in its namespace"
+    );
+}
+
+async fn partition_inside_namespace() {
+    run("ip", &["link", "set", "lo", "up"]);
+    let logs = Logs::new();
+    let op = operator();
+    let ips = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
+    let mut members = vec![Member::start_at(ips[0], 1, &[], logs.path()).await];
+    members[0]
+        .wait_line("bootstrapped", Duration::from_secs(30))
+        .await;
+    let book: Book = Arc::new(Mutex::new(book_of(&members)));
+    for (i, ip) in ips.iter().enumerate().skip(1) {
+        let contacts = book.lock().unwrap().clone();
+        let mut m = Member::start_at(ip, i as NodeId + 1, &contacts, logs.path()).await;
+        m.wait_line("joined as a voter", Duration::from_secs(90))
+            .await;
+        members.push(m);
+        *book.lock().unwrap() = book_of(&members);
+    }
+    let acks: Acks = Arc::default();
+    let publish = |id: String| PublishRequest {
+        room: "lobby".into(),
+        from: "op".into(),
+        id,
+        body: serde_json::json!("x"),
+    };
+    let ack = |id: String, seq: u64| {
+        acks.lock()
+            .unwrap()
+            .insert(("lobby".into(), "op".into(), id), seq);
+    };
+    for i in 0..10 {
+        let id = format!("before-{i}");
+        ack(
+            id.clone(),
+            until_ok(&op, &book, Call::Publish, &publish(id)).await,
+        );
+    }
+    let leader_id = status_of(&op, &members[0]).await.unwrap().leader.unwrap();
+    let leader = members.iter().position(|m| m.id == leader_id).unwrap();
+    let cut = ips[leader];
+    let rest: Vec<&str> = ips.iter().copied().filter(|ip| *ip != cut).collect();
+    let set = rest.join(", ");
+    run("nft", &["add", "table", "inet", "partition"]);
+    run(
+        "nft",
+        &["add chain inet partition out { type filter hook output priority 0 ; }"],
+    );
+    run(
+        "nft",
+        &[&format!(
+            "add rule inet partition out ip saddr {cut} ip daddr {{ {set} }} drop"
+        )],
+    );
+    run(
+        "nft",
+        &[&format!(
+            "add rule inet partition out ip saddr {{ {set} }} ip daddr {cut} drop"
+        )],
+    );
+    // The client still reaches the cut-off leader (it calls from 127.0.0.1): nothing it
+    // publishes there may be acknowledged.
+    op.set_addr(leader_id, &members[leader].url);
+    for i in 0..3 {
+        let answer = op
+            .call::<_, Outcome<u64>>(leader_id, Call::Publish, &publish(format!("minority-{i}")))
+            .await;
+        assert!(
+            !matches!(answer, Ok(Outcome::Ok(_))),
+            "the cut-off leader acknowledged minority-{i}: {answer:?}"
+        );
+    }
+    // The other two go on.
+    let majority: Book = Arc::new(Mutex::new(
+        members
+            .iter()
+            .filter(|m| m.id != leader_id)
+            .map(|m| (m.id, m.url.clone()))
+            .collect(),
+    ));
+    for i in 0..20 {
+        let id = format!("during-{i}");
+        ack(
+            id.clone(),
+            until_ok(&op, &majority, Call::Publish, &publish(id)).await,
+        );
+    }
+    run("nft", &["delete", "table", "inet", "partition"]);
+    let history = settled_histories(&op, &members).await;
+    let minority: Vec<_> = history["lobby"]
+        .iter()
+        .filter(|m| m.id.starts_with("minority-"))
+        .collect();
+    assert!(
+        minority.is_empty(),
+        "publishes taken while cut off reached the log: {minority:?}"
+    );
+    let (acked, stored) = audit(&history, &acks);
+    assert_eq!((acked, stored), (30, 30));
+    eprintln!("partition: 3 publishes refused by the cut-off leader, 30 acknowledged, healed");
     for m in members {
         m.stop().await;
     }

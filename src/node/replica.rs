@@ -32,7 +32,8 @@ pub struct ReplicaArgs {
     /// This member's id: 1 or more, never reused in one ring (a restarted member is a new one).
     #[arg(long)]
     pub id: NodeId,
-    /// The address to serve the members' calls on.
+    /// The address to serve the members' calls on; calls to the other members leave from its
+    /// IP address too, unless it is 0.0.0.0 or [::].
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
     /// The base URL the other members reach this one at (default: `http://` + the bound
@@ -135,9 +136,13 @@ pub async fn run(
         .advertise
         .clone()
         .unwrap_or_else(|| format!("http://{bound}"));
-    let http = crate::tunnel::node_http_client_builder()
-        .build()
-        .context("HTTP client")?;
+    // Calls to the other members leave from the address this member listens on (when it is
+    // one address), so that they come from where the membership says this member is.
+    let mut http = crate::tunnel::node_http_client_builder();
+    if !bound.ip().is_unspecified() {
+        http = http.local_address(bound.ip());
+    }
+    let http = http.build().context("HTTP client")?;
     let transport = Arc::new(HttpTransport::new(
         args.id,
         http,

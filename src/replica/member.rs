@@ -37,6 +37,10 @@ pub struct ReplicaConfig {
     pub keep_after_snapshot: u64,
     /// A snapshot travels in chunks of at most this many bytes.
     pub snapshot_chunk_bytes: u64,
+    /// [`Replica::add_learner`] with `blocking` returns once the learner is at most this many
+    /// entries behind the leader (openraft's `replication_lag_threshold`, 5 000 by default,
+    /// would let a learner with less history than that be promoted before it caught up).
+    pub catch_up_within: u64,
     /// How long [`Replica::publish`] and the membership calls wait for a commit. A leader cut
     /// off from the majority cannot commit and is not told so until it hears a newer term:
     /// without this bound its callers would wait for the partition to heal.
@@ -53,6 +57,7 @@ impl Default for ReplicaConfig {
             snapshot_every: 10_000,
             keep_after_snapshot: 1_000,
             snapshot_chunk_bytes: 1 << 20,
+            catch_up_within: 64,
             write_timeout: Duration::from_secs(5),
         }
     }
@@ -74,6 +79,7 @@ impl ReplicaConfig {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.keep_after_snapshot,
             snapshot_max_chunk_size: self.snapshot_chunk_bytes,
+            replication_lag_threshold: self.catch_up_within,
             ..Default::default()
         }
         .validate()

@@ -35,13 +35,23 @@ impl Member {
         contacts: &[(NodeId, String)],
         logs: &std::path::Path,
     ) -> Member {
+        Member::start_at("127.0.0.1", id, contacts, logs).await
+    }
+
+    /// [`Member::start`] listening (and calling the other members) from `ip`.
+    pub async fn start_at(
+        ip: &str,
+        id: NodeId,
+        contacts: &[(NodeId, String)],
+        logs: &std::path::Path,
+    ) -> Member {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ouroboros"));
         cmd.args([
             "replica",
             "--id",
             &id.to_string(),
             "--listen",
-            "127.0.0.1:0",
+            &format!("{ip}:0"),
         ])
         .args(["--heartbeat", "300ms", "--election-timeout", "1200ms"])
         .args(["--write-timeout", "3s", "--join-timeout", "90s"]);
