@@ -14,16 +14,16 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::body::Body;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 use crate::handoff::{SECRET_ENV, Secret};
 use crate::replica::{
-    CallFailure, HttpTransport, JoinRequest, MAX_BODY_BYTES, NodeAddr, NodeId, OPERATOR, Outcome,
-    PATH_PREFIX, Replica, ReplicaConfig, ReplicaService, RpcKey,
+    Answer, CallFailure, HttpTransport, JoinRequest, MAX_BODY_BYTES, NodeAddr, NodeId, OPERATOR,
+    Outcome, PATH_PREFIX, Replica, ReplicaConfig, ReplicaService, RpcKey,
 };
 
 /// `ouroboros replica`'s flags.
@@ -85,7 +85,6 @@ fn parse_contact(s: &str) -> Result<(NodeId, String), String> {
 pub fn routes(service: ReplicaService) -> Router {
     Router::new()
         .route(&format!("{PATH_PREFIX}{{call}}"), post(handle))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(service)
 }
 
@@ -93,21 +92,32 @@ async fn handle(
     State(service): State<ReplicaService>,
     Path(call): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
-) -> impl IntoResponse {
+    body: Body,
+) -> Response {
     let header = |name: &str| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let answer = service.handle(&call, header, &body).await;
+    // The headers first: the body (up to 32 MiB) is read only for a request that may be genuine.
+    if let Err(answer) = service.check_headers(&call, &header) {
+        return respond(answer);
+    }
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return respond(Answer::too_large());
+    };
+    respond(service.handle(&call, header, &body).await)
+}
+
+fn respond(answer: Answer) -> Response {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
         status,
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         answer.body,
     )
+        .into_response()
 }
 
 /// Runs one member until `shutdown` resolves.

@@ -513,12 +513,27 @@ impl Answer {
         }
     }
 
+    /// 413: the body is over [`MAX_BODY_BYTES`] (or was cut off before its end).
+    pub fn too_large() -> Answer {
+        Answer::error(413, "body too large")
+    }
+
     fn error(status: u16, message: &str) -> Answer {
         Answer {
             status,
             body: serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default(),
         }
     }
+}
+
+/// A request's headers, checked by [`ReplicaService::check_headers`] (all but the MAC).
+#[derive(Debug, Clone)]
+pub struct Checked {
+    call: Call,
+    from: NodeId,
+    to: NodeId,
+    ts: u64,
+    mac: String,
 }
 
 /// The receiving side: authenticates a call and runs it on this member.
@@ -570,30 +585,21 @@ impl ReplicaService {
         header: impl Fn(&str) -> Option<String>,
         body: &[u8],
     ) -> Answer {
-        let Some(call) = Call::from_name(name) else {
-            return Answer::error(404, "no such call");
+        let Checked {
+            call,
+            from,
+            to,
+            ts,
+            mac,
+        } = match self.check_headers(name, &header) {
+            Ok(c) => c,
+            Err(answer) => return answer,
         };
         if body.len() > MAX_BODY_BYTES {
-            return Answer::error(413, "body too large");
+            return Answer::too_large();
         }
-        let num = |h: &str| header(h).and_then(|v| v.trim().parse::<u64>().ok());
-        let (Some(from), Some(to), Some(ts), Some(mac)) = (
-            num(HEADER_FROM),
-            num(HEADER_TO),
-            num(HEADER_TS),
-            header(HEADER_MAC),
-        ) else {
-            return Answer::error(401, "missing or malformed authentication headers");
-        };
         if !self.key.verify(call, from, to, ts, body, &mac) {
             return Answer::error(401, "bad MAC");
-        }
-        let skew = u64::try_from(MAX_CLOCK_SKEW.as_millis()).unwrap_or(u64::MAX);
-        if (self.now_ms)().abs_diff(ts) > skew {
-            return Answer::error(401, "timestamp too far from this member's clock");
-        }
-        if to != self.replica.id() {
-            return Answer::error(421, "this request is for another member");
         }
         // A call a member forwarded is not forwarded again (one hop at most); an operator's,
         // or a joining member's, is.
@@ -635,6 +641,51 @@ impl ReplicaService {
                 Err(a) => a,
             },
         }
+    }
+
+    /// Checks what can be checked before the body is read — the call exists, the
+    /// authentication headers are there, the timestamp is within [`MAX_CLOCK_SKEW`] of this
+    /// member's clock, the request is for this member — so that a server reads the body (up to
+    /// [`MAX_BODY_BYTES`]) only of a request that may be genuine. The MAC, which covers the body,
+    /// is checked by [`ReplicaService::handle`].
+    ///
+    /// # Errors
+    /// The answer to send instead: 404, 401 or 421.
+    pub fn check_headers(
+        &self,
+        name: &str,
+        header: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Checked, Answer> {
+        let call = Call::from_name(name).ok_or_else(|| Answer::error(404, "no such call"))?;
+        let num = |h: &str| header(h).and_then(|v| v.trim().parse::<u64>().ok());
+        let (Some(from), Some(to), Some(ts), Some(mac)) = (
+            num(HEADER_FROM),
+            num(HEADER_TO),
+            num(HEADER_TS),
+            header(HEADER_MAC),
+        ) else {
+            return Err(Answer::error(
+                401,
+                "missing or malformed authentication headers",
+            ));
+        };
+        let skew = u64::try_from(MAX_CLOCK_SKEW.as_millis()).unwrap_or(u64::MAX);
+        if (self.now_ms)().abs_diff(ts) > skew {
+            return Err(Answer::error(
+                401,
+                "timestamp too far from this member's clock",
+            ));
+        }
+        if to != self.replica.id() {
+            return Err(Answer::error(421, "this request is for another member"));
+        }
+        Ok(Checked {
+            call,
+            from,
+            to,
+            ts,
+            mac,
+        })
     }
 
     /// Whether `id` is a voter or learner of this member's membership.
@@ -892,6 +943,41 @@ mod tests {
         assert_eq!(ask(&s, "nope", &ok, b"null").await, 404);
         let bad = signed(secret, Call::Publish, 7, NOW, b"{\"room\":1}");
         assert_eq!(ask(&s, "publish", &bad, b"{\"room\":1}").await, 400);
+        s.replica().shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn requests_that_cannot_be_genuine_are_refused_before_their_body_is_read() {
+        let s = service().await;
+        let secret = b"the ring's shared secret".as_slice();
+        let status = |r: Result<Checked, Answer>| r.map_or_else(|a| a.status, |_| 200);
+        let none = HashMap::<&str, String>::new();
+        assert_eq!(
+            status(s.check_headers("status", &|h| none.get(h).cloned())),
+            401
+        );
+        let skew = u64::try_from(MAX_CLOCK_SKEW.as_millis()).unwrap();
+        let stale = signed(secret, Call::Append, 7, NOW - skew - 1, b"");
+        assert_eq!(
+            status(s.check_headers("append", &|h| stale.get(h).cloned())),
+            401
+        );
+        let other = signed(secret, Call::Append, 8, NOW, b"");
+        assert_eq!(
+            status(s.check_headers("append", &|h| other.get(h).cloned())),
+            421
+        );
+        assert_eq!(
+            status(s.check_headers("nope", &|h| other.get(h).cloned())),
+            404
+        );
+        // Headers that may be genuine pass; the MAC over the body is checked by `handle`.
+        let fine = signed(secret, Call::Append, 7, NOW, b"any body");
+        assert_eq!(
+            status(s.check_headers("append", &|h| fine.get(h).cloned())),
+            200
+        );
+        assert_eq!(ask(&s, "append", &fine, b"another body").await, 401);
         s.replica().shutdown().await.unwrap();
     }
 

@@ -80,7 +80,7 @@ use std::io::Cursor;
 use serde::{Deserialize, Serialize};
 
 pub use http::{
-    Answer, Call, CallError, CallFailure, HistoryRequest, HttpTransport, JoinRequest,
+    Answer, Call, CallError, CallFailure, Checked, HistoryRequest, HttpTransport, JoinRequest,
     MAX_BODY_BYTES, MAX_CLOCK_SKEW, OPERATOR, Outcome, PATH_PREFIX, PublishRequest, RemoveRequest,
     ReplicaService, RpcKey, Status, status, system_now_ms,
 };
