@@ -112,7 +112,10 @@ async fn settled_histories(
         op.set_addr(m.id, &m.url);
         let mut rooms = BTreeMap::new();
         for room in ROOMS {
-            let req = HistoryRequest { room: room.into() };
+            let req = HistoryRequest {
+                room: room.into(),
+                ..HistoryRequest::default()
+            };
             let Outcome::Ok(h) = op
                 .call::<_, Outcome<Vec<Message>>>(m.id, Call::History, &req)
                 .await
@@ -264,6 +267,21 @@ async fn churn(rounds: usize, kill: bool, rotate_every: usize) -> Churn {
     }
     let history = settled_histories(&op, &members).await;
     (c.acked, c.stored) = audit(&history, &acks);
+    // A client resuming after a failover asks for what follows the last seq it saw.
+    let lobby = &history["lobby"];
+    let since = lobby.len() / 2;
+    let resumed: Vec<Message> = until_ok(
+        &op,
+        &book,
+        Call::History,
+        &HistoryRequest {
+            room: "lobby".into(),
+            since: since as u64,
+            limit: Some(50),
+        },
+    )
+    .await;
+    assert_eq!(resumed, lobby[since..(since + 50).min(lobby.len())]);
     eprintln!(
         "replica churn: {} kill -9 ({} of a leader), {} rotations, {} published, {} acknowledged, \
          {} stored, 0 lost",

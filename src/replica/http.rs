@@ -193,11 +193,18 @@ pub struct PublishRequest {
     pub body: serde_json::Value,
 }
 
-/// `POST history`: which room.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `POST history`: which room, and from where.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HistoryRequest {
     /// The room.
     pub room: String,
+    /// Only messages after this `seq` (a client resuming after a failover); 0 (the default):
+    /// from the first.
+    #[serde(default)]
+    pub since: Seq,
+    /// At most this many messages (the default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
 }
 
 /// `POST join`: the member to add.
@@ -628,7 +635,9 @@ impl ReplicaService {
                 Err(a) => a,
             },
             Call::History => match decode::<HistoryRequest>(body) {
-                Ok(r) => Answer::json(&Outcome::<Vec<Message>>::Ok(self.replica.history(&r.room))),
+                Ok(r) => Answer::json(&Outcome::<Vec<Message>>::Ok(
+                    self.replica.history_after(&r.room, r.since, r.limit),
+                )),
                 Err(a) => a,
             },
             Call::Status => Answer::json(&Outcome::Ok(status(&self.replica))),

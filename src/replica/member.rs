@@ -328,6 +328,12 @@ impl Replica {
         self.state.history(room)
     }
 
+    /// A room's messages after `since` (a client resuming after a failover), at most `limit`,
+    /// as applied on this member.
+    pub fn history_after(&self, room: &str, since: Seq, limit: Option<usize>) -> Vec<Message> {
+        self.state.history_after(room, since, limit)
+    }
+
     /// The names of the rooms this member holds, sorted.
     pub fn rooms(&self) -> Vec<String> {
         self.state.rooms()

@@ -119,6 +119,19 @@ impl RoomLogs {
             .unwrap_or_default()
     }
 
+    /// A room's messages after `since` (their `seq` > `since`), oldest first, at most `limit`
+    /// of them (all when `None`). Seqs are dense from 1, so this is a slice.
+    pub fn history_after(&self, room: &str, since: Seq, limit: Option<usize>) -> Vec<Message> {
+        let Some(r) = self.rooms.get(room) else {
+            return Vec::new();
+        };
+        let start = usize::try_from(since)
+            .unwrap_or(usize::MAX)
+            .min(r.messages.len());
+        let rest = &r.messages[start..];
+        rest[..limit.unwrap_or(rest.len()).min(rest.len())].to_vec()
+    }
+
     /// A room's head: the last `seq` handed out (0 for an unknown room).
     pub fn head(&self, room: &str) -> Seq {
         self.rooms.get(room).map_or(0, Room::head)
@@ -174,5 +187,40 @@ impl RoomLogs {
             rooms.insert(name, Room { messages, by_id });
         }
         Ok(Self { rooms })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(room: &str, id: &str) -> Command {
+        Command::Publish {
+            room: room.into(),
+            id: id.into(),
+            from: "alice".into(),
+            ts: 0,
+            body: serde_json::json!(id),
+        }
+    }
+
+    #[test]
+    fn history_after_is_the_slice_after_since_bounded_by_limit() {
+        let mut logs = RoomLogs::new();
+        for i in 1..=10 {
+            logs.apply(&publish("lobby", &format!("m{i}")));
+        }
+        let seqs = |v: Vec<Message>| v.into_iter().map(|m| m.seq).collect::<Vec<_>>();
+        assert_eq!(
+            seqs(logs.history_after("lobby", 0, None)),
+            (1..=10).collect::<Vec<_>>()
+        );
+        assert_eq!(seqs(logs.history_after("lobby", 7, None)), vec![8, 9, 10]);
+        assert_eq!(seqs(logs.history_after("lobby", 2, Some(3))), vec![3, 4, 5]);
+        assert_eq!(seqs(logs.history_after("lobby", 9, Some(5))), vec![10]);
+        assert!(logs.history_after("lobby", 10, None).is_empty());
+        assert!(logs.history_after("lobby", u64::MAX, Some(1)).is_empty());
+        assert!(logs.history_after("lobby", 0, Some(0)).is_empty());
+        assert!(logs.history_after("nowhere", 0, None).is_empty());
     }
 }

@@ -18,7 +18,7 @@ use openraft::{
     Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
 
-use super::{Message, NodeAddr, NodeId, Reply, RoomLogs, TypeConfig};
+use super::{Message, NodeAddr, NodeId, Reply, RoomLogs, Seq, TypeConfig};
 
 /// Locks a mutex; a poisoned one (a panic elsewhere while holding it) is still read, since
 /// every update below leaves the data consistent before anything that could panic.
@@ -181,6 +181,11 @@ impl StateMachine {
     /// A room's messages, oldest first (empty for an unknown room).
     pub fn history(&self, room: &str) -> Vec<Message> {
         lock(&self.inner).rooms.history(room)
+    }
+
+    /// A room's messages after `since`, at most `limit` ([`RoomLogs::history_after`]).
+    pub fn history_after(&self, room: &str, since: Seq, limit: Option<usize>) -> Vec<Message> {
+        lock(&self.inner).rooms.history_after(room, since, limit)
     }
 
     /// The names of the rooms, sorted.
