@@ -24,7 +24,7 @@ const LAYERS: &[(&str, u32)] = &[
     // The handoff (on the relay) and the client (of the relay).
     ("handoff", 4),
     ("client", 4),
-    // The replicated relay log (imports nothing from the crate yet; later the relay's types).
+    // The replicated relay log (the ring secret's key derivation from discovery).
     ("replica", 4),
     // The lifecycle (uses handoff's configs and secret).
     ("lifecycle", 5),

@@ -105,6 +105,15 @@ impl hkdf::KeyType for Len32 {
     }
 }
 
+/// A 32-byte key derived from `secret` with HKDF-SHA256 (`salt`, info `label`): every key the
+/// ring derives from its shared secret, each under its own salt or label.
+pub fn derive_key(secret: &[u8], salt: &[u8], label: &[u8]) -> [u8; 32] {
+    expand(
+        &hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(secret),
+        label,
+    )
+}
+
 fn expand(prk: &hkdf::Prk, label: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     prk.expand(&[label], Len32)

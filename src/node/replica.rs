@@ -101,13 +101,14 @@ async fn handle(
             .map(str::to_owned)
     };
     // The headers first: the body (up to 32 MiB) is read only for a request that may be genuine.
-    if let Err(answer) = service.check_headers(&call, &header) {
-        return respond(answer);
-    }
+    let checked = match service.check_headers(&call, &header) {
+        Ok(checked) => checked,
+        Err(answer) => return respond(answer),
+    };
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
         return respond(Answer::too_large());
     };
-    respond(service.handle(&call, header, &body).await)
+    respond(service.handle_checked(checked, &body).await)
 }
 
 fn respond(answer: Answer) -> Response {

@@ -25,12 +25,13 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use ring::{hkdf, hmac};
+use ring::hmac;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::network::{RpcError, Transport, remote};
 use super::{ChangeMembers, Message, NodeAddr, NodeId, Replica, ReplicaError, Seq, TypeConfig};
+use crate::discovery::signing::derive_key;
 
 /// Every call's path starts with this; the call's name follows (`/replica/v1/append`).
 pub const PATH_PREFIX: &str = "/replica/v1/";
@@ -119,25 +120,12 @@ impl std::fmt::Debug for RpcKey {
     }
 }
 
-/// HKDF output length (ring's `KeyType`).
-struct Len32;
-
-impl hkdf::KeyType for Len32 {
-    fn len(&self) -> usize {
-        32
-    }
-}
-
 impl RpcKey {
     /// The key of the ring whose shared secret is `secret`.
     pub fn from_secret(secret: &[u8]) -> RpcKey {
-        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"ouroboros replica rpc v1").extract(secret);
-        let mut out = [0u8; 32];
-        prk.expand(&[b"mac"], Len32)
-            .and_then(|okm| okm.fill(&mut out))
-            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let key = derive_key(secret, b"ouroboros replica rpc v1", b"mac");
         RpcKey {
-            key: hmac::Key::new(hmac::HMAC_SHA256, &out),
+            key: hmac::Key::new(hmac::HMAC_SHA256, &key),
         }
     }
 
@@ -592,16 +580,22 @@ impl ReplicaService {
         header: impl Fn(&str) -> Option<String>,
         body: &[u8],
     ) -> Answer {
+        match self.check_headers(name, &header) {
+            Ok(checked) => self.handle_checked(checked, body).await,
+            Err(answer) => answer,
+        }
+    }
+
+    /// Handles a call whose headers [`ReplicaService::check_headers`] accepted: checks the
+    /// body's size and the MAC, then runs it.
+    pub async fn handle_checked(&self, checked: Checked, body: &[u8]) -> Answer {
         let Checked {
             call,
             from,
             to,
             ts,
             mac,
-        } = match self.check_headers(name, &header) {
-            Ok(c) => c,
-            Err(answer) => return answer,
-        };
+        } = checked;
         if body.len() > MAX_BODY_BYTES {
             return Answer::too_large();
         }
@@ -609,8 +603,9 @@ impl ReplicaService {
             return Answer::error(401, "bad MAC");
         }
         // A call a member forwarded is not forwarded again (one hop at most); an operator's,
-        // or a joining member's, is.
-        let may_forward = !self.is_member(from);
+        // or a joining member's, is. Asked only by the calls that may forward (not on every
+        // heartbeat).
+        let may_forward = || !self.is_member(from);
         match call {
             Call::Append => {
                 self.raft(body, |r: AppendEntriesRequest<TypeConfig>| async move {
@@ -631,7 +626,7 @@ impl ReplicaService {
                 .await
             }
             Call::Publish => match decode::<PublishRequest>(body) {
-                Ok(r) => Answer::json(&self.publish(r, may_forward).await),
+                Ok(r) => Answer::json(&self.publish(r, may_forward()).await),
                 Err(a) => a,
             },
             Call::History => match decode::<HistoryRequest>(body) {
@@ -642,11 +637,11 @@ impl ReplicaService {
             },
             Call::Status => Answer::json(&Outcome::Ok(status(&self.replica))),
             Call::Join => match decode::<JoinRequest>(body) {
-                Ok(r) => Answer::json(&self.join(r, may_forward).await),
+                Ok(r) => Answer::json(&self.join(r, may_forward()).await),
                 Err(a) => a,
             },
             Call::Remove => match decode::<RemoveRequest>(body) {
-                Ok(r) => Answer::json(&self.remove(r, may_forward).await),
+                Ok(r) => Answer::json(&self.remove(r, may_forward()).await),
                 Err(a) => a,
             },
         }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Raft, RaftMetrics, SnapshotPolicy};
@@ -119,13 +119,6 @@ impl std::fmt::Debug for Replica {
             .field("id", &self.id)
             .finish_non_exhaustive()
     }
-}
-
-/// The milliseconds since the Unix epoch (0 for a clock before 1970).
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Checks a field's length: 1..=max bytes, no control characters.
@@ -249,7 +242,7 @@ impl Replica {
             room: room.to_owned(),
             id: id.to_owned(),
             from: from.to_owned(),
-            ts: now_ms(),
+            ts: super::system_now_ms(),
             body,
         };
         let resp = self
