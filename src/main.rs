@@ -38,9 +38,10 @@ enum Command {
 fn init_logs(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     // webrtc's ICE and TURN crates warn once per failed check or channel bind (tens of lines a
-    // second while a candidate pair fails): only their errors by default (RUST_LOG overrides).
+    // second while a candidate pair fails): only their errors by default; openraft logs every
+    // vote and replication step at info: its warnings only (RUST_LOG overrides).
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,rtc_ice=error,rtc_turn=error"));
+        .unwrap_or_else(|_| EnvFilter::new("info,rtc_ice=error,rtc_turn=error,openraft=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

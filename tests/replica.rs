@@ -8,26 +8,22 @@
 #[path = "support/replica.rs"]
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libc::{SIGCONT, SIGSTOP};
 use ouroboros::replica::{
-    Call, HistoryRequest, HttpTransport, Message, NodeId, Outcome, PublishRequest, RemoveRequest,
-    Status,
+    Call, HistoryRequest, Message, NodeId, Outcome, PublishRequest, RemoveRequest,
 };
 use rand::Rng;
 use support::{
-    Book, Logs, Member, book_of, join_new, operator, operator_with_timeout, status_of, until_ok,
+    Acks, Book, Logs, Member, audit, book_of, join_new, operator, operator_with_timeout,
+    settled_histories, status_of, until_ok,
 };
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 const ROOMS: [&str; 2] = ["lobby", "ops"];
-
-/// What the publishers got acknowledged: (room, from, id) → seq.
-type Acks = Arc<Mutex<HashMap<(String, String, String), u64>>>;
 
 /// A publisher: publishes `p{n}-{k}` without pause to a random live member, retrying a
 /// message (same id) until it is acknowledged; stops when `stop` is set. A message that no
@@ -76,94 +72,6 @@ async fn publisher(
         k += 1;
     }
     k
-}
-
-/// Waits until every member has applied everything its leader has, then returns each
-/// member's history of every room, and checks they are the same.
-async fn settled_histories(
-    op: &HttpTransport,
-    members: &[Member],
-) -> BTreeMap<String, Vec<Message>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut statuses = Vec::new();
-        for m in members {
-            statuses.push(status_of(op, m).await);
-        }
-        let all: Option<Vec<Status>> = statuses.into_iter().collect();
-        if let Some(all) = all {
-            let leader = all.iter().find(|s| s.role == "leader");
-            if let Some(l) = leader
-                && all
-                    .iter()
-                    .all(|s| s.applied == l.last_log && s.leader == Some(l.id))
-            {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "members did not settle within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut first: Option<BTreeMap<String, Vec<Message>>> = None;
-    for m in members {
-        op.set_addr(m.id, &m.url);
-        let mut rooms = BTreeMap::new();
-        for room in ROOMS {
-            let req = HistoryRequest {
-                room: room.into(),
-                ..HistoryRequest::default()
-            };
-            let Outcome::Ok(h) = op
-                .call::<_, Outcome<Vec<Message>>>(m.id, Call::History, &req)
-                .await
-                .unwrap()
-            else {
-                panic!("history refused by member {}", m.id);
-            };
-            rooms.insert(room.to_owned(), h);
-        }
-        match &first {
-            None => first = Some(rooms),
-            Some(f) => assert!(
-                *f == rooms,
-                "member {} holds another history than member {}",
-                m.id,
-                members[0].id
-            ),
-        }
-    }
-    first.unwrap()
-}
-
-/// Every room numbered 1, 2, 3, … with no `(from, id)` twice, and every acknowledged message
-/// in it exactly once at its acknowledged seq. Returns (acknowledged, stored).
-fn audit(history: &BTreeMap<String, Vec<Message>>, acks: &Acks) -> (usize, usize) {
-    let mut at: HashMap<(String, String, String), u64> = HashMap::new();
-    let mut stored = 0;
-    for (room, messages) in history {
-        for (i, m) in messages.iter().enumerate() {
-            assert_eq!(m.seq, i as u64 + 1, "room {room}: seqs are not dense");
-            let key = (room.clone(), m.from.clone(), m.id.clone());
-            assert!(
-                at.insert(key, m.seq).is_none(),
-                "room {room}: {} stored twice",
-                m.id
-            );
-            stored += 1;
-        }
-    }
-    let acks = acks.lock().unwrap();
-    for (key, seq) in acks.iter() {
-        assert_eq!(
-            at.get(key),
-            Some(seq),
-            "acknowledged {key:?} at seq {seq} is not there in the surviving members' log"
-        );
-    }
-    (acks.len(), stored)
 }
 
 /// Members 1 (bootstrapped), 2 and 3 (joined as voters), and the book of their addresses.
@@ -265,7 +173,7 @@ async fn churn(rounds: usize, kill: bool, rotate_every: usize) -> Churn {
     for p in publishers {
         c.published += p.await.unwrap();
     }
-    let history = settled_histories(&op, &members).await;
+    let history = settled_histories(&op, &members, &ROOMS).await;
     (c.acked, c.stored) = audit(&history, &acks);
     // A client resuming after a failover asks for what follows the last seq it saw.
     let lobby = &history["lobby"];
@@ -365,7 +273,7 @@ async fn a_leader_cut_off_and_resumed_acknowledges_nothing_the_majority_did_not_
         .await
         .expect("the held publish gets an answer once the member resumes")
         .unwrap();
-    let history = settled_histories(&op, &members).await;
+    let history = settled_histories(&op, &members, &ROOMS).await;
     let held_stored = history["lobby"].iter().find(|m| m.id == "m-100");
     match held {
         Ok(Outcome::Ok(seq)) => assert_eq!(
@@ -536,7 +444,7 @@ async fn partition_inside_namespace() {
         );
     }
     run("nft", &["delete", "table", "inet", "partition"]);
-    let history = settled_histories(&op, &members).await;
+    let history = settled_histories(&op, &members, &ROOMS).await;
     let minority: Vec<_> = history["lobby"]
         .iter()
         .filter(|m| m.id.starts_with("minority-"))

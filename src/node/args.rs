@@ -3,6 +3,69 @@
 
 pub use crate::units::parse_size;
 
+use std::time::Duration;
+
+/// Flags of a node of a replicated ring (`--replicas N`, `protocol/replication.md`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReplicationArgs {
+    /// How many nodes hold the rooms (3 is the recommended production value). 1 (the default)
+    /// is one node at a time, handing over to its successor. Above 1 the node is a member of a
+    /// replicated ring: a publish is acknowledged once a majority of the members store it.
+    #[arg(long, env = "OUROBOROS_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
+    /// This node's member id in the replicated ring: 1 or more, never reused in one ring (a
+    /// restarted node is a new member).
+    #[arg(long, env = "OUROBOROS_REPLICA_ID", default_value_t = 1)]
+    pub replica_id: u64,
+    /// Join a running replicated ring through this member (`ID=URL`, the member's base URL);
+    /// repeat it to name several, tried in turn. Without it the node starts a new ring.
+    #[arg(long = "replica-join", env = "OUROBOROS_REPLICA_JOIN", value_delimiter = ',', value_parser = parse_contact, value_name = "ID=URL")]
+    pub replica_join: Vec<(u64, String)>,
+    /// The base URL the other members reach this node at [default: `http://` + the bound
+    /// address, or the public host and port when given].
+    #[arg(long, env = "OUROBOROS_REPLICA_ADVERTISE")]
+    pub replica_advertise: Option<String>,
+    /// How long to keep trying to join before giving up.
+    #[arg(long, default_value = "60s", value_parser = crate::lifecycle::parse_duration)]
+    pub replica_join_timeout: Duration,
+    /// The leader's heartbeat interval (it also bounds each replication call).
+    #[arg(long, default_value = "250ms", value_parser = crate::lifecycle::parse_duration)]
+    pub replica_heartbeat: Duration,
+    /// The shortest election timeout (the longest is twice it).
+    #[arg(long, default_value = "1s", value_parser = crate::lifecycle::parse_duration)]
+    pub replica_election_timeout: Duration,
+    /// How long a publish waits to be committed on a majority before the client is told
+    /// `unavailable` (it may retry with the same id).
+    #[arg(long, default_value = "5s", value_parser = crate::lifecycle::parse_duration)]
+    pub replica_write_timeout: Duration,
+}
+
+impl ReplicationArgs {
+    /// Whether this node is a member of a replicated ring.
+    pub fn enabled(&self) -> bool {
+        self.replicas > 1 || !self.replica_join.is_empty()
+    }
+}
+
+/// `ID=URL`: a member id (not 0, the operator's) and its `http(s)://` base URL.
+pub fn parse_contact(s: &str) -> Result<(u64, String), String> {
+    let (id, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected ID=URL"))?;
+    let id = id
+        .trim()
+        .parse::<u64>()
+        .map_err(|e| format!("{id:?}: not a member id: {e}"))?;
+    if id == 0 {
+        return Err("member id 0 is reserved".into());
+    }
+    let url = url.trim().trim_end_matches('/');
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("{url:?}: expected an http:// or https:// URL"));
+    }
+    Ok((id, url.to_owned()))
+}
+
 /// Total RAM of the machine (Linux `/proc/meminfo`), if known.
 pub fn total_ram() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;

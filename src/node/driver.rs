@@ -30,7 +30,9 @@ use super::transport::{
 };
 use crate::handoff::{HandoffHost, RelayFn, RelayStopped};
 use crate::peer::{DataConnection, Serialization};
-use crate::relay::{CloseReason, ConnId, ConnInfo, Outgoing, Output, Relay};
+use crate::relay::{
+    CloseReason, ConnId, ConnInfo, Outgoing, Output, Proposal, ProposalFailure, Relay,
+};
 
 /// Messages queued for one connection before it counts as too slow and is dropped.
 pub const WRITE_QUEUE: usize = 8192;
@@ -91,6 +93,74 @@ pub(crate) enum Input {
     },
     Figures(oneshot::Sender<Figures>),
     Run(RelayFn),
+    /// What became of a proposal (a replicated relay).
+    Proposed(Proposal, Result<u64, ProposalFailure>),
+}
+
+/// Publishes from one connection waiting for the replicated log, beyond the one in flight;
+/// more are answered `unavailable` (the connection's rate limit normally keeps far below).
+pub const MAX_PENDING_PROPOSALS: usize = 1024;
+
+/// Proposes a replicated relay's publishes to the ring's log (the node's `--replicas`): the
+/// relay task hands it each [`Proposal`] and feeds the outcome back to the relay.
+#[async_trait::async_trait]
+pub trait Proposer: Send + Sync + 'static {
+    /// Proposes `p` and returns its `seq` once committed on a majority, or why not.
+    async fn propose(&self, p: &Proposal) -> Result<u64, ProposalFailure>;
+}
+
+/// The proposals of each connection, in order: the front one is in flight. One at a time per
+/// connection keeps a client's messages in the order it published them (concurrent proposals
+/// could commit in any order).
+#[derive(Default)]
+struct Proposals {
+    queues: HashMap<ConnId, VecDeque<Proposal>>,
+}
+
+impl Proposals {
+    /// Queues `p`; returns it if it should be sent now (nothing else of its connection is in
+    /// flight), or gives it back refused when the connection has too many waiting.
+    fn push(&mut self, p: Proposal) -> Result<Option<Proposal>, Proposal> {
+        let q = self.queues.entry(p.conn).or_default();
+        if q.len() > MAX_PENDING_PROPOSALS {
+            return Err(p);
+        }
+        q.push_back(p);
+        Ok((q.len() == 1).then(|| q[0].clone()))
+    }
+
+    /// The front proposal of `conn` is done: returns the next one to send.
+    fn done(&mut self, conn: ConnId) -> Option<Proposal> {
+        let q = self.queues.get_mut(&conn)?;
+        q.pop_front();
+        match q.front() {
+            Some(next) => Some(next.clone()),
+            None => {
+                self.queues.remove(&conn);
+                None
+            }
+        }
+    }
+
+    /// `conn` closed: its waiting proposals (never acknowledged) are dropped; the one in
+    /// flight finishes.
+    fn closed(&mut self, conn: ConnId) {
+        if let Some(q) = self.queues.get_mut(&conn) {
+            q.truncate(1);
+        }
+    }
+}
+
+/// Sends `p` to the proposer and its outcome back to the relay task.
+fn spawn_proposal(proposer: &Arc<dyn Proposer>, tx: &mpsc::WeakSender<Input>, p: Proposal) {
+    let proposer = Arc::clone(proposer);
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        let outcome = proposer.propose(&p).await;
+        if let Some(tx) = tx.upgrade() {
+            let _ = tx.send(Input::Proposed(p, outcome)).await;
+        }
+    });
 }
 
 /// What a writer task is fed.
@@ -179,6 +249,16 @@ impl RelayHandle {
 
     /// Starts the relay task with explicit write-queue limits.
     pub fn spawn_with(relay: Relay, queues: QueueLimits) -> RelayHandle {
+        RelayHandle::spawn_replicated(relay, queues, None)
+    }
+
+    /// Starts the relay task; a replicated relay (`RelayConfig::replicated`) proposes its
+    /// publishes through `proposer`.
+    pub fn spawn_replicated(
+        relay: Relay,
+        queues: QueueLimits,
+        proposer: Option<Arc<dyn Proposer>>,
+    ) -> RelayHandle {
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
         let counters = Arc::new(Counters::default());
         let replication = Arc::new(Notify::new());
@@ -188,6 +268,7 @@ impl RelayHandle {
             counters.clone(),
             replication.clone(),
             queues,
+            proposer.map(|p| (p, tx.downgrade())),
         ));
         RelayHandle {
             tx,
@@ -379,7 +460,9 @@ async fn relay_task(
     counters: Arc<Counters>,
     replication: Arc<Notify>,
     queues: QueueLimits,
+    proposer: Option<(Arc<dyn Proposer>, mpsc::WeakSender<Input>)>,
 ) {
+    let mut proposals = Proposals::default();
     let mut writers: HashMap<ConnId, Writer> = HashMap::new();
     // Bytes charged to every queue so far (queued = this − `counters.released`).
     let mut charged_total: usize = 0;
@@ -433,8 +516,15 @@ async fn relay_task(
             }
             Input::Closed { conn } => {
                 clients.remove(&conn);
+                proposals.closed(conn);
                 if writers.remove(&conn).is_some() {
                     relay.disconnect(now, conn);
+                }
+            }
+            Input::Proposed(p, outcome) => {
+                relay.proposal_done(&p, outcome);
+                if let (Some(next), Some((proposer, tx))) = (proposals.done(p.conn), &proposer) {
+                    spawn_proposal(proposer, tx, next);
                 }
             }
             Input::Figures(reply) => {
@@ -447,8 +537,36 @@ async fn relay_task(
             writers: &mut writers,
             charged: &mut charged_total,
             limits: queues,
+            proposed: Vec::new(),
         };
         dispatch(&mut relay, &mut q, &counters, now);
+        let proposed = std::mem::take(&mut q.proposed);
+        let refusals_possible = !proposed.is_empty();
+        for p in proposed {
+            let Some((proposer, tx)) = &proposer else {
+                relay.proposal_done(
+                    &p,
+                    Err(ProposalFailure::Refused(
+                        "this node has no replicated log".into(),
+                    )),
+                );
+                continue;
+            };
+            match proposals.push(p) {
+                Ok(Some(now_p)) => spawn_proposal(proposer, tx, now_p),
+                Ok(None) => {}
+                Err(p) => relay.proposal_done(
+                    &p,
+                    Err(ProposalFailure::Unavailable(format!(
+                        "more than {MAX_PENDING_PROPOSALS} publishes of this connection are waiting"
+                    ))),
+                ),
+            }
+        }
+        if refusals_possible {
+            // The refusals just made.
+            dispatch(&mut relay, &mut q, &counters, now);
+        }
         if relay.replication_backlog() > 0 {
             replication.notify_one();
         }
@@ -513,6 +631,8 @@ struct Queues<'a> {
     /// Bytes charged to all queues so far.
     charged: &'a mut usize,
     limits: QueueLimits,
+    /// Publishes the relay asked to propose (a replicated relay).
+    proposed: Vec<Proposal>,
 }
 
 impl Queues<'_> {
@@ -588,6 +708,7 @@ fn dispatch(relay: &mut Relay, q: &mut Queues<'_>, counters: &Counters, now: Ins
                     Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
             }
+            Output::Propose(p) => q.proposed.push(p),
             Output::Close { conn, reason } => {
                 if let Some(w) = q.writers.remove(&conn) {
                     let why = match reason {

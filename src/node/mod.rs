@@ -46,7 +46,7 @@ use crate::relay::{Relay, RelayConfig, wire::Limits};
 use crate::signaling::{SignalArgs, SignalConfig, Signaling};
 use crate::tunnel::TunnelArgs;
 
-pub use args::{default_memory_budget, parse_size, random_peer_id};
+pub use args::{ReplicationArgs, default_memory_budget, parse_size, random_peer_id};
 pub use driver::{QueueLimits, RelayHandle};
 pub use http::{PEERJS_BUNDLE, PEERJS_INTEGRITY, PEERJS_SHA256, prefers_html};
 use registration::{Registration, display_url, keep_registered};
@@ -78,6 +78,9 @@ pub struct NodeArgs {
     /// ICE flags (`--ice-servers`, `--loopback-candidates`).
     #[command(flatten)]
     pub ice: crate::peer::ice::IceArgs,
+    /// Replicated ring flags (`--replicas`, `--replica-id`, `--replica-join`, …).
+    #[command(flatten)]
+    pub replication: ReplicationArgs,
     /// Publish TURN servers that have a static `username`/`credential` in the discovery
     /// record (which is public: anyone can then relay through them). Without it only STUN
     /// servers and, with `OUROBOROS_TURN_SECRET`, per-client time-limited TURN credentials
@@ -340,6 +343,9 @@ pub struct Node {
     stop: CancellationToken,
     server: tokio::task::JoinHandle<()>,
     publisher: LocalPublisher,
+    /// The node's member of a replicated ring (`--replicas N`).
+    #[cfg(feature = "replicas")]
+    member: Option<replica::NodeMember>,
 }
 
 impl std::fmt::Debug for Node {
@@ -517,7 +523,14 @@ impl Node {
             ..Limits::default()
         };
         let decoder_limits = crate::relay::decoder_limits(&rc.limits);
-        let relay = RelayHandle::spawn_with(Relay::new(rc, Instant::now()), queues);
+        rc.replicated = args.replication.enabled();
+        #[cfg(not(feature = "replicas"))]
+        if rc.replicated {
+            return Err(NodeError::Config(
+                "--replicas/--replica-join: this binary was built without the `replicas` feature"
+                    .into(),
+            ));
+        }
 
         // The signaling server, with the node's routes beside it.
         let stop = CancellationToken::new();
@@ -536,6 +549,26 @@ impl Node {
             .await
             .map_err(|e| NodeError::Signaling(e.to_string()))?;
         let addr = listener.local_addr();
+        // The member of a replicated ring, and the relay that proposes its publishes to it.
+        #[cfg(feature = "replicas")]
+        let member = if rc.replicated {
+            Some(
+                replica::NodeMember::start(&args.replication, &secret, addr.ip())
+                    .await
+                    .map_err(|e| NodeError::Config(format!("replicated ring: {e:#}")))?,
+            )
+        } else {
+            None
+        };
+        #[cfg(feature = "replicas")]
+        let proposer = member.as_ref().map(replica::NodeMember::proposer);
+        #[cfg(not(feature = "replicas"))]
+        let proposer = None;
+        let relay = RelayHandle::spawn_replicated(Relay::new(rc, Instant::now()), queues, proposer);
+        #[cfg(feature = "replicas")]
+        if let Some(m) = &member {
+            m.feed(relay.clone());
+        }
         let own_host = if addr.ip().is_unspecified() {
             "127.0.0.1".to_string()
         } else {
@@ -553,6 +586,7 @@ impl Node {
         own_cfg.path = path.clone();
         own_cfg.key = sconfig.key.clone();
         own_cfg.secure = listener.is_tls();
+        let listener_tls = listener.is_tls();
         node_peer_config(&mut own_cfg, &peer_id, &args, decoder_limits);
         // The node's id is reserved on its own server for this token: nobody can take it or
         // displace the node, and the node's connection is exempt from the client limits.
@@ -632,6 +666,11 @@ impl Node {
             .router_without_info()
             .merge(root)
             .merge(http::routes(shared.clone()));
+        #[cfg(feature = "replicas")]
+        let app = match &member {
+            Some(m) => app.merge(m.routes()),
+            None => app,
+        };
         let server = {
             let stop = stop.clone();
             let signaling = signaling.clone();
@@ -707,6 +746,34 @@ impl Node {
             ));
         }
 
+        #[cfg(feature = "replicas")]
+        if let Some(m) = &member {
+            let advertise = args
+                .replication
+                .replica_advertise
+                .clone()
+                .unwrap_or_else(|| {
+                    let scheme = if listener_tls { "https" } else { "http" };
+                    let host = args.public_host.clone().unwrap_or_else(|| own_host.clone());
+                    let host = if host.contains(':') && !host.starts_with('[') {
+                        format!("[{host}]")
+                    } else {
+                        host
+                    };
+                    let port = args.public_port.unwrap_or(addr.port());
+                    format!("{scheme}://{host}:{port}")
+                });
+            let id = args.replication.replica_id;
+            print_line(&format!("replica member {id} listening on {advertise}"));
+            match m.enter(&args.replication, &advertise).await {
+                Ok(what) => print_line(&format!("replica member {id} {what}")),
+                Err(e) => {
+                    stop.cancel();
+                    return Err(NodeError::Config(format!("replicated ring: {e:#}")));
+                }
+            }
+        }
+
         let publisher = LocalPublisher::new(args.lifecycle.data_dir.clone());
         let node = Node {
             shared,
@@ -714,6 +781,8 @@ impl Node {
             stop,
             server,
             publisher,
+            #[cfg(feature = "replicas")]
+            member,
         };
         if !args.lifecycle.is_successor() {
             node.publish().await;
@@ -755,6 +824,12 @@ impl Node {
         let mut record = record;
         record.sign(&self.shared.keys);
         *self.shared.record.write().expect("record lock poisoned") = record;
+    }
+
+    /// The node's member of a replicated ring, if it runs with `--replicas N`.
+    #[cfg(feature = "replicas")]
+    pub fn replica_member(&self) -> Option<&replica::NodeMember> {
+        self.member.as_ref()
     }
 
     /// The relay task handle.
@@ -808,6 +883,15 @@ pub async fn run(
     // Refuse bad lifecycle settings (e.g. a lifetime too short for the launcher) before
     // anything starts.
     args.lifecycle.plan()?;
+    if args.replication.enabled()
+        && (args.lifecycle.lifetime.is_some()
+            || args.lifecycle.launcher != crate::lifecycle::LauncherKind::None)
+    {
+        anyhow::bail!(
+            "--replicas above 1 (or --replica-join) runs until stopped: rotation of a replicated \
+             ring by --lifetime/--launcher is not built yet (protocol/replication.md)"
+        );
+    }
     // Test-only fault injection (`OUROBOROS_FAULTS`): a launched node starting late.
     if let Some(d) = crate::lifecycle::start_delay() {
         tracing::warn!(delay = ?d, "fault injection: starting late");
@@ -825,6 +909,19 @@ pub async fn run(
         && let Err(e) = p.publish(&node.record()).await
     {
         tracing::warn!(publisher = p.name(), error = %e, "discovery record not published");
+    }
+    // A member of a replicated ring serves until it is stopped, then leaves the ring (hands
+    // leadership over, has itself removed). Its rooms live in the ring, not in backups.
+    #[cfg(feature = "replicas")]
+    if let Some(m) = node.member.clone() {
+        shutdown.await;
+        tracing::info!("stopping: leaving the replicated ring");
+        m.leave(Duration::from_secs(20)).await;
+        if let Some(t) = tunnel {
+            t.close().await;
+        }
+        node.shutdown().await;
+        return Ok(());
     }
     // Lifetime, successor, handoff and crash safety (returns when the node should stop).
     let reason = ring::run(

@@ -20,10 +20,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
+use super::args::{ReplicationArgs, parse_contact};
+use super::driver::{Proposer, RelayHandle};
 use crate::handoff::{SECRET_ENV, Secret};
+use crate::relay::{Proposal, ProposalFailure, Relay};
 use crate::replica::{
-    Answer, CallFailure, HttpTransport, JoinRequest, MAX_BODY_BYTES, NodeAddr, NodeId, OPERATOR,
-    Outcome, PATH_PREFIX, Replica, ReplicaConfig, ReplicaService, RpcKey,
+    Answer, Applied, CallFailure, HttpTransport, JoinRequest, MAX_BODY_BYTES, NodeAddr, NodeId,
+    OPERATOR, Outcome, PATH_PREFIX, PublishRequest, Replica, ReplicaConfig, ReplicaService, RpcKey,
 };
 
 /// `ouroboros replica`'s flags.
@@ -60,25 +63,6 @@ pub struct ReplicaArgs {
     /// How long a publish waits to be committed on a majority.
     #[arg(long, default_value = "5s", value_parser = crate::lifecycle::parse_duration)]
     pub write_timeout: Duration,
-}
-
-/// `ID=URL`.
-fn parse_contact(s: &str) -> Result<(NodeId, String), String> {
-    let (id, url) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected ID=URL"))?;
-    let id = id
-        .trim()
-        .parse::<NodeId>()
-        .map_err(|e| format!("{id:?}: not a member id: {e}"))?;
-    if id == OPERATOR {
-        return Err("member id 0 is reserved".into());
-    }
-    let url = url.trim().trim_end_matches('/');
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(format!("{url:?}: expected an http:// or https:// URL"));
-    }
-    Ok((id, url.to_owned()))
 }
 
 /// The axum routes of a member's calls: `POST /replica/v1/{call}`.
@@ -191,7 +175,14 @@ pub async fn run(
             .await?;
         println!("replica member {} bootstrapped a new ring", args.id);
     } else {
-        join(&args, &transport, &advertise).await?;
+        join(
+            args.id,
+            &args.join,
+            args.join_timeout,
+            &transport,
+            &advertise,
+        )
+        .await?;
         println!("replica member {} joined as a voter", args.id);
     }
     server.await.context("server task")??;
@@ -203,21 +194,23 @@ pub async fn run(
 
 /// Asks the contacts in turn to add this member until one succeeds or `--join-timeout` ends.
 async fn join(
-    args: &ReplicaArgs,
+    me: NodeId,
+    contacts: &[(NodeId, String)],
+    join_timeout: Duration,
     transport: &HttpTransport,
     advertise: &str,
 ) -> anyhow::Result<()> {
     let request = JoinRequest {
-        id: args.id,
+        id: me,
         addr: advertise.to_owned(),
     };
-    for (id, url) in &args.join {
+    for (id, url) in contacts {
         transport.set_addr(*id, url);
     }
-    let deadline = tokio::time::Instant::now() + args.join_timeout;
+    let deadline = tokio::time::Instant::now() + join_timeout;
     let mut last = String::from("no contact answered");
     while tokio::time::Instant::now() < deadline {
-        for (id, _) in &args.join {
+        for (id, _) in contacts {
             match transport
                 .call::<_, Outcome<()>>(*id, crate::replica::Call::Join, &request)
                 .await
@@ -232,5 +225,276 @@ async fn join(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    bail!("could not join within {:?}: {last}", args.join_timeout)
+    bail!("could not join within {join_timeout:?}: {last}")
+}
+
+// ----- a node of a replicated ring (`ouroboros node --replicas N`) ------------------------
+
+/// Applied events the relay task takes in one go.
+const FEED_BATCH: usize = 512;
+/// Applied events waiting for the relay task before applying waits.
+const FEED_CAPACITY: usize = 8192;
+
+/// The replicated-log member inside `ouroboros node --replicas N`: its Raft member, the
+/// members' calls it serves on the node's own HTTP port (`POST /replica/v1/{call}`), and the
+/// bridge to the node's relay (publishes proposed to the log, committed entries fanned out).
+#[derive(Debug, Clone)]
+pub struct NodeMember {
+    replica: Replica,
+    service: ReplicaService,
+    transport: Arc<HttpTransport>,
+    write_timeout: Duration,
+}
+
+impl NodeMember {
+    /// Starts member `args.replica_id` (not yet in a ring: see [`NodeMember::enter`]); its calls
+    /// to the other members leave from `bind` unless it is a wildcard address.
+    ///
+    /// # Errors
+    /// A reserved id, an HTTP client that cannot be built, or a configuration openraft refuses.
+    pub async fn start(
+        args: &ReplicationArgs,
+        secret: &Secret,
+        bind: std::net::IpAddr,
+    ) -> anyhow::Result<NodeMember> {
+        if args.replica_id == OPERATOR {
+            bail!("--replica-id 0 is reserved (an operator's calls); use 1 or more");
+        }
+        let key = Arc::new(RpcKey::from_secret(secret.expose()));
+        let mut http = crate::tunnel::node_http_client_builder();
+        if !bind.is_unspecified() {
+            http = http.local_address(bind);
+        }
+        let http = http.build().context("HTTP client")?;
+        let transport = Arc::new(HttpTransport::new(
+            args.replica_id,
+            http,
+            Arc::clone(&key),
+            Duration::from_secs(10),
+        ));
+        let config = ReplicaConfig {
+            heartbeat: args.replica_heartbeat,
+            election_timeout_min: args.replica_election_timeout,
+            election_timeout_max: args.replica_election_timeout * 2,
+            write_timeout: args.replica_write_timeout,
+            ..ReplicaConfig::default()
+        };
+        let replica = Replica::start(args.replica_id, &config, Arc::clone(&transport)).await?;
+        let service = ReplicaService::new(replica.clone(), key, Arc::clone(&transport));
+        Ok(NodeMember {
+            replica,
+            service,
+            transport,
+            write_timeout: args.replica_write_timeout,
+        })
+    }
+
+    /// The member's calls, to merge into the node's router.
+    pub fn routes(&self) -> Router {
+        routes(self.service.clone())
+    }
+
+    /// The member.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// What the node's relay proposes its publishes through.
+    pub fn proposer(&self) -> Arc<dyn Proposer> {
+        Arc::new(NodeProposer {
+            service: self.service.clone(),
+            write_timeout: self.write_timeout,
+        })
+    }
+
+    /// Mirrors what this member applies into `relay` from now on (call it before
+    /// [`NodeMember::enter`]): each committed message is stored there at its `seq` and fanned
+    /// out to the room's members on this node.
+    pub fn feed(&self, relay: RelayHandle) {
+        let mut feed = self.replica.applied_feed(FEED_CAPACITY);
+        let replica = self.replica.clone();
+        tokio::spawn(async move {
+            while let Some(first) = feed.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < FEED_BATCH {
+                    match feed.try_recv() {
+                        Ok(a) => batch.push(a),
+                        Err(_) => break,
+                    }
+                }
+                let replica = replica.clone();
+                if relay
+                    .with_relay(move |r| apply_batch(r, &replica, batch))
+                    .await
+                    .is_none()
+                {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Starts a new ring with this member as its only voter (no `--replica-join`), or joins
+    /// the running one and returns once it is a voter. Returns what it did, for the log line.
+    ///
+    /// # Errors
+    /// The ring refused to start, or the join did not succeed within the join timeout.
+    pub async fn enter(
+        &self,
+        args: &ReplicationArgs,
+        advertise: &str,
+    ) -> anyhow::Result<&'static str> {
+        if args.replica_join.is_empty() {
+            self.replica
+                .initialize(
+                    [(
+                        args.replica_id,
+                        NodeAddr {
+                            addr: advertise.to_owned(),
+                        },
+                    )]
+                    .into(),
+                )
+                .await?;
+            Ok("bootstrapped a new ring")
+        } else {
+            join(
+                args.replica_id,
+                &args.replica_join,
+                args.replica_join_timeout,
+                &self.transport,
+                advertise,
+            )
+            .await?;
+            Ok("joined as a voter")
+        }
+    }
+
+    /// Leaves the ring (a planned stop): hands leadership over if this member leads, and has
+    /// itself removed from the voters, trying for at most `within`. Then shuts the member down.
+    pub async fn leave(&self, within: Duration) {
+        let me = self.replica.id();
+        let deadline = tokio::time::Instant::now() + within;
+        let alone = {
+            let m = self.replica.metrics();
+            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            voters == [me]
+        };
+        // The last voter cannot hand over to anyone: the ring ends with it.
+        if alone {
+            tracing::info!(member = me, "replica: the last voter stops; the ring ends");
+        } else {
+            self.remove_self(deadline).await;
+        }
+        if let Err(e) = self.replica.shutdown().await {
+            tracing::warn!(error = %e, "replica: shutdown");
+        }
+    }
+}
+
+impl NodeMember {
+    /// Has this member removed from the voters (stepping aside first if it leads), retrying
+    /// until `deadline`.
+    async fn remove_self(&self, deadline: tokio::time::Instant) {
+        let me = self.replica.id();
+        loop {
+            match self.service.remove_member(me).await {
+                Outcome::Ok(()) => {
+                    tracing::info!(member = me, "replica: left the ring");
+                    return;
+                }
+                Outcome::Err(f) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(member = me, failure = ?f, "replica: leaving, retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Outcome::Err(f) => {
+                    tracing::warn!(member = me, failure = ?f, "replica: could not leave the ring; the others remove it");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Stores applied messages in the relay; after a gap or an installed snapshot, re-reads the
+/// rooms from the member's state (what it holds beyond the relay's head).
+fn apply_batch(relay: &mut Relay, replica: &Replica, batch: Vec<Applied>) {
+    for a in batch {
+        match a {
+            Applied::Message { room, message } => {
+                let body = message.body.to_string();
+                if let Err(e) = relay.apply_committed(
+                    &room,
+                    message.seq,
+                    &message.from,
+                    &message.id,
+                    message.ts,
+                    &body,
+                ) {
+                    tracing::warn!(room, error = %e, "replica: relay behind the log; reading the room again");
+                    catch_up(relay, replica, &room);
+                }
+            }
+            Applied::Installed => {
+                for room in replica.rooms() {
+                    catch_up(relay, replica, &room);
+                }
+            }
+        }
+    }
+}
+
+/// Stores in the relay every message of `room` the member holds beyond the relay's head.
+fn catch_up(relay: &mut Relay, replica: &Replica, room: &str) {
+    let head = relay.room_head(room);
+    for m in replica.history_after(room, head, None) {
+        if let Err(e) =
+            relay.apply_committed(room, m.seq, &m.from, &m.id, m.ts, &m.body.to_string())
+        {
+            tracing::error!(room, error = %e, "replica: cannot store a committed message");
+            return;
+        }
+    }
+}
+
+/// Proposes the relay's publishes: at this member when it leads, else at the leader, retried
+/// (same id: a retry is stored once) until the write timeout.
+struct NodeProposer {
+    service: ReplicaService,
+    write_timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl Proposer for NodeProposer {
+    async fn propose(&self, p: &Proposal) -> Result<u64, ProposalFailure> {
+        let body = serde_json::from_str(&p.body)
+            .map_err(|e| ProposalFailure::Refused(format!("body: {e}")))?;
+        let request = PublishRequest {
+            room: p.room.clone(),
+            from: p.from.clone(),
+            id: p.id.clone(),
+            body,
+        };
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.service.publish_from_client(request.clone()).await {
+                Outcome::Ok(seq) => return Ok(seq),
+                Outcome::Err(f) if !f.is_retryable() => {
+                    return Err(ProposalFailure::Refused(format!("{f:?}")));
+                }
+                Outcome::Err(f) => {
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        return Err(ProposalFailure::Unavailable(match f {
+                            CallFailure::NoLeader { .. } => "no leader reachable".to_owned(),
+                            CallFailure::NotCommitted { detail } => detail,
+                            other => format!("{other:?}"),
+                        }));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(400));
+                }
+            }
+        }
+    }
 }

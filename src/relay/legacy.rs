@@ -311,6 +311,15 @@ impl Relay {
                 if body.len() > self.config.limits.max_message_bytes {
                     return self.count_error(ErrorCode::TooLarge);
                 }
+                if self.config.replicated {
+                    let room = self.legacy_room.clone();
+                    let id = self.legacy_proposal_id(conn);
+                    // The seed's protocol has no acknowledgements: a refusal is only counted.
+                    if let Err((code, _)) = self.propose(conn, &room, &id, from, body, false) {
+                        self.count_error(code);
+                    }
+                    return;
+                }
                 let room = self.legacy_room.clone();
                 let head = self.rooms.get(&room).map_or(self.seq_floor, |r| r.head);
                 let msg = StoredMessage::new(room, head + 1, from, wall_ms, None, &body);

@@ -41,6 +41,7 @@ mod decode;
 mod identity;
 mod legacy;
 mod metrics;
+mod replicated;
 mod replication;
 mod requests;
 mod restore;
@@ -62,6 +63,7 @@ use crate::rate::TokenBucket;
 
 pub use decode::{SnapshotDecoder, StreamingRestore};
 pub use metrics::{Metrics, RoomStats};
+pub use replicated::{Proposal, ProposalFailure};
 pub use replication::{
     Applied, JsonCursor, ReplicationEvent, RoomState, SNAPSHOT_VERSION, Snapshot, SnapshotHeader,
     SnapshotJson,
@@ -99,6 +101,10 @@ pub struct RelayConfig {
     /// How long a room must have been empty (no members, no stored messages) before it may
     /// be freed to make room for a new one (see `rooms.rs`).
     pub room_idle: Duration,
+    /// The rooms are a replicated log's (`--replicas N`): a publish is not stored here but
+    /// proposed ([`Output::Propose`]), and messages are stored only as committed entries come
+    /// back ([`Relay::apply_committed`]), with the `seq` the log gave them.
+    pub replicated: bool,
 }
 
 impl RelayConfig {
@@ -112,6 +118,7 @@ impl RelayConfig {
             legacy_room: "global".into(),
             keys: None,
             room_idle: DEFAULT_ROOM_IDLE,
+            replicated: false,
         }
     }
 }
@@ -197,6 +204,11 @@ pub enum Output {
         /// Why.
         reason: CloseReason,
     },
+    /// A replicated relay ([`RelayConfig::replicated`]): propose this publish to the ring's
+    /// log, then report the outcome with [`Relay::proposal_done`]. The message is stored
+    /// (and fanned out) when the committed entry comes back, through
+    /// [`Relay::apply_committed`].
+    Propose(Proposal),
 }
 
 /// Whether the node accepts writes.
@@ -296,6 +308,8 @@ pub struct Relay {
     last_sweep: Option<Instant>,
     m: Metrics,
     errors: [u64; ErrorCode::ALL.len()],
+    /// Ids generated for the seed protocol's proposals so far (`replicated.rs`).
+    proposals: u64,
 }
 
 /// A refusal: code and message, sent as `error` to relay clients.
@@ -332,6 +346,7 @@ impl Relay {
             last_sweep: None,
             m: Metrics::default(),
             errors: [0; ErrorCode::ALL.len()],
+            proposals: 0,
         }
     }
 

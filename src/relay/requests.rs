@@ -149,6 +149,9 @@ impl Relay {
             );
         }
         let body = self.body_json(body)?;
+        if self.config.replicated {
+            return self.propose(conn, room, id, from, body, true);
+        }
         let r = self.room_or_create(room)?;
         let seq = r.head + 1;
         let msg = StoredMessage::new(r.name.clone(), seq, from, wall_ms, Some(id.into()), &body);
@@ -207,7 +210,7 @@ impl Relay {
 /// `{"op":"ack","id","room","seq"}`, written by hand like `direct` above: one per publish, on
 /// the path `BENCHMARKS.md` ("Relay fan-out") measures; `wire::ServerMessage::Ack` is the same
 /// shape (the relay tests read every output back through it).
-fn ack_payload(id: &str, room: &str, seq: u64) -> Arc<Payload> {
+pub(super) fn ack_payload(id: &str, room: &str, seq: u64) -> Arc<Payload> {
     let mut s = String::from(r#"{"op":"ack","id":"#);
     push_json_str(&mut s, id);
     s.push_str(r#","room":"#);

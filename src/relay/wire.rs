@@ -287,13 +287,17 @@ pub enum ErrorCode {
     /// stored messages, and no valid `token` for it came along: the connection is served
     /// under another identity (`welcome.client`).
     NameTaken,
+    /// A replicated ring could not commit the publish in time (no leader reachable, or no
+    /// majority): it may still be stored. Retryable with the same `id`, here or on another
+    /// node of the ring.
+    Unavailable,
     /// A code this client does not know (never sent by the node).
     Unknown,
 }
 
 impl ErrorCode {
     /// Every code the node sends, in documentation order.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownOp,
         ErrorCode::BadRoom,
@@ -307,6 +311,7 @@ impl ErrorCode {
         ErrorCode::UnknownPeer,
         ErrorCode::ReadOnly,
         ErrorCode::NameTaken,
+        ErrorCode::Unavailable,
     ];
 
     /// The wire name.
@@ -325,6 +330,7 @@ impl ErrorCode {
             ErrorCode::UnknownPeer => "unknown_peer",
             ErrorCode::ReadOnly => "read_only",
             ErrorCode::NameTaken => "name_taken",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -333,7 +339,10 @@ impl ErrorCode {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::RateLimited | ErrorCode::ReadOnly | ErrorCode::ServerFull
+            ErrorCode::RateLimited
+                | ErrorCode::ReadOnly
+                | ErrorCode::ServerFull
+                | ErrorCode::Unavailable
         )
     }
 }

@@ -736,6 +736,18 @@ impl ReplicaService {
         }
     }
 
+    /// A publish from this member's own clients (the node's relay): here when this member
+    /// leads, else forwarded once to the leader it knows of.
+    pub async fn publish_from_client(&self, r: PublishRequest) -> Outcome<Seq> {
+        self.publish(r, true).await
+    }
+
+    /// Removes voter `id` (this member leaving the ring, for example): here when this member
+    /// leads, else at the leader; a leader that removes itself steps aside first.
+    pub async fn remove_member(&self, id: NodeId) -> Outcome<()> {
+        self.remove(RemoveRequest { id }, true).await
+    }
+
     /// A publish here, or at the leader.
     async fn publish(&self, r: PublishRequest, may_forward: bool) -> Outcome<Seq> {
         match self

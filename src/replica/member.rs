@@ -9,7 +9,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Raft, RaftMetrics, SnapshotPolicy};
 
 use super::network::{Network, Transport};
-use super::store::{LogStore, StateMachine};
+use super::store::{Applied, LogStore, StateMachine};
 use super::{Command, Message, NodeAddr, NodeId, ReplicaError, Reply, Seq, TypeConfig};
 
 /// Longest room name (bytes), as the relay's rule.
@@ -325,6 +325,21 @@ impl Replica {
     /// as applied on this member.
     pub fn history_after(&self, room: &str, since: Seq, limit: Option<usize>) -> Vec<Message> {
         self.state.history_after(room, since, limit)
+    }
+
+    /// Reports what this member applies from now on, in log order: each appended message,
+    /// and each snapshot installed in place of the state (then read the rooms again). Call it
+    /// before the member joins a group, so that nothing applied is missed. The channel holds
+    /// `capacity` events; while it is full, applying waits.
+    pub fn applied_feed(&self, capacity: usize) -> tokio::sync::mpsc::Receiver<Applied> {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        self.state.set_feed(tx);
+        rx
+    }
+
+    /// A room's head as applied here: its last `seq` (0 for an unknown room).
+    pub fn head(&self, room: &str) -> Seq {
+        self.state.head(room)
     }
 
     /// The names of the rooms this member holds, sorted.

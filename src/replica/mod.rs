@@ -87,7 +87,7 @@ pub use http::{
 pub use member::{ChangeMembers, MAX_ID_BYTES, MAX_ROOM_BYTES, Replica, ReplicaConfig};
 pub use network::{InProcessTransport, Network, NetworkLink, RpcError, Transport};
 pub use state::{Message, RoomLogs, SnapshotError};
-pub use store::{LogStore, StateMachine};
+pub use store::{Applied, LogStore, StateMachine};
 
 /// A member's id in the Raft group (openraft's `NodeId`).
 pub type NodeId = u64;

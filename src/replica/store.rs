@@ -164,12 +164,31 @@ struct MachineData {
     snapshots_built: u64,
 }
 
+/// What this member applied, in log order, for a consumer that mirrors the rooms (the node's
+/// relay fans applied messages out to its clients): see [`Replica::applied_feed`](super::Replica::applied_feed).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// A message was appended to `room` (a retry of a stored message is not reported).
+    Message {
+        /// The room.
+        room: String,
+        /// The message, with the `seq` it was given.
+        message: Message,
+    },
+    /// A snapshot replaced the whole state: the consumer reads the rooms again
+    /// ([`Replica::rooms`](super::Replica::rooms), [`Replica::history_after`](super::Replica::history_after)).
+    Installed,
+}
+
 /// The replicated state machine: [`RoomLogs`] under openraft. Cheap to clone: clones share
 /// the state (the [`Replica`](super::Replica) reads histories through one).
 #[derive(Debug, Clone, Default)]
 pub struct StateMachine {
     /// Shared with the snapshot builders and the replica's readers.
     inner: Arc<Mutex<MachineData>>,
+    /// Where applied messages go, if someone listens (bounded: a slow consumer slows the
+    /// applying, never loses an entry).
+    feed: Arc<Mutex<Option<tokio::sync::mpsc::Sender<Applied>>>>,
 }
 
 impl StateMachine {
@@ -193,9 +212,36 @@ impl StateMachine {
         lock(&self.inner).rooms.rooms()
     }
 
+    /// A room's last `seq` (0 for an unknown room).
+    pub fn head(&self, room: &str) -> Seq {
+        lock(&self.inner).rooms.head(room)
+    }
+
     /// The last log id applied.
     pub fn last_applied(&self) -> Option<LogId<NodeId>> {
         lock(&self.inner).last_applied
+    }
+
+    /// From now on, every applied message (and every installed snapshot) is sent to `feed`.
+    pub fn set_feed(&self, feed: tokio::sync::mpsc::Sender<Applied>) {
+        *lock(&self.feed) = Some(feed);
+    }
+
+    /// Sends `events` to the feed, if any, waiting while it is full; a feed whose receiver is
+    /// gone is dropped.
+    async fn report(&self, events: Vec<Applied>) {
+        if events.is_empty() {
+            return;
+        }
+        let Some(feed) = lock(&self.feed).clone() else {
+            return;
+        };
+        for e in events {
+            if feed.send(e).await.is_err() {
+                *lock(&self.feed) = None;
+                return;
+            }
+        }
     }
 }
 
@@ -244,20 +290,57 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut m = lock(&self.inner);
-        let mut replies = Vec::new();
-        for entry in entries {
-            m.last_applied = Some(entry.log_id);
-            let reply = match &entry.payload {
-                EntryPayload::Blank => Reply::Internal,
-                EntryPayload::Normal(command) => m.rooms.apply(command),
-                EntryPayload::Membership(membership) => {
-                    m.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
-                    Reply::Internal
-                }
-            };
-            replies.push(reply);
-        }
+        let listening = lock(&self.feed).is_some();
+        let mut events = Vec::new();
+        let replies = {
+            let mut m = lock(&self.inner);
+            let mut replies = Vec::new();
+            for entry in entries {
+                m.last_applied = Some(entry.log_id);
+                let reply = match &entry.payload {
+                    EntryPayload::Blank => Reply::Internal,
+                    EntryPayload::Normal(command) => {
+                        let reply = m.rooms.apply(command);
+                        if let (
+                            true,
+                            Reply::Published {
+                                seq,
+                                duplicate: false,
+                            },
+                            super::Command::Publish {
+                                room,
+                                id,
+                                from,
+                                ts,
+                                body,
+                            },
+                        ) = (listening, reply, command)
+                        {
+                            events.push(Applied::Message {
+                                room: room.clone(),
+                                message: Message {
+                                    seq,
+                                    from: from.clone(),
+                                    id: id.clone(),
+                                    ts: *ts,
+                                    body: body.clone(),
+                                },
+                            });
+                        }
+                        reply
+                    }
+                    EntryPayload::Membership(membership) => {
+                        m.membership =
+                            StoredMembership::new(Some(entry.log_id), membership.clone());
+                        Reply::Internal
+                    }
+                };
+                replies.push(reply);
+            }
+            replies
+        };
+        // After the lock: the consumer may read the state while it handles these.
+        self.report(events).await;
         Ok(replies)
     }
 
@@ -284,14 +367,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             bytes = data.len(),
             "replica: snapshot installed"
         );
-        let mut m = lock(&self.inner);
-        m.rooms = rooms;
-        m.last_applied = meta.last_log_id;
-        m.membership = meta.last_membership.clone();
-        m.snapshot = Some(StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        });
+        {
+            let mut m = lock(&self.inner);
+            m.rooms = rooms;
+            m.last_applied = meta.last_log_id;
+            m.membership = meta.last_membership.clone();
+            m.snapshot = Some(StoredSnapshot {
+                meta: meta.clone(),
+                data,
+            });
+        }
+        self.report(vec![Applied::Installed]).await;
         Ok(())
     }
 

@@ -1,14 +1,17 @@
-//! `ouroboros replica` members as child processes, and an operator's client of them: shared
-//! by `tests/replica.rs` and `benches/replica.rs`.
+//! `ouroboros replica` members (or `ouroboros node --replicas 3` nodes) as child processes,
+//! and an operator's client of them: shared by `tests/replica.rs`, `tests/replicated_node.rs`
+//! and `benches/replica.rs`.
 
 #![allow(dead_code)] // each user takes what it needs
 
+use std::collections::{BTreeMap, HashMap};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ouroboros::replica::{
-    Call, CallFailure, HttpTransport, NodeId, OPERATOR, Outcome, RpcKey, Status,
+    Call, CallFailure, HistoryRequest, HttpTransport, Message, NodeId, OPERATOR, Outcome, RpcKey,
+    Status,
 };
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
@@ -18,7 +21,17 @@ use tokio::time::{Instant, timeout};
 /// The ring's secret in tests and benchmarks.
 pub const SECRET: &str = "replica-test-secret-0123456789";
 
-/// One `ouroboros replica` process.
+/// What a member process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `ouroboros replica`: the replicated log alone.
+    Replica,
+    /// `ouroboros node --replicas 3`: a whole node (signaling, relay WebSocket, the node's
+    /// peer) whose relay is the replicated log's.
+    Node,
+}
+
+/// One `ouroboros replica` (or `ouroboros node`) process.
 pub struct Member {
     pub id: NodeId,
     pub url: String,
@@ -45,21 +58,53 @@ impl Member {
         contacts: &[(NodeId, String)],
         logs: &std::path::Path,
     ) -> Member {
+        Member::spawn(Kind::Replica, ip, id, contacts, logs).await
+    }
+
+    /// Starts member `id` of `kind` on `ip`: a new ring when `contacts` is empty, else joining
+    /// through them. Returns once it listens (not yet joined: see [`Member::wait_line`]).
+    pub async fn spawn(
+        kind: Kind,
+        ip: &str,
+        id: NodeId,
+        contacts: &[(NodeId, String)],
+        logs: &std::path::Path,
+    ) -> Member {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ouroboros"));
-        cmd.args([
-            "replica",
-            "--id",
-            &id.to_string(),
-            "--listen",
-            &format!("{ip}:0"),
-        ])
-        .args(["--heartbeat", "300ms", "--election-timeout", "1200ms"])
-        .args(["--write-timeout", "3s", "--join-timeout", "90s"]);
-        if contacts.is_empty() {
-            cmd.arg("--bootstrap");
-        }
-        for (cid, url) in contacts {
-            cmd.arg("--join").arg(format!("{cid}={url}"));
+        match kind {
+            Kind::Replica => {
+                cmd.args([
+                    "replica",
+                    "--id",
+                    &id.to_string(),
+                    "--listen",
+                    &format!("{ip}:0"),
+                ])
+                .args(["--heartbeat", "300ms", "--election-timeout", "1200ms"])
+                .args(["--write-timeout", "3s", "--join-timeout", "90s"]);
+                if contacts.is_empty() {
+                    cmd.arg("--bootstrap");
+                }
+                for (cid, url) in contacts {
+                    cmd.arg("--join").arg(format!("{cid}={url}"));
+                }
+            }
+            Kind::Node => {
+                let data = logs.join(format!("node-{id}"));
+                cmd.args(["node", "--host", ip, "--port", "0", "--replicas", "3"])
+                    .args(["--replica-id", &id.to_string()])
+                    .arg("--data-dir")
+                    .arg(&data)
+                    .args(["--replica-heartbeat", "300ms"])
+                    .args(["--replica-election-timeout", "1200ms"])
+                    .args(["--replica-write-timeout", "3s"])
+                    .args(["--replica-join-timeout", "90s"])
+                    // The test's clients publish without pause.
+                    .args(["--client-rate", "100000", "--client-burst", "100000"]);
+                for (cid, url) in contacts {
+                    cmd.arg("--replica-join").arg(format!("{cid}={url}"));
+                }
+            }
         }
         let log = std::fs::File::create(logs.join(format!("member-{id}.log"))).unwrap();
         cmd.env("OUROBOROS_SECRET", SECRET)
@@ -85,7 +130,12 @@ impl Member {
             child,
             lines,
         };
-        let line = m.wait_line("listening on", Duration::from_secs(30)).await;
+        let line = m
+            .wait_line(
+                &format!("replica member {id} listening on"),
+                Duration::from_secs(30),
+            )
+            .await;
         m.url = line.rsplit(' ').next().unwrap().to_owned();
         m
     }
@@ -215,8 +265,13 @@ pub async fn status_of(op: &HttpTransport, m: &Member) -> Option<Status> {
 
 /// Starts member `id` joining through every member of `book` and waits until it is a voter.
 pub async fn join_new(id: NodeId, book: &Book, logs: &std::path::Path) -> Member {
+    join_new_of(Kind::Replica, id, book, logs).await
+}
+
+/// [`join_new`] for a member of `kind`.
+pub async fn join_new_of(kind: Kind, id: NodeId, book: &Book, logs: &std::path::Path) -> Member {
     let contacts = book.lock().unwrap().clone();
-    let mut m = Member::start(id, &contacts, logs).await;
+    let mut m = Member::spawn(kind, "127.0.0.1", id, &contacts, logs).await;
     m.wait_line("joined as a voter", Duration::from_secs(90))
         .await;
     m
@@ -224,4 +279,96 @@ pub async fn join_new(id: NodeId, book: &Book, logs: &std::path::Path) -> Member
 
 pub fn book_of(members: &[Member]) -> Vec<(NodeId, String)> {
     members.iter().map(|m| (m.id, m.url.clone())).collect()
+}
+
+/// What the publishers got acknowledged: (room, from, id) → seq.
+pub type Acks = Arc<Mutex<HashMap<(String, String, String), u64>>>;
+
+/// Waits until every member has applied everything its leader has, then returns each
+/// member's history of every room, and checks they are the same.
+pub async fn settled_histories(
+    op: &HttpTransport,
+    members: &[Member],
+    rooms_to_read: &[&str],
+) -> BTreeMap<String, Vec<Message>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut statuses = Vec::new();
+        for m in members {
+            statuses.push(status_of(op, m).await);
+        }
+        let all: Option<Vec<Status>> = statuses.into_iter().collect();
+        if let Some(all) = all {
+            let leader = all.iter().find(|s| s.role == "leader");
+            if let Some(l) = leader
+                && all
+                    .iter()
+                    .all(|s| s.applied == l.last_log && s.leader == Some(l.id))
+            {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members did not settle within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut first: Option<BTreeMap<String, Vec<Message>>> = None;
+    for m in members {
+        op.set_addr(m.id, &m.url);
+        let mut rooms = BTreeMap::new();
+        for room in rooms_to_read {
+            let req = HistoryRequest {
+                room: (*room).into(),
+                ..HistoryRequest::default()
+            };
+            let Outcome::Ok(h) = op
+                .call::<_, Outcome<Vec<Message>>>(m.id, Call::History, &req)
+                .await
+                .unwrap()
+            else {
+                panic!("history refused by member {}", m.id);
+            };
+            rooms.insert((*room).to_owned(), h);
+        }
+        match &first {
+            None => first = Some(rooms),
+            Some(f) => assert!(
+                *f == rooms,
+                "member {} holds another history than member {}",
+                m.id,
+                members[0].id
+            ),
+        }
+    }
+    first.unwrap()
+}
+
+/// Every room numbered 1, 2, 3, … with no `(from, id)` twice, and every acknowledged message
+/// in it exactly once at its acknowledged seq. Returns (acknowledged, stored).
+pub fn audit(history: &BTreeMap<String, Vec<Message>>, acks: &Acks) -> (usize, usize) {
+    let mut at: HashMap<(String, String, String), u64> = HashMap::new();
+    let mut stored = 0;
+    for (room, messages) in history {
+        for (i, m) in messages.iter().enumerate() {
+            assert_eq!(m.seq, i as u64 + 1, "room {room}: seqs are not dense");
+            let key = (room.clone(), m.from.clone(), m.id.clone());
+            assert!(
+                at.insert(key, m.seq).is_none(),
+                "room {room}: {} stored twice",
+                m.id
+            );
+            stored += 1;
+        }
+    }
+    let acks = acks.lock().unwrap();
+    for (key, seq) in acks.iter() {
+        assert_eq!(
+            at.get(key),
+            Some(seq),
+            "acknowledged {key:?} at seq {seq} is not there in the surviving members' log"
+        );
+    }
+    (acks.len(), stored)
 }

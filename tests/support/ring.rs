@@ -114,7 +114,7 @@ pub fn drain(relay: &mut Relay) -> Vec<(u64, Value)> {
                 conn.0,
                 serde_json::from_str(message.text()).unwrap_or(Value::Null),
             )),
-            Output::Close { .. } => None,
+            Output::Close { .. } | Output::Propose(_) => None,
         })
         .collect()
 }

@@ -145,6 +145,10 @@ impl Harness {
                 Output::Close { conn, reason } => {
                     (conn.0, json!({ "close": format!("{reason:?}") }))
                 }
+                Output::Propose(p) => (
+                    p.conn.0,
+                    json!({ "propose": { "room": p.room, "id": p.id, "from": p.from, "body": p.body, "ack": p.ack } }),
+                ),
             });
         }
         v
