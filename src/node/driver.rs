@@ -810,3 +810,43 @@ async fn writer_task(
         sink.close(flush).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(conn: u64, id: &str) -> Proposal {
+        Proposal {
+            conn: ConnId(conn),
+            room: "r".into(),
+            id: id.into(),
+            from: "f".into(),
+            body: "1".into(),
+            ack: true,
+        }
+    }
+
+    #[test]
+    fn one_proposal_per_connection_in_flight_in_publish_order() {
+        let mut q = Proposals::default();
+        assert_eq!(q.push(p(1, "a")).unwrap(), Some(p(1, "a")));
+        assert_eq!(q.push(p(1, "b")).unwrap(), None, "waits behind a");
+        assert_eq!(q.push(p(1, "c")).unwrap(), None);
+        assert_eq!(
+            q.push(p(2, "x")).unwrap(),
+            Some(p(2, "x")),
+            "other connections are independent"
+        );
+        assert_eq!(q.done(ConnId(1)), Some(p(1, "b")));
+        // Closed: what waits is dropped (never acknowledged), the one in flight finishes.
+        q.closed(ConnId(1));
+        assert_eq!(q.done(ConnId(1)), None);
+        assert!(!q.queues.contains_key(&ConnId(1)));
+        assert_eq!(q.done(ConnId(2)), None);
+        assert!(q.queues.is_empty());
+        for i in 0..=MAX_PENDING_PROPOSALS {
+            q.push(p(3, &i.to_string())).unwrap();
+        }
+        assert!(q.push(p(3, "over")).is_err(), "bounded per connection");
+    }
+}

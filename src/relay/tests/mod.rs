@@ -15,6 +15,7 @@ mod legacy;
 mod limits;
 mod properties;
 mod protocol;
+mod replicated;
 
 /// A relay, a fake clock and a tidy view of its outputs.
 struct Harness {
