@@ -311,6 +311,7 @@ async fn run(mb: usize) {
         expires_at: None,
         previous: None,
         ended: None,
+        replicas: Vec::new(),
     };
     let succ = Successor::new(
         succ_id.clone(),

@@ -669,6 +669,7 @@ async fn a_pinned_client_refuses_forged_moved_and_welcome_and_follows_signed_one
         signaling: vec![],
         relay_ws: vec![url.clone()],
         ring_key: Some(keys.public_key().to_owned()),
+        replicated: false,
     };
     let mut cfg = ClientConfig::new("alice");
     cfg.transport = Transport::Ws;

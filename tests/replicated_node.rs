@@ -367,3 +367,124 @@ async fn relay_clients_lose_nothing_through_twenty_node_kill_9s_with_rotations()
         m.stop().await;
     }
 }
+
+/// `ouroboros node --replicas 3 --launcher local`: one command runs a whole ring on this
+/// machine. Its record lists the three nodes; the Rust client connected to the first node
+/// moves to another when that one is killed with SIGKILL, and its publishes and its room
+/// go on with no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_command_runs_a_local_ring_and_the_rust_client_moves_to_a_live_node() {
+    use ouroboros::client::{Client, ClientConfig, Event, Transport, discover};
+    use tokio::io::AsyncBufReadExt;
+    let logs = Logs::new();
+    let data = logs.path().join("ring");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ouroboros"));
+    cmd.args([
+        "node",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--replicas",
+        "3",
+    ])
+    .args(["--launcher", "local", "--data-dir"])
+    .arg(&data)
+    .args([
+        "--replica-heartbeat",
+        "300ms",
+        "--replica-election-timeout",
+        "1200ms",
+    ])
+    .args(["--replica-write-timeout", "3s"])
+    .env("OUROBOROS_SECRET", support::SECRET)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::fs::File::create(logs.path().join("first.log")).unwrap())
+    .kill_on_drop(true);
+    let mut first = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(first.stdout.take().unwrap()).lines();
+    let up = timeout(Duration::from_secs(120), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if l.starts_with("replicated ring of 3 members up: ") {
+                return l;
+            }
+        }
+        panic!("the first node exited before the ring was up");
+    })
+    .await
+    .expect("the ring is up within 120 s");
+    let urls: Vec<String> = up
+        .rsplit(": ")
+        .next()
+        .unwrap()
+        .split(' ')
+        .map(|m| m.split_once('=').unwrap().1.to_owned())
+        .collect();
+    assert_eq!(urls.len(), 3, "{up}");
+    // The record lists every node (it follows the membership, shortly after the joins).
+    let source = format!("{}/ouroboros.json", urls[0]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let record = loop {
+        let r = discover(&source).await.unwrap();
+        if r.replicas.len() == 3 {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "record never listed 3 nodes: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (n, url) in record.replicas.iter().zip(&urls) {
+        assert_eq!(&n.url, url);
+        assert_eq!(
+            n.relay_ws,
+            format!("{}/relay", url.replacen("http", "ws", 1))
+        );
+    }
+    let mut cfg = ClientConfig::new("alice");
+    cfg.transport = Transport::Ws;
+    cfg.ring_key = record.ring_key.clone();
+    let (client, mut events) = Client::connect(record, cfg).await.unwrap();
+    client.join("lobby", Some(0)).await.unwrap();
+    for i in 1..=5u64 {
+        let ack = client.publish("lobby", json!({ "i": i })).await.unwrap();
+        assert_eq!(ack.seq, i);
+    }
+    // The node the client is connected to (the first, which started the ring) dies.
+    first.start_kill().unwrap();
+    let _ = first.wait().await;
+    for i in 6..=10u64 {
+        let ack = timeout(
+            Duration::from_secs(60),
+            client.publish("lobby", json!({ "i": i })),
+        )
+        .await
+        .expect("acknowledged by another node within 60 s")
+        .unwrap();
+        assert_eq!(ack.seq, i, "the log goes on at the next seq");
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 10 {
+        match timeout(Duration::from_secs(30), events.recv()).await {
+            Ok(Some(Event::Message(m))) => seen.push(m.seq),
+            Ok(Some(_)) => {}
+            other => panic!("events ended after {seen:?}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        (1..=10).collect::<Vec<_>>(),
+        "every message once, in order"
+    );
+    client.close().await;
+    // The two members it started outlive a SIGKILLed first node: stop them gracefully.
+    let op = operator();
+    let book: Book = Arc::new(Mutex::new(vec![(2, urls[1].clone()), (3, urls[2].clone())]));
+    let status: ouroboros::replica::Status = until_ok(&op, &book, Call::Status, &()).await;
+    assert!(status.voters.len() >= 2);
+    let _ = std::process::Command::new("pkill")
+        .args(["-TERM", "-f"])
+        .arg(data.join("member-").to_string_lossy().as_ref())
+        .status();
+}

@@ -62,7 +62,7 @@ pub enum ConnectionState {
 }
 
 /// Error codes after which a publish stays pending and is re-sent to the successor.
-const RETRYABLE: &[&str] = &["read_only"];
+const RETRYABLE: &[&str] = &["read_only", "unavailable"];
 /// A publish refused as `read_only` is re-sent after this long on the same connection too: a
 /// node that had just published its record may not yet accept writes, and one that is
 /// handing over sends `moved` first (the re-send is then answered from the successor).
@@ -912,10 +912,8 @@ impl Driver {
             ServerMessage::Welcome {
                 node, generation, ..
             } => {
-                if let Err(reason) =
-                    self.trust
-                        .check_welcome(&m, &self.target.peer_id, &self.cfg.name)
-                {
+                let expected = (!self.target.replicated).then_some(self.target.peer_id.as_str());
+                if let Err(reason) = self.trust.check_welcome(&m, expected, &self.cfg.name) {
                     self.untrusted(reason);
                     return Next::Drop;
                 }
@@ -1089,6 +1087,7 @@ impl Driver {
                     signaling,
                     relay_ws,
                     ring_key: self.target.ring_key.take(),
+                    replicated: false,
                 };
                 self.emit(Event::Moved {
                     peer_id,

@@ -379,8 +379,13 @@ pub struct Target {
     pub generation: u64,
     /// Signaling endpoints, preferred first.
     pub signaling: Vec<SignalingEndpoint>,
-    /// Relay WebSocket URLs, preferred first (see [`Target::relay_ws_urls`]).
+    /// Relay WebSocket URLs, preferred first (see [`Target::relay_ws_urls`]); for a
+    /// replicated ring, every node's after the first node's.
     pub relay_ws: Vec<String>,
+    /// The target is a replicated ring (its record lists `replicas`): any of its nodes may
+    /// answer, so a `welcome` may name another node than `peer_id` (its signature and the
+    /// client's nonce still must hold).
+    pub replicated: bool,
     /// The ring's public key, from a record whose signature holds with it (pinned by the
     /// client unless [`ClientConfig::ring_key`] is set).
     pub ring_key: Option<String>,
@@ -401,6 +406,7 @@ impl Target {
             signaling,
             relay_ws,
             ring_key: None,
+            replicated: false,
         }
     }
 
@@ -421,7 +427,12 @@ impl Target {
 
 impl From<DiscoveryRecord> for Target {
     fn from(r: DiscoveryRecord) -> Self {
-        let relay_ws = Target::relay_ws_urls(r.relay_ws.as_deref(), &r.signaling);
+        let mut relay_ws = Target::relay_ws_urls(r.relay_ws.as_deref(), &r.signaling);
+        for node in &r.replicas {
+            if !relay_ws.contains(&node.relay_ws) {
+                relay_ws.push(node.relay_ws.clone());
+            }
+        }
         let ring_key = match r.verify(None) {
             Ok(key) => key.map(|k| k.encoded()),
             Err(e) => {
@@ -435,6 +446,7 @@ impl From<DiscoveryRecord> for Target {
             generation: r.generation,
             signaling: r.signaling,
             relay_ws,
+            replicated: !r.replicas.is_empty(),
         }
     }
 }

@@ -106,19 +106,26 @@ impl Trust {
         v
     }
 
-    /// Checks a `welcome` from `node` (see the module docs) and keeps the name token it
-    /// carries for `name`.
+    /// Checks a `welcome` from `node` (see the module docs; `None`: any node of the ring, for a
+    /// replicated ring) and keeps the name token it carries for `name`.
     ///
     /// # Errors
     /// Why the welcome is not the ring's.
-    pub fn check_welcome(&mut self, m: &Json, node: &str, name: &str) -> Result<(), TrustError> {
+    pub fn check_welcome(
+        &mut self,
+        m: &Json,
+        node: Option<&str>,
+        name: &str,
+    ) -> Result<(), TrustError> {
         if let Some(key) = &self.pinned {
             key.verify(SignedKind::Welcome, m)
                 .map_err(TrustError::WelcomeSignature)?;
             if m.get("nonce").and_then(Json::as_str) != Some(self.nonce.as_str()) {
                 return Err(TrustError::WelcomeNonce);
             }
-            if m.get("node").and_then(Json::as_str) != Some(node) {
+            if let Some(node) = node
+                && m.get("node").and_then(Json::as_str) != Some(node)
+            {
                 return Err(TrustError::WelcomeNode(node.to_owned()));
             }
         }
@@ -179,15 +186,18 @@ mod tests {
         t.renew_nonce();
         let mut w = json!({"op":"welcome","node":"n1","generation":2,"client":"al","name_token":"tok","nonce":t.nonce});
         keys.sign_in_place(SignedKind::Welcome, &mut w);
-        assert_eq!(t.check_welcome(&w, "n1", "al"), Ok(()));
+        assert_eq!(t.check_welcome(&w, Some("n1"), "al"), Ok(()));
         assert_eq!(
             t.declaration("al").last().unwrap(),
             &("token", "tok".into())
         );
-        assert!(t.check_welcome(&w, "n2", "al").is_err(), "another node");
+        assert!(
+            t.check_welcome(&w, Some("n2"), "al").is_err(),
+            "another node"
+        );
         t.renew_nonce();
         assert!(
-            t.check_welcome(&w, "n1", "al").is_err(),
+            t.check_welcome(&w, Some("n1"), "al").is_err(),
             "a replayed welcome"
         );
 

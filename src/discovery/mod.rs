@@ -139,6 +139,11 @@ pub struct DiscoveryRecord {
     /// it stopped writes and left its state in a final backup; the next node recovers from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<Ended>,
+    /// Every node of a replicated ring (`--replicas N`, `protocol/replication.md`), this one
+    /// included, as its members know them now: a client may talk to any of them, and moves to
+    /// another when its own goes away. Omitted for a ring of one node at a time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaNode>,
     /// The ring's public key (Ed25519, base64url): what `sig` here, and `welcome` and
     /// `moved` on the relay, are signed with ([`signing`]). Clients pin it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,6 +151,17 @@ pub struct DiscoveryRecord {
     /// Signature of every other field with `ring_key` ([`DiscoveryRecord::sign`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sig: Option<String>,
+}
+
+/// One node of a replicated ring, as the discovery record lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaNode {
+    /// Its member id in the ring.
+    pub id: u64,
+    /// Its base URL (the members' calls, `/ouroboros.json`, `/status`).
+    pub url: String,
+    /// Its relay WebSocket.
+    pub relay_ws: String,
 }
 
 /// How a node left without a successor ([`DiscoveryRecord::ended`]).
@@ -442,6 +458,7 @@ pub(crate) mod fixtures {
             expires_at: None,
             previous: None,
             ended: None,
+            replicas: Vec::new(),
         }
     }
 }

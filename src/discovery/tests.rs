@@ -33,6 +33,11 @@ fn produced_records_match_the_schema() {
     let mut full = record("ouroboros-b", 4);
     full.tunnel_url = Some("https://ring.ngrok.app".into());
     full.relay_ws = Some("wss://ring.ngrok.app/relay".into());
+    full.replicas = vec![crate::discovery::ReplicaNode {
+        id: 2,
+        url: "https://b.example:8443".into(),
+        relay_ws: "wss://b.example:8443/relay".into(),
+    }];
     full.signaling.push(SignalingEndpoint {
         host: "0.peerjs.com".into(),
         port: 443,

@@ -101,6 +101,14 @@ const ENV_NOT_INHERITED: &[&str] = &[
 /// name): drops the flags in the not-inherited list (both `--flag value` and `--flag=value`)
 /// and adds `--port 0` (the predecessor still holds its port).
 pub fn successor_base_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut out = drop_flags(args, NOT_INHERITED);
+    out.push("--port".into());
+    out.push("0".into());
+    out
+}
+
+/// `args` without the flags in `flags`, in both forms (`--flag value` and `--flag=value`).
+pub fn drop_flags(args: impl IntoIterator<Item = OsString>, flags: &[&str]) -> Vec<OsString> {
     let mut out = Vec::new();
     let mut skip_next = false;
     for a in args {
@@ -108,20 +116,15 @@ pub fn successor_base_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsSt
             continue;
         }
         let s = a.to_string_lossy();
-        if NOT_INHERITED.contains(&s.as_ref()) {
+        if flags.contains(&s.as_ref()) {
             skip_next = true;
             continue;
         }
-        if NOT_INHERITED
-            .iter()
-            .any(|f| s.starts_with(&format!("{f}=")))
-        {
+        if flags.iter().any(|f| s.starts_with(&format!("{f}="))) {
             continue;
         }
         out.push(a);
     }
-    out.push("--port".into());
-    out.push("0".into());
     out
 }
 

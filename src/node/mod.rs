@@ -238,6 +238,18 @@ impl NodeShared {
         self.endpoint_moves.send_modify(|n| *n += 1);
     }
 
+    /// Lists `replicas` (a replicated ring's live nodes) in the record and re-signs it;
+    /// returns whether it changed.
+    pub fn set_replicas(&self, replicas: Vec<crate::discovery::ReplicaNode>) -> bool {
+        let mut record = self.record.write().expect("record lock poisoned");
+        if record.replicas == replicas {
+            return false;
+        }
+        record.replicas = replicas;
+        record.sign(&self.keys);
+        true
+    }
+
     /// Changes whenever the node moved to a fresh id on one of its servers.
     pub fn endpoint_moves(&self) -> tokio::sync::watch::Receiver<u64> {
         self.endpoint_moves.subscribe()
@@ -628,6 +640,7 @@ impl Node {
                 }
             }),
             ended: None,
+            replicas: Vec::new(),
         };
         record.sign(&keys);
         let listen_url = listener.url(&path);
@@ -766,7 +779,25 @@ impl Node {
             let id = args.replication.replica_id;
             print_line(&format!("replica member {id} listening on {advertise}"));
             match m.enter(&args.replication, &advertise).await {
-                Ok(what) => print_line(&format!("replica member {id} {what}")),
+                Ok(what) => {
+                    print_line(&format!("replica member {id} {what}"));
+                    // The record lists the ring's live nodes from now on.
+                    let (shared, publisher) = (
+                        shared.clone(),
+                        LocalPublisher::new(args.lifecycle.data_dir.clone()),
+                    );
+                    m.on_members_change(move |nodes| {
+                        if shared.set_replicas(nodes) {
+                            let record = shared.record.read().expect("record lock").clone();
+                            let publisher = publisher.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = publisher.publish(&record).await {
+                                    tracing::warn!(error = %e, "discovery record not written");
+                                }
+                            });
+                        }
+                    });
+                }
                 Err(e) => {
                     stop.cancel();
                     return Err(NodeError::Config(format!("replicated ring: {e:#}")));
@@ -883,13 +914,20 @@ pub async fn run(
     // Refuse bad lifecycle settings (e.g. a lifetime too short for the launcher) before
     // anything starts.
     args.lifecycle.plan()?;
+    let local_ring = args.replication.enabled()
+        && args.replication.replica_join.is_empty()
+        && args.lifecycle.launcher == crate::lifecycle::LauncherKind::Local;
     if args.replication.enabled()
         && (args.lifecycle.lifetime.is_some()
-            || args.lifecycle.launcher != crate::lifecycle::LauncherKind::None)
+            || !matches!(
+                args.lifecycle.launcher,
+                crate::lifecycle::LauncherKind::None | crate::lifecycle::LauncherKind::Local
+            ))
     {
         anyhow::bail!(
             "--replicas above 1 (or --replica-join) runs until stopped: rotation of a replicated \
-             ring by --lifetime/--launcher is not built yet (protocol/replication.md)"
+             ring by --lifetime and --launcher github is not built yet (protocol/replication.md); \
+             --launcher local starts the other members on this machine"
         );
     }
     // Test-only fault injection (`OUROBOROS_FAULTS`): a launched node starting late.
@@ -914,7 +952,38 @@ pub async fn run(
     // leadership over, has itself removed). Its rooms live in the ring, not in backups.
     #[cfg(feature = "replicas")]
     if let Some(m) = node.member.clone() {
+        // `--launcher local` on the ring's first node: the other members, on this machine.
+        let members = if local_ring {
+            let n = ring_args.replication.replicas;
+            let first = m.advertised();
+            let started = replica::LocalMembers::spawn(
+                n,
+                &first,
+                &ring_args.lifecycle.data_dir,
+                node.shared().secret(),
+            )?;
+            match m.wait_for_voters(n, Duration::from_secs(120)).await {
+                Ok(voters) => print_line(&format!(
+                    "replicated ring of {n} members up: {}",
+                    voters
+                        .iter()
+                        .map(|(id, url)| format!("{id}={url}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )),
+                Err(e) => {
+                    tracing::error!(error = %e, "replica: the local members did not all join")
+                }
+            }
+            Some(started)
+        } else {
+            None
+        };
         shutdown.await;
+        if let Some(members) = members {
+            tracing::info!("stopping: the local members first");
+            members.stop(Duration::from_secs(30)).await;
+        }
         tracing::info!("stopping: leaving the replicated ring");
         m.leave(Duration::from_secs(20)).await;
         if let Some(t) = tunnel {

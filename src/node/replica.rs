@@ -244,6 +244,35 @@ pub struct NodeMember {
     service: ReplicaService,
     transport: Arc<HttpTransport>,
     write_timeout: Duration,
+    /// The base URL given to the ring ([`NodeMember::enter`]).
+    advertised: Arc<std::sync::Mutex<String>>,
+}
+
+/// The voters of `m`'s membership, with their base URLs.
+fn voters_of(m: &openraft::RaftMetrics<NodeId, NodeAddr>) -> Vec<(NodeId, String)> {
+    let membership = m.membership_config.membership();
+    let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+    membership
+        .nodes()
+        .filter(|(id, _)| voters.contains(id))
+        .map(|(id, n)| (*id, n.addr.clone()))
+        .collect()
+}
+
+/// The discovery record's view of the voters: base URL and relay WebSocket of each.
+fn replica_nodes(voters: &[(NodeId, String)]) -> Vec<crate::discovery::ReplicaNode> {
+    voters
+        .iter()
+        .map(|(id, url)| crate::discovery::ReplicaNode {
+            id: *id,
+            url: url.clone(),
+            relay_ws: format!(
+                "{}{}",
+                url.replacen("http", "ws", 1),
+                crate::discovery::RELAY_WS_PATH
+            ),
+        })
+        .collect()
 }
 
 impl NodeMember {
@@ -286,7 +315,56 @@ impl NodeMember {
             service,
             transport,
             write_timeout: args.replica_write_timeout,
+            advertised: Arc::default(),
         })
+    }
+
+    /// The base URL this member told the ring (empty before [`NodeMember::enter`]).
+    pub fn advertised(&self) -> String {
+        self.advertised
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the ring has `count` voters; returns them with their base URLs.
+    ///
+    /// # Errors
+    /// Not within `within`.
+    pub async fn wait_for_voters(
+        &self,
+        count: usize,
+        within: Duration,
+    ) -> anyhow::Result<Vec<(NodeId, String)>> {
+        let m = self
+            .replica
+            .wait_for(within, "all voters", move |m| {
+                m.membership_config.membership().voter_ids().count() >= count
+            })
+            .await?;
+        Ok(voters_of(&m))
+    }
+
+    /// Calls `f` with the ring's voters now and whenever they change (until the member stops).
+    pub fn on_members_change(
+        &self,
+        f: impl Fn(Vec<crate::discovery::ReplicaNode>) + Send + Sync + 'static,
+    ) {
+        let mut metrics = self.replica.raft().metrics();
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                // Metrics change with every entry; the voters seldom.
+                let voters = voters_of(&metrics.borrow_and_update());
+                if last.as_ref() != Some(&voters) {
+                    f(replica_nodes(&voters));
+                    last = Some(voters);
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     /// The member's calls, to merge into the node's router.
@@ -344,6 +422,9 @@ impl NodeMember {
         args: &ReplicationArgs,
         advertise: &str,
     ) -> anyhow::Result<&'static str> {
+        if let Ok(mut a) = self.advertised.lock() {
+            advertise.clone_into(&mut a);
+        }
         if args.replica_join.is_empty() {
             self.replica
                 .initialize(
@@ -494,6 +575,109 @@ impl Proposer for NodeProposer {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(400));
                 }
+            }
+        }
+    }
+}
+
+// ----- a whole ring on one machine (`ouroboros node --replicas N --launcher local`) --------
+
+/// Flags the other members of a local ring do not inherit from the node that starts them.
+const MEMBER_NOT_INHERITED: &[&str] = &[
+    "--replica-id",
+    "--replica-join",
+    "--replica-advertise",
+    "--launcher",
+    "--data-dir",
+    "--port",
+    "--peer-id",
+    "--generation",
+];
+
+/// Environment variables they do not inherit, for the same reason.
+const MEMBER_ENV_NOT_INHERITED: &[&str] = &[
+    "OUROBOROS_REPLICA_ID",
+    "OUROBOROS_REPLICA_JOIN",
+    "OUROBOROS_REPLICA_ADVERTISE",
+    "OUROBOROS_LAUNCHER",
+    "OUROBOROS_DATA_DIR",
+    "OUROBOROS_PORT",
+    "OUROBOROS_PEER_ID",
+    "OUROBOROS_GENERATION",
+];
+
+/// The other members of a ring run on this machine, started by its first node: each is
+/// `ouroboros node` with this node's flags, its own member id, port and data dir
+/// (`<data-dir>/member-<id>`), joining through this node; logs in
+/// `<data-dir>/logs/member-<id>.log`; the ring's secret in `OUROBOROS_SECRET`, never argv.
+#[derive(Debug)]
+pub struct LocalMembers {
+    children: Vec<(NodeId, tokio::process::Child)>,
+}
+
+impl LocalMembers {
+    /// Starts members `2..=count` joining through member 1 at `first`.
+    ///
+    /// # Errors
+    /// The data dir or a log file cannot be created, or a process cannot be started.
+    pub fn spawn(
+        count: usize,
+        first: &str,
+        data_dir: &std::path::Path,
+        secret: &Secret,
+    ) -> std::io::Result<LocalMembers> {
+        let exe = std::env::current_exe()?;
+        let base = crate::lifecycle::drop_flags(std::env::args_os().skip(1), MEMBER_NOT_INHERITED);
+        let logs = data_dir.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let mut children = Vec::new();
+        for id in 2..=count as NodeId {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(logs.join(format!("member-{id}.log")))?;
+            let mut cmd = tokio::process::Command::new(&exe);
+            cmd.args(&base)
+                .args(["--port", "0", "--replica-id", &id.to_string()])
+                .arg("--replica-join")
+                .arg(format!("1={first}"))
+                .arg("--data-dir")
+                .arg(data_dir.join(format!("member-{id}")))
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .env(SECRET_ENV, secret.to_env_value())
+                .kill_on_drop(true);
+            for var in MEMBER_ENV_NOT_INHERITED {
+                cmd.env_remove(var);
+            }
+            let child = cmd.spawn()?;
+            tracing::info!(
+                member = id,
+                pid = child.id(),
+                "replica: local member started"
+            );
+            children.push((id, child));
+        }
+        Ok(LocalMembers { children })
+    }
+
+    /// Stops the members one after the other (SIGTERM: each hands leadership over and leaves
+    /// the ring), waiting at most `each` for each; one that does not exit by then is killed.
+    pub async fn stop(mut self, each: Duration) {
+        for (id, child) in &mut self.children {
+            if let Some(pid) = child.id() {
+                // SAFETY: kill(2) on our own child, not yet reaped (it has an id).
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
+                }
+            }
+            if tokio::time::timeout(each, child.wait()).await.is_err() {
+                tracing::warn!(
+                    member = *id,
+                    "replica: local member did not stop; killing it"
+                );
+                let _ = child.kill().await;
             }
         }
     }

@@ -17,6 +17,7 @@ fn record(peer: &str, generation: u64) -> DiscoveryRecord {
         expires_at: Some(UNIX_EPOCH + Duration::from_secs(1_800_007_200)),
         previous: None,
         ended: None,
+        replicas: Vec::new(),
     }
 }
 

@@ -103,6 +103,7 @@ pub fn record(
             signaling: vec![endpoint(port)],
         }),
         ended: None,
+        replicas: Vec::new(),
     }
 }
 
