@@ -487,4 +487,16 @@ async fn one_command_runs_a_local_ring_and_the_rust_client_moves_to_a_live_node(
         .args(["-TERM", "-f"])
         .arg(data.join("member-").to_string_lossy().as_ref())
         .status();
+    // They leave the ring and exit: their ports close.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for url in &urls[1..] {
+        let addr = url.trim_start_matches("http://").to_owned();
+        while tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "{url} still serves 60 s after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
