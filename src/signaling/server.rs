@@ -42,7 +42,6 @@ use axum::{
     routing::get,
     serve::IncomingStream,
 };
-use bytes::Bytes;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::{
@@ -945,19 +944,23 @@ enum SockIo {
 }
 
 /// Takes the upgraded connection apart: plain TCP is split so that other tasks can write
-/// to it; also the bytes hyper read past the upgrade request.
-fn split_upgraded(upgraded: Upgraded) -> (SockIo, Bytes, Option<OwnedWriteHalf>) {
+/// to it; also the bytes hyper read past the upgrade request, copied out (hyper's `Bytes`
+/// would keep its whole read buffer alive for as long as the socket lives).
+fn split_upgraded(upgraded: Upgraded) -> (SockIo, Vec<u8>, Option<OwnedWriteHalf>) {
     match upgraded.downcast::<TokioIo<MaybeTls>>() {
-        Ok(parts) => match parts.io.into_inner() {
-            MaybeTls::Plain(tcp) => {
-                let (r, w) = tcp.into_split();
-                (SockIo::Tcp(r), parts.read_buf, Some(w))
+        Ok(parts) => {
+            let prefix = parts.read_buf.to_vec();
+            match parts.io.into_inner() {
+                MaybeTls::Plain(tcp) => {
+                    let (r, w) = tcp.into_split();
+                    (SockIo::Tcp(r), prefix, Some(w))
+                }
+                MaybeTls::Tls(tls) => (SockIo::Other(tls), prefix, None),
             }
-            MaybeTls::Tls(tls) => (SockIo::Other(tls), parts.read_buf, None),
-        },
+        }
         Err(upgraded) => (
             SockIo::Other(Box::new(TokioIo::new(upgraded))),
-            Bytes::new(),
+            Vec::new(),
             None,
         ),
     }
@@ -1012,7 +1015,7 @@ enum End {
 fn run_socket(
     shared: Arc<Shared>,
     mut io: SockIo,
-    prefix: Bytes,
+    prefix: Vec<u8>,
     conn: ConnId,
     outbox: Arc<Outbox>,
     id: Option<Arc<str>>,
@@ -1061,7 +1064,7 @@ async fn drive_socket(
     shared: &Shared,
     io: &mut SockIo,
     decoder: &mut ws::Decoder,
-    prefix: Bytes,
+    mut prefix: Vec<u8>,
     conn: ConnId,
     id: Option<&str>,
     outbox: &Outbox,
@@ -1069,9 +1072,9 @@ async fn drive_socket(
     let mut step = Step::More;
     if !prefix.is_empty() {
         // Frames that came with the upgrade request.
-        let mut bytes = prefix.to_vec();
-        step = on_input(shared, decoder, &mut bytes, conn, id, outbox);
+        step = on_input(shared, decoder, &mut prefix, conn, id, outbox);
     }
+    drop(prefix);
     loop {
         match step {
             Step::More => {}
