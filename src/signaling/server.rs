@@ -17,7 +17,7 @@
 //! - An idle socket holds no read or write buffer: reads go to a buffer on the stack, and
 //!   the decoder and the outbox allocate only while a frame is split or something is queued.
 //!
-//! Size: ~1,300 lines, the axum shell (routes, CORS, the upgrade, the socket reader and
+//! Size: ~1,400 lines, the axum shell (routes, CORS, the upgrade, the socket reader and
 //! writers); the listener and serve loop are in `listener.rs`.
 
 use std::{

@@ -198,8 +198,10 @@ fn unmask(data: &mut [u8], mask: [u8; 4]) {
 
 impl Decoder {
     /// Decodes `input` (bytes just read from the socket), calling `on_event` for every complete
-    /// message or control frame, in order, until it returns [`Flow::Stop`]. `max` bounds a
-    /// frame and a reassembled message. After an error the connection must be failed.
+    /// message or control frame, in order, until it returns [`Flow::Stop`]; the bytes after
+    /// that frame are kept for the next call, so that the stream stays in step (a closing
+    /// socket goes on reading until the client's close frame). `max` bounds a frame and a
+    /// reassembled message. After an error the connection must be failed.
     pub(crate) fn feed(
         &mut self,
         input: &mut [u8],
@@ -208,7 +210,7 @@ impl Decoder {
     ) -> Result<Flow, WsError> {
         if self.partial.is_empty() {
             let (used, flow) = self.decode(input, max, on_event)?;
-            if flow == Flow::Continue && used < input.len() {
+            if used < input.len() {
                 self.partial.extend_from_slice(&input[used..]);
             }
             return Ok(flow);
@@ -216,7 +218,7 @@ impl Decoder {
         let mut buf = std::mem::take(&mut self.partial);
         buf.extend_from_slice(input);
         let (used, flow) = self.decode(&mut buf, max, on_event)?;
-        if flow == Flow::Continue && used < buf.len() {
+        if used < buf.len() {
             buf.drain(..used);
             self.partial = buf;
         }
@@ -401,6 +403,32 @@ mod tests {
             assert_eq!(seen, want, "step {step}");
             assert_eq!(last, Ok(Flow::Stop), "step {step}");
         }
+    }
+
+    #[test]
+    fn bytes_after_a_stop_are_decoded_next_time() {
+        let mut input = client_frame(0x81, b"one");
+        input.extend(client_frame(0x81, b"two"));
+        input.extend(client_frame(0x81, b"three"));
+        let cut = input.len() - 3; // "three" split across two reads
+        let mut d = Decoder::default();
+        let mut seen = Vec::new();
+        let flow = d.feed(&mut input[..cut].to_vec(), 100, &mut |e| {
+            seen.push(format!("{e:?}"));
+            Flow::Stop
+        });
+        assert_eq!(flow, Ok(Flow::Stop));
+        for piece in [&input[..0], &input[cut..]] {
+            let flow = d.feed(&mut piece.to_vec(), 100, &mut |e| {
+                seen.push(format!("{e:?}"));
+                Flow::Continue
+            });
+            assert_eq!(flow, Ok(Flow::Continue));
+        }
+        assert_eq!(
+            seen,
+            [r#"Text("one")"#, r#"Text("two")"#, r#"Text("three")"#]
+        );
     }
 
     #[test]
