@@ -13,8 +13,7 @@ use std::{
 
 use axum::{Router, extract::ConnectInfo, serve::Listener};
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto::Builder as ConnBuilder, graceful::GracefulShutdown},
+    rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
 use rustls::pki_types::{
@@ -27,6 +26,7 @@ use tokio::{
     sync::mpsc,
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_layer::Layer;
 use tracing::{debug, info, warn};
 
@@ -261,11 +261,14 @@ pub(crate) async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let mut http = ConnBuilder::new(TokioExecutor::new()).http1_only();
-    http.http1()
-        .timer(TokioTimer::new())
+    // hyper's own HTTP/1 connection (not hyper-util's auto builder, which wraps the stream
+    // in a type of its own): the WebSocket route takes the upgraded socket back as the
+    // `MaybeTls` it was, to split a plain TCP socket into halves (`server.rs`).
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
         .header_read_timeout(shared.config.header_read_timeout);
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
+    let stop = CancellationToken::new();
     tokio::pin!(shutdown);
     loop {
         let (io, remote) = tokio::select! {
@@ -277,20 +280,31 @@ pub(crate) async fn serve(
         let service =
             TowerToHyperService::new(axum::Extension(ConnectInfo(remote)).layer(router.clone()));
         let conn = http
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let r = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    // Finish the request in progress, then close.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = r {
                 debug!(remote = %remote.0, "HTTP connection ended: {e}");
             }
         });
     }
     info!("shutting down: closing every socket");
     drop(listener);
+    stop.cancel();
+    connections.close();
     shared.shutdown.cancel();
     shared.tracker.close();
-    let drained = async { tokio::join!(graceful.shutdown(), shared.tracker.wait()) };
+    let drained = async { tokio::join!(connections.wait(), shared.tracker.wait()) };
     if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
         warn!("some connections did not close within {SHUTDOWN_GRACE:?}");
     }

@@ -10,6 +10,7 @@
 //! - `wire.rs`: the JSON frames (the only serde types here).
 //! - `realm.rs`: the sans-IO core ([`Realm`], [`Action`], [`Stats`]).
 //! - `server.rs`: routes, CORS, the per-socket driver, the timer task.
+//! - `ws.rs`: the WebSocket framing (handshake key, frame decoder, server frames).
 //! - `listener.rs`: the listener (plain or TLS), accept with back-off, the serve loop.
 //!
 //! # Embedding (what `ouroboros node` uses)
@@ -38,6 +39,7 @@ mod listener;
 mod realm;
 mod server;
 mod wire;
+mod ws;
 
 use std::{future::Future, io::Write, sync::Arc};
 
