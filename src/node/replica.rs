@@ -105,6 +105,44 @@ fn respond(answer: Answer) -> Response {
         .into_response()
 }
 
+/// A member's Raft timing, from its flags.
+struct Timing {
+    heartbeat: Duration,
+    election_timeout: Duration,
+    write_timeout: Duration,
+}
+
+/// Starts member `id`: its HTTP transport (calls leave from `bind` unless it is a wildcard
+/// address), its Raft member and the service that answers the other members' calls.
+async fn start_member(
+    id: NodeId,
+    key: Arc<RpcKey>,
+    bind: std::net::IpAddr,
+    timing: &Timing,
+) -> anyhow::Result<(Replica, ReplicaService, Arc<HttpTransport>)> {
+    let mut http = crate::tunnel::node_http_client_builder();
+    if !bind.is_unspecified() {
+        http = http.local_address(bind);
+    }
+    let http = http.build().context("HTTP client")?;
+    let transport = Arc::new(HttpTransport::new(
+        id,
+        http,
+        Arc::clone(&key),
+        Duration::from_secs(10),
+    ));
+    let config = ReplicaConfig {
+        heartbeat: timing.heartbeat,
+        election_timeout_min: timing.election_timeout,
+        election_timeout_max: timing.election_timeout * 2,
+        write_timeout: timing.write_timeout,
+        ..ReplicaConfig::default()
+    };
+    let replica = Replica::start(id, &config, Arc::clone(&transport)).await?;
+    let service = ReplicaService::new(replica.clone(), key, Arc::clone(&transport));
+    Ok((replica, service, transport))
+}
+
 /// Runs one member until `shutdown` resolves.
 ///
 /// # Errors
@@ -133,26 +171,12 @@ pub async fn run(
         .unwrap_or_else(|| format!("http://{bound}"));
     // Calls to the other members leave from the address this member listens on (when it is
     // one address), so that they come from where the membership says this member is.
-    let mut http = crate::tunnel::node_http_client_builder();
-    if !bound.ip().is_unspecified() {
-        http = http.local_address(bound.ip());
-    }
-    let http = http.build().context("HTTP client")?;
-    let transport = Arc::new(HttpTransport::new(
-        args.id,
-        http,
-        Arc::clone(&key),
-        Duration::from_secs(10),
-    ));
-    let config = ReplicaConfig {
+    let timing = Timing {
         heartbeat: args.heartbeat,
-        election_timeout_min: args.election_timeout,
-        election_timeout_max: args.election_timeout * 2,
+        election_timeout: args.election_timeout,
         write_timeout: args.write_timeout,
-        ..ReplicaConfig::default()
     };
-    let replica = Replica::start(args.id, &config, Arc::clone(&transport)).await?;
-    let service = ReplicaService::new(replica.clone(), key, Arc::clone(&transport));
+    let (replica, service, transport) = start_member(args.id, key, bound.ip(), &timing).await?;
     let app = routes(service);
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -290,26 +314,13 @@ impl NodeMember {
             bail!("--replica-id 0 is reserved (an operator's calls); use 1 or more");
         }
         let key = Arc::new(RpcKey::from_secret(secret.expose()));
-        let mut http = crate::tunnel::node_http_client_builder();
-        if !bind.is_unspecified() {
-            http = http.local_address(bind);
-        }
-        let http = http.build().context("HTTP client")?;
-        let transport = Arc::new(HttpTransport::new(
-            args.replica_id,
-            http,
-            Arc::clone(&key),
-            Duration::from_secs(10),
-        ));
-        let config = ReplicaConfig {
+        let timing = Timing {
             heartbeat: args.replica_heartbeat,
-            election_timeout_min: args.replica_election_timeout,
-            election_timeout_max: args.replica_election_timeout * 2,
+            election_timeout: args.replica_election_timeout,
             write_timeout: args.replica_write_timeout,
-            ..ReplicaConfig::default()
         };
-        let replica = Replica::start(args.replica_id, &config, Arc::clone(&transport)).await?;
-        let service = ReplicaService::new(replica.clone(), key, Arc::clone(&transport));
+        let (replica, service, transport) =
+            start_member(args.replica_id, key, bind, &timing).await?;
         Ok(NodeMember {
             replica,
             service,
