@@ -598,6 +598,7 @@ impl Node {
         own_cfg.path = path.clone();
         own_cfg.key = sconfig.key.clone();
         own_cfg.secure = listener.is_tls();
+        #[cfg(feature = "replicas")]
         let listener_tls = listener.is_tls();
         node_peer_config(&mut own_cfg, &peer_id, &args, decoder_limits);
         // The node's id is reserved on its own server for this token: nobody can take it or
@@ -914,6 +915,7 @@ pub async fn run(
     // Refuse bad lifecycle settings (e.g. a lifetime too short for the launcher) before
     // anything starts.
     args.lifecycle.plan()?;
+    #[cfg(feature = "replicas")]
     let local_ring = args.replication.enabled()
         && args.replication.replica_join.is_empty()
         && args.lifecycle.launcher == crate::lifecycle::LauncherKind::Local;
