@@ -18,8 +18,8 @@ use ouroboros::replica::{
 };
 use rand::Rng;
 use support::{
-    Acks, Book, Logs, Member, audit, book_of, join_new, operator, operator_with_timeout,
-    settled_histories, status_of, until_ok,
+    Acks, Book, Kind, Logs, Member, audit, await_progress, book_of, join_new, kill_and_replace,
+    operator, operator_with_timeout, settled_histories, status_of, until_ok,
 };
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
@@ -131,31 +131,21 @@ async fn churn(rounds: usize, kill: bool, rotate_every: usize) -> Churn {
     };
     for round in 0..rounds {
         // Let some messages through between faults.
-        let before = *acked_so_far.borrow();
-        timeout(
-            Duration::from_secs(30),
-            acked_so_far.wait_for(|n| *n >= before + 20),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("no progress before round {round}"))
-        .unwrap();
+        await_progress(&mut acked_so_far, 20, Duration::from_secs(30), round).await;
         if kill {
-            let victim = rand::rng().random_range(0..members.len());
-            let was_leader = status_of(&op, &members[victim])
-                .await
-                .is_some_and(|s| s.role == "leader");
-            let dead = members.remove(victim);
-            let dead_id = dead.id;
-            *book.lock().unwrap() = book_of(&members);
-            dead.kill9().await;
-            c.kills += 1;
-            c.killed_leaders += usize::from(was_leader);
             // The replacement joins; then the dead member is removed.
-            let new = join_new(next_id, &book, logs.path()).await;
+            let led = kill_and_replace(
+                Kind::Replica,
+                &mut members,
+                &book,
+                &op,
+                next_id,
+                logs.path(),
+            )
+            .await;
             next_id += 1;
-            members.push(new);
-            *book.lock().unwrap() = book_of(&members);
-            until_ok::<_, ()>(&op, &book, Call::Remove, &RemoveRequest { id: dead_id }).await;
+            c.kills += 1;
+            c.killed_leaders += usize::from(led);
         }
         if round % rotate_every == rotate_every - 1 {
             let new = join_new(next_id, &book, logs.path()).await;

@@ -19,12 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use ouroboros::replica::{Call, Message, RemoveRequest};
+use ouroboros::replica::{Call, Message};
 use rand::Rng;
 use serde_json::{Value, json};
 use support::{
-    Acks, Book, Kind, Logs, Member, audit, book_of, join_new_of, operator, settled_histories,
-    status_of, until_ok,
+    Acks, Book, Kind, Logs, Member, audit, await_progress, book_of, join_new_of, kill_and_replace,
+    operator, settled_histories, status_of, until_ok,
 };
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
@@ -285,30 +285,13 @@ async fn relay_clients_lose_nothing_through_twenty_node_kill_9s_with_rotations()
 
     let (mut kills, mut killed_leaders, mut rotations) = (0, 0, 0);
     for round in 0..20 {
-        let before = *acked_so_far.borrow();
-        timeout(
-            Duration::from_secs(60),
-            acked_so_far.wait_for(|n| *n >= before + 20),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("no progress before round {round}"))
-        .unwrap();
+        await_progress(&mut acked_so_far, 20, Duration::from_secs(60), round).await;
         // A random node, leader or follower, dies; a new node joins; the dead one is removed.
-        let victim = rand::rng().random_range(0..members.len());
         killed_leaders += usize::from(
-            status_of(&op, &members[victim])
-                .await
-                .is_some_and(|s| s.role == "leader"),
+            kill_and_replace(Kind::Node, &mut members, &book, &op, next_id, logs.path()).await,
         );
-        let dead = members.remove(victim);
-        let dead_id = dead.id;
-        *book.lock().unwrap() = book_of(&members);
-        dead.kill9().await;
-        kills += 1;
-        members.push(join_new_of(Kind::Node, next_id, &book, logs.path()).await);
         next_id += 1;
-        *book.lock().unwrap() = book_of(&members);
-        until_ok::<_, ()>(&op, &book, Call::Remove, &RemoveRequest { id: dead_id }).await;
+        kills += 1;
         // Every third round the oldest node is rotated out: a successor joins, then the oldest
         // is stopped (SIGTERM), hands leadership over if it leads, and removes itself.
         if round % 3 == 2 {

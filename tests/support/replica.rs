@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ouroboros::replica::{
-    Call, CallFailure, HistoryRequest, HttpTransport, Message, NodeId, OPERATOR, Outcome, RpcKey,
-    Status,
+    Call, CallFailure, HistoryRequest, HttpTransport, Message, NodeId, OPERATOR, Outcome,
+    RemoveRequest, RpcKey, Status,
 };
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
@@ -371,4 +371,43 @@ pub fn audit(history: &BTreeMap<String, Vec<Message>>, acks: &Acks) -> (usize, u
         );
     }
     (acks.len(), stored)
+}
+
+/// Waits until `acked` has grown by `more` (at most `within`): progress between faults.
+pub async fn await_progress(
+    acked: &mut tokio::sync::watch::Receiver<usize>,
+    more: usize,
+    within: Duration,
+    round: usize,
+) {
+    let before = *acked.borrow();
+    timeout(within, acked.wait_for(|n| *n >= before + more))
+        .await
+        .unwrap_or_else(|_| panic!("no progress before round {round}"))
+        .unwrap();
+}
+
+/// Kills a random member of `kind` (leader or follower) with SIGKILL, has member `new_id`
+/// join in its place, then removes the dead one from the voters. Returns whether it led.
+pub async fn kill_and_replace(
+    kind: Kind,
+    members: &mut Vec<Member>,
+    book: &Book,
+    op: &HttpTransport,
+    new_id: NodeId,
+    logs: &std::path::Path,
+) -> bool {
+    use rand::Rng;
+    let victim = rand::rng().random_range(0..members.len());
+    let was_leader = status_of(op, &members[victim])
+        .await
+        .is_some_and(|s| s.role == "leader");
+    let dead = members.remove(victim);
+    let dead_id = dead.id;
+    *book.lock().unwrap() = book_of(members);
+    dead.kill9().await;
+    members.push(join_new_of(kind, new_id, book, logs).await);
+    *book.lock().unwrap() = book_of(members);
+    until_ok::<_, ()>(op, book, Call::Remove, &RemoveRequest { id: dead_id }).await;
+    was_leader
 }
