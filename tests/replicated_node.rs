@@ -483,3 +483,312 @@ async fn one_command_runs_a_local_ring_and_the_rust_client_moves_to_a_live_node(
         }
     }
 }
+
+/// Kills (SIGKILL) every process whose command line names `dir` when dropped: the members a
+/// ring started on its own (detached, in their own process groups) never outlive the test.
+struct KillUnder(std::path::PathBuf);
+
+impl Drop for KillUnder {
+    fn drop(&mut self) {
+        // Again until none is left: a member may be launching another as it dies.
+        for _ in 0..20 {
+            let found = std::process::Command::new("pkill")
+                .args(["-KILL", "-f"])
+                .arg(self.0.to_string_lossy().as_ref())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !found {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The pid of the process of the ring under `dir` that runs member `id` (`--replica-id id`).
+fn pid_of_member(dir: &std::path::Path, id: u64) -> Option<u32> {
+    let dir = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let at = args.iter().position(|a| a == "--replica-id")?;
+        let ours = args.iter().any(|a| a.contains(&dir));
+        (ours && args.get(at + 1)? == &id.to_string()).then_some(pid)
+    })
+}
+
+/// Every live node's history once the ring has settled: the live nodes are re-read from `book`
+/// on every try, since the ring goes on renewing itself meanwhile.
+async fn settled_ring_histories(
+    op: &ouroboros::replica::HttpTransport,
+    book: &Book,
+) -> std::collections::BTreeMap<String, Vec<Message>> {
+    use ouroboros::replica::{HistoryRequest, Outcome, Status};
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the ring did not settle within 60 s"
+        );
+        let nodes = book.lock().unwrap().clone();
+        let mut statuses = Vec::new();
+        for (id, url) in &nodes {
+            op.set_addr(*id, url);
+            statuses.push(
+                op.call::<_, Outcome<Status>>(*id, Call::Status, &())
+                    .await
+                    .ok()
+                    .and_then(|o| match o {
+                        Outcome::Ok(s) => Some(s),
+                        Outcome::Err(_) => None,
+                    }),
+            );
+        }
+        let Some(all) = statuses.into_iter().collect::<Option<Vec<Status>>>() else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let settled = all.iter().find(|s| s.role == "leader").is_some_and(|l| {
+            all.iter()
+                .all(|s| s.applied == l.last_log && s.leader == Some(l.id))
+        });
+        if !settled {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let mut histories = Vec::new();
+        for (id, _) in &nodes {
+            let mut rooms = std::collections::BTreeMap::new();
+            for room in ROOMS {
+                let req = HistoryRequest {
+                    room: room.into(),
+                    ..HistoryRequest::default()
+                };
+                if let Ok(Outcome::Ok(h)) = op
+                    .call::<_, Outcome<Vec<Message>>>(*id, Call::History, &req)
+                    .await
+                {
+                    rooms.insert(room.to_owned(), h);
+                }
+            }
+            histories.push(rooms);
+        }
+        if histories.iter().any(|h| h.len() != ROOMS.len()) {
+            continue; // a node left while it was read: read the ring again
+        }
+        for (h, (id, _)) in histories.iter().zip(&nodes) {
+            assert!(
+                *h == histories[0],
+                "node {id} holds another history than node {}",
+                nodes[0].0
+            );
+        }
+        return histories.swap_remove(0);
+    }
+}
+
+/// `ouroboros node --replicas 3 --launcher local --lifetime 24s`: the ring renews itself. Each
+/// member starts its successor as a new member a lead before its (staggered) end, waits until
+/// it is a voter and leaves; a member killed with SIGKILL is replaced by the leader and
+/// removed. Under four publishers and two subscribers that follow the record's `replicas`,
+/// nothing acknowledged is lost, doubled or reordered, and the ring ends with three voters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ring_with_lifetimes_renews_itself_and_replaces_a_killed_member() {
+    use ouroboros::client::discover;
+    use std::collections::BTreeSet;
+    use tokio::io::AsyncBufReadExt;
+    let logs = Logs::new();
+    let data = logs.path().join("ring");
+    let _reaper = KillUnder(data.clone());
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ouroboros"));
+    cmd.args(["node", "--host", "127.0.0.1", "--port", "0"])
+        .args([
+            "--replicas",
+            "3",
+            "--launcher",
+            "local",
+            "--lifetime",
+            "24s",
+        ])
+        .args(["--successor-timeout", "5s", "--replica-dead-after", "10s"])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--replica-heartbeat", "300ms"])
+        .args(["--replica-election-timeout", "1200ms"])
+        .args(["--replica-write-timeout", "3s"])
+        .env("OUROBOROS_SECRET", support::SECRET)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(logs.path().join("first.log")).unwrap())
+        .kill_on_drop(true);
+    let mut first = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(first.stdout.take().unwrap()).lines();
+    let up = timeout(Duration::from_secs(120), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if l.starts_with("replicated ring of 3 members up: ") {
+                return l;
+            }
+        }
+        panic!("the first node exited before the ring was up");
+    })
+    .await
+    .expect("the ring is up within 120 s");
+    let initial: Vec<(u64, String)> = up
+        .rsplit(": ")
+        .next()
+        .unwrap()
+        .split(' ')
+        .map(|m| {
+            let (id, url) = m.split_once('=').unwrap();
+            (id.parse().unwrap(), url.to_owned())
+        })
+        .collect();
+    assert_eq!(
+        initial.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let book: Book = Arc::new(Mutex::new(initial));
+    // The clients' view of the ring: the `replicas` of any live node's record.
+    let seen: Arc<Mutex<BTreeSet<u64>>> = Arc::new(Mutex::new([1, 2, 3].into()));
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let (book, seen, watching) = (book.clone(), seen.clone(), watching.clone());
+        tokio::spawn(async move {
+            while watching.load(Ordering::Relaxed) {
+                let nodes = book.lock().unwrap().clone();
+                for (_, url) in nodes {
+                    let Ok(Ok(r)) = timeout(
+                        Duration::from_secs(2),
+                        discover(&format!("{url}/ouroboros.json")),
+                    )
+                    .await
+                    else {
+                        continue;
+                    };
+                    if r.replicas.is_empty() {
+                        continue;
+                    }
+                    let nodes: Vec<(u64, String)> =
+                        r.replicas.iter().map(|n| (n.id, n.url.clone())).collect();
+                    seen.lock().unwrap().extend(nodes.iter().map(|(id, _)| *id));
+                    *book.lock().unwrap() = nodes;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+
+    let acks: Acks = Arc::default();
+    let (progress, mut acked_so_far) = watch::channel(0usize);
+    let progress = Arc::new(progress);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (heads_tx, heads) = watch::channel(None);
+    let publishers: Vec<_> = (0..4)
+        .map(|n| {
+            let (book, acks, stop, progress) =
+                (book.clone(), acks.clone(), stop.clone(), progress.clone());
+            tokio::spawn(publisher(n, book, acks, progress, stop))
+        })
+        .collect();
+    let subscribers: Vec<_> = (0..2)
+        .map(|n| tokio::spawn(subscriber(n, book.clone(), stop.clone(), heads.clone())))
+        .collect();
+
+    // Let the ring renew itself a few times under load.
+    let began = Instant::now();
+    let renewed = |n: usize| seen.lock().unwrap().len() >= 3 + n;
+    while !renewed(3) {
+        assert!(
+            began.elapsed() < Duration::from_secs(120),
+            "the ring renewed {} members in 120 s",
+            seen.lock().unwrap().len() - 3
+        );
+        await_progress(&mut acked_so_far, 1, Duration::from_secs(60), 0).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Kill -9 a member other than the first node's slot (any: the leader's loss only takes
+    // longer), found by its `--replica-id` among the ring's processes.
+    let (victim, pid) = {
+        let nodes = book.lock().unwrap().clone();
+        nodes
+            .iter()
+            .filter(|(id, _)| *id != 1)
+            .find_map(|(id, _)| pid_of_member(&data, *id).map(|pid| (*id, pid)))
+            .expect("a member's process")
+    };
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
+    let killed_at = Instant::now();
+    // The leader notices the silence, starts a new member, and removes the dead one.
+    let replaced = loop {
+        let nodes = book.lock().unwrap().clone();
+        if nodes.len() == 3 && nodes.iter().all(|(id, _)| *id != victim) {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(60),
+            "member {victim} (killed) still listed after 60 s: {nodes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // And the ring goes on renewing itself.
+    let before = seen.lock().unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.lock().unwrap().len() < before + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the ring stopped renewing itself"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    await_progress(&mut acked_so_far, 20, Duration::from_secs(60), 1).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut published = 0;
+    for p in publishers {
+        published += p.await.unwrap();
+    }
+    let op = operator();
+    let history = settled_ring_histories(&op, &book).await;
+    let (acked, stored) = audit(&history, &acks);
+    heads_tx
+        .send(Some(
+            history
+                .iter()
+                .map(|(room, h)| (room.clone(), h.len() as u64))
+                .collect(),
+        ))
+        .unwrap();
+    for s in subscribers {
+        let got = timeout(Duration::from_secs(120), s)
+            .await
+            .expect("subscribers catch up within 120 s")
+            .unwrap();
+        for ((room, seq), (from, id)) in &got {
+            let m: &Message = &history[room][*seq as usize - 1];
+            assert_eq!(
+                (&m.from, &m.id),
+                (from, id),
+                "a subscriber received another message at {room} seq {seq} than the log holds"
+            );
+        }
+        let total: usize = history.values().map(Vec::len).sum();
+        assert_eq!(got.len(), total, "a subscriber missed messages");
+    }
+    watching.store(false, Ordering::Relaxed);
+    watcher.await.unwrap();
+    let members = seen.lock().unwrap().len();
+    eprintln!(
+        "self-renewing ring: {members} members over {:.0?} ({} joined after the founding 3), \
+         member {victim} killed with kill -9 and replaced in {replaced:.1?}; {published} \
+         published, {acked} acknowledged, {stored} stored, 0 lost; 2 subscribers received all \
+         {stored} in order",
+        began.elapsed(),
+        members - 3
+    );
+    let _ = first.start_kill();
+}

@@ -304,6 +304,9 @@ pub fn check_replace(current: &DiscoveryRecord, new: &DiscoveryRecord) -> Result
     match new.generation.cmp(&current.generation) {
         Greater => Ok(()),
         Equal if new.peer_id == current.peer_id => Ok(()),
+        // The nodes of one replicated ring all describe the ring (its `replicas`): any of
+        // them refreshes the record as the membership changes.
+        Equal if !new.replicas.is_empty() && !current.replicas.is_empty() => Ok(()),
         Equal => Err(StaleRecord::ForeignPeer {
             generation: current.generation,
             current_peer_id: current.peer_id.clone(),

@@ -121,6 +121,19 @@ fn guard_orders_generations_and_peers() {
             current_peer_id: "a".into()
         })
     );
+    // Nodes of one replicated ring refresh each other's record.
+    let ring = |peer: &str| {
+        let mut r = record(peer, 0);
+        r.replicas = vec![ReplicaNode {
+            id: 1,
+            url: "http://127.0.0.1:1".into(),
+            relay_ws: "ws://127.0.0.1:1/relay".into(),
+        }];
+        r
+    };
+    assert!(check_replace(&ring("a"), &ring("b")).is_ok());
+    assert!(check_replace(&record("a", 0), &ring("b")).is_err());
+    assert!(check_replace(&ring("a"), &record("b", 0)).is_err());
     assert_eq!(
         check_replace(&a3, &record("a", 2)),
         Err(StaleRecord::OlderGeneration {

@@ -13,7 +13,8 @@ use crate::lifecycle::{LaunchError, Launcher, SuccessorRequest};
 pub const MAX_ENDPOINTS_INPUT_BYTES: usize = 8 * 1024;
 
 /// The workflow inputs for a successor: `generation`, `predecessor_peer_id`,
-/// `predecessor_endpoints` (a JSON string). Workflow inputs are public, and a
+/// `predecessor_endpoints` (a JSON string), and for a member of a replicated ring `replica_id`
+/// and `replica_join` (`ID=URL,…`). Workflow inputs are public, and a
 /// [`SuccessorRequest`] holds no secrets by construction; nothing else is added here.
 ///
 /// # Errors
@@ -26,14 +27,28 @@ pub fn successor_inputs(req: &SuccessorRequest) -> Result<BTreeMap<String, Strin
             endpoints.len()
         )));
     }
-    Ok(BTreeMap::from([
+    let mut inputs = BTreeMap::from([
         ("generation".to_string(), req.generation.to_string()),
         (
             "predecessor_peer_id".to_string(),
             req.predecessor_peer_id.clone(),
         ),
         ("predecessor_endpoints".to_string(), endpoints),
-    ]))
+    ]);
+    // A member of a replicated ring: it joins through these members instead of taking over
+    // from the predecessor (whose fields are then informational).
+    if let Some(m) = &req.member {
+        let join = m.join_arg();
+        if join.len() > MAX_ENDPOINTS_INPUT_BYTES {
+            return Err(GithubError::InvalidRequest(format!(
+                "replica_join is {} bytes; at most {MAX_ENDPOINTS_INPUT_BYTES}",
+                join.len()
+            )));
+        }
+        inputs.insert("replica_id".to_string(), m.id.to_string());
+        inputs.insert("replica_join".to_string(), join);
+    }
+    Ok(inputs)
 }
 
 /// Starts successors by dispatching a workflow (default `ouroboros.yml`) on a ref.
@@ -221,6 +236,7 @@ mod tests {
             predecessor_peer_id: "node-abc".into(),
             predecessor_endpoints: endpoints,
             attempt: 1,
+            member: None,
         }
     }
 

@@ -19,6 +19,36 @@ pub struct SuccessorRequest {
     pub predecessor_endpoints: Vec<SignalingEndpoint>,
     /// Launch attempt (from 1), for logs and idempotency keys.
     pub attempt: u32,
+    /// A member of a replicated ring (`--replicas N`) to start instead: it joins the ring
+    /// through its live members and takes over from no one (the generation and predecessor
+    /// fields are then informational only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member: Option<MemberLaunch>,
+}
+
+/// A new member of a replicated ring (`protocol/replication.md`, "Rotation"). Public like the
+/// rest of a [`SuccessorRequest`]: ids and URLs, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MemberLaunch {
+    /// The new member's id, never used before in this ring.
+    pub id: u64,
+    /// Live members to join through: `(id, base URL)`, tried in turn.
+    pub join: Vec<(u64, String)>,
+    /// One of the ring's founding members (ids `2..=N`, started by the first node), which
+    /// live staggered first lifetimes; on one machine each gets its own data dir
+    /// (`<data-dir>/member-<id>`). A successor reuses its predecessor's data dir.
+    pub founding: bool,
+}
+
+impl MemberLaunch {
+    /// `--replica-join`'s value: `ID=URL,ID=URL`.
+    pub fn join_arg(&self) -> String {
+        self.join
+            .iter()
+            .map(|(id, url)| format!("{id}={url}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 impl SuccessorRequest {
@@ -95,7 +125,14 @@ const ENV_NOT_INHERITED: &[&str] = &[
     "OUROBOROS_PREDECESSOR_ENDPOINTS",
     "OUROBOROS_PEER_ID",
     "OUROBOROS_PORT",
+    "OUROBOROS_REPLICA_ID",
+    "OUROBOROS_REPLICA_JOIN",
+    "OUROBOROS_REPLICA_ADVERTISE",
 ];
+
+/// Flags a new member of a replicated ring does not inherit: its own id, contacts and address
+/// (its data dir too when it is a founding member).
+const MEMBER_NOT_INHERITED: &[&str] = &["--replica-id", "--replica-join", "--replica-advertise"];
 
 /// The successor's base command line, from this process's arguments (without the program
 /// name): drops the flags in the not-inherited list (both `--flag value` and `--flag=value`)
@@ -186,6 +223,24 @@ impl LocalLauncher {
 
     /// The full argument list for `request`.
     pub fn args_for(&self, request: &SuccessorRequest) -> Vec<OsString> {
+        if let Some(m) = &request.member {
+            let mut args = drop_flags(self.base_args.iter().cloned(), MEMBER_NOT_INHERITED);
+            if m.founding {
+                args = drop_flags(args, &["--data-dir"]);
+                args.push("--data-dir".into());
+                args.push(self.data_dir.join(format!("member-{}", m.id)).into());
+            }
+            args.extend(
+                [
+                    "--replica-id".into(),
+                    m.id.to_string(),
+                    "--replica-join".into(),
+                    m.join_arg(),
+                ]
+                .map(OsString::from),
+            );
+            return args;
+        }
         let mut args = self.base_args.clone();
         args.extend(
             [
@@ -208,6 +263,18 @@ impl LocalLauncher {
             .join(format!("node-gen{generation}.log"))
     }
 
+    /// Log file of the node `request` starts: its generation's, or for a member of a
+    /// replicated ring `member-<id>.log`.
+    pub fn log_path_for(&self, request: &SuccessorRequest) -> PathBuf {
+        match &request.member {
+            Some(m) => self
+                .data_dir
+                .join("logs")
+                .join(format!("member-{}.log", m.id)),
+            None => self.log_path(request.generation),
+        }
+    }
+
     /// Pids of the children launched so far, newest last.
     pub fn launched_pids(&self) -> Vec<u32> {
         self.launched
@@ -219,7 +286,7 @@ impl LocalLauncher {
     /// Starts the successor; `start_delay` (fault injection only, normally zero) makes it
     /// wait that long before it starts, like a queued run.
     fn spawn(&self, request: &SuccessorRequest, start_delay: Duration) -> std::io::Result<u32> {
-        let log_path = self.log_path(request.generation);
+        let log_path = self.log_path_for(request);
         std::fs::create_dir_all(log_path.parent().expect("log path has a parent"))?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -251,6 +318,7 @@ impl LocalLauncher {
         tracing::info!(
             pid,
             generation = request.generation,
+            member = request.member.as_ref().map(|m| m.id),
             attempt = request.attempt,
             log = %log_path.display(),
             exe = %OsStr::new(&self.exe).to_string_lossy(),
@@ -347,7 +415,66 @@ mod tests {
                 peer_id: None,
             }],
             attempt: 1,
+            member: None,
         }
+    }
+
+    #[test]
+    fn a_member_of_a_replicated_ring_joins_instead_of_taking_over() {
+        let dir = std::path::Path::new("/data");
+        let secret = Secret::new(b"0123456789abcdef-secret".to_vec()).unwrap();
+        let base = successor_base_args(
+            [
+                "node",
+                "--replicas",
+                "3",
+                "--replica-id=2",
+                "--replica-join",
+                "1=http://127.0.0.1:1",
+                "--data-dir",
+                "/data/member-2",
+                "--lifetime",
+                "20s",
+            ]
+            .map(OsString::from),
+        );
+        let l = LocalLauncher::new("/bin/ouroboros", base, dir, secret);
+        let mut r = req();
+        r.member = Some(MemberLaunch {
+            id: 77,
+            join: vec![(2, "http://127.0.0.1:2".into()), (3, "http://h:3".into())],
+            founding: false,
+        });
+        let args: Vec<String> = l
+            .args_for(&r)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "node",
+                "--replicas",
+                "3",
+                "--data-dir",
+                "/data/member-2",
+                "--lifetime",
+                "20s",
+                "--port",
+                "0",
+                "--replica-id",
+                "77",
+                "--replica-join",
+                "2=http://127.0.0.1:2,3=http://h:3"
+            ]
+        );
+        assert_eq!(l.log_path_for(&r), dir.join("logs/member-77.log"));
+        // A founding member gets a data dir of its own.
+        r.member.as_mut().unwrap().founding = true;
+        let args = l.args_for(&r);
+        let at = args.iter().position(|a| a == "--data-dir").unwrap();
+        assert_eq!(args[at + 1], OsString::from("/data/member-77"));
+        assert_eq!(args.iter().filter(|a| *a == "--data-dir").count(), 1);
     }
 
     #[test]

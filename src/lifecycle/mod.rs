@@ -21,7 +21,7 @@ pub use args::{
 };
 pub use faults::{FAULTS_ENV, Faults, START_DELAY_ENV, start_delay};
 pub use launcher::{
-    LaunchError, Launcher, LocalLauncher, NoLauncher, SuccessorRequest, drop_flags,
+    LaunchError, Launcher, LocalLauncher, MemberLaunch, NoLauncher, SuccessorRequest, drop_flags,
     successor_base_args,
 };
 pub use machine::{

@@ -38,6 +38,10 @@ pub struct ReplicationArgs {
     /// `unavailable` (it may retry with the same id).
     #[arg(long, default_value = "5s", value_parser = crate::lifecycle::parse_duration)]
     pub replica_write_timeout: Duration,
+    /// With `--lifetime`: how long a voter may leave the leader's `status` calls unanswered
+    /// before the leader launches a new member in its place and removes it.
+    #[arg(long, env = "OUROBOROS_REPLICA_DEAD_AFTER", default_value = "30s", value_parser = crate::lifecycle::parse_duration)]
+    pub replica_dead_after: Duration,
 }
 
 impl ReplicationArgs {

@@ -27,6 +27,8 @@ mod registration;
 #[cfg(feature = "replicas")]
 pub mod replica;
 pub mod ring;
+#[cfg(feature = "replicas")]
+pub mod rotation;
 pub mod status;
 pub mod transport;
 
@@ -358,6 +360,9 @@ pub struct Node {
     /// The node's member of a replicated ring (`--replicas N`).
     #[cfg(feature = "replicas")]
     member: Option<replica::NodeMember>,
+    /// The base URL its member advertises unless told otherwise ([`Node::enter_ring`]).
+    #[cfg(feature = "replicas")]
+    ring_advertise: String,
 }
 
 impl std::fmt::Debug for Node {
@@ -448,7 +453,11 @@ fn choose_peer_id(args: &NodeArgs) -> Result<String, NodeError> {
         }
         return Ok(id.clone());
     }
-    let first = args.lifecycle.generation == 0 && !args.lifecycle.is_successor();
+    // A member that joins a replicated ring overlaps the member it replaces, which may share
+    // its data dir (a successor on the same machine): it takes an id of its own.
+    let first = args.lifecycle.generation == 0
+        && !args.lifecycle.is_successor()
+        && args.replication.replica_join.is_empty();
     if !first {
         return Ok(random_peer_id());
     }
@@ -760,51 +769,23 @@ impl Node {
             ));
         }
 
+        // The base URL the other members reach this node at.
         #[cfg(feature = "replicas")]
-        if let Some(m) = &member {
-            let advertise = args
-                .replication
-                .replica_advertise
-                .clone()
-                .unwrap_or_else(|| {
-                    let scheme = if listener_tls { "https" } else { "http" };
-                    let host = args.public_host.clone().unwrap_or_else(|| own_host.clone());
-                    let host = if host.contains(':') && !host.starts_with('[') {
-                        format!("[{host}]")
-                    } else {
-                        host
-                    };
-                    let port = args.public_port.unwrap_or(addr.port());
-                    format!("{scheme}://{host}:{port}")
-                });
-            let id = args.replication.replica_id;
-            print_line(&format!("replica member {id} listening on {advertise}"));
-            match m.enter(&args.replication, &advertise).await {
-                Ok(what) => {
-                    print_line(&format!("replica member {id} {what}"));
-                    // The record lists the ring's live nodes from now on.
-                    let (shared, publisher) = (
-                        shared.clone(),
-                        LocalPublisher::new(args.lifecycle.data_dir.clone()),
-                    );
-                    m.on_members_change(move |nodes| {
-                        if shared.set_replicas(nodes) {
-                            let record = shared.record.read().expect("record lock").clone();
-                            let publisher = publisher.clone();
-                            tokio::spawn(async move {
-                                if let Err(e) = publisher.publish(&record).await {
-                                    tracing::warn!(error = %e, "discovery record not written");
-                                }
-                            });
-                        }
-                    });
-                }
-                Err(e) => {
-                    stop.cancel();
-                    return Err(NodeError::Config(format!("replicated ring: {e:#}")));
-                }
-            }
-        }
+        let ring_advertise = args
+            .replication
+            .replica_advertise
+            .clone()
+            .unwrap_or_else(|| {
+                let scheme = if listener_tls { "https" } else { "http" };
+                let host = args.public_host.clone().unwrap_or_else(|| own_host.clone());
+                let host = if host.contains(':') && !host.starts_with('[') {
+                    format!("[{host}]")
+                } else {
+                    host
+                };
+                let port = args.public_port.unwrap_or(addr.port());
+                format!("{scheme}://{host}:{port}")
+            });
 
         let publisher = LocalPublisher::new(args.lifecycle.data_dir.clone());
         let node = Node {
@@ -815,11 +796,61 @@ impl Node {
             publisher,
             #[cfg(feature = "replicas")]
             member,
+            #[cfg(feature = "replicas")]
+            ring_advertise,
         };
+        // A member reached through a tunnel enters the ring once the tunnel's URL is known
+        // (`run`); any other enters now.
+        #[cfg(feature = "replicas")]
+        if !defers_ring_entry(&args) {
+            node.enter_ring(&args, None).await?;
+        }
         if !args.lifecycle.is_successor() {
             node.publish().await;
         }
         Ok(node)
+    }
+
+    /// Starts a new replicated ring or joins the running one (`--replica-join`), advertising
+    /// `advertise` (default: the node's own address or `--replica-advertise`), and from then on
+    /// keeps the record's `replicas` current. Nothing for a node without `--replicas`.
+    ///
+    /// # Errors
+    /// [`NodeError::Config`] when the ring cannot be started or joined (the node stops).
+    #[cfg(feature = "replicas")]
+    pub async fn enter_ring(
+        &self,
+        args: &NodeArgs,
+        advertise: Option<String>,
+    ) -> Result<(), NodeError> {
+        let Some(m) = &self.member else {
+            return Ok(());
+        };
+        let advertise = advertise.unwrap_or_else(|| self.ring_advertise.clone());
+        let id = args.replication.replica_id;
+        print_line(&format!("replica member {id} listening on {advertise}"));
+        let what = match m.enter(&args.replication, &advertise).await {
+            Ok(what) => what,
+            Err(e) => {
+                self.stop.cancel();
+                return Err(NodeError::Config(format!("replicated ring: {e:#}")));
+            }
+        };
+        print_line(&format!("replica member {id} {what}"));
+        // The record lists the ring's live nodes from now on.
+        let (shared, publisher) = (self.shared.clone(), self.publisher.clone());
+        m.on_members_change(move |nodes| {
+            if shared.set_replicas(nodes) {
+                let record = shared.record.read().expect("record lock").clone();
+                let publisher = publisher.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = publisher.publish(&record).await {
+                        tracing::warn!(error = %e, "discovery record not written");
+                    }
+                });
+            }
+        });
+        Ok(())
     }
 
     /// Writes the current discovery record into the data dir (guarded: a newer generation's
@@ -915,22 +946,36 @@ pub async fn run(
     // Refuse bad lifecycle settings (e.g. a lifetime too short for the launcher) before
     // anything starts.
     args.lifecycle.plan()?;
+    let started = tokio::time::Instant::now();
     #[cfg(feature = "replicas")]
     let local_ring = args.replication.enabled()
         && args.replication.replica_join.is_empty()
+        && args.lifecycle.lifetime.is_none()
         && args.lifecycle.launcher == crate::lifecycle::LauncherKind::Local;
-    if args.replication.enabled()
-        && (args.lifecycle.lifetime.is_some()
-            || !matches!(
-                args.lifecycle.launcher,
-                crate::lifecycle::LauncherKind::None | crate::lifecycle::LauncherKind::Local
-            ))
-    {
-        anyhow::bail!(
-            "--replicas above 1 (or --replica-join) runs until stopped: rotation of a replicated \
-             ring by --lifetime and --launcher github is not built yet (protocol/replication.md); \
-             --launcher local starts the other members on this machine"
-        );
+    if args.replication.enabled() {
+        use crate::lifecycle::LauncherKind;
+        match (args.lifecycle.lifetime, args.lifecycle.launcher) {
+            (Some(_), LauncherKind::None) => anyhow::bail!(
+                "--replicas with --lifetime needs --launcher local or github: a member of a \
+                 replicated ring starts its successor as a new member before its lifetime ends"
+            ),
+            (None, LauncherKind::Github) => anyhow::bail!(
+                "--replicas with --launcher github needs --lifetime (the job's time limit ends \
+                 each member; it starts its successor a handoff lead before)"
+            ),
+            _ => {}
+        }
+        if args.replication.replicas > 1
+            && args.lifecycle.launcher == LauncherKind::Github
+            && args.tunnel.ngrok_domain.is_some()
+            && args.replication.replica_advertise.is_none()
+        {
+            anyhow::bail!(
+                "--replicas above 1 with NGROK_DOMAIN: every member would be served at the same \
+                 pooled URL; unset it (each member gets its own tunnel URL) or give each member \
+                 --replica-advertise"
+            );
+        }
     }
     // Test-only fault injection (`OUROBOROS_FAULTS`): a launched node starting late.
     if let Some(d) = crate::lifecycle::start_delay() {
@@ -950,44 +995,114 @@ pub async fn run(
     {
         tracing::warn!(publisher = p.name(), error = %e, "discovery record not published");
     }
-    // A member of a replicated ring serves until it is stopped, then leaves the ring (hands
-    // leadership over, has itself removed). Its rooms live in the ring, not in backups.
+    // A member of a replicated ring serves until it is stopped or, with --lifetime, until its
+    // successor is a voter; then it leaves the ring (hands leadership over, has itself
+    // removed). Its rooms live in the ring, not in backups.
     #[cfg(feature = "replicas")]
     if let Some(m) = node.member.clone() {
-        // `--launcher local` on the ring's first node: the other members, on this machine.
-        let members = if local_ring {
-            let n = ring_args.replication.replicas;
-            let first = m.advertised();
-            let started = replica::LocalMembers::spawn(
-                n,
-                &first,
-                &ring_args.lifecycle.data_dir,
-                node.shared().secret(),
-            )?;
-            match m.wait_for_voters(n, Duration::from_secs(120)).await {
-                Ok(voters) => print_line(&format!(
-                    "replicated ring of {n} members up: {}",
-                    voters
-                        .iter()
-                        .map(|(id, url)| format!("{id}={url}"))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                )),
-                Err(e) => {
-                    tracing::error!(error = %e, "replica: the local members did not all join")
+        if defers_ring_entry(&ring_args) {
+            // Advertise the tunnel's URL: the other members are not on this machine.
+            let url = node.record().tunnel_url;
+            if url.is_none() {
+                tracing::warn!("replica: no tunnel URL; advertising the node's own address");
+            }
+            node.enter_ring(&ring_args, url.map(|u| u.trim_end_matches('/').to_owned()))
+                .await?;
+        }
+        let plan = ring_args.lifecycle.plan()?;
+        let n = ring_args.replication.replicas;
+        let schedule = rotation::MemberSchedule::new(m.id(), n, &plan);
+        let Some(schedule) = schedule else {
+            // `--launcher local` on the ring's first node: the other members, on this machine.
+            let members = if local_ring {
+                let first = m.advertised();
+                let started = replica::LocalMembers::spawn(
+                    n,
+                    &first,
+                    &ring_args.lifecycle.data_dir,
+                    node.shared().secret(),
+                )?;
+                announce_ring(&m, n, Duration::from_secs(120)).await;
+                Some(started)
+            } else {
+                None
+            };
+            shutdown.await;
+            if let Some(members) = members {
+                tracing::info!("stopping: the local members first");
+                members.stop(Duration::from_secs(30)).await;
+            }
+            tracing::info!("stopping: leaving the replicated ring");
+            m.leave(Duration::from_secs(20)).await;
+            if let Some(t) = tunnel {
+                t.close().await;
+            }
+            node.shutdown().await;
+            return Ok(());
+        };
+        let launcher: Arc<dyn crate::lifecycle::Launcher> = match cloud.launcher {
+            Some(l) => l,
+            None => Arc::new(crate::lifecycle::LocalLauncher::from_current_process(
+                ring_args.lifecycle.data_dir.clone(),
+                node.shared().secret().clone(),
+            )?),
+        };
+        ring::write_pid(&ring_args.lifecycle.data_dir);
+        let stop = tokio_util::sync::CancellationToken::new();
+        // The ring's first node starts the other founding members (staggered lifetimes).
+        if ring_args.replication.replica_join.is_empty() && n > 1 {
+            let first = (m.id(), m.advertised());
+            for id in 2..=n as u64 {
+                let request = crate::lifecycle::SuccessorRequest {
+                    generation: 0,
+                    predecessor_peer_id: node.peer_id(),
+                    predecessor_endpoints: Vec::new(),
+                    attempt: 1,
+                    member: Some(crate::lifecycle::MemberLaunch {
+                        id,
+                        join: vec![first.clone()],
+                        founding: true,
+                    }),
+                };
+                if let Err(e) = launcher.launch(&request).await {
+                    tracing::error!(member = id, error = %e, "replica: founding member not launched");
                 }
             }
-            Some(started)
-        } else {
-            None
-        };
-        shutdown.await;
-        if let Some(members) = members {
-            tracing::info!("stopping: the local members first");
-            members.stop(Duration::from_secs(30)).await;
+            let (m, within) = (m.clone(), schedule.launch_after);
+            tokio::spawn(async move { announce_ring(&m, n, within).await });
         }
-        tracing::info!("stopping: leaving the replicated ring");
-        m.leave(Duration::from_secs(20)).await;
+        let replacing = {
+            let (m, launcher, peer, stop) =
+                (m.clone(), launcher.clone(), node.peer_id(), stop.clone());
+            let policy = rotation::Replacement {
+                dead_after: ring_args.replication.replica_dead_after,
+                probe_every: (ring_args.replication.replica_heartbeat * 4)
+                    .max(Duration::from_millis(500)),
+                join_within: schedule.wait_for_attempt(3),
+                surplus_after: schedule.successor_timeout,
+            };
+            tokio::spawn(async move {
+                rotation::replace_dead_members(&m, n, policy, launcher, &peer, stop.cancelled())
+                    .await
+            })
+        };
+        let end = rotation::run(&m, schedule, launcher, &node.peer_id(), started, shutdown).await;
+        stop.cancel();
+        // Whatever the leader's watch was doing (a probe, a removal) is moot now.
+        replacing.abort();
+        let id = m.id();
+        match end {
+            rotation::RotationEnd::HandedOver(s) => print_line(&format!(
+                "replica member {id} handed over to member {s}; leaving"
+            )),
+            other => print_line(&format!("replica member {id} leaving ({other:?})")),
+        }
+        if end == rotation::RotationEnd::Removed {
+            m.shut_down().await;
+        } else {
+            m.leave(Duration::from_secs(20)).await;
+        }
+        ring::remove_pid(&ring_args.lifecycle.data_dir);
         if let Some(t) = tunnel {
             t.close().await;
         }
@@ -1013,6 +1128,32 @@ pub async fn run(
     }
     node.shutdown().await;
     Ok(())
+}
+
+/// Whether a member of a replicated ring waits for its tunnel's URL before it enters the ring
+/// (a tunnel is configured and no `--replica-advertise` given).
+#[cfg(feature = "replicas")]
+fn defers_ring_entry(args: &NodeArgs) -> bool {
+    args.replication.enabled()
+        && args.tunnel.kind != crate::tunnel::TunnelKind::None
+        && args.replication.replica_advertise.is_none()
+}
+
+/// Prints `replicated ring of N members up: 1=URL 2=URL …` once the ring has `n` voters
+/// (an error is logged when not within `within`).
+#[cfg(feature = "replicas")]
+async fn announce_ring(m: &replica::NodeMember, n: usize, within: Duration) {
+    match m.wait_for_voters(n, within).await {
+        Ok(voters) => print_line(&format!(
+            "replicated ring of {n} members up: {}",
+            voters
+                .iter()
+                .map(|(id, url)| format!("{id}={url}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )),
+        Err(e) => tracing::error!(error = %e, "replica: the founding members did not all join"),
+    }
 }
 
 /// Opens the tunnel in front of the node's HTTP server. Never fails: a tunnel that does not

@@ -283,6 +283,18 @@ fn voters_of(m: &openraft::RaftMetrics<NodeId, NodeAddr>) -> Vec<(NodeId, String
         .collect()
 }
 
+/// The first of `ids` that is a voter of a membership that is applied (so committed) and not
+/// joint.
+fn settled_voter(m: &openraft::RaftMetrics<NodeId, NodeAddr>, ids: &[NodeId]) -> Option<NodeId> {
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    let at = m.membership_config.log_id().map_or(0, |l| l.index);
+    let membership = m.membership_config.membership();
+    if at > applied || membership.get_joint_config().len() != 1 {
+        return None;
+    }
+    membership.voter_ids().find(|v| ids.contains(v))
+}
+
 /// The discovery record's view of the voters: base URL and relay WebSocket of each.
 fn replica_nodes(voters: &[(NodeId, String)]) -> Vec<crate::discovery::ReplicaNode> {
     voters
@@ -354,6 +366,66 @@ impl NodeMember {
             })
             .await?;
         Ok(voters_of(&m))
+    }
+
+    /// The ring's voters as this member knows them, with their base URLs.
+    pub fn voters(&self) -> Vec<(NodeId, String)> {
+        voters_of(&self.replica.metrics())
+    }
+
+    /// This member's id.
+    pub fn id(&self) -> NodeId {
+        self.replica.id()
+    }
+
+    /// Whether this member leads the ring now.
+    pub fn is_leader(&self) -> bool {
+        self.replica.metrics().current_leader == Some(self.replica.id())
+    }
+
+    /// Waits until one of `ids` is a voter of a settled membership (committed, not a joint
+    /// configuration: the next change may start) and returns it; `None` when `within` passes
+    /// first.
+    pub async fn wait_for_any_voter(&self, ids: &[NodeId], within: Duration) -> Option<NodeId> {
+        let wanted = ids.to_vec();
+        let m = self
+            .replica
+            .wait_for(within, "a new voter", move |m| {
+                settled_voter(m, &wanted).is_some()
+            })
+            .await
+            .ok()?;
+        settled_voter(&m, ids)
+    }
+
+    /// Whether `id` is a voter of a settled membership now (see
+    /// [`NodeMember::wait_for_any_voter`]).
+    pub fn is_settled_voter(&self, id: NodeId) -> bool {
+        settled_voter(&self.replica.metrics(), &[id]).is_some()
+    }
+
+    /// Whether member `id` answers a `status` call (authenticated) within `within`.
+    pub async fn answers(&self, id: NodeId, within: Duration) -> bool {
+        let call = self.transport.call::<_, Outcome<crate::replica::Status>>(
+            id,
+            crate::replica::Call::Status,
+            &(),
+        );
+        matches!(
+            tokio::time::timeout(within, call).await,
+            Ok(Ok(Outcome::Ok(_)))
+        )
+    }
+
+    /// Has member `id` removed from the voters (forwarded to the leader).
+    ///
+    /// # Errors
+    /// The leader could not be reached or refused.
+    pub async fn remove(&self, id: NodeId) -> Result<(), CallFailure> {
+        match self.service.remove_member(id).await {
+            Outcome::Ok(()) => Ok(()),
+            Outcome::Err(f) => Err(f),
+        }
     }
 
     /// Calls `f` with the ring's voters now and whenever they change (until the member stops).
@@ -459,6 +531,13 @@ impl NodeMember {
             )
             .await?;
             Ok("joined as a voter")
+        }
+    }
+
+    /// Shuts the member down without leaving (it was removed already).
+    pub async fn shut_down(&self) {
+        if let Err(e) = self.replica.shutdown().await {
+            tracing::warn!(error = %e, "replica: shutdown");
         }
     }
 

@@ -280,6 +280,7 @@ pub async fn run(
                         predecessor_peer_id: peer_id.clone(),
                         predecessor_endpoints: node.record().signaling,
                         attempt,
+                        member: None,
                     };
                     let launcher = launcher.clone();
                     let tx = launch_tx.clone();
@@ -430,14 +431,16 @@ fn ended_reason(reason: ExitReason) -> Option<&'static str> {
     }
 }
 
-fn write_pid(dir: &std::path::Path) {
+/// Writes this process's pid into `<dir>/ouroboros.pid`.
+pub(crate) fn write_pid(dir: &std::path::Path) {
     let _ = crate::discovery::local::write_atomic(
         &dir.join(PID_FILE),
         std::process::id().to_string().as_bytes(),
     );
 }
 
-fn remove_pid(dir: &std::path::Path) {
+/// Removes `<dir>/ouroboros.pid` if it still holds this process's pid.
+pub(crate) fn remove_pid(dir: &std::path::Path) {
     let path = dir.join(PID_FILE);
     if std::fs::read_to_string(&path).is_ok_and(|s| s.trim() == std::process::id().to_string()) {
         let _ = std::fs::remove_file(path);

@@ -44,6 +44,33 @@ async fn launcher_dispatches_public_inputs_only() {
 }
 
 #[tokio::test]
+async fn a_member_of_a_replicated_ring_is_dispatched_with_the_inputs_the_workflow_declares() {
+    let s = Server::start().await;
+    let launcher = GithubLauncher::new(s.client(), "ouroboros.yml", "main");
+    let mut req = successor(1);
+    req.member = Some(ouroboros::lifecycle::MemberLaunch {
+        id: 1_839_418_746_228_276,
+        join: vec![
+            (2, "https://a.ngrok-free.app".into()),
+            (3, "https://b.ngrok-free.app".into()),
+        ],
+        founding: false,
+    });
+    // The server refuses inputs ouroboros.yml does not declare (422), as GitHub does.
+    launcher.launch(&req).await.unwrap();
+    let g = s.g();
+    let inputs = g.dispatches[0].1["inputs"].as_object().unwrap().clone();
+    assert_eq!(inputs["replica_id"], "1839418746228276");
+    assert_eq!(
+        inputs["replica_join"],
+        "2=https://a.ngrok-free.app,3=https://b.ngrok-free.app"
+    );
+    for seen in g.seen.iter() {
+        assert!(!seen.body.contains(TOKEN), "token in a request body");
+    }
+}
+
+#[tokio::test]
 async fn launcher_failure_is_a_launch_error() {
     let s = Server::start().await;
     s.g().workflows.remove("ouroboros.yml");

@@ -414,6 +414,39 @@ struct Server {
     gh: Shared,
 }
 
+/// The `workflow_dispatch` inputs a workflow file declares, `(name, required)`, as GitHub reads
+/// them: the keys under `on.workflow_dispatch.inputs` (6-space indent) and their `required:`.
+fn workflow_inputs(path: &str) -> Vec<(&'static str, bool)> {
+    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        .unwrap();
+    let mut inputs = Vec::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line == "    inputs:" {
+            inside = true;
+            continue;
+        }
+        if inside {
+            if !line.starts_with("      ") && !line.trim().is_empty() {
+                break;
+            }
+            if let Some(name) = line
+                .strip_prefix("      ")
+                .and_then(|l| l.strip_suffix(':'))
+                && !name.starts_with(' ')
+            {
+                inputs.push((&*Box::leak(name.to_owned().into_boxed_str()), false));
+            } else if line.trim() == "required: true"
+                && let Some(last) = inputs.last_mut()
+            {
+                last.1 = true;
+            }
+        }
+    }
+    assert!(!inputs.is_empty(), "no inputs in {path}");
+    inputs
+}
+
 impl Server {
     async fn start() -> Server {
         let mut g = Gh {
@@ -423,11 +456,7 @@ impl Server {
         };
         g.workflows.insert(
             "ouroboros.yml".into(),
-            vec![
-                ("generation", false),
-                ("predecessor_peer_id", false),
-                ("predecessor_endpoints", false),
-            ],
+            workflow_inputs(".github/workflows/ouroboros.yml"),
         );
         g.workflows
             .insert("static.yml".into(), vec![("record", true)]);
@@ -519,5 +548,6 @@ fn successor(generation: u64) -> SuccessorRequest {
         predecessor_peer_id: format!("ouroboros-node-{}", generation - 1),
         predecessor_endpoints: vec![endpoint("abc.ngrok-free.dev"), endpoint("0.peerjs.com")],
         attempt: 1,
+        member: None,
     }
 }

@@ -105,7 +105,7 @@ test('ouroboros.yml: inputs, permissions, timeout, cached binary, no concurrency
   const t = read('ouroboros.yml');
   assert.match(t, /^name: Run Ouroboros server$/m);
   assert.match(t, /^ {2}workflow_dispatch:$/m);
-  for (const input of ['generation', 'predecessor_peer_id', 'predecessor_endpoints']) {
+  for (const input of ['generation', 'predecessor_peer_id', 'predecessor_endpoints', 'replica_id', 'replica_join']) {
     assert.match(t, new RegExp(`^ {6}${input}:\\n(?: {8}.*\\n)*? {8}type: string$`, 'm'), `input ${input}`);
   }
   for (const p of ['actions: write', 'contents: write']) {
