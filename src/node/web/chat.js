@@ -1,6 +1,12 @@
 // Ouroboros web chat: reads the discovery record, connects to the node with the PeerJS
 // client, speaks the relay protocol (protocol/relay.md) and follows the node across
 // rotations ("moved"): reconnect, rejoin with `since`, resend unacknowledged messages.
+// A replicated ring (the record lists `replicas`, protocol/replication.md): any node will do.
+// When the node goes away without `moved` (killed, unreachable), the chat reads the record of
+// another node the latest record listed (then the page's own source, the lost node last),
+// connects there, rejoins with `since` and resends what is not acknowledged (same ids: the
+// ring stores each once), one publish in flight at a time so that they keep their order;
+// meanwhile it shows "reconnecting".
 // Transport (?transport=auto|webrtc|ws, default auto): a WebRTC DataChannel, falling back
 // to the node's relay WebSocket (`relay_ws`, TCP only) when no DataChannel opens within
 // ?fallback=MS (default 2500) or PeerJS is unavailable; once the WebSocket was needed it is
@@ -36,7 +42,15 @@ const state = {
   transport: null,       // 'webrtc' or 'ws' while connected
   preferWs: false,       // auto: the WebSocket was needed once
   trust: { key: null, keyText: null, nonce: null }, // pinned ring key; this connection's nonce
+  replicas: [],          // a replicated ring's nodes ({id, url, relay_ws}), from the latest record
+  inflight: null,        // replicated ring: the id of the one publish in flight
+  failovers: 0,          // reconnects since the last welcome: which other node to try first
+  spread: Math.floor(Math.random() * 1024), // so that the pages of a lost node spread over the others
+  node: null,            // the peer id of the node that welcomed us
 };
+
+// A record fetch that a dead host cannot hold up for long.
+const RECORD_TIMEOUT_MS = 3000;
 
 // ---- ring identity: name token, ring key ------------------------------------------
 
@@ -177,19 +191,25 @@ function insertMessage(room, m) {
     state.pending.delete(String(m.id));
     p.el.remove();
   }
-  const el = messageElement(m);
-  const items = list.querySelectorAll('li[data-seq]');
+  placeBySeq(messageElement(m), m.seq);
+  return true;
+}
+
+// Puts the element of a stored message (or of ours just acknowledged) in seq order, before
+// our pending ones.
+function placeBySeq(el, seq) {
+  const list = $('message-list');
+  const items = [...list.querySelectorAll('li[data-seq]')].filter((li) => li !== el);
   let before = null;
   for (let i = items.length - 1; i >= 0; i--) {
-    if (Number(items[i].dataset.seq) < m.seq) { before = items[i].nextSibling; break; }
+    if (Number(items[i].dataset.seq) < seq) { before = items[i].nextSibling; break; }
     if (i === 0) before = items[0];
   }
   if (items.length === 0) before = list.querySelector('li.pending');
-  else if (before === null && Number(items[items.length - 1].dataset.seq) < m.seq) {
+  else if (before === null && Number(items[items.length - 1].dataset.seq) < seq) {
     before = list.querySelector('li.pending');
   }
   list.insertBefore(el, before);
-  return true;
 }
 
 function renderPresence() {
@@ -261,11 +281,25 @@ function publish(text) {
   $('message-list').append(el);
   scrollToBottom();
   state.pending.set(id, { room, body: text, el });
-  send({ op: 'publish', room, id, body: text });
+  if (state.replicas.length > 0) sendNextPending();
+  else send({ op: 'publish', room, id, body: text });
 }
 
 function resendPending() {
+  if (state.replicas.length > 0) { state.inflight = null; sendNextPending(); return; }
   for (const [id, p] of state.pending) send({ op: 'publish', room: p.room, id, body: p.body });
+}
+
+// On a replicated ring one publish is in flight at a time, the oldest pending first: the
+// ring may answer one `unavailable` (no leader in time) after it took the ones behind it, so
+// sending them all at once could store a person's messages out of the order they were written.
+function sendNextPending() {
+  if (state.inflight != null && state.pending.has(state.inflight)) return;
+  state.inflight = null;
+  const next = state.pending.entries().next();
+  if (next.done) return;
+  const [id, p] = next.value;
+  if (send({ op: 'publish', room: p.room, id, body: p.body })) state.inflight = id;
 }
 
 // A welcome we trust: remember the name token, (re)join, resend what is not acknowledged.
@@ -275,6 +309,8 @@ function welcomed(m) {
     try { localStorage.setItem(tokenSlot(), m.name_token); } catch { /* private mode: no token kept */ }
   }
   state.moving = null;
+  state.node = typeof m.node === 'string' ? m.node : null;
+  state.failovers = 0;
   setConn('live', state.transport === 'ws' ? 'live · WebSocket' : 'live · WebRTC');
   state.retryMs = 1000;
   for (const room of state.rooms.keys()) join(room);
@@ -289,7 +325,8 @@ function onMessage(m) {
         const gen = state.connGen, node = state.record && state.record.peer_id;
         signedByRing('welcome', m).then((ok) => {
           if (gen !== state.connGen) return;
-          if (ok && m.nonce === state.trust.nonce && m.node === node) return welcomed(m);
+          // In a replicated ring any node may answer (the ring's key and our nonce still hold).
+          if (ok && m.nonce === state.trust.nonce && (m.node === node || state.replicas.length > 0)) return welcomed(m);
           refused('a welcome');
           teardown();
           scheduleRetry('the node is not the ring');
@@ -316,6 +353,7 @@ function onMessage(m) {
       if (r.lastSeq == null || m.seq > r.lastSeq) r.lastSeq = m.seq;
       if (r.oldestSeq == null || m.seq < r.oldestSeq) r.oldestSeq = m.seq;
       if (insertMessage(m.room, m) && stick) scrollToBottom();
+      if (state.replicas.length > 0) sendNextPending(); // ours, stored: the next may go
       if (r.replayTo != null && m.seq >= r.replayTo) {
         r.replayTo = null;
         send({ op: 'join', room: m.room, since: m.seq });
@@ -329,9 +367,11 @@ function onMessage(m) {
         p.el.classList.remove('pending');
         p.el.dataset.seq = String(m.seq);
         if ($('message-list').querySelectorAll(`li[data-seq="${CSS.escape(String(m.seq))}"]`).length > 1) p.el.remove();
+        else if (p.el.isConnected) placeBySeq(p.el, m.seq); // acks may come out of order (a publish re-sent)
         const r = roomState(m.room);
         if (r.oldestSeq == null || m.seq < r.oldestSeq) r.oldestSeq = m.seq;
       }
+      if (state.replicas.length > 0) sendNextPending();
       break;
     }
     case 'history': {
@@ -363,8 +403,10 @@ function onMessage(m) {
     case 'error': {
       const p = m.ref != null ? state.pending.get(String(m.ref)) : null;
       if (p && m.code === 'read_only') break; // handing over: resent after `moved`
-      if (p && m.code === 'rate_limited') {
-        setTimeout(() => { if (state.pending.has(String(m.ref))) send({ op: 'publish', room: p.room, id: String(m.ref), body: p.body }); }, 1000);
+      // Retryable: sent again with the same id (a replicated ring that could not commit in
+      // time may still store it; the ack then carries the first attempt's seq).
+      if (m.code === 'unavailable' || (p && m.code === 'rate_limited')) {
+        if (p) setTimeout(() => { if (state.pending.has(String(m.ref))) send({ op: 'publish', room: p.room, id: String(m.ref), body: p.body }); }, m.code === 'unavailable' ? 250 : 1000);
         break;
       }
       if (p) {
@@ -372,6 +414,7 @@ function onMessage(m) {
         p.el.classList.remove('pending');
         p.el.classList.add('failed');
         p.el.querySelector('.state').textContent = 'not sent: ' + (m.message || m.code);
+        if (state.replicas.length > 0) sendNextPending();
       }
       if (m.ref === 'history') { const r = roomState(state.room); r.loading = false; }
       showError(`${m.code}: ${m.message || ''}`);
@@ -417,12 +460,21 @@ function teardown() {
 function scheduleRetry(reason) {
   teardown();
   if (state.retryTimer) return;
+  // A replicated ring has other nodes: the first try after losing one goes to another node
+  // at once (within 250 ms, spread); the user sees "reconnecting" for the first five tries
+  // (about 15 s), then "offline" as on a single node.
+  if (state.replicas.length > 1 && state.failovers++ === 0) {
+    setConn('reconnecting', 'reconnecting…');
+    state.retryTimer = setTimeout(() => { state.retryTimer = null; start(); }, Math.round(Math.random() * 250));
+    return;
+  }
   // Keeps trying until the page is closed (never gives up): the ceiling doubles up to
   // 30 s, and each wait is drawn from its upper half so that the browsers of a node that
   // just died come back at different moments.
   const wait = Math.round(state.retryMs * (0.5 + Math.random() * 0.5));
   state.retryMs = Math.min(state.retryMs * 2, 30000);
-  setConn('offline', `offline (${reason}); retrying in ${Math.round(wait / 1000)}s`);
+  if (state.replicas.length > 1 && state.failovers <= 5) setConn('reconnecting', 'reconnecting…');
+  else setConn('offline', `offline (${reason}); retrying in ${Math.round(wait / 1000)}s`);
   state.retryTimer = setTimeout(() => { state.retryTimer = null; start(); }, wait);
 }
 
@@ -582,22 +634,52 @@ function peerjsMissing() {
   return true;
 }
 
+// Where to read the record, in order. First connection: the page's source (?discovery=, else
+// the node that served the page), then the ring's nodes. After losing a node of a replicated
+// ring: its other nodes (a different one first on each try), the source, the lost node last.
+function recordSources() {
+  const source = new URL(params.get('discovery') || '/ouroboros.json', location.href).href;
+  const lostWs = state.record && state.record.relay_ws;
+  const of = (n) => n.url.replace(/\/+$/, '') + '/ouroboros.json';
+  const others = state.replicas.filter((n) => n.relay_ws !== lostWs).map(of);
+  const lost = state.replicas.filter((n) => n.relay_ws === lostWs).map(of);
+  const k = others.length ? (state.spread + state.failovers) % others.length : 0;
+  const rotated = [...others.slice(k), ...others.slice(0, k)];
+  const order = state.record && state.replicas.length ? [...rotated, source, ...lost] : [source, ...rotated, ...lost];
+  return [...new Set(order)];
+}
+
+// The first record from `recordSources()` that answers and is the ring's.
+async function discover() {
+  const failed = [];
+  for (const url of recordSources()) {
+    try {
+      const res = await fetch(url, { cache: 'no-store', signal: AbortSignal.timeout(RECORD_TIMEOUT_MS) });
+      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      const record = await res.json();
+      if (!record || typeof record.peer_id !== 'string') throw new Error('no peer_id in the discovery record');
+      if (!(await trustRecord(record))) { refused('the discovery record'); throw new Error('the record is not signed with the ring key'); }
+      return record;
+    } catch (e) {
+      failed.push(e.message);
+    }
+  }
+  throw new Error(failed.join('; '));
+}
+
 async function start() {
   if (peerjsMissing()) return;
-  setConn('connecting', 'connecting…');
-  const url = params.get('discovery') || '/ouroboros.json';
+  if (state.failovers > 0) setConn('reconnecting', 'reconnecting…');
+  else setConn('connecting', 'connecting…');
   let record;
   try {
-    const res = await fetch(url, { cache: 'no-store' });
-    if (!res.ok) throw new Error(`HTTP ${res.status}`);
-    record = await res.json();
-    if (!record || typeof record.peer_id !== 'string') throw new Error('no peer_id in the discovery record');
-    if (!(await trustRecord(record))) { refused('the discovery record'); throw new Error('the record is not signed with the ring key'); }
+    record = await discover();
   } catch (e) {
     scheduleRetry('discovery: ' + e.message);
     return;
   }
   state.record = record;
+  state.replicas = Array.isArray(record.replicas) ? record.replicas.filter((n) => n && typeof n.url === 'string') : [];
   if (typeof record.generation === 'number') $('generation').textContent = String(record.generation);
   if (record.started_at) state.startedAt = Date.parse(record.started_at);
   showUptime();
