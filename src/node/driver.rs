@@ -142,6 +142,16 @@ impl Proposals {
         }
     }
 
+    /// The front proposal of `conn` was not committed in time: everything waiting behind it
+    /// is given back too (to be answered `unavailable`), so that the client's retries, in its
+    /// own order, keep its messages in the order it published them.
+    fn failed(&mut self, conn: ConnId) -> Vec<Proposal> {
+        self.queues
+            .remove(&conn)
+            .map(|q| q.into_iter().skip(1).collect())
+            .unwrap_or_default()
+    }
+
     /// `conn` closed: its waiting proposals (never acknowledged) are dropped; the one in
     /// flight finishes.
     fn closed(&mut self, conn: ConnId) {
@@ -522,8 +532,22 @@ async fn relay_task(
                 }
             }
             Input::Proposed(p, outcome) => {
+                let unavailable = match &outcome {
+                    Err(ProposalFailure::Unavailable(reason)) => Some(reason.clone()),
+                    _ => None,
+                };
                 relay.proposal_done(&p, outcome);
-                if let (Some(next), Some((proposer, tx))) = (proposals.done(p.conn), &proposer) {
+                if let Some(reason) = unavailable {
+                    // Nothing behind it may commit before its retry.
+                    for behind in proposals.failed(p.conn) {
+                        relay.proposal_done(
+                            &behind,
+                            Err(ProposalFailure::Unavailable(reason.clone())),
+                        );
+                    }
+                } else if let (Some(next), Some((proposer, tx))) =
+                    (proposals.done(p.conn), &proposer)
+                {
                     spawn_proposal(proposer, tx, next);
                 }
             }
@@ -848,5 +872,13 @@ mod tests {
             q.push(p(3, &i.to_string())).unwrap();
         }
         assert!(q.push(p(3, "over")).is_err(), "bounded per connection");
+        // Not committed: the ones behind the failed one come back, in order, and the
+        // connection's queue is empty for the retries.
+        let mut q = Proposals::default();
+        for id in ["a", "b", "c"] {
+            q.push(p(4, id)).unwrap();
+        }
+        assert_eq!(q.failed(ConnId(4)), [p(4, "b"), p(4, "c")]);
+        assert_eq!(q.push(p(4, "a")).unwrap(), Some(p(4, "a")), "the retry goes first");
     }
 }
