@@ -32,6 +32,10 @@ use tokio_tungstenite::tungstenite::Message as Frame;
 
 const ROOMS: [&str; 2] = ["lobby", "ops"];
 
+/// The tests of this file each run several whole nodes and time-bound protocol steps
+/// (elections, renewals): on a two-core machine they run one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -253,6 +257,7 @@ async fn subscriber(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relay_clients_lose_nothing_through_twenty_node_kill_9s_with_rotations() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let logs = Logs::new();
     let op = operator();
     let mut first = Member::spawn(Kind::Node, "127.0.0.1", 1, &[], logs.path()).await;
@@ -357,6 +362,7 @@ async fn relay_clients_lose_nothing_through_twenty_node_kill_9s_with_rotations()
 /// go on with no gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_command_runs_a_local_ring_and_the_rust_client_moves_to_a_live_node() {
+    let _one = ONE_AT_A_TIME.lock().await;
     use ouroboros::client::{Client, ClientConfig, Event, Transport, discover};
     use tokio::io::AsyncBufReadExt;
     let logs = Logs::new();
@@ -598,6 +604,7 @@ async fn settled_ring_histories(
 /// nothing acknowledged is lost, doubled or reordered, and the ring ends with three voters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_ring_with_lifetimes_renews_itself_and_replaces_a_killed_member() {
+    let _one = ONE_AT_A_TIME.lock().await;
     use ouroboros::client::discover;
     use std::collections::BTreeSet;
     use tokio::io::AsyncBufReadExt;
@@ -791,4 +798,162 @@ async fn a_ring_with_lifetimes_renews_itself_and_replaces_a_killed_member() {
         members - 3
     );
     let _ = first.start_kill();
+}
+
+/// Sends one `publish` on `ws` and returns the `ack` or `error` that answers it (`None`: the
+/// socket ended or nothing came within 20 s).
+async fn publish_on(ws: &mut Ws, room: &str, id: &str) -> Option<Value> {
+    let publish = json!({ "op": "publish", "room": room, "id": id, "body": id });
+    ws.send(Frame::text(publish.to_string())).await.ok()?;
+    loop {
+        let m = next_json(ws, Duration::from_secs(20)).await?;
+        let answers = (m["op"] == "ack" && m["id"] == id) || (m["op"] == "error" && m["ref"] == id);
+        if answers {
+            return Some(m);
+        }
+    }
+}
+
+/// A relay WebSocket to the node at `base` as `client`, once its `welcome` came.
+async fn connect_to(base: &str, client: &str) -> Ws {
+    let url = format!("{}/relay?client={client}", base.replacen("http", "ws", 1));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let welcome = next_json(&mut ws, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(welcome["op"], "welcome", "{welcome}");
+    assert_eq!(welcome["client"], client, "{welcome}");
+    ws
+}
+
+/// A node of a replicated ring (the leader) cut off from the other two by nftables, in a
+/// network namespace of the test's own: its relay clients' publishes are answered
+/// `unavailable` (none acknowledged, none stored), the other two elect a leader and acknowledge
+/// theirs; healed, the node catches up and the subscriber that stayed on it receives everything
+/// the majority committed, in order, with no gap.
+#[test]
+fn a_node_cut_off_by_the_network_acknowledges_nothing_and_its_clients_catch_up_when_healed() {
+    let _one = ONE_AT_A_TIME.blocking_lock();
+    support::in_own_network_namespace(
+        "a_node_cut_off_by_the_network_acknowledges_nothing_and_its_clients_catch_up_when_healed",
+        node_partition_inside_namespace,
+    );
+}
+
+async fn node_partition_inside_namespace() {
+    support::run_tool("ip", &["link", "set", "lo", "up"]);
+    let logs = Logs::new();
+    let op = operator();
+    let ips = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
+    let mut first = Member::spawn(Kind::Node, ips[0], 1, &[], logs.path()).await;
+    first
+        .wait_line("bootstrapped a new ring", Duration::from_secs(60))
+        .await;
+    let mut members = vec![first];
+    for (i, ip) in ips.iter().enumerate().skip(1) {
+        let contacts = book_of(&members);
+        let mut m = Member::spawn(Kind::Node, ip, i as u64 + 1, &contacts, logs.path()).await;
+        m.wait_line("joined as a voter", Duration::from_secs(90))
+            .await;
+        members.push(m);
+    }
+    let acks: Acks = Arc::default();
+    let acked = |m: &Value, from: &str, id: &str| {
+        let seq = m["seq"].as_u64().expect("ack.seq");
+        acks.lock()
+            .unwrap()
+            .insert(("lobby".into(), from.into(), id.to_owned()), seq);
+    };
+    let leader_id = status_of(&op, &members[0]).await.unwrap().leader.unwrap();
+    let leader = members.iter().position(|m| m.id == leader_id).unwrap();
+    let mut on_cut = connect_to(&members[leader].url, "pub").await;
+    for i in 0..10 {
+        let id = format!("before-{i}");
+        let m = publish_on(&mut on_cut, "lobby", &id).await.unwrap();
+        assert_eq!(m["op"], "ack", "{m}");
+        acked(&m, "pub", &id);
+    }
+    // A subscriber that stays on the node that will be cut off.
+    let mut sub = connect_to(&members[leader].url, "sub").await;
+    let join = json!({ "op": "join", "room": "lobby", "since": 0 });
+    sub.send(Frame::text(join.to_string())).await.unwrap();
+    let mut received: Vec<(u64, String)> = Vec::new();
+    let read_until = async |sub: &mut Ws, received: &mut Vec<(u64, String)>, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while received.len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "the subscriber got {} of {n}",
+                received.len()
+            );
+            let Some(m) = next_json(sub, Duration::from_secs(5)).await else {
+                continue;
+            };
+            if m["op"] == "msg" {
+                let seq = m["seq"].as_u64().unwrap();
+                assert_eq!(seq, received.len() as u64 + 1, "in order, no gap: {m}");
+                received.push((seq, m["id"].as_str().unwrap().to_owned()));
+            }
+        }
+    };
+    read_until(&mut sub, &mut received, 10).await;
+
+    let rest: Vec<&str> = ips
+        .iter()
+        .copied()
+        .filter(|ip| *ip != ips[leader])
+        .collect();
+    support::cut_off(ips[leader], &rest);
+    let cut_at = Instant::now();
+    // The cut-off leader's clients (they still reach it) get no ack: `unavailable`.
+    for i in 0..3 {
+        let id = format!("minority-{i}");
+        let m = publish_on(&mut on_cut, "lobby", &id).await.unwrap();
+        assert_eq!(m["op"], "error", "the cut-off node acknowledged {id}: {m}");
+        assert_eq!(m["code"], "unavailable", "{m}");
+    }
+    // The other two elect a leader and go on.
+    let other = members.iter().find(|m| m.id != leader_id).unwrap();
+    let mut on_majority = connect_to(&other.url, "maj").await;
+    let began = Instant::now();
+    let mut first_ack = None;
+    for i in 0..20 {
+        let id = format!("during-{i}");
+        loop {
+            assert!(
+                began.elapsed() < Duration::from_secs(60),
+                "the majority acknowledged nothing within 60 s"
+            );
+            let m = publish_on(&mut on_majority, "lobby", &id).await.unwrap();
+            if m["op"] == "ack" {
+                first_ack.get_or_insert(cut_at.elapsed());
+                acked(&m, "maj", &id);
+                break;
+            }
+            assert_eq!(m["code"], "unavailable", "{m}");
+        }
+    }
+    support::heal();
+    // Healed: the subscriber on the formerly cut-off node gets all 30, in order.
+    read_until(&mut sub, &mut received, 30).await;
+    assert!(
+        received.iter().all(|(_, id)| !id.starts_with("minority-")),
+        "a publish taken while cut off reached a subscriber: {received:?}"
+    );
+    let history = settled_histories(&op, &members, &["lobby"]).await;
+    assert!(
+        history["lobby"]
+            .iter()
+            .all(|m| !m.id.starts_with("minority-")),
+        "publishes taken while cut off reached the log"
+    );
+    let (acked_n, stored) = audit(&history, &acks);
+    assert_eq!((acked_n, stored), (30, 30));
+    eprintln!(
+        "node partition: 3 publishes on the cut-off leader answered unavailable, the majority's \
+         first ack {:.1?} after the cut (after the 3 refusals), 30 acknowledged, the subscriber on the healed node got \
+         all 30 in order",
+        first_ack.unwrap()
+    );
+    for m in members {
+        m.stop().await;
+    }
 }

@@ -879,6 +879,10 @@ mod tests {
             q.push(p(4, id)).unwrap();
         }
         assert_eq!(q.failed(ConnId(4)), [p(4, "b"), p(4, "c")]);
-        assert_eq!(q.push(p(4, "a")).unwrap(), Some(p(4, "a")), "the retry goes first");
+        assert_eq!(
+            q.push(p(4, "a")).unwrap(),
+            Some(p(4, "a")),
+            "the retry goes first"
+        );
     }
 }

@@ -411,3 +411,94 @@ pub async fn kill_and_replace(
     until_ok::<_, ()>(op, book, Call::Remove, &RemoveRequest { id: dead_id }).await;
     was_leader
 }
+
+/// Environment variable set in the child test process that runs inside its own network
+/// namespace ([`in_own_network_namespace`]).
+pub const NETNS_ENV: &str = "OUROBOROS_REPLICA_NETNS";
+
+/// Runs the test `name` (this very test binary, `--exact name`) again inside a network namespace
+/// of its own (`unshare -n`, root only) where `inside` runs on a 4-thread runtime; the
+/// namespace, its interfaces and its nftables rules vanish with it. Prints `SKIPPED` and
+/// returns when not root or when `unshare`, `nft` or `ip` is missing.
+pub fn in_own_network_namespace<F: std::future::Future<Output = ()>>(
+    name: &str,
+    inside: impl FnOnce() -> F,
+) {
+    if std::env::var_os(NETNS_ENV).is_some() {
+        return tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(inside());
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let tools = ["unshare", "nft", "ip"].into_iter().all(|t| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !root || !tools {
+        eprintln!("SKIPPED: {name}: needs root, unshare, nft and ip (root={root}, tools={tools})");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("unshare")
+        .arg("-n")
+        .arg(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+        .env(NETNS_ENV, "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "the test failed in its namespace");
+    assert!(
+        text.contains("1 passed"),
+        "the test did not run in its namespace"
+    );
+}
+
+/// Runs `cmd` with `args`, panicking with its stderr if it fails.
+pub fn run_tool(cmd: &str, args: &[&str]) {
+    let out = std::process::Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Drops every packet between `cut` and each of `rest` (both ways) with an nftables table
+/// `partition`, inside the caller's network namespace; [`heal`] removes it.
+pub fn cut_off(cut: &str, rest: &[&str]) {
+    let set = rest.join(", ");
+    run_tool("nft", &["add", "table", "inet", "partition"]);
+    run_tool(
+        "nft",
+        &["add chain inet partition out { type filter hook output priority 0 ; }"],
+    );
+    run_tool(
+        "nft",
+        &[&format!(
+            "add rule inet partition out ip saddr {cut} ip daddr {{ {set} }} drop"
+        )],
+    );
+    run_tool(
+        "nft",
+        &[&format!(
+            "add rule inet partition out ip saddr {{ {set} }} ip daddr {cut} drop"
+        )],
+    );
+}
+
+/// Removes what [`cut_off`] added.
+pub fn heal() {
+    run_tool("nft", &["delete", "table", "inet", "partition"]);
+}
