@@ -989,8 +989,9 @@ pub async fn run(
     let cloud = args.github.cloud_parts(args.lifecycle.launcher)?;
     let node = Node::start(args).await?;
     let tunnel = attach_tunnel(&node, tunnel.as_ref(), publishes).await;
-    // A first node publishes through `--publisher` too (successors publish after the handoff).
-    if let (true, Some(p)) = (publishes, &cloud.publisher)
+    // A first node publishes through `--publisher` too (successors publish after the handoff;
+    // a member of a replicated ring once it is in the ring, below).
+    if let (true, false, Some(p)) = (publishes, ring_args.replication.enabled(), &cloud.publisher)
         && let Err(e) = p.publish(&node.record()).await
     {
         tracing::warn!(publisher = p.name(), error = %e, "discovery record not published");
@@ -1008,6 +1009,17 @@ pub async fn run(
             }
             node.enter_ring(&ring_args, url.map(|u| u.trim_end_matches('/').to_owned()))
                 .await?;
+        }
+        // Every member that enters the ring publishes the record (listing the ring's nodes)
+        // through `--publisher`: at each rotation the newcomer refreshes it.
+        if let Some(p) = &cloud.publisher {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while node.record().replicas.is_empty() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if let Err(e) = p.publish(&node.record()).await {
+                tracing::warn!(publisher = p.name(), error = %e, "discovery record not published");
+            }
         }
         let plan = ring_args.lifecycle.plan()?;
         let n = ring_args.replication.replicas;
