@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use openraft::SnapshotSegmentId;
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, SnapshotMismatch, Unreachable};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -30,6 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::network::{RpcError, Transport, remote};
+use super::snapshot::{ChunkCheck, decode_chunk, encode_chunk};
 use super::{ChangeMembers, Message, NodeAddr, NodeId, Replica, ReplicaError, Seq, TypeConfig};
 use crate::discovery::signing::derive_key;
 
@@ -39,6 +41,9 @@ pub const PATH_PREFIX: &str = "/replica/v1/";
 pub const MAX_BODY_BYTES: usize = 32 << 20;
 /// How far a request's timestamp may be from the receiver's clock.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// The longest a `snapshot` call may take (the last chunk's answer waits for the receiver to
+/// install the snapshot: seconds for a GB); [`ReplicaConfig::snapshot_timeout`](super::ReplicaConfig::snapshot_timeout) bounds it too.
+pub const SNAPSHOT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The sender id of a caller that is not a member (an operator's tool holding the secret).
 pub const OPERATOR: NodeId = 0;
 
@@ -398,11 +403,30 @@ impl HttpTransport {
         call: Call,
         req: &Req,
     ) -> Result<Resp, CallError> {
-        let addr = self.addr(to).ok_or(CallError::NoAddress(to))?;
         let body = serde_json::to_vec(req).map_err(|e| CallError::Decode {
             to,
             detail: format!("request: {e}"),
         })?;
+        let answer = self
+            .send(to, call, body, "application/json", self.timeout)
+            .await?;
+        serde_json::from_slice(&answer).map_err(|e| CallError::Decode {
+            to,
+            detail: e.to_string(),
+        })
+    }
+
+    /// Sends `body` (already encoded, of `content_type`) as `call` to member `to`, signed;
+    /// returns the body of a 200 answer.
+    async fn send(
+        &self,
+        to: NodeId,
+        call: Call,
+        body: Vec<u8>,
+        content_type: &'static str,
+        timeout: Duration,
+    ) -> Result<bytes::Bytes, CallError> {
+        let addr = self.addr(to).ok_or(CallError::NoAddress(to))?;
         let ts = system_now_ms();
         let mac = self.key.mac(call, self.from, to, ts, &body);
         let unreachable = |e: reqwest::Error| CallError::Unreachable {
@@ -413,12 +437,12 @@ impl HttpTransport {
         let resp = self
             .http
             .post(format!("{addr}{PATH_PREFIX}{}", call.name()))
-            .timeout(self.timeout)
+            .timeout(timeout)
             .header(HEADER_FROM, self.from.to_string())
             .header(HEADER_TO, to.to_string())
             .header(HEADER_TS, ts.to_string())
             .header(HEADER_MAC, mac)
-            .header("content-type", "application/json")
+            .header("content-type", content_type)
             .body(body)
             .send()
             .await
@@ -433,10 +457,7 @@ impl HttpTransport {
                 body: text,
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| CallError::Decode {
-            to,
-            detail: e.to_string(),
-        })
+        Ok(bytes)
     }
 
     /// A Raft RPC: the remote Raft's own result, or an error openraft understands.
@@ -478,7 +499,24 @@ impl Transport for HttpTransport {
         to: NodeId,
         rpc: InstallSnapshotRequest<TypeConfig>,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
-        self.raft_call(to, Call::Snapshot, &rpc).await
+        // The chunk's bytes travel raw after a JSON header, not as openraft's JSON array.
+        let body = encode_chunk(&rpc);
+        let answer = self
+            .send(
+                to,
+                Call::Snapshot,
+                body,
+                "application/octet-stream",
+                self.timeout.max(SNAPSHOT_CALL_TIMEOUT),
+            )
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let answer: Result<
+            InstallSnapshotResponse<NodeId>,
+            RaftError<NodeId, InstallSnapshotError>,
+        > = serde_json::from_slice(&answer)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        answer.map_err(|e| remote(to, e))
     }
 
     async fn vote(
@@ -540,6 +578,8 @@ pub struct ReplicaService {
     transport: Arc<HttpTransport>,
     /// The clock the timestamp is checked against.
     now_ms: fn() -> u64,
+    /// The snapshot being received, checked chunk by chunk.
+    chunks: Arc<Mutex<ChunkCheck>>,
 }
 
 impl std::fmt::Debug for ReplicaService {
@@ -559,6 +599,7 @@ impl ReplicaService {
             key,
             transport,
             now_ms: system_now_ms,
+            chunks: Arc::new(Mutex::new(ChunkCheck::new())),
         }
     }
 
@@ -613,12 +654,7 @@ impl ReplicaService {
                 })
                 .await
             }
-            Call::Snapshot => {
-                self.raft(body, |r: InstallSnapshotRequest<TypeConfig>| async move {
-                    self.replica.raft().install_snapshot(r).await
-                })
-                .await
-            }
+            Call::Snapshot => self.snapshot_chunk(from, body).await,
             Call::Vote => {
                 self.raft(body, |r: VoteRequest<NodeId>| async move {
                     self.replica.raft().vote(r).await
@@ -690,6 +726,49 @@ impl ReplicaService {
             ts,
             mac,
         })
+    }
+
+    /// One chunk of a snapshot ([`decode_chunk`]'s envelope): checked in order by
+    /// [`ChunkCheck`], so that the last chunk of a snapshot whose SHA-256 does not verify never
+    /// reaches openraft (which would install it). A refused chunk is answered with openraft's
+    /// `SnapshotMismatch` (expecting offset 0): the sender starts the snapshot over.
+    async fn snapshot_chunk(&self, from: NodeId, body: &[u8]) -> Answer {
+        let req = match decode_chunk(body) {
+            Ok(req) => req,
+            Err(e) => return Answer::error(400, &e.to_string()),
+        };
+        let checked = self.chunks.lock().unwrap_or_else(|p| p.into_inner()).check(
+            &req.meta.snapshot_id,
+            req.offset,
+            &req.data,
+            req.done,
+        );
+        if let Err(e) = checked {
+            tracing::warn!(
+                member = self.replica.id(),
+                from,
+                snapshot = %req.meta.snapshot_id,
+                offset = req.offset,
+                error = %e,
+                "replica: snapshot chunk refused; the sender starts over"
+            );
+            let id = req.meta.snapshot_id.clone();
+            let refused: Result<InstallSnapshotResponse<NodeId>, _> =
+                Err(RaftError::<NodeId, _>::APIError(
+                    InstallSnapshotError::SnapshotMismatch(SnapshotMismatch {
+                        expect: SnapshotSegmentId {
+                            id: id.clone(),
+                            offset: 0,
+                        },
+                        got: SnapshotSegmentId {
+                            id,
+                            offset: req.offset,
+                        },
+                    }),
+                ));
+            return Answer::json(&refused);
+        }
+        Answer::json(&self.replica.raft().install_snapshot(req).await)
     }
 
     /// Whether `id` is a voter or learner of this member's membership.

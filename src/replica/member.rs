@@ -37,6 +37,10 @@ pub struct ReplicaConfig {
     pub keep_after_snapshot: u64,
     /// A snapshot travels in chunks of at most this many bytes.
     pub snapshot_chunk_bytes: u64,
+    /// How long one snapshot chunk may take to be answered (openraft's
+    /// `install_snapshot_timeout`, 200 ms by default there): the last chunk's answer waits for
+    /// the receiver to check and install the whole snapshot, seconds for a GB of history.
+    pub snapshot_timeout: Duration,
     /// [`Replica::add_learner`] with `blocking` returns once the learner is at most this many
     /// entries behind the leader (openraft's `replication_lag_threshold`, 5 000 by default,
     /// would let a learner with less history than that be promoted before it caught up).
@@ -57,6 +61,7 @@ impl Default for ReplicaConfig {
             snapshot_every: 10_000,
             keep_after_snapshot: 1_000,
             snapshot_chunk_bytes: 1 << 20,
+            snapshot_timeout: Duration::from_secs(60),
             catch_up_within: 64,
             write_timeout: Duration::from_secs(5),
         }
@@ -79,6 +84,7 @@ impl ReplicaConfig {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.keep_after_snapshot,
             snapshot_max_chunk_size: self.snapshot_chunk_bytes,
+            install_snapshot_timeout: ms(self.snapshot_timeout),
             replication_lag_threshold: self.catch_up_within,
             ..Default::default()
         }

@@ -12,6 +12,10 @@
 //! - `state.rs`: [`RoomLogs`], the deterministic core every member applies entries to (no I/O,
 //!   no clock, no openraft): it assigns each room's `seq` and deduplicates retries; its
 //!   snapshot encoding.
+//! - `snapshot.rs`: the sealed snapshot (a SHA-256 over the state's JSON), [`SnapshotBytes`]
+//!   (openraft's snapshot data, shared without copies), the `snapshot` call's chunk envelope
+//!   (raw bytes after a JSON header) and [`ChunkCheck`], which refuses a corrupt or truncated
+//!   snapshot before it is installed.
 //! - `store.rs`: [`LogStore`] and [`StateMachine`], openraft's storage traits, in memory.
 //! - `network.rs`: the [`Transport`] trait (three RPCs between members), [`Network`] (openraft's
 //!   network on top of any `Transport`) and [`InProcessTransport`], the in-memory one the tests
@@ -70,12 +74,11 @@
 mod http;
 mod member;
 mod network;
+mod snapshot;
 mod state;
 mod store;
 #[cfg(test)]
 mod tests;
-
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
@@ -86,7 +89,10 @@ pub use http::{
 };
 pub use member::{ChangeMembers, MAX_ID_BYTES, MAX_ROOM_BYTES, Replica, ReplicaConfig};
 pub use network::{InProcessTransport, Network, NetworkLink, RpcError, Transport};
-pub use state::{Message, RoomLogs, SnapshotError};
+pub use snapshot::{
+    ChunkCheck, SnapshotBytes, SnapshotError, decode_chunk, encode_chunk, open as open_snapshot,
+};
+pub use state::{Message, RoomLogs};
 pub use store::{Applied, LogStore, StateMachine};
 
 /// A member's id in the Raft group (openraft's `NodeId`).
@@ -106,7 +112,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = NodeAddr,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = SnapshotBytes,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use super::snapshot::{Opened, SnapshotError, open, seal};
 use super::{Command, Reply, Seq};
 
 /// One stored message, as every member holds it.
@@ -47,26 +48,16 @@ pub struct RoomLogs {
 }
 
 /// The snapshot's JSON form: `{"rooms":{"name":[message, …], …}}`, messages in `seq` order.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct SnapshotBody {
     /// Each room's messages (the dedup index is rebuilt from them).
     rooms: BTreeMap<String, Vec<Message>>,
 }
 
-/// A snapshot that cannot be read back.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    /// The bytes are not the snapshot's JSON.
-    #[error("snapshot is not valid JSON: {0}")]
-    Json(#[from] serde_json::Error),
-    /// A room's messages are not numbered 1, 2, 3, … or an id appears twice.
-    #[error("room {room:?}: {reason}")]
-    Inconsistent {
-        /// The room.
-        room: String,
-        /// What is wrong.
-        reason: &'static str,
-    },
+/// [`SnapshotBody`] borrowed from the state, so that writing a snapshot copies nothing.
+#[derive(Serialize)]
+struct SnapshotBodyRef<'a> {
+    rooms: BTreeMap<&'a str, &'a [Message]>,
 }
 
 impl RoomLogs {
@@ -147,14 +138,14 @@ impl RoomLogs {
     /// # Errors
     /// Only if a body cannot be serialised (JSON values always can).
     pub fn to_snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
-        let body = SnapshotBody {
+        let body = SnapshotBodyRef {
             rooms: self
                 .rooms
                 .iter()
-                .map(|(name, r)| (name.clone(), r.messages.clone()))
+                .map(|(name, r)| (name.as_str(), r.messages.as_slice()))
                 .collect(),
         };
-        Ok(serde_json::to_vec(&body)?)
+        seal(0, |buf| serde_json::to_writer(buf, &body)).map_err(SnapshotError::Json)
     }
 
     /// Reads a snapshot written by [`RoomLogs::to_snapshot`].
@@ -163,7 +154,8 @@ impl RoomLogs {
     /// Bytes that are not a snapshot, or a room whose `seq`s are not 1, 2, 3, … or whose
     /// `(from, id)` repeats.
     pub fn from_snapshot(bytes: &[u8]) -> Result<Self, SnapshotError> {
-        let body: SnapshotBody = serde_json::from_slice(bytes)?;
+        let (Opened::Sealed(json) | Opened::Legacy(json)) = open(bytes)?;
+        let body: SnapshotBody = serde_json::from_slice(json)?;
         let mut rooms = BTreeMap::new();
         for (name, messages) in body.rooms {
             let mut by_id = HashMap::with_capacity(messages.len());

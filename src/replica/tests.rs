@@ -29,6 +29,7 @@ fn config() -> ReplicaConfig {
         keep_after_snapshot: 0,
         // Small chunks: a snapshot travels in several install_snapshot RPCs.
         snapshot_chunk_bytes: 1024,
+        snapshot_timeout: Duration::from_secs(10),
         catch_up_within: 64,
         write_timeout: Duration::from_secs(1),
     }
