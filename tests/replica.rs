@@ -450,3 +450,90 @@ async fn partition_inside_namespace() {
         m.stop().await;
     }
 }
+
+/// A flood of badly signed calls from one address (127.0.0.2) to every member: each member
+/// answers it `429` after `REFUSAL_BURST` refusals, while the ring (members on 127.0.0.1)
+/// keeps replicating and acknowledging publishes, and an operator on 127.0.0.1 is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_refused_calls_gets_429_while_the_members_keep_replicating() {
+    let logs = Logs::new();
+    let op = operator();
+    let (members, book) = three_members(&logs).await;
+    let flooder = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // One flooder per member: bad MACs on `append`, the members' own call.
+    let floods: Vec<_> = members
+        .iter()
+        .map(|m| {
+            let (client, id, url, stop) = (flooder.clone(), m.id, m.url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let r = client
+                        .post(format!("{url}/replica/v1/append"))
+                        .header("x-replica-from", "99")
+                        .header("x-replica-to", id.to_string())
+                        .header(
+                            "x-replica-ts",
+                            ouroboros::replica::system_now_ms().to_string(),
+                        )
+                        .header("x-replica-mac", "AAAA")
+                        .body(vec![b'x'; 64 << 10])
+                        .send()
+                        .await
+                        .expect("the member answers the flood");
+                    statuses.push(r.status().as_u16());
+                }
+                statuses
+            })
+        })
+        .collect();
+    // Publishes through the ring go on: the leader's appends to the followers are served.
+    let publish = |i: usize| PublishRequest {
+        room: "lobby".into(),
+        from: "op".into(),
+        id: format!("m-{i}"),
+        body: serde_json::json!(i),
+    };
+    let t = Instant::now();
+    let mut seqs = Vec::new();
+    for i in 0..200 {
+        seqs.push(until_ok::<_, u64>(&op, &book, Call::Publish, &publish(i)).await);
+    }
+    let during = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+    let burst = ouroboros::replica::REFUSAL_BURST as usize;
+    for f in floods {
+        let statuses = f.await.unwrap();
+        assert!(
+            statuses.len() > burst,
+            "the flood went on: {} calls",
+            statuses.len()
+        );
+        // Refused (401) during the burst, then 429 (with an odd 401 as a refusal is earned back).
+        let first_429 = statuses.iter().position(|s| *s == 429);
+        assert!(
+            first_429.is_some_and(|i| i <= burst),
+            "429 after at most {burst} refusals: {:?}",
+            &statuses[..statuses.len().min(40)]
+        );
+        assert!(statuses.iter().all(|s| *s == 401 || *s == 429));
+        let limited = statuses.iter().filter(|s| **s == 429).count();
+        assert!(
+            limited * 10 >= statuses.len() * 9,
+            "mostly 429: {limited} of {}",
+            statuses.len()
+        );
+    }
+    // Every member holds the 200 messages: replication was never limited.
+    let histories = settled_histories(&op, &members, &["lobby"]).await;
+    assert_eq!(histories["lobby"].len(), 200);
+    eprintln!("200 publishes acknowledged during the flood in {during:?}");
+    for m in members {
+        m.stop().await;
+    }
+}

@@ -31,6 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::network::{RpcError, Transport, remote};
+use super::refusals::RefusalLimit;
 use super::snapshot::{ChunkCheck, decode_chunk, encode_chunk};
 use super::{ChangeMembers, Message, NodeAddr, NodeId, Replica, ReplicaError, Seq, TypeConfig};
 use crate::discovery::signing::derive_key;
@@ -580,6 +581,8 @@ pub struct ReplicaService {
     now_ms: fn() -> u64,
     /// The snapshot being received, checked chunk by chunk.
     chunks: Arc<Mutex<ChunkCheck>>,
+    /// Refused calls by source address: an address refused too often gets `429`.
+    refusals: Arc<Mutex<RefusalLimit>>,
 }
 
 impl std::fmt::Debug for ReplicaService {
@@ -600,6 +603,7 @@ impl ReplicaService {
             transport,
             now_ms: system_now_ms,
             chunks: Arc::new(Mutex::new(ChunkCheck::new())),
+            refusals: Arc::new(Mutex::new(RefusalLimit::default())),
         }
     }
 
@@ -607,6 +611,64 @@ impl ReplicaService {
     pub fn with_clock(mut self, now_ms: fn() -> u64) -> Self {
         self.now_ms = now_ms;
         self
+    }
+
+    /// The same service with another refusal limit (tests).
+    pub fn with_refusal_limit(mut self, limit: RefusalLimit) -> Self {
+        self.refusals = Arc::new(Mutex::new(limit));
+        self
+    }
+
+    /// Whether a call from `ip` may be looked at: `Err(429)` when the address was refused
+    /// too often lately ([`RefusalLimit`]). Call first, before the headers. An unknown
+    /// address (`None`) is never limited.
+    ///
+    /// # Errors
+    /// The `429` answer to send.
+    pub fn admit(&self, ip: Option<std::net::IpAddr>) -> Result<(), Answer> {
+        let Some(ip) = ip else { return Ok(()) };
+        let admitted = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admits(ip, std::time::Instant::now());
+        if admitted {
+            Ok(())
+        } else {
+            Err(Answer::error(
+                429,
+                "too many refused requests from this address; retry later",
+            ))
+        }
+    }
+
+    /// Counts `answer` against `ip` when it is a refusal (400, 401, 404, 413, 421).
+    pub fn count(&self, ip: Option<std::net::IpAddr>, answer: &Answer) {
+        let Some(ip) = ip else { return };
+        if matches!(answer.status, 400 | 401 | 404 | 413 | 421) {
+            tracing::debug!(member = self.replica.id(), %ip, status = answer.status, "replica: call refused");
+            self.refusals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .refused(ip, std::time::Instant::now());
+        }
+    }
+
+    /// [`ReplicaService::handle`] for a call from `ip`: `429` when it was refused too often,
+    /// and a refusal counted against it.
+    pub async fn handle_from(
+        &self,
+        ip: Option<std::net::IpAddr>,
+        name: &str,
+        header: impl Fn(&str) -> Option<String>,
+        body: &[u8],
+    ) -> Answer {
+        if let Err(answer) = self.admit(ip) {
+            return answer;
+        }
+        let answer = self.handle(name, header, body).await;
+        self.count(ip, &answer);
+        answer
     }
 
     /// The member this service runs on.
@@ -1073,6 +1135,55 @@ mod tests {
             200
         );
         assert_eq!(ask(&s, "append", &fine, b"another body").await, 401);
+        s.replica().shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_address_refused_too_often_gets_429_and_signed_calls_are_never_counted() {
+        let s = service()
+            .await
+            .with_refusal_limit(RefusalLimit::new(5.0, 0.0, 16));
+        let secret = b"the ring's shared secret".as_slice();
+        let flood = Some(std::net::IpAddr::from([127, 0, 0, 2]));
+        let member = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+        let ok = signed(secret, Call::Status, 7, NOW, b"null");
+        let bad = signed(b"not the ring's secret!!", Call::Status, 7, NOW, b"null");
+        // Genuine calls from the member's address, many of them: never limited.
+        for _ in 0..50 {
+            let a = s
+                .handle_from(member, "status", |h| ok.get(h).cloned(), b"null")
+                .await;
+            assert_eq!(a.status, 200);
+        }
+        // A flood of bad MACs from another address: 401 five times, then 429.
+        let mut statuses = Vec::new();
+        for _ in 0..8 {
+            let a = s
+                .handle_from(flood, "status", |h| bad.get(h).cloned(), b"null")
+                .await;
+            statuses.push(a.status);
+        }
+        assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429, 429]);
+        // Unknown calls and requests for another member count too; the member is still served.
+        let a = s
+            .handle_from(member, "status", |h| ok.get(h).cloned(), b"null")
+            .await;
+        assert_eq!(a.status, 200);
+        let other = Some(std::net::IpAddr::from([127, 0, 0, 3]));
+        for _ in 0..5 {
+            assert_eq!(
+                s.handle_from(other, "nope", |h| ok.get(h).cloned(), b"null")
+                    .await
+                    .status,
+                404
+            );
+        }
+        assert_eq!(
+            s.handle_from(other, "status", |h| ok.get(h).cloned(), b"null")
+                .await
+                .status,
+            429
+        );
         s.replica().shutdown().await.unwrap();
     }
 

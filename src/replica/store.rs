@@ -218,6 +218,16 @@ impl StateMachine {
         lock(&self.inner).rooms.head(room)
     }
 
+    /// Every `seq` of `room` below this was evicted (1: none).
+    pub fn evicted_before(&self, room: &str) -> Seq {
+        lock(&self.inner).rooms.evicted_before(room)
+    }
+
+    /// The retention last applied.
+    pub fn retention(&self) -> super::Retention {
+        lock(&self.inner).rooms.retention()
+    }
+
     /// The last log id applied.
     pub fn last_applied(&self) -> Option<LogId<NodeId>> {
         lock(&self.inner).last_applied
