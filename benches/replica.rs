@@ -266,10 +266,9 @@ async fn main() {
         )
     };
     println!(
-        "new member with {history_mb} MB of history ({count} × 64 KiB): joined as a voter in {:.2} s (filling the history took {:.1} s); it read {} (rchar); peak RSS: new member {}, {}",
+        "new member with {history_mb} MB of history ({count} × 64 KiB): joined as a voter in {:.2} s (filling the history took {:.1} s); peak RSS: new member {}, {}",
         join.as_secs_f64(),
         filled.as_secs_f64(),
-        mib(joined.bytes_read()),
         mib(joined.peak_rss()),
         members
             .iter()

@@ -57,10 +57,11 @@ impl RefusalLimit {
 
     /// Whether a call from `ip` may be looked at now (its bucket holds a refusal). Takes
     /// nothing.
-    pub fn admits(&mut self, ip: IpAddr, now: Instant) -> bool {
+    pub fn admits(&self, ip: IpAddr, now: Instant) -> bool {
+        // A probe on a copy: admitting takes nothing.
         self.table
-            .get_mut(&ip)
-            .is_none_or(|e| e.bucket.wait_time(now, 1.0).is_zero())
+            .get(&ip)
+            .is_none_or(|e| e.bucket.clone().try_take(now, 1.0))
     }
 
     /// Records that a call from `ip` was refused.

@@ -49,14 +49,6 @@ impl Member {
         Some(kib * 1024)
     }
 
-    /// Bytes the process has read through system calls (`rchar` in `/proc/{pid}/io`: its
-    /// sockets, mostly), for "bytes on the wire" (Linux).
-    pub fn bytes_read(&self) -> Option<u64> {
-        let io = std::fs::read_to_string(format!("/proc/{}/io", self.child.id()?)).ok()?;
-        let line = io.lines().find(|l| l.starts_with("rchar:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
-    }
-
     /// Starts member `id`: `--bootstrap` when `contacts` is empty, else `--join` each of them.
     /// Returns once it listens (not yet joined: see [`Member::wait_line`]).
     pub async fn start(
