@@ -263,11 +263,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let inner = Arc::clone(&self.inner);
         let built = tokio::task::spawn_blocking(move || {
             let mut m = lock(&inner);
-            let data = Bytes::from(
-                m.rooms
-                    .to_snapshot()
-                    .map_err(|e| StorageIOError::read_state_machine(&e))?,
-            );
+            let data = Bytes::from(m.rooms.to_snapshot()?);
             m.snapshots_built += 1;
             let snapshot_id = match m.last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id, l.index, m.snapshots_built),
@@ -282,10 +278,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 meta: meta.clone(),
                 data: data.clone(),
             });
-            Ok::<_, StorageError<NodeId>>((meta, data))
+            Ok::<_, super::SnapshotError>((meta, data))
         })
         .await
-        .map_err(|e| StorageIOError::read_state_machine(&e))??;
+        .map_err(|e| StorageIOError::read_state_machine(&e))?
+        .map_err(|e| StorageIOError::read_state_machine(&e))?;
         let (meta, data) = built;
         tracing::debug!(snapshot = %meta.snapshot_id, bytes = data.len(), "replica: snapshot built");
         Ok(Snapshot {
