@@ -253,14 +253,34 @@ async fn main() {
         assert_eq!(stored, count, "not every history message was acknowledged");
         t.elapsed()
     };
+    // Past `snapshot_every` (10 000 entries) the leader has built a snapshot and purged the
+    // log below it (keeping 1 000 entries): the new member gets the snapshot, then the log.
     let book = Arc::new(std::sync::Mutex::new(book_of(&members)));
     let t = Instant::now();
     let joined = join_new(next_id, &book, logs.path()).await;
     let join = t.elapsed();
+    let mib = |b: Option<u64>| {
+        b.map_or_else(
+            || "?".to_owned(),
+            |b| format!("{:.0} MiB", b as f64 / (1 << 20) as f64),
+        )
+    };
     println!(
-        "new member with {history_mb} MB of history ({count} × 64 KiB): joined as a voter in {:.2} s (filling the history took {:.1} s)",
+        "new member with {history_mb} MB of history ({count} × 64 KiB): joined as a voter in {:.2} s (filling the history took {:.1} s); peak RSS: new member {}, {}",
         join.as_secs_f64(),
-        filled.as_secs_f64()
+        filled.as_secs_f64(),
+        mib(joined.peak_rss()),
+        members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!(
+                "member {}{} {}",
+                m.id,
+                if i == l { " (leader)" } else { "" },
+                mib(m.peak_rss())
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     joined.stop().await;
     for m in members {

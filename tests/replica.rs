@@ -281,18 +281,6 @@ async fn a_leader_cut_off_and_resumed_acknowledges_nothing_the_majority_did_not_
 }
 
 /// Set in the copy of this test binary that runs inside a fresh network namespace.
-const NETNS_ENV: &str = "OUROBOROS_REPLICA_NETNS";
-
-/// Runs `cmd` with `args`, panicking with its stderr if it fails.
-fn run(cmd: &str, args: &[&str]) {
-    let out = std::process::Command::new(cmd).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A real network partition: the three members run in a network namespace this test creates
 /// (`unshare -n`, as root; removed with the process), each on its own loopback address, and an
 /// nftables rule in that namespace drops every packet between the leader's address and the
@@ -302,53 +290,14 @@ fn run(cmd: &str, args: &[&str]) {
 /// took while cut off is in anyone's log.
 #[test]
 fn a_leader_cut_off_by_the_network_acknowledges_nothing_and_catches_up_when_healed() {
-    let name = "a_leader_cut_off_by_the_network_acknowledges_nothing_and_catches_up_when_healed";
-    if std::env::var_os(NETNS_ENV).is_some() {
-        return tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(4)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(partition_inside_namespace());
-    }
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let tools = ["unshare", "nft", "ip"].into_iter().all(|t| {
-        std::process::Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !root || !tools {
-        eprintln!("SKIPPED: {name}: needs root, unshare, nft and ip (root={root}, tools={tools})");
-        return;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new("unshare")
-        .arg("-n")
-        .arg(exe)
-        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
-        .env(NETNS_ENV, "1")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    assert!(
-        out.status.success(),
-        "the partition test failed in its namespace"
-    );
-    assert!(
-        text.contains("1 passed"),
-        "the test did not run in its namespace"
+    support::in_own_network_namespace(
+        "a_leader_cut_off_by_the_network_acknowledges_nothing_and_catches_up_when_healed",
+        partition_inside_namespace,
     );
 }
 
 async fn partition_inside_namespace() {
-    run("ip", &["link", "set", "lo", "up"]);
+    support::run_tool("ip", &["link", "set", "lo", "up"]);
     let logs = Logs::new();
     let op = operator();
     let ips = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
@@ -388,24 +337,7 @@ async fn partition_inside_namespace() {
     let leader = members.iter().position(|m| m.id == leader_id).unwrap();
     let cut = ips[leader];
     let rest: Vec<&str> = ips.iter().copied().filter(|ip| *ip != cut).collect();
-    let set = rest.join(", ");
-    run("nft", &["add", "table", "inet", "partition"]);
-    run(
-        "nft",
-        &["add chain inet partition out { type filter hook output priority 0 ; }"],
-    );
-    run(
-        "nft",
-        &[&format!(
-            "add rule inet partition out ip saddr {cut} ip daddr {{ {set} }} drop"
-        )],
-    );
-    run(
-        "nft",
-        &[&format!(
-            "add rule inet partition out ip saddr {{ {set} }} ip daddr {cut} drop"
-        )],
-    );
+    support::cut_off(cut, &rest);
     // The client still reaches the cut-off leader (it calls from 127.0.0.1): nothing it
     // publishes there may be acknowledged.
     op.set_addr(leader_id, &members[leader].url);
@@ -433,7 +365,7 @@ async fn partition_inside_namespace() {
             until_ok(&op, &majority, Call::Publish, &publish(id)).await,
         );
     }
-    run("nft", &["delete", "table", "inet", "partition"]);
+    support::heal();
     let history = settled_histories(&op, &members, &ROOMS).await;
     let minority: Vec<_> = history["lobby"]
         .iter()
@@ -446,6 +378,93 @@ async fn partition_inside_namespace() {
     let (acked, stored) = audit(&history, &acks);
     assert_eq!((acked, stored), (30, 30));
     eprintln!("partition: 3 publishes refused by the cut-off leader, 30 acknowledged, healed");
+    for m in members {
+        m.stop().await;
+    }
+}
+
+/// A flood of badly signed calls from one address (127.0.0.2) to every member: each member
+/// answers it `429` after `REFUSAL_BURST` refusals, while the ring (members on 127.0.0.1)
+/// keeps replicating and acknowledging publishes, and an operator on 127.0.0.1 is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_refused_calls_gets_429_while_the_members_keep_replicating() {
+    let logs = Logs::new();
+    let op = operator();
+    let (members, book) = three_members(&logs).await;
+    let flooder = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // One flooder per member: bad MACs on `append`, the members' own call.
+    let floods: Vec<_> = members
+        .iter()
+        .map(|m| {
+            let (client, id, url, stop) = (flooder.clone(), m.id, m.url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let r = client
+                        .post(format!("{url}/replica/v1/append"))
+                        .header("x-replica-from", "99")
+                        .header("x-replica-to", id.to_string())
+                        .header(
+                            "x-replica-ts",
+                            ouroboros::replica::system_now_ms().to_string(),
+                        )
+                        .header("x-replica-mac", "AAAA")
+                        .body(vec![b'x'; 64 << 10])
+                        .send()
+                        .await
+                        .expect("the member answers the flood");
+                    statuses.push(r.status().as_u16());
+                }
+                statuses
+            })
+        })
+        .collect();
+    // Publishes through the ring go on: the leader's appends to the followers are served.
+    let publish = |i: usize| PublishRequest {
+        room: "lobby".into(),
+        from: "op".into(),
+        id: format!("m-{i}"),
+        body: serde_json::json!(i),
+    };
+    let t = Instant::now();
+    let mut seqs = Vec::new();
+    for i in 0..200 {
+        seqs.push(until_ok::<_, u64>(&op, &book, Call::Publish, &publish(i)).await);
+    }
+    let during = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+    let burst = ouroboros::replica::REFUSAL_BURST as usize;
+    for f in floods {
+        let statuses = f.await.unwrap();
+        assert!(
+            statuses.len() > burst,
+            "the flood went on: {} calls",
+            statuses.len()
+        );
+        // Refused (401) during the burst, then 429 (with an odd 401 as a refusal is earned back).
+        let first_429 = statuses.iter().position(|s| *s == 429);
+        assert!(
+            first_429.is_some_and(|i| i <= burst),
+            "429 after at most {burst} refusals: {:?}",
+            &statuses[..statuses.len().min(40)]
+        );
+        assert!(statuses.iter().all(|s| *s == 401 || *s == 429));
+        let limited = statuses.iter().filter(|s| **s == 429).count();
+        assert!(
+            limited * 10 >= statuses.len() * 9,
+            "mostly 429: {limited} of {}",
+            statuses.len()
+        );
+    }
+    // Every member holds the 200 messages: replication was never limited.
+    let histories = settled_histories(&op, &members, &["lobby"]).await;
+    assert_eq!(histories["lobby"].len(), 200);
+    eprintln!("200 publishes acknowledged during the flood in {during:?}");
     for m in members {
         m.stop().await;
     }

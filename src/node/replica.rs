@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -75,9 +75,18 @@ pub fn routes(service: ReplicaService) -> Router {
 async fn handle(
     State(service): State<ReplicaService>,
     Path(call): Path<String>,
+    node: Option<axum::Extension<ConnectInfo<crate::signaling::RemoteAddr>>>,
+    direct: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // Refused calls are counted by source address; one refused too often gets 429 at once.
+    let ip = node
+        .map(|n| n.0.0.0.ip())
+        .or_else(|| direct.map(|d| d.0.0.ip()));
+    if let Err(answer) = service.admit(ip) {
+        return respond(answer);
+    }
     let header = |name: &str| {
         headers
             .get(name)
@@ -85,14 +94,15 @@ async fn handle(
             .map(str::to_owned)
     };
     // The headers first: the body (up to 32 MiB) is read only for a request that may be genuine.
-    let checked = match service.check_headers(&call, &header) {
-        Ok(checked) => checked,
-        Err(answer) => return respond(answer),
+    let answer = match service.check_headers(&call, &header) {
+        Err(answer) => answer,
+        Ok(checked) => match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+            Ok(body) => service.handle_checked(checked, &body).await,
+            Err(_) => Answer::too_large(),
+        },
     };
-    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
-        return respond(Answer::too_large());
-    };
-    respond(service.handle_checked(checked, &body).await)
+    service.count(ip, &answer);
+    respond(answer)
 }
 
 fn respond(answer: Answer) -> Response {
@@ -179,9 +189,12 @@ pub async fn run(
     let (replica, service, transport) = start_member(args.id, key, bound.ip(), &timing).await?;
     let app = routes(service);
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
     });
     // The line tests and scripts wait for (stdout, one line).
     println!("replica member {} listening on {advertise}", args.id);
@@ -270,6 +283,8 @@ pub struct NodeMember {
     write_timeout: Duration,
     /// The base URL given to the ring ([`NodeMember::enter`]).
     advertised: Arc<std::sync::Mutex<String>>,
+    /// The relay [`NodeMember::feed`] feeds: a new ring's retention is its store budget.
+    relay: Arc<std::sync::Mutex<Option<RelayHandle>>>,
 }
 
 /// The voters of `m`'s membership, with their base URLs.
@@ -339,6 +354,7 @@ impl NodeMember {
             transport,
             write_timeout: args.replica_write_timeout,
             advertised: Arc::default(),
+            relay: Arc::default(),
         })
     }
 
@@ -472,6 +488,9 @@ impl NodeMember {
     /// [`NodeMember::enter`]): each committed message is stored there at its `seq` and fanned
     /// out to the room's members on this node.
     pub fn feed(&self, relay: RelayHandle) {
+        if let Ok(mut r) = self.relay.lock() {
+            *r = Some(relay.clone());
+        }
         let mut feed = self.replica.applied_feed(FEED_CAPACITY);
         let replica = self.replica.clone();
         tokio::spawn(async move {
@@ -520,6 +539,7 @@ impl NodeMember {
                     .into(),
                 )
                 .await?;
+            self.propose_retention().await;
             Ok("bootstrapped a new ring")
         } else {
             join(
@@ -538,6 +558,35 @@ impl NodeMember {
     pub async fn shut_down(&self) {
         if let Err(e) = self.replica.shutdown().await {
             tracing::warn!(error = %e, "replica: shutdown");
+        }
+    }
+
+    /// Sets a new ring's retention, through the log, to the relay's store budget (so every
+    /// member keeps and evicts the same history, bounded as this node's relay is). Retried
+    /// until the write timeout (the first election may not be over); a ring left without one
+    /// keeps everything, as before.
+    async fn propose_retention(&self) {
+        let relay = self.relay.lock().ok().and_then(|r| r.clone());
+        let Some(relay) = relay else { return };
+        let Some(budget) = relay.with_relay(|r| r.config().memory_budget).await else {
+            return;
+        };
+        let retention = crate::replica::Retention {
+            max_bytes: Some(budget as u64),
+            max_messages: None,
+        };
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        loop {
+            match self.replica.set_retention(retention).await {
+                Ok(_) => return,
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "replica: the ring's retention was not set; members keep everything");
+                    return;
+                }
+            }
         }
     }
 
@@ -615,8 +664,22 @@ fn apply_batch(relay: &mut Relay, replica: &Replica, batch: Vec<Applied>) {
     }
 }
 
-/// Stores in the relay every message of `room` the member holds beyond the relay's head.
+/// Stores in the relay every message of `room` the member holds beyond the relay's head. What
+/// the member evicted (its retention) becomes an eviction mark in the relay, as the relay's own
+/// evictions are: clients see `evicted_before`, as on a single node.
 fn catch_up(relay: &mut Relay, replica: &Replica, room: &str) {
+    let head = relay.room_head(room);
+    let before = replica.evicted_before(room);
+    if before > head + 1 {
+        let mark = crate::relay::ReplicationEvent::Evicted {
+            room: room.to_owned(),
+            before,
+        };
+        if let Err(e) = relay.apply_replication(mark) {
+            tracing::error!(room, error = %e, "replica: cannot mark evicted history");
+            return;
+        }
+    }
     let head = relay.room_head(room);
     for m in replica.history_after(room, head, None) {
         if let Err(e) =

@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use openraft::SnapshotSegmentId;
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, SnapshotMismatch, Unreachable};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -30,6 +31,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::network::{RpcError, Transport, remote};
+use super::refusals::RefusalLimit;
+use super::snapshot::{ChunkCheck, decode_chunk, encode_chunk};
 use super::{ChangeMembers, Message, NodeAddr, NodeId, Replica, ReplicaError, Seq, TypeConfig};
 use crate::discovery::signing::derive_key;
 
@@ -39,6 +42,9 @@ pub const PATH_PREFIX: &str = "/replica/v1/";
 pub const MAX_BODY_BYTES: usize = 32 << 20;
 /// How far a request's timestamp may be from the receiver's clock.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// The longest a `snapshot` call may take (the last chunk's answer waits for the receiver to
+/// install the snapshot: seconds for a GB); [`ReplicaConfig::snapshot_timeout`](super::ReplicaConfig::snapshot_timeout) bounds it too.
+pub const SNAPSHOT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The sender id of a caller that is not a member (an operator's tool holding the secret).
 pub const OPERATOR: NodeId = 0;
 
@@ -398,11 +404,30 @@ impl HttpTransport {
         call: Call,
         req: &Req,
     ) -> Result<Resp, CallError> {
-        let addr = self.addr(to).ok_or(CallError::NoAddress(to))?;
         let body = serde_json::to_vec(req).map_err(|e| CallError::Decode {
             to,
             detail: format!("request: {e}"),
         })?;
+        let answer = self
+            .send(to, call, body, "application/json", self.timeout)
+            .await?;
+        serde_json::from_slice(&answer).map_err(|e| CallError::Decode {
+            to,
+            detail: e.to_string(),
+        })
+    }
+
+    /// Sends `body` (already encoded, of `content_type`) as `call` to member `to`, signed;
+    /// returns the body of a 200 answer.
+    async fn send(
+        &self,
+        to: NodeId,
+        call: Call,
+        body: Vec<u8>,
+        content_type: &'static str,
+        timeout: Duration,
+    ) -> Result<bytes::Bytes, CallError> {
+        let addr = self.addr(to).ok_or(CallError::NoAddress(to))?;
         let ts = system_now_ms();
         let mac = self.key.mac(call, self.from, to, ts, &body);
         let unreachable = |e: reqwest::Error| CallError::Unreachable {
@@ -413,12 +438,12 @@ impl HttpTransport {
         let resp = self
             .http
             .post(format!("{addr}{PATH_PREFIX}{}", call.name()))
-            .timeout(self.timeout)
+            .timeout(timeout)
             .header(HEADER_FROM, self.from.to_string())
             .header(HEADER_TO, to.to_string())
             .header(HEADER_TS, ts.to_string())
             .header(HEADER_MAC, mac)
-            .header("content-type", "application/json")
+            .header("content-type", content_type)
             .body(body)
             .send()
             .await
@@ -433,10 +458,7 @@ impl HttpTransport {
                 body: text,
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| CallError::Decode {
-            to,
-            detail: e.to_string(),
-        })
+        Ok(bytes)
     }
 
     /// A Raft RPC: the remote Raft's own result, or an error openraft understands.
@@ -478,7 +500,24 @@ impl Transport for HttpTransport {
         to: NodeId,
         rpc: InstallSnapshotRequest<TypeConfig>,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
-        self.raft_call(to, Call::Snapshot, &rpc).await
+        // The chunk's bytes travel raw after a JSON header, not as openraft's JSON array.
+        let body = encode_chunk(&rpc);
+        let answer = self
+            .send(
+                to,
+                Call::Snapshot,
+                body,
+                "application/octet-stream",
+                self.timeout.max(SNAPSHOT_CALL_TIMEOUT),
+            )
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let answer: Result<
+            InstallSnapshotResponse<NodeId>,
+            RaftError<NodeId, InstallSnapshotError>,
+        > = serde_json::from_slice(&answer)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        answer.map_err(|e| remote(to, e))
     }
 
     async fn vote(
@@ -540,6 +579,10 @@ pub struct ReplicaService {
     transport: Arc<HttpTransport>,
     /// The clock the timestamp is checked against.
     now_ms: fn() -> u64,
+    /// The snapshot being received, checked chunk by chunk.
+    chunks: Arc<Mutex<ChunkCheck>>,
+    /// Refused calls by source address: an address refused too often gets `429`.
+    refusals: Arc<Mutex<RefusalLimit>>,
 }
 
 impl std::fmt::Debug for ReplicaService {
@@ -559,6 +602,8 @@ impl ReplicaService {
             key,
             transport,
             now_ms: system_now_ms,
+            chunks: Arc::new(Mutex::new(ChunkCheck::new())),
+            refusals: Arc::new(Mutex::new(RefusalLimit::default())),
         }
     }
 
@@ -566,6 +611,64 @@ impl ReplicaService {
     pub fn with_clock(mut self, now_ms: fn() -> u64) -> Self {
         self.now_ms = now_ms;
         self
+    }
+
+    /// The same service with another refusal limit (tests).
+    pub fn with_refusal_limit(mut self, limit: RefusalLimit) -> Self {
+        self.refusals = Arc::new(Mutex::new(limit));
+        self
+    }
+
+    /// Whether a call from `ip` may be looked at: `Err(429)` when the address was refused
+    /// too often lately ([`RefusalLimit`]). Call first, before the headers. An unknown
+    /// address (`None`) is never limited.
+    ///
+    /// # Errors
+    /// The `429` answer to send.
+    pub fn admit(&self, ip: Option<std::net::IpAddr>) -> Result<(), Answer> {
+        let Some(ip) = ip else { return Ok(()) };
+        let admitted = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admits(ip, std::time::Instant::now());
+        if admitted {
+            Ok(())
+        } else {
+            Err(Answer::error(
+                429,
+                "too many refused requests from this address; retry later",
+            ))
+        }
+    }
+
+    /// Counts `answer` against `ip` when it is a refusal (400, 401, 404, 413, 421).
+    pub fn count(&self, ip: Option<std::net::IpAddr>, answer: &Answer) {
+        let Some(ip) = ip else { return };
+        if matches!(answer.status, 400 | 401 | 404 | 413 | 421) {
+            tracing::debug!(member = self.replica.id(), %ip, status = answer.status, "replica: call refused");
+            self.refusals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .refused(ip, std::time::Instant::now());
+        }
+    }
+
+    /// [`ReplicaService::handle`] for a call from `ip`: `429` when it was refused too often,
+    /// and a refusal counted against it.
+    pub async fn handle_from(
+        &self,
+        ip: Option<std::net::IpAddr>,
+        name: &str,
+        header: impl Fn(&str) -> Option<String>,
+        body: &[u8],
+    ) -> Answer {
+        if let Err(answer) = self.admit(ip) {
+            return answer;
+        }
+        let answer = self.handle(name, header, body).await;
+        self.count(ip, &answer);
+        answer
     }
 
     /// The member this service runs on.
@@ -613,12 +716,7 @@ impl ReplicaService {
                 })
                 .await
             }
-            Call::Snapshot => {
-                self.raft(body, |r: InstallSnapshotRequest<TypeConfig>| async move {
-                    self.replica.raft().install_snapshot(r).await
-                })
-                .await
-            }
+            Call::Snapshot => self.snapshot_chunk(from, body).await,
             Call::Vote => {
                 self.raft(body, |r: VoteRequest<NodeId>| async move {
                     self.replica.raft().vote(r).await
@@ -690,6 +788,49 @@ impl ReplicaService {
             ts,
             mac,
         })
+    }
+
+    /// One chunk of a snapshot ([`decode_chunk`]'s envelope): checked in order by
+    /// [`ChunkCheck`], so that the last chunk of a snapshot whose SHA-256 does not verify never
+    /// reaches openraft (which would install it). A refused chunk is answered with openraft's
+    /// `SnapshotMismatch` (expecting offset 0): the sender starts the snapshot over.
+    async fn snapshot_chunk(&self, from: NodeId, body: &[u8]) -> Answer {
+        let req = match decode_chunk(body) {
+            Ok(req) => req,
+            Err(e) => return Answer::error(400, &e.to_string()),
+        };
+        let checked = self.chunks.lock().unwrap_or_else(|p| p.into_inner()).check(
+            &req.meta.snapshot_id,
+            req.offset,
+            &req.data,
+            req.done,
+        );
+        if let Err(e) = checked {
+            tracing::warn!(
+                member = self.replica.id(),
+                from,
+                snapshot = %req.meta.snapshot_id,
+                offset = req.offset,
+                error = %e,
+                "replica: snapshot chunk refused; the sender starts over"
+            );
+            let id = req.meta.snapshot_id.clone();
+            let refused: Result<InstallSnapshotResponse<NodeId>, _> =
+                Err(RaftError::<NodeId, _>::APIError(
+                    InstallSnapshotError::SnapshotMismatch(SnapshotMismatch {
+                        expect: SnapshotSegmentId {
+                            id: id.clone(),
+                            offset: 0,
+                        },
+                        got: SnapshotSegmentId {
+                            id,
+                            offset: req.offset,
+                        },
+                    }),
+                ));
+            return Answer::json(&refused);
+        }
+        Answer::json(&self.replica.raft().install_snapshot(req).await)
     }
 
     /// Whether `id` is a voter or learner of this member's membership.
@@ -994,6 +1135,55 @@ mod tests {
             200
         );
         assert_eq!(ask(&s, "append", &fine, b"another body").await, 401);
+        s.replica().shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_address_refused_too_often_gets_429_and_signed_calls_are_never_counted() {
+        let s = service()
+            .await
+            .with_refusal_limit(RefusalLimit::new(5.0, 0.0, 16));
+        let secret = b"the ring's shared secret".as_slice();
+        let flood = Some(std::net::IpAddr::from([127, 0, 0, 2]));
+        let member = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+        let ok = signed(secret, Call::Status, 7, NOW, b"null");
+        let bad = signed(b"not the ring's secret!!", Call::Status, 7, NOW, b"null");
+        // Genuine calls from the member's address, many of them: never limited.
+        for _ in 0..50 {
+            let a = s
+                .handle_from(member, "status", |h| ok.get(h).cloned(), b"null")
+                .await;
+            assert_eq!(a.status, 200);
+        }
+        // A flood of bad MACs from another address: 401 five times, then 429.
+        let mut statuses = Vec::new();
+        for _ in 0..8 {
+            let a = s
+                .handle_from(flood, "status", |h| bad.get(h).cloned(), b"null")
+                .await;
+            statuses.push(a.status);
+        }
+        assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429, 429]);
+        // Unknown calls and requests for another member count too; the member is still served.
+        let a = s
+            .handle_from(member, "status", |h| ok.get(h).cloned(), b"null")
+            .await;
+        assert_eq!(a.status, 200);
+        let other = Some(std::net::IpAddr::from([127, 0, 0, 3]));
+        for _ in 0..5 {
+            assert_eq!(
+                s.handle_from(other, "nope", |h| ok.get(h).cloned(), b"null")
+                    .await
+                    .status,
+                404
+            );
+        }
+        assert_eq!(
+            s.handle_from(other, "status", |h| ok.get(h).cloned(), b"null")
+                .await
+                .status,
+            429
+        );
         s.replica().shutdown().await.unwrap();
     }
 

@@ -10,7 +10,7 @@ use openraft::{Raft, RaftMetrics, SnapshotPolicy};
 
 use super::network::{Network, Transport};
 use super::store::{Applied, LogStore, StateMachine};
-use super::{Command, Message, NodeAddr, NodeId, ReplicaError, Reply, Seq, TypeConfig};
+use super::{Command, Message, NodeAddr, NodeId, ReplicaError, Reply, Retention, Seq, TypeConfig};
 
 /// Longest room name (bytes), as the relay's rule.
 pub const MAX_ROOM_BYTES: usize = 64;
@@ -37,6 +37,10 @@ pub struct ReplicaConfig {
     pub keep_after_snapshot: u64,
     /// A snapshot travels in chunks of at most this many bytes.
     pub snapshot_chunk_bytes: u64,
+    /// How long one snapshot chunk may take to be answered (openraft's
+    /// `install_snapshot_timeout`, 200 ms by default there): the last chunk's answer waits for
+    /// the receiver to check and install the whole snapshot, seconds for a GB of history.
+    pub snapshot_timeout: Duration,
     /// [`Replica::add_learner`] with `blocking` returns once the learner is at most this many
     /// entries behind the leader (openraft's `replication_lag_threshold`, 5 000 by default,
     /// would let a learner with less history than that be promoted before it caught up).
@@ -57,6 +61,7 @@ impl Default for ReplicaConfig {
             snapshot_every: 10_000,
             keep_after_snapshot: 1_000,
             snapshot_chunk_bytes: 1 << 20,
+            snapshot_timeout: Duration::from_secs(60),
             catch_up_within: 64,
             write_timeout: Duration::from_secs(5),
         }
@@ -79,6 +84,7 @@ impl ReplicaConfig {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.keep_after_snapshot,
             snapshot_max_chunk_size: self.snapshot_chunk_bytes,
+            install_snapshot_timeout: ms(self.snapshot_timeout),
             replication_lag_threshold: self.catch_up_within,
             ..Default::default()
         }
@@ -108,6 +114,8 @@ pub struct Replica {
     state: StateMachine,
     /// [`ReplicaConfig::write_timeout`].
     write_timeout: Duration,
+    /// [`ReplicaConfig::catch_up_within`].
+    catch_up_within: u64,
     /// Set by [`Replica::step_aside`]: this member refuses writes, so that no new entry it
     /// replicates keeps the followers from electing another leader.
     leaving: Arc<AtomicBool>,
@@ -184,6 +192,7 @@ impl Replica {
             raft,
             state,
             write_timeout: config.write_timeout,
+            catch_up_within: config.catch_up_within,
             leaving: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -254,13 +263,53 @@ impl Replica {
                 tracing::debug!(member = self.id, room, seq, duplicate, log = %resp.log_id, "replica: published");
                 Ok(seq)
             }
-            other @ Reply::Internal => Err(ReplicaError::UnexpectedReply(other)),
+            other @ (Reply::Internal | Reply::Retained { .. }) => {
+                Err(ReplicaError::UnexpectedReply(other))
+            }
         }
     }
 
+    /// Sets the ring's retention through the log ([`Command::Retain`]): once committed, every
+    /// member keeps at most this much history and evicts the same messages. Returns how many
+    /// messages the new limits evicted. Call on the leader (a node proposes it right after
+    /// bootstrapping the ring, from its relay's limits).
+    ///
+    /// # Errors
+    /// As [`Replica::publish`] (`ForwardToLeader`, `NotCommitted`, `Stopped`).
+    pub async fn set_retention(&self, retention: Retention) -> Result<u64, ReplicaError> {
+        let command = Command::Retain {
+            max_bytes: retention.max_bytes,
+            max_messages: retention.max_messages,
+        };
+        let resp = self
+            .bounded(self.raft.client_write(command))
+            .await?
+            .map_err(write_error)?;
+        match resp.data {
+            Reply::Retained { evicted } => {
+                tracing::info!(member = self.id, ?retention, evicted, log = %resp.log_id, "replica: retention set");
+                Ok(evicted)
+            }
+            other => Err(ReplicaError::UnexpectedReply(other)),
+        }
+    }
+
+    /// The retention this member applies (the last [`Command::Retain`] applied).
+    pub fn retention(&self) -> Retention {
+        self.state.retention()
+    }
+
+    /// Every `seq` of `room` below this was evicted here (1: none): a reader after `since`
+    /// below it knows it missed messages ([`RoomLogs::evicted_before`](super::RoomLogs::evicted_before)).
+    pub fn evicted_before(&self, room: &str) -> Seq {
+        self.state.evicted_before(room)
+    }
+
     /// Adds member `id` (reachable at `addr`) as a learner: it receives the log (or a
-    /// snapshot) but does not vote. With `blocking`, returns once it has caught up. Call on
-    /// the leader.
+    /// snapshot) but does not vote. A member already there at that address is not added again.
+    /// With `blocking`, returns once it has caught up, or [`ReplicaError::NotCommitted`] after
+    /// `write_timeout` while it is still catching up (ask again: nothing restarts). Call on the
+    /// leader.
     ///
     /// # Errors
     /// As [`Replica::publish`], plus [`ReplicaError::Membership`] when the change is refused.
@@ -270,11 +319,65 @@ impl Replica {
         addr: NodeAddr,
         blocking: bool,
     ) -> Result<(), ReplicaError> {
-        self.bounded(self.raft.add_learner(id, addr, blocking))
-            .await?
-            .map_err(write_error)?;
-        tracing::info!(member = self.id, learner = id, "replica: learner added");
+        // Adding a member already there, at the same address, again would write another
+        // membership entry and restart the replication to it (a snapshot under way starts
+        // over): a join retried while a learner catches up must not do that.
+        let present = self
+            .metrics()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned();
+        // A member id is never reused: another process claiming one in use (two launches
+        // that drew the same id) is refused, not given the member's place.
+        if let Some(other) = present.as_ref().filter(|n| **n != addr) {
+            return Err(ReplicaError::Membership(format!(
+                "member id {id} is in use at {}; a new member needs a new id",
+                other.addr
+            )));
+        }
+        if present.is_none() {
+            self.bounded(self.raft.add_learner(id, addr, false))
+                .await?
+                .map_err(write_error)?;
+            tracing::info!(member = self.id, learner = id, "replica: learner added");
+        }
+        if blocking {
+            self.caught_up(id).await?;
+        }
         Ok(())
+    }
+
+    /// Waits, at most `write_timeout`, until member `id` is within `catch_up_within` entries of
+    /// this leader's log.
+    ///
+    /// # Errors
+    /// [`ReplicaError::NotCommitted`] (retryable) while it is still catching up (a snapshot of
+    /// a GB takes longer than one wait: the caller asks again);
+    /// [`ReplicaError::ForwardToLeader`] when this member is not the leader.
+    async fn caught_up(&self, id: NodeId) -> Result<(), ReplicaError> {
+        let within = self.catch_up_within;
+        let me = self.id;
+        let waited = self
+            .wait_for(self.write_timeout, "learner caught up", move |m| {
+                m.current_leader != Some(me)
+                    || m.replication.as_ref().is_some_and(|r| {
+                        r.get(&id).is_some_and(|matched| {
+                            matched.map_or(0, |l| l.index) + within >= m.last_log_index.unwrap_or(0)
+                        })
+                    })
+            })
+            .await;
+        match waited {
+            Ok(m) if m.current_leader == Some(me) => Ok(()),
+            Ok(m) => Err(ReplicaError::ForwardToLeader {
+                leader: m.current_leader,
+                addr: None,
+            }),
+            Err(_) => Err(ReplicaError::NotCommitted(format!(
+                "member {id} is still catching up"
+            ))),
+        }
     }
 
     /// Changes the voters (joint consensus: returns once the final membership is committed).

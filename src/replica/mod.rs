@@ -10,8 +10,13 @@
 //! - `mod.rs` (this file): the [`TypeConfig`], the log entry ([`Command`]), the reply
 //!   ([`Reply`]) and [`ReplicaError`].
 //! - `state.rs`: [`RoomLogs`], the deterministic core every member applies entries to (no I/O,
-//!   no clock, no openraft): it assigns each room's `seq` and deduplicates retries; its
-//!   snapshot encoding.
+//!   no clock, no openraft): it assigns each room's `seq`, deduplicates retries, evicts by the
+//!   ring's [`Retention`] (itself an entry: [`Command::Retain`]); its snapshot encoding.
+//! - `snapshot.rs`: the sealed snapshot (a SHA-256 over the state's JSON), [`SnapshotBytes`]
+//!   (openraft's snapshot data, shared without copies), the `snapshot` call's chunk envelope
+//!   (raw bytes after a JSON header) and [`ChunkCheck`], which refuses a corrupt or truncated
+//!   snapshot before it is installed.
+//! - `refusals.rs`: [`RefusalLimit`], the per-address limit on refused member calls (`429`).
 //! - `store.rs`: [`LogStore`] and [`StateMachine`], openraft's storage traits, in memory.
 //! - `network.rs`: the [`Transport`] trait (three RPCs between members), [`Network`] (openraft's
 //!   network on top of any `Transport`) and [`InProcessTransport`], the in-memory one the tests
@@ -70,12 +75,12 @@
 mod http;
 mod member;
 mod network;
+mod refusals;
+mod snapshot;
 mod state;
 mod store;
 #[cfg(test)]
 mod tests;
-
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
@@ -86,7 +91,11 @@ pub use http::{
 };
 pub use member::{ChangeMembers, MAX_ID_BYTES, MAX_ROOM_BYTES, Replica, ReplicaConfig};
 pub use network::{InProcessTransport, Network, NetworkLink, RpcError, Transport};
-pub use state::{Message, RoomLogs, SnapshotError};
+pub use refusals::{MAX_ADDRESSES, REFUSAL_BURST, REFUSAL_RATE, RefusalLimit};
+pub use snapshot::{
+    ChunkCheck, SnapshotBytes, SnapshotError, decode_chunk, encode_chunk, open as open_snapshot,
+};
+pub use state::{MESSAGE_OVERHEAD, Message, Retention, RoomLogs};
 pub use store::{Applied, LogStore, StateMachine};
 
 /// A member's id in the Raft group (openraft's `NodeId`).
@@ -106,7 +115,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = NodeAddr,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = SnapshotBytes,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
@@ -129,6 +138,17 @@ pub enum Command {
         /// The message body, any JSON value.
         body: serde_json::Value,
     },
+    /// Set the ring's retention ([`Retention`]): from this entry on, every member keeps at
+    /// most this much history, evicting the same messages in the same order. Proposed when a
+    /// node bootstraps the ring, from its relay's limits.
+    Retain {
+        /// Bytes of messages all rooms together keep (`None`: no limit).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_bytes: Option<u64>,
+        /// Messages one room keeps (`None`: no limit).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_messages: Option<u64>,
+    },
 }
 
 /// What applying an entry produced (openraft's `R`).
@@ -141,6 +161,11 @@ pub enum Reply {
         seq: Seq,
         /// The entry was a retry of a stored message; nothing was appended.
         duplicate: bool,
+    },
+    /// A retention was applied; `evicted` messages went at once.
+    Retained {
+        /// How many messages the new limits evicted.
+        evicted: u64,
     },
     /// An entry openraft writes itself (a blank entry of a new leader, a membership change).
     Internal,

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::io::Cursor;
 use std::ops::RangeBounds;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -18,7 +17,9 @@ use openraft::{
     Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
 
-use super::{Message, NodeAddr, NodeId, Reply, RoomLogs, Seq, TypeConfig};
+use bytes::Bytes;
+
+use super::{Message, NodeAddr, NodeId, Reply, RoomLogs, Seq, SnapshotBytes, TypeConfig};
 
 /// Locks a mutex; a poisoned one (a panic elsewhere while holding it) is still read, since
 /// every update below leaves the data consistent before anything that could panic.
@@ -140,13 +141,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// A built snapshot: its metadata and the bytes of [`RoomLogs::to_snapshot`].
+/// A built or installed snapshot: its metadata and the bytes of [`RoomLogs::to_snapshot`].
 #[derive(Debug, Clone)]
 struct StoredSnapshot {
     /// Which log prefix it covers, with which membership.
     meta: SnapshotMeta<NodeId, NodeAddr>,
-    /// The serialised [`RoomLogs`].
-    data: Vec<u8>,
+    /// The sealed [`RoomLogs`], held once: every send of it reads this buffer.
+    data: Bytes,
 }
 
 /// The state machine's contents.
@@ -217,6 +218,16 @@ impl StateMachine {
         lock(&self.inner).rooms.head(room)
     }
 
+    /// Every `seq` of `room` below this was evicted (1: none).
+    pub fn evicted_before(&self, room: &str) -> Seq {
+        lock(&self.inner).rooms.evicted_before(room)
+    }
+
+    /// The retention last applied.
+    pub fn retention(&self) -> super::Retention {
+        lock(&self.inner).rooms.retention()
+    }
+
     /// The last log id applied.
     pub fn last_applied(&self) -> Option<LogId<NodeId>> {
         lock(&self.inner).last_applied
@@ -247,29 +258,36 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let mut m = lock(&self.inner);
-        let data = m
-            .rooms
-            .to_snapshot()
-            .map_err(|e| StorageIOError::read_state_machine(&e))?;
-        m.snapshots_built += 1;
-        let snapshot_id = match m.last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, m.snapshots_built),
-            None => format!("none-{}", m.snapshots_built),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: m.last_applied,
-            last_membership: m.membership.clone(),
-            snapshot_id,
-        };
+        // Serialising a large state takes seconds: off the async workers. The state stays
+        // locked meanwhile (applying waits), so the snapshot is exactly `last_applied`.
+        let inner = Arc::clone(&self.inner);
+        let built = tokio::task::spawn_blocking(move || {
+            let mut m = lock(&inner);
+            let data = Bytes::from(m.rooms.to_snapshot()?);
+            m.snapshots_built += 1;
+            let snapshot_id = match m.last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, m.snapshots_built),
+                None => format!("none-{}", m.snapshots_built),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: m.last_applied,
+                last_membership: m.membership.clone(),
+                snapshot_id,
+            };
+            m.snapshot = Some(StoredSnapshot {
+                meta: meta.clone(),
+                data: data.clone(),
+            });
+            Ok::<_, super::SnapshotError>((meta, data))
+        })
+        .await
+        .map_err(|e| StorageIOError::read_state_machine(&e))?
+        .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let (meta, data) = built;
         tracing::debug!(snapshot = %meta.snapshot_id, bytes = data.len(), "replica: snapshot built");
-        m.snapshot = Some(StoredSnapshot {
-            meta: meta.clone(),
-            data: data.clone(),
-        });
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(SnapshotBytes::shared(data)),
         })
     }
 }
@@ -350,18 +368,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    ) -> Result<Box<SnapshotBytes>, StorageError<NodeId>> {
+        Ok(Box::default())
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, NodeAddr>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotBytes>,
     ) -> Result<(), StorageError<NodeId>> {
-        let data = snapshot.into_inner();
-        let rooms = RoomLogs::from_snapshot(&data)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let data = snapshot.into_bytes();
+        // Reading a large snapshot takes seconds: off the async workers. It is checked
+        // (checksum, seqs, ids) before anything is replaced; the HTTP transport has already
+        // refused a corrupt one before handing it to openraft (`ChunkCheck`).
+        let (rooms, data) = tokio::task::spawn_blocking(move || {
+            RoomLogs::from_snapshot(&data).map(|rooms| (rooms, data))
+        })
+        .await
+        .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?
+        .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         tracing::info!(
             snapshot = %meta.snapshot_id,
             bytes = data.len(),
@@ -387,7 +412,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let m = lock(&self.inner);
         Ok(m.snapshot.as_ref().map(|s| Snapshot {
             meta: s.meta.clone(),
-            snapshot: Box::new(Cursor::new(s.data.clone())),
+            snapshot: Box::new(SnapshotBytes::shared(s.data.clone())),
         }))
     }
 }

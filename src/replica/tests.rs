@@ -29,6 +29,7 @@ fn config() -> ReplicaConfig {
         keep_after_snapshot: 0,
         // Small chunks: a snapshot travels in several install_snapshot RPCs.
         snapshot_chunk_bytes: 1024,
+        snapshot_timeout: Duration::from_secs(10),
         catch_up_within: 64,
         write_timeout: Duration::from_secs(1),
     }
@@ -651,4 +652,40 @@ fn replica_room_logs_apply_and_snapshot() {
     ));
     let twice = br#"{"rooms":{"a":[{"seq":1,"from":"x","id":"1","ts":0,"body":null},{"seq":2,"from":"x","id":"1","ts":0,"body":null}]}}"#;
     assert!(RoomLogs::from_snapshot(twice).is_err());
+}
+
+/// A member id is never reused: adding a member whose id is in use at another address is
+/// refused (two launches that drew the same id cannot take each other's place), while adding
+/// it again at its own address changes nothing (a retried join).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_an_id_in_use_elsewhere_is_refused_and_a_retried_join_is_harmless() {
+    bounded(async {
+        let c = Cluster::voters(&[1, 2, 3]).await;
+        let leader = &c.members[&c.leader().await];
+        let before = leader.metrics().membership_config.log_id().map(|l| l.index);
+        let taken = leader
+            .add_learner(
+                2,
+                NodeAddr {
+                    addr: "inproc://somewhere-else".into(),
+                },
+                false,
+            )
+            .await;
+        match taken {
+            Err(ReplicaError::Membership(m)) => assert!(m.contains("in use"), "{m}"),
+            other => panic!("an id in use at another address was accepted: {other:?}"),
+        }
+        leader
+            .add_learner(2, addr(2), false)
+            .await
+            .expect("same address");
+        let after = leader.metrics().membership_config.log_id().map(|l| l.index);
+        assert_eq!(before, after, "no membership entry was written");
+        assert_eq!(
+            leader.metrics().membership_config.membership().get_node(&2),
+            Some(&addr(2))
+        );
+    })
+    .await;
 }

@@ -41,6 +41,14 @@ pub struct Member {
 }
 
 impl Member {
+    /// The process's peak resident set (`VmHWM` in `/proc/{pid}/status`), in bytes (Linux).
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
     /// Starts member `id`: `--bootstrap` when `contacts` is empty, else `--join` each of them.
     /// Returns once it listens (not yet joined: see [`Member::wait_line`]).
     pub async fn start(
