@@ -297,7 +297,6 @@ fn a_leader_cut_off_by_the_network_acknowledges_nothing_and_catches_up_when_heal
 }
 
 async fn partition_inside_namespace() {
-    support::run_tool("ip", &["link", "set", "lo", "up"]);
     let logs = Logs::new();
     let op = operator();
     let ips = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];

@@ -255,6 +255,81 @@ async fn subscriber(
     got
 }
 
+/// Four publishers and two subscribers on the nodes of `book` (see [`publisher`] and
+/// [`subscriber`]).
+struct Load {
+    acks: Acks,
+    /// How many publishes were acknowledged so far.
+    acked_so_far: watch::Receiver<usize>,
+    /// Set to stop the publishers.
+    stop: Arc<AtomicBool>,
+    /// The final heads, for the subscribers ([`subscribers_got_the_log`]).
+    heads_tx: watch::Sender<Option<HashMap<String, u64>>>,
+    publishers: Vec<tokio::task::JoinHandle<usize>>,
+    subscribers: Vec<tokio::task::JoinHandle<Received>>,
+}
+
+impl Load {
+    fn start(book: &Book) -> Load {
+        let acks: Acks = Arc::default();
+        let (progress, acked_so_far) = watch::channel(0usize);
+        let progress = Arc::new(progress);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (heads_tx, heads) = watch::channel(None);
+        let publishers = (0..4)
+            .map(|n| {
+                let (book, acks, stop, progress) =
+                    (book.clone(), acks.clone(), stop.clone(), progress.clone());
+                tokio::spawn(publisher(n, book, acks, progress, stop))
+            })
+            .collect();
+        let subscribers = (0..2)
+            .map(|n| tokio::spawn(subscriber(n, book.clone(), stop.clone(), heads.clone())))
+            .collect();
+        Load {
+            acks,
+            acked_so_far,
+            stop,
+            heads_tx,
+            publishers,
+            subscribers,
+        }
+    }
+}
+
+/// Tells the subscribers the rooms' final heads (from the settled `history`) and checks what
+/// each received: every message of the log, once, at its seq.
+async fn subscribers_got_the_log(
+    history: &BTreeMap<String, Vec<Message>>,
+    heads: &watch::Sender<Option<HashMap<String, u64>>>,
+    subscribers: Vec<tokio::task::JoinHandle<Received>>,
+) {
+    heads
+        .send(Some(
+            history
+                .iter()
+                .map(|(room, h)| (room.clone(), h.len() as u64))
+                .collect(),
+        ))
+        .unwrap();
+    for s in subscribers {
+        let got = timeout(Duration::from_secs(120), s)
+            .await
+            .expect("subscribers catch up within 120 s")
+            .unwrap();
+        for ((room, seq), (from, id)) in &got {
+            let m: &Message = &history[room][*seq as usize - 1];
+            assert_eq!(
+                (&m.from, &m.id),
+                (from, id),
+                "a subscriber received another message at {room} seq {seq} than the log holds"
+            );
+        }
+        let total: usize = history.values().map(Vec::len).sum();
+        assert_eq!(got.len(), total, "a subscriber missed messages");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relay_clients_lose_nothing_through_twenty_node_kill_9s_with_rotations() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -272,21 +347,14 @@ async fn relay_clients_lose_nothing_through_twenty_node_kill_9s_with_rotations()
     }
     let mut next_id = 4;
 
-    let acks: Acks = Arc::default();
-    let (progress, mut acked_so_far) = watch::channel(0usize);
-    let progress = Arc::new(progress);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (heads_tx, heads) = watch::channel(None);
-    let publishers: Vec<_> = (0..4)
-        .map(|n| {
-            let (book, acks, stop, progress) =
-                (book.clone(), acks.clone(), stop.clone(), progress.clone());
-            tokio::spawn(publisher(n, book, acks, progress, stop))
-        })
-        .collect();
-    let subscribers: Vec<_> = (0..2)
-        .map(|n| tokio::spawn(subscriber(n, book.clone(), stop.clone(), heads.clone())))
-        .collect();
+    let Load {
+        acks,
+        mut acked_so_far,
+        stop,
+        heads_tx,
+        publishers,
+        subscribers,
+    } = Load::start(&book);
 
     let (mut kills, mut killed_leaders, mut rotations) = (0, 0, 0);
     for round in 0..20 {
@@ -322,30 +390,7 @@ async fn relay_clients_lose_nothing_through_twenty_node_kill_9s_with_rotations()
     live.sort_unstable();
     assert_eq!(voters, live, "the voters are the live nodes");
     let (acked, stored) = audit(&history, &acks);
-    heads_tx
-        .send(Some(
-            history
-                .iter()
-                .map(|(room, h)| (room.clone(), h.len() as u64))
-                .collect(),
-        ))
-        .unwrap();
-    for s in subscribers {
-        let got = timeout(Duration::from_secs(120), s)
-            .await
-            .expect("subscribers catch up within 120 s")
-            .unwrap();
-        for ((room, seq), (from, id)) in &got {
-            let m: &Message = &history[room][*seq as usize - 1];
-            assert_eq!(
-                (&m.from, &m.id),
-                (from, id),
-                "a subscriber received another message at {room} seq {seq} than the log holds"
-            );
-        }
-        let total: usize = history.values().map(Vec::len).sum();
-        assert_eq!(got.len(), total, "a subscriber missed messages");
-    }
+    subscribers_got_the_log(&history, &heads_tx, subscribers).await;
     eprintln!(
         "replicated nodes: {kills} kill -9 ({killed_leaders} of a leader), {rotations} rotations, \
          {published} published, {acked} acknowledged, {stored} stored, 0 lost; 2 subscribers \
@@ -356,40 +401,27 @@ async fn relay_clients_lose_nothing_through_twenty_node_kill_9s_with_rotations()
     }
 }
 
-/// `ouroboros node --replicas 3 --launcher local`: one command runs a whole ring on this
-/// machine. Its record lists the three nodes; the Rust client connected to the first node
-/// moves to another when that one is killed with SIGKILL, and its publishes and its room
-/// go on with no gap.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn one_command_runs_a_local_ring_and_the_rust_client_moves_to_a_live_node() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    use ouroboros::client::{Client, ClientConfig, Event, Transport, discover};
+/// Starts `ouroboros node --replicas 3 --launcher local` (plus `extra` flags) with its data in
+/// `data`; returns the first node's process and its `replicated ring of 3 members up: …` line.
+async fn start_local_ring(
+    logs: &Logs,
+    data: &std::path::Path,
+    extra: &[&str],
+) -> (tokio::process::Child, String) {
     use tokio::io::AsyncBufReadExt;
-    let logs = Logs::new();
-    let data = logs.path().join("ring");
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ouroboros"));
-    cmd.args([
-        "node",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--replicas",
-        "3",
-    ])
-    .args(["--launcher", "local", "--data-dir"])
-    .arg(&data)
-    .args([
-        "--replica-heartbeat",
-        "300ms",
-        "--replica-election-timeout",
-        "1200ms",
-    ])
-    .args(["--replica-write-timeout", "3s"])
-    .env("OUROBOROS_SECRET", support::SECRET)
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::fs::File::create(logs.path().join("first.log")).unwrap())
-    .kill_on_drop(true);
+    cmd.args(["node", "--host", "127.0.0.1", "--port", "0"])
+        .args(["--replicas", "3", "--launcher", "local"])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--replica-heartbeat", "300ms"])
+        .args(["--replica-election-timeout", "1200ms"])
+        .args(["--replica-write-timeout", "3s"])
+        .env("OUROBOROS_SECRET", support::SECRET)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(logs.path().join("first.log")).unwrap())
+        .kill_on_drop(true);
     let mut first = cmd.spawn().unwrap();
     let mut lines = tokio::io::BufReader::new(first.stdout.take().unwrap()).lines();
     let up = timeout(Duration::from_secs(120), async {
@@ -402,6 +434,20 @@ async fn one_command_runs_a_local_ring_and_the_rust_client_moves_to_a_live_node(
     })
     .await
     .expect("the ring is up within 120 s");
+    (first, up)
+}
+
+/// `ouroboros node --replicas 3 --launcher local`: one command runs a whole ring on this
+/// machine. Its record lists the three nodes; the Rust client connected to the first node
+/// moves to another when that one is killed with SIGKILL, and its publishes and its room
+/// go on with no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_command_runs_a_local_ring_and_the_rust_client_moves_to_a_live_node() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    use ouroboros::client::{Client, ClientConfig, Event, Transport, discover};
+    let logs = Logs::new();
+    let data = logs.path().join("ring");
+    let (mut first, up) = start_local_ring(&logs, &data, &[]).await;
     let urls: Vec<String> = up
         .rsplit(": ")
         .next()
@@ -607,42 +653,18 @@ async fn a_ring_with_lifetimes_renews_itself_and_replaces_a_killed_member() {
     let _one = ONE_AT_A_TIME.lock().await;
     use ouroboros::client::discover;
     use std::collections::BTreeSet;
-    use tokio::io::AsyncBufReadExt;
     let logs = Logs::new();
     let data = logs.path().join("ring");
     let _reaper = KillUnder(data.clone());
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ouroboros"));
-    cmd.args(["node", "--host", "127.0.0.1", "--port", "0"])
-        .args([
-            "--replicas",
-            "3",
-            "--launcher",
-            "local",
-            "--lifetime",
-            "24s",
-        ])
-        .args(["--successor-timeout", "5s", "--replica-dead-after", "10s"])
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--replica-heartbeat", "300ms"])
-        .args(["--replica-election-timeout", "1200ms"])
-        .args(["--replica-write-timeout", "3s"])
-        .env("OUROBOROS_SECRET", support::SECRET)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(logs.path().join("first.log")).unwrap())
-        .kill_on_drop(true);
-    let mut first = cmd.spawn().unwrap();
-    let mut lines = tokio::io::BufReader::new(first.stdout.take().unwrap()).lines();
-    let up = timeout(Duration::from_secs(120), async {
-        while let Some(l) = lines.next_line().await.unwrap() {
-            if l.starts_with("replicated ring of 3 members up: ") {
-                return l;
-            }
-        }
-        panic!("the first node exited before the ring was up");
-    })
-    .await
-    .expect("the ring is up within 120 s");
+    let lifetimes = [
+        "--lifetime",
+        "24s",
+        "--successor-timeout",
+        "5s",
+        "--replica-dead-after",
+        "10s",
+    ];
+    let (mut first, up) = start_local_ring(&logs, &data, &lifetimes).await;
     let initial: Vec<(u64, String)> = up
         .rsplit(": ")
         .next()
@@ -689,21 +711,14 @@ async fn a_ring_with_lifetimes_renews_itself_and_replaces_a_killed_member() {
         })
     };
 
-    let acks: Acks = Arc::default();
-    let (progress, mut acked_so_far) = watch::channel(0usize);
-    let progress = Arc::new(progress);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (heads_tx, heads) = watch::channel(None);
-    let publishers: Vec<_> = (0..4)
-        .map(|n| {
-            let (book, acks, stop, progress) =
-                (book.clone(), acks.clone(), stop.clone(), progress.clone());
-            tokio::spawn(publisher(n, book, acks, progress, stop))
-        })
-        .collect();
-    let subscribers: Vec<_> = (0..2)
-        .map(|n| tokio::spawn(subscriber(n, book.clone(), stop.clone(), heads.clone())))
-        .collect();
+    let Load {
+        acks,
+        mut acked_so_far,
+        stop,
+        heads_tx,
+        publishers,
+        subscribers,
+    } = Load::start(&book);
 
     // Let the ring renew itself a few times under load.
     let began = Instant::now();
@@ -762,30 +777,7 @@ async fn a_ring_with_lifetimes_renews_itself_and_replaces_a_killed_member() {
     let op = operator();
     let history = settled_ring_histories(&op, &book).await;
     let (acked, stored) = audit(&history, &acks);
-    heads_tx
-        .send(Some(
-            history
-                .iter()
-                .map(|(room, h)| (room.clone(), h.len() as u64))
-                .collect(),
-        ))
-        .unwrap();
-    for s in subscribers {
-        let got = timeout(Duration::from_secs(120), s)
-            .await
-            .expect("subscribers catch up within 120 s")
-            .unwrap();
-        for ((room, seq), (from, id)) in &got {
-            let m: &Message = &history[room][*seq as usize - 1];
-            assert_eq!(
-                (&m.from, &m.id),
-                (from, id),
-                "a subscriber received another message at {room} seq {seq} than the log holds"
-            );
-        }
-        let total: usize = history.values().map(Vec::len).sum();
-        assert_eq!(got.len(), total, "a subscriber missed messages");
-    }
+    subscribers_got_the_log(&history, &heads_tx, subscribers).await;
     watching.store(false, Ordering::Relaxed);
     watcher.await.unwrap();
     let members = seen.lock().unwrap().len();
@@ -839,7 +831,6 @@ fn a_node_cut_off_by_the_network_acknowledges_nothing_and_its_clients_catch_up_w
 }
 
 async fn node_partition_inside_namespace() {
-    support::run_tool("ip", &["link", "set", "lo", "up"]);
     let logs = Logs::new();
     let op = operator();
     let ips = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];

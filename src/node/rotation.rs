@@ -524,19 +524,31 @@ mod tests {
         }
     }
 
+    /// Runs the member of `ring` from now on; returns how it ended and when it started.
+    async fn rotate(
+        ring: &Arc<FakeRing>,
+        launcher: &Arc<FakeLauncher>,
+        host_ends: bool,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> (RotationEnd, Instant) {
+        let t0 = Instant::now();
+        let launcher: Arc<dyn Launcher> = launcher.clone();
+        let end = run(
+            ring.as_ref(),
+            schedule(host_ends),
+            launcher,
+            "peer",
+            t0,
+            stop,
+        )
+        .await;
+        (end, t0)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn launches_at_its_time_through_the_live_voters_and_hands_over_once_joined() {
         let (ring, launcher) = fixture(3, |_| true);
-        let t0 = Instant::now();
-        let end = run(
-            ring.as_ref(),
-            schedule(true),
-            launcher.clone(),
-            "peer",
-            t0,
-            std::future::pending(),
-        )
-        .await;
+        let (end, t0) = rotate(&ring, &launcher, true, std::future::pending()).await;
         let launches = launcher.launches.lock().unwrap();
         assert_eq!(launches.len(), 1);
         let (at, req) = &launches[0];
@@ -555,16 +567,7 @@ mod tests {
     async fn relaunches_with_a_fresh_id_and_doubling_waits_until_one_joins() {
         // The first two launches never join; the third does.
         let (ring, launcher) = fixture(3, |n| n == 3);
-        let t0 = Instant::now();
-        let end = run(
-            ring.as_ref(),
-            schedule(false),
-            launcher.clone(),
-            "peer",
-            t0,
-            std::future::pending(),
-        )
-        .await;
+        let (end, t0) = rotate(&ring, &launcher, false, std::future::pending()).await;
         let launches = launcher.launches.lock().unwrap();
         let times: Vec<u64> = launches
             .iter()
@@ -586,16 +589,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_host_that_ends_leaves_by_its_deadline_without_a_successor() {
         let (ring, launcher) = fixture(3, |_| false);
-        let t0 = Instant::now();
-        let end = run(
-            ring.as_ref(),
-            schedule(true),
-            launcher.clone(),
-            "peer",
-            t0,
-            std::future::pending(),
-        )
-        .await;
+        let (end, t0) = rotate(&ring, &launcher, true, std::future::pending()).await;
         assert_eq!(end, RotationEnd::NoSuccessor);
         assert_eq!(t0.elapsed(), Duration::from_secs(90));
         // 75, 80, (wait 10 s, cut at 90).
@@ -610,28 +604,16 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(30)).await;
             gone.voters.lock().unwrap().retain(|(id, _)| *id != 1);
         });
-        let t0 = Instant::now();
-        let end = run(
-            ring.as_ref(),
-            schedule(true),
-            launcher.clone(),
-            "peer",
-            t0,
-            std::future::pending(),
-        )
-        .await;
+        let (end, t0) = rotate(&ring, &launcher, true, std::future::pending()).await;
         assert_eq!(end, RotationEnd::Removed);
         assert!(t0.elapsed() < Duration::from_secs(31));
         assert!(launcher.launches.lock().unwrap().is_empty());
 
         let (ring, launcher) = fixture(3, |_| false);
-        let t0 = Instant::now();
-        let end = run(
-            ring.as_ref(),
-            schedule(false),
-            launcher.clone(),
-            "peer",
-            t0,
+        let (end, t0) = rotate(
+            &ring,
+            &launcher,
+            false,
             tokio::time::sleep(Duration::from_secs(77)),
         )
         .await;

@@ -425,7 +425,8 @@ pub async fn kill_and_replace(
 pub const NETNS_ENV: &str = "OUROBOROS_REPLICA_NETNS";
 
 /// Runs the test `name` (this very test binary, `--exact name`) again inside a network namespace
-/// of its own (`unshare -n`, root only) where `inside` runs on a 4-thread runtime; the
+/// of its own (`unshare -n`, root only) where `inside` runs on a 4-thread runtime with the
+/// namespace's loopback up; the
 /// namespace, its interfaces and its nftables rules vanish with it. Prints `SKIPPED` and
 /// returns when not root or when `unshare`, `nft` or `ip` is missing.
 pub fn in_own_network_namespace<F: std::future::Future<Output = ()>>(
@@ -433,6 +434,7 @@ pub fn in_own_network_namespace<F: std::future::Future<Output = ()>>(
     inside: impl FnOnce() -> F,
 ) {
     if std::env::var_os(NETNS_ENV).is_some() {
+        run_tool("ip", &["link", "set", "lo", "up"]);
         return tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
             .enable_all()
