@@ -837,7 +837,10 @@ impl Node {
             }
         };
         print_line(&format!("replica member {id} {what}"));
-        // The record lists the ring's live nodes from now on.
+        // The record lists the ring's live nodes from now on (at once, then on every change).
+        if self.shared.set_replicas(m.nodes()) {
+            self.publish().await;
+        }
         let (shared, publisher) = (self.shared.clone(), self.publisher.clone());
         m.on_members_change(move |nodes| {
             if shared.set_replicas(nodes) {
@@ -1012,14 +1015,10 @@ pub async fn run(
         }
         // Every member that enters the ring publishes the record (listing the ring's nodes)
         // through `--publisher`: at each rotation the newcomer refreshes it.
-        if let Some(p) = &cloud.publisher {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while node.record().replicas.is_empty() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            if let Err(e) = p.publish(&node.record()).await {
-                tracing::warn!(publisher = p.name(), error = %e, "discovery record not published");
-            }
+        if let Some(p) = &cloud.publisher
+            && let Err(e) = p.publish(&node.record()).await
+        {
+            tracing::warn!(publisher = p.name(), error = %e, "discovery record not published");
         }
         let plan = ring_args.lifecycle.plan()?;
         let n = ring_args.replication.replicas;

@@ -389,6 +389,11 @@ impl NodeMember {
         voters_of(&self.replica.metrics())
     }
 
+    /// The ring's voters as the discovery record lists them (`replicas`).
+    pub fn nodes(&self) -> Vec<crate::discovery::ReplicaNode> {
+        replica_nodes(&self.voters())
+    }
+
     /// This member's id.
     pub fn id(&self) -> NodeId {
         self.replica.id()

@@ -19,6 +19,7 @@ import { cleanupAll, register } from './lib/cleanup.mjs';
 import { launchBrowser } from './lib/browser.mjs';
 import { startStaticServer } from './lib/static-server.mjs';
 import { REPO_DIR, startOuroboros } from './lib/servers.mjs';
+import { say, stored } from './lib/chat-page.mjs';
 
 const ARTIFACTS = path.join(REPO_DIR, 'tests', 'artifacts');
 const CONSOLE_NOISE = [
@@ -152,19 +153,6 @@ after(async () => {
   if (ring) await ring.stop();
   await cleanupAll();
 });
-
-async function say(page, text) {
-  await page.focus('#composer-input');
-  await page.keyboard.insertText(text);
-  await page.keyboard.press('Enter');
-}
-
-/** The stored messages (with a seq) in the list, in order. */
-function stored(page) {
-  return page.$$eval('#message-list li[data-seq]:not(.pending)', (lis) =>
-    lis.map((li) => ({ seq: Number(li.dataset.seq), from: li.querySelector('.from').textContent, body: li.querySelector('.body').textContent })),
-  );
-}
 
 /**
  * Records every change of the connection indicator (`body[data-conn]`) with its time, and

@@ -12,6 +12,7 @@ import { launchBrowser } from './lib/browser.mjs';
 import { startStaticServer } from './lib/static-server.mjs';
 import { REPO_DIR } from './lib/servers.mjs';
 import { startNode } from './lib/relay-page.mjs';
+import { say, stored } from './lib/chat-page.mjs';
 
 const ARTIFACTS = path.join(REPO_DIR, 'tests', 'artifacts');
 let site; // serves node_modules/peerjs (what --peerjs-url points at)
@@ -35,19 +36,6 @@ async function openChat(browser, name, room) {
   const page = await browser.newPage(chatUrl(name, room), { waitReady: false });
   await page.waitForFunction(() => document.body.dataset.conn === 'live', null, { timeout: 20000 });
   return page;
-}
-
-async function say(page, text) {
-  await page.focus('#composer-input');
-  await page.keyboard.insertText(text);
-  await page.keyboard.press('Enter');
-}
-
-/** Texts of the stored messages (with a seq) in the list, in order. */
-function stored(page) {
-  return page.$$eval('#message-list li[data-seq]:not(.pending)', (lis) =>
-    lis.map((li) => ({ seq: Number(li.dataset.seq), from: li.querySelector('.from').textContent, body: li.querySelector('.body').textContent })),
-  );
 }
 
 async function waitForBody(page, text) {
