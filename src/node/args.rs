@@ -42,6 +42,18 @@ pub struct ReplicationArgs {
     /// before the leader launches a new member in its place and removes it.
     #[arg(long, env = "OUROBOROS_REPLICA_DEAD_AFTER", default_value = "30s", value_parser = crate::lifecycle::parse_duration)]
     pub replica_dead_after: Duration,
+    /// How members carry their calls to each other: `auto` opens a WebRTC DataConnection to
+    /// each member through the signaling servers it is registered on (with the node's ICE
+    /// servers) and uses HTTP while it opens or when it fails; `webrtc` never uses HTTP;
+    /// `http` never uses WebRTC (and advertises no WebRTC route).
+    #[cfg(feature = "replicas")]
+    #[arg(
+        long,
+        env = "OUROBOROS_REPLICA_TRANSPORT",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub replica_transport: crate::replica::LinkPolicy,
 }
 
 impl ReplicationArgs {
@@ -51,7 +63,8 @@ impl ReplicationArgs {
     }
 }
 
-/// `ID=URL`: a member id (not 0, the operator's) and its `http(s)://` base URL.
+/// `ID=URL`: a member id (not 0, the operator's) and one of its routes: its `http(s)://` base
+/// URL, or (with the `replicas` feature) a WebRTC route `peerjs:PEER@ws(s)://SERVER`.
 pub fn parse_contact(s: &str) -> Result<(u64, String), String> {
     let (id, url) = s
         .split_once('=')
@@ -62,6 +75,11 @@ pub fn parse_contact(s: &str) -> Result<(u64, String), String> {
         .map_err(|e| format!("{id:?}: not a member id: {e}"))?;
     if id == 0 {
         return Err("member id 0 is reserved".into());
+    }
+    #[cfg(feature = "replicas")]
+    if url.trim().starts_with(crate::replica::RTC_SCHEME) {
+        crate::replica::MemberAddr::default().add_contact_value(url)?;
+        return Ok((id, url.trim().to_owned()));
     }
     let url = url.trim().trim_end_matches('/');
     if !(url.starts_with("http://") || url.starts_with("https://")) {

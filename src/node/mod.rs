@@ -23,6 +23,8 @@ mod driver;
 pub mod handoff_ws;
 mod http;
 pub mod ice;
+#[cfg(feature = "replicas")]
+pub mod member_link;
 mod registration;
 #[cfg(feature = "replicas")]
 pub mod replica;
@@ -213,6 +215,8 @@ pub struct NodeShared {
     /// Counts the node's moves to a fresh id on a server where its id was taken
     /// ([`NodeShared::move_endpoint`]); the ring republishes the record on each.
     endpoint_moves: tokio::sync::watch::Sender<u64>,
+    /// A member's calls answered, by path (WebRTC, HTTP).
+    member_calls: Option<Arc<dyn Fn() -> (u64, u64) + Send + Sync>>,
 }
 
 impl NodeShared {
@@ -345,6 +349,10 @@ impl NodeShared {
             clients,
             rss_bytes: status::current_rss(),
             signaling: signaling_figures(&self.signaling.stats()),
+            replica_calls: self.member_calls.as_ref().map(|f| {
+                let (webrtc, http) = f();
+                status::ReplicaCalls { webrtc, http }
+            }),
             version: env!("CARGO_PKG_VERSION"),
         }
     }
@@ -679,6 +687,13 @@ impl Node {
             secret,
             keys,
             endpoint_moves: tokio::sync::watch::Sender::new(0),
+            #[cfg(feature = "replicas")]
+            member_calls: member.as_ref().map(|m| {
+                let m = m.clone();
+                Arc::new(move || m.calls_answered()) as Arc<dyn Fn() -> (u64, u64) + Send + Sync>
+            }),
+            #[cfg(not(feature = "replicas"))]
+            member_calls: None,
         });
         let root = signaling.with_cors(
             axum::Router::new()
@@ -708,19 +723,22 @@ impl Node {
 
         // The node's own peer, on its own server (loopback WebSocket).
         let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
+        // Who takes an incoming DataConnection, by its label.
+        let incoming = Incoming {
+            relay: relay.clone(),
+            handoff: shared.handoff.clone(),
+            #[cfg(feature = "replicas")]
+            links: member.as_ref().map_or_else(
+                || member_link::LinkServer::new(None),
+                replica::NodeMember::link_server,
+            ),
+        };
         {
-            let relay = relay.clone();
-            let handoff = shared.handoff.clone();
+            let incoming = incoming.clone();
             tokio::spawn(keep_registered(
                 own_cfg,
                 registrations[0].clone(),
-                move |c| {
-                    if c.label() == crate::handoff::HANDOFF_LABEL {
-                        handoff.route(crate::handoff::HandoffConn::DataChannel(c))
-                    } else {
-                        relay.serve(c)
-                    }
-                },
+                move |c| incoming.route(c),
                 Some(opened_tx),
                 None, // the id is reserved on the node's own server
                 stop.clone(),
@@ -743,10 +761,10 @@ impl Node {
             let mut cfg = cfg;
             node_peer_config(&mut cfg, &peer_id, &args, decoder_limits);
             node_ice.apply(&mut cfg, SystemTime::now());
-            let relay = relay.clone();
-            // A successor may reach this node through any of its registrations (on GitHub
-            // Actions: the PeerJS cloud), so handoff connections are routed here too.
-            let handoff = shared.handoff.clone();
+            // A successor (or another member of the ring) may reach this node through any of
+            // its registrations (on GitHub Actions: the PeerJS cloud), so handoff and member
+            // connections are routed here too.
+            let incoming = incoming.clone();
             // Anyone may hold the node's id on a server the node does not run (the PeerJS
             // cloud): there the node moves to a fresh id and republishes its record.
             let server = endpoint_of(&cfg);
@@ -756,17 +774,27 @@ impl Node {
             tokio::spawn(keep_registered(
                 cfg,
                 reg.clone(),
-                move |c| {
-                    if c.label() == crate::handoff::HANDOFF_LABEL {
-                        handoff.route(crate::handoff::HandoffConn::DataChannel(c))
-                    } else {
-                        relay.serve(c)
-                    }
-                },
+                move |c| incoming.route(c),
                 None,
                 Some(on_moved),
                 stop.clone(),
             ));
+        }
+
+        // The member's calls to the others travel over WebRTC DataConnections where it can.
+        #[cfg(feature = "replicas")]
+        if let Some(m) = &member {
+            let policy = args.replication.replica_transport;
+            if policy != crate::replica::LinkPolicy::Http {
+                let ice = node_ice.clone();
+                let loopback = addr.ip().is_loopback();
+                let configure: member_link::Configure = Arc::new(move |cfg: &mut PeerConfig| {
+                    cfg.loopback_candidates = loopback;
+                    ice.apply(cfg, SystemTime::now());
+                });
+                let link = member_link::RtcMemberLink::new(m.id(), configure, stop.clone());
+                m.set_link(Arc::new(link), policy);
+            }
         }
 
         // The base URL the other members reach this node at.
@@ -829,7 +857,12 @@ impl Node {
         let advertise = advertise.unwrap_or_else(|| self.ring_advertise.clone());
         let id = args.replication.replica_id;
         print_line(&format!("replica member {id} listening on {advertise}"));
-        let what = match m.enter(&args.replication, &advertise).await {
+        let rtc = if args.replication.replica_transport == crate::replica::LinkPolicy::Http {
+            Vec::new()
+        } else {
+            rtc_routes(&self.record())
+        };
+        let what = match m.enter(&args.replication, &advertise, rtc).await {
             Ok(what) => what,
             Err(e) => {
                 self.stop.cancel();
@@ -939,6 +972,46 @@ fn print_line(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// Hands an incoming DataConnection to the handoff, the member links or the relay, by its
+/// label.
+#[derive(Clone)]
+struct Incoming {
+    relay: RelayHandle,
+    handoff: crate::handoff::HandoffInbox,
+    #[cfg(feature = "replicas")]
+    links: member_link::LinkServer,
+}
+
+impl Incoming {
+    fn route(&self, c: crate::peer::DataConnection) {
+        if c.label() == crate::handoff::HANDOFF_LABEL {
+            return self
+                .handoff
+                .route(crate::handoff::HandoffConn::DataChannel(c));
+        }
+        #[cfg(feature = "replicas")]
+        if c.label() == crate::replica::LINK_LABEL {
+            return self.links.accept(c);
+        }
+        self.relay.serve(c)
+    }
+}
+
+/// The WebRTC routes to this node's member: its peer id on each signaling server of its record
+/// (with a tunnel, not the loopback ones: another runner's loopback is not this node).
+#[cfg(feature = "replicas")]
+fn rtc_routes(record: &DiscoveryRecord) -> Vec<crate::replica::RtcRoute> {
+    record
+        .signaling
+        .iter()
+        .filter(|ep| record.tunnel_url.is_none() || !crate::peer::is_loopback_host(&ep.host))
+        .map(|ep| crate::replica::RtcRoute {
+            peer: ep.peer_id_or(&record.peer_id).to_owned(),
+            server: ep.server_url(),
+        })
+        .collect()
 }
 
 /// Runs the node until `shutdown` resolves.
@@ -1062,7 +1135,7 @@ pub async fn run(
         let stop = tokio_util::sync::CancellationToken::new();
         // The ring's first node starts the other founding members (staggered lifetimes).
         if ring_args.replication.replica_join.is_empty() && n > 1 {
-            let first = (m.id(), m.advertised());
+            let first = m.contacts();
             for id in 2..=n as u64 {
                 let request = crate::lifecycle::SuccessorRequest {
                     generation: 0,
@@ -1071,7 +1144,7 @@ pub async fn run(
                     attempt: 1,
                     member: Some(crate::lifecycle::MemberLaunch {
                         id,
-                        join: vec![first.clone()],
+                        join: first.clone(),
                         founding: true,
                     }),
                 };

@@ -200,15 +200,7 @@ pub async fn run(
     println!("replica member {} listening on {advertise}", args.id);
     if args.bootstrap {
         replica
-            .initialize(
-                [(
-                    args.id,
-                    NodeAddr {
-                        addr: advertise.clone(),
-                    },
-                )]
-                .into(),
-            )
+            .initialize([(args.id, NodeAddr::http(advertise.clone()))].into())
             .await?;
         println!("replica member {} bootstrapped a new ring", args.id);
     } else {
@@ -217,7 +209,7 @@ pub async fn run(
             &args.join,
             args.join_timeout,
             &transport,
-            &advertise,
+            &NodeAddr::http(advertise.clone()),
         )
         .await?;
         println!("replica member {} joined as a voter", args.id);
@@ -235,19 +227,21 @@ async fn join(
     contacts: &[(NodeId, String)],
     join_timeout: Duration,
     transport: &HttpTransport,
-    advertise: &str,
+    advertise: &NodeAddr,
 ) -> anyhow::Result<()> {
     let request = JoinRequest {
         id: me,
-        addr: advertise.to_owned(),
+        addr: advertise.addr.clone(),
+        rtc: advertise.rtc.clone(),
     };
-    for (id, url) in contacts {
-        transport.set_addr(*id, url);
+    let contacts = NodeAddr::from_contacts(contacts).map_err(anyhow::Error::msg)?;
+    for (id, routes) in &contacts {
+        transport.set_routes(*id, routes);
     }
     let deadline = tokio::time::Instant::now() + join_timeout;
     let mut last = String::from("no contact answered");
     while tokio::time::Instant::now() < deadline {
-        for (id, _) in contacts {
+        for (id, _) in &contacts {
             match transport
                 .call::<_, Outcome<()>>(*id, crate::replica::Call::Join, &request)
                 .await
@@ -389,6 +383,39 @@ impl NodeMember {
         voters_of(&self.replica.metrics())
     }
 
+    /// The voters as launch contacts (`ID=route` pairs, every route of each; this member
+    /// last), for a new member to join through.
+    pub fn contacts(&self) -> Vec<(NodeId, String)> {
+        let m = self.replica.metrics();
+        let membership = m.membership_config.membership();
+        let me = self.replica.id();
+        let mut voters: Vec<(NodeId, NodeAddr)> = membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id).map(|n| (id, n.clone())))
+            .collect();
+        voters.sort_by_key(|(id, _)| *id == me);
+        NodeAddr::to_contacts(&voters)
+    }
+
+    /// Carries this member's calls over `link` as `policy` says.
+    pub fn set_link(
+        &self,
+        link: Arc<dyn crate::replica::MemberLink>,
+        policy: crate::replica::LinkPolicy,
+    ) {
+        self.transport.set_link(link, policy);
+    }
+
+    /// The answering side of this member's links.
+    pub fn link_server(&self) -> super::member_link::LinkServer {
+        super::member_link::LinkServer::new(Some(self.service.clone()))
+    }
+
+    /// Calls this member made that were answered: `(over WebRTC, over HTTP)`.
+    pub fn calls_answered(&self) -> (u64, u64) {
+        self.transport.answered()
+    }
+
     /// The ring's voters as the discovery record lists them (`replicas`).
     pub fn nodes(&self) -> Vec<crate::discovery::ReplicaNode> {
         replica_nodes(&self.voters())
@@ -528,21 +555,18 @@ impl NodeMember {
         &self,
         args: &ReplicationArgs,
         advertise: &str,
+        rtc: Vec<crate::replica::RtcRoute>,
     ) -> anyhow::Result<&'static str> {
         if let Ok(mut a) = self.advertised.lock() {
             advertise.clone_into(&mut a);
         }
+        let me = NodeAddr {
+            addr: advertise.to_owned(),
+            rtc,
+        };
         if args.replica_join.is_empty() {
             self.replica
-                .initialize(
-                    [(
-                        args.replica_id,
-                        NodeAddr {
-                            addr: advertise.to_owned(),
-                        },
-                    )]
-                    .into(),
-                )
+                .initialize([(args.replica_id, me)].into())
                 .await?;
             self.propose_retention().await;
             Ok("bootstrapped a new ring")
@@ -552,7 +576,7 @@ impl NodeMember {
                 &args.replica_join,
                 args.replica_join_timeout,
                 &self.transport,
-                advertise,
+                &me,
             )
             .await?;
             Ok("joined as a voter")

@@ -99,6 +99,13 @@ pub trait Ring: Send + Sync {
     fn voters(&self) -> Vec<(NodeId, String)>;
     /// Waits until one of `ids` is a voter (`None`: not within `within`).
     async fn wait_for_any_voter(&self, ids: &[NodeId], within: Duration) -> Option<NodeId>;
+    /// The voters as launch contacts (`ID=route` pairs; this member last).
+    fn contacts(&self) -> Vec<(NodeId, String)> {
+        let me = self.id();
+        let mut v = self.voters();
+        v.sort_by_key(|(id, _)| *id == me);
+        v
+    }
     /// Whether this member is still a voter.
     fn is_voter(&self) -> bool {
         let me = self.id();
@@ -120,6 +127,9 @@ impl Ring for NodeMember {
     }
     fn voters(&self) -> Vec<(NodeId, String)> {
         NodeMember::voters(self)
+    }
+    fn contacts(&self) -> Vec<(NodeId, String)> {
+        NodeMember::contacts(self)
     }
     async fn wait_for_any_voter(&self, ids: &[NodeId], within: Duration) -> Option<NodeId> {
         NodeMember::wait_for_any_voter(self, ids, within).await
@@ -152,12 +162,7 @@ pub async fn run(
         attempt += 1;
         let id = fresh_member_id(crate::replica::system_now_ms());
         let me = ring.id();
-        let join: Vec<(NodeId, String)> = ring
-            .voters()
-            .into_iter()
-            .filter(|(v, _)| *v != me)
-            .chain(ring.voters().into_iter().filter(|(v, _)| *v == me))
-            .collect();
+        let join = ring.contacts();
         let request = SuccessorRequest {
             generation: 0,
             predecessor_peer_id: peer_id.to_owned(),
@@ -317,7 +322,7 @@ pub async fn replace_dead_members(
                         "replica: a voter stopped answering; replacing it"
                     );
                     let live: Vec<(NodeId, String)> = member
-                        .voters()
+                        .contacts()
                         .into_iter()
                         .filter(|(v, _)| *v != gone)
                         .collect();

@@ -132,8 +132,21 @@ pub struct NodeStatus {
     pub rss_bytes: Option<u64>,
     /// Signaling server counters (a selection; `/metrics` has them all), name → value.
     pub signaling: Vec<(String, u64)>,
+    /// A member of a replicated ring: its calls to the other members answered so far, by
+    /// path (`{"webrtc": n, "http": n}`); absent on a node without `--replicas`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica_calls: Option<ReplicaCalls>,
     /// The node's version.
     pub version: &'static str,
+}
+
+/// A member's calls answered, by path ([`NodeStatus::replica_calls`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReplicaCalls {
+    /// Over WebRTC member links.
+    pub webrtc: u64,
+    /// Over HTTP.
+    pub http: u64,
 }
 
 /// Escapes text for HTML element content and attribute values.
@@ -421,6 +434,13 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std:
 pub fn render_metrics(s: &NodeStatus) -> String {
     let mut out = String::with_capacity(4096);
     let r = &s.relay;
+    if let Some(c) = s.replica_calls {
+        let _ = writeln!(
+            out,
+            "# HELP ouroboros_replica_calls_total Calls to the other members of the replicated ring answered, by path.\n# TYPE ouroboros_replica_calls_total counter\nouroboros_replica_calls_total{{transport=\"webrtc\"}} {}\nouroboros_replica_calls_total{{transport=\"http\"}} {}",
+            c.webrtc, c.http
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP ouroboros_node_info Static node information.\n# TYPE ouroboros_node_info gauge\nouroboros_node_info{{peer_id=\"{}\",version=\"{}\"}} 1",
@@ -647,6 +667,7 @@ mod tests {
             clients: Vec::new(),
             rss_bytes: Some(10 << 20),
             signaling: vec![("clients".into(), 3)],
+            replica_calls: Some(ReplicaCalls { webrtc: 5, http: 1 }),
             version: "0.1.0",
         }
     }

@@ -30,6 +30,7 @@ use ring::hmac;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::link::{Envelope, LinkError, LinkPolicy, MemberLink};
 use super::network::{RpcError, Transport, remote};
 use super::refusals::RefusalLimit;
 use super::snapshot::{ChunkCheck, decode_chunk, encode_chunk};
@@ -206,9 +207,15 @@ pub struct HistoryRequest {
 pub struct JoinRequest {
     /// Its member id (never 0, never reused).
     pub id: NodeId,
-    /// Its base URL (`http://127.0.0.1:8080`).
+    /// Its base URL (`http://127.0.0.1:8080`; empty when it takes calls over WebRTC only).
     pub addr: String,
+    /// Its WebRTC routes (at most [`MAX_RTC_ROUTES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rtc: Vec<super::RtcRoute>,
 }
+
+/// Most WebRTC routes a joining member may give.
+pub const MAX_RTC_ROUTES: usize = 8;
 
 /// `POST remove`: the voter to remove.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -343,16 +350,22 @@ pub enum CallError {
     NoAddress(NodeId),
 }
 
-/// The sending side: calls to other members over HTTP.
+/// The sending side: calls to other members, over HTTP or, when the node gave it a
+/// [`MemberLink`] and the member has a WebRTC route, over a DataConnection (the
+/// [`LinkPolicy`] decides).
 pub struct HttpTransport {
     /// This sender's id ([`OPERATOR`] for a tool).
     from: NodeId,
     http: reqwest::Client,
     key: Arc<RpcKey>,
     /// Where each member lives (learned from the membership, or set).
-    book: Mutex<HashMap<NodeId, String>>,
+    book: Mutex<HashMap<NodeId, NodeAddr>>,
     /// How long one call may take.
     timeout: Duration,
+    /// The node's WebRTC links, once it has set them ([`HttpTransport::set_link`]).
+    link: std::sync::OnceLock<(Arc<dyn MemberLink>, LinkPolicy)>,
+    /// Calls answered over WebRTC and over HTTP.
+    answered: [std::sync::atomic::AtomicU64; 2],
 }
 
 impl std::fmt::Debug for HttpTransport {
@@ -373,19 +386,53 @@ impl HttpTransport {
             key,
             book: Mutex::new(HashMap::new()),
             timeout,
+            link: std::sync::OnceLock::new(),
+            answered: Default::default(),
         }
     }
 
-    /// Records that member `id` lives at `addr` (a base URL).
+    /// Carries calls over `link` from now on, as `policy` says (set once; later calls are
+    /// ignored). Without it every call goes over HTTP.
+    pub fn set_link(&self, link: Arc<dyn MemberLink>, policy: LinkPolicy) {
+        let _ = self.link.set((link, policy));
+    }
+
+    /// Calls answered so far: `(over WebRTC, over HTTP)`.
+    pub fn answered(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.answered[0].load(Relaxed),
+            self.answered[1].load(Relaxed),
+        )
+    }
+
+    /// Records that member `id` lives at `addr` (a base URL), keeping its WebRTC routes.
     pub fn set_addr(&self, id: NodeId, addr: &str) {
         self.book
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, addr.trim_end_matches('/').to_owned());
+            .entry(id)
+            .or_default()
+            .addr = addr.trim_end_matches('/').to_owned();
     }
 
-    /// Where member `id` lives, if known.
+    /// Records all of member `id`'s routes.
+    pub fn set_routes(&self, id: NodeId, routes: &NodeAddr) {
+        let mut routes = routes.clone();
+        routes.addr = routes.addr.trim_end_matches('/').to_owned();
+        self.book
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, routes);
+    }
+
+    /// Where member `id` takes HTTP calls, if known.
     pub fn addr(&self, id: NodeId) -> Option<String> {
+        self.routes(id).map(|r| r.addr).filter(|a| !a.is_empty())
+    }
+
+    /// All of member `id`'s routes, if known.
+    pub fn routes(&self, id: NodeId) -> Option<NodeAddr> {
         self.book
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -418,7 +465,8 @@ impl HttpTransport {
     }
 
     /// Sends `body` (already encoded, of `content_type`) as `call` to member `to`, signed;
-    /// returns the body of a 200 answer.
+    /// returns the body of a 200 answer. Over the member link when the policy and the member's
+    /// routes allow, else (or while the link opens, with [`LinkPolicy::Auto`]) over HTTP.
     async fn send(
         &self,
         to: NodeId,
@@ -427,9 +475,56 @@ impl HttpTransport {
         content_type: &'static str,
         timeout: Duration,
     ) -> Result<bytes::Bytes, CallError> {
-        let addr = self.addr(to).ok_or(CallError::NoAddress(to))?;
+        use std::sync::atomic::Ordering::Relaxed;
+        let routes = self.routes(to).ok_or(CallError::NoAddress(to))?;
         let ts = system_now_ms();
         let mac = self.key.mac(call, self.from, to, ts, &body);
+        let body = bytes::Bytes::from(body);
+        let answered = |status: u16, bytes: bytes::Bytes| {
+            if status != 200 {
+                let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
+                return Err(CallError::Status {
+                    to,
+                    status,
+                    body: text,
+                });
+            }
+            Ok(bytes)
+        };
+        let use_link = self
+            .link
+            .get()
+            .filter(|(_, policy)| *policy != LinkPolicy::Http && !routes.rtc.is_empty());
+        if let Some((link, policy)) = use_link {
+            // Without an HTTP route there is nothing to fall back to: wait for the link.
+            let wait = *policy == LinkPolicy::Webrtc || routes.addr.is_empty();
+            let env = Envelope {
+                call,
+                from: self.from,
+                to,
+                ts,
+                mac: mac.clone(),
+                body: body.clone(),
+            };
+            match link.call(&routes.rtc, &env, timeout, wait).await {
+                Ok((status, bytes)) => {
+                    self.answered[0].fetch_add(1, Relaxed);
+                    return answered(status, bytes);
+                }
+                Err(LinkError::NotUp | LinkError::Failed(_)) if !wait => {}
+                Err(e) => {
+                    return Err(CallError::Unreachable {
+                        to,
+                        addr: routes.to_string(),
+                        detail: e.to_string(),
+                    });
+                }
+            }
+        }
+        if routes.addr.is_empty() {
+            return Err(CallError::NoAddress(to));
+        }
+        let addr = routes.addr;
         let unreachable = |e: reqwest::Error| CallError::Unreachable {
             to,
             addr: addr.clone(),
@@ -450,15 +545,8 @@ impl HttpTransport {
             .map_err(unreachable)?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(unreachable)?;
-        if status != 200 {
-            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
-            return Err(CallError::Status {
-                to,
-                status,
-                body: text,
-            });
-        }
-        Ok(bytes)
+        self.answered[1].fetch_add(1, Relaxed);
+        answered(status, bytes)
     }
 
     /// A Raft RPC: the remote Raft's own result, or an error openraft understands.
@@ -482,7 +570,7 @@ impl HttpTransport {
 #[async_trait::async_trait]
 impl Transport for HttpTransport {
     fn learn(&self, to: NodeId, node: &NodeAddr) {
-        self.set_addr(to, &node.addr);
+        self.set_routes(to, node);
     }
 
     async fn append_entries(
@@ -689,6 +777,19 @@ impl ReplicaService {
         }
     }
 
+    /// Handles a call that came over a member link (a DataConnection): the same checks as an
+    /// HTTP call's, on the values its frame carried.
+    pub async fn handle_received(&self, c: &super::ReceivedCall) -> Answer {
+        let header = |name: &str| match name {
+            HEADER_FROM => Some(c.from.to_string()),
+            HEADER_TO => Some(c.to.to_string()),
+            HEADER_TS => Some(c.ts.to_string()),
+            HEADER_MAC => Some(c.mac.clone()),
+            _ => None,
+        };
+        self.handle(&c.call, header, &c.body).await
+    }
+
     /// Handles a call whose headers [`ReplicaService::check_headers`] accepted: checks the
     /// body's size and the MAC, then runs it.
     pub async fn handle_checked(&self, checked: Checked, body: &[u8]) -> Answer {
@@ -868,8 +969,16 @@ impl ReplicaService {
                 leader: Some(leader),
                 addr,
             } if may_forward && *leader != self.replica.id() => {
-                if let Some(addr) = addr {
-                    self.transport.set_addr(*leader, addr);
+                let known = addr.clone().or_else(|| {
+                    self.replica
+                        .metrics()
+                        .membership_config
+                        .membership()
+                        .get_node(leader)
+                        .cloned()
+                });
+                if let Some(routes) = known {
+                    self.transport.set_routes(*leader, &routes);
                 }
                 Some(*leader)
             }
@@ -912,12 +1021,24 @@ impl ReplicaService {
                 reason: "member id 0 is reserved".into(),
             });
         }
+        let routes_ok = r.rtc.len() <= MAX_RTC_ROUTES
+            && r.rtc
+                .iter()
+                .all(|x| x.peer.len() <= 256 && x.server.len() <= 1024)
+            && r.addr.len() <= 1024;
+        if !routes_ok {
+            return Outcome::Err(CallFailure::BadRequest {
+                field: "rtc".into(),
+                reason: format!("at most {MAX_RTC_ROUTES} routes of bounded length"),
+            });
+        }
         let added = self
             .replica
             .add_learner(
                 r.id,
                 NodeAddr {
                     addr: r.addr.clone(),
+                    rtc: r.rtc.clone(),
                 },
                 true,
             )

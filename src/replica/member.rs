@@ -152,7 +152,7 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> Repl
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
             ReplicaError::ForwardToLeader {
                 leader: f.leader_id,
-                addr: f.leader_node.map(|n| n.addr),
+                addr: f.leader_node,
             }
         }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {

@@ -72,7 +72,9 @@
 
 #![warn(missing_docs)]
 
+mod addr;
 mod http;
+mod link;
 mod member;
 mod network;
 mod refusals;
@@ -84,10 +86,15 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
+pub use addr::{MemberAddr, RTC_SCHEME, RtcRoute};
 pub use http::{
     Answer, Call, CallError, CallFailure, Checked, HistoryRequest, HttpTransport, JoinRequest,
     MAX_BODY_BYTES, MAX_CLOCK_SKEW, OPERATOR, Outcome, PATH_PREFIX, PublishRequest, RemoveRequest,
     ReplicaService, RpcKey, Status, status, system_now_ms,
+};
+pub use link::{
+    Envelope, LINK_LABEL, LinkError, LinkFrameError, LinkPolicy, MemberLink, Reassembler,
+    ReceivedCall, Whole, encode_answer, encode_request,
 };
 pub use member::{ChangeMembers, MAX_ID_BYTES, MAX_ROOM_BYTES, Replica, ReplicaConfig};
 pub use network::{InProcessTransport, Network, NetworkLink, RpcError, Transport};
@@ -101,8 +108,9 @@ pub use store::{Applied, LogStore, StateMachine};
 /// A member's id in the Raft group (openraft's `NodeId`).
 pub type NodeId = u64;
 
-/// What a member is reachable at; opaque to openraft, the transport's business.
-pub type NodeAddr = openraft::BasicNode;
+/// What a member is reachable at ([`MemberAddr`]: its HTTP URL and WebRTC routes); opaque to
+/// openraft, the transport's business.
+pub type NodeAddr = MemberAddr;
 
 /// A publish's `seq`: its position in its room, from 1, dense, never reused.
 pub type Seq = u64;
@@ -179,8 +187,8 @@ pub enum ReplicaError {
     ForwardToLeader {
         /// The leader this member knows of, if any.
         leader: Option<NodeId>,
-        /// Its address, if known.
-        addr: Option<String>,
+        /// Its routes, if known.
+        addr: Option<NodeAddr>,
     },
     /// A field of the request breaks a rule (`field` names it); never retried.
     #[error("bad request: {field}: {reason}")]

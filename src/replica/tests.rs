@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::{BasicNode, ServerState};
+use openraft::ServerState;
 use serde_json::json;
 
 use super::*;
@@ -35,8 +35,8 @@ fn config() -> ReplicaConfig {
     }
 }
 
-fn addr(id: NodeId) -> BasicNode {
-    BasicNode::new(format!("in-process:{id}"))
+fn addr(id: NodeId) -> NodeAddr {
+    NodeAddr::http(format!("in-process:{id}"))
 }
 
 /// An acknowledged publish: where it must be found.
@@ -69,7 +69,7 @@ impl Cluster {
         for &id in ids {
             c.start(id).await;
         }
-        let all: BTreeMap<NodeId, BasicNode> = ids.iter().map(|&id| (id, addr(id))).collect();
+        let all: BTreeMap<NodeId, NodeAddr> = ids.iter().map(|&id| (id, addr(id))).collect();
         c.members[&ids[0]]
             .initialize(all)
             .await
@@ -664,13 +664,7 @@ async fn replica_an_id_in_use_elsewhere_is_refused_and_a_retried_join_is_harmles
         let leader = &c.members[&c.leader().await];
         let before = leader.metrics().membership_config.log_id().map(|l| l.index);
         let taken = leader
-            .add_learner(
-                2,
-                NodeAddr {
-                    addr: "inproc://somewhere-else".into(),
-                },
-                false,
-            )
+            .add_learner(2, NodeAddr::http("inproc://somewhere-else"), false)
             .await;
         match taken {
             Err(ReplicaError::Membership(m)) => assert!(m.contains("in use"), "{m}"),

@@ -16,6 +16,7 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { cleanupAll } from './lib/cleanup.mjs';
 import { labSkipReason, labUp, examplesDir } from './lib/natlab.mjs';
+import { ouroborosBin } from './lib/servers.mjs';
 
 const SKIP = labSkipReason();
 if (SKIP) console.log(`SKIPPED: NAT lab tests: ${SKIP}`);
@@ -439,4 +440,60 @@ test('rotation from runner NAT A to a runner NAT without UDP: handoff and client
   await reader.stop();
   await succ.stop();
   await pred.stop();
+});
+
+test('a replicated ring on three NATs (two runners, a home router without a port forward) replicates over WebRTC via STUN; no member call goes over HTTP', opts(180000), async (t) => {
+  const ice = [{ urls: lab.stunUrl }];
+  // The stand-in for the PeerJS cloud: a signaling server on the open host every member also registers on.
+  const sig = lab.spawn('pub', ouroborosBin(), ['signal', '--host', '0.0.0.0', '--port', '9100']);
+  t.after(() => sig.stop());
+  await sig.waitFor(/listening on/, 15000);
+  const shared = `ws://${lab.env.NATLAB_PUB_IP}:9100/?key=peerjs`;
+  const common = ['--also-register', shared, '--replica-transport', 'webrtc'];
+  const n1 = await lab.startNode('runnerA', { ice, extraArgs: [...common, '--replicas', '3'] });
+  t.after(() => n1.stop());
+  await n1.waitFor(/replica member 1 bootstrapped a new ring/, 30000);
+  // Members 2 and 3 know member 1 by its peer id on the shared server only.
+  const join = `1=peerjs:${n1.peerId}@${shared}`;
+  const n2 = await lab.startNode('runnerB', { ice, extraArgs: [...common, '--replica-id', '2', '--replica-join', join] });
+  t.after(() => n2.stop());
+  const n3 = await lab.startNode('home', { ice, extraArgs: [...common, '--replica-id', '3', '--replica-join', join] });
+  t.after(() => n3.stop());
+  await n2.waitFor(/replica member 2 joined as a voter/, 90000);
+  await n3.waitFor(/replica member 3 joined as a voter/, 90000);
+  // A client on the home network publishes through member 1 (its tunnel-forwarded port).
+  const room = 'ring-over-nats';
+  const pub = lab.spawn('home', path.join(examplesDir(), 'publish'), ['--discovery', `${n1.url}/ouroboros.json`, '--room', room, '--name', 'w'], { RUST_BACKTRACE: '0' });
+  const total = 20;
+  let n = 0;
+  const next = () => { if (n < total) pub.child.stdin.write(`line ${++n}\n`); else pub.child.stdin.end(); };
+  pub.child.stdout.on('data', (d) => { for (const _ of String(d).matchAll(/"event":"ack"/g)) next(); });
+  next();
+  assert.equal((await pub.exited).code, 0, pub.stderr());
+  const acks = [...pub.stdout().matchAll(/\{"event":"ack".*\}/g)].map((m) => JSON.parse(m[0]));
+  assert.equal(acks.length, total);
+  const maxSeq = Math.max(...acks.map((a) => a.seq));
+  // Every member holds every acknowledged message: the home member, reached over WebRTC only, too.
+  const statusOf = (host) => JSON.parse(lab.curl(host, 'http://127.0.0.1:9000/status.json'));
+  for (const host of ['runnerA', 'runnerB', 'home']) {
+    const until = Date.now() + 20000;
+    let head = 0;
+    for (;;) {
+      head = statusOf(host).rooms.find((r) => r.name === room)?.head ?? 0;
+      if (head >= maxSeq || Date.now() > until) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.equal(head, maxSeq, `${host}: room head ${head}, acknowledged up to ${maxSeq}`);
+    const calls = statusOf(host).replica_calls;
+    assert.ok(calls && calls.webrtc > 0, `${host}: ${JSON.stringify(calls)}`);
+    assert.equal(calls.http, 0, `${host}: ${JSON.stringify(calls)}`);
+  }
+  // The home member's links crossed the NATs by their public addresses (STUN: srflx or prflx).
+  const linkPairs = pairsFromLog(n3.stderr()).filter((p) => /^m[12]-/.test(p.peer ?? ''));
+  assert.ok(linkPairs.length >= 1, n3.stderr().slice(-3000));
+  for (const p of linkPairs) {
+    assert.ok([lab.wan('runnerA'), lab.wan('runnerB')].includes(p.remote.addr.split(':')[0]), JSON.stringify(p));
+    assert.ok(['srflx', 'prflx'].includes(p.remote.type), JSON.stringify(p));
+  }
+  console.log(`# replicated ring over NATs: ${acks.length} acks, head ${maxSeq} on all three; home member's link pairs: ${linkPairs.map((p) => `${p.local.type}->${p.remote.type}`).join(', ')}`);
 });
