@@ -948,3 +948,163 @@ async fn node_partition_inside_namespace() {
         m.stop().await;
     }
 }
+
+/// One frame from a member link, reassembled into a whole message (`None`: the link closed or
+/// nothing came within 10 s).
+async fn next_whole(
+    rx: &mut ouroboros::peer::DataConnection,
+    frames: &mut ouroboros::replica::Reassembler,
+) -> Option<ouroboros::replica::Whole> {
+    use ouroboros::peer::codec::Value as Wire;
+    loop {
+        match timeout(Duration::from_secs(10), rx.recv()).await {
+            Ok(Some(Ok(Wire::Bin(b)))) => {
+                if let Some(w) = frames
+                    .push(&b)
+                    .expect("the node's frames follow the format")
+                {
+                    return Some(w);
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Sends one call on a member link.
+async fn send_call(
+    conn: &ouroboros::peer::DataConnection,
+    number: u32,
+    env: &ouroboros::replica::Envelope,
+) {
+    for f in ouroboros::replica::encode_request(number, env) {
+        conn.send(&ouroboros::peer::codec::Value::Bin(f))
+            .await
+            .unwrap();
+    }
+}
+
+/// Member links (`ouroboros-replica` DataConnections) are open to anyone who can reach the
+/// node's peer: a call with a forged MAC is answered 401 and never run, a link that keeps
+/// sending forged calls is closed, and so is one that sends a frame that is not a member
+/// frame. A call signed with the ring's secret is answered. In a local ring the members' own
+/// calls go over such links (their `/status.json` counts them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn member_links_answer_only_signed_calls_and_close_on_abuse() {
+    use ouroboros::peer::{ConnectOptions, Peer, PeerConfig, codec::Serialization};
+    use ouroboros::replica::{Envelope, LINK_LABEL, Reassembler, RpcKey, Whole, system_now_ms};
+    let _one = ONE_AT_A_TIME.lock().await;
+    ouroboros::install_crypto_provider();
+    let logs = Logs::new();
+    let data = tempfile::tempdir().unwrap();
+    let _cleanup = KillUnder(data.path().to_path_buf());
+    let (_first, up) = start_local_ring(&logs, data.path(), &[]).await;
+    let base = up
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("1="))
+        .expect("member 1 in the up line")
+        .to_owned();
+    let http = reqwest::Client::new();
+    let record: Value = http
+        .get(format!("{base}/ouroboros.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let node_peer = record["peer_id"].as_str().unwrap().to_owned();
+    let port: u16 = base.rsplit(':').next().unwrap().parse().unwrap();
+    let attacker = Peer::open(PeerConfig::new("127.0.0.1", port))
+        .await
+        .unwrap();
+    let open = || async {
+        attacker
+            .connect(
+                &node_peer,
+                ConnectOptions {
+                    label: Some(LINK_LABEL.into()),
+                    serialization: Serialization::Raw,
+                    reliable: true,
+                    metadata: None,
+                },
+            )
+            .await
+            .unwrap()
+    };
+    let key = RpcKey::from_secret(support::SECRET.as_bytes());
+    let call = |mac: Option<&str>| {
+        let ts = system_now_ms();
+        let body = bytes::Bytes::from_static(b"null");
+        Envelope {
+            call: Call::Status,
+            from: 0,
+            to: 1,
+            ts,
+            mac: mac.map_or_else(|| key.mac(Call::Status, 0, 1, ts, &body), str::to_owned),
+            body,
+        }
+    };
+
+    let mut conn = open().await;
+    let mut frames = Reassembler::default();
+    send_call(&conn, 1, &call(Some("forged"))).await;
+    match next_whole(&mut conn, &mut frames).await {
+        Some(Whole::Answer(1, status, _)) => assert_eq!(status, 401),
+        other => panic!("forged call: {other:?}"),
+    }
+    send_call(&conn, 2, &call(None)).await;
+    match next_whole(&mut conn, &mut frames).await {
+        Some(Whole::Answer(2, 200, body)) => {
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["ok"]["id"], 1, "{v}");
+        }
+        other => panic!("signed call: {other:?}"),
+    }
+    // Forged calls until the node closes the link (it answers 20 refusals at most).
+    let mut refused = 1;
+    let mut closed = false;
+    for n in 3..40 {
+        send_call(&conn, n, &call(Some("forged"))).await;
+        match next_whole(&mut conn, &mut frames).await {
+            Some(Whole::Answer(_, 401, _)) => refused += 1,
+            None => {
+                closed = true;
+                break;
+            }
+            other => panic!("forged call {n}: {other:?}"),
+        }
+    }
+    assert!(closed, "the link stayed open after {refused} refused calls");
+    assert!(refused <= 22, "{refused} refused calls answered");
+
+    // A frame that is not a member frame closes the link at once.
+    let mut conn = open().await;
+    conn.send(&ouroboros::peer::codec::Value::Bin(
+        bytes::Bytes::from_static(b"hello"),
+    ))
+    .await
+    .unwrap();
+    assert!(
+        next_whole(&mut conn, &mut Reassembler::default())
+            .await
+            .is_none(),
+        "a garbage frame did not close the link"
+    );
+    attacker.close().await;
+
+    // The members' own calls travel over links.
+    let status: Value = http
+        .get(format!("{base}/status.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        status["replica_calls"]["webrtc"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        status["replica_calls"]
+    );
+}

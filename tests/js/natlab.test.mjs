@@ -497,3 +497,55 @@ test('a replicated ring on three NATs (two runners, a home router without a port
   }
   console.log(`# replicated ring over NATs: ${acks.length} acks, head ${maxSeq} on all three; home member's link pairs: ${linkPairs.map((p) => `${p.local.type}->${p.remote.type}`).join(', ')}`);
 });
+
+test('a replicated ring with a member on a runner NAT without UDP: its calls fall back to HTTP through the tunnel, the others stay on WebRTC', opts(180000), async (t) => {
+  const ice = [{ urls: lab.stunUrl }];
+  const sig = lab.spawn('pub', ouroborosBin(), ['signal', '--host', '0.0.0.0', '--port', '9100']);
+  t.after(() => sig.stop());
+  await sig.waitFor(/listening on/, 15000);
+  const shared = `ws://${lab.env.NATLAB_PUB_IP}:9100/?key=peerjs`;
+  // `--replica-transport auto` (the default): WebRTC where it opens, HTTP at the tunnel URL otherwise.
+  const common = ['--also-register', shared];
+  const n1 = await lab.startNode('runnerA', { ice, extraArgs: [...common, '--replicas', '3'] });
+  t.after(() => n1.stop());
+  await n1.waitFor(/replica member 1 bootstrapped a new ring/, 30000);
+  const join = `1=${n1.url},1=peerjs:${n1.peerId}@${shared}`;
+  const n2 = await lab.startNode('runnerB', { ice, extraArgs: [...common, '--replica-id', '2', '--replica-join', join] });
+  t.after(() => n2.stop());
+  await n2.waitFor(/replica member 2 joined as a voter/, 90000);
+  const n3 = await lab.startNode('runnerC', { ice, extraArgs: [...common, '--replica-id', '3', '--replica-join', join] });
+  t.after(() => n3.stop());
+  await n3.waitFor(/replica member 3 joined as a voter/, 90000);
+  const room = 'fallback';
+  const pub = lab.spawn('home', path.join(examplesDir(), 'publish'), ['--discovery', `${n1.url}/ouroboros.json`, '--room', room, '--name', 'w'], { RUST_BACKTRACE: '0' });
+  const total = 20;
+  let n = 0;
+  const next = () => { if (n < total) pub.child.stdin.write(`line ${++n}\n`); else pub.child.stdin.end(); };
+  pub.child.stdout.on('data', (d) => { for (const _ of String(d).matchAll(/"event":"ack"/g)) next(); });
+  next();
+  assert.equal((await pub.exited).code, 0, pub.stderr());
+  const acks = [...pub.stdout().matchAll(/\{"event":"ack".*\}/g)].map((m) => JSON.parse(m[0]));
+  assert.equal(acks.length, total);
+  const maxSeq = Math.max(...acks.map((a) => a.seq));
+  const statusOf = (host) => JSON.parse(lab.curl(host, 'http://127.0.0.1:9000/status.json'));
+  for (const host of ['runnerA', 'runnerB', 'runnerC']) {
+    const until = Date.now() + 20000;
+    let head = 0;
+    for (;;) {
+      head = statusOf(host).rooms.find((r) => r.name === room)?.head ?? 0;
+      if (head >= maxSeq || Date.now() > until) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.equal(head, maxSeq, `${host}: room head ${head}, acknowledged up to ${maxSeq}`);
+  }
+  const calls = Object.fromEntries(['runnerA', 'runnerB', 'runnerC'].map((h) => [h, statusOf(h).replica_calls]));
+  // Member 3 has no UDP: every call it made went over HTTP. The leader (member 1) replicated to
+  // member 2 over a WebRTC link and to member 3 over HTTP.
+  assert.equal(calls.runnerC.webrtc, 0, JSON.stringify(calls));
+  assert.ok(calls.runnerC.http > 0, JSON.stringify(calls));
+  assert.ok(calls.runnerA.webrtc > 0 && calls.runnerA.http > 0, JSON.stringify(calls));
+  const opened = (node) => [...node.stderr().replace(/\x1b\[[0-9;]*m/g, '').matchAll(/member link open over WebRTC .*?\bto=(\d+)/g)].map((m) => Number(m[1]));
+  assert.ok(opened(n1).includes(2), `member 1 opened links to ${opened(n1)}`);
+  assert.ok(!opened(n1).includes(3), `member 1 opened links to ${opened(n1)}`);
+  console.log(`# replicated ring with a member without UDP: ${acks.length} acks, head ${maxSeq} on all three; calls ${JSON.stringify(calls)}`);
+});
