@@ -1093,18 +1093,53 @@ async fn member_links_answer_only_signed_calls_and_close_on_abuse() {
     );
     attacker.close().await;
 
-    // The members' own calls travel over links.
-    let status: Value = http
-        .get(format!("{base}/status.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
+    // The same over the WebSocket link: a forged call is answered 401.
+    let url = format!(
+        "{}{}",
+        base.replacen("http", "ws", 1),
+        ouroboros::replica::LINK_WS_PATH
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
         .await
         .unwrap();
-    assert!(
-        status["replica_calls"]["webrtc"].as_u64().unwrap_or(0) > 0,
-        "{}",
-        status["replica_calls"]
-    );
+    for f in ouroboros::replica::encode_request(7, &call(Some("forged"))) {
+        ws.send(Frame::Binary(f)).await.unwrap();
+    }
+    let mut frames = Reassembler::default();
+    let answer = timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Frame::Binary(b))) => {
+                    if let Some(w) = frames.push(&b).unwrap() {
+                        return w;
+                    }
+                }
+                other => panic!("link WebSocket: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("an answer on the link WebSocket");
+    assert!(matches!(answer, Whole::Answer(7, 401, _)), "{answer:?}");
+
+    // The members' own calls travel over links: the WebSocket while the WebRTC one opens, then
+    // WebRTC.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status: Value = http
+            .get(format!("{base}/status.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let calls = &status["replica_calls"];
+        if calls["webrtc"].as_u64().unwrap_or(0) > 0 {
+            assert_eq!(calls["http"], 0, "{calls}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no call over WebRTC: {calls}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -184,8 +184,6 @@ pub async fn connect(
     peer: &str,
     run_id: Option<&str>,
 ) -> Result<FrameLink, HandoffWsError> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    crate::install_crypto_provider();
     let bad_url = |reason: String| HandoffWsError::BadUrl {
         url: url.to_string(),
         reason,
@@ -196,10 +194,23 @@ pub async fn connect(
         u.query_pairs_mut()
             .append_pair(crate::node::ring::RUN_ID_METADATA, run);
     }
-    let mut req = u
-        .as_str()
+    open_frame_link(u.as_str()).await
+}
+
+/// Opens the WebSocket at `url` (with the node's HTTP headers) as a [`FrameLink`] of whole
+/// binary messages: the handoff's client side, and the replicated ring's member links.
+///
+/// # Errors
+/// The URL is not a WebSocket URL, or the WebSocket cannot be opened.
+pub async fn open_frame_link(url: &str) -> Result<FrameLink, HandoffWsError> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    crate::install_crypto_provider();
+    let mut req = url
         .into_client_request()
-        .map_err(|e| bad_url(e.to_string()))?;
+        .map_err(|e| HandoffWsError::BadUrl {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
     for (k, v) in crate::tunnel::node_http_headers() {
         if let (Ok(k), Ok(v)) = (
             tokio_tungstenite::tungstenite::http::HeaderName::try_from(k.as_str()),

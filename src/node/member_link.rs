@@ -1,16 +1,18 @@
-//! The replicated ring's calls over WebRTC: members open PeerJS DataConnections (label
+//! The replicated ring's member links: members open PeerJS DataConnections (label
 //! `ouroboros-replica`, `raw`, reliable) to each other through the signaling servers they are
-//! registered on, with the node's ICE servers, and carry the same signed calls as over HTTP
-//! (`replica::link`'s frames). WebRTC crosses NATs with STUN (or TURN); the HTTP route through
-//! the tunnel stays as the fallback ([`LinkPolicy`]).
+//! registered on, with the node's ICE servers, or a WebSocket to `/replica/v1/link` at each
+//! other's base URL (the tunnel), and carry the same signed calls as over HTTP
+//! (`replica::link`'s frames). WebRTC crosses NATs with STUN (or TURN); the WebSocket through the
+//! tunnel is the fallback (`replica::LinkPolicy`).
 //!
-//! - [`RtcMemberLink`] is the calling side: one outgoing DataConnection per member, opened on
-//!   the first call through the member's routes in order (a dialer peer with a random id on each
+//! - [`RtcMemberLink`] is the calling side: one outgoing link per member and path, opened on the
+//!   first call (WebRTC: through the member's routes, a dialer peer with a random id on each
 //!   signaling server, shared by all members reached there), reopened with backoff after it
-//!   fails; many calls in flight on one connection, matched to their answers by number.
+//!   fails; many calls in flight on one link, matched to their answers by number.
 //! - [`LinkServer`] is the answering side: the node's peers hand it every incoming
-//!   connection with the label; each call is answered by the member's `ReplicaService`, which
-//!   checks its MAC, timestamp and receiver exactly as for HTTP.
+//!   DataConnection with the label, the node's HTTP server every upgraded link WebSocket; each
+//!   call is answered by the member's `ReplicaService`, which checks its MAC, timestamp and
+//!   receiver exactly as for HTTP.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,12 +24,66 @@ use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::handoff::FrameLink;
+use crate::peer::ConnectionReceiver;
 use crate::peer::codec::{Serialization, Value};
 use crate::peer::{ConnectOptions, ConnectionSender, DataConnection, Peer, PeerConfig};
 use crate::replica::{
-    Envelope, LINK_LABEL, LinkError, MemberLink, NodeId, Reassembler, ReplicaService, RtcRoute,
-    Whole, encode_answer, encode_request,
+    Envelope, LINK_LABEL, LINK_WS_PATH, LinkError, LinkPath, MemberLink, NodeId, Reassembler,
+    ReplicaService, RtcRoute, Whole, encode_answer, encode_request,
 };
+
+/// The sending half of a link, whatever carries it.
+#[derive(Clone)]
+enum FrameTx {
+    Rtc(ConnectionSender),
+    Ws(tokio::sync::mpsc::Sender<Vec<u8>>),
+}
+
+impl FrameTx {
+    async fn send(&self, frame: Bytes) -> Result<(), String> {
+        match self {
+            FrameTx::Rtc(s) => s.send(&Value::Bin(frame)).await.map_err(|e| e.to_string()),
+            FrameTx::Ws(tx) => tx
+                .send(frame.to_vec())
+                .await
+                .map_err(|_| "the link closed".to_owned()),
+        }
+    }
+
+    /// Closes a DataConnection (a WebSocket closes once its last sender is dropped).
+    async fn close(&self) {
+        if let FrameTx::Rtc(s) = self {
+            s.close(false).await;
+        }
+    }
+}
+
+/// The receiving half of a link.
+enum FrameRx {
+    Rtc(ConnectionReceiver),
+    Ws(tokio::sync::mpsc::Receiver<Vec<u8>>),
+}
+
+impl FrameRx {
+    /// The next binary message; `None` once the link closed (or sent something else).
+    async fn next(&mut self) -> Option<Bytes> {
+        match self {
+            FrameRx::Rtc(r) => match r.recv().await {
+                Some(Ok(Value::Bin(b))) => Some(b),
+                _ => None,
+            },
+            FrameRx::Ws(r) => r.recv().await.map(Bytes::from),
+        }
+    }
+}
+
+/// Which kind of link (a member has at most one of each open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Via {
+    Rtc,
+    Ws,
+}
 
 /// Member links a node answers at once (more are closed at once).
 pub const MAX_LINKS_SERVED: usize = 64;
@@ -50,7 +106,7 @@ pub type Configure = Arc<dyn Fn(&mut PeerConfig) + Send + Sync>;
 
 /// One open link.
 struct Conn {
-    sender: ConnectionSender,
+    sender: FrameTx,
     /// Calls waiting for their answer, by number.
     pending: Mutex<HashMap<u32, oneshot::Sender<(u16, Bytes)>>>,
     next: AtomicU32,
@@ -62,22 +118,27 @@ impl Conn {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends `env` and waits for its answer until `deadline`.
-    async fn request(&self, env: &Envelope, deadline: Instant) -> Result<(u16, Bytes), LinkError> {
+    /// Sends `env` and waits for its answer until `deadline` (`timeout` after the call began).
+    async fn request(
+        &self,
+        env: &Envelope,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(u16, Bytes), LinkError> {
         let number = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending().insert(number, tx);
         let sent = tokio::time::timeout_at(deadline, async {
             for f in encode_request(number, env) {
-                self.sender.send(&Value::Bin(f)).await?;
+                self.sender.send(f).await?;
             }
-            Ok::<(), crate::peer::ConnectionError>(())
+            Ok::<(), String>(())
         })
         .await;
         let failed = match sent {
             Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(LinkError::Failed(e.to_string())),
-            Err(_) => Some(LinkError::Timeout(deadline - Instant::now())),
+            Ok(Err(e)) => Some(LinkError::Failed(e)),
+            Err(_) => Some(LinkError::Timeout(timeout)),
         };
         if let Some(e) = failed {
             self.pending().remove(&number);
@@ -88,7 +149,7 @@ impl Conn {
             Ok(Err(_)) => Err(LinkError::Failed("the link closed".into())),
             Err(_) => {
                 self.pending().remove(&number);
-                Err(LinkError::Timeout(Duration::ZERO))
+                Err(LinkError::Timeout(timeout))
             }
         }
     }
@@ -120,7 +181,7 @@ struct Inner {
     configure: Configure,
     /// Dialer peers by signaling server URL.
     dialers: tokio::sync::Mutex<HashMap<String, Arc<Peer>>>,
-    links: Mutex<HashMap<NodeId, Slot>>,
+    links: Mutex<HashMap<(NodeId, Via), Slot>>,
     stop: CancellationToken,
 }
 
@@ -164,16 +225,22 @@ impl RtcMemberLink {
         RtcMemberLink { inner }
     }
 
-    fn links(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Slot>> {
+    fn links(&self) -> std::sync::MutexGuard<'_, HashMap<(NodeId, Via), Slot>> {
         self.inner.links.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The link to `to`, starting to open one when there is none and none is due to wait.
-    fn find(&self, to: NodeId, routes: &[RtcRoute]) -> Found {
+    /// The link to `to` over `path`, starting to open one when there is none and none is due
+    /// to wait.
+    fn find(&self, to: NodeId, path: LinkPath<'_>) -> Found {
+        let via = match path {
+            LinkPath::Rtc(_) => Via::Rtc,
+            LinkPath::Ws(_) => Via::Ws,
+        };
+        let key = (to, via);
         let now = Instant::now();
         let mut links = self.links();
         let mut backoff = FIRST_BACKOFF;
-        match links.get(&to) {
+        match links.get(&key) {
             Some(Slot::Up(c)) if !c.closed.is_cancelled() => return Found::Up(c.clone()),
             Some(Slot::Opening(rx)) => return Found::Opening(rx.clone()),
             Some(Slot::Down {
@@ -183,15 +250,22 @@ impl RtcMemberLink {
             _ => {}
         }
         let (tx, rx) = watch::channel(false);
-        links.insert(to, Slot::Opening(rx.clone()));
+        links.insert(key, Slot::Opening(rx.clone()));
         drop(links);
         let this = self.clone();
-        let routes = routes.to_vec();
+        let target = match path {
+            LinkPath::Rtc(routes) => Target::Rtc(routes.to_vec()),
+            LinkPath::Ws(base) => Target::Ws(base.to_owned()),
+        };
         tokio::spawn(async move {
-            let slot = match this.open(to, &routes).await {
+            let opened = match &target {
+                Target::Rtc(routes) => this.open(to, routes).await,
+                Target::Ws(base) => this.open_ws(to, base).await,
+            };
+            let slot = match opened {
                 Ok(conn) => Slot::Up(conn),
                 Err(error) => {
-                    tracing::info!(member = this.inner.me, to, %error, retry_in = ?backoff, "replica: member link not opened");
+                    tracing::info!(member = this.inner.me, to, ?via, %error, retry_in = ?backoff, "replica: member link not opened");
                     Slot::Down {
                         retry_at: Instant::now() + backoff,
                         backoff: (backoff * 2).min(MAX_BACKOFF),
@@ -199,7 +273,7 @@ impl RtcMemberLink {
                     }
                 }
             };
-            this.links().insert(to, slot);
+            this.links().insert(key, slot);
             let _ = tx.send(true);
         });
         Found::Opening(rx)
@@ -286,7 +360,8 @@ impl RtcMemberLink {
                 Some(done) = attempts.next() => match done {
                     Ok((r, dc)) => {
                         tracing::info!(member = self.inner.me, to, peer = %r.peer, server = %r.server, "replica: member link open over WebRTC");
-                        return Ok(self.start(to, dc));
+                        let (tx, rx) = dc.split();
+                        return Ok(self.start(to, FrameTx::Rtc(tx), FrameRx::Rtc(rx)));
                     }
                     Err(e) => errors.push(e),
                 },
@@ -301,9 +376,23 @@ impl RtcMemberLink {
         })
     }
 
+    /// Opens a WebSocket link to the member whose base URL is `base`.
+    async fn open_ws(&self, to: NodeId, base: &str) -> Result<Arc<Conn>, String> {
+        let url = format!(
+            "{}{LINK_WS_PATH}",
+            base.trim_end_matches('/').replacen("http", "ws", 1)
+        );
+        let link = tokio::time::timeout(OPEN_TIMEOUT, super::handoff_ws::open_frame_link(&url))
+            .await
+            .map_err(|_| format!("{url}: not open in {OPEN_TIMEOUT:?}"))?
+            .map_err(|e| e.to_string())?;
+        tracing::info!(member = self.inner.me, to, %url, "replica: member link open over a WebSocket");
+        let FrameLink { tx, rx, .. } = link;
+        Ok(self.start(to, FrameTx::Ws(tx), FrameRx::Ws(rx)))
+    }
+
     /// Starts the reader of an opened link.
-    fn start(&self, to: NodeId, dc: DataConnection) -> Arc<Conn> {
-        let (sender, mut receiver) = dc.split();
+    fn start(&self, to: NodeId, sender: FrameTx, mut receiver: FrameRx) -> Arc<Conn> {
         let conn = Arc::new(Conn {
             sender,
             pending: Mutex::default(),
@@ -316,11 +405,11 @@ impl RtcMemberLink {
         tokio::spawn(async move {
             let mut frames = Reassembler::default();
             loop {
-                let v = tokio::select! {
-                    v = receiver.recv() => v,
+                let b = tokio::select! {
+                    b = receiver.next() => b,
                     () = stop.cancelled() => break,
                 };
-                let Some(Ok(Value::Bin(b))) = v else { break };
+                let Some(b) = b else { break };
                 match frames.push(&b) {
                     Ok(None) => {}
                     Ok(Some(Whole::Answer(n, status, body))) => {
@@ -344,26 +433,32 @@ impl RtcMemberLink {
             }
             c.closed.cancel();
             c.pending().clear();
-            c.sender.close(false).await;
+            c.sender.close().await;
             tracing::info!(member = me, to, "replica: member link closed");
         });
         conn
     }
 }
 
+/// Where a link is being opened to.
+enum Target {
+    Rtc(Vec<RtcRoute>),
+    Ws(String),
+}
+
 #[async_trait::async_trait]
 impl MemberLink for RtcMemberLink {
     async fn call(
         &self,
-        routes: &[RtcRoute],
+        path: LinkPath<'_>,
         env: &Envelope,
         timeout: Duration,
         wait: bool,
     ) -> Result<(u16, Bytes), LinkError> {
         let deadline = Instant::now() + timeout;
         loop {
-            match self.find(env.to, routes) {
-                Found::Up(conn) => return conn.request(env, deadline).await,
+            match self.find(env.to, path) {
+                Found::Up(conn) => return conn.request(env, deadline, timeout).await,
                 Found::Opening(_) | Found::Down(..) if !wait => return Err(LinkError::NotUp),
                 Found::Opening(mut rx) => {
                     if tokio::time::timeout_at(deadline, rx.wait_for(|done| *done))
@@ -403,41 +498,55 @@ impl LinkServer {
 
     /// Takes an incoming DataConnection labelled [`LINK_LABEL`].
     pub fn accept(&self, dc: DataConnection) {
+        let remote = dc.peer().to_owned();
+        if dc.serialization() != Serialization::Raw {
+            tracing::info!(peer = %remote, "replica: member link without raw serialization refused");
+            tokio::spawn(async move { dc.close(false).await });
+            return;
+        }
+        let (tx, rx) = dc.split();
+        self.serve(FrameTx::Rtc(tx), FrameRx::Rtc(rx), remote, None);
+    }
+
+    /// Takes an upgraded link WebSocket from `ip`.
+    pub fn accept_ws(&self, link: FrameLink, ip: Option<std::net::IpAddr>) {
+        let FrameLink { tx, rx, .. } = link;
+        let remote = ip.map_or_else(|| "?".to_owned(), |ip| ip.to_string());
+        self.serve(FrameTx::Ws(tx), FrameRx::Ws(rx), remote, ip);
+    }
+
+    fn serve(&self, tx: FrameTx, rx: FrameRx, remote: String, ip: Option<std::net::IpAddr>) {
         let (Some(service), Ok(slot)) =
             (self.service.clone(), self.slots.clone().try_acquire_owned())
         else {
-            tracing::info!(
-                peer = dc.peer(),
-                "replica: member link refused (not a member, or too many links)"
-            );
-            tokio::spawn(async move { dc.close(false).await });
+            tracing::info!(peer = %remote, "replica: member link refused (not a member, or too many links)");
+            tokio::spawn(async move { tx.close().await });
             return;
         };
         tokio::spawn(async move {
-            serve(dc, service).await;
+            serve(tx, rx, service, remote, ip).await;
             drop(slot);
         });
     }
 }
 
-/// Answers the calls of one incoming link until it closes or breaks the rules.
-async fn serve(dc: DataConnection, service: ReplicaService) {
-    let remote = dc.peer().to_owned();
-    if dc.serialization() != Serialization::Raw {
-        tracing::info!(peer = %remote, "replica: member link without raw serialization refused");
-        dc.close(false).await;
-        return;
-    }
-    let (sender, mut receiver) = dc.split();
+/// Answers the calls of one incoming link until it closes or breaks the rules; refused calls
+/// count against `ip` too (the HTTP path's limit) when it is known.
+async fn serve(
+    sender: FrameTx,
+    mut receiver: FrameRx,
+    service: ReplicaService,
+    remote: String,
+    ip: Option<std::net::IpAddr>,
+) {
     let in_flight = Arc::new(Semaphore::new(MAX_CALLS_IN_FLIGHT));
     let refused = Arc::new(AtomicU32::new(0));
     let mut frames = Reassembler::default();
-    while let Some(v) = receiver.recv().await {
+    while let Some(b) = receiver.next().await {
         if refused.load(Ordering::Relaxed) >= MAX_REFUSED_PER_LINK {
             tracing::warn!(peer = %remote, "replica: member link refused too many calls; closing it");
             break;
         }
-        let Ok(Value::Bin(b)) = v else { break };
         let call = match frames.push(&b) {
             Ok(None) => continue,
             Ok(Some(Whole::Call(n, call))) => (n, call),
@@ -455,14 +564,17 @@ async fn serve(dc: DataConnection, service: ReplicaService) {
             let answer = service.handle_received(&call).await;
             if matches!(answer.status, 400 | 401 | 404 | 421) {
                 refused.fetch_add(1, Ordering::Relaxed);
+                if ip.is_some() {
+                    service.count(ip, &answer);
+                }
             }
             for f in encode_answer(n, answer.status, &answer.body) {
-                if sender.send(&Value::Bin(f)).await.is_err() {
+                if sender.send(f).await.is_err() {
                     break;
                 }
             }
             drop(permit);
         });
     }
-    sender.close(false).await;
+    sender.close().await;
 }

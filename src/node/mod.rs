@@ -215,8 +215,8 @@ pub struct NodeShared {
     /// Counts the node's moves to a fresh id on a server where its id was taken
     /// ([`NodeShared::move_endpoint`]); the ring republishes the record on each.
     endpoint_moves: tokio::sync::watch::Sender<u64>,
-    /// A member's calls answered, by path (WebRTC, HTTP).
-    member_calls: Option<Arc<dyn Fn() -> (u64, u64) + Send + Sync>>,
+    /// A member's calls answered, by path.
+    member_calls: Option<Arc<dyn Fn() -> status::ReplicaCalls + Send + Sync>>,
 }
 
 impl NodeShared {
@@ -349,10 +349,7 @@ impl NodeShared {
             clients,
             rss_bytes: status::current_rss(),
             signaling: signaling_figures(&self.signaling.stats()),
-            replica_calls: self.member_calls.as_ref().map(|f| {
-                let (webrtc, http) = f();
-                status::ReplicaCalls { webrtc, http }
-            }),
+            replica_calls: self.member_calls.as_ref().map(|f| f()),
             version: env!("CARGO_PKG_VERSION"),
         }
     }
@@ -690,7 +687,14 @@ impl Node {
             #[cfg(feature = "replicas")]
             member_calls: member.as_ref().map(|m| {
                 let m = m.clone();
-                Arc::new(move || m.calls_answered()) as Arc<dyn Fn() -> (u64, u64) + Send + Sync>
+                Arc::new(move || {
+                    let c = m.calls_answered();
+                    status::ReplicaCalls {
+                        webrtc: c.webrtc,
+                        websocket: c.websocket,
+                        http: c.http,
+                    }
+                }) as Arc<dyn Fn() -> status::ReplicaCalls + Send + Sync>
             }),
             #[cfg(not(feature = "replicas"))]
             member_calls: None,

@@ -65,11 +65,56 @@ pub struct ReplicaArgs {
     pub write_timeout: Duration,
 }
 
-/// The axum routes of a member's calls: `POST /replica/v1/{call}`.
+/// The axum routes of a member's calls: `POST /replica/v1/{call}`, and the WebSocket member
+/// link `GET /replica/v1/link`.
 pub fn routes(service: ReplicaService) -> Router {
+    let links = super::member_link::LinkServer::new(Some(service.clone()));
     Router::new()
         .route(&format!("{PATH_PREFIX}{{call}}"), post(handle))
-        .with_state(service)
+        .with_state(service.clone())
+        .merge(
+            Router::new()
+                .route(crate::replica::LINK_WS_PATH, axum::routing::get(link_ws))
+                .with_state((service, links)),
+        )
+}
+
+/// `GET /replica/v1/link`: a member link over a WebSocket (an address refused too often gets
+/// 429 before the upgrade).
+async fn link_ws(
+    State((service, links)): State<(ReplicaService, super::member_link::LinkServer)>,
+    node: Option<axum::Extension<ConnectInfo<crate::signaling::RemoteAddr>>>,
+    direct: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    upgrade: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> Response {
+    let ip = node
+        .map(|n| n.0.0.0.ip())
+        .or_else(|| direct.map(|d| d.0.0.ip()));
+    if let Err(answer) = service.admit(ip) {
+        return respond(answer);
+    }
+    let Ok(upgrade) = upgrade else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            "the replicated ring's member link: a WebSocket (protocol/replication.md)\n",
+        )
+            .into_response();
+    };
+    upgrade
+        .max_message_size(super::handoff_ws::HANDOFF_WS_MAX_MESSAGE)
+        .on_upgrade(move |ws| async move {
+            let link = super::handoff_ws::server_link(
+                ws,
+                String::new(),
+                serde_json::Value::Null,
+                ip,
+                None,
+            );
+            links.accept_ws(link, ip);
+        })
 }
 
 async fn handle(
@@ -411,8 +456,8 @@ impl NodeMember {
         super::member_link::LinkServer::new(Some(self.service.clone()))
     }
 
-    /// Calls this member made that were answered: `(over WebRTC, over HTTP)`.
-    pub fn calls_answered(&self) -> (u64, u64) {
+    /// Calls this member made that were answered, by path.
+    pub fn calls_answered(&self) -> crate::replica::CallCounts {
         self.transport.answered()
     }
 

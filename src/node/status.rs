@@ -133,7 +133,8 @@ pub struct NodeStatus {
     /// Signaling server counters (a selection; `/metrics` has them all), name → value.
     pub signaling: Vec<(String, u64)>,
     /// A member of a replicated ring: its calls to the other members answered so far, by
-    /// path (`{"webrtc": n, "http": n}`); absent on a node without `--replicas`.
+    /// path (`{"webrtc": n, "websocket": n, "http": n}`); absent on a node without
+    /// `--replicas`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replica_calls: Option<ReplicaCalls>,
     /// The node's version.
@@ -145,7 +146,9 @@ pub struct NodeStatus {
 pub struct ReplicaCalls {
     /// Over WebRTC member links.
     pub webrtc: u64,
-    /// Over HTTP.
+    /// Over WebSocket member links (through the tunnel).
+    pub websocket: u64,
+    /// As HTTP `POST`s.
     pub http: u64,
 }
 
@@ -437,8 +440,8 @@ pub fn render_metrics(s: &NodeStatus) -> String {
     if let Some(c) = s.replica_calls {
         let _ = writeln!(
             out,
-            "# HELP ouroboros_replica_calls_total Calls to the other members of the replicated ring answered, by path.\n# TYPE ouroboros_replica_calls_total counter\nouroboros_replica_calls_total{{transport=\"webrtc\"}} {}\nouroboros_replica_calls_total{{transport=\"http\"}} {}",
-            c.webrtc, c.http
+            "# HELP ouroboros_replica_calls_total Calls to the other members of the replicated ring answered, by path.\n# TYPE ouroboros_replica_calls_total counter\nouroboros_replica_calls_total{{transport=\"webrtc\"}} {}\nouroboros_replica_calls_total{{transport=\"websocket\"}} {}\nouroboros_replica_calls_total{{transport=\"http\"}} {}",
+            c.webrtc, c.websocket, c.http
         );
     }
     let _ = writeln!(
@@ -667,7 +670,11 @@ mod tests {
             clients: Vec::new(),
             rss_bytes: Some(10 << 20),
             signaling: vec![("clients".into(), 3)],
-            replica_calls: Some(ReplicaCalls { webrtc: 5, http: 1 }),
+            replica_calls: Some(ReplicaCalls {
+                webrtc: 5,
+                websocket: 2,
+                http: 1,
+            }),
             version: "0.1.0",
         }
     }

@@ -30,7 +30,7 @@ use ring::hmac;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::link::{Envelope, LinkError, LinkPolicy, MemberLink};
+use super::link::{CallCounts, Envelope, LinkError, LinkPath, LinkPolicy, MemberLink};
 use super::network::{RpcError, Transport, remote};
 use super::refusals::RefusalLimit;
 use super::snapshot::{ChunkCheck, decode_chunk, encode_chunk};
@@ -364,8 +364,8 @@ pub struct HttpTransport {
     timeout: Duration,
     /// The node's WebRTC links, once it has set them ([`HttpTransport::set_link`]).
     link: std::sync::OnceLock<(Arc<dyn MemberLink>, LinkPolicy)>,
-    /// Calls answered over WebRTC and over HTTP.
-    answered: [std::sync::atomic::AtomicU64; 2],
+    /// Calls answered over WebRTC, over WebSocket links and over HTTP.
+    answered: [std::sync::atomic::AtomicU64; 3],
 }
 
 impl std::fmt::Debug for HttpTransport {
@@ -397,13 +397,14 @@ impl HttpTransport {
         let _ = self.link.set((link, policy));
     }
 
-    /// Calls answered so far: `(over WebRTC, over HTTP)`.
-    pub fn answered(&self) -> (u64, u64) {
+    /// Calls answered so far, by path.
+    pub fn answered(&self) -> CallCounts {
         use std::sync::atomic::Ordering::Relaxed;
-        (
-            self.answered[0].load(Relaxed),
-            self.answered[1].load(Relaxed),
-        )
+        CallCounts {
+            webrtc: self.answered[0].load(Relaxed),
+            websocket: self.answered[1].load(Relaxed),
+            http: self.answered[2].load(Relaxed),
+        }
     }
 
     /// Records that member `id` lives at `addr` (a base URL), keeping its WebRTC routes.
@@ -465,8 +466,10 @@ impl HttpTransport {
     }
 
     /// Sends `body` (already encoded, of `content_type`) as `call` to member `to`, signed;
-    /// returns the body of a 200 answer. Over the member link when the policy and the member's
-    /// routes allow, else (or while the link opens, with [`LinkPolicy::Auto`]) over HTTP.
+    /// returns the body of a 200 answer. With a [`MemberLink`]: over WebRTC when the member
+    /// has a route and its link is open (or the policy is [`LinkPolicy::Webrtc`]), else over
+    /// the WebSocket link to its base URL; as an HTTP `POST` with [`LinkPolicy::Http`] or
+    /// without a link.
     async fn send(
         &self,
         to: NodeId,
@@ -495,31 +498,47 @@ impl HttpTransport {
             .link
             .get()
             .filter(|(_, policy)| *policy != LinkPolicy::Http && !routes.rtc.is_empty());
+        let env = || Envelope {
+            call,
+            from: self.from,
+            to,
+            ts,
+            mac: mac.clone(),
+            body: body.clone(),
+        };
+        let unreachable_at = |e: LinkError| CallError::Unreachable {
+            to,
+            addr: routes.to_string(),
+            detail: e.to_string(),
+        };
         if let Some((link, policy)) = use_link {
-            // Without an HTTP route there is nothing to fall back to: wait for the link.
+            // Without a base URL there is nothing to fall back to: wait for the link.
             let wait = *policy == LinkPolicy::Webrtc || routes.addr.is_empty();
-            let env = Envelope {
-                call,
-                from: self.from,
-                to,
-                ts,
-                mac: mac.clone(),
-                body: body.clone(),
-            };
-            match link.call(&routes.rtc, &env, timeout, wait).await {
+            match link
+                .call(LinkPath::Rtc(&routes.rtc), &env(), timeout, wait)
+                .await
+            {
                 Ok((status, bytes)) => {
                     self.answered[0].fetch_add(1, Relaxed);
                     return answered(status, bytes);
                 }
                 Err(LinkError::NotUp | LinkError::Failed(_)) if !wait => {}
-                Err(e) => {
-                    return Err(CallError::Unreachable {
-                        to,
-                        addr: routes.to_string(),
-                        detail: e.to_string(),
-                    });
-                }
+                Err(e) => return Err(unreachable_at(e)),
             }
+        }
+        if let Some((link, LinkPolicy::Auto)) = self.link.get()
+            && !routes.addr.is_empty()
+        {
+            return match link
+                .call(LinkPath::Ws(&routes.addr), &env(), timeout, true)
+                .await
+            {
+                Ok((status, bytes)) => {
+                    self.answered[1].fetch_add(1, Relaxed);
+                    answered(status, bytes)
+                }
+                Err(e) => Err(unreachable_at(e)),
+            };
         }
         if routes.addr.is_empty() {
             return Err(CallError::NoAddress(to));
@@ -545,7 +564,7 @@ impl HttpTransport {
             .map_err(unreachable)?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(unreachable)?;
-        self.answered[1].fetch_add(1, Relaxed);
+        self.answered[2].fetch_add(1, Relaxed);
         answered(status, bytes)
     }
 

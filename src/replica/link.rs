@@ -257,32 +257,58 @@ pub enum LinkError {
     Timeout(Duration),
 }
 
-/// Carries signed member calls over links the node opens (its WebRTC DataConnections).
+/// The path of the WebSocket member link on a member's HTTP base URL.
+pub const LINK_WS_PATH: &str = "/replica/v1/link";
+
+/// Which link a call takes.
+#[derive(Debug, Clone, Copy)]
+pub enum LinkPath<'a> {
+    /// A WebRTC DataConnection, opened through one of these routes.
+    Rtc(&'a [RtcRoute]),
+    /// A WebSocket to [`LINK_WS_PATH`] on this base URL (the member's tunnel).
+    Ws(&'a str),
+}
+
+/// Carries signed member calls over links the node opens (WebRTC DataConnections and
+/// WebSockets through the tunnel).
 #[async_trait::async_trait]
 pub trait MemberLink: Send + Sync + 'static {
-    /// Sends `env` to member `env.to`, reached at `routes`, and returns the answer's status
-    /// and body. With `wait`, waits (within `timeout`) for a link to open; without it, answers
-    /// [`LinkError::NotUp`] at once when none is open, and opens one for the next calls.
+    /// Sends `env` to member `env.to` over the link `path` names and returns the answer's
+    /// status and body. With `wait`, waits (within `timeout`) for the link to open; without it,
+    /// answers [`LinkError::NotUp`] at once when it is not open, and opens it for the next
+    /// calls.
     async fn call(
         &self,
-        routes: &[RtcRoute],
+        path: LinkPath<'_>,
         env: &Envelope,
         timeout: Duration,
         wait: bool,
     ) -> Result<(u16, Bytes), LinkError>;
 }
 
+/// A member's calls answered, by the path they took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CallCounts {
+    /// Over WebRTC DataConnections.
+    pub webrtc: u64,
+    /// Over WebSocket links (through the tunnel).
+    pub websocket: u64,
+    /// As HTTP `POST`s.
+    pub http: u64,
+}
+
 /// Which path a member's calls take (`--replica-transport`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum LinkPolicy {
-    /// WebRTC when the other member has a WebRTC route and a link to it is open; HTTP while it
-    /// opens, when it fails, or for a member without one.
+    /// WebRTC when the other member has a WebRTC route and a link to it is open; a WebSocket
+    /// link to its HTTP base URL (its tunnel) while it opens, when it fails, or for a member
+    /// without one.
     #[default]
     Auto,
-    /// WebRTC only: calls wait for the link; HTTP is never used.
+    /// WebRTC only: calls wait for the link; nothing else is used.
     Webrtc,
-    /// HTTP only (no WebRTC route is advertised or used).
+    /// HTTP `POST`s only (no link; no WebRTC route is advertised).
     Http,
 }
 

@@ -93,8 +93,8 @@ pub use http::{
     ReplicaService, RpcKey, Status, status, system_now_ms,
 };
 pub use link::{
-    Envelope, LINK_LABEL, LinkError, LinkFrameError, LinkPolicy, MemberLink, Reassembler,
-    ReceivedCall, Whole, encode_answer, encode_request,
+    CallCounts, Envelope, LINK_LABEL, LINK_WS_PATH, LinkError, LinkFrameError, LinkPath,
+    LinkPolicy, MemberLink, Reassembler, ReceivedCall, Whole, encode_answer, encode_request,
 };
 pub use member::{ChangeMembers, MAX_ID_BYTES, MAX_ROOM_BYTES, Replica, ReplicaConfig};
 pub use network::{InProcessTransport, Network, NetworkLink, RpcError, Transport};

@@ -486,7 +486,7 @@ test('a replicated ring on three NATs (two runners, a home router without a port
     assert.equal(head, maxSeq, `${host}: room head ${head}, acknowledged up to ${maxSeq}`);
     const calls = statusOf(host).replica_calls;
     assert.ok(calls && calls.webrtc > 0, `${host}: ${JSON.stringify(calls)}`);
-    assert.equal(calls.http, 0, `${host}: ${JSON.stringify(calls)}`);
+    assert.equal(calls.http + calls.websocket, 0, `${host}: ${JSON.stringify(calls)}`);
   }
   // The home member's links crossed the NATs by their public addresses (STUN: srflx or prflx).
   const linkPairs = pairsFromLog(n3.stderr()).filter((p) => /^m[12]-/.test(p.peer ?? ''));
@@ -498,13 +498,13 @@ test('a replicated ring on three NATs (two runners, a home router without a port
   console.log(`# replicated ring over NATs: ${acks.length} acks, head ${maxSeq} on all three; home member's link pairs: ${linkPairs.map((p) => `${p.local.type}->${p.remote.type}`).join(', ')}`);
 });
 
-test('a replicated ring with a member on a runner NAT without UDP: its calls fall back to HTTP through the tunnel, the others stay on WebRTC', opts(180000), async (t) => {
+test('a replicated ring with a member on a runner NAT without UDP: its calls fall back to a WebSocket through the tunnel, the others stay on WebRTC', opts(180000), async (t) => {
   const ice = [{ urls: lab.stunUrl }];
   const sig = lab.spawn('pub', ouroborosBin(), ['signal', '--host', '0.0.0.0', '--port', '9100']);
   t.after(() => sig.stop());
   await sig.waitFor(/listening on/, 15000);
   const shared = `ws://${lab.env.NATLAB_PUB_IP}:9100/?key=peerjs`;
-  // `--replica-transport auto` (the default): WebRTC where it opens, HTTP at the tunnel URL otherwise.
+  // `--replica-transport auto` (the default): WebRTC where it opens, a WebSocket to the tunnel URL otherwise.
   const common = ['--also-register', shared];
   const n1 = await lab.startNode('runnerA', { ice, extraArgs: [...common, '--replicas', '3'] });
   t.after(() => n1.stop());
@@ -539,11 +539,12 @@ test('a replicated ring with a member on a runner NAT without UDP: its calls fal
     assert.equal(head, maxSeq, `${host}: room head ${head}, acknowledged up to ${maxSeq}`);
   }
   const calls = Object.fromEntries(['runnerA', 'runnerB', 'runnerC'].map((h) => [h, statusOf(h).replica_calls]));
-  // Member 3 has no UDP: every call it made went over HTTP. The leader (member 1) replicated to
-  // member 2 over a WebRTC link and to member 3 over HTTP.
+  // Member 3 has no UDP: every call it made went over the WebSocket link. The leader (member 1)
+  // replicated to member 2 over a WebRTC link and to member 3 over a WebSocket; no plain HTTP.
   assert.equal(calls.runnerC.webrtc, 0, JSON.stringify(calls));
-  assert.ok(calls.runnerC.http > 0, JSON.stringify(calls));
-  assert.ok(calls.runnerA.webrtc > 0 && calls.runnerA.http > 0, JSON.stringify(calls));
+  assert.ok(calls.runnerC.websocket > 0, JSON.stringify(calls));
+  assert.ok(calls.runnerA.webrtc > 0 && calls.runnerA.websocket > 0, JSON.stringify(calls));
+  for (const h of Object.keys(calls)) assert.equal(calls[h].http, 0, JSON.stringify(calls));
   const opened = (node) => [...node.stderr().replace(/\x1b\[[0-9;]*m/g, '').matchAll(/member link open over WebRTC .*?\bto=(\d+)/g)].map((m) => Number(m[1]));
   assert.ok(opened(n1).includes(2), `member 1 opened links to ${opened(n1)}`);
   assert.ok(!opened(n1).includes(3), `member 1 opened links to ${opened(n1)}`);

@@ -460,6 +460,10 @@ pub fn in_own_network_namespace<F: std::future::Future<Output = ()>>(
         .arg(exe)
         .args(["--exact", name, "--nocapture", "--test-threads", "1"])
         .env(NETNS_ENV, "1")
+        // The cuts name members by their loopback addresses (127.0.0.11, …), which are not
+        // interface addresses: WebRTC's host candidates (127.0.0.1) and a WebSocket's source
+        // address would slip past them. Nodes' calls go as HTTP POSTs from their own address.
+        .env("OUROBOROS_REPLICA_TRANSPORT", "http")
         .output()
         .unwrap();
     let text = format!(
