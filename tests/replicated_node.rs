@@ -1005,14 +1005,11 @@ async fn member_links_answer_only_signed_calls_and_close_on_abuse() {
         .expect("member 1 in the up line")
         .to_owned();
     let http = reqwest::Client::new();
-    let record: Value = http
-        .get(format!("{base}/ouroboros.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let get = async |path: &str| -> Value {
+        let url = format!("{base}{path}");
+        http.get(url).send().await.unwrap().json().await.unwrap()
+    };
+    let record = get("/ouroboros.json").await;
     let node_peer = record["peer_id"].as_str().unwrap().to_owned();
     let port: u16 = base.rsplit(':').next().unwrap().parse().unwrap();
     let attacker = Peer::open(PeerConfig::new("127.0.0.1", port))
@@ -1126,14 +1123,7 @@ async fn member_links_answer_only_signed_calls_and_close_on_abuse() {
     // WebRTC.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let status: Value = http
-            .get(format!("{base}/status.json"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = get("/status.json").await;
         let calls = &status["replica_calls"];
         if calls["webrtc"].as_u64().unwrap_or(0) > 0 {
             assert_eq!(calls["http"], 0, "{calls}");

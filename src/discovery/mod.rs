@@ -68,32 +68,30 @@ impl SignalingEndpoint {
     /// This server as a PeerJS server URL, `ws[s]://HOST:PORT/PATH?key=KEY` (what
     /// `PeerConfig::from_url` reads).
     pub fn server_url(&self) -> String {
-        let scheme = if self.secure { "wss" } else { "ws" };
-        let host = if self.host.contains(':') && !self.host.starts_with('[') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
         let path = if self.path.starts_with('/') {
             self.path.clone()
         } else {
             format!("/{}", self.path)
         };
         let key: String = url::form_urlencoded::byte_serialize(self.key.as_bytes()).collect();
-        format!("{scheme}://{host}:{}{path}?key={key}", self.port)
+        format!("{}{path}?key={key}", self.ws_origin())
+    }
+
+    /// `ws[s]://HOST:PORT` (an IPv6 host in brackets).
+    fn ws_origin(&self) -> String {
+        let scheme = if self.secure { "wss" } else { "ws" };
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            format!("{scheme}://{}:{}", self.host, self.port)
+        }
     }
 
     /// The relay WebSocket of the Ouroboros node whose HTTP server this endpoint is (its own
     /// signaling endpoint, or its tunnel's): `ws[s]://HOST:PORT/relay`. Other PeerJS servers
     /// have none (a client trying it gets an HTTP error).
     pub fn relay_ws_url(&self) -> String {
-        let scheme = if self.secure { "wss" } else { "ws" };
-        let host = if self.host.contains(':') && !self.host.starts_with('[') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        format!("{scheme}://{host}:{}{RELAY_WS_PATH}", self.port)
+        format!("{}{RELAY_WS_PATH}", self.ws_origin())
     }
 }
 

@@ -90,9 +90,7 @@ async fn link_ws(
         axum::extract::ws::rejection::WebSocketUpgradeRejection,
     >,
 ) -> Response {
-    let ip = node
-        .map(|n| n.0.0.0.ip())
-        .or_else(|| direct.map(|d| d.0.0.ip()));
+    let ip = caller_ip(node, direct);
     if let Err(answer) = service.admit(ip) {
         return respond(answer);
     }
@@ -126,9 +124,7 @@ async fn handle(
     body: Body,
 ) -> Response {
     // Refused calls are counted by source address; one refused too often gets 429 at once.
-    let ip = node
-        .map(|n| n.0.0.0.ip())
-        .or_else(|| direct.map(|d| d.0.0.ip()));
+    let ip = caller_ip(node, direct);
     if let Err(answer) = service.admit(ip) {
         return respond(answer);
     }
@@ -148,6 +144,16 @@ async fn handle(
     };
     service.count(ip, &answer);
     respond(answer)
+}
+
+/// The caller's address: as the node's listener reports it (behind a trusted proxy, the
+/// forwarded one), or the TCP peer's for `ouroboros replica`.
+fn caller_ip(
+    node: Option<axum::Extension<ConnectInfo<crate::signaling::RemoteAddr>>>,
+    direct: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+) -> Option<std::net::IpAddr> {
+    node.map(|n| n.0.0.0.ip())
+        .or_else(|| direct.map(|d| d.0.0.ip()))
 }
 
 fn respond(answer: Answer) -> Response {

@@ -442,13 +442,48 @@ test('rotation from runner NAT A to a runner NAT without UDP: handoff and client
   await pred.stop();
 });
 
-test('a replicated ring on three NATs (two runners, a home router without a port forward) replicates over WebRTC via STUN; no member call goes over HTTP', opts(180000), async (t) => {
-  const ice = [{ urls: lab.stunUrl }];
-  // The stand-in for the PeerJS cloud: a signaling server on the open host every member also registers on.
+/** A signaling server on the open host (the stand-in for the PeerJS cloud); resolves to its URL. */
+async function sharedSignaling(t) {
   const sig = lab.spawn('pub', ouroborosBin(), ['signal', '--host', '0.0.0.0', '--port', '9100']);
   t.after(() => sig.stop());
   await sig.waitFor(/listening on/, 15000);
-  const shared = `ws://${lab.env.NATLAB_PUB_IP}:9100/?key=peerjs`;
+  return `ws://${lab.env.NATLAB_PUB_IP}:9100/?key=peerjs`;
+}
+
+/** examples/publish on the home network writes `total` lines to `room` through `node`, one after each ack; returns the acks. */
+async function publishThrough(node, room, total) {
+  const pub = lab.spawn('home', path.join(examplesDir(), 'publish'), ['--discovery', `${node.url}/ouroboros.json`, '--room', room, '--name', 'w'], { RUST_BACKTRACE: '0' });
+  let n = 0;
+  const next = () => { if (n < total) pub.child.stdin.write(`line ${++n}\n`); else pub.child.stdin.end(); };
+  pub.child.stdout.on('data', (d) => { for (const _ of String(d).matchAll(/"event":"ack"/g)) next(); });
+  next();
+  assert.equal((await pub.exited).code, 0, pub.stderr());
+  const acks = [...pub.stdout().matchAll(/\{"event":"ack".*\}/g)].map((m) => JSON.parse(m[0]));
+  assert.equal(acks.length, total);
+  return acks;
+}
+
+/** A node's /status.json, read inside its host. */
+const statusOf = (host) => JSON.parse(lab.curl(host, 'http://127.0.0.1:9000/status.json'));
+
+/** Waits (20 s at most) until `room`'s head on the node in each of `hosts` is `seq`. */
+async function headsReach(hosts, room, seq) {
+  for (const host of hosts) {
+    const until = Date.now() + 20000;
+    let head = 0;
+    for (;;) {
+      head = statusOf(host).rooms.find((r) => r.name === room)?.head ?? 0;
+      if (head >= seq || Date.now() > until) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.equal(head, seq, `${host}: room head ${head}, acknowledged up to ${seq}`);
+  }
+}
+
+test('a replicated ring on three NATs (two runners, a home router without a port forward) replicates over WebRTC via STUN; no member call goes over HTTP', opts(180000), async (t) => {
+  const ice = [{ urls: lab.stunUrl }];
+  // Every member also registers on the shared server.
+  const shared = await sharedSignaling(t);
   const common = ['--also-register', shared, '--replica-transport', 'webrtc'];
   const n1 = await lab.startNode('runnerA', { ice, extraArgs: [...common, '--replicas', '3'] });
   t.after(() => n1.stop());
@@ -463,27 +498,11 @@ test('a replicated ring on three NATs (two runners, a home router without a port
   await n3.waitFor(/replica member 3 joined as a voter/, 90000);
   // A client on the home network publishes through member 1 (its tunnel-forwarded port).
   const room = 'ring-over-nats';
-  const pub = lab.spawn('home', path.join(examplesDir(), 'publish'), ['--discovery', `${n1.url}/ouroboros.json`, '--room', room, '--name', 'w'], { RUST_BACKTRACE: '0' });
-  const total = 20;
-  let n = 0;
-  const next = () => { if (n < total) pub.child.stdin.write(`line ${++n}\n`); else pub.child.stdin.end(); };
-  pub.child.stdout.on('data', (d) => { for (const _ of String(d).matchAll(/"event":"ack"/g)) next(); });
-  next();
-  assert.equal((await pub.exited).code, 0, pub.stderr());
-  const acks = [...pub.stdout().matchAll(/\{"event":"ack".*\}/g)].map((m) => JSON.parse(m[0]));
-  assert.equal(acks.length, total);
+  const acks = await publishThrough(n1, room, 20);
   const maxSeq = Math.max(...acks.map((a) => a.seq));
   // Every member holds every acknowledged message: the home member, reached over WebRTC only, too.
-  const statusOf = (host) => JSON.parse(lab.curl(host, 'http://127.0.0.1:9000/status.json'));
+  await headsReach(['runnerA', 'runnerB', 'home'], room, maxSeq);
   for (const host of ['runnerA', 'runnerB', 'home']) {
-    const until = Date.now() + 20000;
-    let head = 0;
-    for (;;) {
-      head = statusOf(host).rooms.find((r) => r.name === room)?.head ?? 0;
-      if (head >= maxSeq || Date.now() > until) break;
-      await new Promise((r) => setTimeout(r, 200));
-    }
-    assert.equal(head, maxSeq, `${host}: room head ${head}, acknowledged up to ${maxSeq}`);
     const calls = statusOf(host).replica_calls;
     assert.ok(calls && calls.webrtc > 0, `${host}: ${JSON.stringify(calls)}`);
     assert.equal(calls.http + calls.websocket, 0, `${host}: ${JSON.stringify(calls)}`);
@@ -500,10 +519,7 @@ test('a replicated ring on three NATs (two runners, a home router without a port
 
 test('a replicated ring with a member on a runner NAT without UDP: its calls fall back to a WebSocket through the tunnel, the others stay on WebRTC', opts(180000), async (t) => {
   const ice = [{ urls: lab.stunUrl }];
-  const sig = lab.spawn('pub', ouroborosBin(), ['signal', '--host', '0.0.0.0', '--port', '9100']);
-  t.after(() => sig.stop());
-  await sig.waitFor(/listening on/, 15000);
-  const shared = `ws://${lab.env.NATLAB_PUB_IP}:9100/?key=peerjs`;
+  const shared = await sharedSignaling(t);
   // `--replica-transport auto` (the default): WebRTC where it opens, a WebSocket to the tunnel URL otherwise.
   const common = ['--also-register', shared];
   const n1 = await lab.startNode('runnerA', { ice, extraArgs: [...common, '--replicas', '3'] });
@@ -517,27 +533,9 @@ test('a replicated ring with a member on a runner NAT without UDP: its calls fal
   t.after(() => n3.stop());
   await n3.waitFor(/replica member 3 joined as a voter/, 90000);
   const room = 'fallback';
-  const pub = lab.spawn('home', path.join(examplesDir(), 'publish'), ['--discovery', `${n1.url}/ouroboros.json`, '--room', room, '--name', 'w'], { RUST_BACKTRACE: '0' });
-  const total = 20;
-  let n = 0;
-  const next = () => { if (n < total) pub.child.stdin.write(`line ${++n}\n`); else pub.child.stdin.end(); };
-  pub.child.stdout.on('data', (d) => { for (const _ of String(d).matchAll(/"event":"ack"/g)) next(); });
-  next();
-  assert.equal((await pub.exited).code, 0, pub.stderr());
-  const acks = [...pub.stdout().matchAll(/\{"event":"ack".*\}/g)].map((m) => JSON.parse(m[0]));
-  assert.equal(acks.length, total);
+  const acks = await publishThrough(n1, room, 20);
   const maxSeq = Math.max(...acks.map((a) => a.seq));
-  const statusOf = (host) => JSON.parse(lab.curl(host, 'http://127.0.0.1:9000/status.json'));
-  for (const host of ['runnerA', 'runnerB', 'runnerC']) {
-    const until = Date.now() + 20000;
-    let head = 0;
-    for (;;) {
-      head = statusOf(host).rooms.find((r) => r.name === room)?.head ?? 0;
-      if (head >= maxSeq || Date.now() > until) break;
-      await new Promise((r) => setTimeout(r, 200));
-    }
-    assert.equal(head, maxSeq, `${host}: room head ${head}, acknowledged up to ${maxSeq}`);
-  }
+  await headsReach(['runnerA', 'runnerB', 'runnerC'], room, maxSeq);
   const calls = Object.fromEntries(['runnerA', 'runnerB', 'runnerC'].map((h) => [h, statusOf(h).replica_calls]));
   // Member 3 has no UDP: every call it made went over the WebSocket link. The leader (member 1)
   // replicated to member 2 over a WebRTC link and to member 3 over a WebSocket; no plain HTTP.
