@@ -26,7 +26,15 @@ enum LogFormat {
 #[allow(clippy::large_enum_variant)] // parsed once at start-up
 enum Command {
     /// Run the PeerJS signaling server alone.
-    Signal(ouroboros::signaling::SignalArgs),
+    Signal {
+        #[command(flatten)]
+        args: ouroboros::signaling::SignalArgs,
+        /// Runtime threads: 1 runs the whole server on one thread (tokio's current-thread
+        /// runtime: no hand-offs between workers, the least CPU per relayed message); 0 one
+        /// worker per core (`TOKIO_WORKER_THREADS` overrides); N that many workers.
+        #[arg(long, env = "OUROBOROS_THREADS", default_value_t = 1)]
+        threads: usize,
+    },
     /// Run the full node: signaling, relay peer, lifecycle and discovery.
     Node(ouroboros::node::NodeArgs),
     /// Run one member of a replicated relay log (issue 16; the relay's clients do not reach it
@@ -51,13 +59,33 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// The runtime for `threads` (see `signal --threads`; the other commands pass 0).
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    use tokio::runtime::Builder;
+    match threads {
+        1 => Builder::new_current_thread().enable_all().build(),
+        0 => Builder::new_multi_thread().enable_all().build(),
+        n => Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
     ouroboros::install_crypto_provider();
     let cli = Cli::parse();
     init_logs(cli.log_format);
-    match cli.command {
-        Command::Signal(args) => {
+    let threads = match &cli.command {
+        Command::Signal { threads, .. } => *threads,
+        _ => 0,
+    };
+    runtime(threads)?.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Signal { args, .. } => {
             ouroboros::signaling::run(args, ouroboros::shutdown_signal()).await?
         }
         Command::Node(args) => ouroboros::node::run(args, ouroboros::shutdown_signal()).await?,
