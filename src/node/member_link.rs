@@ -173,7 +173,8 @@ enum Slot {
 enum Found {
     Up(Arc<Conn>),
     Opening(watch::Receiver<bool>),
-    Down(Instant, String),
+    /// The last attempt failed (why); the next one is not due yet.
+    Down(String),
 }
 
 struct Inner {
@@ -245,7 +246,7 @@ impl RtcMemberLink {
             Some(Slot::Opening(rx)) => return Found::Opening(rx.clone()),
             Some(Slot::Down {
                 retry_at, error, ..
-            }) if now < *retry_at => return Found::Down(*retry_at, error.clone()),
+            }) if now < *retry_at => return Found::Down(error.clone()),
             Some(Slot::Down { backoff: b, .. }) => backoff = *b,
             _ => {}
         }
@@ -459,7 +460,7 @@ impl MemberLink for RtcMemberLink {
         loop {
             match self.find(env.to, path) {
                 Found::Up(conn) => return conn.request(env, deadline, timeout).await,
-                Found::Opening(_) | Found::Down(..) if !wait => return Err(LinkError::NotUp),
+                Found::Opening(_) if !wait => return Err(LinkError::NotUp),
                 Found::Opening(mut rx) => {
                     if tokio::time::timeout_at(deadline, rx.wait_for(|done| *done))
                         .await
@@ -468,12 +469,10 @@ impl MemberLink for RtcMemberLink {
                         return Err(LinkError::Timeout(timeout));
                     }
                 }
-                Found::Down(retry_at, error) => {
-                    if retry_at >= deadline {
-                        return Err(LinkError::Failed(error));
-                    }
-                    tokio::time::sleep_until(retry_at).await;
-                }
+                // A link that failed a moment ago fails the call at once (the caller's retry,
+                // or openraft's, comes back later): waiting out the backoff would hold a
+                // forwarded publish past the write timeout while a new leader is elected.
+                Found::Down(error) => return Err(LinkError::Failed(error)),
             }
         }
     }
