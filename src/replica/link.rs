@@ -84,8 +84,8 @@ pub enum LinkFrameError {
     /// An unknown kind byte.
     #[error("unknown frame kind {0}")]
     Kind(u8),
-    /// A message above [`MAX_MESSAGE_BYTES`], or more than [`MAX_PARTIAL`] /
-    /// [`MAX_PARTIAL_BYTES`] being reassembled.
+    /// A message above `MAX_MESSAGE_BYTES` (32 MiB + 4 098), or more than `MAX_PARTIAL` (16)
+    /// messages or `MAX_PARTIAL_BYTES` (64 MiB) being reassembled on one link.
     #[error("member link message too large, or too many at once")]
     TooLarge,
     /// A whole message whose call header does not read.

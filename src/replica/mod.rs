@@ -21,6 +21,13 @@
 //! - `network.rs`: the [`Transport`] trait (three RPCs between members), [`Network`] (openraft's
 //!   network on top of any `Transport`) and [`InProcessTransport`], the in-memory one the tests
 //!   use, with `kill`, `isolate` and `heal`.
+//! - `http.rs`: the members' calls between processes, signed with the ring's secret:
+//!   [`HttpTransport`] (the sending side: HTTP `POST`s, or a [`MemberLink`] when the node gives
+//!   it one) and [`ReplicaService`] (the receiving side, whatever carried the call).
+//! - `addr.rs`: [`MemberAddr`], a member's routes (its base URL and its WebRTC routes), and the
+//!   `ID=route` contacts.
+//! - `link.rs`: member links, sans-IO: the `ORM1` frames, [`Reassembler`], [`MemberLink`] and
+//!   [`LinkPolicy`] (the node's `member_link` owns the connections).
 //! - `member.rs`: [`Replica`], the API the rest of the crate uses: start, `initialize`,
 //!   `publish`, `add_learner`, `change_membership`, `step_aside`, `history`, `metrics`.
 //!
@@ -65,10 +72,8 @@
 //!
 //! # Not built yet
 //!
-//! Wiring into `ouroboros node` (`--replicas N`), a transport between processes (WebRTC or
-//! WebSocket, authenticated with the ring's secret; it will enable openraft's `serde` feature
-//! for the RPC types), forwarding and client failover, and the kill -9 soak. See
-//! `protocol/replication.md`.
+//! A faster failover than openraft 0.9's leader lease allows (a failure detector that starts an
+//! election), and a run on real GitHub runners. See `protocol/replication.md`.
 
 #![warn(missing_docs)]
 

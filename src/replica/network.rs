@@ -3,9 +3,10 @@
 //! [`InProcessTransport`], the in-memory transport of the tests, which can kill a member or
 //! cut one off and heal it.
 //!
-//! A transport between processes (a DataConnection or a WebSocket between nodes, mutually
-//! authenticated with the ring's secret) implements [`Transport`] and, on the receiving side,
-//! hands each request to the member's [`Replica::raft`](super::Replica::raft).
+//! Between processes, [`HttpTransport`](super::HttpTransport) implements [`Transport`] (over HTTP
+//! or the node's member links, every call signed with the ring's secret), and
+//! [`ReplicaService`](super::ReplicaService) hands each request to the member's
+//! [`Replica::raft`](super::Replica::raft).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
