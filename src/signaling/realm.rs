@@ -29,8 +29,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::value::RawValue;
-
 use super::{
     config::{AddressLimits, QueueLimits, Rate, SignalConfig},
     wire::{self, Inbound, MsgType, text},
@@ -698,7 +696,7 @@ impl<H: Clone> Realm<H> {
         src_conn: ConnId,
         kind: MsgType,
         dst: Option<&str>,
-        payload: Option<&RawValue>,
+        payload: Option<&str>,
     ) {
         let quiet = matches!(kind, MsgType::Leave | MsgType::Expire);
         let Some(dst) = dst else {

@@ -14,6 +14,8 @@ use serde_json::value::RawValue;
 
 use crate::json::push_json_str;
 
+mod skim;
+
 /// Message types of the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MsgType {
@@ -143,8 +145,8 @@ pub fn error_frame(msg: &str) -> String {
 /// signaling server's hot path (`BENCHMARKS.md`, CPU per relayed message). It sizes the
 /// buffer once and copies the raw payload without a serde pass. The tests below and
 /// `tests/js/signaling-diff.test.mjs` pin its bytes to the reference server's.
-pub fn relay_frame(kind: MsgType, src: &str, dst: &str, payload: Option<&RawValue>) -> String {
-    let payload_len = payload.map_or(0, |p| p.get().len() + 11);
+pub fn relay_frame(kind: MsgType, src: &str, dst: &str, payload: Option<&str>) -> String {
+    let payload_len = payload.map_or(0, |p| p.len() + 11);
     let mut out = String::with_capacity(40 + src.len() + dst.len() + payload_len);
     out.push_str(r#"{"type":""#);
     out.push_str(kind.as_str());
@@ -154,7 +156,7 @@ pub fn relay_frame(kind: MsgType, src: &str, dst: &str, payload: Option<&RawValu
     push_json_str(&mut out, dst);
     if let Some(p) = payload {
         out.push_str(r#","payload":"#);
-        out.push_str(p.get());
+        out.push_str(p);
     }
     out.push('}');
     out
@@ -167,8 +169,8 @@ pub struct Inbound<'a> {
     pub kind: Option<MsgType>,
     /// `dst`, if present and a string.
     pub dst: Option<Cow<'a, str>>,
-    /// `payload` as raw JSON (`null` is kept), if present.
-    pub payload: Option<&'a RawValue>,
+    /// `payload` as raw JSON text, validated (`null` is kept), if present.
+    pub payload: Option<&'a str>,
 }
 
 /// What a frame turned out to be.
@@ -199,44 +201,62 @@ fn keep_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawVa
 
 /// Decodes a JSON string given as raw JSON without allocating when it has no escapes;
 /// `None` if it is not a string.
-fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let s = raw.get();
-    let inner = s.strip_prefix('"')?.strip_suffix('"')?;
+fn raw_str(raw: &str) -> Option<Cow<'_, str>> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
     if !inner.contains('\\') {
         return Some(Cow::Borrowed(inner));
     }
-    serde_json::from_str::<String>(s).ok().map(Cow::Owned)
+    serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
 }
 
 /// Parses one inbound frame. Never fails: bad input is [`Parsed::Malformed`] or
 /// [`Parsed::Ignored`].
+///
+/// The usual frame is read by one hand-written pass ([`skim`]); anything it is not sure
+/// of (malformed input, escaped keys, repeated keys, arrays, deep nesting) is decided by
+/// serde_json, as every frame was before, so both give the same answers.
 pub fn parse(text: &str) -> Parsed<'_> {
+    match skim::skim(text) {
+        Some(f) => inbound(f.kind, f.dst, f.payload),
+        None => parse_serde(text),
+    }
+}
+
+/// [`parse`] by serde_json alone.
+fn parse_serde(text: &str) -> Parsed<'_> {
     match serde_json::from_str::<RawInbound<'_>>(text) {
-        Ok(raw) => {
-            let kind = match raw.kind {
-                None => None,
-                Some(k) => match raw_str(k) {
-                    Some(name) => MsgType::from_name(&name),
-                    None => return Parsed::Ignored,
-                },
-            };
-            let dst = match raw.dst {
-                None => None,
-                Some(d) if d.get() == "null" => None,
-                Some(d) => match raw_str(d) {
-                    Some(s) => Some(s),
-                    None => return Parsed::Ignored,
-                },
-            };
-            Parsed::Message(Inbound {
-                kind,
-                dst,
-                payload: raw.payload,
-            })
-        }
+        Ok(raw) => inbound(
+            raw.kind.map(RawValue::get),
+            raw.dst.map(RawValue::get),
+            raw.payload.map(RawValue::get),
+        ),
         Err(e) if e.is_data() => Parsed::Ignored,
         Err(_) => Parsed::Malformed,
     }
+}
+
+/// The message from the raw text of its fields (`type` and `dst` count as absent when
+/// `null`, like serde's `Option`).
+fn inbound<'a>(
+    kind: Option<&'a str>,
+    dst: Option<&'a str>,
+    payload: Option<&'a str>,
+) -> Parsed<'a> {
+    let kind = match kind {
+        None | Some("null") => None,
+        Some(k) => match raw_str(k) {
+            Some(name) => MsgType::from_name(&name),
+            None => return Parsed::Ignored,
+        },
+    };
+    let dst = match dst {
+        None | Some("null") => None,
+        Some(d) => match raw_str(d) {
+            Some(s) => Some(s),
+            None => return Parsed::Ignored,
+        },
+    };
+    Parsed::Message(Inbound { kind, dst, payload })
 }
 
 #[cfg(test)]
@@ -258,7 +278,7 @@ mod tests {
         assert_eq!(m.kind, Some(MsgType::Offer));
         assert_eq!(m.dst.as_deref(), Some("b"));
         assert_eq!(
-            m.payload.unwrap().get(),
+            m.payload.unwrap(),
             r#"{"sdp":{"type":"offer","sdp":"v=0\r\n"},"n":1.50}"#
         );
         let frame = relay_frame(MsgType::Offer, "a", "b", m.payload);
@@ -271,7 +291,7 @@ mod tests {
     #[test]
     fn payload_null_is_kept_and_absent_is_omitted() {
         let m = msg(r#"{"type":"LEAVE","dst":"x","payload":null}"#);
-        assert_eq!(m.payload.unwrap().get(), "null");
+        assert_eq!(m.payload.unwrap(), "null");
         assert_eq!(
             relay_frame(MsgType::Leave, "s", "x", m.payload),
             r#"{"type":"LEAVE","src":"s","dst":"x","payload":null}"#
@@ -315,5 +335,151 @@ mod tests {
             error_frame("Invalid key provided"),
             r#"{"type":"ERROR","payload":{"msg":"Invalid key provided"}}"#
         );
+    }
+
+    /// The fast path answers for the frames clients really send (the point of it).
+    #[test]
+    fn usual_frames_take_the_fast_path() {
+        for text in [
+            r#"{"type":"OFFER","payload":{"sdp":{"type":"offer","sdp":"v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\n"},"type":"data","connectionId":"dc_x","label":"dc_x","reliable":true,"serialization":"binary"},"dst":"b"}"#,
+            r#"{"type":"CANDIDATE","payload":{"candidate":{"candidate":"candidate:1 1 udp 2122260223 10.0.0.1 50000 typ host","sdpMLineIndex":0,"sdpMid":"0"},"type":"data","connectionId":"dc_x"},"dst":"b"}"#,
+            r#"{"type":"HEARTBEAT"}"#,
+            r#" { "type" : "LEAVE" , "dst" : null , "payload" : [1, -2.5e3, 0, true, false, null, {}, []] } "#,
+            r#"{}"#,
+        ] {
+            assert!(skim::skim(text).is_some(), "{text}");
+        }
+        for text in [
+            r#"{"ty\u0070e":"OFFER"}"#,
+            r#"{"type":"OFFER","type":"ANSWER"}"#,
+            r#"["OFFER","b",{}]"#,
+            r#"{"type":"OFFER"} x"#,
+            r#"{"type":"OFFER","payload":01}"#,
+            "{\"type\":\"OF\u{1}FER\"}",
+        ] {
+            assert!(skim::skim(text).is_none(), "{text}");
+        }
+        let deep = format!("{{\"payload\":{}{}}}", "[".repeat(64), "]".repeat(64));
+        assert!(skim::skim(&deep).is_some());
+        let deeper = format!("{{\"payload\":{}{}}}", "[".repeat(65), "]".repeat(65));
+        assert!(skim::skim(&deeper).is_none());
+        assert!(matches!(parse(&deeper), Parsed::Message(_)));
+    }
+
+    mod differential {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn leaf() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("null".to_owned()),
+                Just("true".to_owned()),
+                Just("false".to_owned()),
+                "-?(0|[1-9][0-9]{0,3})(\\.[0-9]{1,3})?([eE][+-]?[0-9]{1,2})?",
+                "\"([a-zA-Z0-9 :=.\u{e9}\u{1f600}]|\\\\[nrtbf\"\\\\/]|\\\\u[0-9a-fA-F]{4}){0,40}\"",
+                prop_oneof![
+                    Just("OFFER"),
+                    Just("ANSWER"),
+                    Just("CANDIDATE"),
+                    Just("LEAVE"),
+                    Just("EXPIRE"),
+                    Just("HEARTBEAT"),
+                    Just("PING"),
+                ]
+                .prop_map(|t| format!("\"{t}\"")),
+            ]
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("type"),
+                Just("dst"),
+                Just("payload"),
+                Just("src"),
+                Just("sdp"),
+                Just(""),
+                Just("ty\\u0070e"),
+                Just("d\\\"st"),
+            ]
+            .prop_map(|k| format!("\"{k}\""))
+        }
+
+        fn ws() -> impl Strategy<Value = &'static str> {
+            prop_oneof![6 => Just(""), 1 => Just(" "), 1 => Just("\n\t "), 1 => Just("\r")]
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            leaf().prop_recursive(5, 40, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec((ws(), inner.clone(), ws()), 0..6).prop_map(|items| {
+                        let items: Vec<String> = items
+                            .into_iter()
+                            .map(|(a, v, b)| format!("{a}{v}{b}"))
+                            .collect();
+                        format!("[{}]", items.join(","))
+                    }),
+                    prop::collection::vec((key(), ws(), inner, ws()), 0..6).prop_map(|items| {
+                        let items: Vec<String> = items
+                            .into_iter()
+                            .map(|(k, a, v, b)| format!("{k}{a}:{b}{v}"))
+                            .collect();
+                        format!("{{{}}}", items.join(","))
+                    }),
+                ]
+            })
+        }
+
+        /// Frames: mostly objects with the server's keys, sometimes any value, then a few
+        /// random edits with bytes that matter to JSON.
+        fn frame() -> impl Strategy<Value = String> {
+            let object =
+                prop::collection::vec((key(), ws(), value(), ws()), 0..6).prop_map(|items| {
+                    let items: Vec<String> = items
+                        .into_iter()
+                        .map(|(k, a, v, b)| format!("{a}{k}{b}:{a}{v}{b}"))
+                        .collect();
+                    format!("{{{}}}", items.join(","))
+                });
+            let base = prop_oneof![4 => object, 1 => value()];
+            let edits = prop::collection::vec(
+                (
+                    any::<prop::sample::Index>(),
+                    0u8..3,
+                    prop_oneof![
+                        3 => prop::sample::select(b"{}[]\",:\\ \n0-.eE+tfnu\x01\x1f".to_vec()),
+                        1 => 0u8..0x80,
+                    ],
+                ),
+                0..3,
+            );
+            (base, edits).prop_map(|(text, edits)| {
+                let mut bytes = text.into_bytes();
+                for (at, op, byte) in edits {
+                    let i = at.index(bytes.len() + 1);
+                    match op {
+                        0 => bytes.insert(i, byte),
+                        1 if i < bytes.len() => {
+                            bytes.remove(i);
+                        }
+                        _ if i < bytes.len() => bytes[i] = byte,
+                        _ => bytes.push(byte),
+                    }
+                }
+                // Edits can split a multi-byte character; frames are text.
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
+
+            /// Whatever the fast path decides, serde_json decides the same.
+            #[test]
+            fn fast_path_agrees_with_serde_json(text in frame()) {
+                let fast = format!("{:?}", parse(&text));
+                let serde = format!("{:?}", parse_serde(&text));
+                prop_assert_eq!(fast, serde, "{}", text);
+            }
+        }
     }
 }
