@@ -529,7 +529,7 @@ impl Shared {
     /// Runs `f` on the realm, then executes every action it produced.
     pub(crate) fn with_realm<R>(&self, f: impl FnOnce(&mut Realm<Arc<Outbox>>, Instant) -> R) -> R {
         let mut direct = Vec::new();
-        let r = self.with_realm_deferred(&mut direct, f);
+        let r = self.with_realm_deferred(Instant::now(), &mut direct, f);
         write_direct(&mut direct);
         r
     }
@@ -537,13 +537,14 @@ impl Shared {
     /// [`Shared::with_realm`], except that the frames to be written directly to their
     /// sockets ([`Push::Direct`]) are left in `direct`, for the caller to write with
     /// [`write_direct`] after a batch of realm calls (each socket's frames of the batch then
-    /// go out in one write). The realm lock is never held while writing to a socket.
+    /// go out in one write). The realm lock is never held while writing to a socket. `now`
+    /// is the caller's: one clock read serves the frames of one read.
     fn with_realm_deferred<R>(
         &self,
+        now: Instant,
         direct: &mut Vec<(Arc<Outbox>, String)>,
         f: impl FnOnce(&mut Realm<Arc<Outbox>>, Instant) -> R,
     ) -> R {
-        let now = Instant::now();
         let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
         let r = f(&mut core.realm, now);
         while let Some(action) = core.realm.poll_output() {
@@ -1075,6 +1076,8 @@ async fn drive_socket(
         step = on_input(shared, decoder, &mut prefix, conn, id, outbox);
     }
     drop(prefix);
+    // Registered once, not on every read (it only ever fires once).
+    let mut shutdown = std::pin::pin!(shared.shutdown.cancelled());
     loop {
         match step {
             Step::More => {}
@@ -1107,7 +1110,7 @@ async fn drive_socket(
         }
         step = tokio::select! {
             biased;
-            _ = shared.shutdown.cancelled() => {
+            _ = &mut shutdown => {
                 outbox.close_with(Some((1001, Cow::Borrowed("server shutting down"))));
                 let sent = Box::pin(tokio::time::timeout(LINGER, write_out(io, outbox))).await;
                 return if sent == Ok(true) { End::Linger } else { End::Drop };
@@ -1166,12 +1169,14 @@ fn on_input(
 ) -> Step {
     let mut direct = Vec::new();
     let mut peer_close = None;
+    // One clock read for the frames of one read.
+    let mut now = None;
     let mut on_event = |event: ws::Event<'_>| {
         match event {
-            ws::Event::Text(t) => on_frame(shared, conn, id, t, &mut direct),
+            ws::Event::Text(t) => on_frame(shared, conn, id, t, &mut now, &mut direct),
             ws::Event::Binary(b) => match std::str::from_utf8(b) {
-                Ok(t) => on_frame(shared, conn, id, t, &mut direct),
-                Err(_) => on_frame(shared, conn, id, "\u{0}", &mut direct),
+                Ok(t) => on_frame(shared, conn, id, t, &mut now, &mut direct),
+                Err(_) => on_frame(shared, conn, id, "\u{0}", &mut now, &mut direct),
             },
             ws::Event::Ping(p) => {
                 if !outbox.closing.load(Ordering::Relaxed) {
@@ -1309,16 +1314,19 @@ fn on_frame(
     conn: ConnId,
     id: Option<&str>,
     text: &str,
+    now: &mut Option<Instant>,
     direct: &mut Vec<(Arc<Outbox>, String)>,
 ) {
     let Some(id) = id else { return };
     match wire::parse(text) {
         Parsed::Message(msg) => {
-            shared.with_realm_deferred(direct, |realm, now| realm.message(now, conn, id, &msg))
+            let now = *now.get_or_insert_with(Instant::now);
+            shared.with_realm_deferred(now, direct, |realm, now| realm.message(now, conn, id, &msg))
         }
         Parsed::Malformed => {
             debug!(conn = conn.0, len = text.len(), "malformed frame");
-            shared.with_realm_deferred(direct, |realm, now| realm.malformed(now, conn, id))
+            let now = *now.get_or_insert_with(Instant::now);
+            shared.with_realm_deferred(now, direct, |realm, now| realm.malformed(now, conn, id))
         }
         Parsed::Ignored => {}
     }
@@ -1372,7 +1380,14 @@ impl LocalClient {
     /// "dst":…,"payload":…}` etc.; `src` is stamped by the realm).
     pub fn send(&self, text: &str) {
         let mut direct = Vec::new();
-        on_frame(&self.shared, self.conn, Some(&self.id), text, &mut direct);
+        on_frame(
+            &self.shared,
+            self.conn,
+            Some(&self.id),
+            text,
+            &mut None,
+            &mut direct,
+        );
         write_direct(&mut direct);
     }
 

@@ -224,6 +224,17 @@ pub fn parse(text: &str) -> Parsed<'_> {
 
 /// [`parse`] by serde_json alone.
 fn parse_serde(text: &str) -> Parsed<'_> {
+    if text
+        .trim_start_matches([' ', '\n', '\t', '\r'])
+        .starts_with('[')
+    {
+        // serde would read an array as the struct's fields in order; to the reference an
+        // array has no `type`, so valid JSON that is an array is ignored.
+        return match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => Parsed::Ignored,
+            Err(_) => Parsed::Malformed,
+        };
+    }
     match serde_json::from_str::<RawInbound<'_>>(text) {
         Ok(raw) => inbound(
             raw.kind.map(RawValue::get),
@@ -312,6 +323,8 @@ mod tests {
         assert!(msg(r#"{"type":"PING"}"#).kind.is_none());
         assert!(msg(r#"{"src":"forged","extra":[1,2]}"#).kind.is_none());
         assert!(matches!(parse("[1,2]"), Parsed::Ignored));
+        assert!(matches!(parse(r#" ["OFFER","b",{}]"#), Parsed::Ignored));
+        assert!(matches!(parse(r#"["OFFER","b",{}"#), Parsed::Malformed));
         assert!(matches!(parse("42"), Parsed::Ignored));
         assert!(matches!(parse(r#"{"type":5}"#), Parsed::Ignored));
         assert!(matches!(

@@ -616,6 +616,21 @@ test('documented fix: same id and token reconnecting gets OPEN and replaces the 
   assert.ok(target.some((l) => /^A closed \d+$/.test(l)), `${TARGET}: old socket must be closed\n${target.join('\n')}`);
 });
 
+scenario(
+  'relay: a JSON array is not a message, even one that lists type, dst and payload in order',
+  {},
+  async (s) => {
+    await s.join('A');
+    await s.join('B');
+    s.send('A', '["OFFER","B",{"sdp":"from an array"}]');
+    s.send('A', '[]');
+    s.send('A', { type: 'OFFER', dst: 'B', payload: 'from an object' });
+    await s.recv('B');
+    await s.quiet('B', 200);
+  },
+  ['B <- {"type":"OFFER","src":"A","dst":"B","payload":"from an object"}'],
+);
+
 test('documented difference: payload bytes are relayed verbatim (the reference re-serialises them)', { timeout: 60000 }, async () => {
   const frame = '{ "type" : "OFFER", "dst":"B",  "payload" : { "n" : 1.50, "s" : "\\u0041" } }';
   const script = async (s) => {
