@@ -1078,12 +1078,17 @@ async fn drive_socket(
     drop(prefix);
     // Registered once, not on every read (it only ever fires once).
     let mut shutdown = std::pin::pin!(shared.shutdown.cancelled());
+    // The outbox's wake-up, kept registered across reads while the socket only reads. It is
+    // dropped before anything else in this task waits on the same `Notify` (the write claim,
+    // a blocked write): `notify_one` wakes the oldest waiter, which must be that one.
+    let mut notified = std::pin::pin!(None::<tokio::sync::futures::Notified<'_>>);
     loop {
         match step {
             Step::More => {}
             Step::PeerClosed(frame) => return End::Echo(frame),
             Step::Failed => return End::Drop,
             Step::TooBig => {
+                notified.set(None);
                 if let Some(id) = id {
                     // The read side is finished; write ERROR and the close frame.
                     shared.with_realm(|realm, now| realm.too_big(now, conn, id));
@@ -1095,6 +1100,7 @@ async fn drive_socket(
         match outbox.task_work() {
             TaskWork::Killed => return End::Drop,
             TaskWork::Write { close } => {
+                notified.set(None);
                 // Boxed: the write path's state would otherwise enlarge every idle socket's task.
                 if !Box::pin(write_phase(shared, io, outbox)).await {
                     return End::Drop;
@@ -1108,17 +1114,41 @@ async fn drive_socket(
             }
             TaskWork::Nothing => {}
         }
-        step = tokio::select! {
+        if notified.is_none() {
+            notified.set(Some(outbox.notify.notified()));
+        }
+        let wake = notified.as_mut().as_pin_mut().expect("armed just above");
+        let woke = tokio::select! {
             biased;
-            _ = &mut shutdown => {
+            _ = &mut shutdown => Woke::Shutdown,
+            _ = wake => Woke::Outbox,
+            step = read_input(shared, io, decoder, conn, id, outbox) => Woke::Read(step),
+        };
+        step = match woke {
+            Woke::Read(step) => step,
+            Woke::Outbox => {
+                notified.set(None); // spent
+                Step::More
+            }
+            Woke::Shutdown => {
+                notified.set(None);
                 outbox.close_with(Some((1001, Cow::Borrowed("server shutting down"))));
                 let sent = Box::pin(tokio::time::timeout(LINGER, write_out(io, outbox))).await;
-                return if sent == Ok(true) { End::Linger } else { End::Drop };
+                return if sent == Ok(true) {
+                    End::Linger
+                } else {
+                    End::Drop
+                };
             }
-            _ = outbox.notify.notified() => Step::More,
-            step = read_input(shared, io, decoder, conn, id, outbox) => step,
         };
     }
+}
+
+/// What ended a socket task's wait.
+enum Woke {
+    Shutdown,
+    Outbox,
+    Read(Step),
 }
 
 /// Reads once (at most [`READ_CHUNK`] bytes, into a buffer on the stack, so that a socket
