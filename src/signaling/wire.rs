@@ -493,6 +493,14 @@ mod tests {
                 let serde = format!("{:?}", parse_serde(&text));
                 prop_assert_eq!(fast, serde, "{}", text);
             }
+
+            /// And on any text at all (no panic, same answer).
+            #[test]
+            fn any_text_agrees_with_serde_json(text in any::<String>()) {
+                let fast = format!("{:?}", parse(&text));
+                let serde = format!("{:?}", parse_serde(&text));
+                prop_assert_eq!(fast, serde, "{}", text);
+            }
         }
     }
 }
