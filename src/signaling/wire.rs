@@ -212,7 +212,7 @@ fn raw_str(raw: &str) -> Option<Cow<'_, str>> {
 /// Parses one inbound frame. Never fails: bad input is [`Parsed::Malformed`] or
 /// [`Parsed::Ignored`].
 ///
-/// The usual frame is read by one hand-written pass ([`skim`]); anything it is not sure
+/// The usual frame is read by one hand-written pass (`wire/skim.rs`); anything it is not sure
 /// of (malformed input, escaped keys, repeated keys, arrays, deep nesting) is decided by
 /// serde_json, as every frame was before, so both give the same answers.
 pub fn parse(text: &str) -> Parsed<'_> {
