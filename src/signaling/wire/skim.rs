@@ -46,16 +46,17 @@ pub(super) fn skim(text: &str) -> Option<Fields<'_>> {
             let start = ws(b, i + 1);
             i = value_end(b, start)?;
             let slot = match &b[key_start..key_end] {
-                b"type" => &mut fields.kind,
-                b"dst" => &mut fields.dst,
-                b"payload" => &mut fields.payload,
-                _ => &mut None,
+                b"type" => Some(&mut fields.kind),
+                b"dst" => Some(&mut fields.dst),
+                b"payload" => Some(&mut fields.payload),
+                _ => None, // skipped, like serde's unknown fields
             };
-            if slot.is_some() {
+            // `start..i` lies between ASCII bytes, so it is on char boundaries.
+            if let Some(slot) = slot
+                && slot.replace(&text[start..i]).is_some()
+            {
                 return None; // a repeated key: serde_json refuses it
             }
-            // `start..i` lies between ASCII bytes, so it is on char boundaries.
-            *slot = Some(&text[start..i]);
             i = ws(b, i);
             match b.get(i) {
                 Some(b',') => i = ws(b, i + 1),
